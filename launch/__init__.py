@@ -1,0 +1,1 @@
+"""SLURM launch, parallel-layout tuning and run recipes."""

@@ -1,0 +1,34 @@
+"""Python API: one function per ``longvlm`` subcommand, taking the CLI options as keywords.
+
+    from megatron_vlm import api
+    api.pool(inputs=["pdfs/"], output="pool", min_pages=0)
+
+Each function builds the stage's typed config dataclass (its fields are the CLI options, with the
+same defaults) and runs the stage in-process. Stages that are not implemented yet raise
+``NotImplementedError``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _not_implemented(name: str):
+    def stage(**kwargs: Any) -> Any:
+        raise NotImplementedError(f"longvlm {name}: not implemented yet")
+
+    stage.__name__ = name
+    stage.__doc__ = f"``longvlm {name}`` (not implemented yet)."
+    return stage
+
+
+pool = _not_implemented("pool")
+synth = _not_implemented("synth")
+build = _not_implemented("build")
+stats = _not_implemented("stats")
+convert = _not_implemented("convert")
+train = _not_implemented("train")
+tune = _not_implemented("tune")
+slurm = _not_implemented("slurm")
+evaluate = _not_implemented("eval")
+demo = _not_implemented("demo")

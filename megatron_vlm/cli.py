@@ -1,0 +1,100 @@
+"""The ``longvlm`` command line: one subcommand per stage of the LongPT pipeline.
+
+Subcommand modules are imported only when that subcommand runs, so ``longvlm --help`` is instant
+and does not import torch or megatron-core. A subcommand module provides::
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None
+    def main(args: argparse.Namespace) -> int
+
+Each stage is also a Python API (see ``megatron_vlm.api``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+
+from megatron_vlm import __version__
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    module: str | None  # None: not implemented yet
+    summary: str
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("pool", "preprocess.pool.cli",
+            "PDFs -> deduplicated, decontaminated, rendered, layout-parsed document pool."),
+    Command("synth", "preprocess.synth.cli",
+            "Synthesize the five LongPT training tasks (VQA + OCR) from a pool."),
+    Command("build", "preprocess.build.cli",
+            "Tokenize, length-control, mix and pack tasks into Megatron indexed datasets."),
+    Command("stats", "preprocess.build.stats_cli",
+            "Report per-task tokens, length histogram and packing fill of a built dataset."),
+    Command("convert", "checkpoint_tools.cli",
+            "Convert Qwen2.5-VL checkpoints Hugging Face <-> Megatron, reshard, verify."),
+    Command("train", None, "Continue-pretrain Qwen2.5-VL with Megatron-Core (TP/PP/CP/DP/SP)."),
+    Command("tune", None, "Choose a parallel layout (TP/PP/CP/DP) for a model, length and cluster."),
+    Command("slurm", None, "Generate and submit the SLURM job for a training run."),
+    Command("eval", None, "Needle-in-a-haystack and long-document VQA at 32K-512K."),
+    Command("demo", None, "The whole pipeline in miniature on one CPU."),
+)
+
+NOT_IMPLEMENTED_EXIT = 3
+
+
+def _root_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="longvlm",
+        description="Long-context continued pre-training (LongPT) of Qwen2.5-VL-class models "
+        "with Megatron-Core: pool -> synth -> build -> convert -> train -> eval.",
+        epilog="Run 'longvlm COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"longvlm {__version__}")
+    return parser
+
+
+def _load(command: Command):
+    if command.module is None:
+        return None
+    try:
+        return importlib.import_module(command.module)
+    except ModuleNotFoundError as err:
+        if err.name and command.module.startswith(err.name):
+            return None  # the stage's module is not written yet
+        raise
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; only ``selected``'s module is imported (``None``: none are)."""
+    parser = _root_parser()
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.summary, description=command.summary)
+        if command.name == selected:
+            module = _load(command)
+            if module is not None:
+                module.add_arguments(p)
+                p.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = {c.name: c for c in COMMANDS}
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(selected if selected in names else None)
+    args = parser.parse_args(argv)
+    run = getattr(args, "_main", None)
+    if run is None:
+        print(f"longvlm {args.command}: not implemented yet", file=sys.stderr)
+        return NOT_IMPLEMENTED_EXIT
+    return int(run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Reading built datasets into model-ready micro-batches."""

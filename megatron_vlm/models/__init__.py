@@ -1,0 +1,1 @@
+"""Megatron-Core Qwen2.5-VL model: vision tower, mRoPE language model, layer specs."""

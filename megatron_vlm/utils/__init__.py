@@ -1,0 +1,1 @@
+"""Small shared helpers (config <-> CLI, atomic files, progress)."""

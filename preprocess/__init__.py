@@ -1,0 +1,1 @@
+"""Offline data pipelines: document pool, task synthesis, dataset build."""

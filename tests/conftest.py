@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny random Qwen2.5-VL checkpoint, the offline tokenizer, the real PDFs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+DATA_DIR = Path(__file__).parent / "data"
+PDF_DIR = DATA_DIR / "pdfs"
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def pdf_dir() -> Path:
+    """The real born-digital PDFs (see tests/data/pdfs/SOURCES.md)."""
+    return PDF_DIR
+
+
+@pytest.fixture(scope="session")
+def real_pdfs(pdf_dir) -> list[Path]:
+    return sorted(pdf_dir.glob("*.pdf"))
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_dir(tmp_path_factory) -> Path:
+    """A Hugging Face tokenizer directory: real Qwen BPE vocabulary, Qwen2.5-VL chat template."""
+    from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
+
+    return write_offline_qwen_tokenizer(tmp_path_factory.mktemp("qwen_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer(qwen_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(qwen_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random Qwen2.5-VL checkpoint (fp32, sharded safetensors + index), built from a config."""
+    from megatron_vlm.models.tiny import save_tiny_checkpoint
+
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_qwen25vl"), seed=0, max_shard_size="20MB")
