@@ -34,9 +34,10 @@ class PoolConfig:
         "help": "page image encoding: auto = lossless grayscale PNG for gray pages, JPEG (4:4:4) "
                 "for colour pages; png = lossless PNG (grayscale when gray); jpeg = JPEG for all"})
     jpeg_quality: int = field(default=92, metadata={"help": "JPEG quality (auto and jpeg encodings)"})
-    min_psnr: float = field(default=40.0, metadata={
-        "help": "a JPEG page below this PSNR (dB) against the render is stored as lossless PNG "
-                "instead (0 = do not check)"})
+    min_psnr: float = field(default=0.0, metadata={
+        "help": "auto encoding: decode each JPEG page and store it as lossless PNG instead if its "
+                "PSNR against the render is below this many dB (0 = no per-page check; the default "
+                "JPEG quality measures >= 40 dB on the test corpus, see docs/benchmarks.md)"})
     tables: bool = field(default=True, metadata={
         "help": "detect tables with PyMuPDF's table finder (on pages with ruled regions)"})
     workers: int = field(default=1, metadata={"help": "worker processes"})

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 import pymupdf
 
 from preprocess.pool.config import PoolConfig
+from preprocess.pool.encode import encode_page
 from preprocess.pool.layout import label_document, page_blocks
-from preprocess.pool.render import PageRejected, encode_page, page_geometry, render_page
+from preprocess.pool.render import PageRejected, page_geometry, render_page
 from preprocess.pool.sections import document_sections
 
 PDF_MAGIC = b"%PDF-"
@@ -106,8 +107,9 @@ def _process(doc, path, doc_id, config, beat) -> DocumentResult:
         beat(i + 1)
         try:
             page = doc[i]
-            rgb = render_page(page, geo)
-            data, fmt = encode_page(rgb, config.encoding, config.jpeg_quality, config.min_psnr)
+            raster = render_page(page, geo)
+            data, fmt = encode_page(raster.rgb, config.encoding, config.jpeg_quality, config.min_psnr)
+            del raster
             blocks, has_text = page_blocks(page, tables=config.tables)
             scanned = not has_text and _mostly_image(page)
         except Exception as err:

@@ -11,7 +11,9 @@ the text blocks they cover. Labels are then assigned per document, against the b
 - ``table``: PyMuPDF ``find_tables`` (text as Markdown), run on pages with >= 3 aligned rules;
 - ``caption``: starts with Figure/Fig./Table/Listing/Algorithm + number;
 - ``title``: the largest text on the first page, clearly above body size;
-- ``section_header``: short (<= 3 lines), larger than body text, or bold/numbered at body size;
+- ``section_header``: short (<= 3 lines), larger than body text, or bold/numbered at body size
+  (not: table-of-contents lines ending in page numbers, run-in headings ending in ':', and on
+  the first page unnumbered ones before any body text, which are front matter: ``paragraph``);
 - ``code``: mostly monospaced; ``formula``: mostly math fonts/symbols;
 - ``list``: lines starting with bullets or enumerators; otherwise ``paragraph``.
 """
@@ -35,6 +37,9 @@ _CAPTION = re.compile(r"^(figure|fig\.|table|tab\.|listing|algorithm|abbildung|t
                       r"[\dIVXivx]+[.:\s]", re.I)
 _BULLET = re.compile(r"^\s*([•◦▪▫●○■□‣⁃∙·–—\-*]|\(?[0-9]{1,2}[.)]|\(?[a-zA-Z][.)]|\(?[ivx]{1,4}[.)])\s+\S")
 _NUMBERED = re.compile(r"^((\d+|[A-Z])(\.\d+)*\.?|[IVX]+\.)\s+\S")
+_DIGIT_NUMBERED = re.compile(r"^\d+(\.\d+)*\.?\s+\S")
+_TOC_LINE = re.compile(r"(\.\s*){3,}\s*\S+\s*$|\n\s*(\d+|[ivxlc]+)\s*$", re.I)
+_DATE = re.compile(r"^\d{1,2}\s+(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+\d{4}", re.I)
 _PAGE_NUMBER = re.compile(r"^\s*(page\s*)?(\d+|[ivxlc]+)(\s*(/|of)\s*\d+)?\s*$", re.I)
 _MATH_CHARS = set("=+−×÷∑∏∫√∞≤≥≠≈∈∉⊂⊆∪∩∀∃∂∇αβγδεζηθλμπρστφχψωΓΔΘΛΠΣΦΨΩ^_{}()[]|")
 
@@ -190,7 +195,7 @@ def _is_header(block: dict, body: float) -> bool:
     text = block["text"].strip()
     if block["_lines"] > 3 or not 2 <= len(text) <= 200 or not re.search(r"[^\W\d_]", text):
         return False
-    if text.endswith((",", ";")) or block["_mono"] > 0.5:
+    if text.endswith((",", ";", ":")) or block["_mono"] > 0.5 or _DATE.match(text):
         return False
     if block["font_size"] >= body * 1.15:
         return True
@@ -226,9 +231,11 @@ def label_document(pages: list[list[dict]], page_heights: list[float]) -> list[l
     repeat = max(2, min(3, len(pages) // 4))
     title_size = max((b["font_size"] for b in pages[0]), default=0.0) if pages else 0.0
     title_done = False
+    front_matter = True  # first page, before any body text: authors, dates, subtitles
     out = []
     for i, blocks in enumerate(pages):
         labelled = []
+        toc_page = sum(bool(_TOC_LINE.search(b["text"])) for b in blocks) >= 3  # a table of contents
         for b in blocks:
             key = _margin_key(b, page_heights[i])
             if b.get("_table"):
@@ -240,10 +247,13 @@ def label_document(pages: list[list[dict]], page_heights: list[float]) -> list[l
                 label = "title"
             elif _CAPTION.match(b["text"].lstrip()):
                 label = "caption"
-            elif _is_header(b, body):
-                label = "section_header"
+            elif _is_header(b, body) and not (toc_page and _TOC_LINE.search(b["text"])):
+                numbered = bool(_DIGIT_NUMBERED.match(b["text"].strip()))
+                label = "paragraph" if i == 0 and front_matter and not numbered else "section_header"
+                front_matter = front_matter and not numbered
             else:
                 label = _content_label(b)
+                front_matter = False
             if i == 0 and label != "title" and labelled and labelled[-1]["label"] == "title":
                 title_done = True
             labelled.append({"bbox": b["bbox"], "text": b["text"], "font_size": b["font_size"],

@@ -251,7 +251,7 @@ def _assemble(out: Path, work: Path, plan: dict, config: PoolConfig) -> dict:
             builder.abort()
         raise
     rejected.sort(key=lambda r: r["input_index"])
-    return write_pool_files(out, entries, rejected, plan["settings"], config)
+    return write_pool_files(out, entries, rejected, plan["settings"], config.encoding)
 
 
 def _fix_page_starts(entries: list[dict]) -> None:
@@ -266,7 +266,7 @@ MANIFEST_ORDER = ("doc_id", "source", "input_index", "num_pages", "page_start", 
 
 
 def write_pool_files(out: Path, entries: list[dict], rejected: list[dict], settings: dict,
-                     config: PoolConfig, merged_from: list[str] | None = None) -> dict:
+                     encoding: str, merged_from: list[str] | None = None) -> dict:
     """manifest.jsonl, rejected.jsonl, then pool.json (the completion marker)."""
     with atomic_write(out / "manifest.jsonl") as f:
         for entry in entries:
@@ -279,7 +279,7 @@ def write_pool_files(out: Path, entries: list[dict], rejected: list[dict], setti
     info = {
         "format_version": FORMAT_VERSION,
         "created_by": f"longvlm pool {__version__}",
-        "encoding": config.encoding,
+        "encoding": encoding,
         "settings": settings,
         "counts": {
             "inputs": len(entries) + len(rejected),
