@@ -19,6 +19,7 @@ from pathlib import Path
 from preprocess.pool.config import PoolConfig
 
 POLL_SECONDS = 0.5
+MAX_STARTUP_FAILURES = 3  # a chunk whose worker dies this often before its first document: give up
 
 
 @dataclass
@@ -66,6 +67,7 @@ class WorkerPool:
         self.on_event = on_event
         self.ctx = mp.get_context("spawn")
         self.workers: list[_Worker] = []
+        self.startup_failures: dict[int, int] = {}
 
     def _start(self) -> _Worker:
         parent, child = self.ctx.Pipe()
@@ -86,10 +88,14 @@ class WorkerPool:
         worker.proc.join()
         worker.conn.close()
         task = worker.task
-        if worker.current is None:
-            raise RuntimeError(f"a pool worker died before starting chunk {task.chunk_id} "
-                               f"(exit code {worker.proc.exitcode})")
-        self.record_incident(worker.current, {"reason": reason, "detail": detail})
+        if worker.current is None:  # died before its first document: not the document's fault
+            failures = self.startup_failures.get(task.chunk_id, 0) + 1
+            self.startup_failures[task.chunk_id] = failures
+            if failures >= MAX_STARTUP_FAILURES:
+                raise RuntimeError(f"pool workers keep dying before starting chunk {task.chunk_id} "
+                                   f"(exit code {worker.proc.exitcode})")
+        else:
+            self.record_incident(worker.current, {"reason": reason, "detail": detail})
         queue.insert(0, task)
         self.workers[self.workers.index(worker)] = self._start()
 
