@@ -289,9 +289,10 @@ def _cli(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_identical_pool(pdf_dir, tmp_path):
     inputs = [str(pdf_dir / "float.pdf"), str(pdf_dir / "booktabs.pdf"),
-              str(make_slow_pdf(tmp_path / "slow.pdf", pages=3)), str(pdf_dir / "camlidl-1.04.doc.pdf")]
+              str(make_slow_pdf(tmp_path / "slow.pdf", pages=2)), str(pdf_dir / "camlidl-1.04.doc.pdf")]
     opts = ["--dpi", str(DPI), "--min-pages", "0", "--chunk-docs", "1", "--no-progress", "--keep-work"]
     out = tmp_path / "resumed"
     proc = _cli([*inputs, "-o", str(out), *opts])
@@ -320,6 +321,7 @@ def test_render_timeout_loses_only_that_document(pdf_dir, tmp_path):
     assert rej["source"].endswith("slow.pdf") and "page 1 took more than 0.3 s" in rej["detail"]
 
 
+@pytest.mark.slow
 def test_worker_crash_loses_only_that_document(pdf_dir, tmp_path):
     import psutil
 

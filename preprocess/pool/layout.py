@@ -1,7 +1,7 @@
 """Layout-aware blocks from a page's text layer, labelled from font statistics.
 
 Per page, PyMuPDF's text blocks (content-stream order, which is the reading order of typeset
-documents) are split where the font size or weight changes between lines, so a heading never
+documents; running headers are put first and footers last) are split where the font size or weight changes between lines, so a heading never
 shares a block with the paragraph under it. Ruled tables found by PyMuPDF's table finder replace
 the text blocks they cover. Labels are then assigned per document, against the body font size
 (the most common size, by characters):
@@ -27,8 +27,7 @@ import pymupdf
 
 LABELS = ("title", "section_header", "paragraph", "list", "table", "caption", "header_footer",
           "formula", "code")
-TEXT_FLAGS = (pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_PRESERVE_LIGATURES
-              | pymupdf.TEXT_MEDIABOX_CLIP)
+TEXT_FLAGS = pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_MEDIABOX_CLIP  # ligatures expanded: "ﬁ" -> "fi"
 MARGIN = 0.09  # top/bottom fraction of the page where running headers and footers live
 _MONO = re.compile(r"mono|courier|typewriter|consol|menlo|^cmtt|^sfmono|inconsolata|^lmtt|code", re.I)
 _MATH = re.compile(r"^(cmmi|cmsy|cmex|msam|msbm|eufm|rsfs|stmary|cmbsy|lmmath)|math|symbol", re.I)
@@ -258,5 +257,15 @@ def label_document(pages: list[list[dict]], page_heights: list[float]) -> list[l
                 title_done = True
             labelled.append({"bbox": b["bbox"], "text": b["text"], "font_size": b["font_size"],
                              "bold": b["bold"], "label": label})
-        out.append(labelled)
+        out.append(_margins_outside(labelled, page_heights[i]))
     return out
+
+
+def _margins_outside(blocks: list[dict], page_height: float) -> list[dict]:
+    """Reading order: running headers first, then the body in content order, then footers."""
+    def place(b: dict) -> int:
+        if b["label"] != "header_footer":
+            return 1
+        return 0 if b["bbox"][1] < page_height / 2 else 2
+
+    return sorted(blocks, key=place)  # stable: content order within each part
