@@ -21,6 +21,7 @@ setup(
         "safetensors>=0.4",
         "pymupdf>=1.26",
         "pillow>=10",
+        "isal>=1.6",  # fast deflate for the pool's lossless page PNGs
         "numpy>=1.26",
         "psutil>=5.9",
         "PyYAML>=6",

@@ -166,23 +166,32 @@ def test_png_writer_is_read_back_exactly_by_pillow(shape):
     np.testing.assert_array_equal(np.asarray(img), pixels)
 
 
-def test_encodings_gray_lossless_colour_jpeg(pdf_dir):
+def test_encodings_lossless_png_and_jpeg_for_photos(pdf_dir):
     page = pymupdf.open(pdf_dir / "caption.pdf")[3]  # black text with coloured links
     pix = page.get_pixmap(dpi=72, alpha=False)
     rgb = np.frombuffer(pix.samples, np.uint8).reshape(pix.height, pix.width, 3)
     gray = np.repeat(rgb[..., :1], 3, axis=2)
     assert not is_gray(rgb) and is_gray(gray)
+
+    def decoded(data):
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
     data, fmt = encode_page(gray, "auto", 92)
     assert fmt == "png" and Image.open(io.BytesIO(data)).mode == "L"
-    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), gray)
+    np.testing.assert_array_equal(decoded(data), gray)
     data, fmt = encode_page(rgb, "auto", 92)
-    assert fmt == "jpeg" and psnr(np.asarray(Image.open(io.BytesIO(data))), rgb) >= 40
-    data, fmt = encode_page(rgb, "auto", 5, min_psnr=40)  # too lossy: falls back to lossless PNG
+    assert fmt == "png" and Image.open(io.BytesIO(data)).mode == "RGB"
+    np.testing.assert_array_equal(decoded(data), rgb)
+    data, fmt = encode_page(rgb, "jpeg", 92)
+    assert fmt == "jpeg" and psnr(decoded(data), rgb) >= 40
+    yy, xx = np.mgrid[0:300, 0:200]  # a smooth "photo" with a little noise: PNG is large
+    noise = np.random.default_rng(0).integers(0, 3, (300, 200, 3))
+    photo = ((np.stack([xx, yy, xx + yy], axis=2) + noise) % 256).astype(np.uint8)
+    data, fmt = encode_page(photo, "auto", 92, min_psnr=40)
+    assert fmt == "jpeg" and psnr(decoded(data), photo) >= 40
+    data, fmt = encode_page(photo, "auto", 92, min_psnr=60)  # quality not reached: stays lossless
     assert fmt == "png"
-    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), rgb)
-    data, fmt = encode_page(rgb, "png", 92)
-    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), rgb)
-    assert encode_page(gray, "jpeg", 92)[1] == "jpeg"
+    np.testing.assert_array_equal(decoded(data), photo)
 
 
 def test_psnr_matches_a_hand_computation():

@@ -18,9 +18,10 @@ Output format: docs/formats.md ("Document pool"); guide: docs/pool.md."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = ("Turn PDFs into a deduplicated, decontaminated document pool: every page "
-                          "rendered at --dpi and resized to the Qwen2.5-VL grid, layout blocks and "
-                          "sections, in Megatron indexed datasets (paper section 4.1).")
+    parser.description = (
+        "Turn PDFs into a deduplicated, decontaminated document pool (paper section 4.1): every\n"
+        "page rendered at --dpi and resized to the Qwen2.5-VL grid, with layout blocks and sections,\n"
+        "stored in Megatron indexed datasets. Documents are identified by the SHA-256 of their bytes.")
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     add_dataclass_arguments(parser, PoolConfig)

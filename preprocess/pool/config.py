@@ -31,13 +31,14 @@ class PoolConfig:
                 "contaminated, e.g. the evaluation benchmarks' PDFs"})
     encoding: str = field(default="auto", metadata={
         "choices": ENCODINGS,
-        "help": "page image encoding: auto = lossless grayscale PNG for gray pages, JPEG (4:4:4) "
-                "for colour pages; png = lossless PNG (grayscale when gray); jpeg = JPEG for all"})
-    jpeg_quality: int = field(default=92, metadata={"help": "JPEG quality (auto and jpeg encodings)"})
-    min_psnr: float = field(default=0.0, metadata={
-        "help": "auto encoding: decode each JPEG page and store it as lossless PNG instead if its "
-                "PSNR against the render is below this many dB (0 = no per-page check; the default "
-                "JPEG quality measures >= 40 dB on the test corpus, see docs/benchmarks.md)"})
+        "help": "page image encoding: auto = lossless PNG (grayscale when the page is gray), but "
+                "JPEG for photographic pages where that is much smaller; png = lossless PNG for "
+                "every page; jpeg = JPEG for every page"})
+    jpeg_quality: int = field(default=92, metadata={
+        "help": "JPEG quality, 4:4:4 (92 keeps rendered pages above 40 dB PSNR)"})
+    min_psnr: float = field(default=40.0, metadata={
+        "help": "auto encoding: a photographic page is stored as JPEG only if its PSNR against the "
+                "render is at least this many dB, else as lossless PNG (0 = do not check)"})
     tables: bool = field(default=True, metadata={
         "help": "detect tables with PyMuPDF's table finder (on pages with ruled regions)"})
     workers: int = field(default=1, metadata={"help": "worker processes"})
