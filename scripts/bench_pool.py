@@ -90,9 +90,9 @@ def bench_formats(pages: list[np.ndarray]) -> None:
     print(f"\n{len(pages)} pages ({sum(grays)} gray), one core (CPU time)\n")
     print("| encoding | KB/page | encode pages/s | decode pages/s | PSNR min / mean (dB) |")
     print("|---|---|---|---|---|")
-    for name, encode in FORMATS.items():
+    for name, encoder in FORMATS.items():
         t = time.process_time()
-        blobs = [encode(p, g) for p, g in zip(pages, grays)]
+        blobs = [encoder(p, g) for p, g in zip(pages, grays)]
         t_enc = time.process_time() - t
         t = time.process_time()
         decoded = []
