@@ -27,6 +27,7 @@ from preprocess.pool.store import STORES, StoreBuilder, iter_chunk_documents, re
 from preprocess.pool.workers import ChunkTask, WorkerPool
 
 FORMAT_VERSION = 1
+POOL_FILES = ("pool.json", "manifest.jsonl", "rejected.jsonl", "pages.bin", "pages.idx", "layout.bin", "layout.idx")
 HASH_BLOCK = 1 << 20
 
 
@@ -169,11 +170,11 @@ def build_pool(config: PoolConfig) -> PoolSummary:
             raise PoolError(f"{out} holds a complete pool built from other inputs or options "
                             f"({_describe_difference(info.get('settings', {}), settings)}); use another -o")
         return _summary(out, info, time.monotonic() - start, already_complete=True)
-    if out.exists() and any(p.name not in (".work",) for p in out.iterdir()):
-        stray = sorted(p.name for p in out.iterdir() if p.name != ".work")
-        if not all(p.startswith(".") or p in ("manifest.jsonl", "rejected.jsonl", "pages.bin", "pages.idx",
-                                               "layout.bin", "layout.idx") for p in stray):
-            raise PoolError(f"{out} exists and is not a pool directory (contains {', '.join(stray[:5])})")
+    stray = sorted(p.name for p in out.iterdir() if p.name not in POOL_FILES and not p.name.startswith(".")) \
+        if out.is_dir() else []
+    if stray:
+        raise PoolError(f"{out} exists and is not a pool directory (it holds {', '.join(stray[:5])}); "
+                        f"choose a new or empty -o")
     work = out / ".work"
     plan_path = work / "plan.json"
     if plan_path.exists():
