@@ -52,7 +52,8 @@ class PoolConfig:
     merge: bool = field(default=False, metadata={
         "help": "merge the shard pools given as INPUT into POOL_DIR (deduplicating across shards)"})
     chunk_docs: int = field(default=16, metadata={
-        "help": "documents per resumable chunk (a killed run redoes at most one chunk per worker)"})
+        "help": "documents per resumable chunk, at most (a killed run redoes at most one chunk per "
+                "worker; small inputs get smaller chunks so that every worker has work)"})
     keep_work: bool = field(default=False, metadata={
         "help": "keep POOL_DIR/.work (the finished chunks) after the pool is complete"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})

@@ -119,7 +119,9 @@ def make_plan(config: PoolConfig, sources: list[str], exclude: set[str], setting
         else:
             first[digest] = item["source"]
             todo.append(item)
-    chunks = [todo[i:i + config.chunk_docs] for i in range(0, len(todo), config.chunk_docs)]
+    # at most --chunk-docs per chunk, and at least ~4 chunks per worker so that all workers get work
+    size = max(1, min(config.chunk_docs, len(todo) // (4 * config.workers)))
+    chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
     return {"settings": settings, "rejected": rejected, "chunks": chunks}
 
 
