@@ -23,7 +23,16 @@ def _not_implemented(name: str):
 
 
 pool = _not_implemented("pool")
-synth = _not_implemented("synth")
+def synth(pool: str, output: str, **options: Any):
+    """``longvlm synth``: the five training tasks from a pool -> ``preprocess.synth.SynthResult``.
+
+    ``options`` are the other ``SynthConfig`` fields (``tasks``, ``generator``, ``per_doc``, ...).
+    """
+    from preprocess.synth import SynthConfig, run_synth
+
+    return run_synth(SynthConfig(pool=pool, output=output, **options))
+
+
 build = _not_implemented("build")
 stats = _not_implemented("stats")
 convert = _not_implemented("convert")

@@ -1,0 +1,192 @@
+"""The ``offline`` generator: deterministic QA pairs read off the layout blocks of a segment (no model).
+
+Every answer is text of the cited evidence pages, so it needs reading the page content (not page
+numbers alone):
+
+- ``extract-single``: a table row's cells after its first cell, a figure/table caption, a section
+  heading, or the completion of a sentence, on one page;
+- ``extract-multi``: the section headings / captions / first paragraph's first sentence of 2-3 pages;
+- ``reasoning``: how many section headings / captions the segment has, listed with their pages.
+
+Multi-item answers put one item per line as ``Page N: text`` (reasoning: the count on the first line).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from preprocess.synth.generators import QARequest
+from preprocess.synth.layout import HEADING_LABELS, clean, content_blocks, format_pages, section_at
+from preprocess.synth.validate import Rejected
+
+PROMPT_VERSION = "offline-v1"
+_ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'“])")
+
+
+def _short(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0]
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _is_texty(text: str) -> bool:
+    return sum(c.isalpha() for c in text) >= 3
+
+
+class _Page:
+    """The askable facts of one page."""
+
+    def __init__(self, number: int, blocks: list[dict]):
+        self.number = number
+        blocks = content_blocks(blocks)
+        self.headings = [t for b in blocks if b["label"] in HEADING_LABELS
+                         for t in [clean(b["text"])] if _is_texty(t) and len(t) <= 200]
+        self.captions = [_short(t) for b in blocks if b["label"] == "caption"
+                         for t in [clean(b["text"])] if _is_texty(t) and _words(t) >= 2]
+        self.sentences = [s for b in blocks if b["label"] in ("paragraph", "list")
+                          for s in _SENTENCE_END.split(clean(b["text"])) if 8 <= _words(s) <= 60 and _is_texty(s)]
+        paragraphs = [clean(b["text"]) for b in blocks if b["label"] == "paragraph"]
+        first = _SENTENCE_END.split(paragraphs[0])[0] if paragraphs else ""
+        self.first_sentence = first if _words(first) >= 3 and _is_texty(first) else None
+        self.rows = [row for b in blocks if b["label"] == "table" for row in _table_rows(b["text"])]
+
+
+def _table_rows(text: str) -> list[tuple[str, str]]:
+    """``(first cell, rest of the row)`` of the table's lines whose first cell is unique."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c for c in re.split(r"\s{2,}|\t|\s\|\s", line.strip()) if c]
+        if len(cells) < 2:
+            cells = line.strip().split(" ", 1)
+        if len(cells) >= 2 and _is_texty(cells[0] + cells[1]) and len(cells[0]) >= 2:
+            rows.append((clean(cells[0]), clean(" ".join(cells[1:]))))
+    keys = [k for k, _ in rows]
+    return [(k, v) for k, v in rows if keys.count(k) == 1 and v]
+
+
+def _nth(items: list, i: int, noun: str) -> str:
+    return f"the {noun}" if len(items) == 1 else f"the {_ORDINALS[i] if i < len(_ORDINALS) else f'#{i + 1}'} {noun}"
+
+
+class OfflineGenerator:
+    """Deterministic for a given request (its ``seed``); thread-safe (no state)."""
+
+    def info(self, task: str) -> dict:
+        return {"name": "offline", "model": None, "prompt_version": PROMPT_VERSION}
+
+    def generate(self, pool, request: QARequest) -> dict:
+        rng = random.Random(request.seed)
+        doc_id = request.doc["doc_id"]
+        pages = [_Page(p, pool.page_blocks(doc_id, p)) for p in request.segment.pages]
+        makers = {"extract-single": (self._single_row, self._single_caption, self._single_heading,
+                                     self._single_sentence),
+                  "extract-multi": (self._multi_headings, self._multi_captions, self._multi_sentences),
+                  "reasoning": (self._count_headings, self._count_captions)}[request.task]
+        makers = list(makers)
+        rng.shuffle(makers)
+        for make in makers:
+            qa = make(rng, request, pages)
+            if qa is not None:
+                return qa
+        raise Rejected("no_content", f"nothing to ask about on pages {request.segment.first_page}-"
+                                     f"{request.segment.last_page} for {request.task}")
+
+    # -- helpers ----------------------------------------------------------------------------
+    @staticmethod
+    def _where(request: QARequest, page: int, with_section: bool = True) -> str:
+        title = section_at(request.doc, page) if with_section else None
+        return f"on page {page}" + (f" (in the section \"{title}\")" if title else "")
+
+    @staticmethod
+    def _qa(question: str, answer: str, evidence: str, pages: list[int]) -> dict:
+        return {"question": question, "answer": answer, "evidence": evidence, "evidence_pages": sorted(pages)}
+
+    # -- extract-single ---------------------------------------------------------------------
+    def _single_row(self, rng, request, pages):
+        page = rng.choice([p for p in pages if p.rows] or [None])
+        if page is None:
+            return None
+        key, value = rng.choice(page.rows)
+        return self._qa(f"In the table {self._where(request, page.number)}, what does the row that starts "
+                        f"with \"{key}\" say after \"{key}\"?", value,
+                        f"The row \"{key}\" of the table on page {page.number}.", [page.number])
+
+    def _single_caption(self, rng, request, pages):
+        page = rng.choice([p for p in pages if p.captions] or [None])
+        if page is None:
+            return None
+        i = rng.randrange(len(page.captions))
+        return self._qa(f"What does {_nth(page.captions, i, 'figure or table caption')} "
+                        f"{self._where(request, page.number)} say?", page.captions[i],
+                        f"The caption on page {page.number}.", [page.number])
+
+    def _single_heading(self, rng, request, pages):
+        page = rng.choice([p for p in pages if p.headings] or [None])
+        if page is None:
+            return None
+        i = rng.randrange(len(page.headings))
+        return self._qa(f"What is the title of {_nth(page.headings, i, 'section heading')} on page "
+                        f"{page.number}?", page.headings[i],
+                        f"The section heading on page {page.number}.", [page.number])
+
+    def _single_sentence(self, rng, request, pages):
+        page = rng.choice([p for p in pages if p.sentences] or [None])
+        if page is None:
+            return None
+        sentence = rng.choice(page.sentences)
+        start = " ".join(sentence.split()[:6])
+        where = self._where(request, page.number)
+        return self._qa(f"{where[0].upper()}{where[1:]}, complete the sentence that "
+                        f"begins \"{start}\".", sentence,
+                        f"The sentence in the text of page {page.number}.", [page.number])
+
+    # -- extract-multi ----------------------------------------------------------------------
+    def _multi(self, rng, request, pages, attr, noun, question):
+        having = [p for p in pages if getattr(p, attr)]
+        if len(having) < 2:
+            return None
+        chosen = sorted(rng.sample(having, min(len(having), rng.randint(2, 3))), key=lambda p: p.number)
+        numbers = [p.number for p in chosen]
+        lines = [f"Page {p.number}: {item}" for p in chosen for item in getattr(p, attr)]
+        return self._qa(question.format(pages=format_pages(numbers)), "\n".join(lines),
+                        f"The {noun} on {format_pages(numbers)}.", numbers)
+
+    def _multi_headings(self, rng, request, pages):
+        return self._multi(rng, request, pages, "headings", "section headings",
+                           "List the section headings that appear on {pages}, each with its page.")
+
+    def _multi_captions(self, rng, request, pages):
+        return self._multi(rng, request, pages, "captions", "figure and table captions",
+                           "List the figure and table captions on {pages}, each with its page.")
+
+    def _multi_sentences(self, rng, request, pages):
+        firsts = [p for p in pages if p.first_sentence]
+        if len(firsts) < 2:
+            return None
+        chosen = sorted(rng.sample(firsts, min(len(firsts), rng.randint(2, 3))), key=lambda p: p.number)
+        numbers = [p.number for p in chosen]
+        return self._qa(f"Quote the first sentence of the first paragraph of body text on {format_pages(numbers)}, "
+                        "each with its page.", "\n".join(f"Page {p.number}: {p.first_sentence}" for p in chosen),
+                        f"The body text of {format_pages(numbers)}.", numbers)
+
+    # -- reasoning --------------------------------------------------------------------------
+    def _count(self, request, pages, attr, noun):
+        items = [(p.number, item) for p in pages for item in getattr(p, attr)]
+        if len(items) < 2:
+            return None
+        seg = request.segment
+        lines = [str(len(items))] + [f"Page {n}: {item}" for n, item in items]
+        return self._qa(f"How many {noun} are there on pages {seg.first_page}-{seg.last_page}? Give the number, "
+                        f"then list them with their pages.", "\n".join(lines),
+                        f"The {noun} of pages {seg.first_page}-{seg.last_page}, counted.",
+                        sorted({n for n, _ in items}))
+
+    def _count_headings(self, rng, request, pages):
+        return self._count(request, pages, "headings", "section headings")
+
+    def _count_captions(self, rng, request, pages):
+        return self._count(request, pages, "captions", "figure and table captions")

@@ -1,0 +1,72 @@
+"""An in-memory stand-in for ``preprocess.pool.Pool`` (same interface) with known page content."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+SECTIONS = [  # a 30-page report: chapters, one of them too long for a segment without its subsections
+    {"title": "Introduction", "level": 1, "first_page": 1, "last_page": 4},
+    {"title": "Methods", "level": 1, "first_page": 5, "last_page": 20},
+    {"title": "Data Collection", "level": 2, "first_page": 5, "last_page": 11},
+    {"title": "Model Design", "level": 2, "first_page": 12, "last_page": 20},
+    {"title": "Results", "level": 1, "first_page": 21, "last_page": 26},
+    {"title": "Discussion", "level": 1, "first_page": 27, "last_page": 30},
+]
+
+
+def page_blocks(doc_index: int, page: int, sections: list[dict]) -> list[dict]:
+    """Blocks of one fake page: running header, headings where sections start, text, captions, tables."""
+    def block(label, text):
+        return {"bbox": [50, 50, 500, 80], "text": text, "font_size": 10.0, "bold": label != "paragraph",
+                "label": label}
+
+    blocks = [block("header_footer", f"Annual Report {doc_index} running header")]
+    blocks += [block("section_header", s["title"]) for s in sections if s["first_page"] == page]
+    blocks.append(block("paragraph", f"Page {page} opens here. The measured rate of sample alpha-{doc_index}-{page} "
+                                     f"was {page * 7 + doc_index} units in the spring campaign. "
+                                     f"A second sentence follows on page {page} for the reader."))
+    if page % 3 == 0:
+        blocks.append(block("caption", f"Figure {page}: Growth of crop number {page} over ten seasons."))
+    if page % 4 == 0:
+        blocks.append(block("table", f"Region  Yield\nNorth-{page}  {page * 11} tonnes\nSouth-{page}  "
+                                     f"{page * 13} tonnes"))
+    blocks.append(block("header_footer", str(page)))
+    return blocks
+
+
+def png(color: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (28, 28), color).save(out, format="PNG")
+    return out.getvalue()
+
+
+class FakePool:
+    encoding = "png"
+
+    def __init__(self, num_docs: int = 2, num_pages: int = 30, sections: list[dict] | None = SECTIONS):
+        self.documents = []
+        self._blocks = {}
+        for d in range(num_docs):
+            doc_id = f"{d:064x}"
+            secs = [dict(s) for s in (sections or []) if s["last_page"] <= num_pages]
+            self.documents.append({
+                "doc_id": doc_id, "source": f"doc{d}.pdf", "num_pages": num_pages, "page_start": d * num_pages,
+                "pages": [{"width": 28, "height": 28, "grid": [2, 2], "tokens": 1, "has_text": True}] * num_pages,
+                "sections": secs, "total_image_tokens": num_pages})
+            for p in range(1, num_pages + 1):
+                self._blocks[doc_id, p] = page_blocks(d, p, secs)
+
+    def __len__(self):
+        return len(self.documents)
+
+    def get(self, doc_id):
+        return next(d for d in self.documents if d["doc_id"] == doc_id)
+
+    def page_blocks(self, doc_id, page_number):
+        return self._blocks[doc_id, page_number]
+
+    def page_bytes(self, doc_id, page_number):
+        index = next(i for i, d in enumerate(self.documents) if d["doc_id"] == doc_id)
+        return png((index, page_number, 7))
