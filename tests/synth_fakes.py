@@ -29,7 +29,10 @@ def page_blocks(doc_index: int, page: int, sections: list[dict]) -> list[dict]:
                                      f"A second sentence follows on page {page} for the reader."))
     if page % 3 == 0:
         blocks.append(block("caption", f"Figure {page}: Growth of crop number {page} over ten seasons."))
-    if page % 4 == 0:
+    if page % 8 == 0:  # a Markdown table, as the pool writes ruled tables
+        blocks.append(block("table", f"|Region|Yield|Unit|\n|---|---|---|\n|North-{page}|{page * 11}|tonnes|\n"
+                                     f"|South-{page}|{page * 13}|tonnes|"))
+    elif page % 4 == 0:
         blocks.append(block("table", f"Region  Yield\nNorth-{page}  {page * 11} tonnes\nSouth-{page}  "
                                      f"{page * 13} tonnes"))
     blocks.append(block("header_footer", str(page)))

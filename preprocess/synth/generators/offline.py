@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 
 from preprocess.synth.generators import QARequest
 from preprocess.synth.layout import HEADING_LABELS, clean, content_blocks, format_pages, section_at
@@ -55,17 +56,31 @@ class _Page:
         self.rows = [row for b in blocks if b["label"] == "table" for row in _table_rows(b["text"])]
 
 
-def _table_rows(text: str) -> list[tuple[str, str]]:
-    """``(first cell, rest of the row)`` of the table's lines whose first cell is unique."""
-    rows = []
-    for line in text.splitlines():
-        cells = [c for c in re.split(r"\s{2,}|\t|\s\|\s", line.strip()) if c]
-        if len(cells) < 2:
-            cells = line.strip().split(" ", 1)
-        if len(cells) >= 2 and _is_texty(cells[0] + cells[1]) and len(cells[0]) >= 2:
-            rows.append((clean(cells[0]), clean(" ".join(cells[1:]))))
-    keys = [k for k, _ in rows]
-    return [(k, v) for k, v in rows if keys.count(k) == 1 and v]
+def _table_rows(text: str) -> list[tuple[str, str | None, str]]:
+    """``(first cell, column header or None, cell)`` facts of the rows of a table whose first cell is unique.
+
+    Markdown tables (``|a|b|`` rows, as the pool writes them) give one fact per headed cell; other
+    tables give one fact per line (its first cell, then the rest of the line).
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    rows: list[tuple[str, list[tuple[str | None, str]]]] = []
+    if lines and lines[0].startswith("|"):
+        cells = [[clean(c.replace("<br>", " ")) for c in line.strip("|").split("|")]
+                 for line in lines if not re.fullmatch(r"[|:\-\s]+", line)]
+        header = cells[0] if cells else []
+        for row in cells[1:]:
+            rows.append((row[0], [(header[j], row[j]) for j in range(1, min(len(row), len(header)))
+                                  if header[j] and row[j] and header[j] != row[j]]))
+    else:
+        for line in lines:
+            parts = [c for c in re.split(r"\s{2,}|\t", line) if c]
+            if len(parts) < 2:
+                parts = line.split(" ", 1)
+            if len(parts) >= 2:
+                rows.append((clean(parts[0]), [(None, clean(" ".join(parts[1:])))]))
+    keys = Counter(key for key, _ in rows)
+    return [(key, column, value) for key, cells in rows if keys[key] == 1 and len(key) >= 2
+            for column, value in cells if _is_texty(key + value)]
 
 
 def _nth(items: list, i: int, noun: str) -> str:
@@ -110,9 +125,10 @@ class OfflineGenerator:
         page = rng.choice([p for p in pages if p.rows] or [None])
         if page is None:
             return None
-        key, value = rng.choice(page.rows)
+        key, column, value = rng.choice(page.rows)
+        asked = f"in the column \"{column}\"" if column else f"after \"{key}\""
         return self._qa(f"In the table {self._where(request, page.number)}, what does the row that starts "
-                        f"with \"{key}\" say after \"{key}\"?", value,
+                        f"with \"{key}\" say {asked}?", value,
                         f"The row \"{key}\" of the table on page {page.number}.", [page.number])
 
     def _single_caption(self, rng, request, pages):
@@ -129,8 +145,8 @@ class OfflineGenerator:
         if page is None:
             return None
         i = rng.randrange(len(page.headings))
-        return self._qa(f"What is the title of {_nth(page.headings, i, 'section heading')} on page "
-                        f"{page.number}?", page.headings[i],
+        return self._qa(f"What does {_nth(page.headings, i, 'section heading')} on page {page.number} say?",
+                        page.headings[i],
                         f"The section heading on page {page.number}.", [page.number])
 
     def _single_sentence(self, rng, request, pages):
