@@ -19,8 +19,11 @@ def content_blocks(blocks: list[dict]) -> list[dict]:
 
 
 def page_text(blocks: list[dict]) -> str:
-    """A page's text in reading order (the block order), one block per line, headers/footers skipped."""
-    return "\n".join(b["text"].strip() for b in content_blocks(blocks))
+    """A page's text in reading order (the block order), one block per line, headers/footers skipped.
+
+    Unmapped glyphs (U+FFFD, no Unicode in the PDF) are dropped: they cannot be transcribed.
+    """
+    return "\n".join(t for b in content_blocks(blocks) for t in [b["text"].replace("\ufffd", "").strip()] if t)
 
 
 def section_at(doc: dict, page: int) -> str | None:

@@ -38,10 +38,10 @@ class _Node:
 
 
 def _tree(sections: list[dict], num_pages: int) -> list[_Node]:
-    """Nest the valid sections by level and page range (document order)."""
+    """Nest the valid sections by level and page range (the pool lists them in document order)."""
     valid = [s for s in sections
              if s.get("title", "").strip() and 1 <= s["first_page"] <= s["last_page"] <= num_pages]
-    valid.sort(key=lambda s: (s["first_page"], s["level"], -s["last_page"]))
+    valid.sort(key=lambda s: s["first_page"])  # stable: sections starting on one page keep their order
     roots: list[_Node] = []
     stack: list[_Node] = []
     for s in valid:

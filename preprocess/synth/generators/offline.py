@@ -35,7 +35,8 @@ def _words(text: str) -> int:
 
 
 def _is_texty(text: str) -> bool:
-    return sum(c.isalpha() for c in text) >= 3
+    """Holds a word (3+ letters) and no unmapped glyphs (U+FFFD): worth asking about."""
+    return "\ufffd" not in text and re.search(r"[^\W\d_]{3}", text) is not None
 
 
 class _Page:
@@ -56,21 +57,32 @@ class _Page:
         self.rows = [row for b in blocks if b["label"] == "table" for row in _table_rows(b["text"])]
 
 
+def _cell(text: str) -> str:
+    """A Markdown table cell as plain text: ``<br>`` and emphasis/code marks removed."""
+    text = text.replace("<br>", " ").replace("**", "").replace("`", "")
+    return clean(re.sub(r"(?<!\w)_(\S(?:.*?\S)?)_(?!\w)", r"\1", text))
+
+
+def _good_header(text: str) -> bool:
+    """Not a placeholder ("Col3") nor a fragment cut off by the table finder ("nputs")."""
+    return _is_texty(text) and not re.fullmatch(r"Col\d+", text) and not text[0].islower() and len(text) <= 60
+
+
 def _table_rows(text: str) -> list[tuple[str, str | None, str]]:
     """``(first cell, column header or None, cell)`` facts of the rows of a table whose first cell is unique.
 
-    Markdown tables (``|a|b|`` rows, as the pool writes them) give one fact per headed cell; other
-    tables give one fact per line (its first cell, then the rest of the line).
+    Markdown tables (``|a|b|`` rows, as the pool writes them) give one fact per cell under a real
+    header; other tables give one fact per line (its first cell, then the rest of the line).
     """
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     rows: list[tuple[str, list[tuple[str | None, str]]]] = []
     if lines and lines[0].startswith("|"):
-        cells = [[clean(c.replace("<br>", " ")) for c in line.strip("|").split("|")]
+        cells = [[_cell(c) for c in line.strip("|").split("|")]
                  for line in lines if not re.fullmatch(r"[|:\-\s]+", line)]
         header = cells[0] if cells else []
         for row in cells[1:]:
             rows.append((row[0], [(header[j], row[j]) for j in range(1, min(len(row), len(header)))
-                                  if header[j] and row[j] and header[j] != row[j]]))
+                                  if _good_header(header[j]) and row[j] and header[j] != row[j]]))
     else:
         for line in lines:
             parts = [c for c in re.split(r"\s{2,}|\t", line) if c]
@@ -79,8 +91,8 @@ def _table_rows(text: str) -> list[tuple[str, str | None, str]]:
             if len(parts) >= 2:
                 rows.append((clean(parts[0]), [(None, clean(" ".join(parts[1:])))]))
     keys = Counter(key for key, _ in rows)
-    return [(key, column, value) for key, cells in rows if keys[key] == 1 and len(key) >= 2
-            for column, value in cells if _is_texty(key + value)]
+    return [(key, column, value) for key, cells in rows if keys[key] == 1 and 2 <= len(key) <= 80
+            for column, value in cells if _is_texty(key + value) and len(value) <= 200]
 
 
 def _nth(items: list, i: int, noun: str) -> str:
