@@ -24,7 +24,7 @@ def page_blocks(doc_index: int, page: int, sections: list[dict]) -> list[dict]:
 
     blocks = [block("header_footer", f"Annual Report {doc_index} running header")]
     blocks += [block("section_header", s["title"]) for s in sections if s["first_page"] == page]
-    blocks.append(block("paragraph", f"Page {page} opens here. The measured rate of sample alpha-{doc_index}-{page} "
+    blocks.append(block("paragraph", f"Page {page} opens the chapter on crops. The measured rate of sample alpha-{doc_index}-{page} "
                                      f"was {page * 7 + doc_index} units in the spring campaign. "
                                      f"A second sentence follows on page {page} for the reader."))
     if page % 3 == 0:

@@ -6,7 +6,8 @@ numbers alone):
 - ``extract-single``: a table row's cells after its first cell, a figure/table caption, a section
   heading, or the completion of a sentence, on one page;
 - ``extract-multi``: the section headings / captions / first paragraph's first sentence of 2-3 pages;
-- ``reasoning``: how many section headings / captions the segment has, listed with their pages.
+- ``reasoning``: how many section headings / captions pages a-b of the segment hold (2-10 of them),
+  listed with their pages.
 
 Multi-item answers put one item per line as ``Page N: text`` (reasoning: the count on the first line).
 """
@@ -24,6 +25,8 @@ from preprocess.synth.validate import Rejected
 PROMPT_VERSION = "offline-v1"
 _ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'“])")
+_CAPTION = re.compile(r"^\S+\s*[\dIVX]+(\.\d+)*[.:]\s")  # "Figure 3: ...", "Table 2.1. ..."
+MAX_COUNT = 10  # reasoning counts at most this many items (a sub-range of the segment otherwise)
 
 
 def _short(text: str, limit: int = 400) -> str:
@@ -46,14 +49,16 @@ class _Page:
         self.number = number
         blocks = content_blocks(blocks)
         self.headings = [t for b in blocks if b["label"] in HEADING_LABELS
-                         for t in [clean(b["text"])] if _is_texty(t) and len(t) <= 200]
+                         for t in [clean(b["text"])] if _is_texty(t) and len(t) <= 200 and not t[0].islower()]
         self.captions = [_short(t) for b in blocks if b["label"] == "caption"
-                         for t in [clean(b["text"])] if _is_texty(t) and _words(t) >= 2]
+                         for t in [clean(b["text"])] if _is_texty(t) and _words(t) >= 3 and _CAPTION.match(t)]
         self.sentences = [s for b in blocks if b["label"] in ("paragraph", "list")
                           for s in _SENTENCE_END.split(clean(b["text"])) if 8 <= _words(s) <= 60 and _is_texty(s)]
         paragraphs = [clean(b["text"]) for b in blocks if b["label"] == "paragraph"]
         first = _SENTENCE_END.split(paragraphs[0])[0] if paragraphs else ""
-        self.first_sentence = first if _words(first) >= 3 and _is_texty(first) else None
+        # a real sentence (not a running header the layout missed, nor the tail of the previous page's)
+        self.first_sentence = first if (_words(first) >= 5 and _is_texty(first) and first[0].isupper()
+                                        and first.endswith((".", "!", "?"))) else None
         self.rows = [row for b in blocks if b["label"] == "table" for row in _table_rows(b["text"])]
 
 
@@ -202,19 +207,22 @@ class OfflineGenerator:
                         f"The body text of {format_pages(numbers)}.", numbers)
 
     # -- reasoning --------------------------------------------------------------------------
-    def _count(self, request, pages, attr, noun):
-        items = [(p.number, item) for p in pages for item in getattr(p, attr)]
-        if len(items) < 2:
+    def _count(self, rng, pages, attr, noun):
+        sizes = [len(getattr(p, attr)) for p in pages]
+        ranges = [(i, j) for i in range(len(pages)) for j in range(i + 1, len(pages))
+                  if 2 <= sum(sizes[i:j + 1]) <= MAX_COUNT]
+        if not ranges:
             return None
-        seg = request.segment
+        i, j = (0, len(pages) - 1) if (0, len(pages) - 1) in ranges else rng.choice(ranges)
+        first, last = pages[i].number, pages[j].number
+        items = [(p.number, item) for p in pages[i:j + 1] for item in getattr(p, attr)]
         lines = [str(len(items))] + [f"Page {n}: {item}" for n, item in items]
-        return self._qa(f"How many {noun} are there on pages {seg.first_page}-{seg.last_page}? Give the number, "
+        return self._qa(f"How many {noun} are there on pages {first}-{last}? Give the number, "
                         f"then list them with their pages.", "\n".join(lines),
-                        f"The {noun} of pages {seg.first_page}-{seg.last_page}, counted.",
-                        sorted({n for n, _ in items}))
+                        f"The {noun} of pages {first}-{last}, counted.", sorted({n for n, _ in items}))
 
     def _count_headings(self, rng, request, pages):
-        return self._count(request, pages, "headings", "section headings")
+        return self._count(rng, pages, "headings", "section headings")
 
     def _count_captions(self, rng, request, pages):
-        return self._count(request, pages, "captions", "figure and table captions")
+        return self._count(rng, pages, "captions", "figure and table captions")
