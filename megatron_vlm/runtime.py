@@ -16,12 +16,15 @@ nothing. Without CUDA it uses gloo and, before anything else, applies :func:`app
    there): ``torch.cuda.current_device()`` is the CPU device, ``torch.cuda.synchronize()`` and
    ``empty_cache()`` do nothing, and tensor factories called with ``device="cuda"`` allocate on the
    CPU. Everything else is the real ``torch``. Each listed module says why it needs this.
-3. ``clip_grad_by_total_norm_fp32``: the only change is the assertion that gradients are
-   ``torch.cuda.FloatTensor``.
+3. Three functions that call ``Tensor.cuda()`` or check for CUDA tensor types get a CPU twin:
+   ``clip_grad_by_total_norm_fp32`` (asserts ``torch.cuda.FloatTensor`` gradients),
+   ``tensor_parallel.broadcast_data`` (moves the batch with ``.cuda()``), and the ``broadcast`` /
+   ``gather_rounds`` tensor exchanges of the fully-parallel checkpoint loader (``.cuda()`` and
+   ``init_data("cuda")``), which on CPU are served by its ``gather_object`` exchange.
 
 Not available on CPU at all (they need Transformer Engine or CUDA kernels): context parallelism,
-``PackedSeqParams``, the distributed optimizer, fp16/bf16 optimizers (they check for CUDA tensor
-types), ``tensor_parallel.broadcast_data`` (calls ``Tensor.cuda()``). See docs/runtime.md.
+``PackedSeqParams``, the distributed optimizer, the fp16/bf16 mixed-precision optimizers (they check
+for CUDA tensor types). See docs/runtime.md.
 """
 
 from __future__ import annotations
@@ -214,7 +217,7 @@ _CUDA_ASSUMING_MODULES = {
     "megatron.core.dist_checkpointing.strategies.async_utils":
         "torch.cuda.synchronize() and liveness tensors on current_device()",
     "megatron.core.dist_checkpointing.strategies.fully_parallel": "torch.cuda.synchronize()",
-    "megatron.core.dist_checkpointing.exchange_utils": "exchange buffers created with device='cuda'",
+    "megatron.core.tensor_parallel.data": "broadcast size tensor created with device='cuda'",
 }
 
 _SHIMS_APPLIED = False
@@ -317,6 +320,26 @@ def _clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decouple
         torch._foreach_mul_(grads, clip_coeff)
 
 
+def _broadcast_data(keys, data, datatype, tp_group=None):
+    """megatron-core's ``broadcast_data`` without moving the batch to CUDA."""
+    from megatron.core.tensor_parallel import data as tp_data
+    from megatron.core.utils import get_tensor_model_parallel_group_if_none
+
+    tp_group = get_tensor_model_parallel_group_if_none(tp_group)
+    key_size, key_numel, total_numel = tp_data._build_key_size_numel_dictionaries(keys, data, tp_group)
+    if tp_group.rank() == 0:
+        tp_data._check_data_types(keys, data, datatype)
+        flat = torch.cat([data[key].contiguous().view(-1) for key in keys], dim=0)
+    else:
+        flat = torch.empty(total_numel, dtype=datatype)
+    torch.distributed.broadcast(flat, torch.distributed.get_process_group_ranks(tp_group)[0], group=tp_group)
+    output, offset = {}, 0
+    for key in keys:
+        output[key] = flat.narrow(0, offset, key_numel[key]).view(key_size[key])
+        offset += key_numel[key]
+    return output
+
+
 def apply_cpu_shims() -> None:
     """Make megatron-core's non-TE paths run without CUDA. Idempotent; a no-op when CUDA exists."""
     global _SHIMS_APPLIED
@@ -327,8 +350,9 @@ def apply_cpu_shims() -> None:
         importlib.import_module(name).torch = cpu_torch
 
     from megatron.core import tensor_parallel
+    from megatron.core.dist_checkpointing import exchange_utils
     from megatron.core.optimizer import clip_grads, optimizer
-    from megatron.core.tensor_parallel import random
+    from megatron.core.tensor_parallel import data, random
 
     random._get_cuda_rng_state = _cpu_get_rng_state
     random._set_cuda_rng_state = _cpu_set_rng_state
@@ -336,6 +360,9 @@ def apply_cpu_shims() -> None:
     tensor_parallel.model_parallel_cuda_manual_seed = model_parallel_cpu_manual_seed
     clip_grads.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
     optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
+    data.broadcast_data = tensor_parallel.broadcast_data = _broadcast_data
+    exchange_utils.exchange_loaded_tensors_broadcast = exchange_utils.exchange_loaded_tensors_gather_object
+    exchange_utils.exchange_loaded_tensors_gather_rounds = exchange_utils.exchange_loaded_tensors_gather_object
     _SHIMS_APPLIED = True
 
 

@@ -127,3 +127,33 @@ def test_parallel_layout_matches_single_device(parallel_step, layout):
         assert got["grad_norm"] == pytest.approx(rank["ref_grad_norm"], rel=1e-5)
         assert got["grads_max_diff"] < 1e-6  # gathered through a resharded dist checkpoint
         assert got["updated_max_diff"] < 1e-5
+        assert got["broadcast_matches"]
+
+
+def test_cpu_shims_are_scoped_to_listed_modules(single_process):
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import layers
+
+    assert parallel_state.torch is torch  # modules not listed see the real torch
+    if torch.cuda.is_available():
+        assert layers.torch is torch  # nothing is patched on GPU
+        return
+    assert layers.torch.cuda.current_device() == torch.device("cpu")
+    assert layers.torch.zeros(2, device="cuda").device.type == "cpu"
+    assert layers.torch.cuda.synchronize() is None
+    with pytest.raises((AssertionError, RuntimeError)):  # the real torch.cuda is untouched
+        torch.cuda.current_device()
+
+
+def test_default_causal_mask_equals_explicit_mask(single_process):
+    """Without a mask, megatron-core builds its default causal mask (device='cuda' in its source)."""
+    from workers.gpt_parallel_step import build_model, global_batch
+
+    ddp, _ = build_model(1, 1)
+    batch = global_batch()[0]
+    with torch.no_grad():
+        explicit = ddp(batch["tokens"], batch["position_ids"], batch["mask"])
+        default = ddp(batch["tokens"], batch["position_ids"], None)
+        no_mask = ddp(batch["tokens"], batch["position_ids"], torch.zeros_like(batch["mask"]))
+    torch.testing.assert_close(default, explicit, rtol=0, atol=1e-6)
+    assert (no_mask - explicit).abs().max() > 1e-3  # the mask matters: it is really applied

@@ -18,8 +18,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from megatron.core import dist_checkpointing
+from megatron.core import dist_checkpointing, tensor_parallel
 from megatron.core import parallel_state as ps
+from megatron.core.dist_checkpointing.serialization import (
+    get_default_load_sharded_strategy,
+    get_default_save_sharded_strategy,
+)
+from megatron.core.dist_checkpointing.strategies.fully_parallel import (
+    FullyParallelLoadStrategyWrapper,
+    FullyParallelSaveStrategyWrapper,
+)
 from megatron.core.distributed import (
     DistributedDataParallel,
     DistributedDataParallelConfig,
@@ -108,14 +116,28 @@ def tensors(model) -> dict[str, torch.Tensor]:
 
 
 def save(model, path: Path) -> None:
+    """Save as Megatron-LM does by default: torch_dist, writes spread over data-parallel ranks."""
     if torch.distributed.get_rank() == 0:
         path.mkdir(parents=True)
     torch.distributed.barrier()
-    dist_checkpointing.save(model.sharded_state_dict(), str(path))
+    strategy = FullyParallelSaveStrategyWrapper(get_default_save_sharded_strategy(),
+                                                ps.get_data_parallel_group(with_context_parallel=True))
+    dist_checkpointing.save(model.sharded_state_dict(), str(path), strategy)
 
 
 def load(model, path: Path) -> None:
-    model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), str(path)))
+    """Load with reads spread over data-parallel ranks and exchanged between them."""
+    strategy = FullyParallelLoadStrategyWrapper(get_default_load_sharded_strategy(str(path)),
+                                                ps.get_data_parallel_group(with_context_parallel=True))
+    model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), str(path), strategy))
+
+
+def broadcast_matches(microbatch: dict[str, torch.Tensor]) -> bool:
+    """``tensor_parallel.broadcast_data`` hands the first TP rank's batch to the others."""
+    keys = ["tokens", "labels"]
+    first = ps.get_tensor_model_parallel_rank() == 0
+    got = tensor_parallel.broadcast_data(keys, microbatch if first else None, torch.int64)
+    return all(torch.equal(got[k].cpu(), microbatch[k].cpu()) for k in keys)
 
 
 def train_step(ddp, config, microbatches) -> dict:
@@ -171,6 +193,7 @@ def main() -> None:
         ddp, config = build_model(tp, pp, **extra)
         load(ddp.module, args.out / "init")
         step = train_step(ddp, config, microbatches)
+        broadcast_ok = broadcast_matches(microbatches[0])
         with params_hold_grads(ddp.module):
             save(ddp.module, args.out / f"{name}_grads")
         grad_norm = step["optimizer"].step()[1]
@@ -184,7 +207,7 @@ def main() -> None:
         result["layouts"][name] = {
             "loss": step["loss"], "grad_norm": grad_norm, "grads_max_diff": grads_diff,
             "updated_max_diff": max_diff(tensors(check.module), ref_updated),
-            "tp_world_size": tp, "pp_world_size": pp,
+            "tp_world_size": tp, "pp_world_size": pp, "broadcast_matches": broadcast_ok,
         }
 
     (args.out / f"rank{env.rank}.json").write_text(json.dumps(result, indent=1))
