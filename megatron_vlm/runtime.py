@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -39,6 +40,7 @@ import types
 from dataclasses import dataclass
 from datetime import timedelta
 
+import numpy
 import torch
 
 _CPU = torch.device("cpu")
@@ -292,18 +294,18 @@ def model_parallel_cpu_manual_seed(seed, te_rng_tracker=False, inference_rng_tra
                                    etp_rank=None, force_reset_rng=False):
     """``model_parallel_cuda_manual_seed`` on the CPU generator: same seeds, same state names."""
     from megatron.core import parallel_state as ps
-    from megatron.core.tensor_parallel import random
+    from megatron.core.tensor_parallel import random as tp_random
 
     tp_rank = ps.get_tensor_model_parallel_rank() if tp_rank is None else tp_rank
     ep_rank = ps.get_expert_model_parallel_rank() if ep_rank is None else ep_rank
     etp_rank = ps.get_expert_tensor_parallel_rank() if etp_rank is None else etp_rank
     tracker = CpuRNGStatesTracker()
-    random._CUDA_RNG_STATE_TRACKER = tracker
-    random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+    tp_random._CUDA_RNG_STATE_TRACKER = tracker
+    tp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
     torch.manual_seed(seed)
-    tracker.add(random.get_data_parallel_rng_tracker_name(), seed)
-    tracker.add(random._MODEL_PARALLEL_RNG_TRACKER_NAME, seed + 2718 + tp_rank)
-    tracker.add(random.get_expert_parallel_rng_tracker_name(), seed + 1024 + 100 * ep_rank + etp_rank)
+    tracker.add(tp_random.get_data_parallel_rng_tracker_name(), seed)
+    tracker.add(tp_random._MODEL_PARALLEL_RNG_TRACKER_NAME, seed + 2718 + tp_rank)
+    tracker.add(tp_random.get_expert_parallel_rng_tracker_name(), seed + 1024 + 100 * ep_rank + etp_rank)
 
 
 def _clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decoupled_grad=False):
@@ -352,15 +354,16 @@ def apply_cpu_shims() -> None:
     from megatron.core import tensor_parallel
     from megatron.core.dist_checkpointing import exchange_utils
     from megatron.core.optimizer import clip_grads, optimizer
-    from megatron.core.tensor_parallel import data, random
+    from megatron.core.tensor_parallel import data as tp_data
+    from megatron.core.tensor_parallel import random as tp_random
 
-    random._get_cuda_rng_state = _cpu_get_rng_state
-    random._set_cuda_rng_state = _cpu_set_rng_state
-    random.model_parallel_cuda_manual_seed = model_parallel_cpu_manual_seed
+    tp_random._get_cuda_rng_state = _cpu_get_rng_state
+    tp_random._set_cuda_rng_state = _cpu_set_rng_state
+    tp_random.model_parallel_cuda_manual_seed = model_parallel_cpu_manual_seed
     tensor_parallel.model_parallel_cuda_manual_seed = model_parallel_cpu_manual_seed
     clip_grads.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
     optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
-    data.broadcast_data = tensor_parallel.broadcast_data = _broadcast_data
+    tp_data.broadcast_data = tensor_parallel.broadcast_data = _broadcast_data
     exchange_utils.exchange_loaded_tensors_broadcast = exchange_utils.exchange_loaded_tensors_gather_object
     exchange_utils.exchange_loaded_tensors_gather_rounds = exchange_utils.exchange_loaded_tensors_gather_object
     _SHIMS_APPLIED = True
@@ -386,8 +389,8 @@ def initialize_distributed(
     """Start torch.distributed and Megatron-Core's model-parallel groups, and seed the RNGs.
 
     Reads the launcher's variables (:func:`read_dist_env`); NCCL and ``cuda:LOCAL_RANK`` on GPU,
-    gloo and the CPU shims without CUDA. Seeds like Megatron-LM: ``torch.manual_seed(seed + 100 *
-    pipeline_rank)`` and ``model_parallel_cuda_manual_seed`` with the same seed. Calling it again with
+    gloo and the CPU shims without CUDA. Seeds like Megatron-LM: ``random``, ``numpy``, ``torch`` and
+    ``model_parallel_cuda_manual_seed`` with ``seed + 100 * pipeline_rank``. Calling it again with
     the same layout does nothing; with another layout it rebuilds the groups and reseeds (the
     process group stays).
     """
@@ -424,8 +427,11 @@ def initialize_distributed(
         expert_model_parallel_size=expert_model_parallel_size,
         distributed_timeout_minutes=timeout_minutes,
     )
-    torch.manual_seed(seed + 100 * parallel_state.get_pipeline_model_parallel_rank())
-    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    stage_seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
+    random.seed(stage_seed)
+    numpy.random.seed(stage_seed)
+    torch.manual_seed(stage_seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(stage_seed)
     _LAYOUT = layout
     return env
 

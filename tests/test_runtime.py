@@ -157,3 +157,31 @@ def test_default_causal_mask_equals_explicit_mask(single_process):
         no_mask = ddp(batch["tokens"], batch["position_ids"], torch.zeros_like(batch["mask"]))
     torch.testing.assert_close(default, explicit, rtol=0, atol=1e-6)
     assert (no_mask - explicit).abs().max() > 1e-3  # the mask matters: it is really applied
+
+
+# --------------------------------------------------------------------------- the launcher helper
+
+_ENV_DUMP = """
+import json, os, sys, time
+keys = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS"]
+path = os.path.join(sys.argv[1], "rank%s.json" % os.environ["RANK"])
+with open(path + ".tmp", "w") as f:
+    json.dump({k: os.environ[k] for k in keys}, f)
+os.replace(path + ".tmp", path)
+if os.environ["RANK"] == "1":
+    for _ in range(600):  # let rank 0 write its file before failing
+        if os.path.exists(os.path.join(sys.argv[1], "rank0.json")):
+            break
+        time.sleep(0.05)
+    sys.exit("rank 1 gives up")
+"""
+
+
+def test_run_distributed_sets_torchrun_env_and_reports_failures(tmp_path):
+    script = tmp_path / "dump_env.py"
+    script.write_text(_ENV_DUMP)
+    with pytest.raises(RuntimeError, match="rank 1 gives up"):
+        run_distributed(script, 2, [tmp_path], timeout=60)
+    dumps = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [(d["RANK"], d["LOCAL_RANK"], d["WORLD_SIZE"]) for d in dumps] == [("0", "0", "2"), ("1", "1", "2")]
+    assert dumps[0]["MASTER_PORT"] == dumps[1]["MASTER_PORT"] and dumps[0]["OMP_NUM_THREADS"] == "1"
