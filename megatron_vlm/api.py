@@ -22,15 +22,27 @@ def _not_implemented(name: str):
     return stage
 
 
-pool = _not_implemented("pool")
-def synth(pool: str, output: str, **options: Any):
-    """``longvlm synth``: the five training tasks from a pool -> ``preprocess.synth.SynthResult``.
+def pool(**options: Any):
+    """``longvlm pool``: build a document pool; returns a ``PoolSummary``.
 
-    ``options`` are the other ``SynthConfig`` fields (``tasks``, ``generator``, ``per_doc``, ...).
+    Keywords are the CLI options (``inputs``, ``output``, ``min_pages``, ...; see
+    ``preprocess.pool.config.PoolConfig``). Read the result with ``preprocess.pool.Pool.open``.
+    """
+    from preprocess.pool.config import PoolConfig
+    from preprocess.pool.run import run
+
+    return run(PoolConfig(**options))
+
+
+def synth(**options: Any):
+    """``longvlm synth``: the five training tasks from a pool; returns a ``SynthResult``.
+
+    Keywords are the CLI options (``pool``, ``output``, ``tasks``, ``generator``, ``per_doc``, ...;
+    see ``preprocess.synth.config.SynthConfig``).
     """
     from preprocess.synth import SynthConfig, run_synth
 
-    return run_synth(SynthConfig(pool=pool, output=output, **options))
+    return run_synth(SynthConfig(**options))
 
 
 build = _not_implemented("build")

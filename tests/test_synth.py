@@ -180,7 +180,7 @@ def test_per_task_spreads_over_documents_and_plans_ocr_full_once_per_document():
 
 def test_cli_reports_a_missing_pool_and_bad_options(tmp_path, capsys):
     assert cli_main(["synth", str(tmp_path / "nope"), "-o", str(tmp_path / "t.jsonl")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "not a complete document pool" in capsys.readouterr().err
     assert cli_main(["synth", str(tmp_path), "-o", str(tmp_path / "t.jsonl"), "--tasks", "ocr-full,qa"]) == 2
     assert "unknown task" in capsys.readouterr().err
     assert cli_main(["synth", str(tmp_path), "-o", str(tmp_path / "t.jsonl"), "--segment-pages", "15-8"]) == 2

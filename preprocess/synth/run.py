@@ -118,11 +118,12 @@ def side_paths(output: Path) -> tuple[Path, Path]:
 
 
 def _open_pool(path: str):
-    if not Path(path).is_dir():
-        raise SynthError(f"pool directory {path} does not exist (make one with 'longvlm pool')")
-    from preprocess.pool import Pool
+    from preprocess.pool import Pool, PoolFormatError
 
-    return Pool.open(path)
+    try:
+        return Pool.open(path)
+    except PoolFormatError as err:
+        raise SynthError(str(err)) from None
 
 
 def run_synth(config: SynthConfig, pool=None) -> SynthResult:
