@@ -14,8 +14,10 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from tqdm import tqdm
 
 from megatron_vlm.utils.atomic import atomic_write, write_json
 from preprocess.synth.config import VQA_TASKS, SynthConfig, SynthError, parse_range
@@ -153,8 +155,6 @@ def run_synth(config: SynthConfig, pool=None) -> SynthResult:
     output = Path(config.output)
     rejected_path, summary_path = side_paths(output)
     summary, dedup = Summary(tasks), DuplicateFilter()
-    from tqdm import tqdm
-
     with atomic_write(output) as out, atomic_write(rejected_path) as rej, \
             ThreadPoolExecutor(max_workers=config.concurrency) as pool_exec, \
             tqdm(total=plan_size(len(docs), config), desc="synth", unit="inst", disable=not config.progress) as bar:
@@ -186,8 +186,8 @@ def run_synth(config: SynthConfig, pool=None) -> SynthResult:
         while window:
             finish()
 
-    stats = dict(getattr(getattr(generator, "client", None), "stats", {}) or {})
-    report = {"config": {k: v for k, v in vars(config).items()}, "summary": summary.to_json(),
+    stats = generator.stats() if generator is not None else {}
+    report = {"config": asdict(config), "summary": summary.to_json(),
               "generator_stats": stats, "table": summary.table()}
     write_json(summary_path, report)
     return SynthResult(output, rejected_path, summary_path, summary.to_json(), summary.table(), stats)

@@ -28,6 +28,9 @@ class Generator(Protocol):
 
     def generate(self, pool, request: QARequest) -> dict: ...
 
+    def stats(self) -> dict:
+        """Request counters for the run's summary (empty when there are none)."""
+
 
 def make_generator(config) -> Generator:
     """The generator named by ``config.generator`` (a :class:`preprocess.synth.config.SynthConfig`)."""

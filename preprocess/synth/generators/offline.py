@@ -110,6 +110,9 @@ class OfflineGenerator:
     def info(self, task: str) -> dict:
         return {"name": "offline", "model": None, "prompt_version": PROMPT_VERSION}
 
+    def stats(self) -> dict:
+        return {}
+
     def generate(self, pool, request: QARequest) -> dict:
         rng = random.Random(request.seed)
         doc_id = request.doc["doc_id"]

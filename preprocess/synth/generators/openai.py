@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import re
-from pathlib import Path
 
 from preprocess.synth.generators import QARequest
 from preprocess.synth.generators.cache import ResponseCache
@@ -54,9 +53,9 @@ class OpenAIGenerator:
                             retry_backoff=config.retry_backoff)
         return cls(client, config.model, config.temperature, config.max_tokens)
 
-    @property
-    def cache_dir(self) -> Path:
-        return self.client.cache.directory
+    def stats(self) -> dict:
+        """``requests`` (HTTP attempts), ``retries``, ``cache_hits``, ``failed``."""
+        return dict(self.client.stats)
 
     def info(self, task: str) -> dict:
         return {"name": "openai", "model": self.model, "prompt_version": prompt_version(task, self.version)}
