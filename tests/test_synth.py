@@ -104,6 +104,7 @@ def test_anchor_pages():
     assert anchor_pages("Based on pages 3, 5 and 9, list ...") == [3, 5, 9]
     assert anchor_pages("on pages 20-25 and on p. 30") == [20, 21, 22, 23, 24, 25, 30]
     assert anchor_pages("In the Introduction, who wrote it?") == []
+    assert anchor_pages("On page 12, 2020 and 2021 revenues?") == [12]
 
 
 # -- offline generator --------------------------------------------------------------------------
@@ -175,7 +176,11 @@ def test_per_task_spreads_over_documents_and_plans_ocr_full_once_per_document():
     config = SynthConfig(pool="fake", output="x.jsonl", per_task=7)
     jobs = list(plan(pool.documents, config))
     assert len(jobs) == plan_size(3, config) == 4 * 7 + 3
-    assert sum(j.task == "extract-single" and j.doc is pool.documents[0] for j in jobs) == 3
+    for task in ("extract-single", "ocr-full"):
+        counts = sorted(sum(j.task == task and j.doc is d for j in jobs) for d in pool.documents)
+        assert counts == ([2, 2, 3] if task == "extract-single" else [1, 1, 1])
+    small = list(plan(pool.documents, SynthConfig(pool="fake", output="x.jsonl", per_task=1, tasks="reasoning")))
+    assert len(small) == 1
 
 
 def test_cli_reports_a_missing_pool_and_bad_options(tmp_path, capsys):

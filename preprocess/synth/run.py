@@ -85,7 +85,7 @@ def job_seed(seed: int, doc_id: str, task: str, sample: int) -> int:
 
 
 def plan(docs: list[dict], config: SynthConfig) -> Iterator[Job]:
-    """Every instance to attempt, in output order (per document, or per task with --per-task).
+    """Every instance to attempt, in output order (per document, or per task with ``--per-task``).
 
     ``ocr-full`` has one possible instance per document, so it is planned once per document.
     """
@@ -93,8 +93,9 @@ def plan(docs: list[dict], config: SynthConfig) -> Iterator[Job]:
     tasks = config.task_list()
     if config.per_task is None:
         keys = ((doc, task, k) for doc in docs for task in tasks for k in range(config.per_doc))
-    else:
-        keys = ((docs[i % len(docs)], task, i // len(docs)) for task in tasks for i in range(config.per_task))
+    else:  # each task visits the documents in its own seeded order, so a small target is not biased
+        orders = {t: sorted(docs, key=lambda d, t=t: job_seed(config.seed, d["doc_id"], t, -1)) for t in tasks}
+        keys = ((orders[task][i % len(docs)], task, i // len(docs)) for task in tasks for i in range(config.per_task))
     for doc, task, k in keys:
         if task == "ocr-full" and k > 0:
             continue

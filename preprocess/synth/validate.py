@@ -31,10 +31,13 @@ class Rejected(Exception):
 
 
 def anchor_pages(question: str) -> list[int]:
-    """Page numbers the question names ("pages 20-25" -> 20..25)."""
+    """Page numbers the question names ("pages 20-25" -> 20..25; after a singular "page", one number)."""
     pages: list[int] = []
     for match in _PAGE_ANCHOR.finditer(question):
-        for a, b in re.findall(r"(\d+)\s*(?:(?:-|–|—|to)\s*(\d+))?", match.group(1)):
+        numbers = re.findall(r"(\d+)\s*(?:(?:-|–|—|to)\s*(\d+))?", match.group(1))
+        if not re.match(r"pages|pp", match.group(0), re.I):
+            numbers = numbers[:1]  # "on page 12, 2020 revenue": 2020 is no page
+        for a, b in numbers:
             lo, hi = int(a), int(b or a)
             pages.extend(range(lo, hi + 1) if 0 < hi - lo < 1000 else [lo, hi])
     return sorted(set(pages))
