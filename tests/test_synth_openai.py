@@ -11,7 +11,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from synth_fakes import FakePool
+from synth_helpers import FakePool
 
 from preprocess.synth import SynthConfig, run_synth
 from preprocess.synth.run import plan_size

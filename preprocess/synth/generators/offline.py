@@ -7,7 +7,7 @@ numbers alone):
   heading, or the completion of a sentence, on one page;
 - ``extract-multi``: the section headings / captions / first paragraph's first sentence of 2-3 pages;
 - ``reasoning``: how many section headings / captions pages a-b of the segment hold (2-10 of them),
-  listed with their pages.
+  listed with their pages; or which of two rows of a table has the larger number in a column.
 
 Multi-item answers put one item per line as ``Page N: text`` (reasoning: the count on the first line).
 """
@@ -59,7 +59,10 @@ class _Page:
         # a real sentence (not a running header the layout missed, nor the tail of the previous page's)
         self.first_sentence = first if (_words(first) >= 5 and _is_texty(first) and first[0].isupper()
                                         and first.endswith((".", "!", "?"))) else None
-        self.rows = [row for b in blocks if b["label"] == "table" for row in _table_rows(b["text"])]
+        self.tables = [rows for b in blocks if b["label"] == "table" for rows in [_table_rows(b["text"])] if rows]
+        self.rows = [row for rows in self.tables for row in rows]
+        self.comparisons = [(a, b) for rows in self.tables[:1] if len(self.tables) == 1
+                            for a, b in _numeric_pairs(rows)]
 
 
 def _cell(text: str) -> str:
@@ -100,6 +103,19 @@ def _table_rows(text: str) -> list[tuple[str, str | None, str]]:
             for column, value in cells if _is_texty(key + value) and len(value) <= 200]
 
 
+def _number(text: str) -> float | None:
+    """The value of a numeric cell ("1,234.5", "45%", "220 tonnes"), else None ("2^12-1", "v2")."""
+    match = re.fullmatch(r"(-?\d{1,3}(?:,\d{3})+|-?\d+)(\.\d+)?%?(?:\s+[^\W\d][^\d]*)?", text.strip())
+    return float(match.group(1).replace(",", "") + (match.group(2) or "")) if match else None
+
+
+def _numeric_pairs(rows: list[tuple[str, str | None, str]]) -> list[tuple[tuple, tuple]]:
+    """Pairs of rows with different numbers in the same column (for comparison questions)."""
+    numeric = [(key, column, value) for key, column, value in rows if _number(value) is not None]
+    return [(a, b) for i, a in enumerate(numeric) for b in numeric[i + 1:]
+            if a[1] == b[1] and _number(a[2]) != _number(b[2])]
+
+
 def _nth(items: list, i: int, noun: str) -> str:
     return f"the {noun}" if len(items) == 1 else f"the {_ORDINALS[i] if i < len(_ORDINALS) else f'#{i + 1}'} {noun}"
 
@@ -120,7 +136,7 @@ class OfflineGenerator:
         makers = {"extract-single": (self._single_row, self._single_caption, self._single_heading,
                                      self._single_sentence),
                   "extract-multi": (self._multi_headings, self._multi_captions, self._multi_sentences),
-                  "reasoning": (self._count_headings, self._count_captions)}[request.task]
+                  "reasoning": (self._count_headings, self._count_captions, self._compare_cells)}[request.task]
         makers = list(makers)
         rng.shuffle(makers)
         for make in makers:
@@ -229,3 +245,16 @@ class OfflineGenerator:
 
     def _count_captions(self, rng, request, pages):
         return self._count(rng, pages, "captions", "figure and table captions")
+
+    def _compare_cells(self, rng, request, pages):
+        page = rng.choice([p for p in pages if p.comparisons] or [None])
+        if page is None:
+            return None
+        a, b = rng.choice(page.comparisons)
+        column = a[1]
+        what = f"the \"{column}\" of \"{a[0]}\" or of \"{b[0]}\"" if column else \
+            f"the value of \"{a[0]}\" or the value of \"{b[0]}\""
+        winner, loser = (a, b) if _number(a[2]) > _number(b[2]) else (b, a)
+        return self._qa(f"In the table {self._where(request, page.number)}, which is larger: {what}? Answer with "
+                        f"the row, then the two values.", f"{winner[0]} ({winner[2]} vs {loser[2]})",
+                        f"Rows \"{a[0]}\" and \"{b[0]}\" of the table on page {page.number}.", [page.number])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 from PIL import Image
 
@@ -73,3 +74,27 @@ class FakePool:
     def page_bytes(self, doc_id, page_number):
         index = next(i for i, d in enumerate(self.documents) if d["doc_id"] == doc_id)
         return png((index, page_number, 7))
+
+
+def answer_items(record: dict) -> list[tuple[int, str]]:
+    """``(page, text)`` pieces of an offline VQA answer that must be text of that evidence page.
+
+    Checks the answer's own structure on the way: a count equals the number of listed items, a
+    comparison names the larger of the two values (parsed here, independently of the generator).
+    """
+    task, answer, pages = record["task"], record["answer"], record["evidence_pages"]
+    if task == "extract-single":
+        assert len(pages) == 1
+        return [(pages[0], answer)]
+    lines = answer.splitlines()
+    if task == "reasoning" and not lines[0].isdigit():
+        key, big, small = re.fullmatch(r"(.+) \((.+) vs (.+)\)", answer).groups()
+        number = lambda s: float(re.match(r"-?[\d,]+(\.\d+)?", s)[0].replace(",", ""))  # noqa: E731
+        assert number(big) > number(small) and f'"{key}"' in record["question"] and len(pages) == 1
+        return [(pages[0], big), (pages[0], small)]
+    if task == "reasoning":
+        assert int(lines[0]) == len(lines) - 1 >= 2
+        lines = lines[1:]
+    items = [(int(m[1]), m[2]) for m in (re.fullmatch(r"Page (\d+): (.+)", line) for line in lines)]
+    assert {p for p, _ in items} == set(pages) and len(pages) >= (2 if task == "extract-multi" else 1)
+    return items
