@@ -182,4 +182,7 @@ def test_cli_reports_a_missing_pool_and_bad_options(tmp_path, capsys):
     assert cli_main(["synth", str(tmp_path), "-o", str(tmp_path / "t.jsonl"), "--tasks", "ocr-full,qa"]) == 2
     assert "unknown task" in capsys.readouterr().err
     assert cli_main(["synth", str(tmp_path), "-o", str(tmp_path / "t.jsonl"), "--segment-pages", "15-8"]) == 2
+    assert "--segment-pages" in capsys.readouterr().err
+    assert cli_main(["synth", str(tmp_path), "-o", str(tmp_path / "t.jsonl"), "--generator", "openai"]) == 2
+    assert "needs --model" in capsys.readouterr().err
     assert not (tmp_path / "t.jsonl").exists()
