@@ -3,8 +3,8 @@
 Every answer is text of the cited evidence pages, so it needs reading the page content (not page
 numbers alone):
 
-- ``extract-single``: a table row's cells after its first cell, a figure/table caption, a section
-  heading, or the completion of a sentence, on one page;
+- ``extract-single``: a table cell (named by its row's first cell and its column), a figure/table
+  caption, a section heading, or the completion of a sentence, on one page;
 - ``extract-multi``: the section headings / captions / first paragraph's first sentence of 2-3 pages;
 - ``reasoning``: how many section headings / captions pages a-b of the segment hold (2-10 of them),
   listed with their pages; or which of two rows of a table has the larger number in a column.
@@ -61,8 +61,8 @@ class _Page:
                                         and first.endswith((".", "!", "?"))) else None
         self.tables = [rows for b in blocks if b["label"] == "table" for rows in [_table_rows(b["text"])] if rows]
         self.rows = [row for rows in self.tables for row in rows]
-        self.comparisons = [(a, b) for rows in self.tables[:1] if len(self.tables) == 1
-                            for a, b in _numeric_pairs(rows)]
+        # only on pages with one table, so that "the table on page N" is unambiguous
+        self.comparisons = _numeric_pairs(self.tables[0]) if len(self.tables) == 1 else []
 
 
 def _cell(text: str) -> str:
@@ -148,8 +148,9 @@ class OfflineGenerator:
 
     # -- helpers ----------------------------------------------------------------------------
     @staticmethod
-    def _where(request: QARequest, page: int, with_section: bool = True) -> str:
-        title = section_at(request.doc, page) if with_section else None
+    def _where(request: QARequest, page: int) -> str:
+        """The question's anchor: the page, and the section around it when there is one."""
+        title = section_at(request.doc, page)
         return f"on page {page}" + (f" (in the section \"{title}\")" if title else "")
 
     @staticmethod
