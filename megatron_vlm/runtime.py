@@ -16,11 +16,13 @@ nothing. Without CUDA it uses gloo and, before anything else, applies :func:`app
    there): ``torch.cuda.current_device()`` is the CPU device, ``torch.cuda.synchronize()`` and
    ``empty_cache()`` do nothing, and tensor factories called with ``device="cuda"`` allocate on the
    CPU. Everything else is the real ``torch``. Each listed module says why it needs this.
-3. Three functions that call ``Tensor.cuda()`` or check for CUDA tensor types get a CPU twin:
+3. Functions that call ``Tensor.cuda()`` or check for CUDA tensor types get a CPU twin:
    ``clip_grad_by_total_norm_fp32`` (asserts ``torch.cuda.FloatTensor`` gradients),
    ``tensor_parallel.broadcast_data`` (moves the batch with ``.cuda()``), and the ``broadcast`` /
    ``gather_rounds`` tensor exchanges of the fully-parallel checkpoint loader (``.cuda()`` and
    ``init_data("cuda")``), which on CPU are served by its ``gather_object`` exchange.
+   ``LanguageModule.setup_embeddings_and_output_layer`` (tied embeddings with pipeline parallelism
+   move the shared weight with ``.cuda()``) runs with ``Tensor.cuda`` returning the tensor itself.
 
 Not available on CPU at all (they need Transformer Engine or CUDA kernels): context parallelism,
 ``PackedSeqParams``, the distributed optimizer, the fp16/bf16 mixed-precision optimizers (they check
@@ -30,6 +32,7 @@ for CUDA tensor types). See docs/runtime.md.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import random
@@ -342,6 +345,21 @@ def _broadcast_data(keys, data, datatype, tp_group=None):
     return output
 
 
+def _without_cuda_moves(method):
+    """Run ``method`` with ``Tensor.cuda()`` returning the tensor itself (single-threaded set-up code)."""
+
+    @functools.wraps(method)
+    def wrapped(*args, **kwargs):
+        cuda = torch.Tensor.cuda
+        torch.Tensor.cuda = lambda self, *_args, **_kwargs: self
+        try:
+            return method(*args, **kwargs)
+        finally:
+            torch.Tensor.cuda = cuda
+
+    return wrapped
+
+
 def apply_cpu_shims() -> None:
     """Make megatron-core's non-TE paths run without CUDA. Idempotent; a no-op when CUDA exists."""
     global _SHIMS_APPLIED
@@ -353,6 +371,7 @@ def apply_cpu_shims() -> None:
 
     from megatron.core import tensor_parallel
     from megatron.core.dist_checkpointing import exchange_utils
+    from megatron.core.models.common.language_module.language_module import LanguageModule
     from megatron.core.optimizer import clip_grads, optimizer
     from megatron.core.tensor_parallel import data as tp_data
     from megatron.core.tensor_parallel import random as tp_random
@@ -366,6 +385,8 @@ def apply_cpu_shims() -> None:
     tp_data.broadcast_data = tensor_parallel.broadcast_data = _broadcast_data
     exchange_utils.exchange_loaded_tensors_broadcast = exchange_utils.exchange_loaded_tensors_gather_object
     exchange_utils.exchange_loaded_tensors_gather_rounds = exchange_utils.exchange_loaded_tensors_gather_object
+    LanguageModule.setup_embeddings_and_output_layer = _without_cuda_moves(
+        LanguageModule.setup_embeddings_and_output_layer)
     _SHIMS_APPLIED = True
 
 
