@@ -37,8 +37,6 @@ import importlib
 import os
 import random
 import re
-import shutil
-import subprocess
 import types
 from dataclasses import dataclass
 from datetime import timedelta
@@ -86,22 +84,20 @@ def expand_slurm_nodelist(nodelist: str) -> list[str]:
 
 def _first_slurm_host(nodelist: str) -> str:
     hosts = expand_slurm_nodelist(nodelist)
-    if hosts:
-        return hosts[0]
-    if shutil.which("scontrol"):  # a syntax the parser does not know: ask SLURM itself
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
-                             text=True, check=True).stdout.split()
-        if out:
-            return out[0]
-    raise ValueError(f"cannot read the first host of SLURM_NODELIST={nodelist!r}")
+    if not hosts:
+        raise ValueError(f"cannot read a host from SLURM_NODELIST={nodelist!r}")
+    return hosts[0]
+
+
+_SLURM_NODELISTS = ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
 
 
 def read_dist_env(environ: dict[str, str] | None = None) -> DistEnv:
     """Read rank, world size, local rank and the rendezvous address from the environment.
 
     torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` win; otherwise
-    SLURM's ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID`` with the first host of
-    ``SLURM_JOB_NODELIST`` (or ``SLURM_NODELIST``) as the master and ``MASTER_PORT`` if set, else a
+    SLURM's ``SLURM_PROCID``/``SLURM_STEP_NUM_TASKS`` (or ``SLURM_NTASKS``)/``SLURM_LOCALID`` with the
+    first host of ``SLURM_STEP_NODELIST`` (or the job's node list) as the master and ``MASTER_PORT`` if set, else a
     port derived from ``SLURM_JOB_ID`` (so two jobs sharing a node do not collide); otherwise a
     single process.
     """
@@ -114,12 +110,14 @@ def read_dist_env(environ: dict[str, str] | None = None) -> DistEnv:
             master_port=int(env.get("MASTER_PORT", 29500)), launcher="torchrun",
         )
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+        # a job step (srun) may use fewer nodes / tasks than the allocation: its own values first
+        nodelist = next((env[k] for k in _SLURM_NODELISTS if env.get(k)), None)
         if not nodelist:
-            raise ValueError("SLURM_PROCID is set but neither SLURM_JOB_NODELIST nor SLURM_NODELIST")
+            raise ValueError(f"SLURM_PROCID is set but none of {', '.join(_SLURM_NODELISTS)}")
         port = env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", 0)) % 20000
         return DistEnv(
-            rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
+            rank=int(env["SLURM_PROCID"]),
+            world_size=int(env.get("SLURM_STEP_NUM_TASKS") or env["SLURM_NTASKS"]),
             local_rank=int(env.get("SLURM_LOCALID", 0)),
             master_addr=env.get("MASTER_ADDR") or _first_slurm_host(nodelist),
             master_port=int(port), launcher="slurm",

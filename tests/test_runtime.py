@@ -26,6 +26,12 @@ def test_slurm_variables_use_first_node_and_job_port():
     assert env == runtime.DistEnv(5, 16, 1, "gpu007", 20000 + 123456 % 20000, "slurm")
 
 
+def test_slurm_step_values_win_over_the_allocation():
+    env = runtime.read_dist_env({"SLURM_PROCID": "1", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "2",
+                                 "SLURM_JOB_NODELIST": "n[1-4]", "SLURM_STEP_NODELIST": "n[3-4]"})
+    assert (env.world_size, env.master_addr) == (2, "n3")
+
+
 def test_slurm_master_port_and_addr_override():
     env = runtime.read_dist_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_NODELIST": "a1",
                                  "MASTER_PORT": "4000", "MASTER_ADDR": "10.0.0.1"})
@@ -43,7 +49,7 @@ def test_no_launcher_means_one_process():
 
 
 def test_slurm_without_nodelist_is_a_clear_error():
-    with pytest.raises(ValueError, match="SLURM_JOB_NODELIST"):
+    with pytest.raises(ValueError, match="SLURM_STEP_NODELIST"):
         runtime.read_dist_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"})
 
 
