@@ -194,3 +194,16 @@ def test_run_distributed_sets_torchrun_env_and_reports_failures(tmp_path):
     dumps = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [(d["RANK"], d["LOCAL_RANK"], d["WORLD_SIZE"]) for d in dumps] == [("0", "0", "2"), ("1", "1", "2")]
     assert dumps[0]["MASTER_PORT"] == dumps[1]["MASTER_PORT"] and dumps[0]["OMP_NUM_THREADS"] == "1"
+
+
+def test_device_side_initialization_uses_the_tracker(single_process):
+    """``use_cpu_initialization=False`` allocates on ``current_device()`` and draws the weights in
+    the model-parallel RNG stream; megatron-core's default init is N(0, 0.02)."""
+    from workers.gpt_parallel_step import build_model
+
+    before = torch.get_rng_state()
+    ddp, _ = build_model(1, 1, use_cpu_initialization=False)
+    assert torch.equal(torch.get_rng_state(), before)  # the default stream was not used
+    fc1 = ddp.module.decoder.layers[0].mlp.linear_fc1.weight
+    assert fc1.device == runtime.device() and fc1.shape == (256, 64)
+    assert abs(fc1.std().item() - 0.02) < 0.002 and abs(fc1.mean().item()) < 0.002

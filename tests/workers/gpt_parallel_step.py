@@ -56,13 +56,15 @@ LAYOUTS = {
 
 
 def build_model(tp: int, pp: int, tie: bool = False, **extra) -> tuple[DistributedDataParallel, TransformerConfig]:
-    config = TransformerConfig(
+    """A tiny Qwen2-style GPT wrapped in Megatron DDP; ``extra`` overrides TransformerConfig fields."""
+    fields = dict(
         num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2, ffn_hidden_size=128,
         normalization="RMSNorm", add_qkv_bias=True, add_bias_linear=False, gated_linear_unit=True,
         activation_func=F.silu, bias_activation_fusion=False, hidden_dropout=0.0, attention_dropout=0.0,
         mrope_section=[2, 3, 3], tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-        pipeline_dtype=torch.float32, use_cpu_initialization=not torch.cuda.is_available(), **extra,
+        pipeline_dtype=torch.float32, use_cpu_initialization=not torch.cuda.is_available(),
     )
+    config = TransformerConfig(**{**fields, **extra})
     model = GPTModel(
         config, get_gpt_layer_local_spec(normalization="RMSNorm"), vocab_size=VOCAB,
         max_sequence_length=SEQ, pre_process=ps.is_pipeline_first_stage(),
