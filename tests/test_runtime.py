@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
-from distributed import run_distributed
+from distributed import read_rank_results, run_distributed
 
 from megatron_vlm import runtime
 
@@ -113,7 +112,7 @@ def parallel_step(tmp_path_factory):
     """Both ranks' results of tests/workers/gpt_parallel_step.py (references and every layout)."""
     out = tmp_path_factory.mktemp("parallel_step")
     run_distributed("tests/workers/gpt_parallel_step.py", 2, ["--out", out], timeout=300)
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    return read_rank_results(out, 2)
 
 
 @pytest.mark.slow
@@ -191,7 +190,7 @@ def test_run_distributed_sets_torchrun_env_and_reports_failures(tmp_path):
     script.write_text(_ENV_DUMP)
     with pytest.raises(RuntimeError, match="rank 1 gives up"):
         run_distributed(script, 2, [tmp_path], timeout=60)
-    dumps = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    dumps = read_rank_results(tmp_path, 2)
     assert [(d["RANK"], d["LOCAL_RANK"], d["WORLD_SIZE"]) for d in dumps] == [("0", "0", "2"), ("1", "1", "2")]
     assert dumps[0]["MASTER_PORT"] == dumps[1]["MASTER_PORT"] and dumps[0]["OMP_NUM_THREADS"] == "1"
 
