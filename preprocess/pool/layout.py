@@ -6,8 +6,8 @@ shares a block with the paragraph under it. Ruled tables found by PyMuPDF's tabl
 the text blocks they cover. Labels are then assigned per document, against the body font size
 (the most common size, by characters):
 
-- ``header_footer``: in the top or bottom margin and repeated (digits ignored) on several pages,
-  or a bare page number there;
+- ``header_footer``: in the top or bottom 12% of the page and repeated (digits ignored) on
+  several pages, or a bare page number there with nothing above/below it;
 - ``table``: PyMuPDF ``find_tables`` (text as Markdown), run where >= 3 aligned rules enclose
   text in columns;
 - ``caption``: starts with Figure/Fig./Table/Listing/Algorithm + number;
@@ -29,7 +29,7 @@ import pymupdf
 LABELS = ("title", "section_header", "paragraph", "list", "table", "caption", "header_footer",
           "formula", "code")
 TEXT_FLAGS = pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_MEDIABOX_CLIP  # ligatures expanded: "ﬁ" -> "fi"
-MARGIN = 0.09  # top/bottom fraction of the page where running headers and footers live
+MARGIN = 0.12  # top/bottom fraction of the page where running headers and footers live
 _MONO = re.compile(r"mono|courier|typewriter|consol|menlo|^cmtt|^sfmono|inconsolata|^lmtt|code", re.I)
 _MATH = re.compile(r"^(cmmi|cmsy|cmex|msam|msbm|eufm|rsfs|stmary|cmbsy|lmmath)|math|symbol", re.I)
 _BOLD_NAME = re.compile(r"bold|black|heavy|semibold|demi|-medi|^cmbx|^cmb\d|^lmbx", re.I)
@@ -217,6 +217,13 @@ def _margin_key(block: dict, page_height: float) -> str | None:
     return None
 
 
+def _outermost(block: dict, blocks: list[dict]) -> bool:
+    """No other block lies above it (it is at the top) or below it (at the bottom)."""
+    top = all(b["bbox"][1] >= block["bbox"][1] - 1 for b in blocks)
+    bottom = all(b["bbox"][3] <= block["bbox"][3] + 1 for b in blocks)
+    return top or bottom
+
+
 def _is_header(block: dict, body: float) -> bool:
     text = block["text"].strip()
     if block["_lines"] > 3 or not 2 <= len(text) <= 200 or not re.search(r"[^\W\d_]", text):
@@ -266,7 +273,8 @@ def label_document(pages: list[list[dict]], page_heights: list[float]) -> list[l
             key = _margin_key(b, page_heights[i])
             if b.get("_table"):
                 label = "table"
-            elif key is not None and (len(key_pages[key]) >= repeat or _PAGE_NUMBER.match(b["text"])):
+            elif key is not None and (len(key_pages[key]) >= repeat
+                                      or _PAGE_NUMBER.match(b["text"]) and _outermost(b, blocks)):
                 label = "header_footer"
             elif (i == 0 and not title_done and b["font_size"] == title_size
                   and title_size >= body * 1.4 and b["_lines"] <= 4):
