@@ -37,6 +37,7 @@ _CAPTION = re.compile(r"^(figure|fig\.|table|tab\.|listing|algorithm|abbildung|t
                       r"[\dIVXivx]+[.:\s]", re.I)
 _BULLET = re.compile(r"^\s*([•◦▪▫●○■□‣⁃∙·–—\-*]|\(?[0-9]{1,2}[.)]|\(?[a-zA-Z][.)]|\(?[ivx]{1,4}[.)])\s+\S")
 _NUMBERED = re.compile(r"^((\d+|[A-Z])(\.\d+)*\.?|[IVX]+\.)\s+\S")
+_SECTION_NUMBER = re.compile(r"^\s*(\d+(\.\d+)*|[A-Z]|[IVX]+)\.?\s*$")
 _DIGIT_NUMBERED = re.compile(r"^\d+(\.\d+)*\.?\s+\S")
 _TOC_LINE = re.compile(r"(\.\s*){3,}\s*\S+\s*$|\n\s*(\d+|[ivxlc]+)\s*$", re.I)
 _DATE = re.compile(r"^\d{1,2}\s+(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+\d{4}", re.I)
@@ -95,7 +96,8 @@ def _split_lines(lines: list[dict]) -> list[list[dict]]:
             prev = groups[-1][-1]
             same_size = abs(ln["size"] - prev["size"]) <= 0.1 * max(ln["size"], prev["size"])
             same_weight = (ln["bold"] * 2 > ln["chars"]) == (prev["bold"] * 2 > prev["chars"])
-            if same_size and (same_weight or len(groups[-1]) > 1 and not prev["bold"]):
+            number_only = bool(_SECTION_NUMBER.match(prev["text"]))  # "4" then "Using camlidl"
+            if same_size and (same_weight or number_only or len(groups[-1]) > 1 and not prev["bold"]):
                 groups[-1].append(ln)
                 continue
         groups.append([ln])
@@ -228,11 +230,11 @@ def _is_header(block: dict, body: float) -> bool:
     text = block["text"].strip()
     if block["_lines"] > 3 or not 2 <= len(text) <= 200 or not re.search(r"[^\W\d_]", text):
         return False
-    if text.endswith((",", ";", ":")) or block["_mono"] > 0.5 or _DATE.match(text):
+    if text.endswith((",", ";", ":")) or _DATE.match(text):
         return False
     if block["font_size"] >= body * 1.15:
         return True
-    at_body = block["font_size"] >= body * 0.95
+    at_body = block["font_size"] >= body * 0.95 and block["_mono"] <= 0.5
     return at_body and block["bold"] and block["_lines"] == 1 and len(text) <= 100 and (
         bool(_NUMBERED.match(text)) or not text.endswith("."))
 
@@ -287,7 +289,7 @@ def label_document(pages: list[list[dict]], page_heights: list[float]) -> list[l
                 front_matter = front_matter and not numbered
             else:
                 label = _content_label(b)
-                front_matter = False
+                front_matter = front_matter and b["font_size"] > body * 1.05  # body text ends it
             if i == 0 and label != "title" and labelled and labelled[-1]["label"] == "title":
                 title_done = True
             labelled.append({"bbox": b["bbox"], "text": b["text"], "font_size": b["font_size"],
