@@ -342,3 +342,26 @@ def test_worker_crash_loses_only_that_document(pdf_dir, tmp_path):
     (rej,) = read_jsonl(out / "rejected.jsonl")
     assert rej["reason"] == "render_crash" and rej["source"].endswith("slow.pdf")
     assert [Path(d["source"]).name for d in Pool.open(out).documents] == ["float.pdf", "booktabs.pdf"]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_workers_and_the_run_resumes(pdf_dir, tmp_path):
+    import psutil
+
+    inputs = [str(pdf_dir / "float.pdf"), str(make_slow_pdf(tmp_path / "slow.pdf", pages=4))]
+    args = [*inputs, "-o", str(tmp_path / "p"), "--dpi", str(DPI), "--min-pages", "0", "--chunk-docs", "1",
+            "--no-progress", "--keep-work"]
+    proc = _cli(args)
+    chunks = tmp_path / "p" / ".work" / "chunks"
+    _wait_for(lambda: chunks.is_dir() and any(p.name == "chunk-000000" for p in chunks.iterdir()),
+              "the first chunk")
+    time.sleep(0.5)
+    workers = [c for c in psutil.Process(proc.pid).children()
+               if any("spawn_main" in part for part in c.cmdline())]
+    proc.send_signal(signal.SIGTERM)  # as SLURM does on preemption: the parent only
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert workers and not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    assert not (tmp_path / "p" / "pool.json").exists()
+    rerun = _cli(args)
+    assert rerun.wait(timeout=300) == 0, rerun.stderr.read().decode()
+    assert len(Pool.open(tmp_path / "p")) == 2

@@ -26,6 +26,8 @@ def process_chunk(path: Path, items: list[dict], config: PoolConfig, skips: dict
     ``skips`` maps input indices to a known rejection (a previous render timeout or crash).
     ``notify(kind, input_index, page)`` is called at each document ("doc") and page ("page").
     """
+    if path.exists():  # finished meanwhile by a worker of an earlier, killed run
+        return 0
     results, pages, layouts = [], [], []
     num_pages = 0
     for item in items:

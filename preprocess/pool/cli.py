@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_from_args
@@ -31,6 +32,9 @@ def main(args: argparse.Namespace) -> int:
     from preprocess.pool.reader import PoolFormatError
     from preprocess.pool.run import PoolError, run
 
+    # SLURM preemption and `kill` send SIGTERM: exit through the normal cleanup (workers stopped,
+    # temporary files removed); a rerun resumes from the finished chunks.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         config = dataclass_from_args(PoolConfig, args)
         summary = run(config)

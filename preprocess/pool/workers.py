@@ -36,14 +36,17 @@ def _worker_main(config_dict: dict, conn) -> None:
     from preprocess.pool.chunk import process_chunk
 
     config = PoolConfig(**config_dict)
-    while True:
-        task = conn.recv()
-        if task is None:
-            return
-        chunk_id, path, items, skips = task
-        pages = process_chunk(Path(path), items, config, skips,
-                              lambda kind, index, page: conn.send((kind, index, page)))
-        conn.send(("done", chunk_id, pages))
+    try:
+        while True:
+            task = conn.recv()
+            if task is None:
+                return
+            chunk_id, path, items, skips = task
+            pages = process_chunk(Path(path), items, config, skips,
+                                  lambda kind, index, page: conn.send((kind, index, page)))
+            conn.send(("done", chunk_id, pages))
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return  # the parent is gone (killed or preempted): stop at the next page
 
 
 @dataclass
