@@ -6,9 +6,8 @@ import json
 
 import pytest
 import torch
-
-from tests.hf_to_megatron import load_hf_weights
-from tests.vlm_inputs import IMAGE_PAD, hf_logits, make_row, randomize_weights_
+from hf_to_megatron import load_hf_weights
+from vlm_inputs import IMAGE_PAD, hf_logits, make_row, randomize_weights_
 
 TOL = 1e-4
 
@@ -27,23 +26,8 @@ CONFIGS = {
 
 @pytest.fixture(scope="module")
 def megatron_single():
-    try:
-        from megatron_vlm import runtime
-    except ImportError:  # TEMP until megatron_vlm.runtime lands on main
-        import os
+    from megatron_vlm import runtime
 
-        import torch.distributed as dist
-        from megatron.core import parallel_state
-
-        torch.cuda.current_device = lambda: "cpu"
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29631")
-        dist.init_process_group("gloo", rank=0, world_size=1)
-        parallel_state.initialize_model_parallel()
-        yield
-        parallel_state.destroy_model_parallel()
-        dist.destroy_process_group()
-        return
     runtime.initialize_distributed(seed=1234)
     yield
     runtime.destroy()

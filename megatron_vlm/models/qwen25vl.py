@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from megatron.core import parallel_state, tensor_parallel
+from megatron.core.enums import ModelType
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_block import get_num_layers_to_build
@@ -30,6 +31,7 @@ class Qwen25VLModel(MegatronModule):
         if config.attention_backend == "te":
             require_transformer_engine()
         self.model_config = config
+        self.model_type = ModelType.encoder_or_decoder  # read by Megatron-Core's pipeline schedules
         self.pre_process, self.post_process = pre_process, post_process
         self.share_embeddings_and_output_weights = config.tie_word_embeddings
         backend = config.attention_backend
