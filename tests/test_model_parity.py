@@ -244,3 +244,24 @@ def test_te_backend_fails_clearly_without_cuda(megatron_single):
     cfg = qwen25vl_config_from_hf(tiny_qwen25vl_config().to_dict(), attention_backend="te")
     with pytest.raises(RuntimeError, match="'te' needs a CUDA GPU"):
         Qwen25VLModel(cfg)
+
+
+def test_checkpoint_keys_follow_docs_checkpoints_md(megatron_single):
+    """Sharded-state-dict keys (what dist checkpoints and the converter use) are the documented names."""
+    from megatron_vlm.models.config import qwen25vl_config_from_hf
+    from megatron_vlm.models.qwen25vl import Qwen25VLModel
+    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+
+    model = Qwen25VLModel(qwen25vl_config_from_hf(tiny_qwen25vl_config().to_dict()))
+    keys = {v.key for k, v in model.sharded_state_dict().items() if not k.endswith("_extra_state")}
+    layer = ["self_attention.linear_qkv.layer_norm_weight", "self_attention.linear_qkv.weight",
+             "self_attention.linear_qkv.bias", "self_attention.linear_proj.weight",
+             "mlp.linear_fc1.layer_norm_weight", "mlp.linear_fc1.weight", "mlp.linear_fc2.weight"]
+    vision_extra = ["self_attention.linear_proj.bias", "mlp.linear_fc1.bias", "mlp.linear_fc2.bias"]
+    expected = {f"language_model.decoder.layers.{n}" for n in layer}
+    expected |= {f"vision_model.decoder.layers.{n}" for n in layer + vision_extra}
+    expected |= {"language_model.embedding.word_embeddings.weight", "language_model.decoder.final_layernorm.weight",
+                 "language_model.output_layer.weight", "vision_model.patch_embed.proj.weight",
+                 "vision_model.merger.layer_norm.weight"}
+    expected |= {f"vision_model.merger.linear_fc{i}.{k}" for i in (1, 2) for k in ("weight", "bias")}
+    assert keys == expected
