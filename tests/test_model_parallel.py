@@ -40,6 +40,10 @@ def test_sequence_parallel_with_tp2_equals_unsplit(results):
     _check(results, "tp2_sp", ["logits", "loss", "grads"])
 
 
+def test_full_recompute_with_tp2_sp_equals_unsplit(results):
+    _check(results, "tp2_sp_recompute", ["logits", "loss", "grads"])
+
+
 def test_context_parallel_2_equals_unsplit(results):
     """Load-balanced 2*CP chunks, K/V all-gathered, images split between the two ranks."""
     _check(results, "cp2", ["logits", "loss", "grads"])

@@ -154,7 +154,8 @@ class Qwen25VLModel(MegatronModule):
         return self.language_model(
             input_ids=cp_slice(input_ids, 1, cp_size, cp_rank),
             position_ids=cp_slice(position_ids, 2, cp_size, cp_rank),
-            attention_mask=segments,
+            attention_mask=None,
+            packed_seq_params=segments,
             decoder_input=decoder_input,
             labels=None if labels is None else cp_slice(labels, 1, cp_size, cp_rank),
             runtime_gather_output=runtime_gather_output,

@@ -15,18 +15,18 @@ from megatron_vlm.models.attention import AttentionSegments
 
 
 class TESegmentedDotProductAttention(TEDotProductAttention):
-    """``TEDotProductAttention`` that reads the packed-sample / window layout from ``attention_mask``."""
+    """``TEDotProductAttention`` that turns :class:`AttentionSegments` into THD ``PackedSeqParams``."""
 
     def forward(self, query, key, value, attention_mask, attn_mask_type, attention_bias=None,
                 packed_seq_params=None, num_splits=None):
-        if not isinstance(attention_mask, AttentionSegments):
-            return super().forward(query, key, value, None, attn_mask_type, attention_bias,
+        if not isinstance(packed_seq_params, AttentionSegments):
+            return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias,
                                    packed_seq_params, num_splits)
         if self.config.context_parallel_size > 1:
             raise NotImplementedError("te backend: packed segments with context parallelism need TE's per-sample "
                                       "THD CP layout; use attention_backend='torch' for packed rows with CP")
         sq, b = query.shape[:2]
-        cu = attention_mask.for_layer(self.layer_number).to(device=query.device, dtype=torch.int32)
+        cu = packed_seq_params.for_layer(self.layer_number).to(device=query.device, dtype=torch.int32)
         max_len = int((cu[1:] - cu[:-1]).max())
         params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
                                  max_seqlen_q=max_len, max_seqlen_kv=max_len)

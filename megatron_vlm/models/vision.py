@@ -130,5 +130,6 @@ class Qwen25VisionModel(MegatronModule):
         segments = AttentionSegments(cu_seqlens=frame_cu_seqlens(grid_thw).to(device),
                                      window_cu_seqlens=cu_window.to(device),
                                      full_attention_layers=frozenset(cfg.fullatt_block_indexes))
-        x = self.decoder(hidden_states=x[:, None, :], attention_mask=segments, rotary_pos_emb=rotary)
+        x = self.decoder(hidden_states=x[:, None, :], attention_mask=None, rotary_pos_emb=rotary,
+                         packed_seq_params=segments)
         return self.merger(x)[torch.argsort(window_index.to(device))]

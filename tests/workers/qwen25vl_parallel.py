@@ -36,6 +36,8 @@ from megatron_vlm.models.tiny import tiny_qwen25vl_config  # noqa: E402
 LAYOUTS = {
     "tp2": (dict(tensor_model_parallel_size=2), {}),
     "tp2_sp": (dict(tensor_model_parallel_size=2), dict(sequence_parallel=True)),
+    # activation recomputation in both towers: segments travel through megatron's checkpointing
+    "tp2_sp_recompute": (dict(tensor_model_parallel_size=2), dict(sequence_parallel=True, recompute_granularity="full")),
     "pp2": (dict(pipeline_model_parallel_size=2), dict(num_layers_in_first_pipeline_stage=1)),
     "cp2": (dict(context_parallel_size=2), {}),
 }
