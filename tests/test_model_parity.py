@@ -173,13 +173,13 @@ def test_segmented_attention_matches_dense_mask():
         if causal:
             allowed = allowed & (pos[None, :, None] >= pos[None, None, :])
         dense = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
-        out = segmented_attention(q, k, v, attention_plan(cu, b, s, s, None, causal, "cpu"), causal=causal)
+        out = segmented_attention(q, k, v, attention_plan(cu, b, s, s, None, causal), causal=causal)
         assert (out - dense).abs().max() < 1e-5
         if causal:
             for cp_size in (2, 3):
                 for rank in range(cp_size):
                     idx = cp_token_indices(s, cp_size, rank)
-                    plan = attention_plan(cu, b, len(idx), s, cp_chunks(s, cp_size, rank), True, "cpu")
+                    plan = attention_plan(cu, b, len(idx), s, cp_chunks(s, cp_size, rank), True)
                     part = segmented_attention(q[:, :, idx], k, v, plan, causal=True)
                     assert (part - dense[:, :, idx]).abs().max() < 1e-5
 

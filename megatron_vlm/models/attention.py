@@ -2,14 +2,13 @@
 
 It is the ``core_attention`` submodule of Megatron-Core's ``SelfAttention`` (same call signature
 as ``DotProductAttention``); the segment layout arrives as ``packed_seq_params``. Masks are never materialized as ``s x s``: attention runs per
-segment (a packed sample, an image, a vision window), with segments of equal length batched into
-one SDPA call. With context parallelism K/V are all-gathered over the CP group (cheap with GQA)
+segment (a packed sample, an image, a vision window), with runs of consecutive equal-length
+segments batched into one SDPA call as views (no gather). With context parallelism K/V are all-gathered over the CP group (cheap with GQA)
 and each local query chunk attends to its segment's keys up to its own position.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
@@ -51,25 +50,31 @@ class AttentionSegments(PackedSeqParams):
             return self.cu_seqlens
         return self.window_cu_seqlens
 
-    def plan(self, layer_number: int, batch: int, s_q: int, s_k: int, chunks, causal: bool, device):
+    def plan(self, layer_number: int, batch: int, s_q: int, s_k: int, chunks, causal: bool) -> AttentionPlan:
         """The cached :func:`attention_plan` of layer ``layer_number``."""
         cu = self.for_layer(layer_number)
-        key = (id(cu), batch, s_q, s_k, tuple(chunks or ()), causal, str(device))
+        key = (id(cu), batch, s_q, s_k, tuple(chunks or ()), causal)
         if key not in self._plans:
-            self._plans[key] = attention_plan([int(x) for x in cu.tolist()], batch, s_q, s_k, chunks, causal, device)
+            self._plans[key] = attention_plan([int(x) for x in cu.tolist()], batch, s_q, s_k, chunks, causal)
         return self._plans[key]
 
 
 @dataclass
 class AttentionPlan:
-    """Groups of equal-shape segments: ``(q_idx [n, q_len], k_idx [n, k_len], lower_right_causal)``."""
+    """Runs of ``n`` consecutive equal-shape segments, in query order.
 
-    groups: list[tuple[torch.Tensor, torch.Tensor, bool]]
-    inverse: torch.Tensor  # flat order of the concatenated group outputs -> query order
+    Each run is ``(q_start, k_start, n, q_len, k_len, lower_right)`` over the flattened
+    ``batch * s`` tokens: queries ``[q_start, q_start + n * q_len)`` and keys
+    ``[k_start, k_start + n * k_len)`` viewed as ``n`` segments (views, no gather).
+    ``lower_right``: causal with the last query aligned to the last key (a CP chunk that starts
+    inside its segment).
+    """
+
+    runs: list[tuple[int, int, int, int, int, bool]]
     causal: bool
 
 
-def attention_plan(cu: list[int], batch: int, s_q: int, s_k: int, chunks, causal: bool, device) -> AttentionPlan:
+def attention_plan(cu: list[int], batch: int, s_q: int, s_k: int, chunks, causal: bool) -> AttentionPlan:
     """Cut ``batch`` rows into segments (``cu`` over the flattened ``batch * s_k`` keys) and group them.
 
     Query indices are local; ``chunks`` lists this rank's ``(local_start, global_start, length)``
@@ -79,7 +84,7 @@ def attention_plan(cu: list[int], batch: int, s_q: int, s_k: int, chunks, causal
     chunks = chunks or [(0, 0, s_q)]
     if cu[0] != 0 or cu[-1] != batch * s_k:
         raise ValueError(f"cu_seqlens must span 0..{batch * s_k} (batch {batch} x seq {s_k}), got {cu[0]}..{cu[-1]}")
-    shapes: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+    pieces = []
     for a, e in zip(cu[:-1], cu[1:]):
         if e <= a:
             continue
@@ -90,18 +95,25 @@ def attention_plan(cu: list[int], batch: int, s_q: int, s_k: int, chunks, causal
         for local_start, global_start, length in chunks:
             qa, qe = max(a_g, global_start), min(e_g, global_start + length)
             if qa < qe:
-                k_end = qe if causal else e_g
-                shapes[(qe - qa, k_end - a_g)].append((row * s_q + local_start + qa - global_start, row * s_k + a_g))
-    groups, order = [], []
-    for (q_len, k_len), starts in shapes.items():
-        qs, ks = torch.tensor(starts, device=device).unbind(1)
-        q_idx = qs[:, None] + torch.arange(q_len, device=device)
-        groups.append((q_idx, ks[:, None] + torch.arange(k_len, device=device), causal and q_len != k_len))
-        order.append(q_idx.reshape(-1))
-    order = torch.cat(order)
-    if order.numel() != batch * s_q:
-        raise ValueError(f"attention segments cover {order.numel()} of {batch * s_q} query tokens")
-    return AttentionPlan(groups, torch.argsort(order), causal)
+                k_len = (qe if causal else e_g) - a_g
+                pieces.append((row * s_q + local_start + qa - global_start, row * s_k + a_g, qe - qa, k_len,
+                               causal and qe - qa != k_len))
+    pieces.sort()
+    runs: list[list] = []
+    covered = 0
+    for q0, k0, q_len, k_len, lower_right in pieces:
+        if q0 != covered:
+            raise ValueError(f"attention segments leave query tokens {covered}..{q0} uncovered")
+        covered = q0 + q_len
+        last = runs[-1] if runs else None
+        if (last and (last[3], last[4], last[5]) == (q_len, k_len, lower_right)
+                and last[1] + last[2] * k_len == k0 and last[0] + last[2] * q_len == q0):
+            last[2] += 1
+        else:
+            runs.append([q0, k0, 1, q_len, k_len, lower_right])
+    if covered != batch * s_q:
+        raise ValueError(f"attention segments cover {covered} of {batch * s_q} query tokens")
+    return AttentionPlan([tuple(r) for r in runs], causal)
 
 
 def segmented_attention(q, k, v, plan: AttentionPlan | None, *, causal: bool, dropout_p: float = 0.0,
@@ -117,15 +129,15 @@ def segmented_attention(q, k, v, plan: AttentionPlan | None, *, causal: bool, dr
     kf = k.transpose(0, 1).reshape(h, -1, d)
     vf = v.transpose(0, 1).reshape(h, -1, d)
     outs = []
-    for q_idx, k_idx, lower_right in plan.groups:
-        q_len, k_len = q_idx.shape[1], k_idx.shape[1]
+    for q0, k0, n, q_len, k_len, lower_right in plan.runs:
+        qq = qf[:, q0:q0 + n * q_len].reshape(h, n, q_len, d).transpose(0, 1)
+        kk = kf[:, k0:k0 + n * k_len].reshape(h, n, k_len, d).transpose(0, 1)
+        vv = vf[:, k0:k0 + n * k_len].reshape(h, n, k_len, d).transpose(0, 1)
         mask = causal_lower_right(q_len, k_len) if lower_right else None
-        o = F.scaled_dot_product_attention(qf[:, q_idx].transpose(0, 1), kf[:, k_idx].transpose(0, 1),
-                                           vf[:, k_idx].transpose(0, 1), attn_mask=mask,
-                                           is_causal=plan.causal and not lower_right,
+        o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask, is_causal=plan.causal and not lower_right,
                                            dropout_p=dropout_p, scale=scale)
-        outs.append(o.transpose(0, 1).reshape(h, -1, d))
-    out = torch.cat(outs, dim=1)[:, plan.inverse]
+        outs.append(o.transpose(0, 1).reshape(h, n * q_len, d))
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
     return out.reshape(h, b, s_q, d).transpose(0, 1)
 
 
@@ -168,7 +180,7 @@ class TorchDotProductAttention(MegatronModule):
         if segments is None and chunks is not None:
             segments = AttentionSegments(cu_seqlens=torch.arange(0, b * key.shape[0] + 1, key.shape[0]))
         if segments is not None:
-            plan = segments.plan(self.layer_number, b, sq, key.shape[0], chunks, self.causal, query.device)
+            plan = segments.plan(self.layer_number, b, sq, key.shape[0], chunks, self.causal)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         out = segmented_attention(q, k, v, plan, causal=self.causal,
                                   dropout_p=self.dropout if self.training else 0.0, scale=self.softmax_scale)
