@@ -83,7 +83,7 @@ class Qwen25VLModel(MegatronModule):
         cu = None if cu_seqlens is None else torch.as_tensor(cu_seqlens).cpu().numpy()
         for r, row in enumerate(ids):
             used += int((row == cfg.image_token_id).sum())
-            last = int(np.searchsorted(ends, used, side="right")) if used else first
+            last = int(np.searchsorted(ends, used, side="right"))  # images whose tokens are in rows <= r
             row_grids = grids[first:last]
             first = last
             if cu is None:
