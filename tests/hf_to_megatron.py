@@ -17,9 +17,8 @@ def _per_group_qkv(q, k, v, groups: int) -> torch.Tensor:
     return torch.cat([qs, ks, vs], dim=1).reshape(-1, *q.shape[1:])
 
 
-def megatron_state_dict(hf_model, config) -> dict[str, torch.Tensor]:
-    """HF in-memory state dict -> the in-memory state dict of ``Qwen25VLModel`` (local spec names)."""
-    sd = hf_model.state_dict()
+def megatron_state_dict(sd: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """HF in-memory state dict (or grads by name) -> ``Qwen25VLModel``'s in-memory names (local spec)."""
     lm, vis = "model.language_model.", "model.visual."
     out = {"language_model.embedding.word_embeddings.weight": sd[lm + "embed_tokens.weight"],
            "language_model.decoder.final_layernorm.weight": sd[lm + "norm.weight"]}
@@ -58,7 +57,7 @@ def megatron_state_dict(hf_model, config) -> dict[str, torch.Tensor]:
 
 def load_hf_weights(model, hf_model, config) -> None:
     """Copy the weights; every parameter of ``model`` must be covered."""
-    state = megatron_state_dict(hf_model, config)
+    state = megatron_state_dict(hf_model.state_dict(), config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("_extra_state")]
     if missing or unexpected:
