@@ -149,7 +149,7 @@ class Qwen25VLModel(MegatronModule):
             position_ids = self.position_ids(input_ids, image_grid_thw, cu_seqlens)
         segments = None
         if cu_seqlens is not None:
-            segments = AttentionSegments(cu_seqlens=torch.as_tensor(cu_seqlens, device=input_ids.device))
+            segments = AttentionSegments(cu_seqlens=torch.as_tensor(cu_seqlens).cpu())  # host-side plan, no syncs
         decoder_input = self.embed(input_ids, pixel_values, image_grid_thw) if self.pre_process else None
         return self.language_model(
             input_ids=cp_slice(input_ids, 1, cp_size, cp_rank),

@@ -26,8 +26,9 @@ class TESegmentedDotProductAttention(TEDotProductAttention):
             raise NotImplementedError("te backend: packed segments with context parallelism need TE's per-sample "
                                       "THD CP layout; use attention_backend='torch' for packed rows with CP")
         sq, b = query.shape[:2]
-        cu = packed_seq_params.for_layer(self.layer_number).to(device=query.device, dtype=torch.int32)
-        max_len = int((cu[1:] - cu[:-1]).max())
+        cu = packed_seq_params.for_layer(self.layer_number)
+        max_len = int((cu[1:] - cu[:-1]).max())  # host-side: cu_seqlens stay on the CPU
+        cu = cu.to(device=query.device, dtype=torch.int32)
         params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
                                  max_seqlen_q=max_len, max_seqlen_kv=max_len)
 

@@ -127,8 +127,7 @@ class Qwen25VisionModel(MegatronModule):
         pos = rotary_positions(grid_thw, merge).to(device)[perm]
         freqs = (pos[..., None].float() * self.inv_freq.to(device)).reshape(pos.shape[0], -1)
         rotary = torch.cat([freqs, freqs], dim=-1)[:, None, None, :]
-        segments = AttentionSegments(cu_seqlens=frame_cu_seqlens(grid_thw).to(device),
-                                     window_cu_seqlens=cu_window.to(device),
+        segments = AttentionSegments(cu_seqlens=frame_cu_seqlens(grid_thw), window_cu_seqlens=cu_window,
                                      full_attention_layers=frozenset(cfg.fullatt_block_indexes))
         x = self.decoder(hidden_states=x[:, None, :], attention_mask=None, rotary_pos_emb=rotary,
                          packed_seq_params=segments)
