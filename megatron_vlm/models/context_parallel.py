@@ -41,6 +41,7 @@ class _AllGatherVarlen(torch.autograd.Function):
     def forward(ctx, x, sizes, group):
         rank = dist.get_rank(group)
         ctx.group, ctx.offset, ctx.size = group, sum(sizes[:rank]), sizes[rank]
+        ctx.equal = len(set(sizes)) == 1
         width = max(sizes)
         padded = x.new_zeros((width, *x.shape[1:]))
         padded[: x.shape[0]] = x
@@ -51,7 +52,11 @@ class _AllGatherVarlen(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         grad = grad.contiguous()
-        dist.all_reduce(grad, group=ctx.group)
+        if ctx.equal and dist.get_backend(ctx.group) == "nccl":
+            out = grad.new_empty((ctx.size, *grad.shape[1:]))
+            dist.reduce_scatter_tensor(out, grad, group=ctx.group)
+            return out, None, None
+        dist.all_reduce(grad, group=ctx.group)  # gloo has no reduce-scatter
         return grad[ctx.offset: ctx.offset + ctx.size], None, None
 
 
