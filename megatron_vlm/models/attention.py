@@ -1,10 +1,11 @@
 """The ``torch`` attention backend: a core-attention module on ``scaled_dot_product_attention``.
 
 It is the ``core_attention`` submodule of Megatron-Core's ``SelfAttention`` (same call signature
-as ``DotProductAttention``); the segment layout arrives as ``packed_seq_params``. Masks are never materialized as ``s x s``: attention runs per
-segment (a packed sample, an image, a vision window), with runs of consecutive equal-length
-segments batched into one SDPA call as views (no gather). With context parallelism K/V are all-gathered over the CP group (cheap with GQA)
-and each local query chunk attends to its segment's keys up to its own position.
+as ``DotProductAttention``); the segment layout arrives as ``packed_seq_params``. Masks are never
+materialized as ``s x s``: attention runs per segment (a packed sample, an image, a vision
+window), with runs of consecutive equal-length segments batched into one SDPA call as views (no
+gather). With context parallelism K/V are all-gathered over the CP group (cheap with GQA) and each
+local query chunk attends to its segment's keys up to its own position.
 """
 
 from __future__ import annotations
