@@ -49,6 +49,11 @@ def test_context_parallel_2_equals_unsplit(results):
     _check(results, "cp2", ["logits", "loss", "grads"])
 
 
+def test_context_parallel_2_with_one_image_equals_unsplit(results):
+    """One rank encodes the image without holding its tokens, the other holds them without encoding."""
+    _check(results, "cp2_one_image", ["logits", "loss", "grads"])
+
+
 def test_pipeline_parallel_2_equals_unsplit(results):
     _check(results, "pp2", ["loss", "grads"])
     first, last = results[0]["pp2"], results[1]["pp2"]

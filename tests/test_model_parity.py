@@ -284,3 +284,13 @@ def test_checkpoint_keys_follow_docs_checkpoints_md(megatron_single):
                  "vision_model.merger.layer_norm.weight"}
     expected |= {f"vision_model.merger.linear_fc{i}.{k}" for i in (1, 2) for k in ("weight", "bias")}
     assert keys == expected
+
+
+def test_images_split_over_context_parallel_ranks():
+    """Contiguous image ranges covering every image once, balanced by patch count; ranks may get none."""
+    from megatron_vlm.models.context_parallel import split_images_by_cost
+
+    assert split_images_by_cost([10, 10, 10, 10], 2) == [(0, 2), (2, 4)]
+    assert split_images_by_cost([100, 1, 1], 2) == [(0, 1), (1, 3)]
+    assert split_images_by_cost([5], 2) == [(0, 1), (1, 1)]
+    assert split_images_by_cost([1, 1, 1, 1, 1, 1, 1, 1], 4) == [(0, 2), (2, 4), (4, 6), (6, 8)]

@@ -107,9 +107,9 @@ class Qwen25VLModel(MegatronModule):
         sizes = [sum(patches[a:b]) // unit for a, b in bounds]
         if last > first:
             local = self.vision_model(pixel_values[p0:p1], grids[first:last])
-        else:  # fewer images than CP ranks
+        else:  # fewer images than CP ranks; requires grad so this rank joins the gather's backward
             local = pixel_values.new_zeros((0, self.model_config.vision.out_hidden_size),
-                                           dtype=self.model_config.vision.params_dtype)
+                                           dtype=self.model_config.vision.params_dtype).requires_grad_()
         return all_gather_varlen(local, sizes, parallel_state.get_context_parallel_group())
 
     def embed(self, input_ids: torch.Tensor, pixel_values=None, image_grid_thw=None) -> torch.Tensor:

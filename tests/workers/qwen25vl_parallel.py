@@ -32,14 +32,17 @@ from megatron_vlm.models.context_parallel import cp_slice  # noqa: E402
 from megatron_vlm.models.qwen25vl import Qwen25VLModel  # noqa: E402
 from megatron_vlm.models.tiny import tiny_qwen25vl_config  # noqa: E402
 
-# name -> (initialize_distributed sizes, extra config fields)
+# name -> (initialize_distributed sizes, extra config fields, batch)
 LAYOUTS = {
-    "tp2": (dict(tensor_model_parallel_size=2), {}),
-    "tp2_sp": (dict(tensor_model_parallel_size=2), dict(sequence_parallel=True)),
+    "tp2": (dict(tensor_model_parallel_size=2), {}, "packed"),
+    "tp2_sp": (dict(tensor_model_parallel_size=2), dict(sequence_parallel=True), "packed"),
     # activation recomputation in both towers: segments travel through megatron's checkpointing
-    "tp2_sp_recompute": (dict(tensor_model_parallel_size=2), dict(sequence_parallel=True, recompute_granularity="full")),
-    "pp2": (dict(pipeline_model_parallel_size=2), dict(num_layers_in_first_pipeline_stage=1)),
-    "cp2": (dict(context_parallel_size=2), {}),
+    "tp2_sp_recompute": (dict(tensor_model_parallel_size=2), dict(sequence_parallel=True,
+                                                                  recompute_granularity="full"), "packed"),
+    "pp2": (dict(pipeline_model_parallel_size=2), dict(num_layers_in_first_pipeline_stage=1), "packed"),
+    "cp2": (dict(context_parallel_size=2), {}, "packed"),
+    # rank 0 encodes the only image but holds none of its tokens; rank 1 encodes nothing
+    "cp2_one_image": (dict(context_parallel_size=2), {}, "one_image"),
 }
 
 
@@ -48,14 +51,19 @@ def config(sizes=None, **extra):
     return qwen25vl_config_from_hf(hf, **(sizes or {}), **extra)
 
 
-def batch():
-    """A packed row (28 + 36 tokens, three images of different shapes) and its labels."""
-    a = make_row([4, (1, 8, 8), 6], seed=5)
-    b = make_row([3, (1, 6, 10), 2, (1, 4, 4), 8], seed=6)
-    ids = torch.cat([a[0], b[0]])[None]
-    inputs = dict(input_ids=ids, pixel_values=torch.cat([a[2], b[2]]), image_grid_thw=torch.cat([a[1], b[1]]),
-                  cu_seqlens=torch.tensor([0, len(a[0]), ids.shape[1]]))
-    labels = torch.randint(0, 1000, ids.shape, generator=torch.Generator().manual_seed(7))
+def batch(name: str = "packed"):
+    """``packed``: a row of two samples (28 + 36 tokens, three images of different shapes);
+    ``one_image``: 44 tokens, the image's tokens at 11..26. Returns the inputs and labels."""
+    if name == "packed":
+        a = make_row([4, (1, 8, 8), 6], seed=5)
+        b = make_row([3, (1, 6, 10), 2, (1, 4, 4), 8], seed=6)
+        ids = torch.cat([a[0], b[0]])[None]
+        inputs = dict(input_ids=ids, pixel_values=torch.cat([a[2], b[2]]), image_grid_thw=torch.cat([a[1], b[1]]),
+                      cu_seqlens=torch.tensor([0, len(a[0]), ids.shape[1]]))
+    else:
+        ids, grids, pixels = make_row([10, (1, 8, 8), 16], seed=8)
+        inputs = dict(input_ids=ids[None], pixel_values=pixels, image_grid_thw=grids)
+    labels = torch.randint(0, 1000, inputs["input_ids"].shape, generator=torch.Generator().manual_seed(7))
     return inputs, labels
 
 
@@ -88,22 +96,26 @@ def max_grad_diff(grads, ref_grads) -> tuple[float, str]:
     return diffs[worst], worst
 
 
-def reference(out: Path):
+def reference(out: Path) -> dict:
+    """Unsplit model: saved weights, and per batch the logits, per-token loss and gradients."""
     runtime.initialize_distributed(seed=1)
     model = Qwen25VLModel(config())
     randomize_weights_(model, seed=3)
-    inputs, labels = batch()
-    with torch.no_grad():
-        logits = model(**inputs)
-    loss = model(**inputs, labels=labels)
-    loss.sum().backward()
     save(model, out / "weights")
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    return model, logits, loss.detach(), grads
+    ref = {"model": model}
+    for name in ("packed", "one_image"):
+        model.zero_grad(set_to_none=True)
+        inputs, labels = batch(name)
+        with torch.no_grad():
+            logits = model(**inputs)
+        loss = model(**inputs, labels=labels)
+        loss.sum().backward()
+        ref[name] = (logits, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    return ref
 
 
 def run_tp(name, sizes, extra, out, ref):
-    _, ref_logits, ref_loss, ref_grads = ref
+    ref_logits, ref_loss, ref_grads = ref
     runtime.initialize_distributed(seed=1, **sizes)
     model = Qwen25VLModel(config(sizes, **extra))
     load(model, out / "weights")
@@ -121,7 +133,7 @@ def run_tp(name, sizes, extra, out, ref):
 
 
 def run_pp(name, sizes, extra, out, ref):
-    _, _, ref_loss, ref_grads = ref
+    _, ref_loss, ref_grads = ref
     runtime.initialize_distributed(seed=1, **sizes)
     first, last = ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage()
     model = Qwen25VLModel(config(sizes, **extra), pre_process=first, post_process=last)
@@ -145,21 +157,21 @@ def run_pp(name, sizes, extra, out, ref):
     return result
 
 
-def run_cp(name, sizes, extra, out, ref):
-    ref_model, ref_logits, ref_loss, ref_grads = ref
+def run_cp(name, sizes, extra, out, ref, batch_name):
+    ref_logits, ref_loss, ref_grads = ref
     runtime.initialize_distributed(seed=1, **sizes)
     model = Qwen25VLModel(config(sizes, **extra))
-    model.load_state_dict(ref_model.state_dict())  # CP does not split weights
+    load(model, out / "weights")
     rank, size = ps.get_context_parallel_rank(), ps.get_context_parallel_world_size()
-    inputs, labels = batch()
+    inputs, labels = batch(batch_name)
     with torch.no_grad():
         logits = model(**inputs)
     loss = model(**inputs, labels=labels)
     loss.sum().backward()
     grads = {}
     for n, p in model.named_parameters():  # what the data-parallel (incl. CP) grad reduction does
-        torch.distributed.all_reduce(p.grad, group=ps.get_context_parallel_group())
-        grads[n] = p.grad
+        grads[n] = p.grad if p.grad is not None else torch.zeros_like(p)  # no image on this rank
+        torch.distributed.all_reduce(grads[n], group=ps.get_context_parallel_group())
     grad_diff, worst = max_grad_diff(grads, ref_grads)
     return dict(logits=(logits - cp_slice(ref_logits, 1, size, rank)).abs().max().item(),
                 loss=(loss.detach() - cp_slice(ref_loss, 1, size, rank)).abs().max().item(),
@@ -175,11 +187,14 @@ def main() -> None:
     ref = reference(args.out)
     results = {}
     for name in args.layouts:
-        sizes, extra = LAYOUTS[name]
-        run = run_cp if "context_parallel_size" in sizes else run_pp if "pipeline_model_parallel_size" in sizes \
-            else run_tp
+        sizes, extra, batch_name = LAYOUTS[name]
         try:
-            results[name] = run(name, sizes, extra, args.out, ref)
+            if "context_parallel_size" in sizes:
+                results[name] = run_cp(name, sizes, extra, args.out, ref[batch_name], batch_name)
+            elif "pipeline_model_parallel_size" in sizes:
+                results[name] = run_pp(name, sizes, extra, args.out, ref[batch_name])
+            else:
+                results[name] = run_tp(name, sizes, extra, args.out, ref[batch_name])
         except Exception:
             results[name] = {"error": traceback.format_exc()}
     rank = torch.distributed.get_rank()
