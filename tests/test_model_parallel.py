@@ -61,3 +61,11 @@ def test_pipeline_parallel_2_equals_unsplit(results):
     assert (first["has_vision"], first["stage_layers"]) == (True, 1)
     assert (last["has_vision"], last["stage_layers"]) == (False, 2)
     assert "loss" in last
+
+
+def test_tp2_cp2_with_sequence_parallel_on_4_processes(tmp_path):
+    """TP x CP x SP together (4 gloo processes): logits, loss and gradients equal the unsplit model."""
+    run_distributed("tests/workers/qwen25vl_parallel.py", 4, ["--out", tmp_path, "--layouts", "tp2_cp2_sp"],
+                    timeout=400)
+    _check([json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)], "tp2_cp2_sp",
+           ["logits", "loss", "grads"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import traceback
 from pathlib import Path
@@ -43,6 +44,9 @@ LAYOUTS = {
     "cp2": (dict(context_parallel_size=2), {}, "packed"),
     # rank 0 encodes the only image but holds none of its tokens; rank 1 encodes nothing
     "cp2_one_image": (dict(context_parallel_size=2), {}, "one_image"),
+    # 4 processes (not in the default 2-process run): --layouts tp2_cp2_sp
+    "tp2_cp2_sp": (dict(tensor_model_parallel_size=2, context_parallel_size=2), dict(sequence_parallel=True),
+                   "packed"),
 }
 
 
@@ -165,13 +169,18 @@ def run_cp(name, sizes, extra, out, ref, batch_name):
     rank, size = ps.get_context_parallel_rank(), ps.get_context_parallel_world_size()
     inputs, labels = batch(batch_name)
     with torch.no_grad():
-        logits = model(**inputs)
+        logits = tensor_parallel.gather_from_tensor_model_parallel_region(model(**inputs))
     loss = model(**inputs, labels=labels)
     loss.sum().backward()
     grads = {}
     for n, p in model.named_parameters():  # what the data-parallel (incl. CP) grad reduction does
         grads[n] = p.grad if p.grad is not None else torch.zeros_like(p)  # no image on this rank
         torch.distributed.all_reduce(grads[n], group=ps.get_context_parallel_group())
+        if getattr(p, "sequence_parallel", False):
+            torch.distributed.all_reduce(grads[n], group=ps.get_tensor_model_parallel_group())
+        p.grad = grads[n]
+    if ps.get_tensor_model_parallel_world_size() > 1:
+        grads = grads_in_unsplit_layout(model, out / f"grads_{name}")
     grad_diff, worst = max_grad_diff(grads, ref_grads)
     return dict(logits=(logits - cp_slice(ref_logits, 1, size, rank)).abs().max().item(),
                 loss=(loss.detach() - cp_slice(ref_loss, 1, size, rank)).abs().max().item(),
@@ -181,7 +190,8 @@ def run_cp(name, sizes, extra, out, ref, batch_name):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS))
+    parser.add_argument("--layouts", nargs="+", help="default: every layout of at most 2 processes",
+                        default=[n for n, (sizes, _, _) in LAYOUTS.items() if math.prod(sizes.values()) <= 2])
     args = parser.parse_args()
     runtime.initialize_distributed(seed=1)
     ref = reference(args.out)
