@@ -17,7 +17,7 @@ import numpy as np
 from preprocess.pool.config import PoolConfig
 from preprocess.pool.reader import Pool, PoolFormatError
 from preprocess.pool.run import PoolError, PoolSummary, duplicate, write_pool_files
-from preprocess.pool.store import StoreBuilder
+from preprocess.pool.store import STORES, StoreBuilder
 
 
 def _check_shards(pools: list[Pool]) -> dict:
@@ -71,7 +71,7 @@ def merge_pools(config: PoolConfig) -> PoolSummary:
             else:
                 kept.append((record, pool))
     out.mkdir(parents=True, exist_ok=True)
-    builders = {"pages": StoreBuilder(out / "pages"), "layout": StoreBuilder(out / "layout")}
+    builders = {name: StoreBuilder(out / name) for name in STORES}
     entries = []
     try:
         for doc, pool in kept:

@@ -32,8 +32,6 @@ class PageRejected(Exception):
 
 @dataclass(frozen=True)
 class PageGeometry:
-    render_width: int  # pixels at dpi (what a plain render at dpi gives)
-    render_height: int
     width: int  # pixels after smart_resize
     height: int
 
@@ -48,7 +46,7 @@ class PageGeometry:
 
 def page_geometry(rect: pymupdf.Rect, dpi: int, min_pixels: int, max_pixels: int,
                   page_number: int) -> PageGeometry:
-    """The render and Qwen2.5-VL sizes of a page; PageRejected for absurd sizes or aspect ratios."""
+    """The Qwen2.5-VL size of a page rendered at ``dpi``; PageRejected for absurd sizes or aspect ratios."""
     w_pt, h_pt = rect.width, rect.height
     if not (MIN_PAGE_POINTS <= w_pt <= MAX_PAGE_POINTS and MIN_PAGE_POINTS <= h_pt <= MAX_PAGE_POINTS):
         raise PageRejected("page_size", f"page {page_number} is {w_pt:.1f} x {h_pt:.1f} pt "
@@ -59,8 +57,9 @@ def page_geometry(rect: pymupdf.Rect, dpi: int, min_pixels: int, max_pixels: int
     try:
         h, w = smart_resize(rh, rw, factor=FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
     except ValueError as err:
-        raise PageRejected("aspect_ratio", f"page {page_number} ({rw}x{rh} px): {err}") from None
-    return PageGeometry(rw, rh, w, h)
+        reason = "aspect_ratio" if "aspect ratio" in str(err) else "page_size"
+        raise PageRejected(reason, f"page {page_number} ({rw}x{rh} px at {dpi} dpi): {err}") from None
+    return PageGeometry(w, h)
 
 
 class Raster:
