@@ -44,17 +44,18 @@ def make_pdf(path: Path, pages: list[tuple[float, float]]) -> Path:
     return path
 
 
-def make_slow_pdf(path: Path, pages: int = 1, lines: int = 8000) -> Path:
-    """Pages of random long strokes: about 1 s each for MuPDF to rasterize at any size."""
-    rng = random.Random(0)
+def make_slow_pdf(path: Path, pages: int = 1, lines: int = 20000) -> Path:
+    """Pages of random long strokes: 1-2 s each for MuPDF to rasterize, at any size."""
+    rng = np.random.default_rng(0)
     doc = pymupdf.open()
     for _ in range(pages):
         page = doc.new_page(width=200, height=200)
-        shape = page.new_shape()
-        for _ in range(lines):
-            shape.draw_line((rng.uniform(0, 200), rng.uniform(0, 200)), (rng.uniform(0, 200), rng.uniform(0, 200)))
-        shape.finish(width=0.3, color=(0, 0, 0))
-        shape.commit()
+        xy = rng.uniform(0, 200, (lines, 4))
+        ops = "".join(f"{a:.1f} {b:.1f} m {c:.1f} {d:.1f} l\n" for a, b, c, d in xy)
+        xref = doc.get_new_xref()
+        doc.update_object(xref, "<<>>")
+        doc.update_stream(xref, f"0.3 w\n{ops}S\n".encode())
+        doc.xref_set_key(page.xref, "Contents", f"{xref} 0 R")
     doc.save(path, deflate=True)
     return path
 
@@ -325,7 +326,7 @@ def test_render_timeout_loses_only_that_document(pdf_dir, tmp_path):
 def test_worker_crash_loses_only_that_document(pdf_dir, tmp_path):
     import psutil
 
-    inputs = [str(pdf_dir / "float.pdf"), str(make_slow_pdf(tmp_path / "slow.pdf", pages=4)),
+    inputs = [str(pdf_dir / "float.pdf"), str(make_slow_pdf(tmp_path / "slow.pdf", pages=2)),
               str(pdf_dir / "booktabs.pdf")]
     out = tmp_path / "p"
     proc = _cli([*inputs, "-o", str(out), "--dpi", str(DPI), "--min-pages", "0", "--chunk-docs", "1",
@@ -333,7 +334,7 @@ def test_worker_crash_loses_only_that_document(pdf_dir, tmp_path):
     chunks = out / ".work" / "chunks"
     _wait_for(lambda: chunks.is_dir() and any(p.name == "chunk-000000" for p in chunks.iterdir()),
               "the first chunk")
-    time.sleep(0.5)  # the worker has moved on to slow.pdf (about 4 s of rendering)
+    time.sleep(0.5)  # the worker has moved on to slow.pdf (2-4 s of rendering)
     workers = [c for c in psutil.Process(proc.pid).children()
                if any("spawn_main" in part for part in c.cmdline())]
     assert len(workers) == 1
@@ -348,7 +349,7 @@ def test_worker_crash_loses_only_that_document(pdf_dir, tmp_path):
 def test_sigterm_stops_the_workers_and_the_run_resumes(pdf_dir, tmp_path):
     import psutil
 
-    inputs = [str(pdf_dir / "float.pdf"), str(make_slow_pdf(tmp_path / "slow.pdf", pages=4))]
+    inputs = [str(pdf_dir / "float.pdf"), str(make_slow_pdf(tmp_path / "slow.pdf", pages=2))]
     args = [*inputs, "-o", str(tmp_path / "p"), "--dpi", str(DPI), "--min-pages", "0", "--chunk-docs", "1",
             "--no-progress", "--keep-work"]
     proc = _cli(args)
