@@ -51,7 +51,8 @@ class PoolSummary:
         why = ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items())) or "none"
         state = " (already complete, nothing to do)" if self.already_complete else ""
         return (f"pool {self.output}{state}: {self.inputs} inputs -> {self.accepted} documents, "
-                f"{self.pages} pages, {self.image_tokens:,} image tokens; rejected {self.rejected} ({why})")
+                f"{self.pages} pages, {self.image_tokens:,} image tokens; rejected {self.rejected} ({why}); "
+                f"{self.seconds:.1f} s")
 
 
 def sha256_file(path: str) -> str:
