@@ -7,7 +7,8 @@ the text blocks they cover. Labels are then assigned per document, against the b
 (the most common size, by characters):
 
 - ``header_footer``: in the top or bottom 12% of the page and repeated (digits ignored) on
-  several pages, or a bare page number there with nothing above/below it;
+  several pages; or, with nothing above/below it there, a bare page number or a block at the same
+  place and size on 30% of the pages (running headers with section names);
 - ``table``: PyMuPDF ``find_tables`` (text as Markdown), run where >= 3 aligned rules enclose
   text in columns;
 - ``caption``: starts with Figure/Fig./Table/Listing/Algorithm + number;
@@ -226,6 +227,12 @@ def _outermost(block: dict, blocks: list[dict]) -> bool:
     return top or bottom
 
 
+def _slot(block: dict) -> tuple:
+    """Where a block sits on the page (to 2 pt) and its size: running headers keep all three."""
+    x0, y0, _, y1 = block["bbox"]
+    return round(y0 / 2), round(y1 / 2), block["font_size"]
+
+
 def _is_header(block: dict, body: float) -> bool:
     text = block["text"].strip()
     if block["_lines"] > 3 or not 2 <= len(text) <= 200 or not re.search(r"[^\W\d_]", text):
@@ -257,13 +264,17 @@ def _content_label(block: dict) -> str:
 def label_document(pages: list[list[dict]], page_heights: list[float]) -> list[list[dict]]:
     """Label every block of a document; returns the public blocks (bbox, text, font_size, bold, label)."""
     body = body_font_size(pages)
-    key_pages: dict[str, set[int]] = defaultdict(set)
+    key_pages: dict[str, set[int]] = defaultdict(set)  # margin text (digits ignored) -> pages
+    slot_pages: dict[tuple, set[int]] = defaultdict(set)  # outermost margin position and size -> pages
     for i, blocks in enumerate(pages):
         for b in blocks:
             key = _margin_key(b, page_heights[i])
             if key is not None:
                 key_pages[key].add(i)
+                if _outermost(b, blocks):
+                    slot_pages[_slot(b)].add(i)
     repeat = max(2, min(3, len(pages) // 4))
+    running = max(3, len(pages) * 0.3)  # a running header changes text (section names) but not place
     title_size = max((b["font_size"] for b in pages[0]), default=0.0) if pages else 0.0
     title_done = False
     front_matter = True  # first page, before any body text: authors, dates, subtitles
@@ -275,8 +286,8 @@ def label_document(pages: list[list[dict]], page_heights: list[float]) -> list[l
             key = _margin_key(b, page_heights[i])
             if b.get("_table"):
                 label = "table"
-            elif key is not None and (len(key_pages[key]) >= repeat
-                                      or _PAGE_NUMBER.match(b["text"]) and _outermost(b, blocks)):
+            elif key is not None and (len(key_pages[key]) >= repeat or _outermost(b, blocks) and (
+                    _PAGE_NUMBER.match(b["text"]) or len(slot_pages[_slot(b)]) >= running)):
                 label = "header_footer"
             elif (i == 0 and not title_done and b["font_size"] == title_size
                   and title_size >= body * 1.4 and b["_lines"] <= 4):
