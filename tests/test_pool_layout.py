@@ -23,12 +23,13 @@ PARAGRAPH = ("Long documents combine text, tables and figures over many pages. "
 
 
 def make_structured_pdf(path):
-    """Three pages: running header, page numbers, a title, numbered headers, paragraphs, a list,
+    """Three pages: running headers (fixed and by section), page numbers, a title, numbered headers, paragraphs, a list,
     code, a formula, a caption and a ruled table; no outline."""
     doc = pymupdf.open()
     for n in range(1, 4):
         page = doc.new_page(width=595, height=842)
         page.insert_text((72, 40), "ACME Technical Report", fontsize=8)
+        page.insert_text((72, 832), ["Introduction", "Methods", "Results"][n - 1], fontsize=7)  # running
         page.insert_text((290, 815), f"{n}", fontsize=9)
         y = 90
         if n == 1:
@@ -73,6 +74,7 @@ def test_labels_of_a_generated_document(tmp_path):
     doc, pages = labelled(make_structured_pdf(tmp_path / "s.pdf"))
     by_text = {b["text"].split("\n")[0]: b["label"] for blocks in pages for b in blocks}
     assert by_text["ACME Technical Report"] == "header_footer"
+    assert by_text["Introduction"] == by_text["Methods"] == by_text["Results"] == "header_footer"
     assert by_text["1"] == by_text["2"] == by_text["3"] == "header_footer"
     assert by_text["Annual Widget Report"] == "title"
     assert by_text["1 Introduction"] == by_text["2.1 Data"] == by_text["3 Results"] == "section_header"

@@ -310,10 +310,11 @@ def label_document(pages: list[list[dict]], page_heights: list[float]) -> list[l
 
 
 def _margins_outside(blocks: list[dict], page_height: float) -> list[dict]:
-    """Reading order: running headers first, then the body in content order, then footers."""
-    def place(b: dict) -> int:
+    """Reading order: running headers first, then the body in content order, then footers
+    (headers and footers top to bottom)."""
+    def place(b: dict) -> tuple[int, float]:
         if b["label"] != "header_footer":
-            return 1
-        return 0 if b["bbox"][1] < page_height / 2 else 2
+            return 1, 0.0
+        return (0 if b["bbox"][1] < page_height / 2 else 2), b["bbox"][1]
 
-    return sorted(blocks, key=place)  # stable: content order within each part
+    return sorted(blocks, key=place)  # stable: the body keeps its content order
