@@ -62,7 +62,8 @@ class BuiltDataset(torch.utils.data.Dataset):
                 raise DatasetFormatError(f"the pool at {self.pool_dir} is not the one {self.prefix} was built from "
                                          f"(fingerprint differs from {recorded[:12]}); rebuild or use --copy-pages")
         self._files: dict[str, IndexedDataset] | None = None
-        self._num_packs = len(open_indexed(prefix, fmt.TOKENS).document_indices) - 1
+        tokens = open_indexed(prefix, fmt.TOKENS)
+        self._num_packs = len(tokens.document_indices) - 1
 
     def __len__(self) -> int:
         return self._num_packs
