@@ -9,6 +9,7 @@ import pytest
 import torch
 from build_fakes import FakePool, write_tasks
 
+from megatron_vlm.data.collate import collate_packs
 from megatron_vlm.data.dataset import BuiltDataset, DatasetFormatError
 from megatron_vlm.data.loader import build_data_loader
 from megatron_vlm.data.sampler import PackBatchSampler
@@ -37,12 +38,14 @@ def test_pixel_values_equal_qwen2vl_image_processor(built):
 
     prefix, pool, _ = built
     ds = BuiltDataset(prefix, pool=pool)
-    item, raw = ds[0], ds.read_pack(0)
+    batch, raw = collate_packs([ds[0], ds[1]]), [ds.read_pack(0), ds.read_pack(1)]
     processor = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=12845056)
-    images = [pool.page_image(pool.documents[o]["doc_id"], int(n)) for o, n in raw["images"][:, :2]]
+    records = np.concatenate([r["images"] for r in raw])
+    assert len({int(k) for k in records[:, 2]}) < len(records)  # repeated pages are in the test
+    images = [pool.page_image(pool.documents[o]["doc_id"], int(n)) for o, n in records[:, :2]]
     expected = processor(images=images, return_tensors="np")
-    np.testing.assert_array_equal(item["image_grid_thw"], expected["image_grid_thw"])
-    np.testing.assert_allclose(item["pixel_values"], expected["pixel_values"], rtol=0, atol=2e-6)
+    np.testing.assert_array_equal(batch["image_grid_thw"].numpy(), expected["image_grid_thw"])
+    np.testing.assert_allclose(batch["pixel_values"].numpy(), expected["pixel_values"], rtol=0, atol=2e-6)
 
 
 def _hf_rope_index(input_ids: np.ndarray, grids: np.ndarray) -> np.ndarray:

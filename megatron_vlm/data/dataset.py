@@ -11,7 +11,7 @@ import torch
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megatron_vlm.data import format as fmt
-from megatron_vlm.data.vision import image_to_patches
+from megatron_vlm.data.vision import grid_thw
 
 
 class DatasetFormatError(ValueError):
@@ -41,7 +41,8 @@ def open_indexed(prefix: str | Path, suffix: str) -> IndexedDataset:
 
 class BuiltDataset(torch.utils.data.Dataset):
     """Item ``i`` = packed sequence ``i``: ``input_ids``, ``targets``, ``cu_seqlens`` (per sample),
-    ``image_grid_thw`` ``[n, 3]`` and ``pixel_values`` ``[patches, 1176]`` (pages decoded and patched).
+    ``image_grid_thw`` ``[n, 3]`` and ``pages`` (the decoded ``HxWx3`` uint8 page images, in order;
+    the collation turns them into ``pixel_values`` in place, see ``megatron_vlm.data.collate``).
 
     Pages come from the pool's page store (``pool``: an opened ``Pool`` or ``None`` to open the pool
     recorded in the dataset, or ``pool_dir`` to point at a moved pool) or, for datasets built with
@@ -119,16 +120,15 @@ class BuiltDataset(torch.utils.data.Dataset):
         }
         if self.decode_images:
             cache: dict[int, np.ndarray] = {}  # pages repeat within a pack (several tasks of one document)
-            patches = []
+            pages = []
             for record, grid in zip(raw["images"], grids):
                 key = int(record[2])
                 if key not in cache:
-                    values, thw = image_to_patches(self.page_image(record))
-                    if tuple(thw) != tuple(grid):
-                        raise DatasetFormatError(f"{self.prefix}: page {record[:2].tolist()} decodes to grid "
-                                                 f"{thw}, the dataset records {grid.tolist()}")
-                    cache[key] = values
-                patches.append(cache[key])
-            item["pixel_values"] = (np.concatenate(patches) if patches
-                                    else np.zeros((0, 1176), np.float32))
+                    pixels = np.asarray(self.page_image(record))
+                    if grid_thw(*pixels.shape[:2]) != tuple(grid):
+                        raise DatasetFormatError(f"{self.prefix}: page {record[:2].tolist()} decodes to "
+                                                 f"{pixels.shape[:2]} pixels, the dataset records grid {grid.tolist()}")
+                    cache[key] = pixels
+                pages.append(cache[key])
+            item["pages"] = pages
         return item
