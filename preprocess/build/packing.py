@@ -45,3 +45,13 @@ def fill_ratio(lengths: np.ndarray, packs: list[list[int]], max_seq_len: int) ->
     if not packs:
         return 0.0
     return float(np.asarray(lengths, dtype=np.int64).sum() / (len(packs) * max_seq_len))
+
+
+def fill_upper_bound(lengths: np.ndarray, max_seq_len: int) -> float:
+    """The best fill any packing can reach: every sample longer than half a sequence needs its own
+    sequence, and no sequence holds more than ``max_seq_len`` (the L1 bound of bin packing)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if not len(lengths):
+        return 0.0
+    min_packs = max(int(np.ceil(lengths.sum() / max_seq_len)), int((2 * lengths > max_seq_len).sum()))
+    return float(lengths.sum() / (min_packs * max_seq_len))

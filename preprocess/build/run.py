@@ -23,7 +23,7 @@ from preprocess.build.config import BuildConfig
 from preprocess.build.errors import BuildError
 from preprocess.build.lengths import length_report, load_length_target
 from preprocess.build.mixture import parse_mixture, select_samples
-from preprocess.build.packing import fill_ratio, pack
+from preprocess.build.packing import fill_ratio, fill_upper_bound, pack
 from preprocess.build.render_sample import CompactSample, SampleRenderer
 from preprocess.build.tasks import TASK_NAMES, TaskRecord, read_tasks
 from preprocess.build.writer import DatasetWriter
@@ -164,7 +164,8 @@ def build(config: BuildConfig, pool=None) -> BuildResult:
         "length": length_report(target, lengths[usable], chosen_lengths),
         "packing": {"packs": len(packs), "samples": int(len(chosen_lengths)), "max_seq_len": config.max_seq_len,
                     "tokens": int(chosen_lengths.sum()), "window": config.pack_window,
-                    "fill_ratio": fill_ratio(chosen_lengths, packs, config.max_seq_len)},
+                    "fill_ratio": fill_ratio(chosen_lengths, packs, config.max_seq_len),
+                    "fill_upper_bound": fill_upper_bound(chosen_lengths, config.max_seq_len)},
     }
     meta = {
         "format_version": fmt.FORMAT_VERSION,
