@@ -1,13 +1,16 @@
-"""Loader throughput at 128K: tokens/s on one core (the training loader's work in one process).
+"""Dataset build and loader at 128K on a real pool: build report and time, loader tokens/s per core.
 
-Builds a dataset from a real pool (one extract-single sample per document, so no page is decoded
-twice by the per-pack page cache, as in a large build), then times ``build_data_loader`` with
-``num_workers=0`` (everything in this process) over packed sequences of ``--max-seq-len``:
-reading the indexed datasets, decoding the pool's pages, the Qwen2.5-VL patch layout, labels,
-mRoPE positions and collation. Reports wall and CPU time (other jobs may share the machine; CPU
-time is what one core spends) and a per-stage breakdown.
+1. Build: page-anchored tasks written from the pool's layout blocks (3 VQA tasks x 2 per
+   document; stand-ins for ``longvlm synth``), built with the default mixture, pool-native lengths
+   and ``--token-budget`` at ``--max-seq-len``: prints the build report (mixture accuracy, length
+   histogram, fill) and the build's wall and CPU time.
+2. Loader: a dataset of one sample per document (so no page is decoded twice by the per-pack page
+   cache, as in a large build), read by ``build_data_loader`` with ``num_workers=0`` (all the work
+   in this process): reading, page decoding, the Qwen2.5-VL patch layout, labels, mRoPE positions.
+   Reports tokens/s per core from CPU time (other jobs may share the machine) and wall time, and a
+   per-stage breakdown.
 
-    python scripts/bench_loader.py --pool POOL_DIR [--batches 4]
+    python scripts/bench_loader.py --pool POOL_DIR [--token-budget 2e7] [--batches 4]
 """
 
 from __future__ import annotations
@@ -23,36 +26,56 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
+VQA = ("extract-single", "extract-multi", "reasoning")
 
-def make_dataset(pool_dir: str, out: Path, max_seq_len: int) -> Path:
-    from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
-    from preprocess.build.config import BuildConfig
-    from preprocess.build.run import build, open_pool
 
-    pool = open_pool(pool_dir)
+def write_tasks(pool, path: Path, tasks=VQA, pages_per_task: int = 2) -> Path:
+    """Page-anchored questions whose answers are the page's first text (no generator needed)."""
     rows = []
     for doc in pool.documents:
-        text = " ".join(b["text"] for b in pool.page_blocks(doc["doc_id"], 1))[:200] or "(no text)"
-        rows.append({"id": doc["doc_id"][:16], "task": "extract-single", "doc_id": doc["doc_id"],
-                     "question": "What does the first page (Page 1) say at the top?", "answer": text,
-                     "evidence_pages": [1], "segment": None, "generator": {"name": "bench"}})
-    tasks = out / "tasks.jsonl"
-    tasks.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tok = write_offline_qwen_tokenizer(out / "tokenizer")
-    fits = [d["total_image_tokens"] for d in pool.documents if d["total_image_tokens"] < max_seq_len - 2000]
-    result = build(BuildConfig(tasks=[str(tasks)], pool=pool_dir, tokenizer=str(tok), output=str(out / "data"),
-                               max_seq_len=max_seq_len, token_budget=float(sum(fits)), mixture="extract-single=1",
-                               progress=False), pool=pool)
-    packing = result.report["packing"]
-    print(f"dataset: {packing['samples']} samples in {packing['packs']} packs of {max_seq_len:,} "
-          f"(fill {packing['fill_ratio']:.1%}); {len(pool.documents) - len(fits)} documents longer than that left out")
-    return out / "data"
+        for k, task in enumerate(tasks):
+            for page in sorted({1 + k, doc["num_pages"] - k})[:pages_per_task]:
+                text = " ".join(b["text"] for b in pool.page_blocks(doc["doc_id"], page)).strip()[:200]
+                rows.append({"id": f"{doc['doc_id'][:12]}-{task}-{page}", "task": task, "doc_id": doc["doc_id"],
+                             "question": f"What is the first text on page {page}?", "answer": text or "Nothing.",
+                             "evidence_pages": [page], "segment": None, "generator": {"name": "bench"}})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def packing_on_synthetic_lengths(max_seq_len: int, n: int = 20000) -> None:
+    """Fill of the packer vs the best possible on length distributions of a large pool."""
+    import numpy as np
+
+    from preprocess.build.packing import fill_ratio, fill_upper_bound, pack
+
+    rng = np.random.default_rng(0)
+    cases = {
+        "uniform 32K-128K (32-50 page documents)": rng.integers(32_000, max_seq_len + 1, n),
+        "lognormal, median 60K, sigma 0.5": np.clip(rng.lognormal(np.log(60_000), 0.5, n), 2_000, max_seq_len),
+        "uniform 8K-128K": rng.integers(8_000, max_seq_len + 1, n),
+    }
+    for name, lengths in cases.items():
+        lengths = lengths.astype(np.int64)
+        fill = fill_ratio(lengths, pack(lengths, max_seq_len), max_seq_len)
+        print(f"packing {n:,} samples, {name}: fill {fill:.2%} (bound {fill_upper_bound(lengths, max_seq_len):.2%}, "
+              f"{(lengths >= 100_000).mean():.1%} of examples >= 100K)")
+    print()
+
+
+def timed_build(**options):
+    from megatron_vlm import api
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = api.build(progress=False, **options)
+    return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pool", required=True, help="a pool written by 'longvlm pool'")
     parser.add_argument("--max-seq-len", type=int, default=131072)
+    parser.add_argument("--token-budget", type=float, default=2e7, help="tokens of the build benchmark")
     parser.add_argument("--batches", type=int, default=4, help="micro-batches (of one packed sequence) to time")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -61,15 +84,33 @@ def main() -> None:
     from megatron_vlm.data.dataset import BuiltDataset
     from megatron_vlm.data.loader import build_data_loader
     from megatron_vlm.data.vision import image_to_patches
+    from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
+    from preprocess.build.cli import format_report
+    from preprocess.build.run import open_pool
 
+    pool = open_pool(args.pool)
     with tempfile.TemporaryDirectory() as tmp:
-        prefix = make_dataset(args.pool, Path(tmp), args.max_seq_len)
+        tmp = Path(tmp)
+        tok = str(write_offline_qwen_tokenizer(tmp / "tokenizer"))
+        common = dict(pool=args.pool, tokenizer=tok, max_seq_len=args.max_seq_len)
+        result, wall, cpu = timed_build(tasks=[str(write_tasks(pool, tmp / "tasks.jsonl"))], output=str(tmp / "mix"),
+                                        token_budget=args.token_budget, **common)
+        print(format_report(result.report))
+        tokens = result.report["packing"]["tokens"]
+        print(f"build: {tokens:,} tokens in {wall:.1f} s wall, {cpu:.1f} s CPU ({tokens / cpu:,.0f} tokens/s)\n")
+        packing_on_synthetic_lengths(args.max_seq_len)
+
+        one = write_tasks(pool, tmp / "one.jsonl", tasks=("extract-single",), pages_per_task=1)
+        fits = [d["total_image_tokens"] for d in pool.documents if d["total_image_tokens"] < args.max_seq_len - 2000]
+        timed_build(tasks=[str(one)], output=str(tmp / "one"), token_budget=float(sum(fits)),
+                    mixture="extract-single=1", **common)
+        prefix = tmp / "one"
         n = min(args.batches, len(BuiltDataset(prefix)))
         loader = build_data_loader(prefix, 1, num_workers=0, total_samples=n, seed=0)
         wall, cpu, tokens, real = time.perf_counter(), time.process_time(), 0, 0
         for batch in loader:
             tokens += batch["input_ids"].numel()
-            real += int(batch["loss_mask"].numel() - (batch["input_ids"] == 151643).sum())
+            real += int(batch["input_ids"].numel() - (batch["input_ids"] == 151643).sum())
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         print(f"loader: {n} micro-batches of 1 x {args.max_seq_len:,} tokens ({real:,} sample tokens): "
               f"wall {wall:.2f} s, CPU {cpu:.2f} s")
@@ -91,6 +132,7 @@ def main() -> None:
                 image_to_patches(page)
             stages["of_which_patches"] += time.process_time() - t
         print("  CPU s per sequence: " + ", ".join(f"{k} {v / n:.3f}" for k, v in stages.items()))
+
 
 if __name__ == "__main__":
     main()
