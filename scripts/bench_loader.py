@@ -51,7 +51,9 @@ def packing_on_synthetic_lengths(max_seq_len: int, n: int = 20000) -> None:
 
     rng = np.random.default_rng(0)
     cases = {
-        "uniform 32K-128K (32-50 page documents)": rng.integers(32_000, max_seq_len + 1, n),
+        "32-50 pages x N(2100, 300) tokens (the paper's pool)": np.minimum(
+            rng.integers(32, 51, n) * rng.normal(2100, 300, n), max_seq_len),
+        "uniform 32K-128K": rng.integers(32_000, max_seq_len + 1, n),
         "lognormal, median 60K, sigma 0.5": np.clip(rng.lognormal(np.log(60_000), 0.5, n), 2_000, max_seq_len),
         "uniform 8K-128K": rng.integers(8_000, max_seq_len + 1, n),
     }
