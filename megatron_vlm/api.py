@@ -34,7 +34,15 @@ def pool(**options: Any):
     return run(PoolConfig(**options))
 
 
-synth = _not_implemented("synth")
+def synth(**options: Any):
+    """``longvlm synth``: the five training tasks from a pool; returns a ``SynthResult``.
+
+    Keywords are the CLI options (``pool``, ``output``, ``tasks``, ``generator``, ``per_doc``, ...;
+    see ``preprocess.synth.config.SynthConfig``).
+    """
+    from preprocess.synth import SynthConfig, run_synth
+
+    return run_synth(SynthConfig(**options))
 
 
 def build(**options: Any):
@@ -55,6 +63,7 @@ def stats(**options: Any) -> dict:
     from preprocess.build.stats_cli import StatsConfig, run
 
     return run(StatsConfig(**options))
+
 
 convert = _not_implemented("convert")
 train = _not_implemented("train")
