@@ -208,6 +208,8 @@ def test_bad_inputs_name_file_and_line(tmp_path, qwen_tokenizer_dir):
         build(config(tmp_path, tasks, qwen_tokenizer_dir, mixture="ocr=1"), pool=pool)
     with pytest.raises(BuildError, match="asks for ocr-full"):
         build(config(tmp_path, tasks, qwen_tokenizer_dir, mixture="ocr-full=1"), pool=pool)
+    with pytest.raises(BuildError, match="nothing selected"):
+        build(config(tmp_path, tasks, qwen_tokenizer_dir, token_budget=5), pool=pool)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 

@@ -97,7 +97,3 @@ class SampleRenderer:
         if found != num_pages:
             raise ValueError(f"expected {num_pages} image placeholders in the rendered sample, found {found}")
         return ids, targets
-
-    def render(self, question: str, answer: str, page_tokens: np.ndarray) -> CompactSample:
-        ids, targets = self.render_text(question, answer, len(page_tokens))
-        return CompactSample(ids, targets, np.asarray(page_tokens, dtype=np.int64))

@@ -151,6 +151,8 @@ def build(config: BuildConfig, pool=None) -> BuildResult:
     fit_codes = np.where(too_long, -1, task_codes)
     selection = select_samples(lengths, fit_codes, list(TASK_NAMES), weights, target,
                                int(config.token_budget), config.seed)
+    if not len(selection.indices):
+        raise BuildError(f"--token-budget {config.token_budget:g} is smaller than half of any sample: nothing selected")
     chosen_lengths = lengths[selection.indices]
     usable = ~too_long & np.isin(task_codes, [TASK_NAMES.index(n) for n in weights])
     packs = pack(chosen_lengths, config.max_seq_len, config.pack_window)

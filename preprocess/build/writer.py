@@ -44,7 +44,6 @@ class DatasetWriter:
     def __init__(self, prefix: str | os.PathLike, copy_pages: bool = False):
         self.prefix = Path(prefix).absolute()
         self.copy_pages = copy_pages
-        self.committed = False
 
     def __enter__(self) -> DatasetWriter:
         self.prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +84,6 @@ class DatasetWriter:
                 stale.unlink(missing_ok=True)
         for path in final:
             os.replace(self.tmp / path.name, path)
-        self.committed = True
         return final
 
     def __exit__(self, *exc) -> None:
