@@ -86,11 +86,17 @@ def test_real_pool_mixture_lengths_and_round_trip(real_inputs, qwen_tokenizer_di
             np.testing.assert_array_equal(item["pages"][image_start + n - 1],
                                           np.asarray(pool.page_image(row["doc_id"], n)))
         image_start += doc["num_pages"]
-    batch = collate_packs([item])
-    first = pool.page_image(rows[raw["samples"][0, 2] - 1]["doc_id"], 1)
-    expected = Qwen2VLImageProcessorPil()(images=[first], return_tensors="np")
-    n_first = int(np.prod(expected["image_grid_thw"][0]))
-    np.testing.assert_allclose(batch["pixel_values"][:n_first].numpy(), expected["pixel_values"], rtol=0, atol=2e-6)
+    # pixel values of a whole pack with grayscale-PNG and JPEG pages equal the image processor's
+
+    def formats(k):
+        return {pool.documents[o]["pages"][n - 1]["format"] for o, n in ds.read_pack(k)["images"][:, :2]}
+
+    k = next(k for k in range(len(ds)) if formats(k) == {"png", "jpeg"})
+    batch = collate_packs([ds[k]])
+    pages = [pool.page_image(pool.documents[o]["doc_id"], int(n)) for o, n in ds.read_pack(k)["images"][:, :2]]
+    expected = Qwen2VLImageProcessorPil()(images=pages, return_tensors="np")
+    np.testing.assert_array_equal(batch["image_grid_thw"].numpy(), expected["image_grid_thw"])
+    np.testing.assert_allclose(batch["pixel_values"].numpy(), expected["pixel_values"], rtol=0, atol=2e-6)
 
 
 @pytest.mark.slow

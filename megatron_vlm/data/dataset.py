@@ -39,6 +39,18 @@ def open_indexed(prefix: str | Path, suffix: str) -> IndexedDataset:
     return IndexedDataset(path, mmap=True)
 
 
+def decode_page(data: bytes) -> np.ndarray:
+    """Encoded page image -> ``HxWx3`` uint8 RGB pixels. A grayscale page (the pool stores text pages
+    as grayscale PNG) becomes a read-only view repeating its one channel, not a converted copy."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data))
+    if image.mode == "L":
+        gray = np.asarray(image)
+        return np.broadcast_to(gray[:, :, None], (*gray.shape, 3))
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
 class BuiltDataset(torch.utils.data.Dataset):
     """Item ``i`` = packed sequence ``i``: ``input_ids``, ``targets``, ``cu_seqlens`` (per sample),
     ``image_grid_thw`` ``[n, 3]`` and ``pages`` (the decoded ``HxWx3`` uint8 page images, in order;
@@ -97,16 +109,14 @@ class BuiltDataset(torch.utils.data.Dataset):
         out["samples"] = out["samples"].reshape(-1, len(fmt.SAMPLE_FIELDS))
         return out
 
-    def page_image(self, record: np.ndarray):
-        """The RGB page image of one image record (``fmt.IMAGE_FIELDS``)."""
+    def page_pixels(self, record: np.ndarray) -> np.ndarray:
+        """The ``HxWx3`` uint8 pixels of one image record (``fmt.IMAGE_FIELDS``)."""
         ordinal, page_number, page_index = (int(v) for v in record[:3])
         if self.copied:
-            from PIL import Image
-
-            data = self._open()[fmt.PAGES][page_index]
-            return Image.open(io.BytesIO(data.tobytes())).convert("RGB")
-        doc_id = self.pool.documents[ordinal]["doc_id"]
-        return self.pool.page_image(doc_id, page_number)
+            data = self._open()[fmt.PAGES][page_index].tobytes()
+        else:
+            data = self.pool.page_bytes(self.pool.documents[ordinal]["doc_id"], page_number)
+        return decode_page(data)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         raw = self.read_pack(int(index))
@@ -124,7 +134,7 @@ class BuiltDataset(torch.utils.data.Dataset):
             for record, grid in zip(raw["images"], grids):
                 key = int(record[2])
                 if key not in cache:
-                    pixels = np.asarray(self.page_image(record))
+                    pixels = self.page_pixels(record)
                     if grid_thw(*pixels.shape[:2]) != tuple(grid):
                         raise DatasetFormatError(f"{self.prefix}: page {record[:2].tolist()} decodes to "
                                                  f"{pixels.shape[:2]} pixels, the dataset records grid {grid.tolist()}")

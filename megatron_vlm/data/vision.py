@@ -86,14 +86,16 @@ def image_to_patches(image, dtype=np.float32, out: np.ndarray | None = None,
         out = np.empty((gh * gw, PATCH_DIM), dtype=dtype)
     elif out.shape != (gh * gw, PATCH_DIM) or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous {(gh * gw, PATCH_DIM)} array, got {out.shape}")
-    # reorder the uint8 pixels first (a quarter of the bytes of floats) to
-    # (gh/m, gw/m, m, m, C, p, p): each 2x2 merge group contiguous, channel-first patches
-    ordered = np.ascontiguousarray(
-        pixels.reshape(gh // m, m, p, gw // m, m, p, 3).transpose(0, 3, 1, 4, 6, 2, 5)).reshape(gh * gw, 3, p * p)
-    # then normalize through the per-channel lookup table straight into both temporal frames
-    frames = out.reshape(gh * gw, 3, TEMPORAL_PATCH_SIZE, p * p)
-    for c in range(3):
-        values = _LUT[c][ordered[:, c]]
-        for frame in range(TEMPORAL_PATCH_SIZE):
-            frames[:, c, frame] = values
+    # One row of 2x2 merge groups (28 pixel rows) at a time, so the temporaries stay in cache:
+    # reorder the uint8 pixels (a quarter of the bytes of floats) to (gw/m, m, m, C, p, p), i.e.
+    # each merge group contiguous with channel-first patches, then normalize them through the
+    # per-channel lookup table straight into both temporal frames of ``out``.
+    rows = pixels.reshape(gh // m, m, p, gw // m, m, p, 3)
+    frames = out.reshape(gh // m, (gw // m) * m * m, 3, TEMPORAL_PATCH_SIZE, p * p)
+    for row, dest in zip(rows, frames):
+        ordered = np.ascontiguousarray(row.transpose(2, 0, 3, 5, 1, 4)).reshape(-1, 3, p * p)
+        for c in range(3):
+            values = _LUT[c][ordered[:, c]]
+            for frame in range(TEMPORAL_PATCH_SIZE):
+                dest[:, c, frame] = values
     return out, (t, gh, gw)
