@@ -1,7 +1,7 @@
 """Dataset build and loader at 128K on a real pool: build report and time, loader tokens/s per core.
 
 1. Build: page-anchored tasks written from the pool's layout blocks (3 VQA tasks x 2 per
-   document; stand-ins for ``longvlm synth``), built with the default mixture, pool-native lengths
+   document; stand-ins for ``longvlm synth``), built with the default mixture, ``--length-dist``
    and ``--token-budget`` at ``--max-seq-len``: prints the build report (mixture accuracy, length
    histogram, fill) and the build's wall and CPU time.
 2. Loader: a dataset of one sample per document (so no page is decoded twice by the per-pack page
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--pool", required=True, help="a pool written by 'longvlm pool'")
     parser.add_argument("--max-seq-len", type=int, default=131072)
     parser.add_argument("--token-budget", type=float, default=2e7, help="tokens of the build benchmark")
+    parser.add_argument("--length-dist", default="pool-native", help="length target of the build benchmark")
     parser.add_argument("--batches", type=int, default=4, help="micro-batches (of one packed sequence) to time")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -96,7 +97,7 @@ def main() -> None:
         tok = str(write_offline_qwen_tokenizer(tmp / "tokenizer"))
         common = dict(pool=args.pool, tokenizer=tok, max_seq_len=args.max_seq_len)
         result, wall, cpu = timed_build(tasks=[str(write_tasks(pool, tmp / "tasks.jsonl"))], output=str(tmp / "mix"),
-                                        token_budget=args.token_budget, **common)
+                                        token_budget=args.token_budget, length_dist=args.length_dist, **common)
         print(format_report(result.report))
         tokens = result.report["packing"]["tokens"]
         print(f"build: {tokens:,} tokens in {wall:.1f} s wall, {cpu:.1f} s CPU ({tokens / cpu:,.0f} tokens/s)\n")
