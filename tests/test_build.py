@@ -191,7 +191,7 @@ def test_too_long_samples_are_dropped_and_reported(tmp_path, qwen_tokenizer_dir,
     assert meta["report"]["dropped_too_long"]["per_task"] == {t: 1 for t in VQA}
 
 
-def test_bad_inputs_name_file_and_line(tmp_path, qwen_tokenizer_dir):
+def test_bad_inputs_name_file_and_line(tmp_path, qwen_tokenizer_dir, capsys):
     pool, tasks, rows = make_inputs(tmp_path, n_docs=2)
     lines = tasks.read_text().splitlines()
     bad = tmp_path / "bad.jsonl"
@@ -208,9 +208,17 @@ def test_bad_inputs_name_file_and_line(tmp_path, qwen_tokenizer_dir):
         build(config(tmp_path, tasks, qwen_tokenizer_dir, mixture="ocr=1"), pool=pool)
     with pytest.raises(BuildError, match="asks for ocr-full"):
         build(config(tmp_path, tasks, qwen_tokenizer_dir, mixture="ocr-full=1"), pool=pool)
+    with pytest.raises(BuildError, match=f"{tmp_path / 'missing.jsonl'}: tasks file not found"):
+        build(config(tmp_path, tmp_path / "missing.jsonl", qwen_tokenizer_dir), pool=pool)
     with pytest.raises(BuildError, match="nothing selected"):
         build(config(tmp_path, tasks, qwen_tokenizer_dir, token_budget=5), pool=pool)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    # the command line: exit 2 and the reason, no traceback
+    (tmp_path / "notapool").mkdir()
+    assert cli_main(["build", str(tasks), "--pool", str(tmp_path / "notapool"), "--tokenizer",
+                     str(qwen_tokenizer_dir), "-o", str(tmp_path / "out" / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "longvlm build: error: --pool" in err and "no pool.json" in err and "Traceback" not in err
 
 
 def test_failed_build_leaves_old_dataset_and_no_temporaries(tmp_path, qwen_tokenizer_dir, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from preprocess.build.errors import BuildError
 from preprocess.build.mixture import DEFAULT_MIXTURE
@@ -49,3 +50,6 @@ class BuildConfig:
             raise BuildError(f"--workers must be >= 1, got {self.workers}")
         if not self.tasks:
             raise BuildError("no tasks files given")
+        for path in self.tasks:
+            if not Path(path).is_file():
+                raise BuildError(f"{path}: tasks file not found")

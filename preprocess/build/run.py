@@ -40,11 +40,14 @@ class BuildResult:
 
 
 def open_pool(pool_dir: str):
-    from preprocess.pool import Pool
+    from preprocess.pool import Pool, PoolFormatError
 
     if not Path(pool_dir).is_dir():
         raise BuildError(f"--pool {pool_dir}: not a directory")
-    return Pool.open(pool_dir)
+    try:
+        return Pool.open(pool_dir)
+    except PoolFormatError as err:
+        raise BuildError(f"--pool {pool_dir}: {err}") from None
 
 
 def load_tokenizer(path: str):
