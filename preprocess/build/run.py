@@ -127,6 +127,36 @@ def _page_tokens(doc: dict, pool_dir: str) -> np.ndarray:
     return tokens
 
 
+def _write(config: BuildConfig, pool, docs: dict, records: list[TaskRecord], samples: list[CompactSample],
+           task_codes: np.ndarray, chosen: np.ndarray, packs: list[list[int]], meta: dict) -> list[Path]:
+    """Expand and write every pack (docs/formats.md "Built dataset"), then commit the files."""
+    with DatasetWriter(config.output, config.copy_pages) as writer:
+        copied: dict[int, int] = {}  # pool page index -> index in DATA_PREFIX_pages
+        for members in tqdm(packs, desc="write", unit="pack", disable=not config.progress):
+            parts: dict[str, list[np.ndarray]] = {"tokens": [], "targets": [], "images": [], "samples": []}
+            for pos in members:
+                i = int(chosen[pos])
+                rec, sample = records[i], samples[i]
+                ordinal, doc = docs[rec.doc_id]
+                ids, tg = sample.expand()
+                images = []
+                for n, page in enumerate(doc["pages"], start=1):
+                    index = doc["page_start"] + n - 1
+                    if config.copy_pages:
+                        if index not in copied:
+                            copied[index] = writer.add_page(pool.page_bytes(rec.doc_id, n))
+                        index = copied[index]
+                    images.append((ordinal, n, index, page["grid"][0], page["grid"][1]))
+                parts["tokens"].append(ids)
+                parts["targets"].append(tg)
+                parts["images"].append(np.asarray(images, dtype=np.int32).reshape(-1))
+                parts["samples"].append(np.asarray(
+                    [task_codes[i], rec.file_index, rec.line_number, sample.image_tokens.sum(),
+                     sample.target_tokens], dtype=np.int64))
+            writer.add_pack(parts["tokens"], parts["targets"], parts["images"], parts["samples"])
+        return writer.commit(meta)
+
+
 def build(config: BuildConfig, pool=None) -> BuildResult:
     """Run the build; ``pool`` overrides opening ``config.pool`` (an object with the Pool interface)."""
     config.validate()
@@ -183,29 +213,5 @@ def build(config: BuildConfig, pool=None) -> BuildResult:
         "pages": "copied" if config.copy_pages else "pool",
         "report": report,
     }
-    with DatasetWriter(config.output, config.copy_pages) as writer:
-        copied: dict[int, int] = {}
-        for members in tqdm(packs, desc="write", unit="pack", disable=not config.progress):
-            parts: dict[str, list[np.ndarray]] = {"tokens": [], "targets": [], "images": [], "samples": []}
-            for pos in members:
-                i = int(selection.indices[pos])
-                rec, sample = records[i], samples[i]
-                ordinal, doc = docs[rec.doc_id]
-                ids, tg = sample.expand()
-                images = []
-                for n, page in enumerate(doc["pages"], start=1):
-                    index = doc["page_start"] + n - 1
-                    if config.copy_pages:
-                        if index not in copied:
-                            copied[index] = writer.add_page(pool.page_bytes(rec.doc_id, n))
-                        index = copied[index]
-                    images.append((ordinal, n, index, page["grid"][0], page["grid"][1]))
-                parts["tokens"].append(ids)
-                parts["targets"].append(tg)
-                parts["images"].append(np.asarray(images, dtype=np.int32).reshape(-1))
-                parts["samples"].append(np.asarray(
-                    [task_codes[i], rec.file_index, rec.line_number, sample.image_tokens.sum(),
-                     sample.target_tokens], dtype=np.int64))
-            writer.add_pack(parts["tokens"], parts["targets"], parts["images"], parts["samples"])
-        files = writer.commit(meta)
+    files = _write(config, pool, docs, records, samples, task_codes, selection.indices, packs, meta)
     return BuildResult(Path(config.output), files, report)
