@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from megatron_vlm.data.format import IGNORE_LABEL_PAD
+from megatron_vlm.data.format import PAD_ID
 from megatron_vlm.data.positions import packed_mrope_position_ids
 from megatron_vlm.data.vision import PATCH_DIM, image_to_patches
 
@@ -51,7 +51,7 @@ def _pixel_values(items: list[dict], grids: np.ndarray) -> torch.Tensor:
     return out
 
 
-def collate_packs(items: list[dict], seq_length: int | None = None, pad_id: int = IGNORE_LABEL_PAD) -> dict:
+def collate_packs(items: list[dict], seq_length: int | None = None, pad_id: int = PAD_ID) -> dict:
     """Stack the items of ``BuiltDataset`` into one micro-batch (``seq_length=None``: the longest row)."""
     s = seq_length or max(len(it["input_ids"]) for it in items)
     b = len(items)

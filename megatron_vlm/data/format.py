@@ -29,7 +29,7 @@ IMAGE_FIELDS = ("doc_ordinal", "page_number", "page_index", "grid_h", "grid_w")
 SAMPLE_FIELDS = ("task", "tasks_file", "line_number", "image_tokens", "target_tokens")
 
 # Loader conventions.
-IGNORE_LABEL_PAD = 151643  # <|endoftext|>: label and token used where there is nothing to predict
+PAD_ID = 151643  # <|endoftext|>: the padding token, and the label where there is nothing to predict
 
 
 def meta_path(prefix: str | os.PathLike) -> Path:
