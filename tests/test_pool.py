@@ -366,3 +366,18 @@ def test_sigterm_stops_the_workers_and_the_run_resumes(pdf_dir, tmp_path):
     rerun = _cli(args)
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read().decode()
     assert len(Pool.open(tmp_path / "p")) == 2
+
+
+def test_reader_is_safe_across_threads_and_pickles(built):
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = Pool.open(built)
+    keys = [(d["doc_id"], p) for d in expected.documents for p in range(1, d["num_pages"] + 1)]
+    fresh = Pool.open(built)  # stores not opened yet: every thread races to open them
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda k: (fresh.page_bytes(*k), fresh.page_blocks(*k)), keys * 3))
+    assert got == [(expected.page_bytes(*k), expected.page_blocks(*k)) for k in keys * 3]
+    assert len(fresh._stores) == 2
+    clone = pickle.loads(pickle.dumps(fresh))
+    assert clone.page_bytes(*keys[-1]) == expected.page_bytes(*keys[-1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from pathlib import Path
 
 from preprocess.pool.store import open_store
@@ -17,8 +18,10 @@ class Pool:
     """A complete pool directory (see docs/formats.md, "Document pool").
 
     ``documents`` are the manifest entries in store order; page numbers are 1-based. The
-    megatron-core ``IndexedDataset``s are opened lazily and kept alive with the Pool (arrays they
-    return are views of their memory maps).
+    megatron-core ``IndexedDataset``s are opened lazily, once (under a lock: two threads opening
+    a store at once would make two, and arrays of the one garbage-collected crash the process),
+    and kept alive with the Pool (arrays they return are views of their memory maps). A Pool is
+    safe to read from several threads and pickles without its open stores (worker processes).
     """
 
     def __init__(self, root: Path, info: dict, documents: list[dict]):
@@ -27,8 +30,14 @@ class Pool:
         self.documents = documents
         self.encoding: str = info.get("encoding", "auto")
         self._by_id = {d["doc_id"]: d for d in documents}
-        self._pages = None
-        self._layout = None
+        self._stores: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_stores", "_lock")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _stores={}, _lock=threading.Lock())
 
     @classmethod
     def open(cls, pool_dir) -> Pool:
@@ -67,17 +76,22 @@ class Pool:
             raise IndexError(f"page {page_number} out of range 1..{doc['num_pages']} for doc_id {doc_id}")
         return doc["page_start"] + page_number - 1
 
+    def _store(self, name: str):
+        store = self._stores.get(name)
+        if store is None:
+            with self._lock:
+                store = self._stores.get(name)
+                if store is None:
+                    store = self._stores[name] = open_store(self.root / name)
+        return store
+
     @property
     def pages_store(self):
-        if self._pages is None:
-            self._pages = open_store(self.root / "pages")
-        return self._pages
+        return self._store("pages")
 
     @property
     def layout_store(self):
-        if self._layout is None:
-            self._layout = open_store(self.root / "layout")
-        return self._layout
+        return self._store("layout")
 
     def page_bytes(self, doc_id: str, page_number: int) -> bytes:
         """The encoded image of a page (PNG or JPEG; see the page's ``format``)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -56,27 +55,6 @@ class SynthResult:
     @property
     def rejected(self) -> int:
         return sum(t["rejected"] for t in self.summary.values())
-
-
-class SerializedPool:
-    """The pool's reads, one thread at a time.
-
-    ``Pool`` opens its megatron-core ``IndexedDataset`` stores lazily; two threads opening one at
-    once create two, and the arrays of the one garbage-collected crash the process (SIGSEGV).
-    Reads are memory-mapped and cheap, so serializing them costs little next to generation.
-    """
-
-    def __init__(self, pool):
-        self._pool, self._lock = pool, threading.Lock()
-        self.documents, self.encoding = pool.documents, pool.encoding
-
-    def page_blocks(self, doc_id: str, page_number: int) -> list[dict]:
-        with self._lock:
-            return self._pool.page_blocks(doc_id, page_number)
-
-    def page_bytes(self, doc_id: str, page_number: int) -> bytes:
-        with self._lock:
-            return self._pool.page_bytes(doc_id, page_number)
 
 
 def job_seed(seed: int, doc_id: str, task: str, sample: int) -> int:
@@ -132,7 +110,7 @@ def _open_pool(path: str):
 def run_synth(config: SynthConfig, pool=None) -> SynthResult:
     """Run the stage; ``pool`` (a :class:`preprocess.pool.Pool`) defaults to ``Pool.open(config.pool)``."""
     config.validate()
-    pool = SerializedPool(pool if pool is not None else _open_pool(config.pool))
+    pool = pool if pool is not None else _open_pool(config.pool)
     docs = list(pool.documents)
     if not docs:
         raise SynthError(f"pool {config.pool} has no documents")
