@@ -1,0 +1,140 @@
+"""Megatron-Core ``dist_checkpointing`` (torch_dist) checkpoints of Qwen2.5-VL: layout, save, load.
+
+Layout (Megatron-LM's)::
+
+    CKPT_DIR/latest_checkpointed_iteration.txt   "0" (or "release")
+    CKPT_DIR/iter_0000000/                       torch_dist: metadata.json, common.pt, .metadata, *.distcp
+    CKPT_DIR/iter_0000000/longvlm.json           HF config, dtypes, layout (see docs/checkpoints.md)
+
+Tensors are stored GLOBAL (one ``ShardedTensor`` per key with its full shape), so any TP/PP can
+load them: megatron-core reads each rank's slice from its offsets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from checkpoint_tools.hf_io import CheckpointError
+
+TRACKER_NAME = "latest_checkpointed_iteration.txt"
+META_NAME = "longvlm.json"
+META_FORMAT = "longvlm/qwen2_5_vl-megatron"
+META_VERSION = 1
+
+
+def iteration_dir_name(iteration: int | str) -> str:
+    return "release" if iteration == "release" else f"iter_{int(iteration):07d}"
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[None]:
+    """``torch.distributed`` as ``dist_checkpointing`` needs it: the caller's group if initialized,
+    else a one-process gloo group for the duration of the block."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="longvlm-pg-") as tmp:
+        dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=0, world_size=1)
+        try:
+            yield
+        finally:
+            dist.destroy_process_group()
+
+
+def save_global_tensors(tensors: dict[str, torch.Tensor], iter_dir: Path) -> None:
+    """Save whole tensors as torch_dist ``ShardedTensor``s (no sharding: rank 0 holds the full tensor)."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing import ShardedTensor
+
+    sharded = {k: ShardedTensor.from_rank_offsets(k, t, replica_id=0) for k, t in tensors.items()}
+    iter_dir.mkdir(parents=True, exist_ok=True)
+    with _cpu_checkpoint_writer():
+        dist_checkpointing.save(sharded, str(iter_dir))
+
+
+@contextlib.contextmanager
+def _cpu_checkpoint_writer() -> Iterator[None]:
+    """On a CPU-only torch: megatron-core's checkpoint writer calls ``torch.cuda.synchronize()``
+    after staging tensors to host memory (nothing to wait for on CPU) and broadcasts its failure
+    flag from ``torch.cuda.current_device()`` (the CPU serves over gloo)."""
+    if torch.cuda.is_available():
+        yield
+        return
+    from unittest import mock
+
+    with mock.patch.object(torch.cuda, "synchronize", lambda *args, **kwargs: None), \
+            mock.patch.object(torch.cuda, "current_device", lambda: "cpu"):
+        yield
+
+
+def write_tracker(root: Path, iteration: int | str) -> None:
+    (root / TRACKER_NAME).write_text(f"{iteration}\n")
+
+
+@dataclass
+class MegatronCheckpoint:
+    """A torch_dist checkpoint directory: its iteration, ``longvlm.json`` and tensor metadata."""
+
+    root: Path
+    iter_dir: Path
+    meta: dict[str, Any]
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, torch.dtype]
+
+    @classmethod
+    def open(cls, root: str | Path, iteration: int | str | None = None) -> MegatronCheckpoint:
+        """Find the iteration (``iteration`` or the tracker file), read its metadata, or raise
+        :class:`CheckpointError` naming what is wrong."""
+        from megatron.core import dist_checkpointing
+
+        root = Path(root)
+        if iteration is None:
+            tracker = root / TRACKER_NAME
+            if not tracker.is_file():
+                raise CheckpointError(f"{root}: not a Megatron checkpoint (no {TRACKER_NAME})")
+            iteration = tracker.read_text().strip()
+            if iteration != "release" and not iteration.isdigit():
+                raise CheckpointError(f"{tracker}: corrupt (expected an iteration number, got {iteration!r})")
+        iter_dir = root / iteration_dir_name(iteration)
+        if not (iter_dir / "metadata.json").is_file():
+            raise CheckpointError(f"{iter_dir}: missing or incomplete torch_dist checkpoint (no metadata.json)")
+        meta_file = iter_dir / META_NAME
+        if not meta_file.is_file():
+            raise CheckpointError(f"{iter_dir}: no {META_NAME} (the HF config and layout this converter records); "
+                                  "write it with `longvlm convert hf-to-megatron` or copy it from the initial checkpoint")
+        try:
+            meta = json.loads(meta_file.read_text())
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{meta_file}: corrupt JSON ({err})") from None
+        if meta.get("format") != META_FORMAT:
+            raise CheckpointError(f"{meta_file}: not a {META_FORMAT} checkpoint (format={meta.get('format')!r})")
+        try:
+            tensors = dist_checkpointing.load_tensors_metadata(str(iter_dir))
+        except Exception as err:  # torch.distributed.checkpoint raises several types for a bad .metadata
+            raise CheckpointError(f"{iter_dir}: corrupt torch_dist metadata ({type(err).__name__}: {err})") from None
+        shapes = {k: tuple(t.global_shape) for k, t in tensors.items()}
+        dtypes = {k: t.dtype for k, t in tensors.items()}
+        return cls(root, iter_dir, meta, shapes, dtypes)
+
+    def load(self, keys: list[str]) -> dict[str, torch.Tensor]:
+        """Read whole tensors ``keys`` (only those: the rest of the checkpoint stays on disk)."""
+        from megatron.core import dist_checkpointing
+        from megatron.core.dist_checkpointing import ShardedTensor
+
+        request = {k: ShardedTensor.from_rank_offsets(k, torch.empty(self.shapes[k], dtype=self.dtypes[k]),
+                                                      replica_id=0) for k in keys}
+        try:
+            loaded = dist_checkpointing.load(request, str(self.iter_dir))
+        except Exception as err:  # a truncated or missing .distcp file surfaces from torch's reader
+            raise CheckpointError(f"{self.iter_dir}: cannot read tensors ({type(err).__name__}: {err})") from None
+        return {k: loaded[k] for k in keys}
