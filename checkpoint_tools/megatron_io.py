@@ -21,13 +21,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from checkpoint_tools.hf_io import CheckpointError
 
+# torch.distributed.checkpoint wraps reader failures in CheckpointException, a BaseException
+_READ_ERRORS = (Exception, CheckpointException)
 TRACKER_NAME = "latest_checkpointed_iteration.txt"
 META_NAME = "longvlm.json"
 META_FORMAT = "longvlm/qwen2_5_vl-megatron"
 META_VERSION = 1
+
+
+def _describe(err: BaseException) -> str:
+    """The root cause of a reader error in one line (not torch's embedded per-rank tracebacks)."""
+    if isinstance(err, CheckpointException) and err.failures:
+        failure = next(iter(err.failures.values()))
+        err = failure[0] if isinstance(failure, tuple) else failure
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
 
 def iteration_dir_name(iteration: int | str) -> str:
@@ -120,8 +131,8 @@ class MegatronCheckpoint:
             raise CheckpointError(f"{meta_file}: not a {META_FORMAT} checkpoint (format={meta.get('format')!r})")
         try:
             tensors = dist_checkpointing.load_tensors_metadata(str(iter_dir))
-        except Exception as err:  # torch.distributed.checkpoint raises several types for a bad .metadata
-            raise CheckpointError(f"{iter_dir}: corrupt torch_dist metadata ({type(err).__name__}: {err})") from None
+        except _READ_ERRORS as err:  # torch.distributed.checkpoint raises several types for a bad .metadata
+            raise CheckpointError(f"{iter_dir}: corrupt torch_dist metadata ({_describe(err)})") from None
         shapes = {k: tuple(t.global_shape) for k, t in tensors.items()}
         dtypes = {k: t.dtype for k, t in tensors.items()}
         return cls(root, iter_dir, meta, shapes, dtypes)
@@ -135,6 +146,38 @@ class MegatronCheckpoint:
                                                       replica_id=0) for k in keys}
         try:
             loaded = dist_checkpointing.load(request, str(self.iter_dir))
-        except Exception as err:  # a truncated or missing .distcp file surfaces from torch's reader
-            raise CheckpointError(f"{self.iter_dir}: cannot read tensors ({type(err).__name__}: {err})") from None
+        except _READ_ERRORS as err:  # a truncated or missing .distcp file surfaces from torch's reader
+            raise CheckpointError(f"{self.iter_dir}: cannot read tensors, a file is truncated or corrupt "
+                                  f"({_describe(err)})") from None
         return {k: loaded[k] for k in keys}
+
+
+def load_into_model(model: torch.nn.Module, ckpt: MegatronCheckpoint | str | Path,
+                    iteration: int | str | None = None) -> None:
+    """Load a converted checkpoint into a Megatron model at any TP/PP (call on every rank).
+
+    Asks the model for its sharded state dict with per-layer keys and global layer numbers
+    (``non_homogeneous_layers``, the key format of docs/checkpoints.md), loads it with
+    ``dist_checkpointing.load`` (each rank reads its own slices; the vocabulary rows are matched
+    with ``allow_shape_mismatch``) and copies it into the model. ``_extra_state`` entries (no
+    weights: ``None`` for the local layers, FP8 metadata for Transformer Engine ones) are not part
+    of a converted checkpoint and keep the model's values. A weight the checkpoint lacks is an error
+    naming it.
+    """
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.mapping import ShardedBase
+
+    if not isinstance(ckpt, MegatronCheckpoint):
+        ckpt = MegatronCheckpoint.open(ckpt, iteration)
+    sharded = model.sharded_state_dict(metadata={"non_homogeneous_layers": True})
+    sharded = {k: v for k, v in sharded.items() if not k.endswith("_extra_state")}
+    missing = sorted({v.key for v in sharded.values() if isinstance(v, ShardedBase) or hasattr(v, "key")}
+                     - set(ckpt.shapes))
+    if missing:
+        raise CheckpointError(f"{ckpt.iter_dir}: the model needs tensor(s) the checkpoint lacks: {', '.join(missing[:10])}")
+    loaded = dist_checkpointing.load(sharded, str(ckpt.iter_dir))
+    result = model.load_state_dict(loaded, strict=False)
+    absent = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+    if absent or result.unexpected_keys:
+        raise CheckpointError(f"{ckpt.iter_dir}: loading left parameters unset {absent[:10]} "
+                              f"or unexpected {result.unexpected_keys[:10]}")
