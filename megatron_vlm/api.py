@@ -22,7 +22,18 @@ def _not_implemented(name: str):
     return stage
 
 
-pool = _not_implemented("pool")
+def pool(**options: Any):
+    """``longvlm pool``: build a document pool; returns a ``PoolSummary``.
+
+    Keywords are the CLI options (``inputs``, ``output``, ``min_pages``, ...; see
+    ``preprocess.pool.config.PoolConfig``). Read the result with ``preprocess.pool.Pool.open``.
+    """
+    from preprocess.pool.config import PoolConfig
+    from preprocess.pool.run import run
+
+    return run(PoolConfig(**options))
+
+
 synth = _not_implemented("synth")
 build = _not_implemented("build")
 stats = _not_implemented("stats")

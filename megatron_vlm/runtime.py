@@ -1,0 +1,447 @@
+"""Distributed start-up for Megatron-Core, and the shims that let it run on a CPU-only torch.
+
+Use :func:`initialize_distributed` once per process (torchrun, ``srun`` or a plain ``python``),
+:func:`device` wherever a tensor must live on "the" device, and :func:`destroy` in tests.
+
+On a machine with CUDA this module only does the usual: NCCL, ``torch.cuda.set_device(local_rank)``,
+``parallel_state.initialize_model_parallel`` and ``model_parallel_cuda_manual_seed``; it patches
+nothing. Without CUDA it uses gloo and, before anything else, applies :func:`apply_cpu_shims`:
+
+1. A CPU RNG-state tracker. ``model_parallel_cuda_manual_seed`` and the tracker read and write the
+   CUDA generator; without it attention dropout and ``get_cuda_rng_tracker().fork()`` fail
+   ("cuda rng state model-parallel-rng is not added"). On CPU the tracked states are states of the
+   CPU generator, and the module functions ``_get_cuda_rng_state`` / ``_set_cuda_rng_state``
+   (used by activation recomputation) read and write the CPU generator too.
+2. A stand-in ``torch`` in the megatron-core modules listed in ``_CUDA_ASSUMING_MODULES`` (and only
+   there): ``torch.cuda.current_device()`` is the CPU device, ``torch.cuda.synchronize()`` and
+   ``empty_cache()`` do nothing, and tensor factories called with ``device="cuda"`` allocate on the
+   CPU. Everything else is the real ``torch``. Each listed module says why it needs this.
+3. Three functions that call ``Tensor.cuda()`` or check for CUDA tensor types get a CPU twin:
+   ``clip_grad_by_total_norm_fp32`` (asserts ``torch.cuda.FloatTensor`` gradients),
+   ``tensor_parallel.broadcast_data`` (moves the batch with ``.cuda()``), and the ``broadcast`` /
+   ``gather_rounds`` tensor exchanges of the fully-parallel checkpoint loader (``.cuda()`` and
+   ``init_data("cuda")``), which on CPU are served by its ``gather_object`` exchange.
+
+Not available on CPU at all (they need Transformer Engine or CUDA kernels): context parallelism,
+``PackedSeqParams``, the distributed optimizer, the fp16/bf16 mixed-precision optimizers (they check
+for CUDA tensor types). See docs/runtime.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import random
+import re
+import shutil
+import subprocess
+import types
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy
+import torch
+
+_CPU = torch.device("cpu")
+
+
+# --------------------------------------------------------------------------- environment
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job, as read from the launcher's environment variables."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+    launcher: str  # "torchrun", "slurm" or "single"
+
+
+def expand_slurm_nodelist(nodelist: str) -> list[str]:
+    """Expand a SLURM host list (``gpu[01-03,07],login1``) like ``scontrol show hostnames``."""
+    hosts: list[str] = []
+    for item in re.findall(r"(?:[^,\[]|\[[^\]]*\])+", nodelist):
+        expanded = [""]
+        for literal, ranges in re.findall(r"([^\[]*)(?:\[([^\]]*)\])?", item):
+            choices = [literal]
+            if ranges:
+                choices = []
+                for part in ranges.split(","):
+                    lo, _, hi = part.partition("-")
+                    if not hi:
+                        choices.append(literal + lo)
+                        continue
+                    choices += [f"{literal}{i:0{len(lo)}d}" for i in range(int(lo), int(hi) + 1)]
+            expanded = [prefix + choice for prefix in expanded for choice in choices]
+        hosts += expanded
+    return [h for h in hosts if h]
+
+
+def _first_slurm_host(nodelist: str) -> str:
+    hosts = expand_slurm_nodelist(nodelist)
+    if hosts:
+        return hosts[0]
+    if shutil.which("scontrol"):  # a syntax the parser does not know: ask SLURM itself
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                             text=True, check=True).stdout.split()
+        if out:
+            return out[0]
+    raise ValueError(f"cannot read the first host of SLURM_NODELIST={nodelist!r}")
+
+
+def read_dist_env(environ: dict[str, str] | None = None) -> DistEnv:
+    """Read rank, world size, local rank and the rendezvous address from the environment.
+
+    torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` win; otherwise
+    SLURM's ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID`` with the first host of
+    ``SLURM_JOB_NODELIST`` (or ``SLURM_NODELIST``) as the master and ``MASTER_PORT`` if set, else a
+    port derived from ``SLURM_JOB_ID`` (so two jobs sharing a node do not collide); otherwise a
+    single process.
+    """
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistEnv(
+            rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
+            local_rank=int(env.get("LOCAL_RANK", 0)),
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=int(env.get("MASTER_PORT", 29500)), launcher="torchrun",
+        )
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+        if not nodelist:
+            raise ValueError("SLURM_PROCID is set but neither SLURM_JOB_NODELIST nor SLURM_NODELIST")
+        port = env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", 0)) % 20000
+        return DistEnv(
+            rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
+            local_rank=int(env.get("SLURM_LOCALID", 0)),
+            master_addr=env.get("MASTER_ADDR") or _first_slurm_host(nodelist),
+            master_port=int(port), launcher="slurm",
+        )
+    return DistEnv(rank=0, world_size=1, local_rank=0, master_addr="127.0.0.1", master_port=0,
+                   launcher="single")
+
+
+# --------------------------------------------------------------------------- device
+
+
+def device() -> torch.device:
+    """The device this process computes on: its CUDA device on GPU, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return _CPU
+
+
+# --------------------------------------------------------------------------- CPU shims
+
+
+def _is_cuda(dev) -> bool:
+    if isinstance(dev, str):
+        return dev.startswith("cuda")
+    if isinstance(dev, torch.device):
+        return dev.type == "cuda"
+    return isinstance(dev, int)  # a bare index means a CUDA device
+
+
+def _on_cpu(factory):
+    def wrapped(*args, **kwargs):
+        if _is_cuda(kwargs.get("device")):
+            kwargs["device"] = _CPU
+        return factory(*args, **kwargs)
+
+    wrapped.__name__ = wrapped.__qualname__ = factory.__name__
+    return wrapped
+
+
+class _CpuCuda(types.ModuleType):
+    """``torch.cuda`` as the shimmed modules see it: the current device is the CPU."""
+
+    def __getattr__(self, name):
+        return getattr(torch.cuda, name)
+
+    @staticmethod
+    def current_device() -> torch.device:
+        return _CPU
+
+    @staticmethod
+    def synchronize(*_args, **_kwargs) -> None:
+        return None
+
+    @staticmethod
+    def empty_cache() -> None:
+        return None
+
+
+class _CpuTorch(types.ModuleType):
+    """``torch`` as the shimmed modules see it: ``torch.cuda`` is :class:`_CpuCuda`, factories
+    asked for ``device="cuda"`` allocate on the CPU; every other attribute is the real one."""
+
+    _FACTORIES = ("tensor", "as_tensor", "zeros", "ones", "empty", "full", "arange",
+                  "zeros_like", "ones_like", "empty_like", "full_like", "rand", "randn")
+
+    def __init__(self):
+        super().__init__("torch")
+        self.cuda = _CpuCuda("torch.cuda")
+        for name in self._FACTORIES:
+            setattr(self, name, _on_cpu(getattr(torch, name)))
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
+# module -> why it needs the stand-in torch (kept in sync with docs/runtime.md)
+_CUDA_ASSUMING_MODULES = {
+    "megatron.core.tensor_parallel.layers": "weights and gather buffers on current_device()",
+    "megatron.core.tensor_parallel.mappings": "all-gather / reduce-scatter outputs on current_device()",
+    "megatron.core.tensor_parallel.utils": "gathered split buffers on current_device()",
+    "megatron.core.models.common.embeddings.rotary_pos_embedding":
+        "inv_freq (mRoPE) built on / moved to current_device()",
+    "megatron.core.transformer.utils": "the default causal mask is built with device='cuda'",
+    "megatron.core.transformer.attention": "inference KV cache on current_device()",
+    "megatron.core.transformer.dot_product_attention": "softmax offset on current_device()",
+    "megatron.core.pipeline_parallel.p2p_communication":
+        "receive buffers on current_device(); torch.cuda.synchronize() after batched p2p",
+    "megatron.core.pipeline_parallel.schedules": "token counter created with device='cuda'",
+    "megatron.core.distributed.param_and_grad_buffer": "param/grad buffers on current_device()",
+    "megatron.core.distributed.distributed_data_parallel": "torch.cuda.synchronize/empty_cache",
+    "megatron.core.optimizer.optimizer": "found-inf / scale tensors created with device='cuda'",
+    "megatron.core.optimizer.clip_grads": "grad-norm tensors created with device='cuda'",
+    "megatron.core.optimizer.grad_scaler": "loss-scale tensors created with device='cuda'",
+    "megatron.core.utils": "the local multi-tensor l2 norm returns a device='cuda' tensor",
+    "megatron.core.timers": "torch.cuda.synchronize() and gathers on current_device()",
+    "megatron.core.rerun_state_machine": "validation tensors created with device='cuda'",
+    "megatron.core.dist_checkpointing.strategies.state_dict_saver":
+        "save-plan agreement tensors created with device='cuda'",
+    "megatron.core.dist_checkpointing.strategies.filesystem_async": "torch.cuda.synchronize()",
+    "megatron.core.dist_checkpointing.strategies.async_utils":
+        "torch.cuda.synchronize() and liveness tensors on current_device()",
+    "megatron.core.dist_checkpointing.strategies.fully_parallel": "torch.cuda.synchronize()",
+    "megatron.core.tensor_parallel.data": "broadcast size tensor created with device='cuda'",
+}
+
+_SHIMS_APPLIED = False
+
+
+class CpuRNGStatesTracker:
+    """Megatron's ``CudaRNGStatesTracker`` with the states held by the CPU generator.
+
+    Same names, same seeds, same nesting rules; ``fork(name)`` swaps the CPU generator's state in
+    and out (megatron's version would also warn that the CPU state changed inside the fork).
+    """
+
+    def __init__(self):
+        self.reset()
+        self.use_cudagraphable_rng = False
+        self.is_inference_rng_tracker = False
+
+    def is_initialized(self):
+        return self._is_initialized
+
+    def reset(self):
+        self._is_initialized = False
+        self.states_ = {}
+        self.seeds_ = set()
+        self._current_state_name = "default-rng"
+
+    def get_states(self):
+        return dict(self.states_)
+
+    def set_states(self, states):
+        self._is_initialized = True
+        self.states_ = states
+
+    def add(self, name, seed):
+        self._is_initialized = True
+        if seed in self.seeds_:
+            raise Exception(f"seed {seed} already exists")
+        self.seeds_.add(seed)
+        if name in self.states_:
+            raise Exception(f"cuda rng state {name} already exists")
+        self.states_[name] = torch.Generator().manual_seed(seed).get_state()
+
+    @contextlib.contextmanager
+    def fork(self, name="model-parallel-rng"):
+        if name not in self.states_:
+            raise Exception(f"cuda rng state {name} is not added")
+        orig_state, orig_name = torch.get_rng_state(), self._current_state_name
+        if orig_name != "default-rng":
+            self.states_[orig_name] = orig_state
+        torch.set_rng_state(self.states_[name])
+        self._current_state_name = name
+        try:
+            yield
+        finally:
+            self.states_[name] = torch.get_rng_state()
+            if orig_name != "default-rng":
+                orig_state = self.states_[orig_name]
+            torch.set_rng_state(orig_state)
+            self._current_state_name = orig_name
+
+
+def _cpu_get_rng_state(device="cuda", clone=False, graph_safe=False):
+    return torch.get_rng_state()
+
+
+def _cpu_set_rng_state(new_state, device=-1, graph_safe=False):
+    torch.set_rng_state(new_state)
+
+
+def model_parallel_cpu_manual_seed(seed, te_rng_tracker=False, inference_rng_tracker=False,
+                                   use_cudagraphable_rng=False, tp_rank=None, ep_rank=None,
+                                   etp_rank=None, force_reset_rng=False):
+    """``model_parallel_cuda_manual_seed`` on the CPU generator: same seeds, same state names."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.tensor_parallel import random as tp_random
+
+    tp_rank = ps.get_tensor_model_parallel_rank() if tp_rank is None else tp_rank
+    ep_rank = ps.get_expert_model_parallel_rank() if ep_rank is None else ep_rank
+    etp_rank = ps.get_expert_tensor_parallel_rank() if etp_rank is None else etp_rank
+    tracker = CpuRNGStatesTracker()
+    tp_random._CUDA_RNG_STATE_TRACKER = tracker
+    tp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+    torch.manual_seed(seed)
+    tracker.add(tp_random.get_data_parallel_rng_tracker_name(), seed)
+    tracker.add(tp_random._MODEL_PARALLEL_RNG_TRACKER_NAME, seed + 2718 + tp_rank)
+    tracker.add(tp_random.get_expert_parallel_rng_tracker_name(), seed + 1024 + 100 * ep_rank + etp_rank)
+
+
+def _clip_grad_by_total_norm_fp32(parameters, max_norm, total_norm, use_decoupled_grad=False):
+    """megatron-core's ``clip_grad_by_total_norm_fp32`` without its ``torch.cuda.FloatTensor`` check."""
+    from megatron.core.utils import to_local_if_dtensor
+
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    attr = "decoupled_grad" if use_decoupled_grad else "grad"
+    grads = [to_local_if_dtensor(getattr(p, attr)).detach() for p in parameters
+             if getattr(p, attr, None) is not None]
+    clip_coeff = max_norm / (total_norm + 1.0e-6)
+    if clip_coeff < 1.0 and grads:
+        torch._foreach_mul_(grads, clip_coeff)
+
+
+def _broadcast_data(keys, data, datatype, tp_group=None):
+    """megatron-core's ``broadcast_data`` without moving the batch to CUDA."""
+    from megatron.core.tensor_parallel import data as tp_data
+    from megatron.core.utils import get_tensor_model_parallel_group_if_none
+
+    tp_group = get_tensor_model_parallel_group_if_none(tp_group)
+    key_size, key_numel, total_numel = tp_data._build_key_size_numel_dictionaries(keys, data, tp_group)
+    if tp_group.rank() == 0:
+        tp_data._check_data_types(keys, data, datatype)
+        flat = torch.cat([data[key].contiguous().view(-1) for key in keys], dim=0)
+    else:
+        flat = torch.empty(total_numel, dtype=datatype)
+    torch.distributed.broadcast(flat, torch.distributed.get_process_group_ranks(tp_group)[0], group=tp_group)
+    output, offset = {}, 0
+    for key in keys:
+        output[key] = flat.narrow(0, offset, key_numel[key]).view(key_size[key])
+        offset += key_numel[key]
+    return output
+
+
+def apply_cpu_shims() -> None:
+    """Make megatron-core's non-TE paths run without CUDA. Idempotent; a no-op when CUDA exists."""
+    global _SHIMS_APPLIED
+    if _SHIMS_APPLIED or torch.cuda.is_available():
+        return
+    cpu_torch = _CpuTorch()
+    for name in _CUDA_ASSUMING_MODULES:
+        importlib.import_module(name).torch = cpu_torch
+
+    from megatron.core import tensor_parallel
+    from megatron.core.dist_checkpointing import exchange_utils
+    from megatron.core.optimizer import clip_grads, optimizer
+    from megatron.core.tensor_parallel import data as tp_data
+    from megatron.core.tensor_parallel import random as tp_random
+
+    tp_random._get_cuda_rng_state = _cpu_get_rng_state
+    tp_random._set_cuda_rng_state = _cpu_set_rng_state
+    tp_random.model_parallel_cuda_manual_seed = model_parallel_cpu_manual_seed
+    tensor_parallel.model_parallel_cuda_manual_seed = model_parallel_cpu_manual_seed
+    clip_grads.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
+    optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
+    tp_data.broadcast_data = tensor_parallel.broadcast_data = _broadcast_data
+    exchange_utils.exchange_loaded_tensors_broadcast = exchange_utils.exchange_loaded_tensors_gather_object
+    exchange_utils.exchange_loaded_tensors_gather_rounds = exchange_utils.exchange_loaded_tensors_gather_object
+    _SHIMS_APPLIED = True
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+_LAYOUT: tuple | None = None
+
+
+def initialize_distributed(
+    tensor_model_parallel_size: int = 1,
+    pipeline_model_parallel_size: int = 1,
+    context_parallel_size: int = 1,
+    seed: int = 1234,
+    *,
+    virtual_pipeline_model_parallel_size: int | None = None,
+    expert_model_parallel_size: int = 1,
+    timeout_minutes: int = 30,
+    environ: dict[str, str] | None = None,
+) -> DistEnv:
+    """Start torch.distributed and Megatron-Core's model-parallel groups, and seed the RNGs.
+
+    Reads the launcher's variables (:func:`read_dist_env`); NCCL and ``cuda:LOCAL_RANK`` on GPU,
+    gloo and the CPU shims without CUDA. Seeds like Megatron-LM: ``random``, ``numpy``, ``torch`` and
+    ``model_parallel_cuda_manual_seed`` with ``seed + 100 * pipeline_rank``. Calling it again with
+    the same layout does nothing; with another layout it rebuilds the groups and reseeds (the
+    process group stays).
+    """
+    global _LAYOUT
+    from megatron.core import parallel_state, tensor_parallel
+
+    env = read_dist_env(environ)
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        apply_cpu_shims()
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if cuda else "gloo"
+        timeout = timedelta(minutes=timeout_minutes)
+        if cuda:
+            torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
+        if env.world_size == 1:
+            torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(),
+                                                 rank=0, world_size=1, timeout=timeout)
+        else:
+            torch.distributed.init_process_group(
+                backend, init_method=f"tcp://{env.master_addr}:{env.master_port}",
+                rank=env.rank, world_size=env.world_size, timeout=timeout)
+
+    layout = (tensor_model_parallel_size, pipeline_model_parallel_size, context_parallel_size,
+              virtual_pipeline_model_parallel_size, expert_model_parallel_size, seed)
+    if _LAYOUT == layout and parallel_state.model_parallel_is_initialized():
+        return env
+    parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tensor_model_parallel_size,
+        pipeline_model_parallel_size=pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=virtual_pipeline_model_parallel_size,
+        context_parallel_size=context_parallel_size,
+        expert_model_parallel_size=expert_model_parallel_size,
+        distributed_timeout_minutes=timeout_minutes,
+    )
+    stage_seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
+    random.seed(stage_seed)
+    numpy.random.seed(stage_seed)
+    torch.manual_seed(stage_seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(stage_seed)
+    _LAYOUT = layout
+    return env
+
+
+def destroy() -> None:
+    """Tear down the model-parallel groups and the process group (tests; end of a job)."""
+    global _LAYOUT
+    from megatron.core import parallel_state
+
+    parallel_state.destroy_model_parallel()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    _LAYOUT = None

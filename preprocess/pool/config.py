@@ -1,0 +1,79 @@
+"""PoolConfig: the options of ``longvlm pool`` (each declared once, with the paper's defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from megatron_vlm.data.vision import MAX_PIXELS, MIN_PIXELS
+
+ENCODINGS = ("auto", "png", "jpeg")
+
+
+@dataclass
+class PoolConfig:
+    inputs: list[str] = field(metadata={
+        "positional": True, "metavar": "INPUT",
+        "help": "PDF files, folders (searched recursively for *.pdf) or text files listing one path "
+                "per line. With --merge: the shard pool directories to merge."})
+    output: str = field(metadata={"flag": "-o", "metavar": "POOL_DIR", "help": "output pool directory"})
+    min_pages: int = field(default=32, metadata={
+        "help": "reject documents with fewer pages (the paper keeps 32-50 pages; 0 = no limit)"})
+    max_pages: int = field(default=50, metadata={
+        "help": "reject documents with more pages (0 = no limit)"})
+    dpi: int = field(default=144, metadata={"help": "render resolution before the Qwen2.5-VL resize"})
+    min_pixels: int = field(default=MIN_PIXELS, metadata={
+        "help": "smart_resize lower bound on page pixels (factor 28)"})
+    max_pixels: int = field(default=MAX_PIXELS, metadata={
+        "help": "smart_resize upper bound on page pixels (factor 28)"})
+    exclude_hashes: str | None = field(default=None, metadata={
+        "metavar": "FILE",
+        "help": "file of SHA-256 hex digests (one per line, '#' comments) of PDFs to reject as "
+                "contaminated, e.g. the evaluation benchmarks' PDFs"})
+    encoding: str = field(default="auto", metadata={
+        "choices": ENCODINGS,
+        "help": "page image encoding: auto = lossless grayscale PNG for gray pages, JPEG (4:4:4) "
+                "for colour pages; png = lossless PNG (grayscale when gray); jpeg = JPEG for all"})
+    jpeg_quality: int = field(default=92, metadata={"help": "JPEG quality (auto and jpeg encodings)"})
+    min_psnr: float = field(default=40.0, metadata={
+        "help": "a JPEG page below this PSNR (dB) against the render is stored as lossless PNG "
+                "instead (0 = do not check)"})
+    tables: bool = field(default=True, metadata={
+        "help": "detect tables with PyMuPDF's table finder (on pages with ruled regions)"})
+    workers: int = field(default=1, metadata={"help": "worker processes"})
+    page_timeout: float = field(default=60.0, metadata={
+        "help": "seconds one page (render + layout + encode) may take before its document is "
+                "rejected as render_timeout (0 = no limit)"})
+    shard: int = field(default=0, metadata={"help": "this job's shard index (0-based)"})
+    num_shards: int = field(default=1, metadata={
+        "help": "split the input deterministically into this many shards (e.g. a SLURM job array: "
+                "--shard $SLURM_ARRAY_TASK_ID); merge the shard pools with --merge"})
+    merge: bool = field(default=False, metadata={
+        "help": "merge the shard pools given as INPUT into POOL_DIR (deduplicating across shards)"})
+    chunk_docs: int = field(default=16, metadata={
+        "help": "documents per resumable chunk (a killed run redoes at most one chunk per worker)"})
+    keep_work: bool = field(default=False, metadata={
+        "help": "keep POOL_DIR/.work (the finished chunks) after the pool is complete"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        for name in ("min_pages", "max_pages", "chunk_docs", "workers", "dpi", "min_pixels", "max_pixels"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.dpi == 0 or self.workers == 0 or self.chunk_docs == 0:
+            raise ValueError("--dpi, --workers and --chunk-docs must be positive")
+        if self.max_pages and self.min_pages > self.max_pages:
+            raise ValueError(f"--min-pages {self.min_pages} > --max-pages {self.max_pages}")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"--min-pixels {self.min_pixels} > --max-pixels {self.max_pixels}")
+        if not 0 <= self.shard < self.num_shards:
+            raise ValueError(f"--shard {self.shard} must be in [0, --num-shards {self.num_shards})")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
+        self.inputs = [str(p) for p in self.inputs]
+        self.output = str(self.output)
+
+    def content_options(self) -> dict:
+        """The options that determine the pool's content (a resumed run must use the same)."""
+        skip = {"inputs", "output", "workers", "progress", "keep_work", "merge", "shard", "num_shards",
+                "chunk_docs", "page_timeout"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}

@@ -1,0 +1,96 @@
+"""Read a document pool: manifest entries, page images and layout blocks by (doc_id, page_number)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from preprocess.pool.store import open_store
+
+
+class PoolFormatError(ValueError):
+    """The directory is not a (complete) pool."""
+
+
+class Pool:
+    """A complete pool directory (see docs/formats.md, "Document pool").
+
+    ``documents`` are the manifest entries in store order; page numbers are 1-based. The
+    megatron-core ``IndexedDataset``s are opened lazily and kept alive with the Pool (arrays they
+    return are views of their memory maps).
+    """
+
+    def __init__(self, root: Path, info: dict, documents: list[dict]):
+        self.root = root
+        self.info = info
+        self.documents = documents
+        self.encoding: str = info.get("encoding", "auto")
+        self._by_id = {d["doc_id"]: d for d in documents}
+        self._pages = None
+        self._layout = None
+
+    @classmethod
+    def open(cls, pool_dir) -> Pool:
+        root = Path(pool_dir)
+        info_path = root / "pool.json"
+        if not info_path.is_file():
+            raise PoolFormatError(f"{root} is not a complete document pool (no pool.json); "
+                                  f"build it with 'longvlm pool INPUT... -o {root}'")
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+            with open(root / "manifest.jsonl", encoding="utf-8") as f:
+                documents = [json.loads(line) for line in f if line.strip()]
+        except (OSError, json.JSONDecodeError) as err:
+            raise PoolFormatError(f"{root}: unreadable pool metadata: {err}") from None
+        for name in ("pages", "layout"):
+            for suffix in (".bin", ".idx"):
+                if not (root / f"{name}{suffix}").is_file():
+                    raise PoolFormatError(f"{root}: missing {name}{suffix}")
+        return cls(root, info, documents)
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+    def __contains__(self, doc_id: str) -> bool:
+        return doc_id in self._by_id
+
+    def get(self, doc_id: str) -> dict:
+        try:
+            return self._by_id[doc_id]
+        except KeyError:
+            raise KeyError(f"doc_id {doc_id!r} is not in the pool {self.root}") from None
+
+    def _index(self, doc_id: str, page_number: int) -> int:
+        doc = self.get(doc_id)
+        if not 1 <= page_number <= doc["num_pages"]:
+            raise IndexError(f"page {page_number} out of range 1..{doc['num_pages']} for doc_id {doc_id}")
+        return doc["page_start"] + page_number - 1
+
+    @property
+    def pages_store(self):
+        if self._pages is None:
+            self._pages = open_store(self.root / "pages")
+        return self._pages
+
+    @property
+    def layout_store(self):
+        if self._layout is None:
+            self._layout = open_store(self.root / "layout")
+        return self._layout
+
+    def page_bytes(self, doc_id: str, page_number: int) -> bytes:
+        """The encoded image of a page (PNG or JPEG; see the page's ``format``)."""
+        return self.pages_store[self._index(doc_id, page_number)].tobytes()
+
+    def page_image(self, doc_id: str, page_number: int):
+        """The page as an RGB PIL image of exactly the manifest's width x height."""
+        from PIL import Image
+
+        img = Image.open(io.BytesIO(self.page_bytes(doc_id, page_number)))
+        img.load()
+        return img if img.mode == "RGB" else img.convert("RGB")
+
+    def page_blocks(self, doc_id: str, page_number: int) -> list[dict]:
+        """The page's layout blocks in reading order (bbox, text, font_size, bold, label)."""
+        return json.loads(self.layout_store[self._index(doc_id, page_number)].tobytes())

@@ -1,0 +1,304 @@
+"""``longvlm pool``: plan (hash, deduplicate, decontaminate), process chunks, assemble the pool.
+
+Work in progress lives in ``POOL_DIR/.work``: ``plan.json`` (every input with its SHA-256 and
+its chunk), ``chunks/chunk-NNNNNN/`` (finished chunks) and ``incidents.json`` (render timeouts
+and crashes). A rerun with the same inputs and options skips finished chunks; the assembled pool
+is identical to an uninterrupted run's. ``pool.json`` is written last and marks a complete pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from megatron_vlm import __version__
+from megatron_vlm.utils.atomic import atomic_write, write_json
+from preprocess.pool.chunk import rejection
+from preprocess.pool.config import PoolConfig
+from preprocess.pool.discover import discover, shard_indices
+from preprocess.pool.store import STORES, StoreBuilder, iter_chunk_documents, read_chunk_results
+from preprocess.pool.workers import ChunkTask, WorkerPool
+
+FORMAT_VERSION = 1
+HASH_BLOCK = 1 << 20
+
+
+class PoolError(RuntimeError):
+    """An expected failure (bad option, input or pool directory), reported without a traceback."""
+
+
+@dataclass
+class PoolSummary:
+    output: Path
+    inputs: int
+    accepted: int
+    rejected: int
+    pages: int
+    image_tokens: int
+    reasons: dict
+    seconds: float
+    already_complete: bool = False
+
+    def __str__(self) -> str:
+        why = ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items())) or "none"
+        state = " (already complete, nothing to do)" if self.already_complete else ""
+        return (f"pool {self.output}{state}: {self.inputs} inputs -> {self.accepted} documents, "
+                f"{self.pages} pages, {self.image_tokens:,} image tokens; rejected {self.rejected} ({why})")
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_exclude_hashes(path: str | None) -> set[str]:
+    """SHA-256 digests, one per line (``sha256sum`` output works too); '#' starts a comment."""
+    if not path:
+        return set()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise PoolError(f"--exclude-hashes {path}: {err.strerror or err}") from None
+    hashes = set()
+    for n, line in enumerate(lines, 1):
+        token = line.split("#", 1)[0].strip().split()
+        if not token:
+            continue
+        digest = token[0].lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise PoolError(f"--exclude-hashes {path}:{n}: not a SHA-256 hex digest: {token[0]!r}")
+        hashes.add(digest)
+    return hashes
+
+
+def _settings(config: PoolConfig, sources: list[str], exclude: set[str]) -> dict:
+    """Everything that determines the pool's content (a resumed run must match it)."""
+    return {
+        "options": config.content_options() | {"exclude_hashes": None},
+        "exclude_hashes_sha256": hashlib.sha256("\n".join(sorted(exclude)).encode()).hexdigest(),
+        "inputs_sha256": hashlib.sha256("\n".join(sources).encode()).hexdigest(),
+        "num_inputs": len(sources),
+        "shard": config.shard,
+        "num_shards": config.num_shards,
+    }
+
+
+def _hash_or_none(path: str) -> str | None:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
+
+
+def make_plan(config: PoolConfig, sources: list[str], exclude: set[str], settings: dict) -> dict:
+    """Hash the shard's inputs, reject duplicates/contaminated/unreadable ones, cut the rest into chunks."""
+    indices = shard_indices(len(sources), config.shard, config.num_shards)
+    with ThreadPoolExecutor(max_workers=max(2, config.workers)) as pool:
+        digests = list(pool.map(_hash_or_none, [sources[i] for i in indices]))
+    first: dict[str, str] = {}
+    rejected, todo = [], []
+    for index, digest in zip(indices, digests):
+        item = {"input_index": index, "source": sources[index], "doc_id": digest}
+        if digest is None:
+            rejected.append(rejection(item, "unreadable", "the file cannot be read (missing or no permission)"))
+        elif digest in exclude:
+            rejected.append(rejection(item, "contaminated", "SHA-256 listed in --exclude-hashes"))
+        elif digest in first:
+            rejected.append(duplicate(item, first[digest]))
+        else:
+            first[digest] = item["source"]
+            todo.append(item)
+    chunks = [todo[i:i + config.chunk_docs] for i in range(0, len(todo), config.chunk_docs)]
+    return {"settings": settings, "rejected": rejected, "chunks": chunks}
+
+
+def duplicate(item: dict, first_source: str) -> dict:
+    return rejection(item, "duplicate", f"same bytes as {first_source}", duplicate_of=first_source)
+
+
+def _chunk_path(work: Path, chunk_id: int) -> Path:
+    return work / "chunks" / f"chunk-{chunk_id:06d}"
+
+
+def _describe_difference(old: dict, new: dict) -> str:
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        if key == "options":
+            for opt in sorted(set(old.get(key, {})) | set(new.get(key, {}))):
+                a, b = old.get(key, {}).get(opt), new.get(key, {}).get(opt)
+                if a != b:
+                    diffs.append(f"--{opt.replace('_', '-')} {a} (there) vs {b} (now)")
+        elif old.get(key) != new.get(key):
+            diffs.append(f"{key} differs")
+    return "; ".join(diffs)
+
+
+def run(config: PoolConfig) -> PoolSummary:
+    """Build, resume or confirm the pool of ``config`` (or merge shard pools with ``--merge``)."""
+    if config.merge:
+        from preprocess.pool.merge import merge_pools
+
+        return merge_pools(config)
+    return build_pool(config)
+
+
+def build_pool(config: PoolConfig) -> PoolSummary:
+    """Build (or resume, or confirm) the pool described by ``config``."""
+    start = time.monotonic()
+    out = Path(config.output)
+    try:
+        sources = discover(config.inputs)
+    except (ValueError, OSError) as err:
+        raise PoolError(str(err)) from None
+    exclude = load_exclude_hashes(config.exclude_hashes)
+    settings = _settings(config, sources, exclude)
+    done = out / "pool.json"
+    if done.exists():
+        info = json.loads(done.read_text())
+        if info.get("settings") != settings:
+            raise PoolError(f"{out} holds a complete pool built from other inputs or options "
+                            f"({_describe_difference(info.get('settings', {}), settings)}); use another -o")
+        return _summary(out, info, time.monotonic() - start, already_complete=True)
+    if out.exists() and any(p.name not in (".work",) for p in out.iterdir()):
+        stray = sorted(p.name for p in out.iterdir() if p.name != ".work")
+        if not all(p.startswith(".") or p in ("manifest.jsonl", "rejected.jsonl", "pages.bin", "pages.idx",
+                                               "layout.bin", "layout.idx") for p in stray):
+            raise PoolError(f"{out} exists and is not a pool directory (contains {', '.join(stray[:5])})")
+    work = out / ".work"
+    plan_path = work / "plan.json"
+    if plan_path.exists():
+        plan = json.loads(plan_path.read_text())
+        if plan["settings"] != settings:
+            raise PoolError(f"{work} holds an unfinished run with other inputs or options "
+                            f"({_describe_difference(plan['settings'], settings)}); rerun it with the "
+                            f"same ones, or delete {work} to start over")
+    else:
+        plan = make_plan(config, sources, exclude, settings)
+        write_json(plan_path, plan, indent=None)
+    incidents_path = work / "incidents.json"
+    incidents = {int(k): v for k, v in json.loads(incidents_path.read_text()).items()} \
+        if incidents_path.exists() else {}
+
+    def record_incident(index: int, incident: dict) -> None:
+        incidents[index] = incident
+        write_json(incidents_path, {str(k): v for k, v in sorted(incidents.items())})
+
+    tasks = [ChunkTask(i, _chunk_path(work, i), items) for i, items in enumerate(plan["chunks"])
+             if not _chunk_path(work, i).exists()]
+    _process(config, tasks, incidents, record_incident)
+    info = _assemble(out, work, plan, config)
+    if not config.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return _summary(out, info, time.monotonic() - start)
+
+
+def _process(config: PoolConfig, tasks: list[ChunkTask], incidents: dict, record_incident) -> None:
+    if not tasks:
+        return
+    from tqdm import tqdm
+
+    total = sum(len(t.items) for t in tasks)
+    bar = tqdm(total=total, unit="doc", desc="pool", disable=not config.progress, file=sys.stderr,
+               dynamic_ncols=True)
+    state = {"pages": 0, "t0": time.monotonic()}
+
+    def on_event(kind: str, value: int) -> None:
+        if kind == "page":
+            state["pages"] += 1
+        elif kind == "doc":
+            bar.update(1)
+        rate = state["pages"] / max(1e-9, time.monotonic() - state["t0"])
+        bar.set_postfix_str(f"{state['pages']} pages, {rate:.1f} pages/s", refresh=False)
+
+    try:
+        WorkerPool(config, incidents, record_incident, on_event).run(tasks)
+    finally:
+        bar.close()
+
+
+def _assemble(out: Path, work: Path, plan: dict, config: PoolConfig) -> dict:
+    """Append the chunks, in input order, to the final stores; write manifest, rejected, pool.json."""
+    rejected = list(plan["rejected"])
+    entries = []
+    builders = {name: StoreBuilder(out / name) for name in STORES}
+    try:
+        for chunk_id in range(len(plan["chunks"])):
+            path = _chunk_path(work, chunk_id)
+            results = read_chunk_results(path)
+            for r in results:
+                if "rejected" in r:
+                    rejected.append(r["rejected"])
+                else:
+                    entries.append(r["entry"])
+            for name, builder in builders.items():
+                for data, lengths in iter_chunk_documents(path, results, name):
+                    builder.add_document(data, lengths)
+        _fix_page_starts(entries)
+        for builder in builders.values():
+            builder.commit()
+    except BaseException:
+        for builder in builders.values():
+            builder.abort()
+        raise
+    rejected.sort(key=lambda r: r["input_index"])
+    return write_pool_files(out, entries, rejected, plan["settings"], config)
+
+
+def _fix_page_starts(entries: list[dict]) -> None:
+    start = 0
+    for entry in entries:
+        entry["page_start"] = start
+        start += entry["num_pages"]
+
+
+MANIFEST_ORDER = ("doc_id", "source", "input_index", "num_pages", "page_start", "total_image_tokens",
+                  "title", "scanned_pages", "sections", "pages")
+
+
+def write_pool_files(out: Path, entries: list[dict], rejected: list[dict], settings: dict,
+                     config: PoolConfig, merged_from: list[str] | None = None) -> dict:
+    """manifest.jsonl, rejected.jsonl, then pool.json (the completion marker)."""
+    with atomic_write(out / "manifest.jsonl") as f:
+        for entry in entries:
+            ordered = {k: entry[k] for k in MANIFEST_ORDER if k in entry}
+            f.write(json.dumps(ordered, ensure_ascii=False) + "\n")
+    with atomic_write(out / "rejected.jsonl") as f:
+        for r in rejected:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    pages = [p for e in entries for p in e["pages"]]
+    info = {
+        "format_version": FORMAT_VERSION,
+        "created_by": f"longvlm pool {__version__}",
+        "encoding": config.encoding,
+        "settings": settings,
+        "counts": {
+            "inputs": len(entries) + len(rejected),
+            "accepted": len(entries),
+            "rejected": len(rejected),
+            "rejected_by_reason": dict(sorted(Counter(r["reason"] for r in rejected).items())),
+            "pages": len(pages),
+            "image_tokens": sum(p["tokens"] for p in pages),
+            "page_bytes": sum(p["bytes"] for p in pages),
+            "pages_by_format": dict(sorted(Counter(p["format"] for p in pages).items())),
+        },
+    }
+    if merged_from is not None:
+        info["merged_from"] = merged_from
+    write_json(out / "pool.json", info)
+    return info
+
+
+def _summary(out: Path, info: dict, seconds: float, already_complete: bool = False) -> PoolSummary:
+    c = info["counts"]
+    return PoolSummary(out, c["inputs"], c["accepted"], c["rejected"], c["pages"], c["image_tokens"],
+                       c["rejected_by_reason"], seconds, already_complete)

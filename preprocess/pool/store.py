@@ -1,0 +1,95 @@
+"""The pool's stores: chunk files written by workers, and the final Megatron indexed datasets.
+
+A worker writes each finished chunk of documents as a folder (atomically): ``pages.bin`` and
+``layout.bin`` (the documents' encoded pages and layout JSON, concatenated) and ``results.jsonl``
+(one line per input of the chunk: the manifest entry with its per-sequence lengths, or the
+rejection). Assembling the pool appends the chunks, in input order, to ``pages``/``layout``
+``IndexedDataset``s (dtype uint8, one sequence per page, one document per PDF) built with
+megatron-core's ``IndexedDatasetBuilder``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from megatron_vlm.utils.atomic import atomic_dir
+
+STORES = ("pages", "layout")
+
+
+def _indexed_dataset_module():
+    """megatron-core's indexed_dataset (imported quietly: its package warns about TE/apex)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core.datasets import indexed_dataset
+    return indexed_dataset
+
+
+def write_chunk(path: Path, results: Iterable[dict], pages: list[list[bytes]], layouts: list[list[bytes]]) -> None:
+    """Atomically write one chunk folder; ``pages``/``layouts`` hold the accepted documents, in order."""
+    with atomic_dir(path) as tmp:
+        for name, docs in (("pages", pages), ("layout", layouts)):
+            with open(tmp / f"{name}.bin", "wb") as f:
+                for doc in docs:
+                    for data in doc:
+                        f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        with open(tmp / "results.jsonl", "w", encoding="utf-8") as f:
+            for r in results:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_chunk_results(path: Path) -> list[dict]:
+    with open(path / "results.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def iter_chunk_documents(path: Path, results: list[dict], store: str) -> Iterator[tuple[np.ndarray, list[int]]]:
+    """(bytes, sequence lengths) of each accepted document of a chunk, for one store."""
+    key = "page_lengths" if store == "pages" else "layout_lengths"
+    with open(path / f"{store}.bin", "rb") as f:
+        for r in results:
+            if "entry" in r:
+                lengths = r[key]
+                yield np.frombuffer(f.read(sum(lengths)), dtype=np.uint8), lengths
+
+
+class StoreBuilder:
+    """Builds ``PREFIX.bin/.idx`` under temporary names; ``commit`` renames them into place."""
+
+    def __init__(self, prefix: Path):
+        self.prefix = Path(prefix)
+        self.tmp = self.prefix.with_name(f".{self.prefix.name}.tmp")
+        self.builder = _indexed_dataset_module().IndexedDatasetBuilder(str(self.tmp) + ".bin", dtype=np.uint8)
+        self.num_sequences = 0
+
+    def add_document(self, data: np.ndarray, lengths: list[int]) -> None:
+        self.builder.add_document(data, lengths)
+        self.num_sequences += len(lengths)
+
+    def commit(self) -> None:
+        self.builder.finalize(str(self.tmp) + ".idx")
+        for suffix in (".bin", ".idx"):
+            with open(str(self.tmp) + suffix, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(str(self.tmp) + suffix, str(self.prefix) + suffix)
+
+    def abort(self) -> None:
+        self.builder.data_file.close()
+        for suffix in (".bin", ".idx"):
+            Path(str(self.tmp) + suffix).unlink(missing_ok=True)
+
+
+def open_store(prefix: Path):
+    """megatron-core's reader of a pool store (keep it alive while its arrays are used)."""
+    return _indexed_dataset_module().IndexedDataset(str(prefix), multimodal=False, mmap=True)

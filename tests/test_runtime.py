@@ -1,0 +1,187 @@
+"""megatron_vlm.runtime: launcher environment, the CPU RNG tracker, TP=2 / PP=2 equivalence on gloo."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from distributed import run_distributed
+
+from megatron_vlm import runtime
+
+# --------------------------------------------------------------------------- environment
+
+
+def test_torchrun_variables():
+    env = runtime.read_dist_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1",
+                                 "MASTER_ADDR": "node7", "MASTER_PORT": "1234"})
+    assert env == runtime.DistEnv(3, 8, 1, "node7", 1234, "torchrun")
+
+
+def test_slurm_variables_use_first_node_and_job_port():
+    env = runtime.read_dist_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1",
+                                 "SLURM_JOB_NODELIST": "gpu[007-009,012],cpu1", "SLURM_JOB_ID": "123456"})
+    assert env == runtime.DistEnv(5, 16, 1, "gpu007", 20000 + 123456 % 20000, "slurm")
+
+
+def test_slurm_master_port_and_addr_override():
+    env = runtime.read_dist_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_NODELIST": "a1",
+                                 "MASTER_PORT": "4000", "MASTER_ADDR": "10.0.0.1"})
+    assert (env.master_addr, env.master_port, env.local_rank) == ("10.0.0.1", 4000, 0)
+
+
+def test_torchrun_inside_slurm_wins():
+    env = runtime.read_dist_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_NODELIST": "a1",
+                                 "RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "b2", "MASTER_PORT": "9"})
+    assert (env.launcher, env.rank, env.world_size, env.master_addr) == ("torchrun", 1, 4, "b2")
+
+
+def test_no_launcher_means_one_process():
+    assert runtime.read_dist_env({}) == runtime.DistEnv(0, 1, 0, "127.0.0.1", 0, "single")
+
+
+def test_slurm_without_nodelist_is_a_clear_error():
+    with pytest.raises(ValueError, match="SLURM_JOB_NODELIST"):
+        runtime.read_dist_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"})
+
+
+@pytest.mark.parametrize(("nodelist", "hosts"), [
+    ("node1", ["node1"]),
+    ("node[1-3]", ["node1", "node2", "node3"]),
+    ("gpu[08-10,15],login", ["gpu08", "gpu09", "gpu10", "gpu15", "login"]),
+    ("a[1-2]-ib[0,3]", ["a1-ib0", "a1-ib3", "a2-ib0", "a2-ib3"]),
+    ("x1,y[001-002]", ["x1", "y001", "y002"]),
+])
+def test_expand_slurm_nodelist(nodelist, hosts):
+    assert runtime.expand_slurm_nodelist(nodelist) == hosts
+
+
+# --------------------------------------------------------------------------- one process
+
+
+@pytest.fixture
+def single_process():
+    runtime.initialize_distributed(seed=1234, environ={})
+    yield
+    runtime.destroy()
+
+
+def test_single_process_layout_and_idempotence(single_process):
+    from megatron.core import parallel_state as ps
+
+    assert torch.distributed.get_world_size() == 1
+    assert torch.distributed.get_backend() == ("nccl" if torch.cuda.is_available() else "gloo")
+    assert ps.get_tensor_model_parallel_world_size() == 1
+    group = ps.get_tensor_model_parallel_group()
+    runtime.initialize_distributed(seed=1234, environ={})  # same layout: nothing rebuilt
+    assert ps.get_tensor_model_parallel_group() is group
+    assert runtime.device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_rng_tracker_fork_is_reproducible_and_isolated(single_process):
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    tracker = get_cuda_rng_tracker()
+    states = tracker.get_states()
+    before = torch.get_rng_state()
+    with tracker.fork():
+        first = torch.nn.functional.dropout(torch.ones(64, device=runtime.device()), 0.5)
+    # the default stream is untouched by what happened inside the fork
+    assert torch.equal(torch.get_rng_state(), before)
+    with tracker.fork():
+        second = torch.nn.functional.dropout(torch.ones(64, device=runtime.device()), 0.5)
+    assert not torch.equal(first, second)  # the tracked stream advanced
+    tracker.set_states(states)
+    with tracker.fork():
+        again = torch.nn.functional.dropout(torch.ones(64, device=runtime.device()), 0.5)
+    assert torch.equal(first, again)
+
+
+# --------------------------------------------------------------------------- 2 processes, gloo
+
+
+@pytest.fixture(scope="module")
+def parallel_step(tmp_path_factory):
+    """Both ranks' results of tests/workers/gpt_parallel_step.py (reference, TP=2, PP=2)."""
+    out = tmp_path_factory.mktemp("parallel_step")
+    run_distributed("tests/workers/gpt_parallel_step.py", 2, ["--out", out], timeout=240)
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_reference_step_is_sane(parallel_step):
+    ref = parallel_step[0]
+    assert ref["launcher"] == "torchrun" and ref["world_size"] == 2
+    # a random-init model predicts near-uniformly over the 128-token vocabulary
+    assert abs(ref["ref_loss"] - math.log(128)) < 0.3
+    assert ref["ref_update_size"] > 1e-4  # the optimizer step moved the weights
+    assert parallel_step[1]["ref_loss"] == ref["ref_loss"]
+
+
+@pytest.mark.parametrize("layout", ["tp2", "pp2", "tp2_recompute"])
+def test_parallel_layout_matches_single_device(parallel_step, layout):
+    for rank in parallel_step:
+        got = rank["layouts"][layout]
+        assert got["loss"] == pytest.approx(rank["ref_loss"], abs=1e-5)
+        assert got["grad_norm"] == pytest.approx(rank["ref_grad_norm"], rel=1e-5)
+        assert got["grads_max_diff"] < 1e-6  # gathered through a resharded dist checkpoint
+        assert got["updated_max_diff"] < 1e-5
+        assert got["broadcast_matches"]
+
+
+def test_cpu_shims_are_scoped_to_listed_modules(single_process):
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import layers
+
+    assert parallel_state.torch is torch  # modules not listed see the real torch
+    if torch.cuda.is_available():
+        assert layers.torch is torch  # nothing is patched on GPU
+        return
+    assert layers.torch.cuda.current_device() == torch.device("cpu")
+    assert layers.torch.zeros(2, device="cuda").device.type == "cpu"
+    assert layers.torch.cuda.synchronize() is None
+    with pytest.raises((AssertionError, RuntimeError)):  # the real torch.cuda is untouched
+        torch.cuda.current_device()
+
+
+def test_default_causal_mask_equals_explicit_mask(single_process):
+    """Without a mask, megatron-core builds its default causal mask (device='cuda' in its source)."""
+    from workers.gpt_parallel_step import build_model, global_batch
+
+    ddp, _ = build_model(1, 1)
+    batch = global_batch()[0]
+    with torch.no_grad():
+        explicit = ddp(batch["tokens"], batch["position_ids"], batch["mask"])
+        default = ddp(batch["tokens"], batch["position_ids"], None)
+        no_mask = ddp(batch["tokens"], batch["position_ids"], torch.zeros_like(batch["mask"]))
+    torch.testing.assert_close(default, explicit, rtol=0, atol=1e-6)
+    assert (no_mask - explicit).abs().max() > 1e-3  # the mask matters: it is really applied
+
+
+# --------------------------------------------------------------------------- the launcher helper
+
+_ENV_DUMP = """
+import json, os, sys, time
+keys = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS"]
+path = os.path.join(sys.argv[1], "rank%s.json" % os.environ["RANK"])
+with open(path + ".tmp", "w") as f:
+    json.dump({k: os.environ[k] for k in keys}, f)
+os.replace(path + ".tmp", path)
+if os.environ["RANK"] == "1":
+    for _ in range(600):  # let rank 0 write its file before failing
+        if os.path.exists(os.path.join(sys.argv[1], "rank0.json")):
+            break
+        time.sleep(0.05)
+    sys.exit("rank 1 gives up")
+"""
+
+
+def test_run_distributed_sets_torchrun_env_and_reports_failures(tmp_path):
+    script = tmp_path / "dump_env.py"
+    script.write_text(_ENV_DUMP)
+    with pytest.raises(RuntimeError, match="rank 1 gives up"):
+        run_distributed(script, 2, [tmp_path], timeout=60)
+    dumps = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [(d["RANK"], d["LOCAL_RANK"], d["WORLD_SIZE"]) for d in dumps] == [("0", "0", "2"), ("1", "1", "2")]
+    assert dumps[0]["MASTER_PORT"] == dumps[1]["MASTER_PORT"] and dumps[0]["OMP_NUM_THREADS"] == "1"
