@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,18 +47,20 @@ def iteration_dir_name(iteration: int | str) -> str:
 @contextlib.contextmanager
 def process_group() -> Iterator[None]:
     """``torch.distributed`` as ``dist_checkpointing`` needs it: the caller's group if initialized,
-    else a one-process gloo group for the duration of the block."""
+    else a one-process group (``megatron_vlm.runtime``, with its CPU shims) for the block."""
     import torch.distributed as dist
 
+    from megatron_vlm import runtime
+
     if dist.is_initialized():
+        runtime.apply_cpu_shims()
         yield
         return
-    with tempfile.TemporaryDirectory(prefix="longvlm-pg-") as tmp:
-        dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=0, world_size=1)
-        try:
-            yield
-        finally:
-            dist.destroy_process_group()
+    runtime.initialize_distributed(environ={})  # one process, whatever launcher variables are set
+    try:
+        yield
+    finally:
+        runtime.destroy()
 
 
 def save_global_tensors(tensors: dict[str, torch.Tensor], iter_dir: Path) -> None:
@@ -69,23 +70,7 @@ def save_global_tensors(tensors: dict[str, torch.Tensor], iter_dir: Path) -> Non
 
     sharded = {k: ShardedTensor.from_rank_offsets(k, t, replica_id=0) for k, t in tensors.items()}
     iter_dir.mkdir(parents=True, exist_ok=True)
-    with _cpu_checkpoint_writer():
-        dist_checkpointing.save(sharded, str(iter_dir))
-
-
-@contextlib.contextmanager
-def _cpu_checkpoint_writer() -> Iterator[None]:
-    """On a CPU-only torch: megatron-core's checkpoint writer calls ``torch.cuda.synchronize()``
-    after staging tensors to host memory (nothing to wait for on CPU) and broadcasts its failure
-    flag from ``torch.cuda.current_device()`` (the CPU serves over gloo)."""
-    if torch.cuda.is_available():
-        yield
-        return
-    from unittest import mock
-
-    with mock.patch.object(torch.cuda, "synchronize", lambda *args, **kwargs: None), \
-            mock.patch.object(torch.cuda, "current_device", lambda: "cpu"):
-        yield
+    dist_checkpointing.save(sharded, str(iter_dir))
 
 
 def write_tracker(root: Path, iteration: int | str) -> None:
