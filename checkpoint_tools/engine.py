@@ -133,11 +133,6 @@ def check_layout(mappings: list[Mapping], shapes: dict[str, tuple], dims: Dims, 
         raise CheckpointError("layout not possible for this model: " + "; ".join(problems.values()))
 
 
-def _check_hf_shapes(name: str, tensor: torch.Tensor, expected: dict[str, tuple]) -> None:
-    if name in expected and tuple(tensor.shape) != expected[name]:
-        raise MappingError(f"{name}: produced shape {tuple(tensor.shape)}, transformers expects {expected[name]}")
-
-
 def _batches(mappings: list[Mapping], shapes: dict[str, tuple], dtypes: dict[str, torch.dtype]) -> Iterator[list[Mapping]]:
     batch, size = [], 0
     for m in mappings:
@@ -230,26 +225,34 @@ def megatron_to_hf(cfg: MegatronToHFConfig) -> ConversionResult:
     if rope_scaling is not None and not isinstance(rope_scaling, dict):
         raise CheckpointError("--rope-scaling must be a JSON object")
     cast = _dtype(cfg.dtype)
-    out, dtypes = Path(cfg.out), set()
+    plan = []  # (HF name, shape, dtype) of every output tensor, from the transforms on meta tensors
+    for m in mappings:
+        meta = torch.empty(src.shapes[m.megatron], dtype=src.dtypes[m.megatron], device="meta")
+        for name, t in zip(m.hf, m.transform.to_hf(meta, dims)):
+            if name in expected and tuple(t.shape) != expected[name]:
+                raise MappingError(f"{name}: the checkpoint gives shape {tuple(t.shape)}, "
+                                   f"the recorded config implies {expected[name]}")
+            plan.append((name, tuple(t.shape), cast or t.dtype))
+    dtype = _dtype_name({d for _, _, d in plan})
+    out = Path(cfg.out)
     with atomic_dir(out) as tmp, process_group():
-        writer = ShardedSafetensorsWriter(tmp, parse_size(cfg.max_shard_size))
-        progress = tqdm(total=len(mappings), desc="megatron -> hf", unit="tensor", leave=False)
-        for batch in _batches(mappings, src.shapes, src.dtypes):
-            loaded = src.load([m.megatron for m in batch])
-            for m in batch:
-                for name, t in zip(m.hf, m.transform.to_hf(loaded.pop(m.megatron), dims)):
-                    _check_hf_shapes(name, t, expected)
-                    t = t.to(cast) if cast is not None else t
-                    dtypes.add(t.dtype)
-                    writer.add(name, t)
-                progress.update()
-        progress.close()
-        writer.finish()
-        dtype = _dtype_name(dtypes)
+        writer = ShardedSafetensorsWriter(tmp, plan, parse_size(cfg.max_shard_size))
+        try:
+            with tqdm(total=len(mappings), desc="megatron -> hf", unit="tensor", leave=False) as progress:
+                for batch in _batches(mappings, src.shapes, src.dtypes):
+                    loaded = src.load([m.megatron for m in batch])
+                    for m in batch:
+                        for name, t in zip(m.hf, m.transform.to_hf(loaded.pop(m.megatron), dims)):
+                            writer.add(name, t.to(cast) if cast is not None else t)
+                        progress.update()
+            writer.finish()
+        finally:
+            writer.close()
+        uniform = len({d for _, _, d in plan}) == 1
         hf_config = with_rope_overrides(src.meta["hf_config"], rope_theta=cfg.rope_theta,
                                         rope_scaling=rope_scaling,
                                         max_position_embeddings=cfg.max_position_embeddings,
-                                        dtype=dtype if len(dtypes) == 1 else None)
+                                        dtype=dtype if uniform else None)
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         copied = copy_side_files(template, tmp) if template is not None else []
         if not (tmp / "generation_config.json").exists():
@@ -258,7 +261,7 @@ def megatron_to_hf(cfg: MegatronToHFConfig) -> ConversionResult:
     if template is None:
         print(f"warning: no --hf-template and the source recorded in {META_NAME} is gone: "
               "tokenizer and processor files were not copied")
-    return ConversionResult("megatron-to-hf", out, sum(map(len, writer.shards)), writer.total_size,
+    return ConversionResult("megatron-to-hf", out, len(plan), writer.total_size,
                             time.perf_counter() - start, dtype, {}, copied)
 
 

@@ -126,19 +126,28 @@ class HFCheckpoint:
 
     @contextlib.contextmanager
     def reader(self) -> Iterator[Any]:
-        """Yield ``get(name) -> Tensor`` reading one tensor at a time from its shard."""
+        """Yield ``get(name) -> Tensor`` reading one tensor at a time from its shard; a shard is
+        unmapped as soon as all its tensors have been read."""
         from safetensors import safe_open
 
-        with contextlib.ExitStack() as stack:
-            handles: dict[str, Any] = {}
+        left = {shard: sum(1 for s in self.weight_map.values() if s == shard) for shard in set(self.weight_map.values())}
+        handles: dict[str, Any] = {}
 
-            def get(name: str) -> torch.Tensor:
-                shard = self.weight_map[name]
-                if shard not in handles:
-                    handles[shard] = stack.enter_context(safe_open(self.path / shard, framework="pt"))
-                return handles[shard].get_tensor(name)
+        def get(name: str) -> torch.Tensor:
+            shard = self.weight_map[name]
+            if shard not in handles:
+                handles[shard] = safe_open(self.path / shard, framework="pt").__enter__()
+            tensor = handles[shard].get_tensor(name)
+            left[shard] -= 1
+            if left[shard] == 0:
+                handles.pop(shard).__exit__(None, None, None)
+            return tensor
 
+        try:
             yield get
+        finally:
+            for handle in handles.values():
+                handle.__exit__(None, None, None)
 
 
 def parse_size(text: str | int) -> int:
@@ -153,43 +162,74 @@ def parse_size(text: str | int) -> int:
     return int(s)
 
 
-class ShardedSafetensorsWriter:
-    """Writes tensors into ``model-0000k-of-0000n.safetensors`` shards of at most ``max_shard_size``
-    bytes (a larger single tensor gets its own shard) plus the index, holding one shard in memory."""
+_SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float64: "F64",
+                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                       torch.uint8: "U8", torch.bool: "BOOL"}
 
-    def __init__(self, out_dir: Path, max_shard_size: int):
-        self.out_dir, self.max_shard_size = Path(out_dir), max_shard_size
-        self.pending: dict[str, torch.Tensor] = {}
-        self.pending_bytes = 0
-        self.shards: list[list[str]] = []
-        self.total_size = 0
+
+class ShardedSafetensorsWriter:
+    """Streams tensors into ``model-0000k-of-0000n.safetensors`` shards plus the index.
+
+    The shards are planned up front from ``(name, shape, dtype)`` (greedy, at most
+    ``max_shard_size`` bytes, a larger tensor alone), so each shard's header is written first and
+    every tensor's bytes go straight from its memory to the file: nothing is buffered. Tensors must
+    be added in plan order.
+    """
+
+    def __init__(self, out_dir: Path, plan: list[tuple[str, tuple[int, ...], torch.dtype]], max_shard_size: int):
+        self.out_dir = Path(out_dir)
+        self.shards: list[list[tuple[str, tuple[int, ...], torch.dtype]]] = []
+        size = 0
+        for name, shape, dtype in plan:
+            nbytes = torch.Size(shape).numel() * dtype.itemsize
+            if not self.shards or (size + nbytes > max_shard_size and self.shards[-1]):
+                self.shards.append([])
+                size = 0
+            self.shards[-1].append((name, tuple(shape), dtype))
+            size += nbytes
+        self.total_size = sum(torch.Size(s).numel() * d.itemsize for _, s, d in plan)
+        n = len(self.shards)
+        self.files = [f"model-{k + 1:05d}-of-{n:05d}.safetensors" if n > 1 else SINGLE_NAME for k in range(n)]
+        self._order = [(k, entry) for k, shard in enumerate(self.shards) for entry in shard]
+        self._next = 0
+        self._stream = None
+
+    def _open(self, k: int) -> None:
+        header, offset = {"__metadata__": {"format": "pt"}}, 0
+        for name, shape, dtype in self.shards[k]:
+            nbytes = torch.Size(shape).numel() * dtype.itemsize
+            header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape),
+                            "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)
+        self._stream = open(self.out_dir / self.files[k], "wb")
+        self._stream.write(len(blob).to_bytes(8, "little") + blob)
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        nbytes = tensor.numel() * tensor.element_size()
-        if self.pending and self.pending_bytes + nbytes > self.max_shard_size:
-            self._flush()
-        self.pending[name] = tensor.contiguous()
-        self.pending_bytes += nbytes
-        self.total_size += nbytes
+        k, (expected, shape, dtype) = self._order[self._next]
+        if name != expected or tuple(tensor.shape) != shape or tensor.dtype != dtype:
+            raise ValueError(f"writer expected {expected} {shape} {dtype}, got {name} "
+                             f"{tuple(tensor.shape)} {tensor.dtype}")
+        if self._next == 0 or self._order[self._next - 1][0] != k:
+            if self._stream is not None:
+                self._stream.close()
+            self._open(k)
+        self._stream.write(memoryview(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()))
+        self._next += 1
 
-    def _flush(self) -> None:
-        from safetensors.torch import save_file
-
-        save_file(self.pending, self.out_dir / f".shard-{len(self.shards):05d}", metadata={"format": "pt"})
-        self.shards.append(list(self.pending))
-        self.pending, self.pending_bytes = {}, 0
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
     def finish(self) -> dict[str, str]:
-        """Name the shards, write the index; return the weight map."""
-        if self.pending:
-            self._flush()
-        n = len(self.shards)
-        weight_map = {}
-        for k, names in enumerate(self.shards):
-            final = f"model-{k + 1:05d}-of-{n:05d}.safetensors" if n > 1 else SINGLE_NAME
-            (self.out_dir / f".shard-{k:05d}").rename(self.out_dir / final)
-            weight_map.update(dict.fromkeys(names, final))
-        if n > 1:
+        """Close the last shard and write the index; return the weight map."""
+        self.close()
+        if self._next != len(self._order):
+            raise ValueError(f"writer got {self._next} of {len(self._order)} planned tensors")
+        weight_map = {name: self.files[k] for k, (name, _, _) in self._order}
+        if len(self.files) > 1:
             index = {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(weight_map.items()))}
             (self.out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
         return weight_map
