@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -71,41 +70,49 @@ def write_synthetic(out: Path, config: dict) -> int:
     return writer.total_size
 
 
+def _rollup(pid: int) -> dict[str, int]:
+    """``Pss``, ``Pss_Anon`` and ``Rss`` of a process in bytes (``/proc/PID/smaps_rollup``)."""
+    out = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("Rss", "Pss", "Pss_Anon"):
+                out[key] = int(rest.split()[0]) * 1024
+    return out
+
+
 def run_measured(argv: list[str], log: Path) -> dict:
-    """Run a command: wall time, its peak RSS (``wait4``'s ``ru_maxrss``: the process and the writer
-    processes it forks, the largest of them), and the peak PSS summed over its process tree
-    (sampled every 0.2 s; shared copy-on-write pages counted once)."""
+    """Run a command and sample its process tree every 0.1 s: wall time, peak RSS of the main
+    process, and the peaks of PSS summed over the tree (the forked checkpoint writers share pages
+    with it; PSS counts a shared page once) in total and for anonymous memory only (the rest is
+    page cache of the files read and written, which the kernel can reclaim)."""
     with open(log, "w") as out:
         proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
-    peak_pss = 0
-    done = threading.Event()
-
-    def sample():
-        nonlocal peak_pss
-        try:
-            main = psutil.Process(proc.pid)
-            while not done.is_set():
-                pss = 0
-                for p in [main, *main.children(recursive=True)]:
-                    with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                        pss += p.memory_full_info().pss
-                peak_pss = max(peak_pss, pss)
-                time.sleep(0.2)
-        except psutil.NoSuchProcess:
-            return
-
+    peak = {"rss": 0, "pss": 0, "pss_anon": 0}
     start = time.perf_counter()
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    _, status, usage = os.wait4(proc.pid, 0)
+    main = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        totals = {"Pss": 0, "Pss_Anon": 0}
+        try:
+            tree = [main, *main.children(recursive=True)]
+            peak["rss"] = max(peak["rss"], _rollup(main.pid)["Rss"])
+        except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+            break
+        for p in tree:
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError, KeyError):
+                r = _rollup(p.pid)
+                totals["Pss"] += r["Pss"]
+                totals["Pss_Anon"] += r["Pss_Anon"]
+        peak["pss"] = max(peak["pss"], totals["Pss"])
+        peak["pss_anon"] = max(peak["pss_anon"], totals["Pss_Anon"])
+        time.sleep(0.1)
+    proc.wait()
     seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    done.set()
-    thread.join()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed:\n{log.read_text()[-3000:]}")
-    return {"seconds": seconds, "peak_rss": usage.ru_maxrss * 1024, "peak_tree_pss": peak_pss}
+    return {"seconds": seconds, "peak_rss": peak["rss"], "peak_tree_pss": peak["pss"],
+            "peak_tree_pss_anon": peak["pss_anon"]}
 
 
 def main() -> None:
@@ -145,9 +152,10 @@ def main() -> None:
     print(f"synthetic Qwen2.5-VL-7B shapes, {args.lm_layers} LM layers + {args.vision_layers} vision blocks: "
           f"{nbytes / 1e9:.2f} GB bf16 (full 7B: {report['full_7b_bytes'] / 1e9:.2f} GB); generated in {gen_s:.0f} s")
     for name, r in runs.items():
-        print(f"  {name:15s} {r['seconds']:6.1f} s  peak RSS {r['peak_rss'] / 1e9:5.2f} GB "
-              f"({r['peak_rss'] / nbytes:.2f}x)  peak PSS of process tree {r['peak_tree_pss'] / 1e9:5.2f} GB "
-              f"({r['peak_tree_pss'] / nbytes:.2f}x)")
+        print(f"  {name:15s} {r['seconds']:6.1f} s  main RSS {r['peak_rss'] / 1e9:5.2f} GB "
+              f"({r['peak_rss'] / nbytes:.2f}x)  tree PSS {r['peak_tree_pss'] / 1e9:5.2f} GB "
+              f"({r['peak_tree_pss'] / nbytes:.2f}x)  tree anonymous PSS {r['peak_tree_pss_anon'] / 1e9:5.2f} GB "
+              f"({r['peak_tree_pss_anon'] / nbytes:.2f}x)")
 
 
 if __name__ == "__main__":
