@@ -6,14 +6,20 @@ Layout (Megatron-LM's)::
     CKPT_DIR/iter_0000000/                       torch_dist: metadata.json, common.pt, .metadata, *.distcp
     CKPT_DIR/iter_0000000/longvlm.json           HF config, dtypes, layout (see docs/checkpoints.md)
 
-Tensors are stored GLOBAL (one ``ShardedTensor`` per key with its full shape), so any TP/PP can
-load them: megatron-core reads each rank's slice from its offsets.
+Tensors are stored GLOBAL (each key with its full shape), so any TP/PP can load them:
+megatron-core reads each rank's slice from its offsets. Decoder layers are stored the way
+megatron-core's ``TransformerBlock.sharded_state_dict`` stores them by default: STACKED, one key
+without the layer number (``language_model.decoder.layers.mlp.linear_fc2.weight``) whose first
+axis is the global layer index. This module translates between that storage and the per-layer
+names of the mapping tables (``...layers.{i}.mlp.linear_fc2.weight``); checkpoints with
+per-layer keys (``non_homogeneous_layers``) are read as well.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +36,56 @@ TRACKER_NAME = "latest_checkpointed_iteration.txt"
 META_NAME = "longvlm.json"
 META_FORMAT = "longvlm/qwen2_5_vl-megatron"
 META_VERSION = 1
+_LAYER_NAME = re.compile(r"^(?P<block>.+\.layers)\.(?P<i>\d+)\.(?P<rest>.+)$")
+_STACKED_KEY = re.compile(r"^(?P<block>.+\.decoder\.layers)\.(?P<rest>[^\d].*)$")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a per-layer name lives in storage: ``key`` and, for a stacked key, layer ``i`` of ``layers``."""
+
+    key: str
+    layer: int | None = None
+    layers: int | None = None
+
+    def sharded_tensor(self, data: torch.Tensor):
+        from megatron.core.dist_checkpointing import ShardedTensor
+
+        if self.layer is None:
+            return ShardedTensor.from_rank_offsets(self.key, data, replica_id=0)
+        return ShardedTensor.from_rank_offsets(self.key, data, (0, self.layer, self.layers), replica_id=0,
+                                               prepend_axis_num=1)
+
+
+def _stacked_slots(names: list[str]) -> dict[str, Slot]:
+    """Per-layer name -> its slot in megatron-core's stacked layout."""
+    layers: dict[str, int] = {}
+    for name in names:
+        if m := _LAYER_NAME.match(name):
+            block = m["block"]
+            layers[block] = max(layers.get(block, 0), int(m["i"]) + 1)
+    slots = {}
+    for name in names:
+        m = _LAYER_NAME.match(name)
+        slots[name] = Slot(f"{m['block']}.{m['rest']}", int(m["i"]), layers[m["block"]]) if m else Slot(name)
+    return slots
+
+
+def _extra_state_objects(slots: dict[str, Slot]) -> dict[str, Any]:
+    """``_extra_state`` of every ``linear_*`` module, as megatron-core's local layers save it
+    (``None``; stacked like the weights), so that ``dist_checkpointing.load(model.sharded_state_dict())``
+    finds every key it asks for."""
+    from megatron.core.dist_checkpointing import ShardedObject
+
+    objects = {}
+    for name, slot in slots.items():
+        module, _, _ = name.rpartition(".")
+        if not module.rpartition(".")[2].startswith("linear_") or name.endswith("layer_norm_weight"):
+            continue
+        key = slot.key.rpartition(".")[0] + "._extra_state"
+        shape, offset = ((slot.layers,), (slot.layer,)) if slot.layer is not None else ((1,), (0,))
+        objects[f"{module}._extra_state"] = ShardedObject(key, None, shape, offset, replica_id=0)
+    return objects
 
 
 def _describe(err: BaseException) -> str:
@@ -64,11 +120,13 @@ def process_group() -> Iterator[None]:
 
 
 def save_global_tensors(tensors: dict[str, torch.Tensor], iter_dir: Path) -> None:
-    """Save whole tensors as torch_dist ``ShardedTensor``s (no sharding: rank 0 holds the full tensor)."""
+    """Save whole tensors (per-layer names) as one process: layers stacked as megatron-core does,
+    plus the linear layers' ``_extra_state``."""
     from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing import ShardedTensor
 
-    sharded = {k: ShardedTensor.from_rank_offsets(k, t, replica_id=0) for k, t in tensors.items()}
+    slots = _stacked_slots(list(tensors))
+    sharded = {name: slots[name].sharded_tensor(t) for name, t in tensors.items()}
+    sharded.update(_extra_state_objects(slots))
     iter_dir.mkdir(parents=True, exist_ok=True)
     dist_checkpointing.save(sharded, str(iter_dir))
 
@@ -84,8 +142,9 @@ class MegatronCheckpoint:
     root: Path
     iter_dir: Path
     meta: dict[str, Any]
-    shapes: dict[str, tuple[int, ...]]
+    shapes: dict[str, tuple[int, ...]]  # per-layer name -> shape
     dtypes: dict[str, torch.dtype]
+    slots: dict[str, Slot]
 
     @classmethod
     def open(cls, root: str | Path, iteration: int | str | None = None) -> MegatronCheckpoint:
@@ -118,49 +177,58 @@ class MegatronCheckpoint:
             tensors = dist_checkpointing.load_tensors_metadata(str(iter_dir))
         except _READ_ERRORS as err:  # torch.distributed.checkpoint raises several types for a bad .metadata
             raise CheckpointError(f"{iter_dir}: corrupt torch_dist metadata ({_describe(err)})") from None
-        shapes = {k: tuple(t.global_shape) for k, t in tensors.items()}
-        dtypes = {k: t.dtype for k, t in tensors.items()}
-        return cls(root, iter_dir, meta, shapes, dtypes)
+        shapes, dtypes, slots = {}, {}, {}
+        for key, t in tensors.items():
+            shape = tuple(t.global_shape)
+            if m := _STACKED_KEY.match(key):
+                for i in range(shape[0]):
+                    name = f"{m['block']}.{i}.{m['rest']}"
+                    shapes[name], dtypes[name], slots[name] = shape[1:], t.dtype, Slot(key, i, shape[0])
+            else:
+                shapes[key], dtypes[key], slots[key] = shape, t.dtype, Slot(key)
+        return cls(root, iter_dir, meta, shapes, dtypes, slots)
 
-    def load(self, keys: list[str]) -> dict[str, torch.Tensor]:
-        """Read whole tensors ``keys`` (only those: the rest of the checkpoint stays on disk)."""
+    def load(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """Read whole tensors ``names`` (per-layer names; only those: the rest stays on disk)."""
         from megatron.core import dist_checkpointing
-        from megatron.core.dist_checkpointing import ShardedTensor
 
-        request = {k: ShardedTensor.from_rank_offsets(k, torch.empty(self.shapes[k], dtype=self.dtypes[k]),
-                                                      replica_id=0) for k in keys}
+        request = {n: self.slots[n].sharded_tensor(torch.empty(self.shapes[n], dtype=self.dtypes[n])) for n in names}
         try:
-            loaded = dist_checkpointing.load(request, str(self.iter_dir))
+            loaded = dist_checkpointing.load(request, str(self.iter_dir), validate_access_integrity=False)
         except _READ_ERRORS as err:  # a truncated or missing .distcp file surfaces from torch's reader
             raise CheckpointError(f"{self.iter_dir}: cannot read tensors, a file is truncated or corrupt "
                                   f"({_describe(err)})") from None
-        return {k: loaded[k] for k in keys}
+        return {n: loaded[n] for n in names}
 
 
 def load_into_model(model: torch.nn.Module, ckpt: MegatronCheckpoint | str | Path,
                     iteration: int | str | None = None) -> None:
-    """Load a converted checkpoint into a Megatron model at any TP/PP (call on every rank).
+    """Load a converted (or training) checkpoint into a Megatron model at any TP/PP; call on every rank.
 
-    Asks the model for its sharded state dict with per-layer keys and global layer numbers
-    (``non_homogeneous_layers``, the key format of docs/checkpoints.md), loads it with
-    ``dist_checkpointing.load`` (each rank reads its own slices; the vocabulary rows are matched
-    with ``allow_shape_mismatch``) and copies it into the model. ``_extra_state`` entries (no
-    weights: ``None`` for the local layers, FP8 metadata for Transformer Engine ones) are not part
-    of a converted checkpoint and keep the model's values. A weight the checkpoint lacks is an error
-    naming it.
+    ``dist_checkpointing.load(model.sharded_state_dict(), iter_dir)`` (each rank reads its slices;
+    the vocabulary rows are matched with ``allow_shape_mismatch``), then ``load_state_dict``. The
+    model's ``_extra_state`` objects that the checkpoint lacks (Transformer Engine layers, whose
+    extra state holds FP8 metadata, not weights) keep the model's values; a weight the checkpoint
+    lacks is an error naming it.
     """
     from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing.mapping import ShardedBase
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
 
     if not isinstance(ckpt, MegatronCheckpoint):
         ckpt = MegatronCheckpoint.open(ckpt, iteration)
-    sharded = model.sharded_state_dict(metadata={"non_homogeneous_layers": True})
-    sharded = {k: v for k, v in sharded.items() if not k.endswith("_extra_state")}
-    missing = sorted({v.key for v in sharded.values() if isinstance(v, ShardedBase) or hasattr(v, "key")}
-                     - set(ckpt.shapes))
+    stored = {slot.key for slot in ckpt.slots.values()}
+    objects = set(dist_checkpointing.load_sharded_metadata(str(ckpt.iter_dir)))
+    sharded = model.sharded_state_dict()
+    sharded = {k: v for k, v in sharded.items()
+               if not (isinstance(v, ShardedObject) and k.endswith("_extra_state") and v.unique_key not in objects)}
+    missing = sorted({v.key for k, v in sharded.items() if not k.endswith("_extra_state")} - stored)
     if missing:
-        raise CheckpointError(f"{ckpt.iter_dir}: the model needs tensor(s) the checkpoint lacks: {', '.join(missing[:10])}")
-    loaded = dist_checkpointing.load(sharded, str(ckpt.iter_dir))
+        raise CheckpointError(f"{ckpt.iter_dir}: the model needs tensor(s) the checkpoint lacks: "
+                              f"{', '.join(missing[:10])}")
+    try:
+        loaded = dist_checkpointing.load(sharded, str(ckpt.iter_dir))
+    except _READ_ERRORS as err:
+        raise CheckpointError(f"{ckpt.iter_dir}: cannot load into the model ({_describe(err)})") from None
     result = model.load_state_dict(loaded, strict=False)
     absent = [k for k in result.missing_keys if not k.endswith("_extra_state")]
     if absent or result.unexpected_keys:
