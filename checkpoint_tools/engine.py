@@ -116,10 +116,10 @@ def _megatron_shapes(mappings: list[Mapping], hf_shapes: dict[str, tuple[int, ..
 
 
 def check_layout(mappings: list[Mapping], shapes: dict[str, tuple], dims: Dims, layout: Layout) -> None:
-    """Every TP-split tensor divides over its TP size and the layers over PP, else one error listing all."""
+    """Every TP-split tensor divides over its TP size and PP has a layer per stage, else one error listing all."""
     problems: dict[str, str] = {}
-    if dims.lm_layers % layout.pp:
-        problems["pp"] = f"{dims.lm_layers} language-model layers do not divide over pp={layout.pp}"
+    if dims.lm_layers < layout.pp:  # uneven stages are fine (num_layers_in_first_pipeline_stage)
+        problems["pp"] = f"{dims.lm_layers} language-model layers cannot fill pp={layout.pp} stages"
     for m in mappings:
         if m.tp_dim is None:
             continue

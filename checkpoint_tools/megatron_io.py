@@ -49,12 +49,23 @@ class Slot:
     layers: int | None = None
 
     def sharded_tensor(self, data: torch.Tensor):
+        """The chunk to save, as megatron-core saves a layer (a prepended layer axis)."""
         from megatron.core.dist_checkpointing import ShardedTensor
 
         if self.layer is None:
             return ShardedTensor.from_rank_offsets(self.key, data, replica_id=0)
         return ShardedTensor.from_rank_offsets(self.key, data, (0, self.layer, self.layers), replica_id=0,
                                                prepend_axis_num=1)
+
+    def request(self, shape: tuple[int, ...], dtype: torch.dtype):
+        """The chunk to load into, ``[1, *shape]`` for a layer. (A prepended axis would take
+        megatron-core's grid path, which on one process cannot load some layers of a key only.)"""
+        from megatron.core.dist_checkpointing import ShardedTensor
+
+        if self.layer is None:
+            return ShardedTensor.from_rank_offsets(self.key, torch.empty(shape, dtype=dtype), replica_id=0)
+        return ShardedTensor.from_rank_offsets(self.key, torch.empty((1, *shape), dtype=dtype),
+                                               (0, self.layer, self.layers), replica_id=0)
 
 
 def _stacked_slots(names: list[str]) -> dict[str, Slot]:
@@ -192,13 +203,13 @@ class MegatronCheckpoint:
         """Read whole tensors ``names`` (per-layer names; only those: the rest stays on disk)."""
         from megatron.core import dist_checkpointing
 
-        request = {n: self.slots[n].sharded_tensor(torch.empty(self.shapes[n], dtype=self.dtypes[n])) for n in names}
+        request = {n: self.slots[n].request(self.shapes[n], self.dtypes[n]) for n in names}
         try:
             loaded = dist_checkpointing.load(request, str(self.iter_dir), validate_access_integrity=False)
         except _READ_ERRORS as err:  # a truncated or missing .distcp file surfaces from torch's reader
             raise CheckpointError(f"{self.iter_dir}: cannot read tensors, a file is truncated or corrupt "
                                   f"({_describe(err)})") from None
-        return {n: loaded[n] for n in names}
+        return {n: loaded[n][0] if self.slots[n].layer is not None else loaded[n] for n in names}
 
 
 def load_into_model(model: torch.nn.Module, ckpt: MegatronCheckpoint | str | Path,
@@ -212,12 +223,13 @@ def load_into_model(model: torch.nn.Module, ckpt: MegatronCheckpoint | str | Pat
     lacks is an error naming it.
     """
     from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing import serialization
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
     if not isinstance(ckpt, MegatronCheckpoint):
         ckpt = MegatronCheckpoint.open(ckpt, iteration)
     stored = {slot.key for slot in ckpt.slots.values()}
-    objects = set(dist_checkpointing.load_sharded_metadata(str(ckpt.iter_dir)))
+    objects = set(serialization.load_sharded_metadata(str(ckpt.iter_dir)))
     sharded = model.sharded_state_dict()
     sharded = {k: v for k, v in sharded.items()
                if not (isinstance(v, ShardedObject) and k.endswith("_extra_state") and v.unique_key not in objects)}

@@ -96,17 +96,18 @@ def megatron_logits(ckpt_root: str | Path, iteration: str | None, inputs: dict[s
         from megatron_vlm.models.qwen25vl import Qwen25VLModel
     except ImportError as err:
         raise CheckpointError(f"verify needs the Megatron model (megatron_vlm.models.qwen25vl): {err}") from None
-    from checkpoint_tools.megatron_io import MegatronCheckpoint, load_into_model
+    from checkpoint_tools.megatron_io import MegatronCheckpoint, load_into_model, process_group
     from megatron_vlm.runtime import initialize_distributed
 
     ckpt = MegatronCheckpoint.open(ckpt_root, iteration)
-    initialize_distributed()
-    model = Qwen25VLModel(qwen25vl_config_from_hf(ckpt.meta["hf_config"], params_dtype=torch.float32,
-                                                  use_cpu_initialization=True)).eval()
-    load_into_model(model, ckpt)
-    with torch.no_grad():
-        logits = model(inputs["input_ids"], pixel_values=inputs["pixel_values"],
-                       image_grid_thw=inputs["image_grid_thw"])
+    with process_group():
+        initialize_distributed(environ={})
+        model = Qwen25VLModel(qwen25vl_config_from_hf(ckpt.meta["hf_config"], params_dtype=torch.float32,
+                                                      use_cpu_initialization=True)).eval()
+        load_into_model(model, ckpt)
+        with torch.no_grad():
+            logits = model(inputs["input_ids"], pixel_values=inputs["pixel_values"],
+                           image_grid_thw=inputs["image_grid_thw"])
     return logits.float()
 
 
