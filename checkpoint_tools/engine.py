@@ -12,6 +12,7 @@ needs the tensors of the checkpoint it writes in memory (about 1x the model's by
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -260,7 +261,7 @@ def megatron_to_hf(cfg: MegatronToHFConfig) -> ConversionResult:
                 json.dumps(default_generation_config(hf_config), indent=2) + "\n")
     if template is None:
         print(f"warning: no --hf-template and the source recorded in {META_NAME} is gone: "
-              "tokenizer and processor files were not copied")
+              "tokenizer and processor files were not copied", file=sys.stderr)
     return ConversionResult("megatron-to-hf", out, len(plan), writer.total_size,
                             time.perf_counter() - start, dtype, {}, copied)
 

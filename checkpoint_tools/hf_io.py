@@ -65,7 +65,7 @@ class HFCheckpoint:
     config: Any
     weight_map: dict[str, str]  # on-disk tensor name -> shard file name
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    dtypes: dict[str, str] = field(default_factory=dict)
+    dtypes: dict[str, str] = field(default_factory=dict)  # "bfloat16", ...
 
     @classmethod
     def open(cls, path: str | Path) -> HFCheckpoint:
@@ -102,7 +102,8 @@ class HFCheckpoint:
                 with safe_open(path / shard, framework="pt") as f:
                     for name in f.keys():
                         sl = f.get_slice(name)
-                        shapes[name], dtypes[name] = tuple(sl.get_shape()), sl.get_dtype()
+                        shapes[name], dtypes[name] = tuple(sl.get_shape()), _TORCH_DTYPE_NAMES.get(
+                            sl.get_dtype(), sl.get_dtype())
                         found[name] = shard
             except (SafetensorError, OSError) as err:
                 raise CheckpointError(f"{path / shard}: corrupt safetensors file ({err})") from None
@@ -165,6 +166,9 @@ def parse_size(text: str | int) -> int:
 _SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float64: "F64",
                        torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
                        torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+_TORCH_DTYPE_NAMES = {code: str(dtype).removeprefix("torch.") for dtype, code in _SAFETENSORS_DTYPES.items()}
 
 
 class ShardedSafetensorsWriter:
