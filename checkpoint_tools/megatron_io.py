@@ -114,7 +114,8 @@ def iteration_dir_name(iteration: int | str) -> str:
 @contextlib.contextmanager
 def process_group() -> Iterator[None]:
     """``torch.distributed`` as ``dist_checkpointing`` needs it: the caller's group if initialized,
-    else a one-process group (``megatron_vlm.runtime``, with its CPU shims) for the block."""
+    else a one-process group (``megatron_vlm.runtime``, with its CPU shims) for the block; the
+    caller's random-number state is left as it was."""
     import torch.distributed as dist
 
     from megatron_vlm import runtime
@@ -123,11 +124,13 @@ def process_group() -> Iterator[None]:
         runtime.apply_cpu_shims()
         yield
         return
+    rng = torch.get_rng_state()
     runtime.initialize_distributed(environ={})  # one process, whatever launcher variables are set
     try:
         yield
     finally:
         runtime.destroy()
+        torch.set_rng_state(rng)
 
 
 def save_global_tensors(tensors: dict[str, torch.Tensor], iter_dir: Path) -> None:
