@@ -84,12 +84,19 @@ def reference(hf_dir, qwen_tokenizer_dir, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2), (2, 2)])
-def test_converted_checkpoint_loads_at_tp_pp_with_transformers_logits(converted, reference, tmp_path, tp, pp):
-    ckpt = converted(tp, pp)
+def test_converted_checkpoint_loads_at_tp_pp_with_transformers_logits(hf_dir, converted, reference, tmp_path, tp, pp):
+    """Plain ``dist_checkpointing.load(model.sharded_state_dict())`` at the layout; then the model's
+    own save (what training writes: its TP shards, stacked layers, unpadded vocabulary) exports
+    bit-exactly."""
+    from test_convert import assert_bit_exact, hf_tensors
+
+    ckpt, saved = converted(tp, pp), tmp_path / "trained"
     run_distributed("tests/workers/convert_load.py", tp * pp,
-                    ["--ckpt", ckpt, "--reference", reference, "--out", tmp_path, "--tp", tp, "--pp", pp],
-                    timeout=400)
+                    ["--ckpt", ckpt, "--reference", reference, "--out", tmp_path, "--tp", tp, "--pp", pp,
+                     "--save", saved], timeout=400)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(tp * pp)]
     assert sum(r["layers"] for r in results) == 4 * tp  # each TP group holds all 4 layers once
     checked = [r.get("logits", r.get("loss")) for r in results if "logits" in r or "loss" in r]
     assert checked and max(checked) <= TOL, results
+    api.convert("megatron-to-hf", ckpt=str(saved), out=str(tmp_path / "exported"))
+    assert_bit_exact(hf_tensors(hf_dir), hf_tensors(tmp_path / "exported"))

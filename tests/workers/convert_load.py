@@ -1,12 +1,14 @@
 """Worker for tests/test_convert_model.py: load a converted checkpoint into ``Qwen25VLModel`` at a
 TP/PP layout with a plain ``dist_checkpointing.load(model.sharded_state_dict())`` and compare with
-transformers' logits (TP: gathered logits; PP: per-token loss through the pipeline schedule).
-Writes ``rank{R}.json`` into ``--out``."""
+transformers' logits (TP: gathered logits; PP: per-token loss through the pipeline schedule);
+then save the model as a training run would (``--save``) for the export test. Writes
+``rank{R}.json`` into ``--out``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -15,7 +17,7 @@ from megatron.core import dist_checkpointing, tensor_parallel
 from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from checkpoint_tools.megatron_io import MegatronCheckpoint
+from checkpoint_tools.megatron_io import META_NAME, MegatronCheckpoint, write_tracker
 from megatron_vlm import runtime
 
 
@@ -29,6 +31,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--pp", type=int, default=1)
+    parser.add_argument("--save", type=Path, required=True, help="save the loaded model here (iteration 100)")
     args = parser.parse_args()
     ref = torch.load(args.reference)
     inputs = {k: ref[k] for k in ("input_ids", "pixel_values", "image_grid_thw")}
@@ -55,6 +58,14 @@ def main() -> None:
         if last:
             expected = F.cross_entropy(ref["logits"][0], ref["labels"][0], reduction="none")
             result["loss"] = (losses[0]["per_token"][0] - expected).abs().max().item()
+    iter_dir = args.save / "iter_0000100"
+    if torch.distributed.get_rank() == 0:
+        iter_dir.mkdir(parents=True)
+    torch.distributed.barrier()
+    dist_checkpointing.save(model.sharded_state_dict(), str(iter_dir))
+    if torch.distributed.get_rank() == 0:
+        shutil.copy(ckpt.iter_dir / META_NAME, iter_dir / META_NAME)
+        write_tracker(args.save, 100)
     (args.out / f"rank{torch.distributed.get_rank()}.json").write_text(json.dumps(result))
     runtime.destroy()
 
