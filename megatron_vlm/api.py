@@ -34,7 +34,17 @@ def pool(**options: Any):
     return run(PoolConfig(**options))
 
 
-synth = _not_implemented("synth")
+def synth(**options: Any):
+    """``longvlm synth``: the five training tasks from a pool; returns a ``SynthResult``.
+
+    Keywords are the CLI options (``pool``, ``output``, ``tasks``, ``generator``, ``per_doc``, ...;
+    see ``preprocess.synth.config.SynthConfig``).
+    """
+    from preprocess.synth import SynthConfig, run_synth
+
+    return run_synth(SynthConfig(**options))
+
+
 build = _not_implemented("build")
 stats = _not_implemented("stats")
 

@@ -16,11 +16,13 @@ nothing. Without CUDA it uses gloo and, before anything else, applies :func:`app
    there): ``torch.cuda.current_device()`` is the CPU device, ``torch.cuda.synchronize()`` and
    ``empty_cache()`` do nothing, and tensor factories called with ``device="cuda"`` allocate on the
    CPU. Everything else is the real ``torch``. Each listed module says why it needs this.
-3. Three functions that call ``Tensor.cuda()`` or check for CUDA tensor types get a CPU twin:
+3. Functions that call ``Tensor.cuda()`` or check for CUDA tensor types get a CPU twin:
    ``clip_grad_by_total_norm_fp32`` (asserts ``torch.cuda.FloatTensor`` gradients),
    ``tensor_parallel.broadcast_data`` (moves the batch with ``.cuda()``), and the ``broadcast`` /
    ``gather_rounds`` tensor exchanges of the fully-parallel checkpoint loader (``.cuda()`` and
    ``init_data("cuda")``), which on CPU are served by its ``gather_object`` exchange.
+   ``LanguageModule.setup_embeddings_and_output_layer`` (tied embeddings with pipeline parallelism
+   move the shared weight with ``.cuda()``) runs with ``Tensor.cuda`` returning the tensor itself.
 
 Not available on CPU at all (they need Transformer Engine or CUDA kernels): context parallelism,
 ``PackedSeqParams``, the distributed optimizer, the fp16/bf16 mixed-precision optimizers (they check
@@ -30,12 +32,11 @@ for CUDA tensor types). See docs/runtime.md.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import random
 import re
-import shutil
-import subprocess
 import types
 from dataclasses import dataclass
 from datetime import timedelta
@@ -83,22 +84,20 @@ def expand_slurm_nodelist(nodelist: str) -> list[str]:
 
 def _first_slurm_host(nodelist: str) -> str:
     hosts = expand_slurm_nodelist(nodelist)
-    if hosts:
-        return hosts[0]
-    if shutil.which("scontrol"):  # a syntax the parser does not know: ask SLURM itself
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
-                             text=True, check=True).stdout.split()
-        if out:
-            return out[0]
-    raise ValueError(f"cannot read the first host of SLURM_NODELIST={nodelist!r}")
+    if not hosts:
+        raise ValueError(f"cannot read a host from SLURM_NODELIST={nodelist!r}")
+    return hosts[0]
+
+
+_SLURM_NODELISTS = ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
 
 
 def read_dist_env(environ: dict[str, str] | None = None) -> DistEnv:
     """Read rank, world size, local rank and the rendezvous address from the environment.
 
     torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` win; otherwise
-    SLURM's ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID`` with the first host of
-    ``SLURM_JOB_NODELIST`` (or ``SLURM_NODELIST``) as the master and ``MASTER_PORT`` if set, else a
+    SLURM's ``SLURM_PROCID``/``SLURM_STEP_NUM_TASKS`` (or ``SLURM_NTASKS``)/``SLURM_LOCALID`` with the
+    first host of ``SLURM_STEP_NODELIST`` (or the job's node list) as the master and ``MASTER_PORT`` if set, else a
     port derived from ``SLURM_JOB_ID`` (so two jobs sharing a node do not collide); otherwise a
     single process.
     """
@@ -111,12 +110,14 @@ def read_dist_env(environ: dict[str, str] | None = None) -> DistEnv:
             master_port=int(env.get("MASTER_PORT", 29500)), launcher="torchrun",
         )
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+        # a job step (srun) may use fewer nodes / tasks than the allocation: its own values first
+        nodelist = next((env[k] for k in _SLURM_NODELISTS if env.get(k)), None)
         if not nodelist:
-            raise ValueError("SLURM_PROCID is set but neither SLURM_JOB_NODELIST nor SLURM_NODELIST")
+            raise ValueError(f"SLURM_PROCID is set but none of {', '.join(_SLURM_NODELISTS)}")
         port = env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", 0)) % 20000
         return DistEnv(
-            rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
+            rank=int(env["SLURM_PROCID"]),
+            world_size=int(env.get("SLURM_STEP_NUM_TASKS") or env["SLURM_NTASKS"]),
             local_rank=int(env.get("SLURM_LOCALID", 0)),
             master_addr=env.get("MASTER_ADDR") or _first_slurm_host(nodelist),
             master_port=int(port), launcher="slurm",
@@ -342,6 +343,21 @@ def _broadcast_data(keys, data, datatype, tp_group=None):
     return output
 
 
+def _without_cuda_moves(method):
+    """Run ``method`` with ``Tensor.cuda()`` returning the tensor itself (single-threaded set-up code)."""
+
+    @functools.wraps(method)
+    def wrapped(*args, **kwargs):
+        cuda = torch.Tensor.cuda
+        torch.Tensor.cuda = lambda self, *_args, **_kwargs: self
+        try:
+            return method(*args, **kwargs)
+        finally:
+            torch.Tensor.cuda = cuda
+
+    return wrapped
+
+
 def apply_cpu_shims() -> None:
     """Make megatron-core's non-TE paths run without CUDA. Idempotent; a no-op when CUDA exists."""
     global _SHIMS_APPLIED
@@ -353,6 +369,7 @@ def apply_cpu_shims() -> None:
 
     from megatron.core import tensor_parallel
     from megatron.core.dist_checkpointing import exchange_utils
+    from megatron.core.models.common.language_module.language_module import LanguageModule
     from megatron.core.optimizer import clip_grads, optimizer
     from megatron.core.tensor_parallel import data as tp_data
     from megatron.core.tensor_parallel import random as tp_random
@@ -366,6 +383,8 @@ def apply_cpu_shims() -> None:
     tp_data.broadcast_data = tensor_parallel.broadcast_data = _broadcast_data
     exchange_utils.exchange_loaded_tensors_broadcast = exchange_utils.exchange_loaded_tensors_gather_object
     exchange_utils.exchange_loaded_tensors_gather_rounds = exchange_utils.exchange_loaded_tensors_gather_object
+    LanguageModule.setup_embeddings_and_output_layer = _without_cuda_moves(
+        LanguageModule.setup_embeddings_and_output_layer)
     _SHIMS_APPLIED = True
 
 

@@ -2,11 +2,11 @@
 
 Usage from a test (this directory is on ``sys.path`` under pytest)::
 
-    from distributed import run_distributed
+    from distributed import read_rank_results, run_distributed
 
     def test_tp2(tmp_path):
-        run_distributed("tests/workers/my_worker.py", 2, ["--out", str(tmp_path)])
-        results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+        run_distributed("tests/workers/my_worker.py", 2, ["--out", tmp_path])
+        rank0, rank1 = read_rank_results(tmp_path, 2)   # each rank wrote rank{RANK}.json
 
 ``target`` is a path to a ``.py`` file (relative paths are taken from the repository root) or a
 dotted module name (run with ``-m``). Each worker gets torchrun's ``RANK``, ``WORLD_SIZE``,
@@ -20,6 +20,7 @@ exceeds ``timeout`` seconds (the whole process group is killed then).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -65,3 +66,8 @@ def run_distributed(target: str | os.PathLike, nprocs: int = 2, args: list[str] 
         raise RuntimeError(f"{target} on {nprocs} processes failed (exit {proc.returncode})\n"
                            f"--- stdout ---\n{stdout[-5000:]}\n--- stderr ---\n{stderr[-10000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def read_rank_results(folder: str | os.PathLike, nprocs: int) -> list:
+    """The ``rank{R}.json`` files the workers wrote into ``folder``, in rank order."""
+    return [json.loads((Path(folder) / f"rank{rank}.json").read_text()) for rank in range(nprocs)]

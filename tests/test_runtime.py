@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
-from distributed import run_distributed
+from distributed import read_rank_results, run_distributed
 
 from megatron_vlm import runtime
 
@@ -24,6 +23,12 @@ def test_slurm_variables_use_first_node_and_job_port():
     env = runtime.read_dist_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1",
                                  "SLURM_JOB_NODELIST": "gpu[007-009,012],cpu1", "SLURM_JOB_ID": "123456"})
     assert env == runtime.DistEnv(5, 16, 1, "gpu007", 20000 + 123456 % 20000, "slurm")
+
+
+def test_slurm_step_values_win_over_the_allocation():
+    env = runtime.read_dist_env({"SLURM_PROCID": "1", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "2",
+                                 "SLURM_JOB_NODELIST": "n[1-4]", "SLURM_STEP_NODELIST": "n[3-4]"})
+    assert (env.world_size, env.master_addr) == (2, "n3")
 
 
 def test_slurm_master_port_and_addr_override():
@@ -43,7 +48,7 @@ def test_no_launcher_means_one_process():
 
 
 def test_slurm_without_nodelist_is_a_clear_error():
-    with pytest.raises(ValueError, match="SLURM_JOB_NODELIST"):
+    with pytest.raises(ValueError, match="SLURM_STEP_NODELIST"):
         runtime.read_dist_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"})
 
 
@@ -104,27 +109,30 @@ def test_rng_tracker_fork_is_reproducible_and_isolated(single_process):
 
 @pytest.fixture(scope="module")
 def parallel_step(tmp_path_factory):
-    """Both ranks' results of tests/workers/gpt_parallel_step.py (reference, TP=2, PP=2)."""
+    """Both ranks' results of tests/workers/gpt_parallel_step.py (references and every layout)."""
     out = tmp_path_factory.mktemp("parallel_step")
-    run_distributed("tests/workers/gpt_parallel_step.py", 2, ["--out", out], timeout=240)
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    run_distributed("tests/workers/gpt_parallel_step.py", 2, ["--out", out], timeout=300)
+    return read_rank_results(out, 2)
 
 
+@pytest.mark.slow
 def test_reference_step_is_sane(parallel_step):
-    ref = parallel_step[0]
-    assert ref["launcher"] == "torchrun" and ref["world_size"] == 2
-    # a random-init model predicts near-uniformly over the 128-token vocabulary
-    assert abs(ref["ref_loss"] - math.log(128)) < 0.3
-    assert ref["ref_update_size"] > 1e-4  # the optimizer step moved the weights
-    assert parallel_step[1]["ref_loss"] == ref["ref_loss"]
+    assert [(r["rank"], r["world_size"], r["launcher"]) for r in parallel_step] == [
+        (0, 2, "torchrun"), (1, 2, "torchrun")]
+    for ref in parallel_step[0]["layouts"].values():
+        # a random-init model predicts near-uniformly over the 128-token vocabulary
+        assert abs(ref["ref_loss"] - math.log(128)) < 0.3
+        assert ref["ref_update_size"] > 1e-4  # the optimizer step moved the weights
 
 
-@pytest.mark.parametrize("layout", ["tp2", "pp2", "tp2_recompute"])
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["tp2", "pp2", "pp2_tied", "tp2_recompute"])
 def test_parallel_layout_matches_single_device(parallel_step, layout):
+    """Same loss, gradient norm, gradients and updated weights as TP=1, PP=1 from the same weights."""
     for rank in parallel_step:
         got = rank["layouts"][layout]
-        assert got["loss"] == pytest.approx(rank["ref_loss"], abs=1e-5)
-        assert got["grad_norm"] == pytest.approx(rank["ref_grad_norm"], rel=1e-5)
+        assert got["loss"] == pytest.approx(got["ref_loss"], abs=1e-5)
+        assert got["grad_norm"] == pytest.approx(got["ref_grad_norm"], rel=1e-5)
         assert got["grads_max_diff"] < 1e-6  # gathered through a resharded dist checkpoint
         assert got["updated_max_diff"] < 1e-5
         assert got["broadcast_matches"]
@@ -182,6 +190,19 @@ def test_run_distributed_sets_torchrun_env_and_reports_failures(tmp_path):
     script.write_text(_ENV_DUMP)
     with pytest.raises(RuntimeError, match="rank 1 gives up"):
         run_distributed(script, 2, [tmp_path], timeout=60)
-    dumps = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    dumps = read_rank_results(tmp_path, 2)
     assert [(d["RANK"], d["LOCAL_RANK"], d["WORLD_SIZE"]) for d in dumps] == [("0", "0", "2"), ("1", "1", "2")]
     assert dumps[0]["MASTER_PORT"] == dumps[1]["MASTER_PORT"] and dumps[0]["OMP_NUM_THREADS"] == "1"
+
+
+def test_device_side_initialization_uses_the_tracker(single_process):
+    """``use_cpu_initialization=False`` allocates on ``current_device()`` and draws the weights in
+    the model-parallel RNG stream; megatron-core's default init is N(0, 0.02)."""
+    from workers.gpt_parallel_step import build_model
+
+    before = torch.get_rng_state()
+    ddp, _ = build_model(1, 1, use_cpu_initialization=False)
+    assert torch.equal(torch.get_rng_state(), before)  # the default stream was not used
+    fc1 = ddp.module.decoder.layers[0].mlp.linear_fc1.weight
+    assert fc1.device == runtime.device() and fc1.shape == (256, 64)
+    assert abs(fc1.std().item() - 0.02) < 0.002 and abs(fc1.mean().item()) < 0.002

@@ -1,12 +1,13 @@
 """Worker for tests/test_runtime.py: one training step of a tiny mRoPE GPT in several layouts.
 
-Run on 2 processes (``tests/distributed.py``). First the reference: TP=1, PP=1 with the two
-ranks as data-parallel replicas, each on half of the global batch; its initial weights are saved
-with ``dist_checkpointing``. Then for each ``--layouts`` entry (``tp2``, ``pp2``, ``tp2_recompute``) the groups are
-rebuilt (``tp2_recompute`` also recomputes activations), the initial checkpoint is loaded (resharded), the same global batch is trained for one step
-(2 micro-batches through megatron-core's pipeline schedule), and the gradients and the updated
-weights are saved and loaded back into a TP=1 model to compare with the reference.
-Each rank writes ``rank{R}.json`` into ``--out``.
+Run on 2 processes (``tests/distributed.py``). The reference is TP=1, PP=1 with the two ranks as
+data-parallel replicas, each on half of the global batch; its initial weights are saved with
+``dist_checkpointing``. For each ``--layouts`` entry the groups are rebuilt, the reference's initial
+checkpoint is loaded (resharded), the same global batch is trained for one step (2 micro-batches
+through megatron-core's pipeline schedule), and the gradients and the updated weights are saved and
+loaded back into a TP=1 model to compare with the reference. Each rank writes ``rank{R}.json`` into
+``--out``: per layout, the reference's and the layout's loss and gradient norm and the largest
+differences of gradients and updated weights.
 """
 
 from __future__ import annotations
@@ -42,28 +43,33 @@ from megatron.core.transformer import TransformerConfig
 from megatron_vlm import runtime
 
 VOCAB, SEQ, GLOBAL_BATCH, MICRO_BATCH = 128, 16, 4, 2
-# name -> (tensor parallel, pipeline parallel, extra TransformerConfig fields)
+# name -> (tensor parallel, pipeline parallel, tied embeddings, extra TransformerConfig fields)
 LAYOUTS = {
-    "tp2": (2, 1, {}),
-    "pp2": (1, 2, {}),
+    "tp2": (2, 1, False, {}),
+    "pp2": (1, 2, False, {}),
+    # the output layer shares the first stage's embedding: an all-reduce across stages keeps them equal
+    "pp2_tied": (1, 2, True, {}),
     # activation recomputation replays the forward under saved RNG states (the CPU RNG shims)
-    "tp2_recompute": (2, 1, {"recompute_granularity": "full", "recompute_method": "uniform",
-                             "recompute_num_layers": 1}),
+    "tp2_recompute": (2, 1, False, {"recompute_granularity": "full", "recompute_method": "uniform",
+                                    "recompute_num_layers": 1}),
 }
 
 
-def build_model(tp: int, pp: int, **extra) -> tuple[DistributedDataParallel, TransformerConfig]:
-    config = TransformerConfig(
+def build_model(tp: int, pp: int, tie: bool = False, **extra) -> tuple[DistributedDataParallel, TransformerConfig]:
+    """A tiny Qwen2-style GPT wrapped in Megatron DDP; ``extra`` overrides TransformerConfig fields."""
+    fields = dict(
         num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2, ffn_hidden_size=128,
         normalization="RMSNorm", add_qkv_bias=True, add_bias_linear=False, gated_linear_unit=True,
         activation_func=F.silu, bias_activation_fusion=False, hidden_dropout=0.0, attention_dropout=0.0,
         mrope_section=[2, 3, 3], tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-        pipeline_dtype=torch.float32, use_cpu_initialization=not torch.cuda.is_available(), **extra,
+        pipeline_dtype=torch.float32, use_cpu_initialization=not torch.cuda.is_available(),
     )
+    config = TransformerConfig(**{**fields, **extra})
     model = GPTModel(
         config, get_gpt_layer_local_spec(normalization="RMSNorm"), vocab_size=VOCAB,
         max_sequence_length=SEQ, pre_process=ps.is_pipeline_first_stage(),
-        post_process=ps.is_pipeline_last_stage(), position_embedding_type="mrope", rotary_base=1_000_000,
+        post_process=ps.is_pipeline_last_stage(), share_embeddings_and_output_weights=tie,
+        position_embedding_type="mrope", rotary_base=1_000_000,
     ).to(runtime.device())
     ddp = DistributedDataParallel(config, DistributedDataParallelConfig(grad_reduce_in_fp32=True), model)
     config.no_sync_func = ddp.no_sync
@@ -167,6 +173,22 @@ def max_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+def reference(tie: bool, out: Path, microbatches) -> dict:
+    """TP=1 x DP=2: save the initial weights, train one step, keep gradients and updated weights."""
+    runtime.initialize_distributed(1, 1, seed=1234)
+    ddp, config = build_model(1, 1, tie)
+    init_dir = out / f"init_tied{int(tie)}"
+    save(ddp.module, init_dir)
+    init = tensors(ddp.module)
+    step = train_step(ddp, config, microbatches[ps.get_data_parallel_rank():][:1])
+    with params_hold_grads(ddp.module):
+        grads = tensors(ddp.module)
+    grad_norm = step["optimizer"].step()[1]
+    updated = tensors(ddp.module)
+    return {"init_dir": init_dir, "grads": grads, "updated": updated, "loss": step["loss"],
+            "grad_norm": grad_norm, "update_size": max_diff(updated, init)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
@@ -174,24 +196,16 @@ def main() -> None:
     args = parser.parse_args()
     env = runtime.initialize_distributed(1, 1, seed=1234)
     microbatches = global_batch()
-
-    ddp, config = build_model(1, 1)
-    save(ddp.module, args.out / "init")
-    init = tensors(ddp.module)
-    ref = train_step(ddp, config, microbatches[ps.get_data_parallel_rank():][:1])
-    with params_hold_grads(ddp.module):
-        ref_grads = tensors(ddp.module)
-    ref_step = ref["optimizer"].step()
-    ref_updated = tensors(ddp.module)
-    result = {"rank": env.rank, "launcher": env.launcher, "world_size": env.world_size,
-              "ref_loss": ref["loss"], "ref_grad_norm": ref_step[1],
-              "ref_update_size": max_diff(ref_updated, init), "layouts": {}}
-
+    result = {"rank": env.rank, "launcher": env.launcher, "world_size": env.world_size, "layouts": {}}
+    refs = {}
     for name in args.layouts:
-        tp, pp, extra = LAYOUTS[name]
+        tp, pp, tie, extra = LAYOUTS[name]
+        if tie not in refs:
+            refs[tie] = reference(tie, args.out, microbatches)
+        ref = refs[tie]
         runtime.initialize_distributed(tp, pp, seed=1234)
-        ddp, config = build_model(tp, pp, **extra)
-        load(ddp.module, args.out / "init")
+        ddp, config = build_model(tp, pp, tie, **extra)
+        load(ddp.module, ref["init_dir"])
         step = train_step(ddp, config, microbatches)
         broadcast_ok = broadcast_matches(microbatches[0])
         with params_hold_grads(ddp.module):
@@ -200,14 +214,15 @@ def main() -> None:
         save(ddp.module, args.out / f"{name}_updated")
 
         runtime.initialize_distributed(1, 1, seed=1234)
-        check, _ = build_model(1, 1)
+        check, _ = build_model(1, 1, tie)
         load(check.module, args.out / f"{name}_grads")
-        grads_diff = max_diff(tensors(check.module), ref_grads)
+        grads_diff = max_diff(tensors(check.module), ref["grads"])
         load(check.module, args.out / f"{name}_updated")
         result["layouts"][name] = {
+            "ref_loss": ref["loss"], "ref_grad_norm": ref["grad_norm"], "ref_update_size": ref["update_size"],
             "loss": step["loss"], "grad_norm": grad_norm, "grads_max_diff": grads_diff,
-            "updated_max_diff": max_diff(tensors(check.module), ref_updated),
-            "tp_world_size": tp, "pp_world_size": pp, "broadcast_matches": broadcast_ok,
+            "updated_max_diff": max_diff(tensors(check.module), ref["updated"]),
+            "broadcast_matches": broadcast_ok,
         }
 
     (args.out / f"rank{env.rank}.json").write_text(json.dumps(result, indent=1))

@@ -1,0 +1,83 @@
+"""The options of ``longvlm synth`` (one typed dataclass, also the CLI) and the task rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+VQA_TASKS = ("extract-single", "extract-multi", "reasoning")
+OCR_TASKS = ("ocr-full", "ocr-needle")
+ALL_TASKS = VQA_TASKS + OCR_TASKS
+
+
+class SynthError(ValueError):
+    """Bad options or input: reported as one clear message, never a traceback."""
+
+
+def parse_range(text: str, name: str) -> tuple[int, int]:
+    """``"8-15"`` -> ``(8, 15)``; ``"3"`` -> ``(3, 3)``."""
+    try:
+        parts = [int(p) for p in str(text).split("-")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not 1 <= parts[0] <= parts[1]:
+        raise SynthError(f"--{name}: expected 'MIN-MAX' with 1 <= MIN <= MAX, got {text!r}")
+    return parts[0], parts[1]
+
+
+@dataclass
+class SynthConfig:
+    pool: str = field(metadata={"help": "pool directory written by 'longvlm pool'", "positional": True,
+                                "metavar": "POOL_DIR"})
+    output: str = field(metadata={"help": "output TASKS.jsonl (written atomically)", "flag": "-o",
+                                  "metavar": "TASKS.jsonl"})
+    tasks: str = field(default=",".join(ALL_TASKS), metadata={
+        "help": "comma-separated tasks to make: " + ", ".join(ALL_TASKS)})
+    generator: str = field(default="offline", metadata={
+        "help": "QA generator for the VQA tasks: 'offline' (deterministic, from the layout blocks; no "
+                "model) or 'openai' (any OpenAI-compatible chat-completions endpoint, e.g. vLLM)",
+        "choices": ["offline", "openai"]})
+    per_doc: int = field(default=1, metadata={"help": "instances attempted per document and task"})
+    per_task: int | None = field(default=None, metadata={
+        "help": "instead of --per-doc: instances attempted per task in all, spread round-robin over the "
+                "documents"})
+    seed: int = field(default=0, metadata={"help": "random seed (segments, pages, question choice)"})
+    segment_pages: str = field(default="8-15", metadata={
+        "help": "page span of the sampled segment of consecutive sections (short-to-long VQA)"})
+    needle_pages: str = field(default="1-3", metadata={"help": "pages transcribed by ocr-needle"})
+    concurrency: int = field(default=8, metadata={"help": "generator requests in flight at once"})
+    endpoint: str = field(default="http://localhost:8000/v1", metadata={
+        "help": "openai: base URL of the chat-completions API (…/v1 or the full …/chat/completions URL)"})
+    model: str | None = field(default=None, metadata={"help": "openai: model name (required)"})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={
+        "help": "openai: environment variable holding the API key (the key is never logged)"})
+    timeout: float = field(default=300.0, metadata={"help": "openai: seconds per request"})
+    max_retries: int = field(default=6, metadata={
+        "help": "openai: retries on 429, 5xx, timeouts and connection errors"})
+    retry_backoff: float = field(default=2.0, metadata={
+        "help": "openai: first retry delay in seconds, doubled on each retry (capped at 60 s)"})
+    temperature: float = field(default=0.7, metadata={"help": "openai: sampling temperature"})
+    max_tokens: int = field(default=1024, metadata={"help": "openai: max tokens of one answer"})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "openai: on-disk response cache (default: OUTPUT.cache); a rerun costs nothing for "
+                "what was done"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def task_list(self) -> list[str]:
+        tasks = [t.strip() for t in self.tasks.split(",") if t.strip()]
+        unknown = [t for t in tasks if t not in ALL_TASKS]
+        if unknown or not tasks:
+            raise SynthError(f"--tasks: unknown task(s) {unknown or tasks}; choose from {', '.join(ALL_TASKS)}")
+        return list(dict.fromkeys(tasks))
+
+    def validate(self) -> None:
+        self.task_list()
+        parse_range(self.segment_pages, "segment-pages")
+        parse_range(self.needle_pages, "needle-pages")
+        if self.per_doc < 1 or (self.per_task is not None and self.per_task < 1):
+            raise SynthError("--per-doc and --per-task must be >= 1")
+        if self.concurrency < 1 or self.max_retries < 0:
+            raise SynthError("--concurrency must be >= 1 and --max-retries >= 0")
+        if self.generator == "openai" and not self.model:
+            raise SynthError("--generator openai needs --model")

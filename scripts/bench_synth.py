@@ -1,0 +1,99 @@
+"""Benchmark ``longvlm synth``: offline throughput, and the openai generator's concurrency and cache.
+
+The openai part runs against a chat-completions server on loopback that answers every request
+after a fixed latency (like a busy VLM server), so the figures show the client side only: how
+bounded concurrency hides latency, and that a rerun served from the cache sends no request.
+
+    PYTHONPATH=. python scripts/bench_synth.py [--pool POOL_DIR] [--latency 0.2]
+
+Without --pool, a pool is built from tests/data/pdfs at 72 dpi into a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from megatron_vlm import api
+
+
+def serve(latency: float) -> tuple[ThreadingHTTPServer, list[int]]:
+    """A chat-completions server answering a valid anchored QA pair after ``latency`` seconds."""
+    calls = [0]
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            calls[0] += 1
+            time.sleep(latency)
+            content = body["messages"][0]["content"]
+            first = int(re.fullmatch(r"Page (\d+):", content[1]["text"])[1])
+            task = re.search(r"Task: ([a-z-]+)", content[0]["text"])[1]
+            pages = [first] if task == "extract-single" else [first, first + 1]
+            qa = {"question": f"On page {first}, what is the {task} fact #{body['seed']}?", "answer": "42",
+                  "evidence": "page text", "evidence_pages": pages}
+            data = json.dumps({"choices": [{"message": {"role": "assistant", "content": json.dumps(qa)}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pool", help="an existing pool directory (default: build one from tests/data/pdfs)")
+    parser.add_argument("--latency", type=float, default=0.2, help="server seconds per request")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench_synth."))
+    pool_dir = args.pool
+    if pool_dir is None:
+        pool_dir = str(work / "pool")
+        t0 = time.perf_counter()
+        api.pool(inputs=["tests/data/pdfs"], output=pool_dir, min_pages=0, max_pages=0, dpi=72, progress=False)
+        print(f"pool built in {time.perf_counter() - t0:.1f} s")
+
+    t0 = time.perf_counter()
+    result = api.synth(pool=pool_dir, output=str(work / "offline.jsonl"), per_doc=4, progress=False)
+    dt = time.perf_counter() - t0
+    n = result.accepted + result.rejected
+    print(f"offline, all 5 tasks, --per-doc 4: {n} attempts ({result.accepted} accepted) in {dt:.2f} s "
+          f"= {n / dt:.0f} instances/s")
+
+    httpd, calls = serve(args.latency)
+    endpoint = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    options = dict(pool=pool_dir, generator="openai", model="bench", endpoint=endpoint, per_doc=2,
+                   tasks="extract-single,extract-multi,reasoning", progress=False)
+    for c in args.concurrency:
+        out = work / f"openai_c{c}.jsonl"
+        before, t0 = calls[0], time.perf_counter()
+        result = api.synth(output=str(out), concurrency=c, **options)
+        dt = time.perf_counter() - t0
+        sent = calls[0] - before
+        print(f"openai, latency {args.latency} s, --concurrency {c:>2}: {sent} requests in {dt:.2f} s "
+              f"= {sent / dt:.1f} requests/s ({result.accepted} accepted)")
+        before, t0 = calls[0], time.perf_counter()
+        api.synth(output=str(out), concurrency=c, **options)
+        print(f"  rerun from the cache: {calls[0] - before} requests, {time.perf_counter() - t0:.2f} s")
+    httpd.shutdown()
+    sizes = [p.stat().st_size for p in (work / "openai_c1.jsonl.cache").rglob("*.json")]
+    print(f"cache: {len(sizes)} responses, {sum(sizes) / 1024:.0f} KiB; work dir {work}")
+
+
+if __name__ == "__main__":
+    main()
