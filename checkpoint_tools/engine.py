@@ -184,10 +184,9 @@ def hf_to_megatron(cfg: HFToMegatronConfig) -> ConversionResult:
     tensors: dict[str, torch.Tensor] = {}
     out = Path(cfg.out)
     with atomic_dir(out) as tmp, process_group():
-        with src.reader() as get:
-            for m in tqdm(mappings, desc="hf -> megatron", unit="tensor", leave=False):
-                meg = m.transform.to_megatron([get(n) for n in m.hf], dims)
-                tensors[m.megatron] = meg.to(cast) if cast is not None else meg
+        for m in tqdm(mappings, desc="hf -> megatron", unit="tensor", leave=False):
+            meg = m.transform.to_megatron([src.read(n) for n in m.hf], dims)
+            tensors[m.megatron] = meg.to(cast) if cast is not None else meg
         dtype = _dtype_name({t.dtype for t in tensors.values()})
         nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         source = {"hf_dir": str(Path(cfg.hf).resolve()), "dtype": _dtype_name(set(src.dtypes.values()))}

@@ -8,10 +8,8 @@ with the on-disk names, ``config.json`` and ``generation_config.json``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,30 +123,14 @@ class HFCheckpoint:
             raise CheckpointError(f"{self.path}: tensor shapes do not match config.json (wrong architecture "
                                   f"or corrupt file): {'; '.join(wrong[:5])}")
 
-    @contextlib.contextmanager
-    def reader(self) -> Iterator[Any]:
-        """Yield ``get(name) -> Tensor`` reading one tensor at a time from its shard; a shard is
-        unmapped as soon as all its tensors have been read."""
+    def read(self, name: str) -> torch.Tensor:
+        """One tensor, through its own short-lived ``safe_open``: the tensor stays memory-mapped
+        while it lives, and the pages of tensors that are dropped (the parts of a fused tensor)
+        leave this process with their mapping instead of staying resident with the shard's."""
         from safetensors import safe_open
 
-        left = {shard: sum(1 for s in self.weight_map.values() if s == shard) for shard in set(self.weight_map.values())}
-        handles: dict[str, Any] = {}
-
-        def get(name: str) -> torch.Tensor:
-            shard = self.weight_map[name]
-            if shard not in handles:
-                handles[shard] = safe_open(self.path / shard, framework="pt").__enter__()
-            tensor = handles[shard].get_tensor(name)
-            left[shard] -= 1
-            if left[shard] == 0:
-                handles.pop(shard).__exit__(None, None, None)
-            return tensor
-
-        try:
-            yield get
-        finally:
-            for handle in handles.values():
-                handle.__exit__(None, None, None)
+        with safe_open(self.path / self.weight_map[name], framework="pt") as f:
+            return f.get_tensor(name)
 
 
 def parse_size(text: str | int) -> int:

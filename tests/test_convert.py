@@ -301,3 +301,24 @@ def test_corrupt_megatron_checkpoint_fails_clearly(converted, tmp_path, capsys):
     (bad / "latest_checkpointed_iteration.txt").unlink()
     run_cli_expecting_error(capsys, ["convert", "megatron-to-hf", "--ckpt", str(bad), "--out", str(out)], out,
                             "not a Megatron checkpoint (no latest_checkpointed_iteration.txt)")
+
+
+def test_per_layer_key_checkpoints_export_too(converted, tiny_hf_checkpoint, tmp_path):
+    """Checkpoints saved with megatron-core's ``non_homogeneous_layers`` (``layers.{i}.`` keys)."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing import ShardedTensor
+
+    from checkpoint_tools.megatron_io import META_NAME, process_group, write_tracker
+
+    src = converted(1, 1)
+    tensors = megatron_tensors(src)
+    assert "language_model.decoder.layers.1.mlp.linear_fc2.weight" in tensors
+    out = tmp_path / "per_layer"
+    with process_group():
+        (out / "iter_0000007").mkdir(parents=True)
+        dist_checkpointing.save({k: ShardedTensor.from_rank_offsets(k, t, replica_id=0) for k, t in tensors.items()},
+                                str(out / "iter_0000007"))
+    shutil.copy(src / "iter_0000000" / META_NAME, out / "iter_0000007" / META_NAME)
+    write_tracker(out, 7)
+    api.convert("megatron-to-hf", ckpt=str(out), out=str(tmp_path / "hf"))
+    assert_bit_exact(hf_tensors(tiny_hf_checkpoint), hf_tensors(tmp_path / "hf"))
