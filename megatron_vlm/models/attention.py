@@ -1,0 +1,188 @@
+"""The ``torch`` attention backend: a core-attention module on ``scaled_dot_product_attention``.
+
+It is the ``core_attention`` submodule of Megatron-Core's ``SelfAttention`` (same call signature
+as ``DotProductAttention``); the segment layout arrives as ``packed_seq_params``. Masks are never
+materialized as ``s x s``: attention runs per segment (a packed sample, an image, a vision
+window), with runs of consecutive equal-length segments batched into one SDPA call as views (no
+gather). With context parallelism K/V are all-gathered over the CP group (cheap with GQA) and each
+local query chunk attends to its segment's keys up to its own position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from megatron.core.packed_seq_params import PackedSeqParams
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.module import MegatronModule
+from torch.nn.attention.bias import causal_lower_right
+
+from megatron_vlm.models.context_parallel import cp_chunks, gather_sequence_from_cp
+
+
+@dataclass
+class AttentionSegments(PackedSeqParams):
+    """Which tokens attend to which; passed as ``packed_seq_params`` through Megatron-Core's blocks.
+
+    ``cu_seqlens`` are boundaries over the batch flattened row-major (``b * s`` tokens, full
+    sequence length when context parallel); a segment never crosses a row. Layers whose 0-based
+    index is in ``full_attention_layers`` use ``cu_seqlens``; the others use ``window_cu_seqlens``
+    when given (Qwen2.5-VL's vision windows). Plans are computed once and reused by every layer.
+    The tensors stay in ``sbhd`` layout (``qkv_format``), so megatron-core treats the attention as
+    unpacked; the route (rather than ``attention_mask``) survives activation recomputation.
+    """
+
+    cu_seqlens: torch.Tensor | None = None
+    window_cu_seqlens: torch.Tensor | None = None
+    full_attention_layers: frozenset[int] = field(default_factory=frozenset)
+    qkv_format: str = "sbhd"
+    _plans: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.cu_seqlens is None:
+            raise ValueError("AttentionSegments needs cu_seqlens")
+
+    def for_layer(self, layer_number: int) -> torch.Tensor:
+        """Boundaries used by Megatron layer ``layer_number`` (1-based)."""
+        if self.window_cu_seqlens is None or (layer_number - 1) in self.full_attention_layers:
+            return self.cu_seqlens
+        return self.window_cu_seqlens
+
+    def plan(self, layer_number: int, batch: int, s_q: int, s_k: int, chunks, causal: bool) -> AttentionPlan:
+        """The cached :func:`attention_plan` of layer ``layer_number``."""
+        cu = self.for_layer(layer_number)
+        key = (id(cu), batch, s_q, s_k, tuple(chunks or ()), causal)
+        if key not in self._plans:
+            self._plans[key] = attention_plan([int(x) for x in cu.tolist()], batch, s_q, s_k, chunks, causal)
+        return self._plans[key]
+
+
+@dataclass
+class AttentionPlan:
+    """Runs of ``n`` consecutive equal-shape segments, in query order.
+
+    Each run is ``(q_start, k_start, n, q_len, k_len, lower_right)`` over the flattened
+    ``batch * s`` tokens: queries ``[q_start, q_start + n * q_len)`` and keys
+    ``[k_start, k_start + n * k_len)`` viewed as ``n`` segments (views, no gather).
+    ``lower_right``: causal with the last query aligned to the last key (a CP chunk that starts
+    inside its segment).
+    """
+
+    runs: list[tuple[int, int, int, int, int, bool]]
+    causal: bool
+
+
+def attention_plan(cu: list[int], batch: int, s_q: int, s_k: int, chunks, causal: bool) -> AttentionPlan:
+    """Cut ``batch`` rows into segments (``cu`` over the flattened ``batch * s_k`` keys) and group them.
+
+    Query indices are local; ``chunks`` lists this rank's ``(local_start, global_start, length)``
+    pieces of every row (context parallel; default: the whole row). With ``causal`` each query
+    chunk sees its segment's keys up to its own last position.
+    """
+    chunks = chunks or [(0, 0, s_q)]
+    if cu[0] != 0 or cu[-1] != batch * s_k:
+        raise ValueError(f"cu_seqlens must span 0..{batch * s_k} (batch {batch} x seq {s_k}), got {cu[0]}..{cu[-1]}")
+    pieces = []
+    for a, e in zip(cu[:-1], cu[1:]):
+        if e <= a:
+            continue
+        row = a // s_k
+        if (e - 1) // s_k != row:
+            raise ValueError(f"attention segment [{a}, {e}) crosses a batch row boundary (row length {s_k})")
+        a_g, e_g = a - row * s_k, e - row * s_k
+        for local_start, global_start, length in chunks:
+            qa, qe = max(a_g, global_start), min(e_g, global_start + length)
+            if qa < qe:
+                k_len = (qe if causal else e_g) - a_g
+                pieces.append((row * s_q + local_start + qa - global_start, row * s_k + a_g, qe - qa, k_len,
+                               causal and qe - qa != k_len))
+    pieces.sort()
+    runs: list[list] = []
+    covered = 0
+    for q0, k0, q_len, k_len, lower_right in pieces:
+        if q0 != covered:
+            raise ValueError(f"attention segments leave query tokens {covered}..{q0} uncovered")
+        covered = q0 + q_len
+        last = runs[-1] if runs else None
+        if (last and (last[3], last[4], last[5]) == (q_len, k_len, lower_right)
+                and last[1] + last[2] * k_len == k0 and last[0] + last[2] * q_len == q0):
+            last[2] += 1
+        else:
+            runs.append([q0, k0, 1, q_len, k_len, lower_right])
+    if covered != batch * s_q:
+        raise ValueError(f"attention segments cover {covered} of {batch * s_q} query tokens")
+    return AttentionPlan([tuple(r) for r in runs], causal)
+
+
+def segmented_attention(q, k, v, plan: AttentionPlan | None, *, causal: bool, dropout_p: float = 0.0,
+                        scale: float | None = None) -> torch.Tensor:
+    """Attention of ``q [b, h, s_q, d]`` over ``k, v [b, h, s_k, d]`` within the ``plan``'s segments.
+
+    ``plan=None``: one (causal or full) segment per row, a single SDPA call.
+    """
+    if plan is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p, scale=scale)
+    b, h, s_q, d = q.shape
+    qf = q.transpose(0, 1).reshape(h, b * s_q, d)
+    kf = k.transpose(0, 1).reshape(h, -1, d)
+    vf = v.transpose(0, 1).reshape(h, -1, d)
+    outs = []
+    for q0, k0, n, q_len, k_len, lower_right in plan.runs:
+        qq = qf[:, q0:q0 + n * q_len].reshape(h, n, q_len, d).transpose(0, 1)
+        kk = kf[:, k0:k0 + n * k_len].reshape(h, n, k_len, d).transpose(0, 1)
+        vv = vf[:, k0:k0 + n * k_len].reshape(h, n, k_len, d).transpose(0, 1)
+        mask = causal_lower_right(q_len, k_len) if lower_right else None
+        o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask, is_causal=plan.causal and not lower_right,
+                                           dropout_p=dropout_p, scale=scale)
+        outs.append(o.transpose(0, 1).reshape(h, n * q_len, d))
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+    return out.reshape(h, b, s_q, d).transpose(0, 1)
+
+
+class TorchDotProductAttention(MegatronModule):
+    """Drop-in ``core_attention`` for Megatron-Core's ``SelfAttention`` built on torch SDPA."""
+
+    def __init__(self, config, layer_number: int, attn_mask_type: AttnMaskType, attention_type: str,
+                 attention_dropout: float | None = None, softmax_scale: float | None = None,
+                 cp_comm_type: str | None = None, pg_collection: ProcessGroupCollection | None = None):
+        super().__init__(config=config)
+        self.layer_number = max(1, layer_number)
+        self.causal = attn_mask_type == AttnMaskType.causal
+        self.softmax_scale = softmax_scale
+        self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+        if pg_collection is None:
+            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp", "cp"])
+        self.cp_group = pg_collection.cp if config.context_parallel_size > 1 else None
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        """``query [sq, b, np, hn]``, ``key/value [sk, b, ng, hn]`` -> ``[sq, b, np * hn]``."""
+        if attention_bias is not None or attention_mask is not None:
+            raise ValueError("the torch attention backend takes no attention_mask / attention_bias: pass "
+                             "packed samples and windows as packed_seq_params=AttentionSegments(cu_seqlens=...)")
+        if packed_seq_params is not None and not isinstance(packed_seq_params, AttentionSegments):
+            raise TypeError("the torch attention backend takes packed_seq_params=AttentionSegments(...), "
+                            f"got {type(packed_seq_params).__name__}")
+        segments = packed_seq_params
+        sq, b, nh, hd = query.shape
+        chunks = None
+        if self.cp_group is not None:
+            key = gather_sequence_from_cp(key, self.cp_group)
+            value = gather_sequence_from_cp(value, self.cp_group)
+            chunks = cp_chunks(key.shape[0], self.cp_group.size(), self.cp_group.rank())
+        groups = key.shape[2]
+        if nh != groups:
+            key = key.repeat_interleave(nh // groups, dim=2)
+            value = value.repeat_interleave(nh // groups, dim=2)
+        plan = None
+        if segments is None and chunks is not None:
+            segments = AttentionSegments(cu_seqlens=torch.arange(0, b * key.shape[0] + 1, key.shape[0]))
+        if segments is not None:
+            plan = segments.plan(self.layer_number, b, sq, key.shape[0], chunks, self.causal)
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        out = segmented_attention(q, k, v, plan, causal=self.causal,
+                                  dropout_p=self.dropout if self.training else 0.0, scale=self.softmax_scale)
+        return out.permute(2, 0, 1, 3).reshape(sq, b, nh * hd)

@@ -1,0 +1,162 @@
+"""``Qwen25VLModel``: the native Megatron-Core Qwen2.5-VL (vision tower + mRoPE ``GPTModel``).
+
+Inputs are full-length rows; with context parallelism the model takes this rank's load-balanced
+part of the sequence itself (vision work is split across CP ranks by image, the image embeddings
+all-gathered) and returns the local part of the logits / per-token loss, in the order given by
+:func:`megatron_vlm.models.context_parallel.cp_slice`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.enums import ModelType
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_block import get_num_layers_to_build
+
+from megatron_vlm.models.attention import AttentionSegments
+from megatron_vlm.models.config import Qwen25VLConfig
+from megatron_vlm.models.context_parallel import all_gather_varlen, cp_slice, split_images_by_cost
+from megatron_vlm.models.specs import block_spec, norm_module, require_transformer_engine
+from megatron_vlm.models.vision import Qwen25VisionModel
+
+
+class Qwen25VLModel(MegatronModule):
+    """Children ``vision_model`` (first pipeline stage only) and ``language_model`` (a ``GPTModel``)."""
+
+    def __init__(self, config: Qwen25VLConfig, *, pre_process: bool = True, post_process: bool = True):
+        super().__init__(config=config.language)
+        if config.attention_backend == "te":
+            require_transformer_engine()
+        self.model_config = config
+        self.model_type = ModelType.encoder_or_decoder  # read by Megatron-Core's pipeline schedules
+        self.pre_process, self.post_process = pre_process, post_process
+        self.share_embeddings_and_output_weights = config.tie_word_embeddings
+        backend = config.attention_backend
+        self.vision_model = None
+        if pre_process:
+            self.vision_model = Qwen25VisionModel(
+                config.vision, block_spec(backend, config.vision.num_layers, causal=False), norm_module(backend))
+        self.language_model = GPTModel(
+            config=config.language,
+            transformer_layer_spec=block_spec(backend, get_num_layers_to_build(config.language), causal=True),
+            vocab_size=config.vocab_size,
+            max_sequence_length=config.max_sequence_length,
+            pre_process=pre_process,
+            post_process=post_process,
+            share_embeddings_and_output_weights=config.tie_word_embeddings,
+            position_embedding_type="mrope",
+            rotary_base=config.rotary_base,
+            scatter_embedding_sequence_parallel=False,
+        )
+        # Position ids reach the rotary embedding already cut to this CP rank's tokens.
+        self.language_model.rotary_pos_emb.cp_group = None
+
+    def set_input_tensor(self, input_tensor) -> None:
+        """Pipeline stages after the first get their input from the previous stage."""
+        self.language_model.set_input_tensor(input_tensor)
+
+    def shared_embedding_or_output_weight(self):
+        return self.language_model.shared_embedding_or_output_weight()
+
+    # -- inputs -----------------------------------------------------------------------------------
+
+    def _cp(self) -> tuple[int, int]:
+        size = self.model_config.language.context_parallel_size
+        return size, (parallel_state.get_context_parallel_rank() if size > 1 else 0)
+
+    def position_ids(self, input_ids: torch.Tensor, image_grid_thw=None, cu_seqlens=None) -> torch.Tensor:
+        """mRoPE position ids ``[3, b, s]`` (``get_rope_index`` rules; restarting per packed sample)."""
+        from megatron_vlm.data.positions import mrope_position_ids, packed_mrope_position_ids
+
+        cfg = self.model_config
+        ids = input_ids.detach().cpu().numpy()
+        grids = np.zeros((0, 3), np.int64) if image_grid_thw is None else \
+            torch.as_tensor(image_grid_thw).cpu().numpy().reshape(-1, 3).astype(np.int64)
+        tokens = grids.prod(1) // cfg.vision.spatial_merge_size ** 2
+        ends = np.cumsum(tokens)
+        kw = dict(image_token_id=cfg.image_token_id, spatial_merge_size=cfg.vision.spatial_merge_size)
+        rows, first, used = [], 0, 0
+        s = ids.shape[1]
+        cu = None if cu_seqlens is None else torch.as_tensor(cu_seqlens).cpu().numpy()
+        for r, row in enumerate(ids):
+            used += int((row == cfg.image_token_id).sum())
+            last = int(np.searchsorted(ends, used, side="right"))  # images whose tokens are in rows <= r
+            row_grids = grids[first:last]
+            first = last
+            if cu is None:
+                rows.append(mrope_position_ids(row, row_grids, **kw))
+            else:
+                row_cu = cu[(cu >= r * s) & (cu <= (r + 1) * s)] - r * s
+                rows.append(packed_mrope_position_ids(row, row_grids, row_cu, **kw))
+        return torch.from_numpy(np.stack(rows, axis=1)).to(input_ids.device)
+
+    def image_embeddings(self, pixel_values: torch.Tensor, image_grid_thw) -> torch.Tensor:
+        """LLM embeddings of all images, in order; with CP each rank encodes a share and they are all-gathered."""
+        grids = torch.as_tensor(image_grid_thw).reshape(-1, 3).cpu()
+        cp_size, cp_rank = self._cp()
+        if cp_size == 1:
+            return self.vision_model(pixel_values, grids)
+        patches = grids.prod(1).tolist()
+        unit = self.model_config.vision.spatial_merge_size ** 2
+        bounds = split_images_by_cost(patches, cp_size)
+        first, last = bounds[cp_rank]
+        p0, p1 = sum(patches[:first]), sum(patches[:last])
+        sizes = [sum(patches[a:b]) // unit for a, b in bounds]
+        if last > first:
+            local = self.vision_model(pixel_values[p0:p1], grids[first:last])
+        else:  # fewer images than CP ranks; requires grad so this rank joins the gather's backward
+            local = pixel_values.new_zeros((0, self.model_config.vision.out_hidden_size),
+                                           dtype=self.model_config.vision.params_dtype).requires_grad_()
+        return all_gather_varlen(local, sizes, parallel_state.get_context_parallel_group())
+
+    def embed(self, input_ids: torch.Tensor, pixel_values=None, image_grid_thw=None) -> torch.Tensor:
+        """Decoder input ``[s_local, b, h]``: word embeddings with image embeddings at ``<|image_pad|>``."""
+        cp_size, cp_rank = self._cp()
+        emb = self.language_model.embedding(input_ids=cp_slice(input_ids, 1, cp_size, cp_rank), position_ids=None)
+        mask = input_ids == self.model_config.image_token_id
+        n_tokens = int(mask.sum())
+        if n_tokens or pixel_values is not None:
+            if pixel_values is None or image_grid_thw is None:
+                raise ValueError(f"input has {n_tokens} <|image_pad|> tokens but no pixel_values / image_grid_thw")
+            images = self.image_embeddings(pixel_values, image_grid_thw).to(emb.dtype)
+            if images.shape[0] != n_tokens:
+                raise ValueError(f"image tokens and image embeddings differ: {n_tokens} <|image_pad|> tokens, "
+                                 f"{images.shape[0]} embeddings from image_grid_thw")
+            rows = (mask.flatten().cumsum(0) - 1).view(mask.shape)
+            mask_l, rows_l = cp_slice(mask, 1, cp_size, cp_rank), cp_slice(rows, 1, cp_size, cp_rank)
+            where = mask_l.t().nonzero(as_tuple=True)  # emb is [s, b, h]
+            emb = emb.index_put(where, images[rows_l.t()[where]])
+        if self.model_config.language.sequence_parallel:
+            emb = tensor_parallel.scatter_to_sequence_parallel_region(emb)
+        return emb
+
+    # -- forward ----------------------------------------------------------------------------------
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None, image_grid_thw=None, cu_seqlens=None,
+                labels: torch.Tensor | None = None, runtime_gather_output: bool | None = None) -> torch.Tensor:
+        """Logits ``[b, s_local, vocab / tp]``, or the per-token loss ``[b, s_local]`` when ``labels`` are given.
+
+        ``input_ids`` ``[b, s]``; ``position_ids`` ``[3, b, s]`` (computed when omitted);
+        ``pixel_values`` / ``image_grid_thw`` for all images of the batch in token order;
+        ``cu_seqlens`` packed-sample boundaries over the row-major flattened ``b * s`` tokens.
+        """
+        cp_size, cp_rank = self._cp()
+        if position_ids is None:
+            position_ids = self.position_ids(input_ids, image_grid_thw, cu_seqlens)
+        segments = None
+        if cu_seqlens is not None:
+            segments = AttentionSegments(cu_seqlens=torch.as_tensor(cu_seqlens).cpu())  # host-side plan, no syncs
+        decoder_input = self.embed(input_ids, pixel_values, image_grid_thw) if self.pre_process else None
+        return self.language_model(
+            input_ids=cp_slice(input_ids, 1, cp_size, cp_rank),
+            position_ids=cp_slice(position_ids, 2, cp_size, cp_rank),
+            attention_mask=None,
+            packed_seq_params=segments,
+            decoder_input=decoder_input,
+            labels=None if labels is None else cp_slice(labels, 1, cp_size, cp_rank),
+            runtime_gather_output=runtime_gather_output,
+        )

@@ -1,0 +1,71 @@
+"""Tensor / sequence / pipeline / context parallel Qwen25VLModel == the unsplit model (2 gloo processes).
+
+One 2-process run of tests/workers/qwen25vl_parallel.py computes every layout against the
+TP=PP=CP=1 reference; the tests below read its per-rank results.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from distributed import run_distributed
+
+pytestmark = pytest.mark.slow
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qwen25vl_parallel")
+    run_distributed("tests/workers/qwen25vl_parallel.py", 2, ["--out", out], timeout=400)
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def _check(results, layout, keys):
+    for rank, res in enumerate(results):
+        got = res[layout]
+        assert "error" not in got, f"rank {rank}: {got.get('error')}"
+        for key in keys:
+            if key in got:
+                assert got[key] <= TOL, f"{layout} rank {rank}: {key} differs by {got[key]} ({got})"
+
+
+def test_tensor_parallel_2_equals_unsplit(results):
+    _check(results, "tp2", ["logits", "loss", "grads"])
+
+
+def test_sequence_parallel_with_tp2_equals_unsplit(results):
+    _check(results, "tp2_sp", ["logits", "loss", "grads"])
+
+
+def test_full_recompute_with_tp2_sp_equals_unsplit(results):
+    _check(results, "tp2_sp_recompute", ["logits", "loss", "grads"])
+
+
+def test_context_parallel_2_equals_unsplit(results):
+    """Load-balanced 2*CP chunks, K/V all-gathered, images split between the two ranks."""
+    _check(results, "cp2", ["logits", "loss", "grads"])
+
+
+def test_context_parallel_2_with_one_image_equals_unsplit(results):
+    """One rank encodes the image without holding its tokens, the other holds them without encoding."""
+    _check(results, "cp2_one_image", ["logits", "loss", "grads"])
+
+
+def test_pipeline_parallel_2_equals_unsplit(results):
+    _check(results, "pp2", ["loss", "grads"])
+    first, last = results[0]["pp2"], results[1]["pp2"]
+    # vision tower and 1 of the 3 language layers on the first stage, 2 on the last
+    assert (first["has_vision"], first["stage_layers"]) == (True, 1)
+    assert (last["has_vision"], last["stage_layers"]) == (False, 2)
+    assert "loss" in last
+
+
+def test_tp2_cp2_with_sequence_parallel_on_4_processes(tmp_path):
+    """TP x CP x SP together (4 gloo processes): logits, loss and gradients equal the unsplit model."""
+    run_distributed("tests/workers/qwen25vl_parallel.py", 4, ["--out", tmp_path, "--layouts", "tp2_cp2_sp"],
+                    timeout=400)
+    _check([json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)], "tp2_cp2_sp",
+           ["logits", "loss", "grads"])

@@ -1,0 +1,296 @@
+"""Qwen25VLModel vs transformers' Qwen2_5_VLForConditionalGeneration: same weights, same logits (fp32 CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hf_to_megatron import load_hf_weights, megatron_state_dict
+from vlm_inputs import IMAGE_PAD, hf_logits, make_row, randomize_weights_
+
+TOL = 1e-4
+
+CONFIGS = {
+    # tiny defaults: mrope (2,3,3), 4 heads / 2 KV groups, full attention in vision layers 1 and 3
+    "base": dict(),
+    # GQA 4:1, other mrope split, one full-attention layer first, 2x2-unit windows, 3 LM layers
+    "gqa4": dict(num_kv_heads=1, mrope_section=(4, 2, 2), vision_depth=3, fullatt_block_indexes=(0,),
+                 window_size=56, num_layers=3),
+    # no GQA, head_dim 16 with 6 heads, wide windows, tied embeddings, 4 vision heads
+    "mha_tied": dict(hidden_size=96, num_heads=6, num_kv_heads=6, mrope_section=(2, 2, 4), intermediate_size=160,
+                     vision_hidden_size=64, vision_heads=4, vision_intermediate_size=96, fullatt_block_indexes=(2,),
+                     window_size=224, tie_word_embeddings=True),
+}
+
+
+@pytest.fixture(scope="module")
+def megatron_single():
+    from megatron_vlm import runtime
+
+    runtime.initialize_distributed(seed=1234)
+    yield
+    runtime.destroy()
+
+
+def _pair(name: str, seed: int = 0):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from megatron_vlm.models.config import qwen25vl_config_from_hf
+    from megatron_vlm.models.qwen25vl import Qwen25VLModel
+    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+
+    hf_config = tiny_qwen25vl_config(**CONFIGS[name])
+    hf = Qwen2_5_VLForConditionalGeneration(hf_config).eval()
+    randomize_weights_(hf, seed)
+    if hf_config.tie_word_embeddings:
+        hf.tie_weights()
+    config = qwen25vl_config_from_hf(hf_config.to_dict())
+    model = Qwen25VLModel(config).eval()
+    load_hf_weights(model, hf, config)
+    return hf, model
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def pair(request, megatron_single):
+    return _pair(request.param)
+
+
+def _assert_close(out, ref):
+    assert out.shape == ref.shape
+    assert ref.abs().max() > 1.0  # weights are scaled so that logits are O(1)
+    diff = (out - ref).abs().max().item()
+    assert diff <= TOL, f"max abs diff {diff}"
+
+
+def test_text_only(pair):
+    hf, model = pair
+    ids = torch.stack([make_row([40], seed=s)[0] for s in (1, 2)])
+    ref = hf_logits(hf, ids)
+    with torch.no_grad():
+        out = model(ids)  # the model computes the (text-only) mRoPE positions itself
+    _assert_close(out, ref)
+
+
+def test_one_image(pair):
+    hf, model = pair
+    ids, grids, pixels = make_row([6, (1, 8, 12), 9], seed=3)
+    ref = hf_logits(hf, ids[None], grids, pixels)
+    with torch.no_grad():
+        out = model(ids[None], pixel_values=pixels, image_grid_thw=grids)
+    _assert_close(out, ref)
+
+
+def test_interleaved_images_of_different_shapes(pair):
+    """Wide, tall, window-unaligned and tiny images between text: windows, positions and scatter order."""
+    hf, model = pair
+    parts = [5, (1, 4, 20), 7, (1, 16, 8), 3, (1, 10, 14), (1, 2, 2), 11]
+    ids, grids, pixels = make_row(parts, seed=4)
+    ref = hf_logits(hf, ids[None], grids, pixels)
+    with torch.no_grad():
+        out = model(ids[None], pixel_values=pixels, image_grid_thw=grids)
+    _assert_close(out, ref)
+
+
+def test_packed_row_equals_each_sample_alone(pair):
+    hf, model = pair
+    a = make_row([4, (1, 8, 8), 6], seed=5)
+    b = make_row([3, (1, 6, 10), 2, (1, 4, 4), 5], seed=6)
+    ids = torch.cat([a[0], b[0]])[None]
+    grids, pixels = torch.cat([a[1], b[1]]), torch.cat([a[2], b[2]])
+    cu = torch.tensor([0, len(a[0]), len(a[0]) + len(b[0])])
+    with torch.no_grad():
+        packed = model(ids, pixel_values=pixels, image_grid_thw=grids, cu_seqlens=cu)
+    ref = torch.cat([hf_logits(hf, s[0][None], s[1], s[2]) for s in (a, b)], dim=1)
+    _assert_close(packed, ref)
+
+
+def test_batch_of_two_rows_with_images(megatron_single):
+    """Images of row 1 follow those of row 0 in ``image_grid_thw``; positions are computed per row."""
+    hf, model = _pair("base", seed=7)
+    a = make_row([4, (1, 8, 8), 6], seed=8)
+    b = make_row([2, (1, 4, 12), 12], seed=9)
+    assert len(a[0]) == len(b[0])
+    ids = torch.stack([a[0], b[0]])
+    with torch.no_grad():
+        out = model(ids, pixel_values=torch.cat([a[2], b[2]]), image_grid_thw=torch.cat([a[1], b[1]]))
+    ref = torch.cat([hf_logits(hf, s[0][None], s[1], s[2]) for s in (a, b)])
+    _assert_close(out, ref)
+
+
+def test_gradients_match_transformers(megatron_single):
+    """Backward too: every parameter's gradient of the summed token loss, mapped to Megatron names."""
+    import torch.nn.functional as F
+
+    hf, model = _pair("gqa4", seed=13)
+    ids, grids, pixels = make_row([5, (1, 8, 12), 4, (1, 4, 6), 6], seed=14)
+    labels = torch.randint(0, 1000, ids.shape, generator=torch.Generator().manual_seed(15))
+    logits = hf(input_ids=ids[None], pixel_values=pixels, image_grid_thw=grids,
+                mm_token_type_ids=(ids[None] == IMAGE_PAD).int()).logits
+    F.cross_entropy(logits[0], labels, reduction="sum").backward()
+    model(ids[None], pixel_values=pixels, image_grid_thw=grids, labels=labels[None]).sum().backward()
+    hf_grads = megatron_state_dict({n: p.grad for n, p in hf.named_parameters()}, model.model_config)
+    for name, p in model.named_parameters():
+        scale = hf_grads[name].abs().max().item()
+        assert scale > 0, name
+        assert (p.grad - hf_grads[name]).abs().max().item() <= 1e-4 * max(1.0, scale), name
+
+
+def test_image_changes_the_logits(megatron_single):
+    """Guard against a vacuous parity: the image pixels must matter to the text after them."""
+    _, model = _pair("base", seed=10)
+    ids, grids, pixels = make_row([3, (1, 8, 8), 5], seed=11)
+    with torch.no_grad():
+        a = model(ids[None], pixel_values=pixels, image_grid_thw=grids)
+        b = model(ids[None], pixel_values=pixels + 0.5, image_grid_thw=grids)
+    assert (a[0, -1] - b[0, -1]).abs().max() > 100 * TOL
+
+
+def test_image_token_count_mismatch_is_a_clear_error(megatron_single):
+    _, model = _pair("base")
+    ids, grids, pixels = make_row([3, (1, 8, 8), 5], seed=12)
+    first_pad = int((ids == IMAGE_PAD).nonzero()[0])
+    ids = torch.cat([ids[:first_pad], ids[first_pad + 1:]])  # one <|image_pad|> too few
+    with torch.no_grad(), pytest.raises(ValueError, match="image"):
+        model(ids[None], pixel_values=pixels, image_grid_thw=grids)
+
+
+# -- pieces checked against independent references ----------------------------------------------
+
+def test_window_layout_matches_transformers():
+    from transformers.vision_utils import get_vision_window_index
+
+    from megatron_vlm.models.vision import window_layout
+
+    grids = torch.tensor([[1, 4, 20], [1, 16, 8], [1, 10, 14], [2, 8, 8], [1, 2, 2]])
+    for window in (56, 112, 224):
+        ref_index, ref_cu = get_vision_window_index(grids, spatial_merge_size=2, window_size=window, patch_size=14)
+        index, cu = window_layout(grids, 2, window, 14)
+        assert torch.equal(index, ref_index)
+        assert cu.tolist() == ref_cu.tolist()
+
+
+def test_segmented_attention_matches_dense_mask():
+    """Per-segment SDPA (incl. context-parallel query chunks) == one SDPA with the dense boolean mask."""
+    import torch.nn.functional as F
+
+    from megatron_vlm.models.attention import attention_plan, segmented_attention
+    from megatron_vlm.models.context_parallel import cp_chunks, cp_token_indices
+
+    g = torch.Generator().manual_seed(0)
+    b, h, s, d = 2, 3, 24, 8
+    q, k, v = (torch.randn(b, h, s, d, generator=g) for _ in range(3))
+    cu = [0, 5, 13, 24, 24 + 9, 24 + 10, 48]  # segments per row; no segment crosses a row
+    seg = torch.zeros(b * s, dtype=torch.long)
+    for i, (lo, hi) in enumerate(zip(cu[:-1], cu[1:])):
+        seg[lo:hi] = i
+    seg = seg.view(b, s)
+    pos = torch.arange(s)
+    for causal in (False, True):
+        allowed = seg[:, :, None] == seg[:, None, :]
+        if causal:
+            allowed = allowed & (pos[None, :, None] >= pos[None, None, :])
+        dense = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+        out = segmented_attention(q, k, v, attention_plan(cu, b, s, s, None, causal), causal=causal)
+        assert (out - dense).abs().max() < 1e-5
+        if causal:
+            for cp_size in (2, 3):
+                for rank in range(cp_size):
+                    idx = cp_token_indices(s, cp_size, rank)
+                    plan = attention_plan(cu, b, len(idx), s, cp_chunks(s, cp_size, rank), True)
+                    part = segmented_attention(q[:, :, idx], k, v, plan, causal=True)
+                    assert (part - dense[:, :, idx]).abs().max() < 1e-5
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+def test_ntk_base_matches_transformers_dynamic_rope():
+    from transformers import Qwen2Config
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from megatron_vlm.models.config import ntk_rope_base
+
+    for head_dim, original, target in ((128, 32768, 131072), (64, 4096, 10000)):
+        hf = Qwen2Config(hidden_size=head_dim * 4, num_attention_heads=4, max_position_embeddings=original,
+                         rope_parameters={"rope_type": "dynamic", "rope_theta": 1e6, "factor": 1.0})
+        inv_freq, _ = ROPE_INIT_FUNCTIONS["dynamic"](hf, None, seq_len=target)
+        base = ntk_rope_base(1e6, head_dim, target, original)
+        ours = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        assert torch.allclose(ours.float(), inv_freq.float(), rtol=1e-6)
+    assert abs(ntk_rope_base(1e6, 128, 4, 1) / 4.09e6 - 1) < 0.01  # the paper-scale figure
+
+
+def test_config_from_hub_style_config_json(tmp_path):
+    """The hub's flat config.json (7B shapes): rope base modes, GQA, vision geometry, export of the base."""
+    from megatron_vlm.models.config import qwen25vl_config_from_hf
+
+    hub = {
+        "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
+        "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+        "num_key_value_heads": 4, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "vocab_size": 152064,
+        "max_position_embeddings": 128000, "tie_word_embeddings": False, "hidden_act": "silu",
+        "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+        "image_token_id": 151655, "vision_start_token_id": 151652,
+        "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+                          "out_hidden_size": 3584, "fullatt_block_indexes": [7, 15, 23, 31], "window_size": 112,
+                          "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_chans": 3,
+                          "hidden_act": "silu"},
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(hub))
+    cfg = qwen25vl_config_from_hf(tmp_path)
+    assert (cfg.language.num_query_groups, cfg.language.kv_channels, cfg.language.mrope_section) == (4, 128, [16, 24, 24])
+    assert cfg.vision.fullatt_block_indexes == (7, 15, 23, 31) and cfg.vision.kv_channels == 80
+    assert cfg.rotary_base == 1e6 and not cfg.tie_word_embeddings
+    ntk = qwen25vl_config_from_hf(path, rope_base_mode="ntk", rope_target_length=131072, rope_original_length=32768)
+    assert abs(ntk.rotary_base / 4.09e6 - 1) < 0.01
+    assert ntk.to_hf_config()["rope_theta"] == ntk.rotary_base
+    explicit = qwen25vl_config_from_hf(hub, rope_base_mode="explicit", rope_base=5e6)
+    assert explicit.rotary_base == 5e6
+    with pytest.raises(ValueError, match="explicit"):
+        qwen25vl_config_from_hf(hub, rope_base_mode="explicit")
+    with pytest.raises(KeyError, match="vision_config"):
+        qwen25vl_config_from_hf({k: v for k, v in hub.items() if k != "vision_config"})
+
+
+def test_te_backend_fails_clearly_without_cuda(megatron_single):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: the te backend may be usable")
+    from megatron_vlm.models.config import qwen25vl_config_from_hf
+    from megatron_vlm.models.qwen25vl import Qwen25VLModel
+    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+
+    cfg = qwen25vl_config_from_hf(tiny_qwen25vl_config().to_dict(), attention_backend="te")
+    with pytest.raises(RuntimeError, match="'te' needs a CUDA GPU"):
+        Qwen25VLModel(cfg)
+
+
+def test_checkpoint_keys_follow_docs_checkpoints_md(megatron_single):
+    """Sharded-state-dict keys (what dist checkpoints and the converter use) are the documented names."""
+    from megatron_vlm.models.config import qwen25vl_config_from_hf
+    from megatron_vlm.models.qwen25vl import Qwen25VLModel
+    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+
+    model = Qwen25VLModel(qwen25vl_config_from_hf(tiny_qwen25vl_config().to_dict()))
+    keys = {v.key for k, v in model.sharded_state_dict().items() if not k.endswith("_extra_state")}
+    layer = ["self_attention.linear_qkv.layer_norm_weight", "self_attention.linear_qkv.weight",
+             "self_attention.linear_qkv.bias", "self_attention.linear_proj.weight",
+             "mlp.linear_fc1.layer_norm_weight", "mlp.linear_fc1.weight", "mlp.linear_fc2.weight"]
+    vision_extra = ["self_attention.linear_proj.bias", "mlp.linear_fc1.bias", "mlp.linear_fc2.bias"]
+    expected = {f"language_model.decoder.layers.{n}" for n in layer}
+    expected |= {f"vision_model.decoder.layers.{n}" for n in layer + vision_extra}
+    expected |= {"language_model.embedding.word_embeddings.weight", "language_model.decoder.final_layernorm.weight",
+                 "language_model.output_layer.weight", "vision_model.patch_embed.proj.weight",
+                 "vision_model.merger.layer_norm.weight"}
+    expected |= {f"vision_model.merger.linear_fc{i}.{k}" for i in (1, 2) for k in ("weight", "bias")}
+    assert keys == expected
+
+
+def test_images_split_over_context_parallel_ranks():
+    """Contiguous image ranges covering every image once, balanced by patch count; ranks may get none."""
+    from megatron_vlm.models.context_parallel import split_images_by_cost
+
+    assert split_images_by_cost([10, 10, 10, 10], 2) == [(0, 2), (2, 4)]
+    assert split_images_by_cost([100, 1, 1], 2) == [(0, 1), (1, 3)]
+    assert split_images_by_cost([5], 2) == [(0, 1), (1, 1)]
+    assert split_images_by_cost([1, 1, 1, 1, 1, 1, 1, 1], 4) == [(0, 2), (2, 4), (4, 6), (6, 8)]

@@ -1,0 +1,216 @@
+"""Worker for tests/test_model_parallel.py: split Qwen25VLModel layouts vs the unsplit model (2 ranks).
+
+First the reference: TP=PP=CP=1 (the two ranks are data-parallel replicas) with seeded random
+weights on a packed row of two samples with three images; logits, per-token loss and gradients
+are kept and the weights saved with ``dist_checkpointing``. Then for each ``--layouts`` entry the
+groups are rebuilt, the weights loaded (resharded by the sharded-state-dict keys of
+docs/checkpoints.md), the same row run forward and backward, and the largest differences
+recorded. Gradients of TP/PP layouts are compared by saving them as a checkpoint of the split
+model and loading that into the unsplit layout. Each rank writes ``rank{R}.json`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+from megatron.core import dist_checkpointing, tensor_parallel
+from megatron.core import parallel_state as ps
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (vlm_inputs)
+
+from vlm_inputs import make_row, randomize_weights_  # noqa: E402
+
+from megatron_vlm import runtime  # noqa: E402
+from megatron_vlm.models.config import qwen25vl_config_from_hf  # noqa: E402
+from megatron_vlm.models.context_parallel import cp_slice  # noqa: E402
+from megatron_vlm.models.qwen25vl import Qwen25VLModel  # noqa: E402
+from megatron_vlm.models.tiny import tiny_qwen25vl_config  # noqa: E402
+
+# name -> (initialize_distributed sizes, extra config fields, batch)
+LAYOUTS = {
+    "tp2": (dict(tensor_model_parallel_size=2), {}, "packed"),
+    "tp2_sp": (dict(tensor_model_parallel_size=2), dict(sequence_parallel=True), "packed"),
+    # activation recomputation in both towers: segments travel through megatron's checkpointing
+    "tp2_sp_recompute": (dict(tensor_model_parallel_size=2), dict(sequence_parallel=True,
+                                                                  recompute_granularity="full"), "packed"),
+    "pp2": (dict(pipeline_model_parallel_size=2), dict(num_layers_in_first_pipeline_stage=1), "packed"),
+    "cp2": (dict(context_parallel_size=2), {}, "packed"),
+    # rank 0 encodes the only image but holds none of its tokens; rank 1 encodes nothing
+    "cp2_one_image": (dict(context_parallel_size=2), {}, "one_image"),
+    # 4 processes (not in the default 2-process run): --layouts tp2_cp2_sp
+    "tp2_cp2_sp": (dict(tensor_model_parallel_size=2, context_parallel_size=2), dict(sequence_parallel=True),
+                   "packed"),
+}
+
+
+def config(sizes=None, **extra):
+    hf = tiny_qwen25vl_config(num_layers=3).to_dict()
+    return qwen25vl_config_from_hf(hf, **(sizes or {}), **extra)
+
+
+def batch(name: str = "packed"):
+    """``packed``: a row of two samples (28 + 36 tokens, three images of different shapes);
+    ``one_image``: 44 tokens, the image's tokens at 11..26. Returns the inputs and labels."""
+    if name == "packed":
+        a = make_row([4, (1, 8, 8), 6], seed=5)
+        b = make_row([3, (1, 6, 10), 2, (1, 4, 4), 8], seed=6)
+        ids = torch.cat([a[0], b[0]])[None]
+        inputs = dict(input_ids=ids, pixel_values=torch.cat([a[2], b[2]]), image_grid_thw=torch.cat([a[1], b[1]]),
+                      cu_seqlens=torch.tensor([0, len(a[0]), ids.shape[1]]))
+    else:
+        ids, grids, pixels = make_row([10, (1, 8, 8), 16], seed=8)
+        inputs = dict(input_ids=ids[None], pixel_values=pixels, image_grid_thw=grids)
+    labels = torch.randint(0, 1000, inputs["input_ids"].shape, generator=torch.Generator().manual_seed(7))
+    return inputs, labels
+
+
+def save(model, path: Path) -> None:
+    if torch.distributed.get_rank() == 0:
+        path.mkdir(parents=True)
+    torch.distributed.barrier()
+    dist_checkpointing.save(model.sharded_state_dict(), str(path))
+
+
+def load(model, path: Path) -> None:
+    model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), str(path)))
+
+
+def grads_in_unsplit_layout(model, path: Path) -> dict[str, torch.Tensor]:
+    """Save ``model``'s gradients as its weights and read them back in the TP=PP=1 layout."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.grad if p.grad is not None else torch.zeros_like(p))
+    save(model, path)
+    runtime.initialize_distributed(seed=1)
+    full = Qwen25VLModel(config())
+    load(full, path)
+    return {n: p.detach() for n, p in full.named_parameters()}
+
+
+def max_grad_diff(grads, ref_grads) -> tuple[float, str]:
+    diffs = {n: (g - ref_grads[n]).abs().max().item() for n, g in grads.items()}
+    worst = max(diffs, key=diffs.get)
+    return diffs[worst], worst
+
+
+def reference(out: Path) -> dict:
+    """Unsplit model: saved weights, and per batch the logits, per-token loss and gradients."""
+    runtime.initialize_distributed(seed=1)
+    model = Qwen25VLModel(config())
+    randomize_weights_(model, seed=3)
+    save(model, out / "weights")
+    ref = {"model": model}
+    for name in ("packed", "one_image"):
+        model.zero_grad(set_to_none=True)
+        inputs, labels = batch(name)
+        with torch.no_grad():
+            logits = model(**inputs)
+        loss = model(**inputs, labels=labels)
+        loss.sum().backward()
+        ref[name] = (logits, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    return ref
+
+
+def run_tp(name, sizes, extra, out, ref):
+    ref_logits, ref_loss, ref_grads = ref
+    runtime.initialize_distributed(seed=1, **sizes)
+    model = Qwen25VLModel(config(sizes, **extra))
+    load(model, out / "weights")
+    inputs, labels = batch()
+    with torch.no_grad():
+        logits = tensor_parallel.gather_from_tensor_model_parallel_region(model(**inputs))
+    loss = model(**inputs, labels=labels)
+    loss.sum().backward()
+    for p in model.parameters():  # what finalize_model_grads does for sequence-parallel norms
+        if getattr(p, "sequence_parallel", False) and p.grad is not None:
+            torch.distributed.all_reduce(p.grad, group=ps.get_tensor_model_parallel_group())
+    grad_diff, worst = max_grad_diff(grads_in_unsplit_layout(model, out / f"grads_{name}"), ref_grads)
+    return dict(logits=(logits - ref_logits).abs().max().item(), loss=(loss - ref_loss).abs().max().item(),
+                grads=grad_diff, worst_grad=worst)
+
+
+def run_pp(name, sizes, extra, out, ref):
+    _, ref_loss, ref_grads = ref
+    runtime.initialize_distributed(seed=1, **sizes)
+    first, last = ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage()
+    model = Qwen25VLModel(config(sizes, **extra), pre_process=first, post_process=last)
+    load(model, out / "weights")
+    inputs, labels = batch()
+
+    def step(_iterator, m):
+        def loss_func(per_token):
+            return per_token.sum(), {"loss": per_token.sum().detach()}
+
+        return m(**inputs, labels=labels), loss_func
+
+    losses = get_forward_backward_func()(
+        forward_step_func=step, data_iterator=iter([None]), model=[model], num_microbatches=1,
+        seq_length=inputs["input_ids"].shape[1], micro_batch_size=1, forward_only=False)
+    result = dict(stage_layers=len(model.language_model.decoder.layers), has_vision=model.vision_model is not None)
+    if last:
+        result["loss"] = abs(losses[0]["loss"].item() - ref_loss.sum().item())
+    result["grads"], result["worst_grad"] = max_grad_diff(grads_in_unsplit_layout(model, out / f"grads_{name}"),
+                                                          ref_grads)
+    return result
+
+
+def run_cp(name, sizes, extra, out, ref, batch_name):
+    ref_logits, ref_loss, ref_grads = ref
+    runtime.initialize_distributed(seed=1, **sizes)
+    model = Qwen25VLModel(config(sizes, **extra))
+    load(model, out / "weights")
+    rank, size = ps.get_context_parallel_rank(), ps.get_context_parallel_world_size()
+    inputs, labels = batch(batch_name)
+    with torch.no_grad():
+        logits = tensor_parallel.gather_from_tensor_model_parallel_region(model(**inputs))
+    loss = model(**inputs, labels=labels)
+    loss.sum().backward()
+    grads = {}
+    for n, p in model.named_parameters():  # what the data-parallel (incl. CP) grad reduction does
+        grads[n] = p.grad if p.grad is not None else torch.zeros_like(p)  # no image on this rank
+        torch.distributed.all_reduce(grads[n], group=ps.get_context_parallel_group())
+        if getattr(p, "sequence_parallel", False):
+            torch.distributed.all_reduce(grads[n], group=ps.get_tensor_model_parallel_group())
+        p.grad = grads[n]
+    if ps.get_tensor_model_parallel_world_size() > 1:
+        grads = grads_in_unsplit_layout(model, out / f"grads_{name}")
+    grad_diff, worst = max_grad_diff(grads, ref_grads)
+    return dict(logits=(logits - cp_slice(ref_logits, 1, size, rank)).abs().max().item(),
+                loss=(loss.detach() - cp_slice(ref_loss, 1, size, rank)).abs().max().item(),
+                grads=grad_diff, worst_grad=worst)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--layouts", nargs="+", help="default: every layout of at most 2 processes",
+                        default=[n for n, (sizes, _, _) in LAYOUTS.items() if math.prod(sizes.values()) <= 2])
+    args = parser.parse_args()
+    runtime.initialize_distributed(seed=1)
+    ref = reference(args.out)
+    results = {}
+    for name in args.layouts:
+        sizes, extra, batch_name = LAYOUTS[name]
+        try:
+            if "context_parallel_size" in sizes:
+                results[name] = run_cp(name, sizes, extra, args.out, ref[batch_name], batch_name)
+            elif "pipeline_model_parallel_size" in sizes:
+                results[name] = run_pp(name, sizes, extra, args.out, ref[batch_name])
+            else:
+                results[name] = run_tp(name, sizes, extra, args.out, ref[batch_name])
+        except Exception:
+            results[name] = {"error": traceback.format_exc()}
+    rank = torch.distributed.get_rank()
+    (args.out / f"rank{rank}.json").write_text(json.dumps(results, indent=1))
+    runtime.destroy()
+
+
+if __name__ == "__main__":
+    main()
