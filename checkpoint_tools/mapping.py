@@ -13,6 +13,7 @@ tensor parallelism splits it; it is used to validate a layout, not to cut files.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -272,21 +273,16 @@ class Mapping:
 
 
 def expand(dims: Dims) -> list[Mapping]:
-    """All concrete mappings of a model, in HF checkpoint order (language model, then vision)."""
+    """All concrete mappings of a model, in HF checkpoint order (language model, then vision; the
+    per-layer rules of a part layer by layer)."""
     out: list[Mapping] = []
     for _, rules, layers_field, tp_kind in PARTS:
-        per_layer = [r for r in rules if "{i}" in r.megatron]
-        for rule in rules:
-            if rule.untied_only and dims.tie_word_embeddings:
-                continue
-            if "{i}" in rule.megatron:
-                if rule is not per_layer[0]:
-                    continue
-                for i in range(getattr(dims, layers_field)):
-                    out.extend(Mapping(r.megatron.format(i=i), tuple(h.format(i=i) for h in r.hf),
-                                       r.transform, r.tp_dim, tp_kind) for r in per_layer)
-            else:
-                out.append(Mapping(rule.megatron, rule.hf, rule.transform, rule.tp_dim, tp_kind))
+        rules = [r for r in rules if not (r.untied_only and dims.tie_word_embeddings)]
+        for per_layer, run in itertools.groupby(rules, key=lambda r: "{i}" in r.megatron):
+            run = list(run)
+            for i in range(getattr(dims, layers_field)) if per_layer else [None]:
+                out.extend(Mapping(r.megatron.format(i=i), tuple(h.format(i=i) for h in r.hf), r.transform,
+                                   r.tp_dim, tp_kind) for r in run)
     return out
 
 

@@ -180,7 +180,7 @@ def test_export_writes_trained_rope_settings_and_copies_tokenizer_files(
     assert AutoTokenizer.from_pretrained(out).convert_tokens_to_ids("<|image_pad|>") == 151655
 
 
-def test_flat_transformers4_config_keeps_its_layout(tmp_path):
+def test_flat_transformers4_config_keeps_its_layout():
     from checkpoint_tools.hf_io import with_rope_overrides
 
     flat = {"model_type": "qwen2_5_vl", "rope_theta": 1e6, "max_position_embeddings": 128000,
