@@ -100,3 +100,32 @@ def test_converted_checkpoint_loads_at_tp_pp_with_transformers_logits(hf_dir, co
     assert checked and max(checked) <= TOL, results
     api.convert("megatron-to-hf", ckpt=str(saved), out=str(tmp_path / "exported"))
     assert_bit_exact(hf_tensors(hf_dir), hf_tensors(tmp_path / "exported"))
+
+
+def test_verify_catches_the_classic_vision_qkv_mistake(hf_dir, converted, tmp_path):
+    """One vision block's qkv left in HF's stacked [Q; K; V] order (the usual port bug) fails verify."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from checkpoint_tools.megatron_io import (
+        META_NAME,
+        MegatronCheckpoint,
+        process_group,
+        save_global_tensors,
+        write_tracker,
+    )
+
+    src = converted(1, 1)
+    hf = {}
+    for f in sorted(hf_dir.glob("*.safetensors")):
+        hf.update(load_file(f))
+    with process_group():
+        ckpt = MegatronCheckpoint.open(src)
+        tensors = ckpt.load([n for n in ckpt.shapes if n.startswith(("language_model.", "vision_model."))])
+        tensors["vision_model.decoder.layers.1.self_attention.linear_qkv.weight"] = hf["visual.blocks.1.attn.qkv.weight"]
+        save_global_tensors(tensors, tmp_path / "bad" / "iter_0000000")
+    shutil.copy(ckpt.iter_dir / META_NAME, tmp_path / "bad" / "iter_0000000" / META_NAME)
+    write_tracker(tmp_path / "bad", 0)
+    result = api.convert("verify", hf=str(hf_dir), ckpt=str(tmp_path / "bad"), atol=TOL)
+    assert not result.passed and result.max_abs_diff > 100 * TOL
