@@ -129,3 +129,19 @@ def test_verify_catches_the_classic_vision_qkv_mistake(hf_dir, converted, tmp_pa
     write_tracker(tmp_path / "bad", 0)
     result = api.convert("verify", hf=str(hf_dir), ckpt=str(tmp_path / "bad"), atol=TOL)
     assert not result.passed and result.max_abs_diff > 100 * TOL
+
+
+def test_verify_takes_user_images_and_prompt(hf_dir, converted, tmp_path, capsys):
+    from PIL import Image
+
+    paths = []
+    for k, size in enumerate([(60, 90), (200, 120)]):
+        paths += ["--image", str(tmp_path / f"img{k}.png")]
+        Image.new("RGB", size, (40 * k, 200, 90)).save(paths[-1])
+    assert main(["convert", "verify", "--hf", str(hf_dir), "--ckpt", str(converted(1, 1)), *paths,
+                 "--prompt", "What colour is the page?", "--json", "--atol", str(TOL)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["images"] == 2 and result["passed"]
+    assert main(["convert", "verify", "--hf", str(hf_dir), "--ckpt", str(converted(1, 1)),
+                 "--image", str(tmp_path / "missing.png")]) == 2
+    assert "missing.png: cannot read it" in capsys.readouterr().err
