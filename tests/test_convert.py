@@ -322,3 +322,18 @@ def test_per_layer_key_checkpoints_export_too(converted, tiny_hf_checkpoint, tmp
     write_tracker(out, 7)
     api.convert("megatron-to-hf", ckpt=str(out), out=str(tmp_path / "hf"))
     assert_bit_exact(hf_tensors(tiny_hf_checkpoint), hf_tensors(tmp_path / "hf"))
+
+
+def test_unmapped_megatron_tensor_is_named(converted, tmp_path, capsys):
+    from checkpoint_tools.megatron_io import META_NAME, process_group, save_global_tensors, write_tracker
+
+    src = converted(1, 1)
+    tensors = megatron_tensors(src)
+    tensors["language_model.embedding.position_embeddings.weight"] = torch.ones(8, 64)
+    with process_group():
+        save_global_tensors(tensors, tmp_path / "bad" / "iter_0000000")
+    shutil.copy(src / "iter_0000000" / META_NAME, tmp_path / "bad" / "iter_0000000" / META_NAME)
+    write_tracker(tmp_path / "bad", 0)
+    out = tmp_path / "out"
+    run_cli_expecting_error(capsys, ["convert", "megatron-to-hf", "--ckpt", str(tmp_path / "bad"), "--out", str(out)],
+                            out, "not mapped by any rule: language_model.embedding.position_embeddings.weight")
