@@ -165,7 +165,6 @@ def _meta(hf_config: dict, source: dict, dtype: str, layout: Layout, dims: Dims)
                    "make_vocab_size_divisible_by": layout.make_vocab_size_divisible_by},
         "vocab_size": dims.vocab_size,
         "padded_vocab_size": dims.padded_vocab_size,
-        "layer_keys": "per-layer, global layer numbers (language_model.decoder.layers.{i}.*)",
     }
 
 

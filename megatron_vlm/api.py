@@ -45,8 +45,24 @@ def synth(**options: Any):
     return run_synth(SynthConfig(**options))
 
 
-build = _not_implemented("build")
-stats = _not_implemented("stats")
+def build(**options: Any):
+    """``longvlm build``: options of ``preprocess.build.config.BuildConfig`` as keywords
+    (``tasks``, ``pool``, ``tokenizer``, ``output`` required). Returns a ``BuildResult``
+    (``prefix``, ``files``, ``report``); raises ``BuildError`` on bad input."""
+    from preprocess.build.config import BuildConfig
+    from preprocess.build.run import build as run_build
+
+    if isinstance(options.get("tasks"), str):
+        options["tasks"] = [options["tasks"]]
+    return run_build(BuildConfig(**options))
+
+
+def stats(**options: Any) -> dict:
+    """``longvlm stats``: ``prefix`` (and ``plot``: a PNG path) -> the statistics dict
+    (what ``--json`` prints)."""
+    from preprocess.build.stats_cli import StatsConfig, run
+
+    return run(StatsConfig(**options))
 
 
 def convert(action: str, **options: Any) -> Any:

@@ -1,1 +1,1 @@
-"""Reading built datasets into model-ready micro-batches."""
+"""Reading built datasets into model-ready micro-batches (format: ``megatron_vlm.data.format``)."""

@@ -67,21 +67,35 @@ _LUT = ((np.arange(256, dtype=np.float32)[None, :] / np.float32(255.0)
          - np.asarray(CLIP_MEAN, np.float32)[:, None]) / np.asarray(CLIP_STD, np.float32)[:, None])
 
 
-def image_to_patches(image, dtype=np.float32) -> tuple[np.ndarray, tuple[int, int, int]]:
+def image_to_patches(image, dtype=np.float32, out: np.ndarray | None = None,
+                     ) -> tuple[np.ndarray, tuple[int, int, int]]:
     """Pixel values ``[grid_h * grid_w, 1176]`` and ``(1, grid_h, grid_w)`` of an RGB image.
 
     ``image`` is a PIL image or an ``HxWx3`` uint8 array whose sides are multiples of 28
-    (the pool stores pages already smart-resized, so no resampling happens here).
+    (the pool stores pages already smart-resized, so no resampling happens here). ``out``: a
+    C-contiguous ``[grid_h * grid_w, 1176]`` array to write into (e.g. a slice of a micro-batch's
+    ``pixel_values``), which saves a copy of the largest array a 128K-token batch holds.
     """
     pixels = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 uint8 RGB image, got {pixels.dtype} {pixels.shape}")
     height, width = pixels.shape[:2]
     t, gh, gw = grid_thw(height, width)
-    # channel-first normalized values via the per-channel lookup table
-    chw = np.stack([_LUT[c][pixels[:, :, c]] for c in range(3)]).astype(dtype, copy=False)
     m, p = MERGE_SIZE, PATCH_SIZE
-    patches = chw.reshape(3, gh // m, m, p, gw // m, m, p).transpose(1, 4, 2, 5, 0, 3, 6)
-    # (gh/m, gw/m, m, m, C, p, p) -> repeat the still image over the temporal frames
-    patches = np.broadcast_to(patches[:, :, :, :, :, None], (*patches.shape[:5], TEMPORAL_PATCH_SIZE, p, p))
-    return np.ascontiguousarray(patches).reshape(gh * gw, PATCH_DIM), (t, gh, gw)
+    if out is None:
+        out = np.empty((gh * gw, PATCH_DIM), dtype=dtype)
+    elif out.shape != (gh * gw, PATCH_DIM) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {(gh * gw, PATCH_DIM)} array, got {out.shape}")
+    # One row of 2x2 merge groups (28 pixel rows) at a time, so the temporaries stay in cache:
+    # reorder the uint8 pixels (a quarter of the bytes of floats) to (gw/m, m, m, C, p, p), i.e.
+    # each merge group contiguous with channel-first patches, then normalize them through the
+    # per-channel lookup table straight into both temporal frames of ``out``.
+    rows = pixels.reshape(gh // m, m, p, gw // m, m, p, 3)
+    frames = out.reshape(gh // m, (gw // m) * m * m, 3, TEMPORAL_PATCH_SIZE, p * p)
+    for row, dest in zip(rows, frames):
+        ordered = np.ascontiguousarray(row.transpose(2, 0, 3, 5, 1, 4)).reshape(-1, 3, p * p)
+        for c in range(3):
+            values = _LUT[c][ordered[:, c]]
+            for frame in range(TEMPORAL_PATCH_SIZE):
+                dest[:, c, frame] = values
+    return out, (t, gh, gw)

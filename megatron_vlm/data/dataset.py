@@ -1,0 +1,144 @@
+"""Reading a built dataset (``longvlm build``): one item per packed sequence, page images as patches."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+from megatron_vlm.data import format as fmt
+from megatron_vlm.data.vision import grid_thw
+
+
+class DatasetFormatError(ValueError):
+    """The prefix is not a (complete, compatible) built dataset, or its pool changed."""
+
+
+def read_meta(prefix: str | Path) -> dict:
+    """``DATA_PREFIX.json``, checked for kind and format version."""
+    path = fmt.meta_path(prefix)
+    if not path.is_file():
+        raise DatasetFormatError(f"{path} not found: {prefix} is not a complete built dataset "
+                                 "(run 'longvlm build ... -o PREFIX')")
+    meta = json.loads(path.read_text())
+    if meta.get("kind") != fmt.KIND or meta.get("format_version") != fmt.FORMAT_VERSION:
+        raise DatasetFormatError(f"{path}: kind {meta.get('kind')!r} version {meta.get('format_version')!r}; "
+                                 f"this reader reads {fmt.KIND!r} version {fmt.FORMAT_VERSION}")
+    return meta
+
+
+def open_indexed(prefix: str | Path, suffix: str) -> IndexedDataset:
+    """One of the dataset's megatron-core ``IndexedDataset`` files."""
+    path = fmt.dataset_prefix(prefix, suffix)
+    if not IndexedDataset.exists(path):
+        raise DatasetFormatError(f"{path}.bin/.idx missing: {prefix} is incomplete")
+    return IndexedDataset(path, mmap=True)
+
+
+def decode_page(data: bytes) -> np.ndarray:
+    """Encoded page image -> ``HxWx3`` uint8 RGB pixels. A grayscale page (the pool stores text pages
+    as grayscale PNG) becomes a read-only view repeating its one channel, not a converted copy."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data))
+    if image.mode == "L":
+        gray = np.asarray(image)
+        return np.broadcast_to(gray[:, :, None], (*gray.shape, 3))
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
+class BuiltDataset(torch.utils.data.Dataset):
+    """Item ``i`` = packed sequence ``i``: ``input_ids``, ``targets``, ``cu_seqlens`` (per sample),
+    ``image_grid_thw`` ``[n, 3]`` and ``pages`` (the decoded ``HxWx3`` uint8 page images, in order;
+    the collation turns them into ``pixel_values`` in place, see ``megatron_vlm.data.collate``).
+
+    Pages come from the pool's page store (``pool``: an opened ``Pool`` or ``None`` to open the pool
+    recorded in the dataset, or ``pool_dir`` to point at a moved pool) or, for datasets built with
+    ``--copy-pages``, from ``DATA_PREFIX_pages``. Files are opened lazily in each (worker) process.
+    """
+
+    def __init__(self, prefix: str | Path, *, pool=None, pool_dir: str | Path | None = None,
+                 check_pool: bool = True, decode_images: bool = True):
+        self.prefix = str(prefix)
+        self.meta = read_meta(prefix)
+        self.copied = self.meta["pages"] == "copied"
+        self.pool_dir = str(pool_dir or self.meta["inputs"]["pool"]["path"])
+        self.decode_images = decode_images
+        self._pool = pool
+        if not self.copied and check_pool and decode_images:
+            recorded = self.meta["inputs"]["pool"]["fingerprint"]
+            if fmt.pool_fingerprint(self.pool_dir) != recorded:
+                raise DatasetFormatError(f"the pool at {self.pool_dir} is not the one {self.prefix} was built from "
+                                         f"(fingerprint differs from {recorded[:12]}); rebuild or use --copy-pages")
+        self._files: dict[str, IndexedDataset] | None = None
+        tokens = open_indexed(prefix, fmt.TOKENS)
+        self._num_packs = len(tokens.document_indices) - 1
+
+    def __len__(self) -> int:
+        return self._num_packs
+
+    def _open(self) -> dict[str, IndexedDataset]:
+        if self._files is None:
+            suffixes = list(fmt.DATASETS) + ([fmt.PAGES] if self.copied else [])
+            self._files = {s: open_indexed(self.prefix, s) for s in suffixes}
+        return self._files
+
+    @property
+    def pool(self):
+        if self._pool is None:
+            from preprocess.pool import Pool
+
+            self._pool = Pool.open(self.pool_dir)
+        return self._pool
+
+    def read_pack(self, index: int) -> dict[str, np.ndarray]:
+        """The raw arrays of pack ``index`` (copies, safe to keep): tokens, targets, images, samples."""
+        files = self._open()
+        docs = files[fmt.TOKENS].document_indices
+        lo, hi = int(docs[index]), int(docs[index + 1])
+        out = {}
+        for suffix, name in ((fmt.TOKENS, "tokens"), (fmt.TARGETS, "targets"), (fmt.IMAGES, "images"),
+                             (fmt.SAMPLES, "samples")):
+            out[name] = np.concatenate(files[suffix][lo:hi])  # concatenate copies out of the mmap
+        out["sample_lengths"] = np.asarray(files[fmt.TOKENS].sequence_lengths[lo:hi], dtype=np.int64)
+        out["images"] = out["images"].reshape(-1, len(fmt.IMAGE_FIELDS))
+        out["samples"] = out["samples"].reshape(-1, len(fmt.SAMPLE_FIELDS))
+        return out
+
+    def page_pixels(self, record: np.ndarray) -> np.ndarray:
+        """The ``HxWx3`` uint8 pixels of one image record (``fmt.IMAGE_FIELDS``)."""
+        ordinal, page_number, page_index = (int(v) for v in record[:3])
+        if self.copied:
+            data = self._open()[fmt.PAGES][page_index].tobytes()
+        else:
+            data = self.pool.page_bytes(self.pool.documents[ordinal]["doc_id"], page_number)
+        return decode_page(data)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        raw = self.read_pack(int(index))
+        grids = np.concatenate([np.ones((len(raw["images"]), 1), np.int64),
+                                raw["images"][:, 3:5].astype(np.int64)], axis=1)
+        item = {
+            "input_ids": raw["tokens"],
+            "targets": raw["targets"],
+            "cu_seqlens": np.concatenate([[0], np.cumsum(raw["sample_lengths"])]).astype(np.int32),
+            "image_grid_thw": grids,
+        }
+        if self.decode_images:
+            cache: dict[int, np.ndarray] = {}  # pages repeat within a pack (several tasks of one document)
+            pages = []
+            for record, grid in zip(raw["images"], grids):
+                key = int(record[2])
+                if key not in cache:
+                    pixels = self.page_pixels(record)
+                    if grid_thw(*pixels.shape[:2]) != tuple(grid):
+                        raise DatasetFormatError(f"{self.prefix}: page {record[:2].tolist()} decodes to "
+                                                 f"{pixels.shape[:2]} pixels, the dataset records grid {grid.tolist()}")
+                    cache[key] = pixels
+                pages.append(cache[key])
+            item["pages"] = pages
+        return item

@@ -1,0 +1,55 @@
+"""The options of ``longvlm build`` (one typed dataclass: CLI flags, API keywords, recorded config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from preprocess.build.errors import BuildError
+from preprocess.build.mixture import DEFAULT_MIXTURE
+
+
+@dataclass
+class BuildConfig:
+    tasks: list[str] = field(metadata={
+        "positional": True, "metavar": "TASKS.jsonl",
+        "help": "tasks files written by 'longvlm synth' (docs/formats.md 'Tasks')"})
+    pool: str = field(metadata={"help": "the document pool the tasks were made from (POOL_DIR)"})
+    tokenizer: str = field(metadata={
+        "help": "Hugging Face tokenizer directory with the Qwen2.5-VL chat template (the model's own)"})
+    output: str = field(metadata={
+        "flag": "-o", "metavar": "DATA_PREFIX",
+        "help": "output prefix: writes DATA_PREFIX_{tokens,targets,images,samples}.bin/.idx and DATA_PREFIX.json"})
+    max_seq_len: int = field(default=131072, metadata={
+        "help": "packed sequence length; longer samples are dropped and counted"})
+    token_budget: float = field(default=5e9, metadata={
+        "help": "total sample tokens in the dataset (samples are repeated or subsampled to meet it within 1%%)"})
+    mixture: str = field(default=DEFAULT_MIXTURE, metadata={
+        "help": "task token shares as TASK=WEIGHT,... (normalized); tasks not named are left out"})
+    length_dist: str = field(default="pool-native", metadata={
+        "metavar": "pool-native|long-biased|FILE",
+        "help": "target histogram of sample lengths: the pool's own, the paper's long-biased "
+                "(83.9%% of examples >= 100K tokens), or a JSON file {edges, fractions}"})
+    page_markers: bool = field(default=True, metadata={
+        "help": "put a 'Page N:' text marker before each page image (needed for page-anchored questions)"})
+    seed: int = field(default=1234, metadata={"help": "seed of the sample selection and order"})
+    workers: int = field(default=1, metadata={"help": "tokenizer processes"})
+    pack_window: int = field(default=20000, metadata={
+        "help": "samples per best-fit-decreasing packing window"})
+    copy_pages: bool = field(default=False, metadata={
+        "help": "copy the referenced page images into DATA_PREFIX_pages (self-contained dataset) "
+                "instead of referencing the pool's page store"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+    def validate(self) -> None:
+        if self.max_seq_len <= 0:
+            raise BuildError(f"--max-seq-len must be positive, got {self.max_seq_len}")
+        if self.token_budget < 1:
+            raise BuildError(f"--token-budget must be at least 1 token, got {self.token_budget}")
+        if self.workers < 1:
+            raise BuildError(f"--workers must be >= 1, got {self.workers}")
+        if not self.tasks:
+            raise BuildError("no tasks files given")
+        for path in self.tasks:
+            if not Path(path).is_file():
+                raise BuildError(f"{path}: tasks file not found")

@@ -1,0 +1,97 @@
+"""Sample-length distributions: the target histogram (``--length-dist``) and the achieved one.
+
+A length distribution is a histogram of *example* counts (the paper reports "% of examples with at
+least 100K tokens") over token-length bins ``[edges[i], edges[i+1])``:
+
+- ``pool-native``: the natural distribution of the candidate samples (no length reweighting);
+- ``long-biased``: 83.9% of examples >= 100K tokens (the paper's long-biased variant, Table 11);
+- ``FILE``: a JSON file ``{"edges": [0, 32768, ...], "fractions": [...]}`` (one fraction per bin).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from preprocess.build.errors import BuildError
+
+K = 1024
+# Report bins (also the bins of the built-in targets); the last bin is open-ended.
+DEFAULT_EDGES = (0, 8 * K, 16 * K, 32 * K, 64 * K, 100_000, 1 << 62)
+LONG_BIASED_FRACTIONS = (0.0, 0.01, 0.03, 0.05, 0.071, 0.839)
+LONG_THRESHOLD = 100_000
+
+
+@dataclass(frozen=True)
+class LengthTarget:
+    """A target histogram; ``fractions is None`` means pool-native (the candidates' own)."""
+
+    name: str
+    edges: tuple[int, ...]
+    fractions: tuple[float, ...] | None
+
+    def bin_of(self, lengths: np.ndarray) -> np.ndarray:
+        """Bin index of each length (-1 outside the edges)."""
+        idx = np.searchsorted(np.asarray(self.edges), lengths, side="right") - 1
+        idx[(idx < 0) | (idx >= len(self.edges) - 1)] = -1
+        return idx
+
+
+def load_length_target(spec: str) -> LengthTarget:
+    """``pool-native``, ``long-biased`` or the path of a JSON histogram file."""
+    if spec == "pool-native":
+        return LengthTarget(spec, DEFAULT_EDGES, None)
+    if spec == "long-biased":
+        return LengthTarget(spec, DEFAULT_EDGES, LONG_BIASED_FRACTIONS)
+    path = Path(spec)
+    if not path.is_file():
+        raise BuildError(f"--length-dist {spec}: not 'pool-native', 'long-biased' or an existing JSON file")
+    try:
+        obj = json.loads(path.read_text())
+        edges = [int(e) for e in obj["edges"]]
+        fractions = [float(f) for f in obj["fractions"]]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise BuildError(f"{path}: a length histogram is a JSON object with 'edges' (ints) and "
+                         f"'fractions' (one number per bin) ({err})") from None
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise BuildError(f"{path}: 'edges' must be at least two strictly increasing token counts")
+    if len(fractions) != len(edges) - 1:
+        raise BuildError(f"{path}: {len(edges) - 1} bins but {len(fractions)} fractions")
+    total = sum(fractions)
+    if any(f < 0 for f in fractions) or total <= 0:
+        raise BuildError(f"{path}: 'fractions' must be non-negative and not all zero")
+    return LengthTarget(str(path), tuple(edges), tuple(f / total for f in fractions))
+
+
+def histogram(lengths: np.ndarray, edges: tuple[int, ...]) -> np.ndarray:
+    """Example counts per bin (lengths outside the edges are not counted)."""
+    return np.histogram(np.asarray(lengths), bins=np.asarray(edges, dtype=np.float64))[0]
+
+
+def bin_label(lo: int, hi: int) -> str:
+    def fmt(v: int) -> str:
+        return f"{v // K}K" if v % K == 0 else f"{v / 1000:g}k"
+    return f">= {fmt(lo)}" if hi >= 1 << 62 else f"{fmt(lo)}-{fmt(hi)}"
+
+
+def length_report(target: LengthTarget, candidate_lengths: np.ndarray, selected_lengths: np.ndarray) -> dict:
+    """Target vs achieved example shares per bin, and the share of examples >= 100K tokens."""
+    edges = target.edges
+    cand = histogram(candidate_lengths, edges)
+    got = histogram(selected_lengths, edges)
+    want = (np.asarray(target.fractions) if target.fractions is not None
+            else cand / max(cand.sum(), 1))
+    n = max(got.sum(), 1)
+    bins = [{"bin": bin_label(lo, hi), "lo": lo, "hi": hi, "target": float(w), "achieved": float(g / n),
+             "examples": int(g), "candidates": int(c)}
+            for lo, hi, w, g, c in zip(edges, edges[1:], want, got, cand)]
+    selected = np.asarray(selected_lengths)
+    return {
+        "name": target.name,
+        "bins": bins,
+        "max_abs_error": float(max(abs(b["target"] - b["achieved"]) for b in bins)),
+        "achieved_long_share": float((selected >= LONG_THRESHOLD).mean()) if len(selected) else 0.0,
+    }

@@ -1,0 +1,217 @@
+"""``longvlm build``: tasks + pool + tokenizer -> a packed, mixed, length-controlled dataset.
+
+Steps: read and validate the tasks; render and tokenize every sample (exact counts, worker
+processes); drop samples longer than ``max_seq_len``; select samples for the mixture, length target
+and budget; pack; write every file atomically with the config, input hashes and report in
+``DATA_PREFIX.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from megatron_vlm.data import format as fmt
+from preprocess.build.config import BuildConfig
+from preprocess.build.errors import BuildError
+from preprocess.build.lengths import length_report, load_length_target
+from preprocess.build.mixture import parse_mixture, select_samples
+from preprocess.build.packing import fill_ratio, fill_upper_bound, pack
+from preprocess.build.render_sample import CompactSample, SampleRenderer
+from preprocess.build.tasks import TASK_NAMES, TaskRecord, read_tasks
+from preprocess.build.writer import DatasetWriter
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                   "special_tokens_map.json", "chat_template.jinja", "chat_template.json")
+
+
+@dataclass
+class BuildResult:
+    prefix: Path
+    files: list[Path]
+    report: dict
+
+
+def open_pool(pool_dir: str):
+    from preprocess.pool import Pool, PoolFormatError
+
+    if not Path(pool_dir).is_dir():
+        raise BuildError(f"--pool {pool_dir}: not a directory")
+    try:
+        return Pool.open(pool_dir)
+    except PoolFormatError as err:
+        raise BuildError(f"--pool {pool_dir}: {err}") from None
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    if not Path(path).is_dir():
+        raise BuildError(f"--tokenizer {path}: not a tokenizer directory")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise BuildError(f"--tokenizer {path}: cannot load a tokenizer ({err})") from None
+    if not tokenizer.chat_template:
+        raise BuildError(f"--tokenizer {path}: has no chat template (use the Qwen2.5-VL tokenizer)")
+    return tokenizer
+
+
+# --- tokenization workers -------------------------------------------------------------------------
+
+_RENDERER: SampleRenderer | None = None
+
+
+def _init_worker(tokenizer_dir: str, page_markers: bool) -> None:
+    global _RENDERER
+    _RENDERER = SampleRenderer(load_tokenizer(tokenizer_dir), page_markers)
+
+
+def _render(job: tuple[str, str, int]) -> tuple[np.ndarray, np.ndarray]:
+    return _RENDERER.render_text(*job)
+
+
+def tokenize_all(jobs: list[tuple[str, str, int]], tokenizer_dir: str, page_markers: bool, workers: int,
+                 progress: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    bar = dict(total=len(jobs), desc="tokenize", unit="sample", disable=not progress)
+    if workers == 1:
+        _init_worker(tokenizer_dir, page_markers)
+        return [_render(j) for j in tqdm(jobs, **bar)]
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_dir, page_markers)) as procs:
+        return list(tqdm(procs.imap(_render, jobs, chunksize=64), **bar))
+
+
+# --- input hashes ---------------------------------------------------------------------------------
+
+def input_hashes(config: BuildConfig) -> dict:
+    tok = Path(config.tokenizer)
+    return {
+        "tasks": [{"path": str(Path(p).absolute()), "sha256": fmt.sha256_file(p)} for p in config.tasks],
+        "pool": {"path": str(Path(config.pool).absolute()), "fingerprint": fmt.pool_fingerprint(config.pool)},
+        "tokenizer": {"path": str(tok.absolute()),
+                      "sha256": {n: fmt.sha256_file(tok / n) for n in TOKENIZER_FILES if (tok / n).exists()}},
+    }
+
+
+# --- the stage ------------------------------------------------------------------------------------
+
+def _load_records(config: BuildConfig, docs: dict[str, tuple[int, dict]], renderer: SampleRenderer):
+    records: list[TaskRecord] = []
+    skipped: Counter = Counter()
+    for rec in read_tasks(config.tasks):
+        if rec.doc_id not in docs:
+            raise BuildError(f"{config.tasks[rec.file_index]}:{rec.line_number}: doc_id {rec.doc_id} "
+                             f"is not in the pool {config.pool}")
+        if renderer.has_special_text(rec.question) or renderer.has_special_text(rec.answer):
+            skipped["special_token_text"] += 1
+            continue
+        records.append(rec)
+    return records, skipped
+
+
+def _page_tokens(doc: dict, pool_dir: str) -> np.ndarray:
+    tokens = np.asarray([p["tokens"] for p in doc["pages"]], dtype=np.int64)
+    grids = np.asarray([p["grid"] for p in doc["pages"]], dtype=np.int64).reshape(-1, 2)
+    if not np.array_equal(tokens * 4, grids[:, 0] * grids[:, 1]):
+        raise BuildError(f"{pool_dir}/manifest.jsonl: document {doc['doc_id']} has page token counts that "
+                         "are not grid_h*grid_w/4")
+    return tokens
+
+
+def _write(config: BuildConfig, pool, docs: dict, records: list[TaskRecord], samples: list[CompactSample],
+           task_codes: np.ndarray, chosen: np.ndarray, packs: list[list[int]], meta: dict) -> list[Path]:
+    """Expand and write every pack (docs/formats.md "Built dataset"), then commit the files."""
+    with DatasetWriter(config.output, config.copy_pages) as writer:
+        copied: dict[int, int] = {}  # pool page index -> index in DATA_PREFIX_pages
+        for members in tqdm(packs, desc="write", unit="pack", disable=not config.progress):
+            parts: dict[str, list[np.ndarray]] = {"tokens": [], "targets": [], "images": [], "samples": []}
+            for pos in members:
+                i = int(chosen[pos])
+                rec, sample = records[i], samples[i]
+                ordinal, doc = docs[rec.doc_id]
+                ids, tg = sample.expand()
+                images = []
+                for n, page in enumerate(doc["pages"], start=1):
+                    index = doc["page_start"] + n - 1
+                    if config.copy_pages:
+                        if index not in copied:
+                            copied[index] = writer.add_page(pool.page_bytes(rec.doc_id, n))
+                        index = copied[index]
+                    images.append((ordinal, n, index, page["grid"][0], page["grid"][1]))
+                parts["tokens"].append(ids)
+                parts["targets"].append(tg)
+                parts["images"].append(np.asarray(images, dtype=np.int32).reshape(-1))
+                parts["samples"].append(np.asarray(
+                    [task_codes[i], rec.file_index, rec.line_number, sample.image_tokens.sum(),
+                     sample.target_tokens], dtype=np.int64))
+            writer.add_pack(parts["tokens"], parts["targets"], parts["images"], parts["samples"])
+        return writer.commit(meta)
+
+
+def build(config: BuildConfig, pool=None) -> BuildResult:
+    """Run the build; ``pool`` overrides opening ``config.pool`` (an object with the Pool interface)."""
+    config.validate()
+    weights = parse_mixture(config.mixture)
+    target = load_length_target(config.length_dist)
+    pool = pool if pool is not None else open_pool(config.pool)
+    docs = {d["doc_id"]: (i, d) for i, d in enumerate(pool.documents)}
+    renderer = SampleRenderer(load_tokenizer(config.tokenizer), config.page_markers)
+    hashes = input_hashes(config)
+
+    records, skipped = _load_records(config, docs, renderer)
+    if not records:
+        raise BuildError(f"no usable samples in {', '.join(config.tasks)}")
+    doc_tokens = {d: _page_tokens(docs[d][1], config.pool) for d in {r.doc_id for r in records}}
+    page_tokens = [doc_tokens[r.doc_id] for r in records]
+    rendered = tokenize_all([(r.question, r.answer, len(t)) for r, t in zip(records, page_tokens)],
+                            config.tokenizer, config.page_markers, config.workers, config.progress)
+    samples = [CompactSample(ids, tg, pt) for (ids, tg), pt in zip(rendered, page_tokens)]
+    lengths = np.asarray([s.num_tokens for s in samples], dtype=np.int64)
+    task_codes = np.asarray([TASK_NAMES.index(r.task) for r in records], dtype=np.int64)
+
+    too_long = lengths > config.max_seq_len
+    dropped = {name: int((too_long & (task_codes == c)).sum()) for c, name in enumerate(TASK_NAMES)
+               if (too_long & (task_codes == c)).any()}
+    fit_codes = np.where(too_long, -1, task_codes)
+    selection = select_samples(lengths, fit_codes, list(TASK_NAMES), weights, target,
+                               int(config.token_budget), config.seed)
+    if not len(selection.indices):
+        raise BuildError(f"--token-budget {config.token_budget:g} is smaller than half of any sample: nothing selected")
+    chosen_lengths = lengths[selection.indices]
+    usable = ~too_long & np.isin(task_codes, [TASK_NAMES.index(n) for n in weights])
+    packs = pack(chosen_lengths, config.max_seq_len, config.pack_window)
+
+    report = {
+        "records": len(records) + sum(skipped.values()),
+        "skipped": dict(skipped),
+        "dropped_too_long": {"max_seq_len": config.max_seq_len, "per_task": dropped,
+                             "examples": [records[i].id for i in np.flatnonzero(too_long)[:10]]},
+        "mixture": selection.report,
+        "length": length_report(target, lengths[usable], chosen_lengths),
+        "packing": {"packs": len(packs), "samples": int(len(chosen_lengths)), "max_seq_len": config.max_seq_len,
+                    "tokens": int(chosen_lengths.sum()), "window": config.pack_window,
+                    "fill_ratio": fill_ratio(chosen_lengths, packs, config.max_seq_len),
+                    "fill_upper_bound": fill_upper_bound(chosen_lengths, config.max_seq_len)},
+    }
+    meta = {
+        "format_version": fmt.FORMAT_VERSION,
+        "kind": fmt.KIND,
+        "config": dataclasses.asdict(config),
+        "inputs": hashes,
+        "task_names": list(TASK_NAMES),
+        "image_fields": list(fmt.IMAGE_FIELDS),
+        "sample_fields": list(fmt.SAMPLE_FIELDS),
+        "pages": "copied" if config.copy_pages else "pool",
+        "report": report,
+    }
+    files = _write(config, pool, docs, records, samples, task_codes, selection.indices, packs, meta)
+    return BuildResult(Path(config.output), files, report)

@@ -1,0 +1,60 @@
+"""Reading TASKS.jsonl files (docs/formats.md "Tasks") with errors that name the file and line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from preprocess.build.errors import BuildError
+
+TASK_NAMES = ("extract-single", "extract-multi", "reasoning", "ocr-full", "ocr-needle")
+REQUIRED = {"id": str, "task": str, "doc_id": str, "question": str, "answer": str}
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """One training instance of a tasks file and where it came from."""
+
+    id: str
+    task: str
+    doc_id: str
+    question: str
+    answer: str
+    file_index: int
+    line_number: int  # 1-based
+
+
+def read_tasks(paths: list[str | Path]) -> Iterator[TaskRecord]:
+    """Yield every instance of every file, validating each line."""
+    for file_index, path in enumerate(paths):
+        path = Path(path)
+        if not path.is_file():
+            raise BuildError(f"{path}: tasks file not found")
+        with open(path, encoding="utf-8") as f:
+            for line_number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                yield parse_task_line(line, path, file_index, line_number)
+
+
+def parse_task_line(line: str, path: Path, file_index: int, line_number: int) -> TaskRecord:
+    where = f"{path}:{line_number}"
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise BuildError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(obj, dict):
+        raise BuildError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    for key, tp in REQUIRED.items():
+        if key not in obj:
+            raise BuildError(f"{where}: missing key '{key}'")
+        if not isinstance(obj[key], tp):
+            raise BuildError(f"{where}: '{key}' must be a {tp.__name__}, got {type(obj[key]).__name__}")
+    if obj["task"] not in TASK_NAMES:
+        raise BuildError(f"{where}: unknown task '{obj['task']}' (expected one of {', '.join(TASK_NAMES)})")
+    if not obj["answer"].strip():
+        raise BuildError(f"{where}: empty answer")
+    return TaskRecord(obj["id"], obj["task"], obj["doc_id"], obj["question"], obj["answer"],
+                      file_index, line_number)

@@ -1,0 +1,162 @@
+"""The loader: micro-batches against transformers' Qwen2.5-VL processing; order, resume, sharding, workers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from build_fakes import FakePool, write_tasks
+
+from megatron_vlm.data.collate import collate_packs
+from megatron_vlm.data.dataset import BuiltDataset, DatasetFormatError
+from megatron_vlm.data.loader import build_data_loader
+from megatron_vlm.data.sampler import PackBatchSampler
+from preprocess.build.config import BuildConfig
+from preprocess.build.run import build
+
+IMAGE_PAD = 151655
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, qwen_tokenizer_dir):
+    tmp = tmp_path_factory.mktemp("loader")
+    sizes = {f"{i:064x}": [(56 * (1 + (i + p) % 3), 28 * (2 + p % 2)) for p in range(2 + i)] for i in range(5)}
+    pool = FakePool(tmp / "pool", sizes).register()
+    rows = [{"task": t, "doc_id": d, "question": f"Q{i}: {t} on page 1?", "answer": f"A{i} {t}"}
+            for i, d in enumerate(sizes) for t in ("extract-single", "extract-multi", "reasoning")]
+    tasks = write_tasks(tmp / "tasks.jsonl", rows)
+    cfg = BuildConfig(tasks=[str(tasks)], pool=str(tmp / "pool"), tokenizer=str(qwen_tokenizer_dir),
+                      output=str(tmp / "data"), max_seq_len=512, token_budget=12000, progress=False)
+    build(cfg, pool=pool)
+    return tmp / "data", pool, rows
+
+
+def test_pixel_values_equal_qwen2vl_image_processor(built):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    prefix, pool, _ = built
+    ds = BuiltDataset(prefix, pool=pool)
+    batch, raw = collate_packs([ds[0], ds[1]]), [ds.read_pack(0), ds.read_pack(1)]
+    processor = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=12845056)
+    records = np.concatenate([r["images"] for r in raw])
+    assert len({int(k) for k in records[:, 2]}) < len(records)  # repeated pages are in the test
+    images = [pool.page_image(pool.documents[o]["doc_id"], int(n)) for o, n in records[:, :2]]
+    expected = processor(images=images, return_tensors="np")
+    np.testing.assert_array_equal(batch["image_grid_thw"].numpy(), expected["image_grid_thw"])
+    np.testing.assert_allclose(batch["pixel_values"].numpy(), expected["pixel_values"], rtol=0, atol=2e-6)
+
+
+def _hf_rope_index(input_ids: np.ndarray, grids: np.ndarray) -> np.ndarray:
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
+
+    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+
+    model = Qwen2_5_VLModel(tiny_qwen25vl_config(num_layers=1, vision_depth=1, fullatt_block_indexes=(0,)))
+    ids = torch.as_tensor(input_ids, dtype=torch.long)[None]
+    positions, _ = model.get_rope_index(ids, mm_token_type_ids=(ids == IMAGE_PAD).int(),
+                                        image_grid_thw=torch.as_tensor(grids))
+    return positions[:, 0].numpy()
+
+
+def test_micro_batch_matches_transformers_and_targets(built, qwen_tokenizer):
+    prefix, pool, rows = built
+    loader = build_data_loader(prefix, 2, pool=pool, num_workers=0, total_samples=2, shuffle=False)
+    (batch,) = list(loader)
+    b, s = batch["input_ids"].shape
+    assert s == 512 and batch["position_ids"].shape == (3, b, s)
+    assert batch["pixel_values"].shape == (int(batch["image_grid_thw"].prod(1).sum()), 1176)
+    cu = batch["cu_seqlens"].numpy()
+    assert cu[0] == 0 and cu[-1] == b * s and np.all(np.diff(cu) > 0)
+    ids = batch["input_ids"].reshape(-1).numpy()
+    labels = batch["labels"].reshape(-1).numpy()
+    mask = batch["loss_mask"].reshape(-1).numpy()
+    pos = batch["position_ids"].reshape(3, -1).numpy()
+    grids = batch["image_grid_thw"].numpy()
+    used = 0
+    answers = []
+    for lo, hi in zip(cu[:-1], cu[1:]):
+        sample = ids[lo:hi]
+        n_img = len(np.flatnonzero(np.diff(np.concatenate([[0], sample == IMAGE_PAD])) == 1))
+        if n_img == 0:  # row padding
+            assert not mask[lo:hi].any()
+            continue
+        np.testing.assert_array_equal(pos[:, lo:hi], _hf_rope_index(sample, grids[used:used + n_img]))
+        used += n_img
+        np.testing.assert_array_equal(labels[lo:hi - 1], sample[1:])  # next token within the sample
+        assert mask[hi - 1] == 0
+        answers.append(qwen_tokenizer.decode(labels[lo:hi][mask[lo:hi] == 1]))
+    assert used == len(grids)
+    expected = {r["answer"] + "<|im_end|>" for r in rows}
+    assert answers and all(a in expected for a in answers)
+
+
+def test_sampler_order_resume_and_shards():
+    full = [i for batch in PackBatchSampler(10, 2, seed=5, total_samples=30) for i in batch]
+    assert sorted(full[:10]) == list(range(10)) and sorted(full[10:20]) == list(range(10))
+    assert full[:10] != full[10:20] != list(range(10))  # a new seeded order every epoch
+    assert full == [i for b in PackBatchSampler(10, 2, seed=5, total_samples=30) for i in b]
+    assert full != [i for b in PackBatchSampler(10, 2, seed=6, total_samples=30) for i in b]
+    # resume from consumed samples
+    assert [i for b in PackBatchSampler(10, 2, seed=5, consumed_samples=12, total_samples=30) for i in b] == full[12:]
+    # data-parallel ranks take interleaved slices of every global step, together the whole stream
+    ranks = [list(PackBatchSampler(10, 2, dp_rank=r, dp_size=3, seed=5, consumed_samples=6, total_samples=30))
+             for r in range(3)]
+    merged = [i for step in zip(*ranks) for batch in step for i in batch]
+    assert merged == full[6:30]
+    assert len(ranks[0]) == 4 == len(PackBatchSampler(10, 2, dp_rank=0, dp_size=3, consumed_samples=6,
+                                                      total_samples=30))
+    with pytest.raises(ValueError, match="multiple of"):
+        PackBatchSampler(10, 2, dp_size=3, consumed_samples=4)
+
+
+def test_worker_processes_give_the_same_batches(built):
+    prefix, pool, _ = built
+    kw = dict(pool=pool, seed=3, total_samples=4, consumed_samples=2, seq_length=None)
+    serial = list(build_data_loader(prefix, 1, num_workers=0, **kw))
+    parallel = list(build_data_loader(prefix, 1, num_workers=2, **kw))
+    assert len(serial) == len(parallel) == 2
+    for a, b in zip(serial, parallel):
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_changed_pool_or_missing_files_are_clear_errors(built, tmp_path):
+    prefix, pool, _ = built
+    manifest = pool.pool_dir / "manifest.jsonl"
+    original = manifest.read_text()
+    try:
+        manifest.write_text(original + json.dumps({"doc_id": "x"}) + "\n")
+        with pytest.raises(DatasetFormatError, match="is not the one"):
+            BuiltDataset(prefix)
+    finally:
+        manifest.write_text(original)
+    with pytest.raises(DatasetFormatError, match="not a complete built dataset"):
+        BuiltDataset(tmp_path / "nothing")
+
+
+def test_stats_from_files(built, tmp_path, capsys, qwen_tokenizer):
+    from megatron_vlm import api
+    from megatron_vlm.cli import main
+
+    prefix, pool, rows = built
+    meta = json.loads(prefix.with_suffix(".json").read_text())
+    stats = api.stats(prefix=str(prefix), plot=str(tmp_path / "h.png"))
+    mix = meta["report"]["mixture"]["tasks"]
+    assert {k: (v["samples"], v["tokens"]) for k, v in stats["tasks"].items()} == \
+        {k: (v["samples"], v["tokens"]) for k, v in mix.items()}
+    assert stats["fill_ratio"] == pytest.approx(meta["report"]["packing"]["fill_ratio"])
+    assert sum(b["examples"] for b in stats["histogram"]) == stats["samples"]
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ds = BuiltDataset(prefix, pool=pool, decode_images=False)
+    answer_tokens: dict[str, int] = {}
+    for p in range(len(ds)):
+        for task, _, line, _, _ in ds.read_pack(p)["samples"]:
+            name = meta["task_names"][task]
+            answer_tokens[name] = answer_tokens.get(name, 0) + len(qwen_tokenizer(rows[line - 1]["answer"]).input_ids)
+    assert {k: v["answer_tokens"] for k, v in stats["tasks"].items()} == answer_tokens
+    assert main(["stats", str(prefix), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["total_tokens"] == stats["total_tokens"] and 0 < printed["image_token_share"] < 1
