@@ -7,11 +7,10 @@ import json
 import pytest
 import torch
 from distributed import run_distributed
+from vlm_inputs import randomize_weights_
 
 from megatron_vlm import api
 from megatron_vlm.cli import main
-
-pytest.importorskip("megatron_vlm.models.qwen25vl", reason="needs the Megatron model (branch model)")
 
 TOL = 1e-4  # fp32; transformers and megatron-core order their reductions differently
 
@@ -19,7 +18,6 @@ TOL = 1e-4  # fp32; transformers and megatron-core order their reductions differ
 def random_checkpoint(path, seed: int):
     """A tiny Qwen2.5-VL with O(1) activations (so a mapping error moves the logits visibly)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
-    from vlm_inputs import randomize_weights_
 
     from megatron_vlm.models.tiny import tiny_qwen25vl_config
 
