@@ -337,3 +337,11 @@ def test_unmapped_megatron_tensor_is_named(converted, tmp_path, capsys):
     out = tmp_path / "out"
     run_cli_expecting_error(capsys, ["convert", "megatron-to-hf", "--ckpt", str(tmp_path / "bad"), "--out", str(out)],
                             out, "not mapped by any rule: language_model.embedding.position_embeddings.weight")
+
+
+def test_output_directory_gets_a_normal_mode(converted):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert converted(1, 1).stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
