@@ -65,7 +65,27 @@ def stats(**options: Any) -> dict:
     return run(StatsConfig(**options))
 
 
-convert = _not_implemented("convert")
+def convert(action: str, **options: Any) -> Any:
+    """``longvlm convert ACTION``: ``action`` is ``"hf-to-megatron"``, ``"megatron-to-hf"``,
+    ``"reshard"`` or ``"verify"``; ``options`` are that action's CLI options as keywords::
+
+        api.convert("hf-to-megatron", hf="Qwen2.5-VL-7B-Instruct", out="ckpt", tp=4, pp=2)
+        api.convert("megatron-to-hf", ckpt="ckpt", out="hf_out", rope_theta=4.09e6)
+        result = api.convert("verify", hf="Qwen2.5-VL-7B-Instruct", ckpt="ckpt", image=["page.png"])
+
+    Returns a ``checkpoint_tools.engine.ConversionResult`` (verify: a
+    ``checkpoint_tools.verify.VerifyResult`` with ``passed``). Errors in the inputs raise
+    ``checkpoint_tools.hf_io.CheckpointError`` / ``checkpoint_tools.mapping.MappingError`` and
+    write nothing.
+    """
+    from checkpoint_tools.cli import ACTIONS
+    from checkpoint_tools.run import run
+
+    if action not in ACTIONS:
+        raise ValueError(f"unknown convert action {action!r}; choose one of {sorted(ACTIONS)}")
+    return run(action, ACTIONS[action][0](**options))
+
+
 train = _not_implemented("train")
 tune = _not_implemented("tune")
 slurm = _not_implemented("slurm")

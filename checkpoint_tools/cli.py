@@ -1,0 +1,56 @@
+"""``longvlm convert {hf-to-megatron,megatron-to-hf,reshard,verify}``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from checkpoint_tools.config import HFToMegatronConfig, MegatronToHFConfig, ReshardConfig, VerifyConfig
+from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_from_args
+
+ACTIONS: dict[str, tuple[type, str]] = {
+    "hf-to-megatron": (HFToMegatronConfig,
+                       "Hugging Face Qwen2.5-VL safetensors -> Megatron-Core torch_dist checkpoint."),
+    "megatron-to-hf": (MegatronToHFConfig,
+                       "Megatron-Core torch_dist checkpoint -> Hugging Face directory (safetensors shards, "
+                       "index, config with the trained RoPE settings, tokenizer and processor files)."),
+    "reshard": (ReshardConfig, "Re-save a Megatron checkpoint for another TP/PP layout."),
+    "verify": (VerifyConfig, "Compare the logits of an HF checkpoint and a Megatron checkpoint on a "
+                             "multimodal probe; exit 1 above --atol."),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "Run 'longvlm convert ACTION --help' for the options of one action (docs/convert.md)."
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, (cls, summary) in ACTIONS.items():
+        p = sub.add_parser(name, help=summary, description=summary)
+        add_dataclass_arguments(p, cls)
+        if cls is VerifyConfig:
+            p.add_argument("--image", action="append", metavar="PATH", dest="image",
+                           help="an image for the probe; repeat for several (default: built-in images)")
+
+
+def config_from_args(args: argparse.Namespace):
+    cls = ACTIONS[args.action][0]
+    cfg = dataclass_from_args(cls, args)
+    if cls is VerifyConfig:
+        cfg.image = args.image
+    return cfg
+
+
+def main(args: argparse.Namespace) -> int:
+    from checkpoint_tools.hf_io import CheckpointError
+    from checkpoint_tools.mapping import MappingError
+    from checkpoint_tools.run import run
+
+    try:
+        result = run(args.action, config_from_args(args))
+    except (CheckpointError, MappingError, FileExistsError) as err:
+        print(f"longvlm convert {args.action}: error: {err}", file=sys.stderr)
+        return 2
+    if args.action == "verify":
+        print(result.to_json() if args.json else result.summary())
+        return 0 if result.passed else 1
+    print(result.summary())
+    return 0

@@ -1,0 +1,298 @@
+"""The one conversion engine: applies the mapping tables of ``checkpoint_tools.mapping`` in either
+direction, streaming tensor by tensor, writing atomically.
+
+- ``hf_to_megatron``: HF safetensors -> torch_dist checkpoint (global tensors + ``longvlm.json``).
+- ``megatron_to_hf``: torch_dist checkpoint -> HF safetensors shards + index + configs + tokenizer.
+- ``reshard``: torch_dist -> torch_dist validated and vocabulary-padded for another TP/PP.
+
+Memory: the HF side is read (and written) one tensor / one shard at a time; a torch_dist save
+needs the tensors of the checkpoint it writes in memory (about 1x the model's bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from checkpoint_tools.config import HFToMegatronConfig, MegatronToHFConfig, ReshardConfig
+from checkpoint_tools.hf_io import (
+    CheckpointError,
+    HFCheckpoint,
+    ShardedSafetensorsWriter,
+    copy_side_files,
+    default_generation_config,
+    expected_hf_shapes,
+    load_qwen25vl_config,
+    parse_size,
+    with_rope_overrides,
+)
+from checkpoint_tools.mapping import (
+    MODEL_KEY_PREFIXES,
+    Dims,
+    Mapping,
+    MappingError,
+    check_coverage,
+    expand,
+    layer_pattern,
+    padded_vocab_size,
+)
+from checkpoint_tools.megatron_io import (
+    META_FORMAT,
+    META_NAME,
+    META_VERSION,
+    MegatronCheckpoint,
+    iteration_dir_name,
+    process_group,
+    save_global_tensors,
+    write_tracker,
+)
+from megatron_vlm.utils.atomic import atomic_dir
+
+LOAD_BATCH_BYTES = 1 << 29  # tensors read from a torch_dist checkpoint per load call
+
+
+@dataclass(frozen=True)
+class Layout:
+    tp: int = 1
+    pp: int = 1
+    vision_tp: int = 1
+    make_vocab_size_divisible_by: int = 128
+
+    @classmethod
+    def from_config(cls, cfg: HFToMegatronConfig | ReshardConfig) -> Layout:
+        for name in ("tp", "pp", "vision_tp", "make_vocab_size_divisible_by"):
+            value = getattr(cfg, name)
+            if value is not None and value < 1:
+                raise CheckpointError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        return cls(cfg.tp, cfg.pp, cfg.vision_tp or cfg.tp, cfg.make_vocab_size_divisible_by)
+
+
+@dataclass
+class ConversionResult:
+    """What a conversion wrote."""
+
+    action: str
+    out: Path
+    tensors: int
+    bytes: int
+    seconds: float
+    dtype: str
+    layout: dict[str, int] = field(default_factory=dict)
+    copied_files: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lay = ", ".join(f"{k}={v}" for k, v in self.layout.items())
+        extra = f"; copied {len(self.copied_files)} tokenizer/processor file(s)" if self.action == "megatron-to-hf" else ""
+        return (f"{self.action}: wrote {self.tensors} tensors ({self.bytes / 1e9:.2f} GB, {self.dtype}) to "
+                f"{self.out} in {self.seconds:.1f} s{' [' + lay + ']' if lay else ''}{extra}")
+
+
+def _dtype(name: str | None) -> torch.dtype | None:
+    return getattr(torch, name) if name else None
+
+
+def _dtype_name(dtypes: set[torch.dtype] | set[str]) -> str:
+    names = sorted(str(d).replace("torch.", "") for d in dtypes)
+    return names[0] if len(names) == 1 else "mixed(" + ",".join(names) + ")"
+
+
+def _megatron_shapes(mappings: list[Mapping], hf_shapes: dict[str, tuple[int, ...]], dims: Dims) -> dict[str, tuple]:
+    """Megatron shapes of every mapping, computed on meta tensors (validates shapes, reads nothing)."""
+    out = {}
+    for m in mappings:
+        try:
+            meta = m.transform.to_megatron([torch.empty(hf_shapes[n], device="meta") for n in m.hf], dims)
+        except MappingError as err:
+            raise MappingError(f"{m.megatron} (from {', '.join(m.hf)}): {err}") from None
+        out[m.megatron] = tuple(meta.shape)
+    return out
+
+
+def check_layout(mappings: list[Mapping], shapes: dict[str, tuple], dims: Dims, layout: Layout) -> None:
+    """Every TP-split tensor divides over its TP size and PP has a layer per stage, else one error listing all."""
+    problems: dict[str, str] = {}
+    if dims.lm_layers < layout.pp:  # uneven stages are fine (num_layers_in_first_pipeline_stage)
+        problems["pp"] = f"{dims.lm_layers} language-model layers cannot fill pp={layout.pp} stages"
+    for m in mappings:
+        if m.tp_dim is None:
+            continue
+        tp = layout.tp if m.tp_kind == "tp" else layout.vision_tp
+        units = m.transform.tp_units(shapes[m.megatron], m.tp_dim, dims)
+        if units % tp:
+            problems.setdefault(layer_pattern(m.megatron),
+                                f"{layer_pattern(m.megatron)}: {units} units along dim {m.tp_dim} "
+                                f"do not divide over {m.tp_kind}={tp}")
+    if problems:
+        raise CheckpointError("layout not possible for this model: " + "; ".join(problems.values()))
+
+
+def _batches(mappings: list[Mapping], shapes: dict[str, tuple], dtypes: dict[str, torch.dtype]) -> Iterator[list[Mapping]]:
+    batch, size = [], 0
+    for m in mappings:
+        nbytes = torch.Size(shapes[m.megatron]).numel() * dtypes[m.megatron].itemsize
+        if batch and size + nbytes > LOAD_BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+        batch.append(m)
+        size += nbytes
+    if batch:
+        yield batch
+
+
+def _write_megatron(out: Path, iteration: int | str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    iter_dir = out / iteration_dir_name(iteration)
+    save_global_tensors(tensors, iter_dir)
+    (iter_dir / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+    write_tracker(out, iteration)
+
+
+def _meta(hf_config: dict, source: dict, dtype: str, layout: Layout, dims: Dims) -> dict[str, Any]:
+    return {
+        "format": META_FORMAT,
+        "version": META_VERSION,
+        "hf_config": hf_config,
+        "source": source,
+        "dtype": dtype,
+        "layout": {"tp": layout.tp, "pp": layout.pp, "vision_tp": layout.vision_tp,
+                   "make_vocab_size_divisible_by": layout.make_vocab_size_divisible_by},
+        "vocab_size": dims.vocab_size,
+        "padded_vocab_size": dims.padded_vocab_size,
+    }
+
+
+def hf_to_megatron(cfg: HFToMegatronConfig) -> ConversionResult:
+    """Convert an HF Qwen2.5-VL checkpoint into a torch_dist checkpoint at ``cfg.out``."""
+    start = time.perf_counter()
+    layout = Layout.from_config(cfg)
+    src = HFCheckpoint.open(cfg.hf)
+    dims = Dims.from_config(src.config, padded_vocab_size(src.config.text_config.vocab_size, layout.tp,
+                                                          layout.make_vocab_size_divisible_by))
+    mappings = expand(dims)
+    check_coverage(mappings, set(src.weight_map), "hf")
+    meg_shapes = _megatron_shapes(mappings, src.shapes, dims)
+    check_layout(mappings, meg_shapes, dims, layout)
+    cast = _dtype(cfg.dtype)
+    tensors: dict[str, torch.Tensor] = {}
+    out = Path(cfg.out)
+    with atomic_dir(out) as tmp, process_group():
+        for m in tqdm(mappings, desc="hf -> megatron", unit="tensor", leave=False):
+            meg = m.transform.to_megatron([src.read(n) for n in m.hf], dims)
+            tensors[m.megatron] = meg.to(cast) if cast is not None else meg
+        dtype = _dtype_name({t.dtype for t in tensors.values()})
+        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        source = {"hf_dir": str(Path(cfg.hf).resolve()), "dtype": _dtype_name(set(src.dtypes.values()))}
+        _write_megatron(tmp, 0, tensors, _meta(src.raw_config, source, dtype, layout, dims))
+        n = len(tensors)
+        tensors.clear()
+    return ConversionResult("hf-to-megatron", out, n, nbytes, time.perf_counter() - start, dtype,
+                            {"tp": layout.tp, "pp": layout.pp, "vision_tp": layout.vision_tp})
+
+
+def _open_megatron(ckpt: str, iteration: str | None) -> tuple[MegatronCheckpoint, Any, Dims, list[Mapping]]:
+    src = MegatronCheckpoint.open(ckpt, iteration)
+    config = load_qwen25vl_config(src.meta["hf_config"], str(src.iter_dir / META_NAME))
+    emb = "language_model.embedding.word_embeddings.weight"
+    padded = src.shapes[emb][0] if emb in src.shapes else None
+    dims = Dims.from_config(config, padded)
+    mappings = expand(dims)
+    check_coverage(mappings, {k for k in src.shapes if k.startswith(MODEL_KEY_PREFIXES)}, "megatron")
+    return src, config, dims, mappings
+
+
+def megatron_to_hf(cfg: MegatronToHFConfig) -> ConversionResult:
+    """Export a torch_dist checkpoint as an HF Qwen2.5-VL directory at ``cfg.out``."""
+    start = time.perf_counter()
+    src, config, dims, mappings = _open_megatron(cfg.ckpt, cfg.iteration)
+    expected = expected_hf_shapes(config)
+    template = Path(cfg.hf_template) if cfg.hf_template else None
+    if template is None and Path(src.meta.get("source", {}).get("hf_dir", "")).is_dir():
+        template = Path(src.meta["source"]["hf_dir"])
+    if template is not None and not template.is_dir():
+        raise CheckpointError(f"--hf-template {template}: not a directory")
+    try:
+        rope_scaling = json.loads(cfg.rope_scaling) if cfg.rope_scaling else None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"--rope-scaling: not valid JSON ({err})") from None
+    if rope_scaling is not None and not isinstance(rope_scaling, dict):
+        raise CheckpointError("--rope-scaling must be a JSON object")
+    cast = _dtype(cfg.dtype)
+    plan = []  # (HF name, shape, dtype) of every output tensor, from the transforms on meta tensors
+    for m in mappings:
+        meta = torch.empty(src.shapes[m.megatron], dtype=src.dtypes[m.megatron], device="meta")
+        for name, t in zip(m.hf, m.transform.to_hf(meta, dims)):
+            if name in expected and tuple(t.shape) != expected[name]:
+                raise MappingError(f"{name}: the checkpoint gives shape {tuple(t.shape)}, "
+                                   f"the recorded config implies {expected[name]}")
+            plan.append((name, tuple(t.shape), cast or t.dtype))
+    dtype = _dtype_name({d for _, _, d in plan})
+    out = Path(cfg.out)
+    with atomic_dir(out) as tmp, process_group():
+        writer = ShardedSafetensorsWriter(tmp, plan, parse_size(cfg.max_shard_size))
+        try:
+            with tqdm(total=len(mappings), desc="megatron -> hf", unit="tensor", leave=False) as progress:
+                for batch in _batches(mappings, src.shapes, src.dtypes):
+                    loaded = src.load([m.megatron for m in batch])
+                    for m in batch:
+                        for name, t in zip(m.hf, m.transform.to_hf(loaded.pop(m.megatron), dims)):
+                            writer.add(name, t.to(cast) if cast is not None else t)
+                        progress.update()
+            writer.finish()
+        finally:
+            writer.close()
+        uniform = len({d for _, _, d in plan}) == 1
+        hf_config = with_rope_overrides(src.meta["hf_config"], rope_theta=cfg.rope_theta,
+                                        rope_scaling=rope_scaling,
+                                        max_position_embeddings=cfg.max_position_embeddings,
+                                        dtype=dtype if uniform else None)
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        copied = copy_side_files(template, tmp) if template is not None else []
+        if not (tmp / "generation_config.json").exists():
+            (tmp / "generation_config.json").write_text(
+                json.dumps(default_generation_config(hf_config), indent=2) + "\n")
+    if template is None:
+        print(f"warning: no --hf-template and the source recorded in {META_NAME} is gone: "
+              "tokenizer and processor files were not copied", file=sys.stderr)
+    return ConversionResult("megatron-to-hf", out, len(plan), writer.total_size,
+                            time.perf_counter() - start, dtype, {}, copied)
+
+
+def reshard(cfg: ReshardConfig) -> ConversionResult:
+    """Re-save a torch_dist checkpoint validated and vocabulary-padded for another TP/PP layout."""
+    start = time.perf_counter()
+    layout = Layout.from_config(cfg)
+    src, config, src_dims, mappings = _open_megatron(cfg.ckpt, cfg.iteration)
+    dims = Dims.from_config(config, padded_vocab_size(src_dims.vocab_size, layout.tp,
+                                                      layout.make_vocab_size_divisible_by))
+    new_shapes = {m.megatron: tuple(m.transform.to_megatron(m.transform.to_hf(
+        torch.empty(src.shapes[m.megatron], device="meta"), src_dims), dims).shape) for m in mappings}
+    check_layout(mappings, new_shapes, dims, layout)
+    cast = _dtype(cfg.dtype)
+    iteration = src.iter_dir.name.removeprefix("iter_")
+    iteration = "release" if iteration == "release" else int(iteration)
+    tensors: dict[str, torch.Tensor] = {}
+    out = Path(cfg.out)
+    with atomic_dir(out) as tmp, process_group():
+        progress = tqdm(total=len(mappings), desc="reshard", unit="tensor", leave=False)
+        for batch in _batches(mappings, src.shapes, src.dtypes):
+            loaded = src.load([m.megatron for m in batch])
+            for m in batch:
+                t = m.transform.to_megatron(m.transform.to_hf(loaded.pop(m.megatron), src_dims), dims)
+                tensors[m.megatron] = t.to(cast) if cast is not None else t
+                progress.update()
+        progress.close()
+        dtype = _dtype_name({t.dtype for t in tensors.values()})
+        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        _write_megatron(tmp, iteration, tensors, _meta(src.meta["hf_config"], src.meta.get("source", {}),
+                                                       dtype, layout, dims))
+        n = len(tensors)
+        tensors.clear()
+    return ConversionResult("reshard", out, n, nbytes, time.perf_counter() - start, dtype,
+                            {"tp": layout.tp, "pp": layout.pp, "vision_tp": layout.vision_tp})
