@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from checkpoint_tools.config import HFToMegatronConfig, MegatronToHFConfig, ReshardConfig, VerifyConfig
 from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_from_args
@@ -40,15 +39,9 @@ def config_from_args(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    from checkpoint_tools.hf_io import CheckpointError
-    from checkpoint_tools.mapping import MappingError
     from checkpoint_tools.run import run
 
-    try:
-        result = run(args.action, config_from_args(args))
-    except (CheckpointError, MappingError, FileExistsError) as err:
-        print(f"longvlm convert {args.action}: error: {err}", file=sys.stderr)
-        return 2
+    result = run(args.action, config_from_args(args))
     if args.action == "verify":
         print(result.to_json() if args.json else result.summary())
         return 0 if result.passed else 1

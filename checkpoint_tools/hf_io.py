@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from megatron_vlm.errors import LongVLMError
+
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
@@ -25,7 +27,7 @@ _NOT_COPIED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack"
 _NOT_COPIED_NAMES = {"config.json", INDEX_NAME, "pytorch_model.bin.index.json"}
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LongVLMError, RuntimeError):
     """An input checkpoint that cannot be converted; the message names the file and the reason."""
 
 

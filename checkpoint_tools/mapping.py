@@ -20,8 +20,10 @@ from typing import Any
 
 import torch
 
+from megatron_vlm.errors import LongVLMError
 
-class MappingError(ValueError):
+
+class MappingError(LongVLMError, ValueError):
     """Tensors that no rule maps, that a rule needs but are absent, or with impossible shapes."""
 
 

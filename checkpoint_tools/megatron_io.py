@@ -29,6 +29,7 @@ import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
 from checkpoint_tools.hf_io import CheckpointError
+from megatron_vlm.utils.atomic import atomic_write, write_json
 
 # torch.distributed.checkpoint wraps reader failures in CheckpointException, a BaseException
 _READ_ERRORS = (Exception, CheckpointException)
@@ -146,7 +147,30 @@ def save_global_tensors(tensors: dict[str, torch.Tensor], iter_dir: Path) -> Non
 
 
 def write_tracker(root: Path, iteration: int | str) -> None:
-    (root / TRACKER_NAME).write_text(f"{iteration}\n")
+    with atomic_write(root / TRACKER_NAME) as f:
+        f.write(f"{iteration}\n")
+
+
+def save_model(model: torch.nn.Module, root: str | Path, iteration: int, meta: dict[str, Any]) -> Path:
+    """Save a Megatron model as a checkpoint that ``load_into_model`` and ``megatron-to-hf`` read;
+    call on every rank. ``meta`` is the ``longvlm.json`` of the checkpoint the model was loaded from
+    (update its ``hf_config`` with ``hf_io.with_rope_overrides`` if the RoPE base changed). The
+    tracker file is written last, so an interrupted save is never the latest iteration."""
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+
+    root = Path(root)
+    iter_dir = root / iteration_dir_name(iteration)
+    first = not dist.is_initialized() or dist.get_rank() == 0
+    if first:
+        iter_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_initialized():
+        dist.barrier()
+    dist_checkpointing.save(model.sharded_state_dict(), str(iter_dir))
+    if first:
+        write_json(iter_dir / META_NAME, meta)
+        write_tracker(root, iteration)
+    return iter_dir
 
 
 @dataclass

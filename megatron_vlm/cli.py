@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import warnings
 from dataclasses import dataclass
 
 from megatron_vlm import __version__
+from megatron_vlm.errors import LongVLMError
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("tune", None, "Choose a parallel layout (TP/PP/CP/DP) for a model, length and cluster."),
     Command("slurm", None, "Generate and submit the SLURM job for a training run."),
     Command("eval", None, "Needle-in-a-haystack and long-document VQA at 32K-512K."),
-    Command("demo", None, "The whole pipeline in miniature on one CPU."),
+    Command("demo", "launch.demo", "The whole pipeline in miniature on one CPU (a few minutes)."),
 )
 
 NOT_IMPLEMENTED_EXIT = 3
@@ -83,7 +86,15 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# megatron-core warns at import that the optional GPU extras are absent; on a CPU machine that is
+# expected, and the warning would repeat in every worker process.
+_QUIET_WARNINGS = ("ignore:Transformer Engine and Apex are not installed", "ignore:Apex is not installed")
+
+
 def main(argv: list[str] | None = None) -> int:
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), *_QUIET_WARNINGS]))
+    for rule in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=rule.split(":", 1)[1])
     argv = list(sys.argv[1:] if argv is None else argv)
     names = {c.name: c for c in COMMANDS}
     selected = next((a for a in argv if not a.startswith("-")), None)
@@ -93,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     if run is None:
         print(f"longvlm {args.command}: not implemented yet", file=sys.stderr)
         return NOT_IMPLEMENTED_EXIT
-    return int(run(args) or 0)
+    try:
+        return int(run(args) or 0)
+    except LongVLMError as err:
+        print(f"longvlm {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

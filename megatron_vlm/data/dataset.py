@@ -12,9 +12,10 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megatron_vlm.data import format as fmt
 from megatron_vlm.data.vision import grid_thw
+from megatron_vlm.errors import LongVLMError
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(LongVLMError, ValueError):
     """The prefix is not a (complete, compatible) built dataset, or its pool changed."""
 
 

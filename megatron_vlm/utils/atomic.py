@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from megatron_vlm.errors import OutputExistsError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -78,7 +80,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     if path.exists():
-        raise FileExistsError(f"{path} already exists; refusing to overwrite it")
+        raise OutputExistsError(f"{path} already exists; refusing to overwrite it (remove it or choose another output)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:

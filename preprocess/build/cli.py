@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_from_args
 from preprocess.build.config import BuildConfig
-from preprocess.build.errors import BuildError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,12 +46,7 @@ def format_report(report: dict) -> str:
 def main(args: argparse.Namespace) -> int:
     from preprocess.build.run import build
 
-    config = dataclass_from_args(BuildConfig, args)
-    try:
-        result = build(config)
-    except BuildError as err:
-        print(f"longvlm build: error: {err}", file=sys.stderr)
-        return 2
+    result = build(dataclass_from_args(BuildConfig, args))
     print(format_report(result.report))
     print(f"\nwrote {result.prefix} ({len(result.files)} files)")
     return 0

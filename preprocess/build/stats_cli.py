@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass, field
 
 from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_from_args
@@ -33,14 +32,9 @@ def run(config: StatsConfig) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    from megatron_vlm.data.dataset import DatasetFormatError
     from preprocess.build.stats import format_stats
 
     config = dataclass_from_args(StatsConfig, args)
-    try:
-        stats = run(config)
-    except DatasetFormatError as err:
-        print(f"longvlm stats: error: {err}", file=sys.stderr)
-        return 2
+    stats = run(config)
     print(json.dumps(stats) if config.json else format_stats(stats))
     return 0

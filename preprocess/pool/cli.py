@@ -29,17 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from preprocess.pool.reader import PoolFormatError
-    from preprocess.pool.run import PoolError, run
+    from preprocess.pool.run import run
 
     # SLURM preemption and `kill` send SIGTERM: exit through the normal cleanup (workers stopped,
     # temporary files removed); a rerun resumes from the finished chunks.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        config = dataclass_from_args(PoolConfig, args)
-        summary = run(config)
-    except (PoolError, PoolFormatError, ValueError) as err:
-        print(f"longvlm pool: error: {err}", file=sys.stderr)
-        return 2
-    print(summary)
+    print(run(dataclass_from_args(PoolConfig, args)))
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from megatron_vlm.data.vision import MAX_PIXELS, MIN_PIXELS
+from megatron_vlm.errors import ConfigError
 
 ENCODINGS = ("auto", "png", "jpeg")
 
@@ -61,17 +62,17 @@ class PoolConfig:
     def __post_init__(self) -> None:
         for name in ("min_pages", "max_pages", "chunk_docs", "workers", "dpi", "min_pixels", "max_pixels"):
             if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.dpi == 0 or self.workers == 0 or self.chunk_docs == 0:
-            raise ValueError("--dpi, --workers and --chunk-docs must be positive")
+            raise ConfigError("--dpi, --workers and --chunk-docs must be positive")
         if self.max_pages and self.min_pages > self.max_pages:
-            raise ValueError(f"--min-pages {self.min_pages} > --max-pages {self.max_pages}")
+            raise ConfigError(f"--min-pages {self.min_pages} > --max-pages {self.max_pages}")
         if self.min_pixels > self.max_pixels:
-            raise ValueError(f"--min-pixels {self.min_pixels} > --max-pixels {self.max_pixels}")
+            raise ConfigError(f"--min-pixels {self.min_pixels} > --max-pixels {self.max_pixels}")
         if not 0 <= self.shard < self.num_shards:
-            raise ValueError(f"--shard {self.shard} must be in [0, --num-shards {self.num_shards})")
+            raise ConfigError(f"--shard {self.shard} must be in [0, --num-shards {self.num_shards})")
         if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
+            raise ConfigError(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
         self.inputs = [str(p) for p in self.inputs]
         self.output = str(self.output)
 

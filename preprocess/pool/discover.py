@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from megatron_vlm.errors import LongVLMError
+
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
 
-class InputError(ValueError):
+class InputError(LongVLMError, ValueError):
     """An INPUT that cannot be expanded (missing folder or list file)."""
 
 

@@ -7,10 +7,11 @@ import json
 import threading
 from pathlib import Path
 
+from megatron_vlm.errors import LongVLMError
 from preprocess.pool.store import open_store
 
 
-class PoolFormatError(ValueError):
+class PoolFormatError(LongVLMError, ValueError):
     """The directory is not a (complete) pool."""
 
 

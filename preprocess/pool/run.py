@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_vlm import __version__
+from megatron_vlm.errors import LongVLMError
 from megatron_vlm.utils.atomic import atomic_write, write_json
 from preprocess.pool.chunk import rejection
 from preprocess.pool.config import PoolConfig
@@ -31,7 +32,7 @@ POOL_FILES = ("pool.json", "manifest.jsonl", "rejected.jsonl", "pages.bin", "pag
 HASH_BLOCK = 1 << 20
 
 
-class PoolError(RuntimeError):
+class PoolError(LongVLMError, RuntimeError):
     """An expected failure (bad option, input or pool directory), reported without a traceback."""
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_from_args
-from preprocess.synth.config import SynthConfig, SynthError
+from preprocess.synth.config import SynthConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,12 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from preprocess.synth.run import run_synth
 
-    config = dataclass_from_args(SynthConfig, args)
-    try:
-        result = run_synth(config)
-    except SynthError as err:
-        print(f"longvlm synth: error: {err}", file=sys.stderr)
-        return 2
+    result = run_synth(dataclass_from_args(SynthConfig, args))
     print(result.table)
     if result.generator_stats:
         print("requests: " + ", ".join(f"{k} {v}" for k, v in result.generator_stats.items()))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from megatron_vlm.errors import LongVLMError
+
 VQA_TASKS = ("extract-single", "extract-multi", "reasoning")
 OCR_TASKS = ("ocr-full", "ocr-needle")
 ALL_TASKS = VQA_TASKS + OCR_TASKS
 
 
-class SynthError(ValueError):
+class SynthError(LongVLMError, ValueError):
     """Bad options or input: reported as one clear message, never a traceback."""
 
 

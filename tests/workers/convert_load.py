@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ from megatron.core import dist_checkpointing, tensor_parallel
 from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from checkpoint_tools.megatron_io import META_NAME, MegatronCheckpoint, write_tracker
+from checkpoint_tools.megatron_io import MegatronCheckpoint, save_model
 from megatron_vlm import runtime
 
 
@@ -58,14 +57,7 @@ def main() -> None:
         if last:
             expected = F.cross_entropy(ref["logits"][0], ref["labels"][0], reduction="none")
             result["loss"] = (losses[0]["per_token"][0] - expected).abs().max().item()
-    iter_dir = args.save / "iter_0000100"
-    if torch.distributed.get_rank() == 0:
-        iter_dir.mkdir(parents=True)
-    torch.distributed.barrier()
-    dist_checkpointing.save(model.sharded_state_dict(), str(iter_dir))
-    if torch.distributed.get_rank() == 0:
-        shutil.copy(ckpt.iter_dir / META_NAME, iter_dir / META_NAME)
-        write_tracker(args.save, 100)
+    save_model(model, args.save, 100, ckpt.meta)
     (args.out / f"rank{torch.distributed.get_rank()}.json").write_text(json.dumps(result))
     runtime.destroy()
 

@@ -1,0 +1,190 @@
+"""``longvlm demo``: the whole LongPT pipeline in miniature on one CPU, in a few minutes.
+
+pool (real PDFs) -> synth (offline generator, all five tasks) -> build (packed, mixed dataset)
+-> stats -> a tiny random Qwen2.5-VL checkpoint -> convert hf-to-megatron + verify -> a few
+optimizer steps of the Megatron model on the built micro-batches -> save -> convert megatron-to-hf
+-> the exported checkpoint loads in ``transformers`` and gives the Megatron model's logits.
+
+Every stage is the real one, called through ``megatron_vlm.api`` with small settings (low DPI,
+short sequences, a tiny model); only the training loop here is a stand-in: a single process, no
+parallelism, no schedule (``longvlm train`` is the real one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from megatron_vlm.errors import LongVLMError
+from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_from_args
+
+MARKER = ".longvlm-demo"
+REPO_PDFS = Path(__file__).resolve().parents[1] / "tests" / "data" / "pdfs"
+
+
+class DemoError(LongVLMError):
+    """The demo cannot start (output directory, missing PDFs)."""
+
+
+@dataclass
+class DemoConfig:
+    output: str = field(default="demo_out", metadata={
+        "flag": "-o", "help": "working directory; a previous demo's directory there is replaced"})
+    pdfs: str = field(default=str(REPO_PDFS), metadata={
+        "help": "folder of PDFs for the pool (the real manuals shipped in tests/data/pdfs)"})
+    dpi: int = field(default=50, metadata={
+        "help": "page render resolution (the recipe uses 144; 50 keeps CPU sequences short)"})
+    max_seq_len: int = field(default=32768, metadata={"help": "packed sequence length of the dataset"})
+    token_budget: float = field(default=4e5, metadata={"help": "tokens in the built dataset"})
+    train_steps: int = field(default=3, metadata={"help": "optimizer steps on the built micro-batches"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the demo steps"})
+    seed: int = field(default=0, metadata={"help": "seed of every stage"})
+
+
+@dataclass
+class StageRecord:
+    name: str
+    seconds: float
+    result: str
+
+
+def _prepare_output(path: Path) -> None:
+    if path.exists() and any(path.iterdir()):
+        if not (path / MARKER).exists():
+            raise DemoError(f"{path} exists and is not a demo directory; choose another -o")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).write_text("written by longvlm demo; safe to delete\n")
+
+
+def _batch_loss(model, batch):
+    per_token = model(batch["input_ids"], position_ids=batch["position_ids"], pixel_values=batch["pixel_values"],
+                      image_grid_thw=batch["image_grid_thw"], cu_seqlens=batch["cu_seqlens"],
+                      labels=batch["labels"])
+    mask = batch["loss_mask"].float()
+    return (per_token.float() * mask).sum() / mask.sum().clamp(min=1)
+
+
+def train_steps(ckpt_dir: Path, data_prefix: Path, out_dir: Path, steps: int, lr: float, seed: int) -> list[float]:
+    """Load the converted checkpoint, take ``steps`` AdamW steps on the dataset, save it; the losses."""
+    import torch
+
+    from checkpoint_tools.megatron_io import MegatronCheckpoint, load_into_model, process_group, save_model
+    from megatron_vlm.data.loader import build_data_loader
+    from megatron_vlm.models.config import qwen25vl_config_from_hf
+    from megatron_vlm.models.qwen25vl import Qwen25VLModel
+
+    ckpt = MegatronCheckpoint.open(ckpt_dir)
+    losses = []
+    with process_group():
+        torch.manual_seed(seed)
+        model = Qwen25VLModel(qwen25vl_config_from_hf(ckpt.meta["hf_config"], params_dtype=torch.float32,
+                                                      use_cpu_initialization=True))
+        load_into_model(model, ckpt)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        loader = build_data_loader(data_prefix, micro_batch_size=1, num_workers=0, seed=seed,
+                                   total_samples=steps)
+        for step, batch in enumerate(loader, start=1):
+            optimizer.zero_grad(set_to_none=True)
+            loss = _batch_loss(model, batch)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            tokens = int(batch["loss_mask"].sum())
+            print(f"  step {step}: loss {losses[-1]:.4f} ({batch['input_ids'].shape[1]:,} tokens, "
+                  f"{len(batch['image_grid_thw'])} pages, {tokens} answer tokens)", flush=True)
+        save_model(model, out_dir, steps, ckpt.meta)
+    return losses
+
+
+def compare_exported(hf_dir: Path, ckpt_dir: Path) -> float:
+    """Max |logit| difference between ``transformers`` on the exported checkpoint and the Megatron
+    model on the trained checkpoint, on the built-in multimodal probe of ``convert verify``."""
+    from megatron_vlm import api
+
+    result = api.convert("verify", hf=str(hf_dir), ckpt=str(ckpt_dir))
+    if not result.passed:
+        raise DemoError(f"the exported checkpoint does not reproduce the trained model: {result.summary()}")
+    return result.max_abs_diff
+
+
+def run_demo(config: DemoConfig) -> list[StageRecord]:
+    """Run every stage; returns one record per stage (printed as a table by the CLI)."""
+    from megatron_vlm import api
+    from megatron_vlm.models.tiny import save_tiny_checkpoint
+    from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
+
+    out = Path(config.output)
+    if not Path(config.pdfs).is_dir():
+        raise DemoError(f"--pdfs {config.pdfs}: no such folder (the demo ships real PDFs in tests/data/pdfs)")
+    _prepare_output(out)
+    records: list[StageRecord] = []
+
+    def stage(name: str, fn, describe):
+        print(f"\n== {name}", flush=True)
+        start = time.perf_counter()
+        value = fn()
+        records.append(StageRecord(name, time.perf_counter() - start, describe(value)))
+        print(f"   {records[-1].result}", flush=True)
+        return value
+
+    stage("pool", lambda: api.pool(inputs=[config.pdfs], output=str(out / "pool"), min_pages=0,
+                                          max_pages=0, dpi=config.dpi, progress=False),
+                 lambda r: f"{r.accepted} documents, {r.pages} pages, {r.image_tokens:,} image tokens")
+    stage("synth", lambda: api.synth(pool=str(out / "pool"), output=str(out / "tasks.jsonl"), per_doc=1,
+                                     seed=config.seed, progress=False),
+          lambda r: f"{r.accepted} instances, {r.rejected} rejected (see tasks.summary.json)")
+    tokenizer = write_offline_qwen_tokenizer(out / "tokenizer")
+    build = stage("build", lambda: api.build(tasks=[str(out / "tasks.jsonl")], pool=str(out / "pool"),
+                                             tokenizer=str(tokenizer), output=str(out / "data" / "longpt"),
+                                             max_seq_len=config.max_seq_len, token_budget=config.token_budget,
+                                             seed=config.seed, progress=False),
+                  lambda r: f"{r.report['packing']['packs']} packed sequences of {r.report['packing']['samples']} samples, fill "
+                            f"{r.report['packing']['fill_ratio']:.1%}")
+    stage("stats", lambda: api.stats(prefix=str(build.prefix), plot=str(out / "lengths.png")),
+          lambda s: f"{s['total_tokens']:,} tokens, histogram plot in lengths.png")
+    hf = stage("tiny model", lambda: save_tiny_checkpoint(out / "hf_tiny", seed=config.seed),
+               lambda p: f"random tiny Qwen2.5-VL written to {p.name}/ (from a config, no download)")
+    for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copyfile(tokenizer / name, hf / name)
+    stage("convert hf-to-megatron", lambda: api.convert("hf-to-megatron", hf=str(hf), out=str(out / "megatron")),
+          lambda r: r.summary())
+    stage("convert verify", lambda: api.convert("verify", hf=str(hf), ckpt=str(out / "megatron")),
+          lambda r: r.summary())
+    stage("train (demo loop)", lambda: train_steps(out / "megatron", build.prefix, out / "trained",
+                                                            config.train_steps, config.lr, config.seed),
+                   lambda losses: "loss " + " -> ".join(f"{x:.3f}" for x in losses))
+    stage("convert megatron-to-hf", lambda: api.convert("megatron-to-hf", ckpt=str(out / "trained"),
+                                                        out=str(out / "hf_trained"), hf_template=str(hf)),
+          lambda r: r.summary())
+    stage("exported == trained", lambda: compare_exported(out / "hf_trained", out / "trained"),
+          lambda diff: f"transformers on hf_trained/ matches the trained Megatron model: max |dlogit| {diff:.2g}")
+    return records
+
+
+def format_records(records: list[StageRecord]) -> str:
+    width = max(len(r.name) for r in records)
+    lines = [f"{'stage':<{width}}  {'seconds':>7}  result", f"{'-' * width}  {'-' * 7}  {'-' * 6}"]
+    lines += [f"{r.name:<{width}}  {r.seconds:7.1f}  {r.result}" for r in records]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Run the whole LongPT pipeline in miniature on one CPU: pool -> synth -> build -> stats -> "
+        "convert -> a few training steps -> export to Hugging Face. Takes a few minutes; outputs "
+        "stay in -o for inspection (see docs/demo.md).")
+    add_dataclass_arguments(parser, DemoConfig)
+
+
+def main(args: argparse.Namespace) -> int:
+    config = dataclass_from_args(DemoConfig, args)
+    print("longvlm demo: " + ", ".join(f"{k}={v}" for k, v in asdict(config).items()))
+    records = run_demo(config)
+    print("\n" + format_records(records))
+    print(f"\nEverything is in {config.output}/. Next: point 'longvlm pool' at your PDFs (docs/pool.md).")
+    return 0
+
