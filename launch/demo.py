@@ -35,10 +35,10 @@ class DemoConfig:
         "flag": "-o", "help": "working directory; a previous demo's directory there is replaced"})
     pdfs: str = field(default=str(REPO_PDFS), metadata={
         "help": "folder of PDFs for the pool (the real manuals shipped in tests/data/pdfs)"})
-    dpi: int = field(default=50, metadata={
-        "help": "page render resolution (the recipe uses 144; 50 keeps CPU sequences short)"})
-    max_seq_len: int = field(default=32768, metadata={"help": "packed sequence length of the dataset"})
-    token_budget: float = field(default=4e5, metadata={"help": "tokens in the built dataset"})
+    dpi: int = field(default=36, metadata={
+        "help": "page render resolution (the recipe uses 144; 36 keeps CPU sequences short)"})
+    max_seq_len: int = field(default=4096, metadata={"help": "packed sequence length of the dataset"})
+    token_budget: float = field(default=5e4, metadata={"help": "tokens in the built dataset"})
     train_steps: int = field(default=3, metadata={"help": "optimizer steps on the built micro-batches"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the demo steps"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
@@ -105,7 +105,7 @@ def compare_exported(hf_dir: Path, ckpt_dir: Path) -> float:
     model on the trained checkpoint, on the built-in multimodal probe of ``convert verify``."""
     from megatron_vlm import api
 
-    result = api.convert("verify", hf=str(hf_dir), ckpt=str(ckpt_dir))
+    result = api.convert("verify", hf=str(hf_dir), ckpt=str(ckpt_dir), atol=1e-4)
     if not result.passed:
         raise DemoError(f"the exported checkpoint does not reproduce the trained model: {result.summary()}")
     return result.max_abs_diff

@@ -90,4 +90,9 @@ train = _not_implemented("train")
 tune = _not_implemented("tune")
 slurm = _not_implemented("slurm")
 evaluate = _not_implemented("eval")
-demo = _not_implemented("demo")
+def demo(**options: Any):
+    """``longvlm demo``: the whole pipeline in miniature on one CPU; options of
+    ``launch.demo.DemoConfig`` as keywords. Returns one ``StageRecord`` per stage."""
+    from launch.demo import DemoConfig, run_demo
+
+    return run_demo(DemoConfig(**options))

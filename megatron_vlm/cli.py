@@ -95,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), *_QUIET_WARNINGS]))
     for rule in _QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=rule.split(":", 1)[1])
+    # deprecation notices of the libraries' own internals are for their developers, not our users
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(torch|megatron)\.")
+    warnings.filterwarnings("ignore", message="full scope is deprecated")
     argv = list(sys.argv[1:] if argv is None else argv)
     names = {c.name: c for c in COMMANDS}
     selected = next((a for a in argv if not a.startswith("-")), None)
