@@ -63,9 +63,25 @@ def test_pipeline_parallel_2_equals_unsplit(results):
     assert "loss" in last
 
 
+def test_loss_mask_with_tp2_sp_equals_masked_unsplit(results):
+    """loss_mask: the masked tokens gathered from both SP halves; loss and gradients == unsplit loss * mask."""
+    _check(results, "tp2_sp_masked", ["loss", "grads"])
+
+
+def test_loss_mask_with_pp2_equals_masked_unsplit(results):
+    _check(results, "pp2_masked", ["loss", "grads"])
+
+
+def test_loss_mask_with_cp2_equals_masked_unsplit(results):
+    """Each CP rank computes the loss of the masked tokens among its own chunks."""
+    _check(results, "cp2_masked", ["loss", "grads"])
+
+
 def test_tp2_cp2_with_sequence_parallel_on_4_processes(tmp_path):
-    """TP x CP x SP together (4 gloo processes): logits, loss and gradients equal the unsplit model."""
-    run_distributed("tests/workers/qwen25vl_parallel.py", 4, ["--out", tmp_path, "--layouts", "tp2_cp2_sp"],
-                    timeout=400)
-    _check([json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)], "tp2_cp2_sp",
-           ["logits", "loss", "grads"])
+    """TP x CP x SP together (4 gloo processes): logits, loss and gradients equal the unsplit model,
+    also with a loss_mask that leaves one CP rank's TP pair no masked token."""
+    layouts = ["tp2_cp2_sp", "tp2_cp2_sp_masked"]
+    run_distributed("tests/workers/qwen25vl_parallel.py", 4, ["--out", tmp_path, "--layouts", *layouts], timeout=400)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)]
+    for layout in layouts:
+        _check(results, layout, ["logits", "loss", "grads"])

@@ -136,6 +136,39 @@ def test_gradients_match_transformers(megatron_single):
         assert (p.grad - hf_grads[name]).abs().max().item() <= 1e-4 * max(1.0, scale), name
 
 
+@pytest.mark.parametrize("name", ["gqa4", "mha_tied"])
+def test_loss_mask_runs_the_output_layer_only_on_masked_tokens(megatron_single, name):
+    """``loss_mask``: loss == full per-token loss * mask, same gradients, output layer on the masked rows only."""
+    _, model = _pair(name, seed=16)
+    a, b = make_row([4, (1, 8, 8), 6], seed=8), make_row([2, (1, 4, 12), 12], seed=9)
+    inputs = dict(input_ids=torch.stack([a[0], b[0]]), pixel_values=torch.cat([a[2], b[2]]),
+                  image_grid_thw=torch.cat([a[1], b[1]]))
+    labels = torch.randint(0, 1000, inputs["input_ids"].shape, generator=torch.Generator().manual_seed(17))
+    mask = torch.zeros_like(labels)
+    mask[0, 20:24] = 1
+    mask[1, 5] = 1
+    mask[1, -3:] = 1  # answer tokens after the images: every tower gets gradient
+    rows = []
+    model.language_model.output_layer.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[:2].numel()))
+
+    def loss_and_grads(loss_mask):
+        model.zero_grad(set_to_none=True)
+        loss = model(**inputs, labels=labels, loss_mask=loss_mask)
+        (loss * mask).sum().backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    full_loss, full_grads = loss_and_grads(None)
+    masked_loss, masked_grads = loss_and_grads(mask)
+    assert rows == [labels.numel(), int(mask.sum())]
+    assert (masked_loss[mask == 0] == 0).all() and (masked_loss[mask == 1] > 0).all()
+    assert (masked_loss - full_loss * mask).abs().max().item() <= 1e-5
+    for n, g in full_grads.items():
+        assert g.abs().max() > 0, n
+        assert (masked_grads[n] - g).abs().max().item() <= 1e-5 * max(1.0, g.abs().max().item()), n
+    empty, _ = loss_and_grads(torch.zeros_like(mask))  # a rank whose tokens carry no loss
+    assert rows[-1] == 0 and (empty == 0).all()
+
+
 def test_image_changes_the_logits(megatron_single):
     """Guard against a vacuous parity: the image pixels must matter to the text after them."""
     _, model = _pair("base", seed=10)

@@ -3,7 +3,8 @@
 Inputs are full-length rows; with context parallelism the model takes this rank's load-balanced
 part of the sequence itself (vision work is split across CP ranks by image, the image embeddings
 all-gathered) and returns the local part of the logits / per-token loss, in the order given by
-:func:`megatron_vlm.models.context_parallel.cp_slice`.
+:func:`megatron_vlm.models.context_parallel.cp_slice`. With a ``loss_mask`` the output layer runs
+only on the masked tokens (:mod:`megatron_vlm.models.masked_loss`).
 """
 
 from __future__ import annotations
@@ -12,19 +13,19 @@ import numpy as np
 import torch
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.enums import ModelType
-from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_block import get_num_layers_to_build
 
 from megatron_vlm.models.attention import AttentionSegments
 from megatron_vlm.models.config import Qwen25VLConfig
 from megatron_vlm.models.context_parallel import all_gather_varlen, cp_slice, split_images_by_cost
+from megatron_vlm.models.masked_loss import MaskedLossGPTModel
 from megatron_vlm.models.specs import block_spec, norm_module, require_transformer_engine
 from megatron_vlm.models.vision import Qwen25VisionModel
 
 
 class Qwen25VLModel(MegatronModule):
-    """Children ``vision_model`` (first pipeline stage only) and ``language_model`` (a ``GPTModel``)."""
+    """Children ``vision_model`` (first pipeline stage only) and ``language_model`` (a ``MaskedLossGPTModel``)."""
 
     def __init__(self, config: Qwen25VLConfig, *, pre_process: bool = True, post_process: bool = True):
         super().__init__(config=config.language)
@@ -39,7 +40,7 @@ class Qwen25VLModel(MegatronModule):
         if pre_process:
             self.vision_model = Qwen25VisionModel(
                 config.vision, block_spec(backend, config.vision.num_layers, causal=False), norm_module(backend))
-        self.language_model = GPTModel(
+        self.language_model = MaskedLossGPTModel(
             config=config.language,
             transformer_layer_spec=block_spec(backend, get_num_layers_to_build(config.language), causal=True),
             vocab_size=config.vocab_size,
@@ -137,12 +138,15 @@ class Qwen25VLModel(MegatronModule):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, image_grid_thw=None, cu_seqlens=None,
-                labels: torch.Tensor | None = None, runtime_gather_output: bool | None = None) -> torch.Tensor:
+                labels: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
+                runtime_gather_output: bool | None = None) -> torch.Tensor:
         """Logits ``[b, s_local, vocab / tp]``, or the per-token loss ``[b, s_local]`` when ``labels`` are given.
 
         ``input_ids`` ``[b, s]``; ``position_ids`` ``[3, b, s]`` (computed when omitted);
         ``pixel_values`` / ``image_grid_thw`` for all images of the batch in token order;
-        ``cu_seqlens`` packed-sample boundaries over the row-major flattened ``b * s`` tokens.
+        ``cu_seqlens`` packed-sample boundaries over the row-major flattened ``b * s`` tokens;
+        ``labels`` and ``loss_mask`` ``[b, s]`` full-length: with ``loss_mask`` the loss (and the output
+        layer) is computed only where it is nonzero and is exactly 0 elsewhere.
         """
         cp_size, cp_rank = self._cp()
         if position_ids is None:
@@ -158,5 +162,6 @@ class Qwen25VLModel(MegatronModule):
             packed_seq_params=segments,
             decoder_input=decoder_input,
             labels=None if labels is None else cp_slice(labels, 1, cp_size, cp_rank),
+            loss_mask=None if loss_mask is None else cp_slice(loss_mask, 1, cp_size, cp_rank),
             runtime_gather_output=runtime_gather_output,
         )

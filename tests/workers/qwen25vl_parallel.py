@@ -5,7 +5,9 @@ weights on a packed row of two samples with three images; logits, per-token loss
 are kept and the weights saved with ``dist_checkpointing``. Then for each ``--layouts`` entry the
 groups are rebuilt, the weights loaded (resharded by the sharded-state-dict keys of
 docs/checkpoints.md), the same row run forward and backward, and the largest differences
-recorded. Gradients of TP/PP layouts are compared by saving them as a checkpoint of the split
+recorded. ``*_masked`` layouts pass a ``loss_mask`` (the output layer then runs on the masked
+tokens only) and are compared with the unsplit model's full per-token loss times the mask and the
+gradients of that product's sum. Gradients of TP/PP layouts are compared by saving them as a checkpoint of the split
 model and loading that into the unsplit layout. Each rank writes ``rank{R}.json`` into ``--out``.
 """
 
@@ -33,20 +35,26 @@ from megatron_vlm.models.context_parallel import cp_slice  # noqa: E402
 from megatron_vlm.models.qwen25vl import Qwen25VLModel  # noqa: E402
 from megatron_vlm.models.tiny import tiny_qwen25vl_config  # noqa: E402
 
-# name -> (initialize_distributed sizes, extra config fields, batch)
+TP2, CP2, PP2 = (dict(tensor_model_parallel_size=2), dict(context_parallel_size=2),
+                 dict(pipeline_model_parallel_size=2))
+SP, PP_SPLIT = dict(sequence_parallel=True), dict(num_layers_in_first_pipeline_stage=1)
+# name -> (initialize_distributed sizes, extra config fields, batch, loss mask or None)
 LAYOUTS = {
-    "tp2": (dict(tensor_model_parallel_size=2), {}, "packed"),
-    "tp2_sp": (dict(tensor_model_parallel_size=2), dict(sequence_parallel=True), "packed"),
+    "tp2": (TP2, {}, "packed", None),
+    "tp2_sp": (TP2, SP, "packed", None),
     # activation recomputation in both towers: segments travel through megatron's checkpointing
-    "tp2_sp_recompute": (dict(tensor_model_parallel_size=2), dict(sequence_parallel=True,
-                                                                  recompute_granularity="full"), "packed"),
-    "pp2": (dict(pipeline_model_parallel_size=2), dict(num_layers_in_first_pipeline_stage=1), "packed"),
-    "cp2": (dict(context_parallel_size=2), {}, "packed"),
+    "tp2_sp_recompute": (TP2, dict(SP, recompute_granularity="full"), "packed", None),
+    "pp2": (PP2, PP_SPLIT, "packed", None),
+    "cp2": (CP2, {}, "packed", None),
     # rank 0 encodes the only image but holds none of its tokens; rank 1 encodes nothing
-    "cp2_one_image": (dict(context_parallel_size=2), {}, "one_image"),
-    # 4 processes (not in the default 2-process run): --layouts tp2_cp2_sp
-    "tp2_cp2_sp": (dict(tensor_model_parallel_size=2, context_parallel_size=2), dict(sequence_parallel=True),
-                   "packed"),
+    "cp2_one_image": (CP2, {}, "one_image", None),
+    "tp2_sp_masked": (TP2, SP, "packed", "answers"),
+    "pp2_masked": (PP2, PP_SPLIT, "packed", "answers"),
+    "cp2_masked": (CP2, {}, "packed", "answers"),
+    # 4 processes (not in the default 2-process run): --layouts tp2_cp2_sp tp2_cp2_sp_masked
+    "tp2_cp2_sp": (dict(TP2, **CP2), SP, "packed", None),
+    # no masked token on CP rank 0: its TP pair runs the output layer on 0 rows
+    "tp2_cp2_sp_masked": (dict(TP2, **CP2), SP, "packed", "one_rank"),
 }
 
 
@@ -69,6 +77,16 @@ def batch(name: str = "packed"):
         inputs = dict(input_ids=ids[None], pixel_values=pixels, image_grid_thw=grids)
     labels = torch.randint(0, 1000, inputs["input_ids"].shape, generator=torch.Generator().manual_seed(7))
     return inputs, labels
+
+
+def loss_mask(name: str, labels: torch.Tensor) -> torch.Tensor:
+    """``answers``: tokens 20..23 (sample 1) and 58..62 (sample 2), on both CP ranks and both SP halves;
+    ``one_rank``: tokens 20..23 only (CP rank 1's chunks)."""
+    mask = torch.zeros_like(labels)
+    mask[:, 20:24] = 1
+    if name == "answers":
+        mask[:, 58:63] = 1
+    return mask
 
 
 def save(model, path: Path) -> None:
@@ -100,25 +118,28 @@ def max_grad_diff(grads, ref_grads) -> tuple[float, str]:
     return diffs[worst], worst
 
 
-def reference(out: Path) -> dict:
-    """Unsplit model: saved weights, and per batch the logits, per-token loss and gradients."""
+def reference(out: Path, cases) -> dict:
+    """Unsplit model: saved weights, and per (batch, mask) case the logits, per-token loss (times the mask)
+    and gradients of its sum."""
     runtime.initialize_distributed(seed=1)
     model = Qwen25VLModel(config())
     randomize_weights_(model, seed=3)
     save(model, out / "weights")
-    ref = {"model": model}
-    for name in ("packed", "one_image"):
+    ref = {}
+    for name, mask_name in cases:
         model.zero_grad(set_to_none=True)
         inputs, labels = batch(name)
         with torch.no_grad():
             logits = model(**inputs)
         loss = model(**inputs, labels=labels)
+        if mask_name:
+            loss = loss * loss_mask(mask_name, labels)
         loss.sum().backward()
-        ref[name] = (logits, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+        ref[name, mask_name] = (logits, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
     return ref
 
 
-def run_tp(name, sizes, extra, out, ref):
+def run_tp(name, sizes, extra, out, ref, mask_name):
     ref_logits, ref_loss, ref_grads = ref
     runtime.initialize_distributed(seed=1, **sizes)
     model = Qwen25VLModel(config(sizes, **extra))
@@ -126,7 +147,7 @@ def run_tp(name, sizes, extra, out, ref):
     inputs, labels = batch()
     with torch.no_grad():
         logits = tensor_parallel.gather_from_tensor_model_parallel_region(model(**inputs))
-    loss = model(**inputs, labels=labels)
+    loss = model(**inputs, labels=labels, loss_mask=mask_name and loss_mask(mask_name, labels))
     loss.sum().backward()
     for p in model.parameters():  # what finalize_model_grads does for sequence-parallel norms
         if getattr(p, "sequence_parallel", False) and p.grad is not None:
@@ -136,7 +157,7 @@ def run_tp(name, sizes, extra, out, ref):
                 grads=grad_diff, worst_grad=worst)
 
 
-def run_pp(name, sizes, extra, out, ref):
+def run_pp(name, sizes, extra, out, ref, mask_name):
     _, ref_loss, ref_grads = ref
     runtime.initialize_distributed(seed=1, **sizes)
     first, last = ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage()
@@ -148,7 +169,7 @@ def run_pp(name, sizes, extra, out, ref):
         def loss_func(per_token):
             return per_token.sum(), {"loss": per_token.sum().detach()}
 
-        return m(**inputs, labels=labels), loss_func
+        return m(**inputs, labels=labels, loss_mask=mask_name and loss_mask(mask_name, labels)), loss_func
 
     losses = get_forward_backward_func()(
         forward_step_func=step, data_iterator=iter([None]), model=[model], num_microbatches=1,
@@ -161,7 +182,7 @@ def run_pp(name, sizes, extra, out, ref):
     return result
 
 
-def run_cp(name, sizes, extra, out, ref, batch_name):
+def run_cp(name, sizes, extra, out, ref, batch_name, mask_name):
     ref_logits, ref_loss, ref_grads = ref
     runtime.initialize_distributed(seed=1, **sizes)
     model = Qwen25VLModel(config(sizes, **extra))
@@ -170,7 +191,7 @@ def run_cp(name, sizes, extra, out, ref, batch_name):
     inputs, labels = batch(batch_name)
     with torch.no_grad():
         logits = tensor_parallel.gather_from_tensor_model_parallel_region(model(**inputs))
-    loss = model(**inputs, labels=labels)
+    loss = model(**inputs, labels=labels, loss_mask=mask_name and loss_mask(mask_name, labels))
     loss.sum().backward()
     grads = {}
     for n, p in model.named_parameters():  # what the data-parallel (incl. CP) grad reduction does
@@ -191,20 +212,21 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--layouts", nargs="+", help="default: every layout of at most 2 processes",
-                        default=[n for n, (sizes, _, _) in LAYOUTS.items() if math.prod(sizes.values()) <= 2])
+                        default=[n for n, (sizes, *_) in LAYOUTS.items() if math.prod(sizes.values()) <= 2])
     args = parser.parse_args()
     runtime.initialize_distributed(seed=1)
-    ref = reference(args.out)
+    ref = reference(args.out, sorted({tuple(LAYOUTS[n][2:]) for n in args.layouts}, key=str))
     results = {}
     for name in args.layouts:
-        sizes, extra, batch_name = LAYOUTS[name]
+        sizes, extra, batch_name, mask_name = LAYOUTS[name]
+        case = ref[batch_name, mask_name]
         try:
             if "context_parallel_size" in sizes:
-                results[name] = run_cp(name, sizes, extra, args.out, ref[batch_name], batch_name)
+                results[name] = run_cp(name, sizes, extra, args.out, case, batch_name, mask_name)
             elif "pipeline_model_parallel_size" in sizes:
-                results[name] = run_pp(name, sizes, extra, args.out, ref[batch_name])
+                results[name] = run_pp(name, sizes, extra, args.out, case, mask_name)
             else:
-                results[name] = run_tp(name, sizes, extra, args.out, ref[batch_name])
+                results[name] = run_tp(name, sizes, extra, args.out, case, mask_name)
         except Exception:
             results[name] = {"error": traceback.format_exc()}
     rank = torch.distributed.get_rank()

@@ -1,0 +1,62 @@
+"""Peak memory and time of Qwen25VLModel's loss forward+backward with and without ``loss_mask``.
+
+The tiny model has Qwen's real 151,936-token vocabulary, so the output layer's logits dominate, as
+in the 7B at 128K tokens. Each variant runs in a fresh process (peak RSS is per process).
+
+    OMP_NUM_THREADS=2 python scripts/bench_loss_mask.py [--seq 1024] [--answer 32] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import time
+
+
+def run(seq: int, answer: int, masked: bool, repeats: int) -> tuple[float, float]:
+    """(peak RSS in GB, seconds per forward+backward) of one variant, in this process."""
+    import torch
+
+    from megatron_vlm import runtime
+    from megatron_vlm.models.config import qwen25vl_config_from_hf
+    from megatron_vlm.models.qwen25vl import Qwen25VLModel
+    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+
+    runtime.initialize_distributed(seed=1)
+    model = Qwen25VLModel(qwen25vl_config_from_hf(tiny_qwen25vl_config().to_dict()))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 1000, (1, seq), generator=g)
+    labels = torch.randint(0, 1000, (1, seq), generator=g)
+    mask = torch.zeros_like(labels)
+    mask[:, -answer:] = 1  # the answer at the end of the row
+
+    def step():
+        loss = model(ids, labels=labels, loss_mask=mask if masked else None)
+        (loss * mask).sum().backward()
+
+    step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    seconds = (time.perf_counter() - start) / repeats
+    runtime.destroy()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--answer", type=int, default=32, help="tokens with loss_mask = 1")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    ctx = multiprocessing.get_context("spawn")
+    for masked in (False, True):
+        with ctx.Pool(1) as pool:
+            peak, seconds = pool.apply(run, (args.seq, args.answer, masked, args.repeats))
+        print(f"seq {args.seq}, {args.answer} answer tokens, loss_mask {'on ' if masked else 'off'}: "
+              f"peak RSS {peak:.2f} GB, fwd+bwd {seconds * 1e3:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
