@@ -35,12 +35,12 @@ class DemoConfig:
         "flag": "-o", "help": "working directory; a previous demo's directory there is replaced"})
     pdfs: str = field(default=str(REPO_PDFS), metadata={
         "help": "folder of PDFs for the pool (the real manuals shipped in tests/data/pdfs)"})
-    dpi: int = field(default=36, metadata={
-        "help": "page render resolution (the recipe uses 144; 36 keeps CPU sequences short)"})
-    max_seq_len: int = field(default=4096, metadata={"help": "packed sequence length of the dataset"})
-    token_budget: float = field(default=5e4, metadata={"help": "tokens in the built dataset"})
-    train_steps: int = field(default=3, metadata={"help": "optimizer steps on the built micro-batches"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the demo steps"})
+    dpi: int = field(default=50, metadata={
+        "help": "page render resolution (the recipe uses 144; 50 keeps CPU sequences short)"})
+    max_seq_len: int = field(default=16384, metadata={"help": "packed sequence length of the dataset"})
+    token_budget: float = field(default=2e5, metadata={"help": "tokens in the built dataset"})
+    train_steps: int = field(default=4, metadata={"help": "optimizer steps on the built micro-batches"})
+    lr: float = field(default=1e-2, metadata={"help": "AdamW learning rate of the demo steps"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
 
 
@@ -63,9 +63,8 @@ def _prepare_output(path: Path) -> None:
 def _batch_loss(model, batch):
     per_token = model(batch["input_ids"], position_ids=batch["position_ids"], pixel_values=batch["pixel_values"],
                       image_grid_thw=batch["image_grid_thw"], cu_seqlens=batch["cu_seqlens"],
-                      labels=batch["labels"])
-    mask = batch["loss_mask"].float()
-    return (per_token.float() * mask).sum() / mask.sum().clamp(min=1)
+                      labels=batch["labels"], loss_mask=batch["loss_mask"])
+    return per_token.float().sum() / batch["loss_mask"].float().sum().clamp(min=1)
 
 
 def train_steps(ckpt_dir: Path, data_prefix: Path, out_dir: Path, steps: int, lr: float, seed: int) -> list[float]:
