@@ -17,7 +17,7 @@ import numpy as np
 from preprocess.pool.config import PoolConfig
 from preprocess.pool.reader import Pool, PoolFormatError
 from preprocess.pool.run import PoolError, PoolSummary, duplicate, write_pool_files
-from preprocess.pool.store import STORES, StoreBuilder
+from preprocess.pool.store import store_builders
 
 
 def _check_shards(pools: list[Pool]) -> dict:
@@ -71,21 +71,14 @@ def merge_pools(config: PoolConfig) -> PoolSummary:
             else:
                 kept.append((record, pool))
     out.mkdir(parents=True, exist_ok=True)
-    builders = {name: StoreBuilder(out / name) for name in STORES}
     entries = []
-    try:
+    with store_builders(out) as builders:
         for doc, pool in kept:
             for name, builder in builders.items():
                 store = pool.pages_store if name == "pages" else pool.layout_store
                 seqs = [store[doc["page_start"] + i] for i in range(doc["num_pages"])]
                 builder.add_document(np.concatenate(seqs), [len(s) for s in seqs])
             entries.append(dict(doc, page_start=builders["pages"].num_sequences - doc["num_pages"]))
-        for builder in builders.values():
-            builder.commit()
-    except BaseException:
-        for builder in builders.values():
-            builder.abort()
-        raise
     info = write_pool_files(out, entries, rejected, settings, pools[0].encoding,
                             merged_from=[str(p.root) for p in pools])
     c = info["counts"]

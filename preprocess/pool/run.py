@@ -24,7 +24,7 @@ from megatron_vlm.utils.atomic import atomic_write, write_json
 from preprocess.pool.chunk import rejection
 from preprocess.pool.config import PoolConfig
 from preprocess.pool.discover import discover, shard_indices
-from preprocess.pool.store import STORES, StoreBuilder, iter_chunk_documents, read_chunk_results
+from preprocess.pool.store import iter_chunk_documents, read_chunk_results, store_builders
 from preprocess.pool.workers import ChunkTask, WorkerPool
 
 FORMAT_VERSION = 1
@@ -235,8 +235,7 @@ def _assemble(out: Path, work: Path, plan: dict, config: PoolConfig) -> dict:
     """Append the chunks, in input order, to the final stores; write manifest, rejected, pool.json."""
     rejected = list(plan["rejected"])
     entries = []
-    builders = {name: StoreBuilder(out / name) for name in STORES}
-    try:
+    with store_builders(out) as builders:
         for chunk_id in range(len(plan["chunks"])):
             path = _chunk_path(work, chunk_id)
             results = read_chunk_results(path)
@@ -249,12 +248,6 @@ def _assemble(out: Path, work: Path, plan: dict, config: PoolConfig) -> dict:
                 for data, lengths in iter_chunk_documents(path, results, name):
                     builder.add_document(data, lengths)
         _fix_page_starts(entries)
-        for builder in builders.values():
-            builder.commit()
-    except BaseException:
-        for builder in builders.values():
-            builder.abort()
-        raise
     rejected.sort(key=lambda r: r["input_index"])
     return write_pool_files(out, entries, rejected, plan["settings"], config.encoding)
 

@@ -10,6 +10,7 @@ megatron-core's ``IndexedDatasetBuilder``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -88,6 +89,20 @@ class StoreBuilder:
         self.builder.data_file.close()
         for suffix in (".bin", ".idx"):
             Path(str(self.tmp) + suffix).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def store_builders(out: Path) -> Iterator[dict[str, StoreBuilder]]:
+    """A ``StoreBuilder`` per store under ``out``: all committed if the block succeeds, else all aborted."""
+    builders = {name: StoreBuilder(out / name) for name in STORES}
+    try:
+        yield builders
+    except BaseException:
+        for builder in builders.values():
+            builder.abort()
+        raise
+    for builder in builders.values():
+        builder.commit()
 
 
 def open_store(prefix: Path):
