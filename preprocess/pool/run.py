@@ -12,6 +12,7 @@ import hashlib
 import json
 import shutil
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,12 @@ from megatron_vlm.utils.atomic import atomic_write, write_json
 from preprocess.pool.chunk import rejection
 from preprocess.pool.config import PoolConfig
 from preprocess.pool.discover import discover, shard_indices
-from preprocess.pool.store import iter_chunk_documents, read_chunk_results, store_builders
+from preprocess.pool.store import (
+    indexed_dataset_module,
+    iter_chunk_documents,
+    read_chunk_results,
+    store_builders,
+)
 from preprocess.pool.workers import ChunkTask, WorkerPool
 
 FORMAT_VERSION = 1
@@ -225,6 +231,8 @@ def _process(config: PoolConfig, tasks: list[ChunkTask], incidents: dict, record
         rate = state["pages"] / max(1e-9, time.monotonic() - state["t0"])
         bar.set_postfix_str(f"{state['pages']} pages, {rate:.1f} pages/s", refresh=False)
 
+    # Importing megatron-core (for assembly) takes seconds; do it while the workers render.
+    threading.Thread(target=indexed_dataset_module, name="import-megatron", daemon=True).start()
     try:
         WorkerPool(config, incidents, record_incident, on_event).run(tasks)
     finally:

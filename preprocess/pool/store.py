@@ -23,7 +23,7 @@ from megatron_vlm.utils.atomic import atomic_dir
 STORES = ("pages", "layout")
 
 
-def _indexed_dataset_module():
+def indexed_dataset_module():
     """megatron-core's indexed_dataset (imported quietly: its package warns about TE/apex)."""
     import warnings
 
@@ -71,7 +71,7 @@ class StoreBuilder:
     def __init__(self, prefix: Path):
         self.prefix = Path(prefix)
         self.tmp = self.prefix.with_name(f".{self.prefix.name}.tmp")
-        self.builder = _indexed_dataset_module().IndexedDatasetBuilder(str(self.tmp) + ".bin", dtype=np.uint8)
+        self.builder = indexed_dataset_module().IndexedDatasetBuilder(str(self.tmp) + ".bin", dtype=np.uint8)
         self.num_sequences = 0
 
     def add_document(self, data: np.ndarray, lengths: list[int]) -> None:
@@ -107,4 +107,4 @@ def store_builders(out: Path) -> Iterator[dict[str, StoreBuilder]]:
 
 def open_store(prefix: Path):
     """megatron-core's reader of a pool store (keep it alive while its arrays are used)."""
-    return _indexed_dataset_module().IndexedDataset(str(prefix), multimodal=False, mmap=True)
+    return indexed_dataset_module().IndexedDataset(str(prefix), multimodal=False, mmap=True)
