@@ -48,6 +48,24 @@ def qwen_tokenizer(qwen_tokenizer_dir):
 
 
 @pytest.fixture(scope="session")
+def convert_to_megatron(tmp_path_factory):
+    """``convert(hf_dir, tp, pp)``: the Megatron checkpoint of an HF checkpoint, converted once per layout."""
+    from megatron_vlm import api
+
+    cache: dict[tuple[str, int, int], Path] = {}
+
+    def convert(hf_dir: Path, tp: int, pp: int) -> Path:
+        key = (str(hf_dir), tp, pp)
+        if key not in cache:
+            out = tmp_path_factory.mktemp("meg") / f"tp{tp}pp{pp}"
+            api.convert("hf-to-megatron", hf=str(hf_dir), out=str(out), tp=tp, pp=pp)
+            cache[key] = out
+        return cache[key]
+
+    return convert
+
+
+@pytest.fixture(scope="session")
 def tiny_hf_checkpoint(tmp_path_factory) -> Path:
     """A tiny random Qwen2.5-VL checkpoint (fp32, sharded safetensors + index), built from a config."""
     from megatron_vlm.models.tiny import save_tiny_checkpoint

@@ -40,18 +40,9 @@ def assert_bit_exact(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
 
 
 @pytest.fixture(scope="module")
-def converted(tiny_hf_checkpoint, tmp_path_factory):
+def converted(tiny_hf_checkpoint, convert_to_megatron):
     """Megatron checkpoints of the tiny model per (tp, pp), converted once."""
-    cache: dict[tuple[int, int], Path] = {}
-
-    def get(tp: int, pp: int) -> Path:
-        if (tp, pp) not in cache:
-            out = tmp_path_factory.mktemp("meg") / f"tp{tp}pp{pp}"
-            api.convert("hf-to-megatron", hf=str(tiny_hf_checkpoint), out=str(out), tp=tp, pp=pp)
-            cache[tp, pp] = out
-        return cache[tp, pp]
-
-    return get
+    return lambda tp, pp: convert_to_megatron(tiny_hf_checkpoint, tp, pp)
 
 
 @pytest.mark.parametrize("tp,pp", [(1, 1), (1, 2), (2, 1), (2, 2)])

@@ -33,17 +33,8 @@ def hf_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def converted(hf_dir, tmp_path_factory):
-    cache = {}
-
-    def get(tp: int, pp: int):
-        if (tp, pp) not in cache:
-            out = tmp_path_factory.mktemp("meg") / f"tp{tp}pp{pp}"
-            api.convert("hf-to-megatron", hf=str(hf_dir), out=str(out), tp=tp, pp=pp)
-            cache[tp, pp] = out
-        return cache[tp, pp]
-
-    return get
+def converted(hf_dir, convert_to_megatron):
+    return lambda tp, pp: convert_to_megatron(hf_dir, tp, pp)
 
 
 def test_verify_megatron_model_matches_transformers(hf_dir, converted, capsys):
