@@ -1,16 +1,23 @@
 """longvlm: the open training stack for long-context vision-language models (LongPT)."""
 
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "megatron_vlm" / "__init__.py").read_text()).group(1)
 
 setup(
     name="longvlm",
-    version="0.1.0",
+    version=VERSION,
     description="Long-context continued pre-training of Qwen2.5-VL-class models with Megatron-Core",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["megatron_vlm*", "preprocess*", "launch*", "checkpoint_tools*"]),
-    package_data={"preprocess": ["synth/prompts/*.txt"], "megatron_vlm": ["data/*.jinja"]},
+    packages=find_packages(include=["longvlm*", "launch*", "training*", "evaluation*", "preprocess*",
+                                    "checkpoint_tools*", "megatron_vlm*"]),
+    package_data={"preprocess": ["synth/prompts/*.txt"], "longvlm": ["demo_pdfs/*.pdf", "demo_pdfs/SOURCES.md"]},
     install_requires=[
         # torch is the user's own (CPU wheel, or the cluster's CUDA build); never pulled in here
         # beyond this floor, so a default install cannot fetch a CUDA build over a working one.
@@ -34,5 +41,5 @@ setup(
         "gpu": ["transformer-engine[pytorch]>=2.0"],
         "dev": ["pytest>=8", "ruff>=0.6"],
     },
-    entry_points={"console_scripts": ["longvlm=megatron_vlm.cli:main"]},
+    entry_points={"console_scripts": ["longvlm=longvlm.cli:main"]},
 )

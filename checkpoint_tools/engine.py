@@ -44,16 +44,16 @@ from checkpoint_tools.mapping import (
     layer_pattern,
     padded_vocab_size,
 )
-from checkpoint_tools.megatron_io import (
+from megatron_vlm.formats.checkpoint import (
     META_FORMAT,
     META_NAME,
     META_VERSION,
     MegatronCheckpoint,
     iteration_dir_name,
-    process_group,
     save_global_tensors,
     write_tracker,
 )
+from megatron_vlm.runtime import process_group
 from megatron_vlm.utils.atomic import atomic_dir
 
 LOAD_BATCH_BYTES = 1 << 29  # tensors read from a torch_dist checkpoint per load call

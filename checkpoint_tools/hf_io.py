@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from megatron_vlm.errors import LongVLMError
+from megatron_vlm.formats.checkpoint import CheckpointError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -25,10 +25,6 @@ MODEL_TYPE = "qwen2_5_vl"
 # Files of an HF model directory that are weights or that the exporter writes itself.
 _NOT_COPIED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf")
 _NOT_COPIED_NAMES = {"config.json", INDEX_NAME, "pytorch_model.bin.index.json"}
-
-
-class CheckpointError(LongVLMError, RuntimeError):
-    """An input checkpoint that cannot be converted; the message names the file and the reason."""
 
 
 def load_qwen25vl_config(raw: dict[str, Any], source: str):

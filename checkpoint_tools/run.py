@@ -1,4 +1,4 @@
-"""Dispatch one ``longvlm convert`` action (shared by the CLI and ``megatron_vlm.api.convert``)."""
+"""Dispatch one ``longvlm convert`` action (shared by the CLI and ``longvlm.api.convert``)."""
 
 from __future__ import annotations
 

@@ -96,8 +96,8 @@ def megatron_logits(ckpt_root: str | Path, iteration: str | None, inputs: dict[s
         from megatron_vlm.models.qwen25vl import Qwen25VLModel
     except ImportError as err:
         raise CheckpointError(f"verify needs the Megatron model (megatron_vlm.models.qwen25vl): {err}") from None
-    from checkpoint_tools.megatron_io import MegatronCheckpoint, load_into_model, process_group
-    from megatron_vlm.runtime import initialize_distributed
+    from megatron_vlm.formats.checkpoint import MegatronCheckpoint, load_into_model
+    from megatron_vlm.runtime import initialize_distributed, process_group
 
     ckpt = MegatronCheckpoint.open(ckpt_root, iteration)
     with process_group():

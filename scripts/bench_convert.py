@@ -135,7 +135,7 @@ def main() -> None:
     t0 = time.perf_counter()
     nbytes = write_synthetic(hf, config)
     gen_s = time.perf_counter() - t0
-    cli = [sys.executable, "-W", "ignore", "-m", "megatron_vlm.cli", "convert"]
+    cli = [sys.executable, "-W", "ignore", "-m", "longvlm.cli", "convert"]
     runs = {
         "hf-to-megatron": run_measured(cli + ["hf-to-megatron", "--hf", str(hf), "--out", str(meg),
                                               "--tp", str(args.tp)], work / "import.log"),

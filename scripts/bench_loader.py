@@ -47,7 +47,7 @@ def packing_on_synthetic_lengths(max_seq_len: int, n: int = 20000) -> None:
     """Fill of the packer vs the best possible on length distributions of a large pool."""
     import numpy as np
 
-    from preprocess.build.packing import fill_ratio, fill_upper_bound, pack
+    from preprocess.dataset.packing import fill_ratio, fill_upper_bound, pack
 
     rng = np.random.default_rng(0)
     cases = {
@@ -66,7 +66,7 @@ def packing_on_synthetic_lengths(max_seq_len: int, n: int = 20000) -> None:
 
 
 def timed_build(**options):
-    from megatron_vlm import api
+    from longvlm import api
 
     wall, cpu = time.perf_counter(), time.process_time()
     result = api.build(progress=False, **options)
@@ -88,8 +88,8 @@ def main() -> None:
     from megatron_vlm.data.loader import build_data_loader
     from megatron_vlm.data.vision import image_to_patches
     from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
-    from preprocess.build.cli import format_report
-    from preprocess.build.run import open_pool
+    from preprocess.dataset.cli import format_report
+    from preprocess.dataset.run import open_pool
 
     pool = open_pool(args.pool)
     with tempfile.TemporaryDirectory() as tmp:

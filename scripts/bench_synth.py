@@ -6,7 +6,7 @@ bounded concurrency hides latency, and that a rerun served from the cache sends 
 
     PYTHONPATH=. python scripts/bench_synth.py [--pool POOL_DIR] [--latency 0.2]
 
-Without --pool, a pool is built from tests/data/pdfs at 72 dpi into a temporary directory.
+Without --pool, a pool is built from longvlm/demo_pdfs at 72 dpi into a temporary directory.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from megatron_vlm import api
+from longvlm import api
 
 
 def serve(latency: float) -> tuple[ThreadingHTTPServer, list[int]]:
@@ -56,7 +56,7 @@ def serve(latency: float) -> tuple[ThreadingHTTPServer, list[int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pool", help="an existing pool directory (default: build one from tests/data/pdfs)")
+    parser.add_argument("--pool", help="an existing pool directory (default: build one from longvlm/demo_pdfs)")
     parser.add_argument("--latency", type=float, default=0.2, help="server seconds per request")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     args = parser.parse_args()
@@ -65,7 +65,7 @@ def main() -> None:
     if pool_dir is None:
         pool_dir = str(work / "pool")
         t0 = time.perf_counter()
-        api.pool(inputs=["tests/data/pdfs"], output=pool_dir, min_pages=0, max_pages=0, dpi=72, progress=False)
+        api.pool(inputs=["longvlm/demo_pdfs"], output=pool_dir, min_pages=0, max_pages=0, dpi=72, progress=False)
         print(f"pool built in {time.perf_counter() - t0:.1f} s")
 
     t0 = time.perf_counter()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-DATA_DIR = Path(__file__).parent / "data"
-PDF_DIR = DATA_DIR / "pdfs"
+REPO = Path(__file__).resolve().parents[1]
+PDF_DIR = REPO / "longvlm" / "demo_pdfs"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -23,7 +23,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def pdf_dir() -> Path:
-    """The real born-digital PDFs (see tests/data/pdfs/SOURCES.md)."""
+    """The real born-digital PDFs (see longvlm/demo_pdfs/SOURCES.md)."""
     return PDF_DIR
 
 
@@ -50,7 +50,7 @@ def qwen_tokenizer(qwen_tokenizer_dir):
 @pytest.fixture(scope="session")
 def convert_to_megatron(tmp_path_factory):
     """``convert(hf_dir, tp, pp)``: the Megatron checkpoint of an HF checkpoint, converted once per layout."""
-    from megatron_vlm import api
+    from longvlm import api
 
     cache: dict[tuple[str, int, int], Path] = {}
 

@@ -15,14 +15,14 @@ import pytest
 from build_fakes import FakePool, write_tasks
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from megatron_vlm.cli import main as cli_main
-from preprocess.build.config import BuildConfig
-from preprocess.build.errors import BuildError
-from preprocess.build.lengths import LengthTarget, load_length_target
-from preprocess.build.mixture import parse_mixture, select_samples
-from preprocess.build.packing import fill_ratio, fill_upper_bound, pack
-from preprocess.build.run import build
-from preprocess.build.tasks import TASK_NAMES
+from longvlm.cli import main as cli_main
+from preprocess.dataset.config import BuildConfig
+from preprocess.dataset.errors import BuildError
+from preprocess.dataset.lengths import LengthTarget, load_length_target
+from preprocess.dataset.mixture import parse_mixture, select_samples
+from preprocess.dataset.packing import fill_ratio, fill_upper_bound, pack
+from preprocess.dataset.run import build
+from preprocess.dataset.tasks import TASK_NAMES
 
 VQA = ("extract-single", "extract-multi", "reasoning")
 
@@ -177,7 +177,7 @@ def test_too_long_samples_are_dropped_and_reported(tmp_path, qwen_tokenizer_dir,
     args = ["build", str(tasks), "--pool", str(tmp_path / "pool"), "--tokenizer", str(qwen_tokenizer_dir),
             "-o", str(tmp_path / "out" / "d"), "--max-seq-len", "400", "--token-budget", "5000", "--no-progress"]
     pool.register()
-    import preprocess.build.run as run_mod
+    import preprocess.dataset.run as run_mod
 
     orig = run_mod.open_pool
     run_mod.open_pool = FakePool.open
@@ -227,7 +227,7 @@ def test_failed_build_leaves_old_dataset_and_no_temporaries(tmp_path, qwen_token
     build(cfg, pool=pool)
     out = tmp_path / "out"
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    from preprocess.build.writer import DatasetWriter
+    from preprocess.dataset.writer import DatasetWriter
 
     calls = []
     real = DatasetWriter.add_pack
@@ -249,9 +249,9 @@ KILL_SCRIPT = """
 import sys, pathlib
 sys.path.insert(0, {tests!r})
 from build_fakes import FakePool
-from preprocess.build.config import BuildConfig
-from preprocess.build.run import build
-import preprocess.build.writer as w
+from preprocess.dataset.config import BuildConfig
+from preprocess.dataset.run import build
+import preprocess.dataset.writer as w
 import time
 real = w.DatasetWriter.add_pack
 def slow(self, *a):
@@ -286,7 +286,7 @@ def test_build_killed_midway_leaves_nothing_half_written(tmp_path, qwen_tokenize
     proc.wait()
     assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == []  # no DATA_PREFIX* file
     # the next build of that prefix removes the killed build's temporary folder
-    from preprocess.build.writer import remove_stale_temporaries
+    from preprocess.dataset.writer import remove_stale_temporaries
 
     remove_stale_temporaries(out / "data")
     assert list(out.iterdir()) == []

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from megatron_vlm import api
+from longvlm import api
 from megatron_vlm.data.collate import collate_packs
 from megatron_vlm.data.dataset import BuiltDataset
-from preprocess.build.lengths import histogram
+from preprocess.dataset.lengths import histogram
 
 PDFS = ("float", "booktabs", "camlidl-1.04.doc", "beamerexample-conference-talk", "microtype", "mathtools",
         "etoolbox", "lineno")
@@ -20,7 +20,7 @@ VQA = ("extract-single", "extract-multi", "reasoning")
 @pytest.fixture(scope="module")
 def real_inputs(tmp_path_factory, pdf_dir):
     """A 72-dpi pool of 8 real PDFs (12-58 pages) and hand-written page-anchored tasks over it."""
-    from preprocess.pool import Pool
+    from megatron_vlm.formats.pool import Pool
 
     tmp = tmp_path_factory.mktemp("real_build")
     api.pool(inputs=[str(pdf_dir / f"{name}.pdf") for name in PDFS], output=str(tmp / "pool"),

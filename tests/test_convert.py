@@ -11,8 +11,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from megatron_vlm import api
-from megatron_vlm.cli import main
+from longvlm import api
+from longvlm.cli import main
 
 EMB = "language_model.embedding.word_embeddings.weight"
 
@@ -25,7 +25,8 @@ def hf_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def megatron_tensors(ckpt: Path) -> dict[str, torch.Tensor]:
-    from checkpoint_tools.megatron_io import MegatronCheckpoint, process_group
+    from megatron_vlm.formats.checkpoint import MegatronCheckpoint
+    from megatron_vlm.runtime import process_group
 
     with process_group():
         src = MegatronCheckpoint.open(ckpt)
@@ -299,7 +300,8 @@ def test_per_layer_key_checkpoints_export_too(converted, tiny_hf_checkpoint, tmp
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing import ShardedTensor
 
-    from checkpoint_tools.megatron_io import META_NAME, process_group, write_tracker
+    from megatron_vlm.formats.checkpoint import META_NAME, write_tracker
+    from megatron_vlm.runtime import process_group
 
     src = converted(1, 1)
     tensors = megatron_tensors(src)
@@ -316,7 +318,8 @@ def test_per_layer_key_checkpoints_export_too(converted, tiny_hf_checkpoint, tmp
 
 
 def test_unmapped_megatron_tensor_is_named(converted, tmp_path, capsys):
-    from checkpoint_tools.megatron_io import META_NAME, process_group, save_global_tensors, write_tracker
+    from megatron_vlm.formats.checkpoint import META_NAME, save_global_tensors, write_tracker
+    from megatron_vlm.runtime import process_group
 
     src = converted(1, 1)
     tensors = megatron_tensors(src)

@@ -9,8 +9,8 @@ import torch
 from distributed import run_distributed
 from vlm_inputs import randomize_weights_
 
-from megatron_vlm import api
-from megatron_vlm.cli import main
+from longvlm import api
+from longvlm.cli import main
 
 TOL = 1e-4  # fp32; transformers and megatron-core order their reductions differently
 
@@ -97,13 +97,13 @@ def test_verify_catches_the_classic_vision_qkv_mistake(hf_dir, converted, tmp_pa
 
     from safetensors.torch import load_file
 
-    from checkpoint_tools.megatron_io import (
+    from megatron_vlm.formats.checkpoint import (
         META_NAME,
         MegatronCheckpoint,
-        process_group,
         save_global_tensors,
         write_tracker,
     )
+    from megatron_vlm.runtime import process_group
 
     src = converted(1, 1)
     hf = {}

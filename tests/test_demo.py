@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from megatron_vlm import api
-from megatron_vlm.cli import main
+from longvlm import api
+from longvlm.cli import main
 
 pytestmark = pytest.mark.slow
 

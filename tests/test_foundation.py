@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from megatron_vlm import api
-from megatron_vlm.cli import COMMANDS, NOT_IMPLEMENTED_EXIT, main
+from longvlm import api
+from longvlm.cli import COMMANDS, NOT_IMPLEMENTED_EXIT, main
 
 
 def test_help_lists_every_subcommand():
-    out = subprocess.run([sys.executable, "-m", "megatron_vlm.cli", "--help"],
+    out = subprocess.run([sys.executable, "-m", "longvlm.cli", "--help"],
                          capture_output=True, text=True, check=True).stdout
     for name in ("pool", "synth", "build", "stats", "convert", "train", "tune", "slurm", "eval", "demo"):
         assert f"    {name} " in out

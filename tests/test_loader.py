@@ -10,11 +10,12 @@ import torch
 from build_fakes import FakePool, write_tasks
 
 from megatron_vlm.data.collate import collate_packs
-from megatron_vlm.data.dataset import BuiltDataset, DatasetFormatError
+from megatron_vlm.data.dataset import BuiltDataset
 from megatron_vlm.data.loader import build_data_loader
 from megatron_vlm.data.sampler import PackBatchSampler
-from preprocess.build.config import BuildConfig
-from preprocess.build.run import build
+from megatron_vlm.formats.dataset import DatasetFormatError
+from preprocess.dataset.config import BuildConfig
+from preprocess.dataset.run import build
 
 IMAGE_PAD = 151655
 
@@ -138,8 +139,8 @@ def test_changed_pool_or_missing_files_are_clear_errors(built, tmp_path):
 
 
 def test_stats_from_files(built, tmp_path, capsys, qwen_tokenizer):
-    from megatron_vlm import api
-    from megatron_vlm.cli import main
+    from longvlm import api
+    from longvlm.cli import main
 
     prefix, pool, rows = built
     meta = json.loads(prefix.with_suffix(".json").read_text())

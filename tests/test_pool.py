@@ -22,9 +22,9 @@ import numpy as np
 import pymupdf
 import pytest
 
-from megatron_vlm import api
-from preprocess.pool import Pool, PoolFormatError
-from preprocess.pool.run import PoolError
+from longvlm import api
+from megatron_vlm.formats.pool import Pool, PoolFormatError
+from preprocess.pool.outputs import PoolError
 
 REPO = Path(__file__).resolve().parents[1]
 DPI = 36  # tests that do not look at pixels render small
@@ -239,13 +239,13 @@ def test_page_filter_defaults_are_the_papers(real_pdfs, tmp_path):
 
 
 def test_cli_reports_bad_input_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "megatron_vlm.cli", "pool", str(tmp_path / "nope"),
+    result = subprocess.run([sys.executable, "-m", "longvlm.cli", "pool", str(tmp_path / "nope"),
                              "-o", str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2
     assert "nope: no such file or folder" in result.stderr and "Traceback" not in result.stderr
     bad = tmp_path / "hashes.txt"
     bad.write_text("xyz\n")
-    result = subprocess.run([sys.executable, "-m", "megatron_vlm.cli", "pool", str(tmp_path),
+    result = subprocess.run([sys.executable, "-m", "longvlm.cli", "pool", str(tmp_path),
                              "-o", str(tmp_path / "out"), "--exclude-hashes", str(bad)],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2 and "hashes.txt:1: not a SHA-256" in result.stderr
@@ -286,7 +286,7 @@ def _wait_for(predicate, what: str, timeout: float = 120.0) -> None:
 
 def _cli(args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "megatron_vlm.cli", "pool", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "longvlm.cli", "pool", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 

@@ -9,7 +9,7 @@ import re
 import pytest
 from synth_helpers import SECTIONS, FakePool, answer_items
 
-from megatron_vlm.cli import main as cli_main
+from longvlm.cli import main as cli_main
 from preprocess.synth import SynthConfig, run_synth
 from preprocess.synth.run import plan, plan_size
 from preprocess.synth.segments import Segment, sample_segment, segment_candidates

@@ -11,8 +11,8 @@ import pymupdf
 import pytest
 from synth_helpers import answer_items
 
-from megatron_vlm import api
-from megatron_vlm.cli import main as cli_main
+from longvlm import api
+from longvlm.cli import main as cli_main
 from preprocess.synth.segments import sample_segment
 
 pytest.importorskip("preprocess.pool")
@@ -23,7 +23,7 @@ MIN_PAGES, MAX_PAGES = 8, 15
 
 @pytest.fixture(scope="module")
 def real_pool(tmp_path_factory, pdf_dir):
-    from preprocess.pool import Pool
+    from megatron_vlm.formats.pool import Pool
 
     out = tmp_path_factory.mktemp("synth_pool") / "pool"
     api.pool(inputs=[str(pdf_dir)], output=str(out), min_pages=0, max_pages=0, dpi=36, progress=False)

@@ -1,1 +1,1 @@
-"""Reading built datasets into model-ready micro-batches (format: ``megatron_vlm.data.format``)."""
+"""Reading built datasets into model-ready micro-batches (format: ``megatron_vlm.formats.dataset``)."""

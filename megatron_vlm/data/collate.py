@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from megatron_vlm.data.format import PAD_ID
 from megatron_vlm.data.positions import packed_mrope_position_ids
 from megatron_vlm.data.vision import PATCH_DIM, image_to_patches
+from megatron_vlm.formats.dataset import PAD_ID
 
 
 def _pixel_values(items: list[dict], grids: np.ndarray) -> torch.Tensor:

@@ -3,41 +3,16 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from megatron_vlm.data import format as fmt
 from megatron_vlm.data.vision import grid_thw
-from megatron_vlm.errors import LongVLMError
-
-
-class DatasetFormatError(LongVLMError, ValueError):
-    """The prefix is not a (complete, compatible) built dataset, or its pool changed."""
-
-
-def read_meta(prefix: str | Path) -> dict:
-    """``DATA_PREFIX.json``, checked for kind and format version."""
-    path = fmt.meta_path(prefix)
-    if not path.is_file():
-        raise DatasetFormatError(f"{path} not found: {prefix} is not a complete built dataset "
-                                 "(run 'longvlm build ... -o PREFIX')")
-    meta = json.loads(path.read_text())
-    if meta.get("kind") != fmt.KIND or meta.get("format_version") != fmt.FORMAT_VERSION:
-        raise DatasetFormatError(f"{path}: kind {meta.get('kind')!r} version {meta.get('format_version')!r}; "
-                                 f"this reader reads {fmt.KIND!r} version {fmt.FORMAT_VERSION}")
-    return meta
-
-
-def open_indexed(prefix: str | Path, suffix: str) -> IndexedDataset:
-    """One of the dataset's megatron-core ``IndexedDataset`` files."""
-    path = fmt.dataset_prefix(prefix, suffix)
-    if not IndexedDataset.exists(path):
-        raise DatasetFormatError(f"{path}.bin/.idx missing: {prefix} is incomplete")
-    return IndexedDataset(path, mmap=True)
+from megatron_vlm.formats import dataset as fmt
+from megatron_vlm.formats.dataset import DatasetFormatError, open_indexed, read_meta
+from megatron_vlm.formats.pool import Pool, pool_fingerprint
 
 
 def decode_page(data: bytes) -> np.ndarray:
@@ -72,7 +47,7 @@ class BuiltDataset(torch.utils.data.Dataset):
         self._pool = pool
         if not self.copied and check_pool and decode_images:
             recorded = self.meta["inputs"]["pool"]["fingerprint"]
-            if fmt.pool_fingerprint(self.pool_dir) != recorded:
+            if pool_fingerprint(self.pool_dir) != recorded:
                 raise DatasetFormatError(f"the pool at {self.pool_dir} is not the one {self.prefix} was built from "
                                          f"(fingerprint differs from {recorded[:12]}); rebuild or use --copy-pages")
         self._files: dict[str, IndexedDataset] | None = None
@@ -91,8 +66,6 @@ class BuiltDataset(torch.utils.data.Dataset):
     @property
     def pool(self):
         if self._pool is None:
-            from preprocess.pool import Pool
-
             self._pool = Pool.open(self.pool_dir)
         return self._pool
 

@@ -1,5 +1,4 @@
-"""The document pool stage (``longvlm pool``): PDFs -> rendered, layout-parsed, deduplicated pool."""
+"""The document pool stage (``longvlm pool``): PDFs -> rendered, layout-parsed, deduplicated pool.
 
-from preprocess.pool.reader import Pool, PoolFormatError
-
-__all__ = ["Pool", "PoolFormatError"]
+The pool's format and its reader (``Pool``) are in ``megatron_vlm.formats.pool``.
+"""

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_vlm.formats.pool import Pool, PoolFormatError
 from preprocess.pool.config import PoolConfig
-from preprocess.pool.reader import Pool, PoolFormatError
-from preprocess.pool.run import PoolError, PoolSummary, duplicate, write_pool_files
+from preprocess.pool.outputs import PoolError, PoolSummary, duplicate, write_pool_files
 from preprocess.pool.store import store_builders
 
 

@@ -18,19 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_vlm.formats.pool import STORES, indexed_dataset_module
 from megatron_vlm.utils.atomic import atomic_dir
-
-STORES = ("pages", "layout")
-
-
-def indexed_dataset_module():
-    """megatron-core's indexed_dataset (imported quietly: its package warns about TE/apex)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from megatron.core.datasets import indexed_dataset
-    return indexed_dataset
 
 
 def write_chunk(path: Path, results: Iterable[dict], pages: list[list[bytes]], layouts: list[list[bytes]]) -> None:
@@ -103,8 +92,3 @@ def store_builders(out: Path) -> Iterator[dict[str, StoreBuilder]]:
         raise
     for builder in builders.values():
         builder.commit()
-
-
-def open_store(prefix: Path):
-    """megatron-core's reader of a pool store (keep it alive while its arrays are used)."""
-    return indexed_dataset_module().IndexedDataset(str(prefix), multimodal=False, mmap=True)

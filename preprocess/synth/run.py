@@ -99,7 +99,7 @@ def side_paths(output: Path) -> tuple[Path, Path]:
 
 
 def _open_pool(path: str):
-    from preprocess.pool import Pool, PoolFormatError
+    from megatron_vlm.formats.pool import Pool, PoolFormatError
 
     try:
         return Pool.open(path)

@@ -16,8 +16,8 @@ from megatron.core import dist_checkpointing, tensor_parallel
 from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from checkpoint_tools.megatron_io import MegatronCheckpoint, save_model
 from megatron_vlm import runtime
+from megatron_vlm.formats.checkpoint import MegatronCheckpoint, save_model
 
 
 def main() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from preprocess.build.errors import BuildError
-from preprocess.build.mixture import DEFAULT_MIXTURE
+from preprocess.dataset.errors import BuildError
+from preprocess.dataset.mixture import DEFAULT_MIXTURE
 
 
 @dataclass

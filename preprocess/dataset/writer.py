@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-from megatron_vlm.data import format as fmt
+from megatron_vlm.formats import dataset as fmt
 from megatron_vlm.utils.atomic import write_json
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_from_args
-from preprocess.build.config import BuildConfig
+from preprocess.dataset.config import BuildConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +44,7 @@ def format_report(report: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from preprocess.build.run import build
+    from preprocess.dataset.run import build
 
     result = build(dataclass_from_args(BuildConfig, args))
     print(format_report(result.report))

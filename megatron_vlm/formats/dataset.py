@@ -1,4 +1,4 @@
-"""The built-dataset format (``longvlm build`` writes it, the loader reads it): names and layouts.
+"""The built-dataset format (``longvlm build`` writes it, the loader and ``stats`` read it).
 
 A built dataset ``DATA_PREFIX`` is a set of megatron-core ``IndexedDataset`` files plus one JSON
 file. In every indexed dataset below, one *sequence* is one training sample and one *document* is
@@ -8,11 +8,13 @@ pack ``p`` are the sequences ``document_indices[p]:document_indices[p + 1]``. Se
 
 from __future__ import annotations
 
-import hashlib
+import json
 import os
 from pathlib import Path
 
 import numpy as np
+
+from megatron_vlm.errors import LongVLMError
 
 FORMAT_VERSION = 1
 KIND = "longvlm-built-dataset"
@@ -48,22 +50,28 @@ def output_files(prefix: str | os.PathLike, copy_pages: bool) -> list[Path]:
     return files + [meta_path(prefix)]
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+class DatasetFormatError(LongVLMError, ValueError):
+    """The prefix is not a (complete, compatible) built dataset, or its pool changed."""
 
 
-POOL_FINGERPRINT_FILES = ("manifest.jsonl", "pages.idx")
+def read_meta(prefix: str | os.PathLike) -> dict:
+    """``DATA_PREFIX.json``, checked for kind and format version."""
+    path = meta_path(prefix)
+    if not path.is_file():
+        raise DatasetFormatError(f"{path} not found: {prefix} is not a complete built dataset "
+                                 "(run 'longvlm build ... -o PREFIX')")
+    meta = json.loads(path.read_text())
+    if meta.get("kind") != KIND or meta.get("format_version") != FORMAT_VERSION:
+        raise DatasetFormatError(f"{path}: kind {meta.get('kind')!r} version {meta.get('format_version')!r}; "
+                                 f"this reader reads {KIND!r} version {FORMAT_VERSION}")
+    return meta
 
 
-def pool_fingerprint(pool_dir: str | os.PathLike) -> str:
-    """SHA-256 over the pool's manifest and page-store index: changes whenever the pool does."""
-    digest = hashlib.sha256()
-    for name in POOL_FINGERPRINT_FILES:
-        path = Path(pool_dir) / name
-        digest.update(name.encode())
-        digest.update(sha256_file(path).encode() if path.exists() else b"missing")
-    return digest.hexdigest()
+def open_indexed(prefix: str | os.PathLike, suffix: str):
+    """One of the dataset's megatron-core ``IndexedDataset`` files."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    path = dataset_prefix(prefix, suffix)
+    if not IndexedDataset.exists(path):
+        raise DatasetFormatError(f"{path}.bin/.idx missing: {prefix} is incomplete")
+    return IndexedDataset(path, mmap=True)

@@ -17,10 +17,8 @@ per-layer keys (``non_homogeneous_layers``) are read as well.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from typing import Any
 import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
-from checkpoint_tools.hf_io import CheckpointError
+from megatron_vlm.errors import LongVLMError
 from megatron_vlm.utils.atomic import atomic_write, write_json
 
 # torch.distributed.checkpoint wraps reader failures in CheckpointException, a BaseException
@@ -37,6 +35,12 @@ TRACKER_NAME = "latest_checkpointed_iteration.txt"
 META_NAME = "longvlm.json"
 META_FORMAT = "longvlm/qwen2_5_vl-megatron"
 META_VERSION = 1
+
+
+class CheckpointError(LongVLMError, RuntimeError):
+    """A checkpoint that cannot be read, written or converted; the message names the file and the reason."""
+
+
 _LAYER_NAME = re.compile(r"^(?P<block>.+\.layers)\.(?P<i>\d+)\.(?P<rest>.+)$")
 _STACKED_KEY = re.compile(r"^(?P<block>.+\.decoder\.layers)\.(?P<rest>[^\d].*)$")
 
@@ -110,28 +114,6 @@ def _describe(err: BaseException) -> str:
 
 def iteration_dir_name(iteration: int | str) -> str:
     return "release" if iteration == "release" else f"iter_{int(iteration):07d}"
-
-
-@contextlib.contextmanager
-def process_group() -> Iterator[None]:
-    """``torch.distributed`` as ``dist_checkpointing`` needs it: the caller's group if initialized,
-    else a one-process group (``megatron_vlm.runtime``, with its CPU shims) for the block; the
-    caller's random-number state is left as it was."""
-    import torch.distributed as dist
-
-    from megatron_vlm import runtime
-
-    if dist.is_initialized():
-        runtime.apply_cpu_shims()
-        yield
-        return
-    rng = torch.get_rng_state()
-    runtime.initialize_distributed(environ={})  # one process, whatever launcher variables are set
-    try:
-        yield
-    finally:
-        runtime.destroy()
-        torch.set_rng_state(rng)
 
 
 def save_global_tensors(tensors: dict[str, torch.Tensor], iter_dir: Path) -> None:

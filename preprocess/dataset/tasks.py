@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from preprocess.build.errors import BuildError
+from preprocess.dataset.errors import BuildError
 
 TASK_NAMES = ("extract-single", "extract-multi", "reasoning", "ocr-full", "ocr-needle")
 REQUIRED = {"id": str, "task": str, "doc_id": str, "question": str, "answer": str}

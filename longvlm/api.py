@@ -1,6 +1,6 @@
 """Python API: one function per ``longvlm`` subcommand, taking the CLI options as keywords.
 
-    from megatron_vlm import api
+    from longvlm import api
     api.pool(inputs=["pdfs/"], output="pool", min_pages=0)
 
 Each function builds the stage's typed config dataclass (its fields are the CLI options, with the
@@ -46,11 +46,11 @@ def synth(**options: Any):
 
 
 def build(**options: Any):
-    """``longvlm build``: options of ``preprocess.build.config.BuildConfig`` as keywords
+    """``longvlm build``: options of ``preprocess.dataset.config.BuildConfig`` as keywords
     (``tasks``, ``pool``, ``tokenizer``, ``output`` required). Returns a ``BuildResult``
     (``prefix``, ``files``, ``report``); raises ``BuildError`` on bad input."""
-    from preprocess.build.config import BuildConfig
-    from preprocess.build.run import build as run_build
+    from preprocess.dataset.config import BuildConfig
+    from preprocess.dataset.run import build as run_build
 
     if isinstance(options.get("tasks"), str):
         options["tasks"] = [options["tasks"]]
@@ -60,7 +60,7 @@ def build(**options: Any):
 def stats(**options: Any) -> dict:
     """``longvlm stats``: ``prefix`` (and ``plot``: a PNG path) -> the statistics dict
     (what ``--json`` prints)."""
-    from preprocess.build.stats_cli import StatsConfig, run
+    from preprocess.dataset.stats_cli import StatsConfig, run
 
     return run(StatsConfig(**options))
 
@@ -92,7 +92,7 @@ slurm = _not_implemented("slurm")
 evaluate = _not_implemented("eval")
 def demo(**options: Any):
     """``longvlm demo``: the whole pipeline in miniature on one CPU; options of
-    ``launch.demo.DemoConfig`` as keywords. Returns one ``StageRecord`` per stage."""
-    from launch.demo import DemoConfig, run_demo
+    ``longvlm.demo.DemoConfig`` as keywords. Returns one ``StageRecord`` per stage."""
+    from longvlm.demo import DemoConfig, run_demo
 
     return run_demo(DemoConfig(**options))

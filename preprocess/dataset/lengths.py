@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocess.build.errors import BuildError
+from preprocess.dataset.errors import BuildError
 
 K = 1024
 # Report bins (also the bins of the built-in targets); the last bin is open-ended.

@@ -1,11 +1,6 @@
-"""Distributed start-up for Megatron-Core, and the shims that let it run on a CPU-only torch.
+"""The shims that let Megatron-Core's non-Transformer-Engine paths run on a CPU-only torch (gloo).
 
-Use :func:`initialize_distributed` once per process (torchrun, ``srun`` or a plain ``python``),
-:func:`device` wherever a tensor must live on "the" device, and :func:`destroy` in tests.
-
-On a machine with CUDA this module only does the usual: NCCL, ``torch.cuda.set_device(local_rank)``,
-``parallel_state.initialize_model_parallel`` and ``model_parallel_cuda_manual_seed``; it patches
-nothing. Without CUDA it uses gloo and, before anything else, applies :func:`apply_cpu_shims`:
+Applied by :func:`apply_cpu_shims` only when CUDA is absent; with CUDA nothing is patched.
 
 1. A CPU RNG-state tracker. ``model_parallel_cuda_manual_seed`` and the tracker read and write the
    CUDA generator; without it attention dropout and ``get_cuda_rng_tracker().fork()`` fail
@@ -24,9 +19,11 @@ nothing. Without CUDA it uses gloo and, before anything else, applies :func:`app
    ``LanguageModule.setup_embeddings_and_output_layer`` (tied embeddings with pipeline parallelism
    move the shared weight with ``.cuda()``) runs with ``Tensor.cuda`` returning the tensor itself.
 
-Not available on CPU at all (they need Transformer Engine or CUDA kernels): context parallelism,
-``PackedSeqParams``, the distributed optimizer, the fp16/bf16 mixed-precision optimizers (they check
-for CUDA tensor types). See docs/runtime.md.
+Everything else runs on CPU as on GPU: tensor, pipeline, data and context parallelism (with the
+``torch`` attention backend), sequence parallelism, packed rows (``AttentionSegments``),
+activation recomputation and ``dist_checkpointing``. What needs CUDA: Transformer Engine (the
+``te`` backend, fp8), the distributed optimizer and the bf16/fp16 mixed-precision optimizers
+(they check for CUDA tensor types). See docs/runtime.md.
 """
 
 from __future__ import annotations
@@ -34,109 +31,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-import os
-import random
-import re
 import types
-from dataclasses import dataclass
-from datetime import timedelta
 
-import numpy
 import torch
 
 _CPU = torch.device("cpu")
-
-
-# --------------------------------------------------------------------------- environment
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    """Where this process sits in the job, as read from the launcher's environment variables."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    master_addr: str
-    master_port: int
-    launcher: str  # "torchrun", "slurm" or "single"
-
-
-def expand_slurm_nodelist(nodelist: str) -> list[str]:
-    """Expand a SLURM host list (``gpu[01-03,07],login1``) like ``scontrol show hostnames``."""
-    hosts: list[str] = []
-    for item in re.findall(r"(?:[^,\[]|\[[^\]]*\])+", nodelist):
-        expanded = [""]
-        for literal, ranges in re.findall(r"([^\[]*)(?:\[([^\]]*)\])?", item):
-            choices = [literal]
-            if ranges:
-                choices = []
-                for part in ranges.split(","):
-                    lo, _, hi = part.partition("-")
-                    if not hi:
-                        choices.append(literal + lo)
-                        continue
-                    choices += [f"{literal}{i:0{len(lo)}d}" for i in range(int(lo), int(hi) + 1)]
-            expanded = [prefix + choice for prefix in expanded for choice in choices]
-        hosts += expanded
-    return [h for h in hosts if h]
-
-
-def _first_slurm_host(nodelist: str) -> str:
-    hosts = expand_slurm_nodelist(nodelist)
-    if not hosts:
-        raise ValueError(f"cannot read a host from SLURM_NODELIST={nodelist!r}")
-    return hosts[0]
-
-
-_SLURM_NODELISTS = ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
-
-
-def read_dist_env(environ: dict[str, str] | None = None) -> DistEnv:
-    """Read rank, world size, local rank and the rendezvous address from the environment.
-
-    torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` win; otherwise
-    SLURM's ``SLURM_PROCID``/``SLURM_STEP_NUM_TASKS`` (or ``SLURM_NTASKS``)/``SLURM_LOCALID`` with the
-    first host of ``SLURM_STEP_NODELIST`` (or the job's node list) as the master and ``MASTER_PORT`` if set, else a
-    port derived from ``SLURM_JOB_ID`` (so two jobs sharing a node do not collide); otherwise a
-    single process.
-    """
-    env = os.environ if environ is None else environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return DistEnv(
-            rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
-            local_rank=int(env.get("LOCAL_RANK", 0)),
-            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-            master_port=int(env.get("MASTER_PORT", 29500)), launcher="torchrun",
-        )
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        # a job step (srun) may use fewer nodes / tasks than the allocation: its own values first
-        nodelist = next((env[k] for k in _SLURM_NODELISTS if env.get(k)), None)
-        if not nodelist:
-            raise ValueError(f"SLURM_PROCID is set but none of {', '.join(_SLURM_NODELISTS)}")
-        port = env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", 0)) % 20000
-        return DistEnv(
-            rank=int(env["SLURM_PROCID"]),
-            world_size=int(env.get("SLURM_STEP_NUM_TASKS") or env["SLURM_NTASKS"]),
-            local_rank=int(env.get("SLURM_LOCALID", 0)),
-            master_addr=env.get("MASTER_ADDR") or _first_slurm_host(nodelist),
-            master_port=int(port), launcher="slurm",
-        )
-    return DistEnv(rank=0, world_size=1, local_rank=0, master_addr="127.0.0.1", master_port=0,
-                   launcher="single")
-
-
-# --------------------------------------------------------------------------- device
-
-
-def device() -> torch.device:
-    """The device this process computes on: its CUDA device on GPU, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return _CPU
-
-
-# --------------------------------------------------------------------------- CPU shims
 
 
 def _is_cuda(dev) -> bool:
@@ -386,81 +285,3 @@ def apply_cpu_shims() -> None:
     LanguageModule.setup_embeddings_and_output_layer = _without_cuda_moves(
         LanguageModule.setup_embeddings_and_output_layer)
     _SHIMS_APPLIED = True
-
-
-# --------------------------------------------------------------------------- start-up
-
-
-_LAYOUT: tuple | None = None
-
-
-def initialize_distributed(
-    tensor_model_parallel_size: int = 1,
-    pipeline_model_parallel_size: int = 1,
-    context_parallel_size: int = 1,
-    seed: int = 1234,
-    *,
-    virtual_pipeline_model_parallel_size: int | None = None,
-    expert_model_parallel_size: int = 1,
-    timeout_minutes: int = 30,
-    environ: dict[str, str] | None = None,
-) -> DistEnv:
-    """Start torch.distributed and Megatron-Core's model-parallel groups, and seed the RNGs.
-
-    Reads the launcher's variables (:func:`read_dist_env`); NCCL and ``cuda:LOCAL_RANK`` on GPU,
-    gloo and the CPU shims without CUDA. Seeds like Megatron-LM: ``random``, ``numpy``, ``torch`` and
-    ``model_parallel_cuda_manual_seed`` with ``seed + 100 * pipeline_rank``. Calling it again with
-    the same layout does nothing; with another layout it rebuilds the groups and reseeds (the
-    process group stays).
-    """
-    global _LAYOUT
-    from megatron.core import parallel_state, tensor_parallel
-
-    env = read_dist_env(environ)
-    cuda = torch.cuda.is_available()
-    if not cuda:
-        apply_cpu_shims()
-    if not torch.distributed.is_initialized():
-        backend = "nccl" if cuda else "gloo"
-        timeout = timedelta(minutes=timeout_minutes)
-        if cuda:
-            torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
-        if env.world_size == 1:
-            torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(),
-                                                 rank=0, world_size=1, timeout=timeout)
-        else:
-            torch.distributed.init_process_group(
-                backend, init_method=f"tcp://{env.master_addr}:{env.master_port}",
-                rank=env.rank, world_size=env.world_size, timeout=timeout)
-
-    layout = (tensor_model_parallel_size, pipeline_model_parallel_size, context_parallel_size,
-              virtual_pipeline_model_parallel_size, expert_model_parallel_size, seed)
-    if _LAYOUT == layout and parallel_state.model_parallel_is_initialized():
-        return env
-    parallel_state.destroy_model_parallel()
-    parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=tensor_model_parallel_size,
-        pipeline_model_parallel_size=pipeline_model_parallel_size,
-        virtual_pipeline_model_parallel_size=virtual_pipeline_model_parallel_size,
-        context_parallel_size=context_parallel_size,
-        expert_model_parallel_size=expert_model_parallel_size,
-        distributed_timeout_minutes=timeout_minutes,
-    )
-    stage_seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
-    random.seed(stage_seed)
-    numpy.random.seed(stage_seed)
-    torch.manual_seed(stage_seed)
-    tensor_parallel.model_parallel_cuda_manual_seed(stage_seed)
-    _LAYOUT = layout
-    return env
-
-
-def destroy() -> None:
-    """Tear down the model-parallel groups and the process group (tests; end of a job)."""
-    global _LAYOUT
-    from megatron.core import parallel_state
-
-    parallel_state.destroy_model_parallel()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    _LAYOUT = None

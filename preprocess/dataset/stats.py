@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_vlm.data import format as fmt
-from megatron_vlm.data.dataset import open_indexed, read_meta
-from preprocess.build.lengths import DEFAULT_EDGES, bin_label, histogram
+from megatron_vlm.formats import dataset as fmt
+from megatron_vlm.formats.dataset import open_indexed, read_meta
+from preprocess.dataset.lengths import DEFAULT_EDGES, bin_label, histogram
 
 
 def dataset_stats(prefix: str | Path) -> dict:

@@ -18,15 +18,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from megatron_vlm.data import format as fmt
-from preprocess.build.config import BuildConfig
-from preprocess.build.errors import BuildError
-from preprocess.build.lengths import length_report, load_length_target
-from preprocess.build.mixture import parse_mixture, select_samples
-from preprocess.build.packing import fill_ratio, fill_upper_bound, pack
-from preprocess.build.render_sample import CompactSample, SampleRenderer
-from preprocess.build.tasks import TASK_NAMES, TaskRecord, read_tasks
-from preprocess.build.writer import DatasetWriter
+from megatron_vlm.formats import dataset as fmt
+from megatron_vlm.formats.pool import pool_fingerprint
+from megatron_vlm.utils.hashing import sha256_file
+from preprocess.dataset.config import BuildConfig
+from preprocess.dataset.errors import BuildError
+from preprocess.dataset.lengths import length_report, load_length_target
+from preprocess.dataset.mixture import parse_mixture, select_samples
+from preprocess.dataset.packing import fill_ratio, fill_upper_bound, pack
+from preprocess.dataset.render_sample import CompactSample, SampleRenderer
+from preprocess.dataset.tasks import TASK_NAMES, TaskRecord, read_tasks
+from preprocess.dataset.writer import DatasetWriter
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "chat_template.jinja", "chat_template.json")
@@ -40,7 +42,7 @@ class BuildResult:
 
 
 def open_pool(pool_dir: str):
-    from preprocess.pool import Pool, PoolFormatError
+    from megatron_vlm.formats.pool import Pool, PoolFormatError
 
     if not Path(pool_dir).is_dir():
         raise BuildError(f"--pool {pool_dir}: not a directory")
@@ -95,10 +97,10 @@ def tokenize_all(jobs: list[tuple[str, str, int]], tokenizer_dir: str, page_mark
 def input_hashes(config: BuildConfig) -> dict:
     tok = Path(config.tokenizer)
     return {
-        "tasks": [{"path": str(Path(p).absolute()), "sha256": fmt.sha256_file(p)} for p in config.tasks],
-        "pool": {"path": str(Path(config.pool).absolute()), "fingerprint": fmt.pool_fingerprint(config.pool)},
+        "tasks": [{"path": str(Path(p).absolute()), "sha256": sha256_file(p)} for p in config.tasks],
+        "pool": {"path": str(Path(config.pool).absolute()), "fingerprint": pool_fingerprint(config.pool)},
         "tokenizer": {"path": str(tok.absolute()),
-                      "sha256": {n: fmt.sha256_file(tok / n) for n in TOKENIZER_FILES if (tok / n).exists()}},
+                      "sha256": {n: sha256_file(tok / n) for n in TOKENIZER_FILES if (tok / n).exists()}},
     }
 
 

@@ -1,18 +1,56 @@
-"""Read a document pool: manifest entries, page images and layout blocks by (doc_id, page_number)."""
+"""The document-pool format (``longvlm pool`` writes it; synth, build and the loader read it).
+
+A pool directory holds ``pool.json`` (written last: the completion marker), ``manifest.jsonl``
+(one entry per document), ``rejected.jsonl`` and two megatron-core ``IndexedDataset`` stores of
+dtype uint8, one sequence per page and one document per PDF: ``pages`` (encoded page images) and
+``layout`` (layout blocks as JSON). See docs/formats.md, "Document pool".
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import threading
 from pathlib import Path
 
 from megatron_vlm.errors import LongVLMError
-from preprocess.pool.store import open_store
+from megatron_vlm.utils.hashing import sha256_file
+
+FORMAT_VERSION = 1
+STORES = ("pages", "layout")
+POOL_FILES = ("pool.json", "manifest.jsonl", "rejected.jsonl", "pages.bin", "pages.idx", "layout.bin", "layout.idx")
+FINGERPRINT_FILES = ("manifest.jsonl", "pages.idx")
 
 
 class PoolFormatError(LongVLMError, ValueError):
     """The directory is not a (complete) pool."""
+
+
+def indexed_dataset_module():
+    """megatron-core's indexed_dataset (imported quietly: its package warns about TE/apex)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core.datasets import indexed_dataset
+    return indexed_dataset
+
+
+def open_store(prefix: Path):
+    """megatron-core's reader of a pool store (keep it alive while its arrays are used)."""
+    return indexed_dataset_module().IndexedDataset(str(prefix), multimodal=False, mmap=True)
+
+
+def pool_fingerprint(pool_dir: str | os.PathLike) -> str:
+    """SHA-256 over the pool's manifest and page-store index: changes whenever the pool does."""
+    digest = hashlib.sha256()
+    for name in FINGERPRINT_FILES:
+        path = Path(pool_dir) / name
+        digest.update(name.encode())
+        digest.update(sha256_file(path).encode() if path.exists() else b"missing")
+    return digest.hexdigest()
 
 
 class Pool:
@@ -53,7 +91,7 @@ class Pool:
                 documents = [json.loads(line) for line in f if line.strip()]
         except (OSError, json.JSONDecodeError) as err:
             raise PoolFormatError(f"{root}: unreadable pool metadata: {err}") from None
-        for name in ("pages", "layout"):
+        for name in STORES:
             for suffix in (".bin", ".idx"):
                 if not (root / f"{name}{suffix}").is_file():
                     raise PoolFormatError(f"{root}: missing {name}{suffix}")

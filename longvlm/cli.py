@@ -6,7 +6,7 @@ and does not import torch or megatron-core. A subcommand module provides::
     def add_arguments(parser: argparse.ArgumentParser) -> None
     def main(args: argparse.Namespace) -> int
 
-Each stage is also a Python API (see ``megatron_vlm.api``).
+Each command is also a Python function in ``longvlm.api``.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ COMMANDS: tuple[Command, ...] = (
             "PDFs -> deduplicated, decontaminated, rendered, layout-parsed document pool."),
     Command("synth", "preprocess.synth.cli",
             "Synthesize the five LongPT training tasks (VQA + OCR) from a pool."),
-    Command("build", "preprocess.build.cli",
+    Command("build", "preprocess.dataset.cli",
             "Tokenize, length-control, mix and pack tasks into Megatron indexed datasets."),
-    Command("stats", "preprocess.build.stats_cli",
+    Command("stats", "preprocess.dataset.stats_cli",
             "Report per-task tokens, length histogram and packing fill of a built dataset."),
     Command("convert", "checkpoint_tools.cli",
             "Convert Qwen2.5-VL checkpoints Hugging Face <-> Megatron, reshard, verify."),
@@ -44,7 +44,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("tune", None, "Choose a parallel layout (TP/PP/CP/DP) for a model, length and cluster."),
     Command("slurm", None, "Generate and submit the SLURM job for a training run."),
     Command("eval", None, "Needle-in-a-haystack and long-document VQA at 32K-512K."),
-    Command("demo", "launch.demo", "The whole pipeline in miniature on one CPU (a few minutes)."),
+    Command("demo", "longvlm.demo", "The whole pipeline in miniature on one CPU (a few minutes)."),
 )
 
 NOT_IMPLEMENTED_EXIT = 3
@@ -62,14 +62,9 @@ def _root_parser() -> argparse.ArgumentParser:
 
 
 def _load(command: Command):
-    if command.module is None:
-        return None
-    try:
-        return importlib.import_module(command.module)
-    except ModuleNotFoundError as err:
-        if err.name and command.module.startswith(err.name):
-            return None  # the stage's module is not written yet
-        raise
+    """The subcommand's module (``None``: not implemented yet). A module that fails to import is a
+    broken install and keeps its ImportError."""
+    return None if command.module is None else importlib.import_module(command.module)
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ pool (real PDFs) -> synth (offline generator, all five tasks) -> build (packed, 
 optimizer steps of the Megatron model on the built micro-batches -> save -> convert megatron-to-hf
 -> the exported checkpoint loads in ``transformers`` and gives the Megatron model's logits.
 
-Every stage is the real one, called through ``megatron_vlm.api`` with small settings (low DPI,
+Every stage is the real one, called through ``longvlm.api`` with small settings (low DPI,
 short sequences, a tiny model); only the training loop here is a stand-in: a single process, no
 parallelism, no schedule (``longvlm train`` is the real one).
 """
@@ -22,7 +22,7 @@ from megatron_vlm.errors import LongVLMError
 from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_from_args
 
 MARKER = ".longvlm-demo"
-REPO_PDFS = Path(__file__).resolve().parents[1] / "tests" / "data" / "pdfs"
+DEMO_PDFS = Path(__file__).resolve().parent / "demo_pdfs"  # shipped with the package (SOURCES.md there)
 
 
 class DemoError(LongVLMError):
@@ -33,8 +33,8 @@ class DemoError(LongVLMError):
 class DemoConfig:
     output: str = field(default="demo_out", metadata={
         "flag": "-o", "help": "working directory; a previous demo's directory there is replaced"})
-    pdfs: str = field(default=str(REPO_PDFS), metadata={
-        "help": "folder of PDFs for the pool (the real manuals shipped in tests/data/pdfs)"})
+    pdfs: str = field(default=str(DEMO_PDFS), metadata={
+        "help": "folder of PDFs for the pool (12 real manuals shipped with longvlm, see its demo_pdfs/SOURCES.md)"})
     dpi: int = field(default=50, metadata={
         "help": "page render resolution (the recipe uses 144; 50 keeps CPU sequences short)"})
     max_seq_len: int = field(default=16384, metadata={"help": "packed sequence length of the dataset"})
@@ -71,10 +71,11 @@ def train_steps(ckpt_dir: Path, data_prefix: Path, out_dir: Path, steps: int, lr
     """Load the converted checkpoint, take ``steps`` AdamW steps on the dataset, save it; the losses."""
     import torch
 
-    from checkpoint_tools.megatron_io import MegatronCheckpoint, load_into_model, process_group, save_model
     from megatron_vlm.data.loader import build_data_loader
+    from megatron_vlm.formats.checkpoint import MegatronCheckpoint, load_into_model, save_model
     from megatron_vlm.models.config import qwen25vl_config_from_hf
     from megatron_vlm.models.qwen25vl import Qwen25VLModel
+    from megatron_vlm.runtime import process_group
 
     ckpt = MegatronCheckpoint.open(ckpt_dir)
     losses = []
@@ -102,7 +103,7 @@ def train_steps(ckpt_dir: Path, data_prefix: Path, out_dir: Path, steps: int, lr
 def compare_exported(hf_dir: Path, ckpt_dir: Path) -> float:
     """Max |logit| difference between ``transformers`` on the exported checkpoint and the Megatron
     model on the trained checkpoint, on the built-in multimodal probe of ``convert verify``."""
-    from megatron_vlm import api
+    from longvlm import api
 
     result = api.convert("verify", hf=str(hf_dir), ckpt=str(ckpt_dir), atol=1e-4)
     if not result.passed:
@@ -112,13 +113,13 @@ def compare_exported(hf_dir: Path, ckpt_dir: Path) -> float:
 
 def run_demo(config: DemoConfig) -> list[StageRecord]:
     """Run every stage; returns one record per stage (printed as a table by the CLI)."""
-    from megatron_vlm import api
+    from longvlm import api
     from megatron_vlm.models.tiny import save_tiny_checkpoint
     from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
 
     out = Path(config.output)
     if not Path(config.pdfs).is_dir():
-        raise DemoError(f"--pdfs {config.pdfs}: no such folder (the demo ships real PDFs in tests/data/pdfs)")
+        raise DemoError(f"--pdfs {config.pdfs}: no such folder; pass a folder of PDFs")
     _prepare_output(out)
     records: list[StageRecord] = []
 

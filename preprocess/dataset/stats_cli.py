@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(config: StatsConfig) -> dict:
-    from preprocess.build.stats import dataset_stats, plot_histogram
+    from preprocess.dataset.stats import dataset_stats, plot_histogram
 
     stats = dataset_stats(config.prefix)
     if config.plot:
@@ -32,7 +32,7 @@ def run(config: StatsConfig) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    from preprocess.build.stats import format_stats
+    from preprocess.dataset.stats import format_stats
 
     config = dataclass_from_args(StatsConfig, args)
     stats = run(config)

@@ -1,1 +1,0 @@
-"""SLURM launch, parallel-layout tuning and run recipes."""
