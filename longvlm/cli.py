@@ -98,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     names = {c.name: c for c in COMMANDS}
     selected = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(selected if selected in names else None)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `longvlm train RECIPE -o DIR k=v ...`: positionals after an option are overrides
+        if not isinstance(getattr(args, "overrides", None), list) or any(a.startswith("-") for a in extra):
+            parser.parse_args(argv)  # argparse's own message for what it does not know
+        args.overrides += extra
     run = getattr(args, "_main", None)
     if run is None:
         print(f"longvlm {args.command}: not implemented yet", file=sys.stderr)
