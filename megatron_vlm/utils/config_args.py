@@ -6,7 +6,9 @@ A field becomes ``--field-name`` (underscores to dashes) with its default, its t
 - ``help``: the help text (the default is appended automatically);
 - ``positional``: the field is a positional argument (``nargs="+"`` for list fields);
 - ``choices``: allowed values;
-- ``flag``: an alternative option string, e.g. ``"-o"``.
+- ``flag``: an alternative option string, e.g. ``"-o"``;
+- ``group``: the title of an argument group the option is listed under in ``--help`` (options
+  shared by several commands, e.g. those of an OpenAI-compatible endpoint, come as one group).
 
 ``bool`` fields become ``--x/--no-x``; ``list[T]`` fields take one or more values; ``Optional[T]``
 fields default to ``None``.
@@ -35,9 +37,12 @@ def _unwrap_optional(tp: Any) -> Any:
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one option per field of dataclass ``cls`` to ``parser``."""
     hints = typing.get_type_hints(cls)
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(cls):
         if f.metadata.get("cli") is False:
             continue
+        title = f.metadata.get("group")
+        target = parser if title is None else groups.setdefault(title, parser.add_argument_group(title))
         tp = _unwrap_optional(hints[f.name])
         help_text = f.metadata.get("help", "")
         kwargs: dict[str, Any] = {"help": help_text}
@@ -54,7 +59,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             else:
                 kwargs["type"] = tp
             kwargs["metavar"] = f.metadata.get("metavar", f.name.upper())
-            parser.add_argument(f.name, **kwargs)
+            target.add_argument(f.name, **kwargs)
             continue
         names = ["--" + f.name.replace("_", "-")]
         if "flag" in f.metadata:
@@ -74,7 +79,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                 kwargs["help"] = f"{help_text} (default: {default})"
         if "metavar" in f.metadata:
             kwargs["metavar"] = f.metadata["metavar"]
-        parser.add_argument(*names, dest=f.name, **kwargs)
+        target.add_argument(*names, dest=f.name, **kwargs)
 
 
 def dataclass_from_args(cls: type[T], args: argparse.Namespace) -> T:
