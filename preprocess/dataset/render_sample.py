@@ -117,15 +117,20 @@ class SampleRenderer:
         self._check_pages(ids, num_pages)
         return ids, targets
 
-    def render_prompt(self, question: str, num_pages: int, **layout) -> np.ndarray:
-        """Compact ids of the prompt alone: the sample up to and including ``<|im_start|>assistant\\n``
-        (what a model generates from; equal to ``render_text``'s ids before the first target)."""
+    def prompt_text(self, question: str, num_pages: int, **layout) -> str:
+        """The prompt alone as text: the sample up to and including ``<|im_start|>assistant\\n``."""
         text = self.tokenizer.apply_chat_template(
             chat_messages(question, None, num_pages, self.page_markers, **layout), tokenize=False,
             add_generation_prompt=True)
         if not text.endswith("<|im_start|>assistant\n"):
             raise ValueError("the tokenizer's chat template does not end the generation prompt with "
                              "'<|im_start|>assistant\\n' (not a Qwen2.5-VL template?)")
+        return text
+
+    def render_prompt(self, question: str, num_pages: int, **layout) -> np.ndarray:
+        """Compact ids of ``prompt_text`` (what a model generates from; equal to ``render_text``'s ids
+        before the first target)."""
+        text = self.prompt_text(question, num_pages, **layout)
         ids = np.asarray(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int32)
         self._check_pages(ids, num_pages)
         return ids
