@@ -248,7 +248,7 @@ def requests(config: DocQAConfig, builder: PromptBuilder, pool=None) -> list[Req
                 "evidence_pages": q.evidence_pages, **q.extra, "pages": len(context.pages),
                 "pages_dropped": len(pages) - len(context.pages),
                 "evidence_dropped": [p for p in q.evidence_pages if p not in kept]}
-        out.append(builder.build(q.id, text, q.answer, context, **meta))
+        out.append(builder.build(q.id, text, q.answer, context, meta))
     return out
 
 

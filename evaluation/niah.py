@@ -234,12 +234,10 @@ def requests(config: NiahConfig, builder: PromptBuilder, pool=None) -> list[Requ
                     else:
                         placed, actual, k, row = place_image(builder, question, context, needle, depth)
                         where = {"needle_page": k + 1, "needle_row": row}
-                    request = builder.build(f"{mode}/L{length}/d{depth:g}/s{sample}", question, value, placed,
-                                            task="niah", mode=mode, length=length, depth=depth,
-                                            depth_actual=round(actual, 5), sample=sample, key=key,
-                                            pages=len(placed.pages),
-                                            docs=list(dict.fromkeys(p.describe().get("doc_id")
-                                                                    for p in placed.pages)), **where)
+                    meta = {"mode": mode, "length": length, "depth": depth, "depth_actual": round(actual, 5),
+                            "sample": sample, "key": key, "answer_format": "Needle", "pages": len(placed.pages),
+                            "docs": list(dict.fromkeys(p.describe().get("doc_id") for p in placed.pages)), **where}
+                    request = builder.build(f"{mode}/L{length}/d{depth:g}/s{sample}", question, value, placed, meta)
                     tokens = request.num_tokens
                     if abs(tokens - length) > LENGTH_TOLERANCE * length:
                         raise EvalError(

@@ -121,8 +121,9 @@ class PromptBuilder:
 
         return text, index
 
-    def build(self, id: str, question: str, answer: str | None, context: Context, **meta) -> Request:
-        return Request(id, question, answer, context, self.prompt_ids(question, context), self, meta)
+    def build(self, id: str, question: str, answer: str | None, context: Context, meta: dict | None = None
+              ) -> Request:
+        return Request(id, question, answer, context, self.prompt_ids(question, context), self, meta or {})
 
     def pack_item(self, request: Request) -> dict:
         ctx = request.context
