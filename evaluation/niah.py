@@ -36,7 +36,6 @@ KEYS = ("amber", "basalt", "cedar", "delta", "ember", "falcon", "garnet", "harbo
 NEEDLE = "The secret code of the {key} vault is {value}."
 QUESTION = "What is the secret code of the {key} vault? Answer with the code only."
 LENGTH_TOLERANCE = 0.01
-LINE_RESERVE = 4  # tokens kept free for a text needle moving between boundaries (BPE context varies)
 USER_TURN = "<|im_start|>user\n"
 
 
@@ -86,7 +85,7 @@ def fit_context(builder: PromptBuilder, question: str, haystack: Haystack, targe
         lines = {len(pages): line} if line is not None else {}
         return builder.count(question, Context(pages, lines=lines))
 
-    budget = target - (LINE_RESERVE if line is not None else 0)
+    budget = target
     pages: list[Page] = []
     total = count(pages)
     overhead = 8  # text tokens a page adds besides its image (marker, vision start/end, newline); refined below
@@ -230,6 +229,10 @@ def requests(config: NiahConfig, builder: PromptBuilder, pool=None) -> list[Requ
                 for depth in config.depths:
                     if mode == "text":
                         placed, actual, boundary = place_text(builder, question, context, needle, depth)
+                        over = builder.count(question, placed) - length
+                        if over > 0:  # the line reads a token or two longer here than after the last page
+                            smaller = fit_context(builder, question, haystack, length - over, line)
+                            placed, actual, boundary = place_text(builder, question, smaller, needle, depth)
                         where = {"needle_before_page": boundary + 1}
                     else:
                         placed, actual, k, row = place_image(builder, question, context, needle, depth)
@@ -240,9 +243,12 @@ def requests(config: NiahConfig, builder: PromptBuilder, pool=None) -> list[Requ
                     request = builder.build(f"{mode}/L{length}/d{depth:g}/s{sample}", question, value, placed, meta)
                     tokens = request.num_tokens
                     if abs(tokens - length) > LENGTH_TOLERANCE * length:
-                        raise EvalError(
-                            f"the pool's {haystack.total_pages} pages ({haystack.total_tokens} tokens) cannot make a "
-                            f"context of {length} tokens (got {tokens}): add documents or lower --lengths")
+                        why = (f"the pool has only {haystack.total_pages} pages ({haystack.total_tokens} tokens): add "
+                               "documents or lower --lengths" if len(placed.pages) >= haystack.total_pages else
+                               "the pages' 28-pixel cells are too coarse to come closer at this length: use a pool "
+                               "rendered at a higher dpi or another length")
+                        raise EvalError(f"cannot make a context of {length} tokens within "
+                                        f"{LENGTH_TOLERANCE:.0%} (closest: {tokens}); {why}")
                     out.append(request)
     return out
 

@@ -121,5 +121,5 @@ def test_pool_too_small_is_a_clear_error(pool, qwen_tokenizer, qwen_tokenizer_di
 
     config = NiahConfig(pool="unused", output=str(tmp_path), backend="openai", model="m",
                         tokenizer=str(qwen_tokenizer_dir), lengths=["2M"], depths=[0.5], needle_modes=["image"])
-    with pytest.raises(EvalError, match="cannot make a context of 2097152 tokens"):
+    with pytest.raises(EvalError, match="cannot make a context of 2097152 tokens within 1%.*the pool has only 515 pages"):
         niah.requests(config, PromptBuilder(qwen_tokenizer), pool)
