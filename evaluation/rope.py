@@ -11,7 +11,6 @@ the function training uses) and applied by every backend from the same :class:`R
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 
 from evaluation.config import EvalError, ModelOptions, parse_length
@@ -47,10 +46,10 @@ class RopeSetting:
         return {"rope_base_mode": "explicit", "rope_base": self.base} if self.overridden else {}
 
     def server_hint(self) -> str:
-        """How to start vLLM with this base."""
-        override = json.dumps({"rope_theta": self.base})
-        return (f"start the server with the same base, e.g. 'vllm serve HF_DIR --hf-overrides '{override}'', "
-                f"or export the checkpoint with it ('longvlm convert megatron-to-hf --rope-theta {self.base:g}')")
+        """How to give a server this base."""
+        return (f"serve a checkpoint whose config.json has rope_theta {self.base:g} (export it with "
+                f"'longvlm convert megatron-to-hf --rope-theta {self.base:g}', or edit config.json), or pass "
+                "the override your server supports (vLLM: --hf-overrides)")
 
 
 def _text_config(hf_config: dict) -> dict:

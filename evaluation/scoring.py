@@ -265,13 +265,15 @@ def evidence_class(row: dict) -> str:
     return "single-page" if len(row.get("evidence_pages") or []) == 1 else "cross-page"
 
 
-def _groups(rows: list[dict], key) -> dict[str, dict]:
+def _groups(rows: list[dict], key, order: tuple[str, ...] = ()) -> dict[str, dict]:
+    """Acc/F1 per group; ``key(row)`` lists the row's groups; groups in ``order`` first, then by name."""
     grouped: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         for k in key(row):
             grouped[str(k)].append(row)
     out = {}
-    for k in sorted(grouped, key=lambda k: (len(k), k)):
+    rank = {name: i for i, name in enumerate(order)}
+    for k in sorted(grouped, key=lambda k: (rank.get(k, len(rank)), len(k), k)):
         acc, f1 = acc_f1(grouped[k])
         out[k] = {"n": len(grouped[k]), "acc": acc, "f1": f1}
     return out
@@ -283,8 +285,9 @@ def summarize(rows: Iterable[dict]) -> dict:
     rows = list(rows)
     acc, f1 = acc_f1(rows)
     summary = {"n": len(rows), "acc": acc, "f1": f1,
-               "by_answer_format": _groups(rows, lambda r: [r["answer_format"]]),
-               "by_evidence": _groups(rows, lambda r: [evidence_class(r)]),
+               "by_answer_format": _groups(rows, lambda r: [r["answer_format"]], ANSWER_FORMATS),
+               "by_evidence": _groups(rows, lambda r: [evidence_class(r)],
+                                      ("single-page", "cross-page", "unanswerable")),
                "by_evidence_pages": _groups(rows, lambda r: [min(len(r.get("evidence_pages") or []), 4)])}
     if "4" in summary["by_evidence_pages"]:
         summary["by_evidence_pages"]["4+"] = summary["by_evidence_pages"].pop("4")
