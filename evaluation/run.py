@@ -118,6 +118,7 @@ def run_task(name: str, config, pool=None, backend=None) -> EvalResult:
     previous = store.directory / "results.json"
     described = (json.loads(previous.read_text(encoding="utf-8")).get("backend") if previous.is_file()
                  else None) or {"name": config.backend}
+    owned = backend is None and bool(todo)  # a backend made here is closed here
     try:
         if todo:
             backend = backend or make_backend(config, rope, builder, config.output)
@@ -131,6 +132,8 @@ def run_task(name: str, config, pool=None, backend=None) -> EvalResult:
             described = backend.describe()
     finally:
         store.close()
+        if owned and backend is not None:
+            backend.close()
     rows = [store.rows[r.id] for r in requests if r.id in store.rows]
     ok = [r for r in rows if "error" not in r]
     summary = task.summarize(ok, config)
