@@ -97,7 +97,7 @@ class PdfPage(Page):
     @classmethod
     def document(cls, path: str | Path, dpi: int, min_pixels: int, max_pixels: int) -> list[PdfPage]:
         """Every page of a PDF at its Qwen2.5-VL size for ``dpi``; ValueError names a bad page."""
-        from preprocess.pool.render import PageRejected, page_geometry
+        from preprocess.pool.render import Rejected, page_geometry
 
         path = str(path)
         with _PDF_LOCK:
@@ -106,7 +106,7 @@ class PdfPage(Page):
             for index, page in enumerate(doc):
                 try:
                     geo = page_geometry(page.rect, dpi, min_pixels, max_pixels, index + 1)
-                except PageRejected as err:
+                except Rejected as err:
                     raise ValueError(f"{path}: {err.detail}") from None
                 pages.append(cls(path, index + 1, geo.height, geo.width))
         return pages

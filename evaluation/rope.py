@@ -1,12 +1,13 @@
 """The RoPE base a run evaluates with: the checkpoint's, ``--rope-base``, or NTK for ``--rope-ntk-length``.
 
-Resolved once per run by :func:`resolve_rope` (with ``megatron_vlm.models.config.resolve_rope_base``,
-the function training uses) and applied by every backend from the same :class:`RopeSetting`:
+The flags describe a ``megatron_vlm.models.config.RopeSettings`` (the one home of the RoPE rule,
+which training uses); it is resolved once per run against the checkpoint's ``config.json``
+(``Qwen25VLArch``) into a :class:`RopeSetting`, which every backend applies the same way:
 
 - ``hf``: :meth:`RopeSetting.apply_to_hf_config` sets ``rope_theta`` on the loaded config;
 - ``megatron``: :meth:`RopeSetting.megatron_kwargs` for ``qwen25vl_config_from_hf``;
-- ``openai``: a server cannot be changed from the client; the server must be started with the same
-  base (:meth:`RopeSetting.server_hint` says how), and the results record that it was the server's job.
+- ``openai``: a server cannot be changed from the client; the server must serve the same base
+  (:meth:`RopeSetting.server_hint` says how), and the results record that it was the server's job.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from evaluation.config import EvalError, ModelOptions, parse_length
+from megatron_vlm.errors import LongVLMError
 
 
 @dataclass(frozen=True)
 class RopeSetting:
-    mode: str                        # keep | explicit | ntk (megatron_vlm.models.config.ROPE_BASE_MODES)
+    mode: str                        # keep | explicit | ntk (RopeSettings.mode)
     base: float | None               # the base used (None: the checkpoint's, unknown without its config)
     checkpoint_base: float | None    # the checkpoint's own rope_theta
     head_dim: int | None
@@ -43,7 +45,9 @@ class RopeSetting:
 
     def megatron_kwargs(self) -> dict:
         """Keywords of ``megatron_vlm.models.config.qwen25vl_config_from_hf`` that apply this base."""
-        return {"rope_base_mode": "explicit", "rope_base": self.base} if self.overridden else {}
+        from megatron_vlm.models.config import RopeSettings
+
+        return {"rope": RopeSettings(mode="explicit", base=self.base)} if self.overridden else {}
 
     def server_hint(self) -> str:
         """How to give a server this base."""
@@ -52,39 +56,33 @@ class RopeSetting:
                 "the override your server supports (vLLM: --hf-overrides)")
 
 
-def _text_config(hf_config: dict) -> dict:
-    return hf_config.get("text_config") or hf_config
+def rope_settings(options: ModelOptions):
+    """The ``RopeSettings`` the eval flags describe."""
+    from megatron_vlm.models.config import RopeSettings
 
-
-def checkpoint_rope(hf_config: dict) -> tuple[float, int]:
-    """``(rope_theta, head_dim)`` of a Qwen2.5-VL ``config.json`` (hub flat or transformers-5 nested)."""
-    text = _text_config(hf_config)
-    params = text.get("rope_parameters") or {}
-    theta = params.get("rope_theta", text.get("rope_theta", 1_000_000.0))
-    try:
-        head_dim = int(text.get("head_dim") or int(text["hidden_size"]) // int(text["num_attention_heads"]))
-    except (KeyError, TypeError, ValueError):
-        raise EvalError("config.json: no head_dim, hidden_size or num_attention_heads in the text config") from None
-    return float(theta), head_dim
-
-
-def resolve_rope(options: ModelOptions, hf_config: dict | None) -> RopeSetting:
-    """The run's RoPE base; ``hf_config`` is the checkpoint's ``config.json`` (None: not available)."""
-    from megatron_vlm.models.config import resolve_rope_base
-
-    if options.rope_base is None and options.rope_ntk_length is None:
-        if hf_config is None:
-            return RopeSetting("keep", None, None, None)
-        theta, head_dim = checkpoint_rope(hf_config)
-        return RopeSetting("keep", theta, theta, head_dim)
     if options.rope_base is not None:
-        theta, head_dim = checkpoint_rope(hf_config) if hf_config is not None else (None, None)
-        return RopeSetting("explicit", float(options.rope_base), theta, head_dim)
-    if hf_config is None:
-        raise EvalError("--rope-ntk-length needs the checkpoint's config.json (its rope_theta and head dim): "
-                        "pass --checkpoint HF_DIR")
-    theta, head_dim = checkpoint_rope(hf_config)
-    target = parse_length(options.rope_ntk_length, "rope-ntk-length")
-    original = parse_length(options.rope_original_length, "rope-original-length")
-    base = resolve_rope_base(theta, head_dim, "ntk", target_length=target, original_length=original)
-    return RopeSetting("ntk", base, theta, head_dim, target, original)
+        return RopeSettings(mode="explicit", base=float(options.rope_base))
+    if options.rope_ntk_length is not None:
+        return RopeSettings(mode="ntk", target_length=parse_length(options.rope_ntk_length, "rope-ntk-length"),
+                            original_length=parse_length(options.rope_original_length, "rope-original-length"))
+    return RopeSettings()
+
+
+def resolve_rope(options: ModelOptions) -> RopeSetting:
+    """The run's RoPE base, against ``--checkpoint``'s ``config.json`` where there is one."""
+    from megatron_vlm.models.hf_config import Qwen25VLArch
+
+    rope = rope_settings(options)
+    if not options.checkpoint:
+        if rope.mode == "ntk":
+            raise EvalError("--rope-ntk-length needs the checkpoint's config.json (its rope_theta and head dim): "
+                            "pass --checkpoint HF_DIR")
+        return RopeSetting(rope.mode, rope.base, None, None)
+    try:
+        arch = Qwen25VLArch.from_hf(options.checkpoint, name=f"--checkpoint {options.checkpoint}")
+        base = rope.resolve(arch.rope_theta, arch.head_dim)
+    except LongVLMError as err:  # no or a bad config.json, a bad RoPE setting
+        raise EvalError(str(err)) from None
+    ntk = rope.mode == "ntk"
+    return RopeSetting(rope.mode, base, arch.rope_theta, arch.head_dim,
+                       rope.target_length if ntk else None, rope.original_length if ntk else None)

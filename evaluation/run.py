@@ -73,15 +73,6 @@ def load_tokenizer(options):
     return tokenizer
 
 
-def _hf_config(options) -> dict | None:
-    if not options.checkpoint:
-        return None
-    path = Path(options.checkpoint) / "config.json"
-    if not path.is_file():
-        raise EvalError(f"--checkpoint {options.checkpoint}: no config.json (a Hugging Face checkpoint directory)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def _versions() -> dict:
     import importlib.metadata as md
 
@@ -108,7 +99,7 @@ def run_task(name: str, config, pool=None, backend=None) -> EvalResult:
     task = importlib.import_module(spec.module)
     if backend is None:
         backend_class(config.backend)  # fail on a bad name before any work
-    rope = resolve_rope(config, _hf_config(config))
+    rope = resolve_rope(config)
     builder = PromptBuilder(load_tokenizer(config), config.page_markers)
     requests = task.requests(config, builder, pool)
     if config.limit is not None:

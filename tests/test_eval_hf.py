@@ -159,9 +159,8 @@ def test_niah_end_to_end_matches_reference_and_resumes(tmp_path, small_pool, che
 
 def run_task_rope(config):
     from evaluation.rope import resolve_rope
-    from evaluation.run import _hf_config
 
-    return resolve_rope(config, _hf_config(config))
+    return resolve_rope(config)
 
 
 def _docqa_input(tmp_path, pool_dir, n: int = 3):
@@ -241,11 +240,11 @@ def test_rope_overrides_apply_to_the_model_and_are_recorded(tmp_path, small_pool
 
     config = DocQAConfig(**_docqa_options(tmp_path, small_pool, checkpoint, qwen_tokenizer_dir, output="x",
                                           rope_ntk_length="128K"))
-    rope = resolve_rope(config, json.loads((checkpoint / "config.json").read_text()))
+    rope = resolve_rope(config)
     head_dim = 16  # tiny: hidden 64 / 4 heads
     assert rope.base == pytest.approx(1e6 * 4 ** (head_dim / (head_dim - 2)))
     assert (rope.mode, rope.target_length, rope.original_length) == ("ntk", 131072, 32768)
-    assert rope.megatron_kwargs() == {"rope_base_mode": "explicit", "rope_base": rope.base}
+    assert rope.megatron_kwargs()["rope"].resolve(1e6, head_dim) == rope.base
     assert not math.isclose(rope.base, 1e6)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import builtins
 import json
 import sys
@@ -81,16 +82,17 @@ def test_predictions_that_are_python_code_never_run(fmt, tmp_path, monkeypatch):
     sys.modules.pop("evilmod", None)
 
     def forbidden(*args, **kwargs):
-        raise AssertionError("scoring evaluated or compiled text")
+        raise AssertionError("scoring evaluated text")
 
-    for name in ("eval", "exec", "compile"):
-        monkeypatch.setattr(builtins, name, forbidden)
-    for code in CODE:
-        prediction = code.format(marker=marker)
-        score = score_answer("[1, 2]" if fmt == "List" else "42", prediction, fmt)
-        assert score == 0.0
-    # the answer side is data too (a List answer in the file is not evaluated either)
-    assert score_answer(CODE[1].format(marker=marker), "x", "List") == 0.0
+    # eval and literal_eval are refused while scoring (exec and imports are caught by their effects:
+    # importlib itself runs exec/compile, so patching those would break unrelated imports)
+    with monkeypatch.context() as patch:
+        patch.setattr(builtins, "eval", forbidden)
+        patch.setattr(ast, "literal_eval", forbidden)
+        scores = [score_answer("[1, 2]" if fmt == "List" else "42", code.format(marker=marker), fmt) for code in CODE]
+        # the answer side is data too (a List answer in the file is not evaluated either)
+        scores.append(score_answer(CODE[1].format(marker=marker), "x", "List"))
+    assert scores == [0.0] * len(scores)
     assert not marker.exists()
     assert "evilmod" not in sys.modules
 

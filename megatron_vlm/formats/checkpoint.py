@@ -17,6 +17,7 @@ per-layer keys (``non_homogeneous_layers``) are read as well.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_vlm.errors import LongVLMError
+from megatron_vlm.parallel import ParallelLayout
 from megatron_vlm.utils.atomic import atomic_write, write_json
 
 # torch.distributed.checkpoint wraps reader failures in CheckpointException, a BaseException
@@ -133,11 +135,41 @@ def write_tracker(root: Path, iteration: int | str) -> None:
         f.write(f"{iteration}\n")
 
 
-def save_model(model: torch.nn.Module, root: str | Path, iteration: int, meta: dict[str, Any]) -> Path:
-    """Save a Megatron model as a checkpoint that ``load_into_model`` and ``megatron-to-hf`` read;
-    call on every rank. ``meta`` is the ``longvlm.json`` of the checkpoint the model was loaded from
-    (update its ``hf_config`` with ``hf_io.with_rope_overrides`` if the RoPE base changed). The
-    tracker file is written last, so an interrupted save is never the latest iteration."""
+def checkpoint_meta(hf_config: dict[str, Any], *, dtype: str, layout: ParallelLayout, vocab_size: int,
+                    padded_vocab_size: int, source: dict[str, Any] | None = None,
+                    make_vocab_size_divisible_by: int | None = None) -> dict[str, Any]:
+    """The ``longvlm.json`` of a checkpoint (docs/checkpoints.md): the HF config the weights belong to
+    (RoPE base included), their dtype, the layout they were written for, the vocabulary padding and
+    the HF directory they came from (whose tokenizer and processor files an export copies)."""
+    layout_record = dataclasses.asdict(layout)
+    if make_vocab_size_divisible_by is not None:
+        layout_record["make_vocab_size_divisible_by"] = make_vocab_size_divisible_by
+    return {
+        "format": META_FORMAT,
+        "version": META_VERSION,
+        "hf_config": hf_config,
+        "source": dict(source or {}),
+        "dtype": dtype,
+        "layout": layout_record,
+        "vocab_size": vocab_size,
+        "padded_vocab_size": padded_vocab_size,
+    }
+
+
+def model_meta(model: torch.nn.Module, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``checkpoint_meta`` of a ``Qwen25VLModel`` as it is now: the HF config it was built from with
+    the RoPE base and length it is set up for (``Qwen25VLConfig.to_hf_config``)."""
+    config = model.model_config
+    return checkpoint_meta(config.to_hf_config(), dtype=str(config.language.params_dtype).removeprefix("torch."),
+                           layout=config.layout, vocab_size=config.vocab_size,
+                           padded_vocab_size=config.vocab_size, source=source)
+
+
+def save_sharded(sharded_state_dict: dict[str, Any], root: str | Path, iteration: int,
+                 meta: dict[str, Any]) -> Path:
+    """``dist_checkpointing.save`` into ``root/iter_NNNNNNN`` on every rank, then (rank 0) its
+    ``longvlm.json`` and the tracker; the tracker is written last, so an interrupted save is never
+    the latest iteration."""
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
 
@@ -148,11 +180,18 @@ def save_model(model: torch.nn.Module, root: str | Path, iteration: int, meta: d
         iter_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_initialized():
         dist.barrier()
-    dist_checkpointing.save(model.sharded_state_dict(), str(iter_dir))
+    dist_checkpointing.save(sharded_state_dict, str(iter_dir))
     if first:
         write_json(iter_dir / META_NAME, meta)
         write_tracker(root, iteration)
     return iter_dir
+
+
+def save_model(model: torch.nn.Module, root: str | Path, iteration: int, source: dict[str, Any] | None = None) -> Path:
+    """Save a Megatron ``Qwen25VLModel`` (weights only) as a checkpoint that ``load_into_model`` and
+    ``megatron-to-hf`` read; call on every rank. ``source``: the HF directory record of the
+    checkpoint it was loaded from (``MegatronCheckpoint.meta["source"]``)."""
+    return save_sharded(model.sharded_state_dict(), root, iteration, model_meta(model, source))
 
 
 @dataclass

@@ -10,7 +10,7 @@ import base64
 import json
 import re
 
-from preprocess.synth.generators import QARequest
+from preprocess.synth.generators.base import QARequest
 from preprocess.synth.generators.chat_client import ChatClient, RequestFailed
 from preprocess.synth.prompts import PROMPT_VERSION, prompt_version, render_prompt
 from preprocess.synth.validate import Rejected
