@@ -16,7 +16,6 @@ from megatron_vlm.data.vision import MAX_PIXELS, MIN_PIXELS
 from megatron_vlm.errors import LongVLMError
 from preprocess.synth.generators.chat_client import ChatClientOptions
 
-BACKEND_NAMES = ("hf", "openai")
 SCORING_MODES = ("generate", "teacher-forcing")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 INPUT_FORMATS = ("auto", "jsonl", "tasks", "mmlongbench")
@@ -46,9 +45,9 @@ def parse_length(text: str | int, option: str) -> int:
 class ModelOptions(ChatClientOptions):
     """How to run the model: the backend, the checkpoint, decoding and the RoPE override."""
 
-    backend: str = field(default="hf", metadata={"group": _MODEL, "choices": BACKEND_NAMES, "help": (
+    backend: str = field(default="hf", metadata={"group": _MODEL, "help": (
         "hf: transformers in this process (GPU or CPU); openai: any OpenAI-compatible server, e.g. vLLM "
-        "serving the exported HF checkpoint (the way to run 256K-512K)")})
+        "serving the exported HF checkpoint (the way to run 256K-512K); see evaluation/backends")})
     checkpoint: str | None = field(default=None, metadata={"group": _MODEL, "metavar": "HF_DIR", "help": (
         "Hugging Face Qwen2.5-VL directory: hf loads it; openai reads its config.json (for --rope-ntk-length) "
         "and its tokenizer")})

@@ -77,7 +77,7 @@ def main() -> None:
         api.synth(output=str(out), concurrency=c, **options)
         print(f"  rerun from the cache: {server.calls - before} requests, {time.perf_counter() - t0:.2f} s")
     server.close()
-    sizes = [p.stat().st_size for p in (work / "openai_c1.jsonl.cache").rglob("*.json")]
+    sizes = [p.stat().st_size for p in (work / f"openai_c{args.concurrency[0]}.jsonl.cache").rglob("*.json")]
     print(f"cache: {len(sizes)} responses, {sum(sizes) / 1024:.0f} KiB; work dir {work}")
 
 
