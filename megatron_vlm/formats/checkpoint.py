@@ -130,6 +130,17 @@ def save_global_tensors(tensors: dict[str, torch.Tensor], iter_dir: Path) -> Non
     dist_checkpointing.save(sharded, str(iter_dir))
 
 
+def latest_iteration(root: str | Path) -> int | str | None:
+    """The iteration the tracker names (``"release"`` or a number), ``None`` without a tracker."""
+    tracker = Path(root) / TRACKER_NAME
+    if not tracker.is_file():
+        return None
+    iteration = tracker.read_text().strip()
+    if iteration != "release" and not iteration.isdigit():
+        raise CheckpointError(f"{tracker}: corrupt (expected an iteration number, got {iteration!r})")
+    return iteration if iteration == "release" else int(iteration)
+
+
 def write_tracker(root: Path, iteration: int | str) -> None:
     with atomic_write(root / TRACKER_NAME) as f:
         f.write(f"{iteration}\n")
@@ -165,26 +176,52 @@ def model_meta(model: torch.nn.Module, source: dict[str, Any] | None = None) -> 
                            padded_vocab_size=config.vocab_size, source=source)
 
 
-def save_sharded(sharded_state_dict: dict[str, Any], root: str | Path, iteration: int,
-                 meta: dict[str, Any]) -> Path:
-    """``dist_checkpointing.save`` into ``root/iter_NNNNNNN`` on every rank, then (rank 0) its
-    ``longvlm.json`` and the tracker; the tracker is written last, so an interrupted save is never
-    the latest iteration."""
+def _rank0() -> bool:
     import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save_sharded(sharded_state_dict: dict[str, Any], root: str | Path, iteration: int, meta: dict[str, Any], *,
+                 strategy=None, async_save: bool = False):
+    """``dist_checkpointing.save`` on every rank into a hidden directory beside ``root/iter_NNNNNNN``;
+    then (rank 0) its ``longvlm.json``, one rename into place and the tracker, so a crash at any
+    point leaves the previous checkpoint as the latest. ``async_save``: return megatron-core's
+    ``AsyncRequest``, whose finalization commits (schedule it with an ``AsyncCallsQueue``)."""
+    import shutil
+
     from megatron.core import dist_checkpointing
 
     root = Path(root)
-    iter_dir = root / iteration_dir_name(iteration)
-    first = not dist.is_initialized() or dist.get_rank() == 0
-    if first:
-        iter_dir.mkdir(parents=True, exist_ok=True)
-    if dist.is_initialized():
-        dist.barrier()
-    dist_checkpointing.save(sharded_state_dict, str(iter_dir))
-    if first:
-        write_json(iter_dir / META_NAME, meta)
-        write_tracker(root, iteration)
-    return iter_dir
+    final = root / iteration_dir_name(iteration)
+    tmp = root / f".{final.name}.tmp"
+    if _rank0():
+        shutil.rmtree(tmp, ignore_errors=True)  # a save of this iteration that a crash cut short
+        tmp.mkdir(parents=True)
+    _barrier()
+    request = dist_checkpointing.save(sharded_state_dict, str(tmp), strategy, async_sharded_save=async_save)
+
+    def commit() -> None:
+        if _rank0():
+            write_json(tmp / META_NAME, meta)
+            if final.exists():  # an older run's save of the same iteration, never the tracker's
+                shutil.rmtree(final)
+            tmp.rename(final)
+            write_tracker(root, iteration)
+
+    if async_save:
+        request.add_finalize_fn(commit)
+        return request
+    commit()
+    _barrier()
+    return None
 
 
 def save_model(model: torch.nn.Module, root: str | Path, iteration: int, source: dict[str, Any] | None = None) -> Path:
@@ -213,12 +250,9 @@ class MegatronCheckpoint:
 
         root = Path(root)
         if iteration is None:
-            tracker = root / TRACKER_NAME
-            if not tracker.is_file():
+            iteration = latest_iteration(root)
+            if iteration is None:
                 raise CheckpointError(f"{root}: not a Megatron checkpoint (no {TRACKER_NAME})")
-            iteration = tracker.read_text().strip()
-            if iteration != "release" and not iteration.isdigit():
-                raise CheckpointError(f"{tracker}: corrupt (expected an iteration number, got {iteration!r})")
         iter_dir = root / iteration_dir_name(iteration)
         if not (iter_dir / "metadata.json").is_file():
             raise CheckpointError(f"{iter_dir}: missing or incomplete torch_dist checkpoint (no metadata.json)")
