@@ -43,7 +43,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("train", "training.cli", "Continue-pretrain Qwen2.5-VL with Megatron-Core (TP/PP/CP/DP/SP)."),
     Command("tune", None, "Choose a parallel layout (TP/PP/CP/DP) for a model, length and cluster."),
     Command("slurm", None, "Generate and submit the SLURM job for a training run."),
-    Command("eval", None, "Needle-in-a-haystack and long-document VQA at 32K-512K."),
+    Command("eval", "evaluation.cli",
+            "Needle-in-a-haystack and long-document VQA at 32K-512K; scoring of predictions."),
     Command("demo", "longvlm.demo", "The whole pipeline in miniature on one CPU (a few minutes)."),
 )
 
