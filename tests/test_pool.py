@@ -134,7 +134,7 @@ def test_every_rejection_reason_and_the_good_documents(built, corpus):
         assert doc["doc_id"] == sha256(Path(doc["source"]))
     info = json.loads((built / "pool.json").read_text())
     assert info["counts"]["accepted"] == 2 and info["counts"]["rejected"] == 12
-    assert not (built / ".work").exists()
+    assert not (built.parent / f".{built.name}.work").exists() and os.listdir(built.parent) == [built.name]
 
 
 def test_stores_read_by_megatron_core_and_match_the_manifest(built):
@@ -297,12 +297,12 @@ def test_killed_run_resumes_to_the_identical_pool(pdf_dir, tmp_path):
     opts = ["--dpi", str(DPI), "--min-pages", "0", "--chunk-docs", "1", "--no-progress", "--keep-work"]
     out = tmp_path / "resumed"
     proc = _cli([*inputs, "-o", str(out), *opts])
-    chunks = out / ".work" / "chunks"
+    chunks = tmp_path / ".resumed.work" / "chunks"
     _wait_for(lambda: chunks.is_dir() and len([p for p in chunks.iterdir() if p.name.startswith("chunk-")]) >= 2,
               "two finished chunks")
     os.killpg(proc.pid, signal.SIGKILL)  # the parent and its worker, mid-way through slow.pdf
     proc.wait()
-    assert not (out / "pool.json").exists() and not (out / "manifest.jsonl").exists()
+    assert not out.exists()  # the pool appears whole or not at all
     done = {p.name: p.stat().st_ino for p in chunks.iterdir() if p.name.startswith("chunk-")}
     rerun = _cli([*inputs, "-o", str(out), *opts])
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read().decode()
@@ -331,14 +331,14 @@ def test_worker_crash_loses_only_that_document(pdf_dir, tmp_path):
     out = tmp_path / "p"
     proc = _cli([*inputs, "-o", str(out), "--dpi", str(DPI), "--min-pages", "0", "--chunk-docs", "1",
                  "--no-progress", "--keep-work"])
-    chunks = out / ".work" / "chunks"
+    chunks = tmp_path / ".p.work" / "chunks"
     _wait_for(lambda: chunks.is_dir() and any(p.name == "chunk-000000" for p in chunks.iterdir()),
               "the first chunk")
     time.sleep(0.5)  # the worker has moved on to slow.pdf (2-4 s of rendering)
     workers = [c for c in psutil.Process(proc.pid).children()
                if any("spawn_main" in part for part in c.cmdline())]
     assert len(workers) == 1
-    workers[0].send_signal(signal.SIGKILL)  # as if MuPDF had crashed on slow.pdf (4 s of pages)
+    workers[0].send_signal(signal.SIGSEGV)  # as if MuPDF had crashed on slow.pdf (4 s of pages)
     assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
     (rej,) = read_jsonl(out / "rejected.jsonl")
     assert rej["reason"] == "render_crash" and rej["source"].endswith("slow.pdf")
@@ -353,7 +353,7 @@ def test_sigterm_stops_the_workers_and_the_run_resumes(pdf_dir, tmp_path):
     args = [*inputs, "-o", str(tmp_path / "p"), "--dpi", str(DPI), "--min-pages", "0", "--chunk-docs", "1",
             "--no-progress", "--keep-work"]
     proc = _cli(args)
-    chunks = tmp_path / "p" / ".work" / "chunks"
+    chunks = tmp_path / ".p.work" / "chunks"
     _wait_for(lambda: chunks.is_dir() and any(p.name == "chunk-000000" for p in chunks.iterdir()),
               "the first chunk")
     time.sleep(0.5)
