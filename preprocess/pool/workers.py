@@ -27,6 +27,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 from megatron_vlm.utils.processes import children_ignore_sigint
+from megatron_vlm.utils.stop_points import stop_point
 from preprocess.pool.config import PoolConfig
 from preprocess.pool.outputs import PoolError
 
@@ -51,14 +52,18 @@ def _worker_main(config_dict: dict, conn) -> None:
     from preprocess.pool.chunk import process_chunk
 
     config = PoolConfig(**config_dict)
+
+    def notify(kind: str, index: int, page: int) -> None:
+        stop_point(f"pool.worker.{kind}")
+        conn.send((kind, index, page))
+
     try:
         while True:
             task = conn.recv()
             if task is None:
                 return
             chunk_id, path, items, skips = task
-            pages = process_chunk(Path(path), items, config, skips,
-                                  lambda kind, index, page: conn.send((kind, index, page)))
+            pages = process_chunk(Path(path), items, config, skips, notify)
             conn.send(("done", chunk_id, pages))
     except (EOFError, ConnectionError):
         return  # the parent is gone (killed or preempted): stop without writing the chunk
