@@ -3,6 +3,7 @@ precise point by the ``LONGVLM_TEST_STOP_AT`` hook (megatron_vlm/utils/stop_poin
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -35,8 +36,8 @@ def assert_one_line_stop(result: subprocess.CompletedProcess, command: str, kept
     assert result.returncode == 130, result.stderr
     assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"longvlm {command}: stopped by SIGINT; "), result.stderr
-    assert kept in lines[0]
+    assert [line for line in lines if line.startswith("longvlm ")] == lines[-1:], result.stderr
+    assert lines[-1].startswith(f"longvlm {command}: stopped by SIGINT; ") and kept in lines[-1], result.stderr
 
 
 def files(directory: Path) -> dict[str, bytes]:
@@ -112,3 +113,150 @@ def test_pool_worker_killed_from_outside_is_not_the_documents_fault(small_pdfs, 
     assert "killed by SIGKILL" in result.stderr and "3 times while on" in result.stderr
     assert small_pdfs[0] in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / ".pool.work" / "incidents.json").exists() and not out.exists()
+
+
+# --- build and stats --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def build_inputs(reference_pool, qwen_tokenizer_dir, tmp_path_factory) -> dict:
+    tasks = tmp_path_factory.mktemp("tasks") / "tasks.jsonl"
+    api.synth(pool=str(reference_pool), output=str(tasks), per_doc=2, progress=False,
+              tasks="extract-single,ocr-needle")
+    return {"tasks": str(tasks), "pool": str(reference_pool), "tokenizer": str(qwen_tokenizer_dir)}
+
+
+def build_args(inputs: dict, prefix: Path, *extra: str) -> list[str]:
+    return ["build", inputs["tasks"], "--pool", inputs["pool"], "--tokenizer", inputs["tokenizer"], "-o", str(prefix),
+            "--mixture", "extract-single=0.5,ocr-needle=0.5", "--max-seq-len", "2048", "--token-budget", "8000",
+            "--no-progress", *extra]
+
+
+def dataset_tree(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def built_twice(build_inputs, tmp_path_factory) -> dict:
+    """Two complete builds of one prefix (seeds 1 and 2), each kept as a copy of its folder (built by
+    processes that have exited, as a user's earlier builds are)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("built")
+    copies = {}
+    for seed in (1, 2):
+        out = root / f"seed{seed}"
+        done = longvlm(*build_args(build_inputs, out / "data", "--seed", str(seed)))
+        assert done.returncode == 0, done.stderr
+        copies[seed] = root / f"copy{seed}"
+        shutil.copytree(out, copies[seed])
+    return {"root": root, "copies": copies}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["build.commit", "build.committed"])
+def test_build_killed_while_committing_keeps_a_whole_dataset(build_inputs, built_twice, tmp_path, point):
+    """Killed just before or just after its one atomic step, a rebuild leaves the old dataset or the
+    new one, whole and valid, never a mix; the next build removes the dead run's folders."""
+    import shutil
+
+    from preprocess.dataset.stats import dataset_stats
+
+    out = tmp_path / "out"
+    shutil.copytree(built_twice["copies"][1], out)  # an earlier complete dataset at the prefix
+    killed = longvlm(*build_args(build_inputs, out / "data", "--seed", "2"), stop_at=point)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert killed.stderr.count("plan: ") == 1
+    live = json.loads((out / "data.json").read_text())["files_dir"]
+    assert len(list(out.glob(".data.v-*"))) == 2  # the live version and the dead run's other one
+    expected = built_twice["copies"][1 if point == "build.commit" else 2]
+    assert dataset_stats(out / "data")["total_tokens"] == dataset_stats(expected / "data")["total_tokens"]
+    same = {k: v for k, v in dataset_tree(out).items() if k.startswith(live) or k == "data.json"}
+    renamed = {k.replace(json.loads((expected / "data.json").read_text())["files_dir"], live): v
+               for k, v in dataset_tree(expected).items() if k != "data.json"}
+    assert {k: v for k, v in same.items() if k != "data.json"} == renamed
+    from longvlm.cli import main
+
+    assert main(build_args(build_inputs, out / "data", "--seed", "2")) == 0
+    assert len(list(out.glob(".data.v-*"))) == 1 and sorted(p.name for p in out.iterdir() if p.name[0] != ".") \
+        == ["data.json"]
+
+
+@pytest.mark.slow
+def test_build_ctrl_c_stops_quietly_and_keeps_the_old_dataset(build_inputs, built_twice, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(built_twice["copies"][1], out)
+    before = dataset_tree(out)
+    stopped = longvlm(*build_args(build_inputs, out / "data", "--seed", "2"), stop_at="build.commit:INT")
+    assert_one_line_stop(stopped, "build", f"the dataset at {out / 'data'} (if any) is unchanged")
+    assert dataset_tree(out) == before  # the interrupted build removed its own version folder
+
+
+@pytest.mark.parametrize("name", ["data_tokens.bin", "data_targets.bin", "data_images.idx", "data_samples.bin"])
+def test_stats_and_loader_name_a_truncated_file(built_twice, tmp_path, capsys, name):
+    import shutil
+
+    from longvlm.cli import main
+    from megatron_vlm.data.dataset import BuiltDataset
+    from megatron_vlm.formats.dataset import DatasetFormatError
+
+    out = tmp_path / "out"
+    shutil.copytree(built_twice["copies"][1], out)
+    (path,) = out.glob(f".data.v-*/{name}")
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - 3)
+    assert main(["stats", str(out / "data")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:" in err and "truncated" in err and "Traceback" not in err
+    with pytest.raises(DatasetFormatError, match=f"{path}"):
+        BuiltDataset(out / "data")
+
+
+def test_runaway_budget_is_refused_before_writing(build_inputs, tmp_path, capsys):
+    from longvlm.cli import main
+
+    prefix = tmp_path / "out" / "data"
+    assert main(build_args(build_inputs, prefix)[:-3] + ["--no-progress"]) == 2  # the default 5e9 tokens
+    err = capsys.readouterr().err
+    assert "needs more than --max-repeats 4 uses of each sample" in err and "unique tokens for" in err
+    assert "Lower --token-budget to at most" in err and "plan: " not in err
+    assert not prefix.parent.exists() or not list(prefix.parent.iterdir())
+    assert main(build_args(build_inputs, prefix, "--token-budget", "40000", "--max-repeats", "100")) == 0
+    err = capsys.readouterr().err
+    assert "plan: " in err and "GB on disk" in err and "repeat factor x" in err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_token_budget_is_a_clear_error(build_inputs, tmp_path, capsys, value):
+    from longvlm.cli import main
+
+    assert main(build_args(build_inputs, tmp_path / "d", f"--token-budget={value}")) == 2
+    err = capsys.readouterr().err
+    assert "--token-budget must be a finite number" in err and "Traceback" not in err
+
+
+def test_every_sample_too_long_names_the_limit_not_the_mixture(build_inputs, tmp_path, capsys):
+    from longvlm.cli import main
+
+    assert main(build_args(build_inputs, tmp_path / "d", "--max-seq-len", "100")) == 2
+    err = capsys.readouterr().err
+    assert "every sample is longer than --max-seq-len 100 (the shortest has" in err and "--mixture" not in err
+
+
+def test_text_only_chat_template_is_refused(build_inputs, tmp_path, capsys):
+    import shutil
+
+    from longvlm.cli import main
+
+    tok = tmp_path / "qwen3_like"
+    shutil.copytree(build_inputs["tokenizer"], tok)
+    config = json.loads((tok / "tokenizer_config.json").read_text())
+    config["chat_template"] = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+                               "{% endfor %}")  # like Qwen3's: content is text
+    (tok / "tokenizer_config.json").write_text(json.dumps(config))
+    for extra in ("chat_template.jinja", "chat_template.json"):
+        (tok / extra).unlink(missing_ok=True)
+    assert main(build_args(dict(build_inputs, tokenizer=str(tok)), tmp_path / "d")) == 2
+    err = capsys.readouterr().err
+    assert "chat template cannot render images" in err and "Qwen2.5-VL tokenizer" in err

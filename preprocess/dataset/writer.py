@@ -75,6 +75,7 @@ class DatasetWriter:
                     counts={"packs": self.packs, "samples": self.samples, "pages": self.pages_written})
         stop_point("build.commit")
         write_json(fmt.meta_path(self.prefix), meta)  # the commit
+        stop_point("build.committed")  # (the previous version is deleted after this)
         return [fmt.meta_path(self.prefix), *paths]
 
     def __exit__(self, *exc) -> None:
