@@ -260,3 +260,46 @@ def test_text_only_chat_template_is_refused(build_inputs, tmp_path, capsys):
     assert main(build_args(dict(build_inputs, tokenizer=str(tok)), tmp_path / "d")) == 2
     err = capsys.readouterr().err
     assert "chat template cannot render images" in err and "Qwen2.5-VL tokenizer" in err
+
+
+# --- synth ------------------------------------------------------------------------------------------
+
+SYNTH_OPTS = ["--tasks", "extract-single,ocr-full,ocr-needle", "--per-doc", "2", "--no-progress"]
+
+
+def test_synth_killed_leaves_temporaries_that_the_rerun_removes(reference_pool, tmp_path):
+    out = tmp_path / "tasks.jsonl"
+    killed = longvlm("synth", str(reference_pool), "-o", str(out), *SYNTH_OPTS, stop_at="synth.instance#5")
+    assert killed.returncode == -signal.SIGKILL
+    left = sorted(os.listdir(tmp_path))
+    assert len(left) == 2 and all(".tmp-" in name for name in left)  # the outputs' staging files
+    assert not out.exists()
+    rerun = longvlm("synth", str(reference_pool), "-o", str(out), *SYNTH_OPTS)
+    assert rerun.returncode == 0, rerun.stderr
+    assert sorted(os.listdir(tmp_path)) == ["tasks.jsonl", "tasks.rejected.jsonl", "tasks.summary.json"]
+    fresh = tmp_path / "fresh" / "tasks.jsonl"
+    api.synth(pool=str(reference_pool), output=str(fresh), tasks="extract-single,ocr-full,ocr-needle", per_doc=2,
+              progress=False)
+    assert out.read_bytes() == fresh.read_bytes()
+
+
+def test_synth_ctrl_c_stops_quietly(reference_pool, tmp_path):
+    out = tmp_path / "tasks.jsonl"
+    stopped = longvlm("synth", str(reference_pool), "-o", str(out), *SYNTH_OPTS, stop_at="synth.instance#3:INT")
+    assert_one_line_stop(stopped, "synth", f"{out} is unchanged")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["layout.bin", "pages.bin", "pages.idx"])
+def test_truncated_pool_store_is_named_when_the_pool_is_opened(reference_pool, tmp_path, capsys, name):
+    import shutil
+
+    from longvlm.cli import main
+
+    pool = tmp_path / "pool"
+    shutil.copytree(reference_pool, pool)
+    with open(pool / name, "r+b") as f:
+        f.truncate((pool / name).stat().st_size - 100)
+    assert main(["synth", str(pool), "-o", str(tmp_path / "t.jsonl"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{pool / name}:" in err and "truncated" in err and "Traceback" not in err
