@@ -15,7 +15,8 @@ ACTIONS: dict[str, tuple[type, str]] = {
                        "index, config with the trained RoPE settings, tokenizer and processor files)."),
     "reshard": (ReshardConfig, "Re-save a Megatron checkpoint for another TP/PP layout."),
     "verify": (VerifyConfig, "Compare the logits of an HF checkpoint and a Megatron checkpoint on a "
-                             "multimodal probe; exit 1 above --atol."),
+                             "multimodal probe (from the HF directory's tokenizer, or from config.json's "
+                             "token ids if it has none); exit 1 above --atol, 2 on bad input."),
 }
 
 
@@ -36,6 +37,12 @@ def config_from_args(args: argparse.Namespace):
     if cls is VerifyConfig:
         cfg.image = args.image
     return cfg
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    if args.action == "verify":
+        return "nothing was written"
+    return f"nothing was written at {args.out}; rerun the same command"
 
 
 def main(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from checkpoint_tools.config import VerifyConfig
-from checkpoint_tools.hf_io import CheckpointError
+from checkpoint_tools.hf_io import CheckpointError, load_qwen25vl_config
 
 PROBE_PROMPT = "Describe each image, then read the page number in the footer."
 PROBE_SIZES = ((56, 56), (84, 140), (168, 112))  # (height, width) in pixels: 4, 15 and 24 LLM tokens
@@ -57,35 +57,77 @@ def builtin_images() -> list:
     return images
 
 
-def build_probe(tokenizer_dir: str | Path, images: list | None = None, prompt: str | None = None) -> dict[str, Any]:
-    """Inputs for ``Qwen2_5_VLForConditionalGeneration.forward``: one chat turn with ``images`` then
-    ``prompt`` (``input_ids``, ``pixel_values``, ``image_grid_thw``, ``mm_token_type_ids``)."""
-    from transformers import AutoTokenizer
+def _vision_inputs(images: list | None) -> tuple[dict[str, Any], list[int]]:
+    """Pixel values and grids of the probe images, and the ``<|image_pad|>`` count of each."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    images = builtin_images() if images is None else images
     processor = Qwen2VLImageProcessorPil(max_pixels=PROBE_MAX_PIXELS)
-    vision = processor(images=images, return_tensors="pt")
-    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": prompt or PROBE_PROMPT}]
-    text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                         add_generation_prompt=True)
-    merge = processor.merge_size ** 2
-    for grid in vision["image_grid_thw"]:  # one <|image_pad|> per merged 2x2 patch group
-        text = text.replace("<|image_pad|>", "<|placeholder|>" * int(grid.prod() // merge), 1)
-    text = text.replace("<|placeholder|>", "<|image_pad|>")
-    input_ids = tokenizer(text, return_tensors="pt")["input_ids"]
-    image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    vision = processor(images=builtin_images() if images is None else images, return_tensors="pt")
+    merge = processor.merge_size ** 2  # one <|image_pad|> per merged 2x2 patch group
+    return vision, [int(grid.prod() // merge) for grid in vision["image_grid_thw"]]
+
+
+def _probe(input_ids: torch.Tensor, vision: dict[str, Any], image_id: int) -> dict[str, Any]:
     return {"input_ids": input_ids, "pixel_values": vision["pixel_values"],
             "image_grid_thw": vision["image_grid_thw"], "mm_token_type_ids": (input_ids == image_id).int()}
 
 
-def _tokenizer_dir(hf_dir: Path, scratch: Path) -> Path:
-    if (hf_dir / "tokenizer_config.json").is_file():
-        return hf_dir
-    from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
+def build_probe(tokenizer_dir: str | Path, images: list | None = None, prompt: str | None = None) -> dict[str, Any]:
+    """Inputs for ``Qwen2_5_VLForConditionalGeneration.forward``: one chat turn with ``images`` then
+    ``prompt`` (``input_ids``, ``pixel_values``, ``image_grid_thw``, ``mm_token_type_ids``)."""
+    from transformers import AutoTokenizer
 
-    return write_offline_qwen_tokenizer(scratch)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    vision, pads = _vision_inputs(images)
+    content = [{"type": "image"} for _ in pads] + [{"type": "text", "text": prompt or PROBE_PROMPT}]
+    text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
+    for n in pads:
+        text = text.replace("<|image_pad|>", "<|placeholder|>" * n, 1)
+    text = text.replace("<|placeholder|>", "<|image_pad|>")
+    input_ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    return _probe(input_ids, vision, tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+
+
+PROBE_TEXT_TOKENS = 12  # text tokens before and after the images in a probe built from token ids
+
+
+def config_probe(config, images: list | None = None) -> dict[str, Any]:
+    """A probe built from the model config's own token ids, for a checkpoint without a tokenizer:
+    seeded ordinary text ids, each image as ``<|vision_start|> <|image_pad|>*n <|vision_end|>``, more
+    text ids. Any Qwen2.5-VL checkpoint can be verified with it, whatever its vocabulary."""
+    vision, pads = _vision_inputs(images)
+    special = (config.vision_start_token_id, config.vision_end_token_id, config.image_token_id,
+               config.video_token_id)
+    ordinary = np.arange(min(config.text_config.vocab_size, *special))  # Qwen's special ids come last
+    if len(ordinary) < 2:
+        raise CheckpointError(f"config.json: no ordinary token ids below the special ones {special}")
+    text = np.random.default_rng(0).choice(ordinary, 2 * PROBE_TEXT_TOKENS).tolist()
+    seq = text[:PROBE_TEXT_TOKENS]
+    for n in pads:
+        seq += [config.vision_start_token_id] + [config.image_token_id] * n + [config.vision_end_token_id]
+    seq += text[PROBE_TEXT_TOKENS:]
+    return _probe(torch.tensor([seq], dtype=torch.long), vision, config.image_token_id)
+
+
+def check_tokenizer_fits(tokenizer_dir: Path, config, inputs: dict[str, Any]) -> None:
+    """Refuse a tokenizer whose ids are not the model's (another model's tokenizer)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    problems = []
+    for token, key in (("<|image_pad|>", "image_token_id"), ("<|vision_start|>", "vision_start_token_id"),
+                       ("<|vision_end|>", "vision_end_token_id")):
+        if tokenizer.convert_tokens_to_ids(token) != getattr(config, key):
+            problems.append(f"{token} is id {tokenizer.convert_tokens_to_ids(token)}, config.json's {key} is "
+                            f"{getattr(config, key)}")
+    top = int(inputs["input_ids"].max())
+    if top >= config.text_config.vocab_size:
+        problems.append(f"the probe has token id {top}, the model's vocabulary has {config.text_config.vocab_size}")
+    if problems:
+        raise CheckpointError(f"{tokenizer_dir}: its tokenizer does not fit the model ({'; '.join(problems)}); "
+                              "use the model's own tokenizer, or remove its tokenizer files to verify with a "
+                              "probe built from config.json's token ids")
 
 
 def megatron_logits(ckpt_root: str | Path, iteration: str | None, inputs: dict[str, Any]) -> torch.Tensor:
@@ -112,8 +154,8 @@ def megatron_logits(ckpt_root: str | Path, iteration: str | None, inputs: dict[s
 
 
 def verify(cfg: VerifyConfig) -> VerifyResult:
-    import tempfile
-
+    """The logits comparison, on a probe from the checkpoint's own tokenizer, or from config.json's
+    token ids where it has none. ``passed`` false (exit 1) means the logits differ, nothing else."""
     from PIL import Image
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -126,8 +168,18 @@ def verify(cfg: VerifyConfig) -> VerifyResult:
                 images.append(Image.open(path).convert("RGB"))
             except (OSError, ValueError) as err:
                 raise CheckpointError(f"--image {path}: cannot read it ({err})") from None
-    with tempfile.TemporaryDirectory(prefix="longvlm-verify-") as scratch:
-        inputs = build_probe(_tokenizer_dir(hf_dir, Path(scratch)), images, cfg.prompt)
+    try:
+        config = load_qwen25vl_config(json.loads((hf_dir / "config.json").read_text()), str(hf_dir / "config.json"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{hf_dir / 'config.json'}: cannot read it ({err})") from None
+    if (hf_dir / "tokenizer_config.json").is_file():
+        inputs = build_probe(hf_dir, images, cfg.prompt)
+        check_tokenizer_fits(hf_dir, config, inputs)
+    elif cfg.prompt:
+        raise CheckpointError(f"--prompt needs a tokenizer, and {hf_dir} has none (no tokenizer_config.json); "
+                              "leave --prompt out to verify with a probe built from config.json's token ids")
+    else:
+        inputs = config_probe(config, images)
     try:
         hf_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32).eval()
     except (OSError, ValueError) as err:
