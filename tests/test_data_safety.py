@@ -3,6 +3,7 @@ precise point by the ``LONGVLM_TEST_STOP_AT`` hook (megatron_vlm/utils/stop_poin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,14 +22,42 @@ POOL_OPTS = ["--dpi", "36", "--min-pages", "0", "--max-pages", "0", "--workers",
              "--no-progress"]
 
 
-def longvlm(*args: str, stop_at: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m longvlm ARGS`` in its own process group (so that a Ctrl-C reaches only it)."""
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def longvlm(*args: str, stop_at: str | None = None, timeout: float = 300,
+            orphans_exit: bool = False) -> subprocess.CompletedProcess:
+    """``python -m longvlm ARGS`` in its own process group (so that a Ctrl-C reaches only it). Output
+    goes to files, not pipes, and what is left of the group afterwards is killed: a ``kill -9`` leaves
+    orphans (megatron-core's multiprocessing manager), unless ``orphans_exit``: then they are waited
+    for (pool workers must exit by themselves once their parent is gone)."""
+    import tempfile
+    import time
+
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     env.pop(STOP_AT, None)
     if stop_at:
         env[STOP_AT] = stop_at
-    return subprocess.run([sys.executable, "-m", "longvlm", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout, start_new_session=True)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "longvlm", *args], cwd=REPO, env=env, stdout=out, stderr=err,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+            deadline = time.monotonic() + 60
+            while orphans_exit and group_alive(proc.pid):
+                assert time.monotonic() < deadline, "orphaned workers did not exit by themselves"
+                time.sleep(0.1)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
 
 
 def assert_one_line_stop(result: subprocess.CompletedProcess, command: str, kept: str) -> None:
@@ -72,7 +101,7 @@ def reference_pool(small_pdfs, tmp_path_factory) -> Path:
 def test_pool_parent_killed_mid_document_loses_nothing(small_pdfs, reference_pool, tmp_path):
     """kill -9 of the parent alone: the orphaned worker's broken pipe is not a document's fault."""
     out = tmp_path / "pool"
-    killed = longvlm("pool", *small_pdfs, "-o", str(out), *POOL_OPTS, stop_at="pool.page#3")
+    killed = longvlm("pool", *small_pdfs, "-o", str(out), *POOL_OPTS, stop_at="pool.page#3", orphans_exit=True)
     assert killed.returncode == -signal.SIGKILL
     assert not out.exists()
     rerun = longvlm("pool", *small_pdfs, "-o", str(out), *POOL_OPTS)
@@ -303,3 +332,16 @@ def test_truncated_pool_store_is_named_when_the_pool_is_opened(reference_pool, t
     assert main(["synth", str(pool), "-o", str(tmp_path / "t.jsonl"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"{pool / name}:" in err and "truncated" in err and "Traceback" not in err
+
+
+# --- convert ----------------------------------------------------------------------------------------
+
+def test_convert_killed_before_publishing_leaves_no_output_and_the_rerun_cleans_up(tiny_hf_checkpoint, tmp_path):
+    args = ["convert", "hf-to-megatron", "--hf", str(tiny_hf_checkpoint), "--out", str(tmp_path / "meg")]
+    killed = longvlm(*args, stop_at="convert.publish")
+    assert killed.returncode == -signal.SIGKILL
+    (staging,) = os.listdir(tmp_path)  # the whole checkpoint, under the dead run's staging name
+    assert staging.startswith(".meg.tmp-") and (tmp_path / staging / "latest_checkpointed_iteration.txt").exists()
+    rerun = longvlm(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert os.listdir(tmp_path) == ["meg"]
