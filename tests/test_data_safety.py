@@ -75,12 +75,13 @@ def files(directory: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def small_pdfs(tmp_path_factory) -> list[str]:
-    """Four distinct 5-page PDFs (fast to render at 36 dpi)."""
+    """Four distinct 30-page PDFs (fast to render at 36 dpi, long enough that a kill at a document's
+    third page finds the worker still on that document)."""
     root = tmp_path_factory.mktemp("pdfs")
     paths = []
     for n in range(4):
         doc = pymupdf.open()
-        for page in range(5):
+        for page in range(30):
             p = doc.new_page(width=300 + 20 * n, height=400)
             p.insert_text((20, 40), f"document {n} page {page + 1}\nsome text to lay out", fontsize=11)
         path = root / f"doc{n}.pdf"
@@ -125,7 +126,7 @@ def test_pool_killed_while_publishing_appears_whole_or_not_at_all(small_pdfs, re
 
 def test_pool_ctrl_c_stops_quietly_and_resumes(small_pdfs, reference_pool, tmp_path):
     out = tmp_path / "pool"
-    stopped = longvlm("pool", *small_pdfs, "-o", str(out), *POOL_OPTS, stop_at="pool.page#8:INT")
+    stopped = longvlm("pool", *small_pdfs, "-o", str(out), *POOL_OPTS, stop_at="pool.page#40:INT")
     assert_one_line_stop(stopped, "pool", f"finished chunks are kept in {tmp_path / '.pool.work'}")
     assert (tmp_path / ".pool.work" / "chunks" / "chunk-000000").is_dir() and not out.exists()
     rerun = longvlm("pool", *small_pdfs, "-o", str(out), *POOL_OPTS)
