@@ -116,8 +116,10 @@ def run_demo(config: DemoConfig) -> list[StageRecord]:
     from longvlm import api
     from megatron_vlm.models.tiny import save_tiny_checkpoint
     from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
+    from preprocess.dataset.config import check_token_budget
 
     out = Path(config.output)
+    check_token_budget(config.token_budget)  # before any stage runs, not after pool and synth
     if not Path(config.pdfs).is_dir():
         raise DemoError(f"--pdfs {config.pdfs}: no such folder; pass a folder of PDFs")
     _prepare_output(out)
@@ -178,6 +180,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "convert -> a few training steps -> export to Hugging Face. Takes a few minutes; outputs "
         "stay in -o for inspection (see docs/demo.md).")
     add_dataclass_arguments(parser, DemoConfig)
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    return (f"the stages finished so far are in {args.output}/ (each output whole or absent); rerun "
+            "'longvlm demo' to start over")
 
 
 def main(args: argparse.Namespace) -> int:

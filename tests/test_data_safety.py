@@ -1,5 +1,7 @@
 """What survives a kill or Ctrl-C at any point: real ``python -m longvlm`` processes, stopped at a
-precise point by the ``LONGVLM_TEST_STOP_AT`` hook (megatron_vlm/utils/stop_points.py), then rerun."""
+precise point by the ``LONGVLM_TEST_STOP_AT`` hook (megatron_vlm/utils/stop_points.py), then rerun;
+and damaged or odd inputs that must give one clear error. The process tests start the CLI several
+times each (10-60 s on a 2-core machine) and are marked slow."""
 
 from __future__ import annotations
 
@@ -99,6 +101,7 @@ def reference_pool(small_pdfs, tmp_path_factory) -> Path:
 
 # --- pool -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_pool_parent_killed_mid_document_loses_nothing(small_pdfs, reference_pool, tmp_path):
     """kill -9 of the parent alone: the orphaned worker's broken pipe is not a document's fault."""
     out = tmp_path / "pool"
@@ -111,6 +114,7 @@ def test_pool_parent_killed_mid_document_loses_nothing(small_pdfs, reference_poo
     assert sorted(os.listdir(tmp_path)) == ["pool"]  # work folder and staging gone
 
 
+@pytest.mark.slow
 def test_pool_killed_while_publishing_appears_whole_or_not_at_all(small_pdfs, reference_pool, tmp_path):
     out = tmp_path / "pool"
     killed = longvlm("pool", *small_pdfs, "-o", str(out), *POOL_OPTS, stop_at="pool.publish")
@@ -124,6 +128,7 @@ def test_pool_killed_while_publishing_appears_whole_or_not_at_all(small_pdfs, re
     assert sorted(os.listdir(tmp_path)) == ["pool"]  # the dead run's staging folder was removed
 
 
+@pytest.mark.slow
 def test_pool_ctrl_c_stops_quietly_and_resumes(small_pdfs, reference_pool, tmp_path):
     out = tmp_path / "pool"
     stopped = longvlm("pool", *small_pdfs, "-o", str(out), *POOL_OPTS, stop_at="pool.page#40:INT")
@@ -134,6 +139,7 @@ def test_pool_ctrl_c_stops_quietly_and_resumes(small_pdfs, reference_pool, tmp_p
     assert files(out) == files(reference_pool)
 
 
+@pytest.mark.slow
 def test_pool_worker_killed_from_outside_is_not_the_documents_fault(small_pdfs, tmp_path):
     """SIGKILL of a worker (the OOM killer): its chunk is redone, never recorded as a rejection; a
     document on which workers keep getting killed stops the run, naming it."""
@@ -297,6 +303,7 @@ def test_text_only_chat_template_is_refused(build_inputs, tmp_path, capsys):
 SYNTH_OPTS = ["--tasks", "extract-single,ocr-full,ocr-needle", "--per-doc", "2", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_synth_killed_leaves_temporaries_that_the_rerun_removes(reference_pool, tmp_path):
     out = tmp_path / "tasks.jsonl"
     killed = longvlm("synth", str(reference_pool), "-o", str(out), *SYNTH_OPTS, stop_at="synth.instance#5")
@@ -313,6 +320,7 @@ def test_synth_killed_leaves_temporaries_that_the_rerun_removes(reference_pool, 
     assert out.read_bytes() == fresh.read_bytes()
 
 
+@pytest.mark.slow
 def test_synth_ctrl_c_stops_quietly(reference_pool, tmp_path):
     out = tmp_path / "tasks.jsonl"
     stopped = longvlm("synth", str(reference_pool), "-o", str(out), *SYNTH_OPTS, stop_at="synth.instance#3:INT")
@@ -337,6 +345,7 @@ def test_truncated_pool_store_is_named_when_the_pool_is_opened(reference_pool, t
 
 # --- convert ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_convert_killed_before_publishing_leaves_no_output_and_the_rerun_cleans_up(tiny_hf_checkpoint, tmp_path):
     args = ["convert", "hf-to-megatron", "--hf", str(tiny_hf_checkpoint), "--out", str(tmp_path / "meg")]
     killed = longvlm(*args, stop_at="convert.publish")
@@ -346,3 +355,16 @@ def test_convert_killed_before_publishing_leaves_no_output_and_the_rerun_cleans_
     rerun = longvlm(*args)
     assert rerun.returncode == 0, rerun.stderr
     assert os.listdir(tmp_path) == ["meg"]
+
+
+# --- demo -------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_demo_ctrl_c_stops_quietly(small_pdfs, tmp_path):
+    pdfs = tmp_path / "pdfs"
+    pdfs.mkdir()
+    for path in small_pdfs[:2]:
+        (pdfs / Path(path).name).write_bytes(Path(path).read_bytes())
+    stopped = longvlm("demo", "-o", str(tmp_path / "demo"), "--pdfs", str(pdfs), stop_at="pool.page#5:INT")
+    assert_one_line_stop(stopped, "demo", f"the stages finished so far are in {tmp_path / 'demo'}/")
+    assert sorted(os.listdir(tmp_path / "demo")) == [".longvlm-demo", ".pool.work"]  # no half-written pool
