@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from checkpoint_tools.config import VerifyConfig
-from checkpoint_tools.hf_io import CheckpointError, load_qwen25vl_config
+from checkpoint_tools.hf_io import CheckpointError
+from megatron_vlm.models.hf_config import Qwen25VLArch
 
 PROBE_PROMPT = "Describe each image, then read the page number in the footer."
 PROBE_SIZES = ((56, 56), (84, 140), (168, 112))  # (height, width) in pixels: 4, 15 and 24 LLM tokens
@@ -92,42 +93,65 @@ def build_probe(tokenizer_dir: str | Path, images: list | None = None, prompt: s
 PROBE_TEXT_TOKENS = 12  # text tokens before and after the images in a probe built from token ids
 
 
-def config_probe(config, images: list | None = None) -> dict[str, Any]:
+def config_probe(arch: Qwen25VLArch, images: list | None = None) -> dict[str, Any]:
     """A probe built from the model config's own token ids, for a checkpoint without a tokenizer:
     seeded ordinary text ids, each image as ``<|vision_start|> <|image_pad|>*n <|vision_end|>``, more
     text ids. Any Qwen2.5-VL checkpoint can be verified with it, whatever its vocabulary."""
     vision, pads = _vision_inputs(images)
-    special = (config.vision_start_token_id, config.vision_end_token_id, config.image_token_id,
-               config.video_token_id)
-    ordinary = np.arange(min(config.text_config.vocab_size, *special))  # Qwen's special ids come last
+    special = (arch.vision_start_token_id, arch.vision_end_token_id, arch.image_token_id, arch.video_token_id)
+    ordinary = np.arange(min(arch.vocab_size, *special))  # Qwen's special ids come last
     if len(ordinary) < 2:
         raise CheckpointError(f"config.json: no ordinary token ids below the special ones {special}")
     text = np.random.default_rng(0).choice(ordinary, 2 * PROBE_TEXT_TOKENS).tolist()
     seq = text[:PROBE_TEXT_TOKENS]
     for n in pads:
-        seq += [config.vision_start_token_id] + [config.image_token_id] * n + [config.vision_end_token_id]
+        seq += [arch.vision_start_token_id] + [arch.image_token_id] * n + [arch.vision_end_token_id]
     seq += text[PROBE_TEXT_TOKENS:]
-    return _probe(torch.tensor([seq], dtype=torch.long), vision, config.image_token_id)
+    return _probe(torch.tensor([seq], dtype=torch.long), vision, arch.image_token_id)
 
 
-def check_tokenizer_fits(tokenizer_dir: Path, config, inputs: dict[str, Any]) -> None:
-    """Refuse a tokenizer whose ids are not the model's (another model's tokenizer)."""
+def tokenizer_misfits(tokenizer_dir: Path, arch: Qwen25VLArch, inputs: dict[str, Any]) -> list[str]:
+    """Why a tokenizer's ids are not the model's (another model's tokenizer); empty if it fits."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     problems = []
     for token, key in (("<|image_pad|>", "image_token_id"), ("<|vision_start|>", "vision_start_token_id"),
                        ("<|vision_end|>", "vision_end_token_id")):
-        if tokenizer.convert_tokens_to_ids(token) != getattr(config, key):
+        if tokenizer.convert_tokens_to_ids(token) != getattr(arch, key):
             problems.append(f"{token} is id {tokenizer.convert_tokens_to_ids(token)}, config.json's {key} is "
-                            f"{getattr(config, key)}")
+                            f"{getattr(arch, key)}")
     top = int(inputs["input_ids"].max())
-    if top >= config.text_config.vocab_size:
-        problems.append(f"the probe has token id {top}, the model's vocabulary has {config.text_config.vocab_size}")
-    if problems:
-        raise CheckpointError(f"{tokenizer_dir}: its tokenizer does not fit the model ({'; '.join(problems)}); "
-                              "use the model's own tokenizer, or remove its tokenizer files to verify with a "
-                              "probe built from config.json's token ids")
+    if top >= arch.vocab_size:
+        problems.append(f"the probe has token id {top}, the model's vocabulary has {arch.vocab_size}")
+    return problems
+
+
+def probe_for(hf_dir: Path, arch: Qwen25VLArch, images: list | None, prompt: str | None) -> dict[str, Any]:
+    """The probe: from the checkpoint's own tokenizer if it has one (refused if it does not fit the
+    model); else from config.json's token ids; a ``prompt`` without a tokenizer of its own is
+    tokenized with the Qwen2.5-VL tokenizer if that fits the model."""
+    import tempfile
+
+    from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
+
+    if (hf_dir / "tokenizer_config.json").is_file():
+        inputs = build_probe(hf_dir, images, prompt)
+        if problems := tokenizer_misfits(hf_dir, arch, inputs):
+            raise CheckpointError(f"{hf_dir}: its tokenizer does not fit the model ({'; '.join(problems)}); use the "
+                                  "model's own tokenizer, or remove its tokenizer files to verify with a probe "
+                                  "built from config.json's token ids")
+        return inputs
+    if not prompt:
+        return config_probe(arch, images)
+    with tempfile.TemporaryDirectory(prefix="longvlm-verify-") as scratch:
+        qwen = write_offline_qwen_tokenizer(Path(scratch))
+        inputs = build_probe(qwen, images, prompt)
+        if problems := tokenizer_misfits(qwen, arch, inputs):
+            raise CheckpointError(f"--prompt needs a tokenizer: {hf_dir} has none, and the Qwen2.5-VL tokenizer "
+                                  f"does not fit this model ({'; '.join(problems)}); add the model's tokenizer "
+                                  "or leave --prompt out")
+    return inputs
 
 
 def megatron_logits(ckpt_root: str | Path, iteration: str | None, inputs: dict[str, Any]) -> torch.Tensor:
@@ -168,18 +192,7 @@ def verify(cfg: VerifyConfig) -> VerifyResult:
                 images.append(Image.open(path).convert("RGB"))
             except (OSError, ValueError) as err:
                 raise CheckpointError(f"--image {path}: cannot read it ({err})") from None
-    try:
-        config = load_qwen25vl_config(json.loads((hf_dir / "config.json").read_text()), str(hf_dir / "config.json"))
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{hf_dir / 'config.json'}: cannot read it ({err})") from None
-    if (hf_dir / "tokenizer_config.json").is_file():
-        inputs = build_probe(hf_dir, images, cfg.prompt)
-        check_tokenizer_fits(hf_dir, config, inputs)
-    elif cfg.prompt:
-        raise CheckpointError(f"--prompt needs a tokenizer, and {hf_dir} has none (no tokenizer_config.json); "
-                              "leave --prompt out to verify with a probe built from config.json's token ids")
-    else:
-        inputs = config_probe(config, images)
+    inputs = probe_for(hf_dir, Qwen25VLArch.from_hf(hf_dir), images, cfg.prompt)
     try:
         hf_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32).eval()
     except (OSError, ValueError) as err:

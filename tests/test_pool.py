@@ -251,6 +251,32 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
     assert result.returncode == 2 and "hashes.txt:1: not a SHA-256" in result.stderr
 
 
+def test_odd_outputs_and_options_are_one_clear_error(pdf_dir, tmp_path, capsys):
+    from longvlm.cli import main
+
+    pdf = str(pdf_dir / "float.pdf")
+    (tmp_path / "afile").write_text("x")
+    assert main(["pool", pdf, "-o", str(tmp_path / "afile"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"-o {tmp_path / 'afile'}: is a file, not a pool directory" in err and "Traceback" not in err
+    for dpi in ("0", "-5"):  # one message for both
+        assert main(["pool", pdf, "-o", str(tmp_path / "p"), f"--dpi={dpi}"]) == 2
+        assert f"--dpi must be >= 1, got {dpi}" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_pool_without_documents_warns_and_exits_1_unless_allowed(pdf_dir, tmp_path, capsys):
+    from longvlm.cli import main
+
+    args = ["pool", str(pdf_dir / "float.pdf"), "--min-pages", "100", "--max-pages", "0", "--dpi", str(DPI),
+            "--no-progress"]
+    assert main([*args, "-o", str(tmp_path / "p")]) == 1
+    err = capsys.readouterr().err
+    assert "warning: no document was accepted (page_count 1;" in err and "rejected.jsonl" in err
+    assert len(Pool.open(tmp_path / "p")) == 0  # written all the same
+    assert main([*args, "-o", str(tmp_path / "q"), "--allow-empty"]) == 0
+
+
 def pool_files(path: Path) -> dict[str, bytes]:
     return {name: (path / name).read_bytes() for name in
             ("manifest.jsonl", "rejected.jsonl", "pages.bin", "pages.idx", "layout.bin", "layout.idx")}
