@@ -25,7 +25,6 @@ FORMAT_VERSION = 2  # 2: pool.json records "files" (size and sampled checksum); 
 READ_VERSIONS = (1, 2)
 STORES = ("pages", "layout")
 CHECKED_FILES = ("manifest.jsonl", "rejected.jsonl", "pages.bin", "pages.idx", "layout.bin", "layout.idx")
-POOL_FILES = ("pool.json", *CHECKED_FILES)
 FINGERPRINT_FILES = ("manifest.jsonl", "pages.idx")
 
 

@@ -52,7 +52,10 @@ def check_output(out: Path) -> dict | None:
     if out.exists() and not out.is_dir():
         raise PoolError(f"-o {out}: is a file, not a pool directory; choose a new or empty directory")
     if (out / "pool.json").is_file():
-        return json.loads((out / "pool.json").read_text())
+        try:
+            return json.loads((out / "pool.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise PoolError(f"{out / 'pool.json'}: unreadable ({err}); choose another -o") from None
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if held:
         raise PoolError(f"-o {out}: exists and is not a pool directory (it holds {', '.join(held[:5])}); "
