@@ -144,11 +144,12 @@ def test_loss_is_the_mean_over_answer_tokens_of_the_global_batch(setup, referenc
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["dp2", "tp2_sp", "pp2", "cp2"])
+@pytest.mark.parametrize("layout", ["dp2", "tp2_sp", "pp2", "cp2", "pp2_vpp2"])
 def test_parallel_layouts_match_one_process(setup, reference, layout):
     ref_dir, ref = reference
     extra = {"dp2": {}, "tp2_sp": {"parallel.tp": 2, "parallel.sp": "true"},
-             "pp2": {"parallel.pp": 2, "parallel.first_stage_layers": 1}, "cp2": {"parallel.cp": 2}}[layout]
+             "pp2": {"parallel.pp": 2, "parallel.first_stage_layers": 1}, "cp2": {"parallel.cp": 2},
+             "pp2_vpp2": {"parallel.pp": 2, "parallel.vpp": 2}}[layout]
     run_dir = setup["tmp"] / layout
     recs = train(setup, run_dir, nprocs=2, **extra)
     for a, b in zip(recs, ref, strict=True):

@@ -106,8 +106,7 @@ class Trainer:
             self._say(f"resumed from {checkpointer.root} at step {state.iteration} "
                       f"({state.consumed_samples:,} rows consumed)")
         else:
-            for chunk in parts.unwrapped():
-                load_into_model(chunk, checked.start.megatron_dir(run_dir))
+            load_into_model(parts.unwrapped(), checked.start.megatron_dir(run_dir))
             state = TrainState()
         state.layout, state.config_yaml = layout_record, to_yaml(config)
         try:
@@ -190,7 +189,7 @@ class Trainer:
             chunk.eval()
         try:
             with torch.no_grad():
-                result, _ = run_schedule(parts.chunks, iter(valid_loader(config)), config.logging.eval_batches, share,
+                result, _ = run_schedule(parts.chunks, iter(valid_loader(config, plan)), config.logging.eval_batches, share,
                                          plan.seq_length, config.train.micro_batch_size, forward_only=True,
                                          score=True)
         finally:
