@@ -22,7 +22,7 @@ from megatron.core.distributed import (
 from megatron_vlm.models.config import Qwen25VLConfig, qwen25vl_config_from_hf
 from megatron_vlm.models.hf_config import Qwen25VLArch
 from megatron_vlm.models.qwen25vl import Qwen25VLModel
-from megatron_vlm.runtime import device
+from megatron_vlm.runtime import device, use_cuda
 from training.config import TrainConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
@@ -80,7 +80,7 @@ def build_model(config: TrainConfig, arch: Qwen25VLArch) -> ModelParts:
         model = Qwen25VLModel(cfg, pre_process=first, post_process=last, vp_stage=vp_stage).to(device())
         _freeze(model, config)
         chunks.append(model)
-    gpu = torch.cuda.is_available()
+    gpu = use_cuda()
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, overlap_grad_reduce=gpu,
         use_distributed_optimizer=gpu and config.optimizer.distributed_optimizer,

@@ -50,7 +50,9 @@ class HFBackend:
         import torch
         from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
 
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        from megatron_vlm.runtime import use_cuda
+
+        self.device = torch.device(device or ("cuda" if use_cuda() else "cpu"))
         if dtype == "auto":
             dtype = "bfloat16" if self.device.type == "cuda" else "float32"
         self.dtype = getattr(torch, dtype)

@@ -63,7 +63,7 @@ def build_model(tp: int, pp: int, tie: bool = False, **extra) -> tuple[Distribut
         normalization="RMSNorm", add_qkv_bias=True, add_bias_linear=False, gated_linear_unit=True,
         activation_func=F.silu, bias_activation_fusion=False, hidden_dropout=0.0, attention_dropout=0.0,
         mrope_section=[2, 3, 3], tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-        pipeline_dtype=torch.float32, use_cpu_initialization=not torch.cuda.is_available(),
+        pipeline_dtype=torch.float32, use_cpu_initialization=not runtime.use_cuda(),
     )
     config = TransformerConfig(**{**fields, **extra})
     model = GPTModel(
