@@ -222,24 +222,26 @@ def parallel_step(tmp_path_factory):
 
 @pytest.mark.slow
 def test_reference_step_is_sane(parallel_step):
-    assert [(r["rank"], r["world_size"], r["launcher"]) for r in parallel_step] == [
-        (0, 2, "torchrun"), (1, 2, "torchrun")]
+    assert [(r["rank"], r["world_size"], r["launcher"], r["backend"]) for r in parallel_step] == [
+        (0, 2, "torchrun", "gloo"), (1, 2, "torchrun", "gloo")]
     for ref in parallel_step[0]["layouts"].values():
-        # a random-init model predicts near-uniformly over the 128-token vocabulary
-        assert abs(ref["ref_loss"] - math.log(128)) < 0.3
-        assert ref["ref_update_size"] > 1e-4  # the optimizer step moved the weights
+        # O(1) logits on random labels: worse than a uniform guess over the 128-token vocabulary
+        assert math.isfinite(ref["ref_loss"]) and ref["ref_loss"] > math.log(128)
+        # every parameter's gradient and update is far above float32 noise, so relative errors mean something
+        assert ref["ref_grad_scale_min"] > 1e-3 and ref["ref_update_scale_min"] > 1e-2
+        assert ref["ref_grad_norm"] > 1.0  # above clip_grad: the clipping coefficient is in every update
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["tp2", "pp2", "pp2_tied", "tp2_recompute"])
 def test_parallel_layout_matches_single_device(parallel_step, layout):
-    """Same loss, gradient norm, gradients and updated weights as TP=1, PP=1 from the same weights."""
+    """Same loss, gradient norm, gradients and SGD updates as TP=1, PP=1 from the same weights."""
     for rank in parallel_step:
         got = rank["layouts"][layout]
-        assert got["loss"] == pytest.approx(got["ref_loss"], abs=1e-5)
+        assert got["loss"] == pytest.approx(got["ref_loss"], rel=1e-6)
         assert got["grad_norm"] == pytest.approx(got["ref_grad_norm"], rel=1e-5)
-        assert got["grads_max_diff"] < 1e-6  # gathered through a resharded dist checkpoint
-        assert got["updated_max_diff"] < 1e-5
+        assert got["grads_rel_diff"] < 1e-5  # gathered through a resharded dist checkpoint
+        assert got["update_rel_diff"] < 1e-5  # lr * clip * grad: the magnitude, not only the sign
         assert got["broadcast_matches"]
 
 
