@@ -22,7 +22,7 @@ setup(
     # Ranges (README "Versions"): each capped at the newest major release that was run (for 0.x
     # packages, the newest minor), so `pip install -e .` never brings an untested major (PyMuPDF 2
     # changes find_tables). CI runs the exact pins of requirements.txt. Floors: transformers 5.17
-    # was run (model, conversion, tokenizer and eval tests, CPU); torch's floor is megatron-core
+    # was run (model, conversion, tokenizer and hf-eval tests, CPU); torch's floor is megatron-core
     # 0.16's own (the GPU machine's torch 2.11 is inside it; no torch below 2.13 has run yet); the
     # other floors have not been run.
     install_requires=[
