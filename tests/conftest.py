@@ -2,7 +2,8 @@
 
 Every test computes on the CPU (gloo, fp32: the tolerances are set for it), also on a machine with
 a GPU: ``LONGVLM_DEVICE=cpu`` is set for this process and every process it starts (workers,
-CLI runs). Tests marked ``gpu`` take the ``cuda`` fixture, which lifts the pin for themselves.
+CLI runs). Tests marked ``gpu`` run with ``LONGVLM_DEVICE=cuda`` instead; the ``cuda`` fixture
+gives them a one-process runtime on the GPU.
 """
 
 from __future__ import annotations
@@ -100,6 +101,14 @@ def megatron_single():
     runtime.initialize_distributed(seed=1234, environ={})
     yield runtime.device()
     runtime.destroy()
+
+
+@pytest.fixture(autouse=True)
+def _gpu_tests_lift_the_cpu_pin(request, monkeypatch):
+    """A test marked ``gpu`` computes on the GPU: ``LONGVLM_DEVICE=cuda`` for it and what it starts
+    (e.g. ``api.train``, which starts its own runtime)."""
+    if request.node.get_closest_marker("gpu"):
+        monkeypatch.setenv("LONGVLM_DEVICE", "cuda")
 
 
 @pytest.fixture(scope="module")
