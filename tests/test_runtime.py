@@ -151,9 +151,12 @@ def test_the_decision_drives_shims_device_init_and_te_check(fake_gpus, monkeypat
         assert layers.torch is torch  # shims removed: megatron-core sees the real torch.cuda
         assert runtime.use_cuda() and runtime.device() == torch.device("cuda", 1)
         assert not qwen25vl_config_from_hf(hf).language.use_cpu_initialization
+        assert not placement.settle_placement(_on_node(1, 2), "cpu").cuda  # a caller pins the CPU (verify)
+        assert layers.torch is not torch and runtime.device() == torch.device("cpu")
+        assert placement.settle_placement(_on_node(1, 2)).cuda and layers.torch is torch and chosen == [1, 1]
 
         monkeypatch.setenv(runtime.DEVICE_ENV, "cpu")
-        assert not placement.settle_placement(_on_node(1, 2)).cuda and chosen == [1]
+        assert not placement.settle_placement(_on_node(1, 2)).cuda and chosen == [1, 1]
         assert layers.torch is not torch and layers.torch.cuda.current_device() == torch.device("cpu")
         assert runtime.device() == torch.device("cpu") and not runtime.use_cuda()
         assert qwen25vl_config_from_hf(hf).language.use_cpu_initialization
@@ -162,7 +165,7 @@ def test_the_decision_drives_shims_device_init_and_te_check(fake_gpus, monkeypat
         monkeypatch.setenv(runtime.DEVICE_ENV, "auto")  # 3 ranks, 2 GPUs: the CPU, with a warning
         with pytest.warns(UserWarning, match="3 processes on this node but 2 GPU"):
             assert placement.settle_placement(_on_node(0, 3)).backend == "gloo"
-        assert layers.torch is not torch and chosen == [1]
+        assert layers.torch is not torch and chosen == [1, 1]
     finally:
         placement.unsettle_placement()
         runtime.apply_cpu_shims()  # the state the rest of this CPU-pinned session expects

@@ -75,17 +75,19 @@ def decide_placement(dist_env: DistEnv | None = None, choice: str | None = None)
 _SETTLED: Placement | None = None
 
 
-def settle_placement(dist_env: DistEnv) -> Placement:
-    """Decide for this process (see :func:`decide_placement`) and make the CPU shims follow: applied
-    for the CPU, removed for CUDA. :func:`device` and :func:`use_cuda` return this decision until
-    :func:`unsettle_placement`. Called by ``initialize_distributed``."""
+def settle_placement(dist_env: DistEnv, choice: str | None = None) -> Placement:
+    """Decide for this process (see :func:`decide_placement`; ``choice`` overrides ``LONGVLM_DEVICE``)
+    and make the CPU shims follow: applied for the CPU, removed for CUDA. :func:`device` and
+    :func:`use_cuda` return this decision until :func:`unsettle_placement`. Called by
+    ``initialize_distributed``."""
     global _SETTLED
-    placement = decide_placement(dist_env)
+    choice = device_choice() if choice is None else device_choice({DEVICE_ENV: choice})
+    placement = decide_placement(dist_env, choice)
     if placement.cuda:
         remove_cpu_shims()
         torch.cuda.set_device(placement.gpu)
     else:
-        if torch.cuda.is_available() and device_choice() == "auto":
+        if torch.cuda.is_available() and choice == "auto":
             warnings.warn(f"computing on the CPU over gloo: {placement.reason} "
                           f"(set {DEVICE_ENV}=cuda to make this an error)", stacklevel=3)
         apply_cpu_shims()

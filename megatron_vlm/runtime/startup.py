@@ -24,13 +24,15 @@ def initialize_distributed(
     *,
     timeout_minutes: int = 30,
     environ: dict[str, str] | None = None,
+    device: str | None = None,
 ) -> DistEnv:
     """Start torch.distributed and Megatron-Core's model-parallel groups, and seed the RNGs.
 
     ``layout`` gives the model-parallel sizes (default: none; data parallel over the whole world).
     Reads the launcher's variables (:func:`read_dist_env`) and settles the device
     (:mod:`megatron_vlm.runtime.placement`): NCCL and ``cuda:LOCAL_RANK`` when this process has a GPU
-    of its own, else gloo and the CPU shims. Seeds like Megatron-LM: ``random``, ``numpy``, ``torch`` and
+    of its own, else gloo and the CPU shims; ``device="cpu"`` pins the CPU for this process (default:
+    ``LONGVLM_DEVICE``, else ``auto``). Seeds like Megatron-LM: ``random``, ``numpy``, ``torch`` and
     ``model_parallel_cuda_manual_seed`` with ``seed + 100 * pipeline_rank``. Calling it again with
     the same layout does nothing; with another layout it rebuilds the groups and reseeds (the
     process group stays).
@@ -39,7 +41,7 @@ def initialize_distributed(
     from megatron.core import parallel_state, tensor_parallel
 
     env = read_dist_env(environ)
-    backend = settle_placement(env).backend
+    backend = settle_placement(env, device).backend
     if torch.distributed.is_initialized() and torch.distributed.get_backend() != backend:
         raise RuntimeError(f"torch.distributed already runs {torch.distributed.get_backend()}, this process "
                            f"now computes with {backend}: call runtime.destroy() first")
@@ -87,10 +89,10 @@ def destroy() -> None:
 
 
 @contextlib.contextmanager
-def process_group() -> Iterator[None]:
+def process_group(device: str | None = None) -> Iterator[None]:
     """``torch.distributed`` as ``dist_checkpointing`` needs it: the caller's group if initialized,
-    else a one-process group (``megatron_vlm.runtime``, with its CPU shims) for the block; the
-    caller's random-number state is left as it was."""
+    else a one-process group (``megatron_vlm.runtime``; ``device`` as for :func:`initialize_distributed`)
+    for the block; the caller's random-number state is left as it was."""
     import torch.distributed as dist
 
     if dist.is_initialized():
@@ -99,7 +101,7 @@ def process_group() -> Iterator[None]:
         yield
         return
     rng = torch.get_rng_state()
-    initialize_distributed(environ={})  # one process, whatever launcher variables are set
+    initialize_distributed(environ={}, device=device)  # one process, whatever launcher variables are set
     try:
         yield
     finally:
