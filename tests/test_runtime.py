@@ -110,6 +110,16 @@ def test_device_decision(fake_gpus, gpus, choice, local_rank, local_world_size, 
     assert placement.backend == ("nccl" if gpu is not None else "gloo")
 
 
+def test_slurm_tasks_bound_to_their_own_gpu_use_it(fake_gpus, monkeypatch):
+    """``srun --gpus-per-task 1``: each of 8 tasks on the node sees one GPU (its own) as cuda:0."""
+    fake_gpus(1)
+    task = runtime.DistEnv(13, 16, 5, "n1", 1, "slurm", 8)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    assert (runtime.decide_placement(task, "auto").cuda, runtime.decide_placement(task, "auto").gpu) == (True, 0)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # no binding: 8 tasks would share the one GPU
+    assert not runtime.decide_placement(task, "auto").cuda
+
+
 def test_device_choice_cuda_refuses_to_fall_back_and_bad_values_are_named(fake_gpus, monkeypatch):
     from megatron_vlm.errors import ConfigError
 

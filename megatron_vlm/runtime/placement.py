@@ -1,8 +1,10 @@
 """Where this process computes: its own GPU, or the CPU. Decided here and nowhere else.
 
 A process computes on CUDA when torch sees a GPU, every process of the job on this node can have
-a GPU of its own (``local_world_size <= torch.cuda.device_count()``; two NCCL ranks on one GPU do
-not work), and ``LONGVLM_DEVICE`` does not pin the CPU. Everything that depends on the answer
+a GPU of its own (``local_world_size <= torch.cuda.device_count()``, GPU = local rank; two NCCL
+ranks on one GPU do not work; or SLURM bound each task to its own GPUs, ``--gpus-per-task`` /
+``--gpu-bind``: a SLURM task with ``CUDA_VISIBLE_DEVICES`` set and fewer GPUs than tasks on the
+node takes GPU ``local_rank % device_count``), and ``LONGVLM_DEVICE`` does not pin the CPU. Everything that depends on the answer
 follows :func:`use_cuda`: the process-group backend (NCCL or gloo), ``torch.cuda.set_device``, the
 CPU shims (:mod:`megatron_vlm.runtime.cpu_shims`), :func:`device`, the model config's
 ``use_cpu_initialization`` default, the Transformer Engine check and the trainer's GPU-only options.
@@ -62,11 +64,14 @@ def decide_placement(dist_env: DistEnv | None = None, choice: str | None = None)
         return Placement(False, None, f"{DEVICE_ENV}=cpu pins the CPU")
     if not torch.cuda.is_available():
         reason = "no CUDA GPU (torch.cuda.is_available() is False)"
-    elif dist_env.local_world_size > (gpus := torch.cuda.device_count()):
+    elif dist_env.local_world_size <= (gpus := torch.cuda.device_count()):
+        return Placement(True, dist_env.local_rank, f"GPU {dist_env.local_rank} of {gpus}")
+    elif dist_env.launcher == "slurm" and os.environ.get("CUDA_VISIBLE_DEVICES"):
+        gpu = dist_env.local_rank % gpus
+        return Placement(True, gpu, f"GPU {gpu} of the {gpus} SLURM bound to this task")
+    else:
         reason = (f"{dist_env.local_world_size} processes on this node but {gpus} GPU(s): "
                   "each process needs a GPU of its own")
-    else:
-        return Placement(True, dist_env.local_rank, f"GPU {dist_env.local_rank} of {gpus}")
     if choice == "cuda":
         raise ConfigError(f"{DEVICE_ENV}=cuda, but {reason}")
     return Placement(False, None, reason)
