@@ -24,9 +24,11 @@ def recount(prefix) -> tuple[int, dict[str, float], list[int]]:
     files with megatron-core's ``IndexedDataset`` (not from the build's report)."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    tokens = IndexedDataset(f"{prefix}_tokens", mmap=True)
-    samples = IndexedDataset(f"{prefix}_samples", mmap=True)
-    names = json.loads(Path(f"{prefix}.json").read_text())["task_names"]
+    meta = json.loads(Path(f"{prefix}.json").read_text())
+    files = Path(prefix).parent / meta["files_dir"] / Path(prefix).name  # docs/formats.md: the version folder
+    tokens = IndexedDataset(f"{files}_tokens", mmap=True)
+    samples = IndexedDataset(f"{files}_samples", mmap=True)
+    names = meta["task_names"]
     fields = np.stack([samples[i] for i in range(len(samples))])  # task, tasks_file, line, image/target tokens
     lengths = tokens.sequence_lengths.astype(np.int64)
     assert len(lengths) == len(fields)
