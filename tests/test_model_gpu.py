@@ -52,9 +52,10 @@ def _relative(a: torch.Tensor, ref: torch.Tensor) -> float:
     return ((a.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
-def bf16_errors(backend: str, device: torch.device) -> dict[str, float]:
+def bf16_errors(backend: str, device: torch.device, tmp_path) -> dict[str, float]:
     """Relative logit errors against transformers in fp32 (CPU): transformers in bf16 on ``device``,
-    and our model in bf16 on ``device``, on one row of text and two images; and top-1 agreements."""
+    and our model in bf16 on ``device``, on one row of text and two images; and top-1 agreements.
+    The ``te`` model gets its weights from the ``torch`` one through a dist checkpoint."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from megatron_vlm.models.tiny import tiny_qwen25vl_config
@@ -62,8 +63,12 @@ def bf16_errors(backend: str, device: torch.device) -> dict[str, float]:
     hf_config = tiny_qwen25vl_config()
     hf = Qwen2_5_VLForConditionalGeneration(hf_config).eval()
     randomize_weights_(hf, seed=0)
-    ours = _model(backend, torch.bfloat16, device, hf_config)
+    ours = _model("torch", torch.bfloat16, device, hf_config)
     load_hf_weights(ours, hf, ours.model_config)
+    if backend == "te":
+        te = _model("te", torch.bfloat16, device, hf_config)
+        _transfer(ours, te, tmp_path)
+        ours = te
     ids, grids, pixels = make_row([6, (1, 8, 12), 9, (1, 16, 8), 5], seed=3)
     kwargs = dict(input_ids=ids[None], pixel_values=pixels, image_grid_thw=grids,
                   mm_token_type_ids=(ids[None] == IMAGE_PAD).int())
@@ -81,10 +86,10 @@ def bf16_errors(backend: str, device: torch.device) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("backend", ["torch", "te"])
-def test_bf16_logits_match_transformers(cuda, backend):
+def test_bf16_logits_match_transformers(cuda, backend, tmp_path):
     if backend == "te":
         pytest.importorskip("transformer_engine.pytorch")
-    err = bf16_errors(backend, cuda)
+    err = bf16_errors(backend, cuda, tmp_path)
     bound = min(BF16_FACTOR * err["transformers"] + BF16_SLACK, BF16_CAP)
     assert err["ours"] <= bound, err
     assert err["ours_vs_transformers"] <= 2 * bound, err
