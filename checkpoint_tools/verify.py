@@ -166,10 +166,9 @@ def megatron_logits(ckpt_root: str | Path, iteration: str | None, inputs: dict[s
     from megatron_vlm.runtime import initialize_distributed, process_group
 
     ckpt = MegatronCheckpoint.open(ckpt_root, iteration)
-    with process_group():
-        initialize_distributed(environ={})
-        model = Qwen25VLModel(qwen25vl_config_from_hf(ckpt.meta["hf_config"], params_dtype=torch.float32,
-                                                      use_cpu_initialization=True)).eval()
+    with process_group(device="cpu"):  # fp32 on the CPU, like the transformers reference, also on a GPU machine
+        initialize_distributed(environ={}, device="cpu")
+        model = Qwen25VLModel(qwen25vl_config_from_hf(ckpt.meta["hf_config"], params_dtype=torch.float32)).eval()
         load_into_model(model, ckpt)
         with torch.no_grad():
             logits = model(inputs["input_ids"], pixel_values=inputs["pixel_values"],

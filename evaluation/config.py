@@ -67,7 +67,7 @@ class ModelOptions(ChatClientOptions):
     dtype: str = field(default="auto", metadata={"group": _HF, "choices": DTYPES, "help": (
         "hf: weights and activations (auto: bfloat16 on a GPU, float32 on a CPU)")})
     device: str | None = field(default=None, metadata={"group": _HF, "help": (
-        "hf: torch device (default: cuda if available, else cpu)")})
+        "hf: torch device (default: cuda when this process has a GPU and LONGVLM_DEVICE is not cpu, else cpu)")})
     attn_implementation: str = field(default="sdpa", metadata={"group": _HF, "help": (
         "hf: transformers attention implementation (sdpa, flash_attention_2, eager)")})
     batch_size: int = field(default=8, metadata={"group": _HF, "help": (

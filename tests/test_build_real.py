@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,31 @@ from preprocess.dataset.lengths import histogram
 PDFS = ("float", "booktabs", "camlidl-1.04.doc", "beamerexample-conference-talk", "microtype", "mathtools",
         "etoolbox", "lineno")
 VQA = ("extract-single", "extract-multi", "reasoning")
+PAPER_MIXTURE = {"extract-single": 0.4, "extract-multi": 0.4, "reasoning": 0.2}  # the default --mixture
+
+
+def recount(prefix) -> tuple[int, dict[str, float], list[int]]:
+    """Tokens, per-task token shares and the tasks-file line of every sample, counted from the written
+    files with megatron-core's ``IndexedDataset`` (not from the build's report)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    meta = json.loads(Path(f"{prefix}.json").read_text())
+    files = Path(prefix).parent / meta["files_dir"] / Path(prefix).name  # docs/formats.md: the version folder
+    tokens = IndexedDataset(f"{files}_tokens", mmap=True)
+    samples = IndexedDataset(f"{files}_samples", mmap=True)
+    names = meta["task_names"]
+    fields = np.stack([samples[i] for i in range(len(samples))])  # task, tasks_file, line, image/target tokens
+    lengths = tokens.sequence_lengths.astype(np.int64)
+    assert len(lengths) == len(fields)
+    per_task = {names[t]: int(lengths[fields[:, 0] == t].sum()) for t in np.unique(fields[:, 0])}
+    return int(lengths.sum()), {t: n / lengths.sum() for t, n in per_task.items()}, fields[:, 2].tolist()
+
+
+def assert_mixture(prefix, budget: float, mixture: dict[str, float]) -> None:
+    total, shares, _ = recount(prefix)
+    assert abs(total - budget) / budget < 0.01, total
+    assert shares.keys() == mixture.keys()
+    assert max(abs(shares[t] - w) for t, w in mixture.items()) < 0.01, shares
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +72,14 @@ def test_real_pool_mixture_lengths_and_round_trip(real_inputs, qwen_tokenizer_di
                   max_seq_len=32768, token_budget=6e6, progress=False, max_repeats=100)
     native = api.build(output=str(tmp / "native"), **common)
     report = native.report
-    # the 58-page document (~37K tokens at 72 dpi) does not fit 32K: dropped and reported, per task
+    # the 58-page document (~37K tokens at 72 dpi) does not fit 32K: dropped and reported, per task,
+    # and none of its rows is in the files; every other document's are
     assert report["dropped_too_long"]["per_task"] == {t: 2 for t in VQA}
-    assert report["mixture"]["budget_rel_error"] < 0.01
-    assert report["mixture"]["max_share_error"] < 0.01
+    longest = max(pool.documents, key=lambda d: d["num_pages"])
+    assert longest["num_pages"] == 58
+    docs = {rows[line - 1]["doc_id"] for line in recount(tmp / "native")[2]}
+    assert docs == {d["doc_id"] for d in pool.documents} - {longest["doc_id"]}
+    assert_mixture(tmp / "native", 6e6, PAPER_MIXTURE)
     # few distinct document lengths here: the fill is bounded by the long ones, which cannot share
     assert report["packing"]["fill_ratio"] > 0.95 * report["packing"]["fill_upper_bound"]
     lengths = [b for b in report["length"]["bins"] if b["candidates"]]
@@ -58,8 +88,8 @@ def test_real_pool_mixture_lengths_and_round_trip(real_inputs, qwen_tokenizer_di
     # a histogram file target at this scale: half the examples >= 24K tokens
     hist = tmp / "hist.json"
     hist.write_text(json.dumps({"edges": [0, 16384, 24576, 32769], "fractions": [0.2, 0.3, 0.5]}))
-    biased = api.build(output=str(tmp / "biased"), length_dist=str(hist), **common)
-    assert biased.report["mixture"]["max_share_error"] < 0.01
+    api.build(output=str(tmp / "biased"), length_dist=str(hist), **common)
+    assert_mixture(tmp / "biased", 6e6, PAPER_MIXTURE)
     stats = api.stats(prefix=str(tmp / "biased"))
     ds = BuiltDataset(tmp / "biased")
     sample_lengths = np.concatenate([ds.read_pack(i)["sample_lengths"] for i in range(len(ds))])
@@ -109,11 +139,11 @@ def test_synth_tasks_build_and_load(real_inputs, qwen_tokenizer_dir, qwen_tokeni
     api.synth(pool=str(tmp / "pool"), output=str(tmp / "synth.jsonl"), per_doc=1, progress=False)
     rows = [json.loads(line) for line in (tmp / "synth.jsonl").read_text().splitlines()]
     mixture = "extract-single=0.3,extract-multi=0.3,reasoning=0.2,ocr-full=0.1,ocr-needle=0.1"
-    result = api.build(tasks=[str(tmp / "synth.jsonl")], pool=str(tmp / "pool"), tokenizer=str(qwen_tokenizer_dir),
-                       output=str(tmp / "synth"), max_seq_len=65536, token_budget=3e6, mixture=mixture, max_repeats=100,
-                       progress=False)
-    assert set(result.report["mixture"]["tasks"]) == {t for t in mixture.replace("=", ",").split(",")[::2]}
-    assert result.report["mixture"]["max_share_error"] < 0.01
+    api.build(tasks=[str(tmp / "synth.jsonl")], pool=str(tmp / "pool"), tokenizer=str(qwen_tokenizer_dir),
+              output=str(tmp / "synth"), max_seq_len=65536, token_budget=3e6, mixture=mixture, max_repeats=100,
+              progress=False)
+    assert_mixture(tmp / "synth", 3e6, {"extract-single": 0.3, "extract-multi": 0.3, "reasoning": 0.2,
+                                        "ocr-full": 0.1, "ocr-needle": 0.1})
     answers = {r["answer"] + "<|im_end|>" for r in rows}
     loader = build_data_loader(tmp / "synth", 2, num_workers=2, total_samples=4, seed=1)
     seen = 0

@@ -33,10 +33,40 @@ def test_every_subcommand_has_help_and_an_api(command):
     assert callable(getattr(api, "evaluate" if command.name == "eval" else command.name))
 
 
-def test_offline_tokenizer_has_qwen25vl_ids_and_template(qwen_tokenizer):
-    ids = qwen_tokenizer.convert_tokens_to_ids(
-        ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"])
-    assert ids == [151644, 151645, 151652, 151653, 151655]
+# Qwen2.5-VL's added tokens (its tokenizer_config.json): id -> (text, special)
+QWEN25VL_ADDED_TOKENS = {
+    151643: ("<|endoftext|>", True), 151644: ("<|im_start|>", True), 151645: ("<|im_end|>", True),
+    151646: ("<|object_ref_start|>", True), 151647: ("<|object_ref_end|>", True), 151648: ("<|box_start|>", True),
+    151649: ("<|box_end|>", True), 151650: ("<|quad_start|>", True), 151651: ("<|quad_end|>", True),
+    151652: ("<|vision_start|>", True), 151653: ("<|vision_end|>", True), 151654: ("<|vision_pad|>", True),
+    151655: ("<|image_pad|>", True), 151656: ("<|video_pad|>", True), 151657: ("<tool_call>", False),
+    151658: ("</tool_call>", False), 151659: ("<|fim_prefix|>", False), 151660: ("<|fim_middle|>", False),
+    151661: ("<|fim_suffix|>", False), 151662: ("<|fim_pad|>", False), 151663: ("<|repo_name|>", False),
+    151664: ("<|file_sep|>", False),
+}
+
+
+def test_offline_tokenizer_is_qwen25vls_vocabulary_and_special_tokens(qwen_tokenizer):
+    """151,643 BPE ids + exactly Qwen2.5-VL's 22 added tokens (none of Qwen3's <think> & co.)."""
+    assert (qwen_tokenizer.vocab_size, len(qwen_tokenizer)) == (151643, 151665)
+    added = {i: (t.content, t.special) for i, t in qwen_tokenizer.added_tokens_decoder.items()}
+    assert added == QWEN25VL_ADDED_TOKENS
+    for qwen3_only in ("<tool_response>", "</tool_response>", "<think>", "</think>"):
+        ids = qwen_tokenizer(qwen3_only).input_ids
+        assert len(ids) > 1 and max(ids) < 151643, (qwen3_only, ids)  # plain text, not one token
+
+
+def test_offline_tokenizer_gives_qwen25s_ids_for_ordinary_text(qwen_tokenizer):
+    """Known Qwen2/2.5 ids: GPT-2-style byte tokens (printable ASCII at ord - 33), digits split one by one."""
+    assert qwen_tokenizer("Hello world").input_ids == [9707, 1879]
+    assert qwen_tokenizer("Hello, world!").input_ids == [9707, 11, 1879, 0]
+    assert qwen_tokenizer("2024").input_ids == [17, 15, 17, 19]
+    assert qwen_tokenizer.convert_ids_to_tokens(list(range(94))) == [chr(c) for c in range(33, 127)]
+    text = "Table 3: ANLS 0.57 (±0.02) — see p. 12\n\nÜberblick, 概要"
+    assert qwen_tokenizer.decode(qwen_tokenizer(text).input_ids) == text
+
+
+def test_offline_tokenizer_has_qwen25vl_chat_template(qwen_tokenizer):
     text = qwen_tokenizer.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q?"}]}],
         tokenize=False, add_generation_prompt=True)

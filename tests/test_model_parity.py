@@ -109,11 +109,13 @@ def test_batch_of_two_rows_with_images(megatron_single):
     _assert_close(out, ref)
 
 
-def test_gradients_match_transformers(megatron_single):
-    """Backward too: every parameter's gradient of the summed token loss, mapped to Megatron names."""
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_gradients_match_transformers(megatron_single, name):
+    """Backward too, in each config (GQA 2:1, GQA 4:1, MHA with tied embeddings): every parameter's
+    gradient of the summed token loss, mapped to Megatron names, within 1e-4 of its largest entry."""
     import torch.nn.functional as F
 
-    hf, model = _pair("gqa4", seed=13)
+    hf, model = _pair(name, seed=13)
     ids, grids, pixels = make_row([5, (1, 8, 12), 4, (1, 4, 6), 6], seed=14)
     labels = torch.randint(0, 1000, ids.shape, generator=torch.Generator().manual_seed(15))
     logits = hf(input_ids=ids[None], pixel_values=pixels, image_grid_thw=grids,
@@ -121,10 +123,11 @@ def test_gradients_match_transformers(megatron_single):
     F.cross_entropy(logits[0], labels, reduction="sum").backward()
     model(ids[None], pixel_values=pixels, image_grid_thw=grids, labels=labels[None]).sum().backward()
     hf_grads = megatron_state_dict({n: p.grad for n, p in hf.named_parameters()}, model.model_config)
-    for name, p in model.named_parameters():
-        scale = hf_grads[name].abs().max().item()
-        assert scale > 0, name
-        assert (p.grad - hf_grads[name]).abs().max().item() <= 1e-4 * max(1.0, scale), name
+    assert hf_grads.keys() == dict(model.named_parameters()).keys()
+    for param, p in model.named_parameters():
+        scale = hf_grads[param].abs().max().item()
+        assert scale > 1e-3, param  # O(1) weights: no gradient hides under the bound
+        assert (p.grad - hf_grads[param]).abs().max().item() <= 1e-4 * scale, param
 
 
 @pytest.mark.parametrize("name", ["gqa4", "mha_tied"])
@@ -280,8 +283,7 @@ def test_config_from_hub_style_config_json(tmp_path):
 
 
 def test_te_backend_fails_clearly_without_cuda(megatron_single):
-    if torch.cuda.is_available():
-        pytest.skip("CUDA present: the te backend may be usable")
+    """No GPU, or (on a GPU machine) the CPU pinned as in this suite: the te backend refuses."""
     from megatron_vlm.models.config import qwen25vl_config_from_hf
     from megatron_vlm.models.qwen25vl import Qwen25VLModel
     from megatron_vlm.models.tiny import tiny_qwen25vl_config

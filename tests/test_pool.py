@@ -83,6 +83,7 @@ def corpus(tmp_path_factory, pdf_dir) -> dict:
     enc = pymupdf.open(pdf_dir / "float.pdf")
     enc.save(pdfs / "h_encrypted.pdf", encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="user", owner_pw="owner")
     (pdfs / "i_zero_pages.pdf").write_bytes(ZERO_PAGE_PDF)
+    (pdfs / "l_empty.pdf").write_bytes(b"")  # 0 bytes: an interrupted download or copy
     make_pdf(pdfs / "j_aspect.pdf", [(595, 842), (5000, 10)])  # 500:1
     make_pdf(pdfs / "k_huge.pdf", [(595, 842), (20000, 300)])  # > 14,400 pt
     readme = root / "README.md"
@@ -119,6 +120,7 @@ def test_every_rejection_reason_and_the_good_documents(built, corpus):
         "g_truncated.pdf": "truncated",
         "h_encrypted.pdf": "encrypted",
         "i_zero_pages.pdf": "no_pages",
+        "l_empty.pdf": "not_pdf",
         "j_aspect.pdf": "aspect_ratio",
         "k_huge.pdf": "page_size",
         "README.md": "not_pdf",
@@ -128,12 +130,13 @@ def test_every_rejection_reason_and_the_good_documents(built, corpus):
     assert rejected["z_float_copy.pdf"]["duplicate_of"].endswith("a_float.pdf")
     assert rejected["z_float_copy.pdf"]["doc_id"] == sha256(corpus["pdfs"] / "a_float.pdf")
     assert "2" in rejected["j_aspect.pdf"]["detail"]  # names the page
+    assert rejected["l_empty.pdf"]["detail"] == "the file is empty (0 bytes)"
     manifest = read_jsonl(built / "manifest.jsonl")
     assert [Path(d["source"]).name for d in manifest] == ["a_float.pdf", "b_booktabs.pdf"]
     for doc in manifest:
         assert doc["doc_id"] == sha256(Path(doc["source"]))
     info = json.loads((built / "pool.json").read_text())
-    assert info["counts"]["accepted"] == 2 and info["counts"]["rejected"] == 12
+    assert info["counts"]["accepted"] == 2 and info["counts"]["rejected"] == 13
     assert not (built.parent / f".{built.name}.work").exists() and os.listdir(built.parent) == [built.name]
 
 

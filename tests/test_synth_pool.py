@@ -15,7 +15,6 @@ from longvlm import api
 from longvlm.cli import main as cli_main
 from preprocess.synth.segments import sample_segment
 
-pytest.importorskip("preprocess.pool")
 pytestmark = pytest.mark.slow  # builds a pool from the 12 real PDFs (~40 s on 2 cores)
 
 MIN_PAGES, MAX_PAGES = 8, 15

@@ -36,6 +36,7 @@ from megatron_vlm.formats.checkpoint import (
     model_meta,
     save_sharded,
 )
+from megatron_vlm.runtime import use_cuda
 from training.model import ModelParts
 
 CHECKPOINTS = "checkpoints"
@@ -55,7 +56,7 @@ class TrainState:
 def _rng_state() -> dict:
     state = {"random": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
              "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
-    if torch.cuda.is_available():
+    if use_cuda():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
@@ -64,7 +65,7 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["random"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda" in state and use_cuda():
         torch.cuda.set_rng_state(state["cuda"])
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
@@ -78,7 +79,7 @@ class Checkpointer:
         self.parts, self.optimizer, self.scheduler = parts, optimizer, scheduler
         self.keep_last, self.source = keep_last, source or {}
         self.queue = None
-        if async_save and torch.cuda.is_available():
+        if async_save and use_cuda():
             from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
             self.queue = AsyncCallsQueue()

@@ -22,7 +22,7 @@ from megatron.core.distributed import (
 from megatron_vlm.models.config import Qwen25VLConfig, qwen25vl_config_from_hf
 from megatron_vlm.models.hf_config import Qwen25VLArch
 from megatron_vlm.models.qwen25vl import Qwen25VLModel
-from megatron_vlm.runtime import device
+from megatron_vlm.runtime import device, use_cuda
 from training.config import TrainConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
@@ -86,7 +86,7 @@ def build_model(config: TrainConfig, arch: Qwen25VLArch) -> ModelParts:
     chunks = build_chunks(cfg)
     for model in chunks:
         _freeze(model, config)
-    gpu = torch.cuda.is_available()
+    gpu = use_cuda()
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, overlap_grad_reduce=gpu,
         use_distributed_optimizer=gpu and config.optimizer.distributed_optimizer,

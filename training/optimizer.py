@@ -9,10 +9,10 @@ Schedules: ``cosine``, ``linear`` or ``constant`` after a linear warmup, or ``ws
 
 from __future__ import annotations
 
-import torch
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+from megatron_vlm.runtime import use_cuda
 from training.config import OptimizerSettings
 from training.model import ModelParts
 
@@ -21,7 +21,7 @@ _DECAY_STYLES = {"cosine": "cosine", "linear": "linear", "constant": "constant",
 
 def build_optimizer(settings: OptimizerSettings, parts: ModelParts, precision: str):
     """The Megatron optimizer over the trainable parameters of ``parts``."""
-    gpu = torch.cuda.is_available()
+    gpu = use_cuda()
     config = OptimizerConfig(
         optimizer="adam", lr=settings.lr, min_lr=settings.min_lr, weight_decay=settings.weight_decay,
         adam_beta1=settings.adam_beta1, adam_beta2=settings.adam_beta2, adam_eps=settings.adam_eps,

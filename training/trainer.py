@@ -52,7 +52,7 @@ def preflight(config: TrainConfig, run_dir: Path, world_size: int, rank: int = 0
     if config.train.global_batch_size % step_rows:
         raise RecipeError(f"train.global_batch_size {config.train.global_batch_size} is not a multiple of "
                           f"micro_batch_size x data-parallel size = {config.train.micro_batch_size} x {dp}")
-    gpu = torch.cuda.is_available()
+    gpu = runtime.use_cuda()
     if config.train.precision != "fp32" and not gpu:
         raise RecipeError(f"train.precision={config.train.precision} needs a GPU (Megatron's mixed-precision "
                           "optimizers take CUDA tensors); use train.precision=fp32 on this machine")

@@ -50,7 +50,9 @@ class HFBackend:
         import torch
         from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
 
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        from megatron_vlm.runtime import use_cuda
+
+        self.device = torch.device(device or ("cuda" if use_cuda() else "cpu"))
         if dtype == "auto":
             dtype = "bfloat16" if self.device.type == "cuda" else "float32"
         self.dtype = getattr(torch, dtype)
@@ -134,11 +136,10 @@ class HFBackend:
         if "pixel_values" in batch:
             vision = {"pixel_values": batch["pixel_values"].to(self.device, self.dtype),
                       "image_grid_thw": batch["image_grid_thw"].to(self.device)}
-        with torch.no_grad():
-            logits = self.model(input_ids=input_ids, attention_mask=attention,
-                                mm_token_type_ids=(input_ids == IMAGE_PAD_ID).int(),
-                                logits_to_keep=keep.to(self.device), **vision).logits.float()
-        logits = logits.reshape(-1, logits.shape[-1])  # [answer tokens of all rows, vocab], row-major
+        with torch.no_grad():  # the output layer on the answer tokens only (any transformers 5.x)
+            hidden = self.model.model(input_ids=input_ids, attention_mask=attention,
+                                      mm_token_type_ids=(input_ids == IMAGE_PAD_ID).int(), **vision).last_hidden_state
+            logits = self.model.lm_head(hidden[keep.to(self.device)]).float()  # [answer tokens, vocab], row-major
         labels = batch["labels"][keep].to(self.device)
         logp = torch.log_softmax(logits, dim=-1).gather(1, labels[:, None])[:, 0].cpu()
         hit = (logits.argmax(-1) == labels).cpu()

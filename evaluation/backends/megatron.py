@@ -43,7 +43,7 @@ class MegatronBackend:
             ckpt = MegatronCheckpoint.open(checkpoint)
         except CheckpointError as err:
             raise EvalError(f"--checkpoint {checkpoint}: {err}") from None
-        gpu = torch.cuda.is_available()
+        gpu = runtime.use_cuda()
         if dtype == "auto":
             dtype = "bfloat16" if gpu else "float32"
         self.dtype = getattr(torch, dtype)

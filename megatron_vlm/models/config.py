@@ -18,6 +18,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron_vlm.errors import ConfigError
 from megatron_vlm.models.hf_config import Qwen25VLArch, rewrite_hf_config
 from megatron_vlm.parallel import ParallelLayout
+from megatron_vlm.runtime.placement import use_cuda
 
 ATTENTION_BACKENDS = ("torch", "te")
 ROPE_BASE_MODES = ("keep", "explicit", "ntk")
@@ -136,8 +137,8 @@ def qwen25vl_config_from_hf(
     rope = rope or RopeSettings()
     layout.check_model(arch.num_layers, arch.num_heads, arch.num_query_groups, arch.vision_heads)
     base = rope.resolve(arch.rope_theta, arch.head_dim)
-    if use_cpu_initialization is None:
-        use_cpu_initialization = not torch.cuda.is_available()
+    if use_cpu_initialization is None:  # weights where this process computes (runtime.placement)
+        use_cpu_initialization = not use_cuda()
     granularity = None if recompute == "none" else recompute
     common = dict(
         normalization="RMSNorm",

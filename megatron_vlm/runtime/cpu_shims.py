@@ -1,6 +1,9 @@
 """The shims that let Megatron-Core's non-Transformer-Engine paths run on a CPU-only torch (gloo).
 
-Applied by :func:`apply_cpu_shims` only when CUDA is absent; with CUDA nothing is patched.
+Applied by the runtime (:func:`megatron_vlm.runtime.placement.settle_placement`) when this process computes
+on the CPU: no CUDA, too few GPUs for the processes on the node, or ``LONGVLM_DEVICE=cpu``. On a
+process that computes on its GPU nothing is patched, and :func:`remove_cpu_shims` puts back every
+original (a test session that runs CPU-pinned tests and GPU tests in one process).
 
 1. A CPU RNG-state tracker. ``model_parallel_cuda_manual_seed`` and the tracker read and write the
    CUDA generator; without it attention dropout and ``get_cuda_rng_tracker().fork()`` fail
@@ -122,7 +125,12 @@ _CUDA_ASSUMING_MODULES = {
     "megatron.core.tensor_parallel.data": "broadcast size tensor created with device='cuda'",
 }
 
-_SHIMS_APPLIED = False
+_PATCHES: list[tuple[object, str, object]] = []  # (owner, attribute, original), in the order applied
+
+
+def _patch(owner, attribute: str, value) -> None:
+    _PATCHES.append((owner, attribute, getattr(owner, attribute)))
+    setattr(owner, attribute, value)
 
 
 class CpuRNGStatesTracker:
@@ -257,14 +265,17 @@ def _without_cuda_moves(method):
     return wrapped
 
 
+def cpu_shims_applied() -> bool:
+    return bool(_PATCHES)
+
+
 def apply_cpu_shims() -> None:
-    """Make megatron-core's non-TE paths run without CUDA. Idempotent; a no-op when CUDA exists."""
-    global _SHIMS_APPLIED
-    if _SHIMS_APPLIED or torch.cuda.is_available():
+    """Make megatron-core's non-TE paths run on the CPU (gloo). Idempotent; undone by :func:`remove_cpu_shims`."""
+    if _PATCHES:
         return
     cpu_torch = _CpuTorch()
     for name in _CUDA_ASSUMING_MODULES:
-        importlib.import_module(name).torch = cpu_torch
+        _patch(importlib.import_module(name), "torch", cpu_torch)
 
     from megatron.core import tensor_parallel
     from megatron.core.dist_checkpointing import exchange_utils
@@ -273,15 +284,28 @@ def apply_cpu_shims() -> None:
     from megatron.core.tensor_parallel import data as tp_data
     from megatron.core.tensor_parallel import random as tp_random
 
-    tp_random._get_cuda_rng_state = _cpu_get_rng_state
-    tp_random._set_cuda_rng_state = _cpu_set_rng_state
-    tp_random.model_parallel_cuda_manual_seed = model_parallel_cpu_manual_seed
-    tensor_parallel.model_parallel_cuda_manual_seed = model_parallel_cpu_manual_seed
-    clip_grads.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
-    optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
-    tp_data.broadcast_data = tensor_parallel.broadcast_data = _broadcast_data
-    exchange_utils.exchange_loaded_tensors_broadcast = exchange_utils.exchange_loaded_tensors_gather_object
-    exchange_utils.exchange_loaded_tensors_gather_rounds = exchange_utils.exchange_loaded_tensors_gather_object
-    LanguageModule.setup_embeddings_and_output_layer = _without_cuda_moves(
-        LanguageModule.setup_embeddings_and_output_layer)
-    _SHIMS_APPLIED = True
+    _patch(tp_random, "_get_cuda_rng_state", _cpu_get_rng_state)
+    _patch(tp_random, "_set_cuda_rng_state", _cpu_set_rng_state)
+    _patch(tp_random, "model_parallel_cuda_manual_seed", model_parallel_cpu_manual_seed)
+    _patch(tensor_parallel, "model_parallel_cuda_manual_seed", model_parallel_cpu_manual_seed)
+    _patch(clip_grads, "clip_grad_by_total_norm_fp32", _clip_grad_by_total_norm_fp32)
+    _patch(optimizer, "clip_grad_by_total_norm_fp32", _clip_grad_by_total_norm_fp32)
+    _patch(tp_data, "broadcast_data", _broadcast_data)
+    _patch(tensor_parallel, "broadcast_data", _broadcast_data)
+    _patch(exchange_utils, "exchange_loaded_tensors_broadcast", exchange_utils.exchange_loaded_tensors_gather_object)
+    _patch(exchange_utils, "exchange_loaded_tensors_gather_rounds",
+           exchange_utils.exchange_loaded_tensors_gather_object)
+    _patch(LanguageModule, "setup_embeddings_and_output_layer",
+           _without_cuda_moves(LanguageModule.setup_embeddings_and_output_layer))
+
+
+def remove_cpu_shims() -> None:
+    """Put back every original that :func:`apply_cpu_shims` replaced, and drop the CPU RNG tracker."""
+    from megatron.core.tensor_parallel import random as tp_random
+
+    while _PATCHES:
+        owner, attribute, original = _PATCHES.pop()
+        setattr(owner, attribute, original)
+    if isinstance(tp_random._CUDA_RNG_STATE_TRACKER, CpuRNGStatesTracker):
+        tp_random._CUDA_RNG_STATE_TRACKER = None
+        tp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = False

@@ -1,4 +1,4 @@
-"""Start-up of ``torch.distributed`` and Megatron-Core's model-parallel groups; the compute device."""
+"""Start-up of ``torch.distributed`` and Megatron-Core's model-parallel groups."""
 
 from __future__ import annotations
 
@@ -13,14 +13,7 @@ import torch
 from megatron_vlm.parallel import ParallelLayout
 from megatron_vlm.runtime.cpu_shims import apply_cpu_shims
 from megatron_vlm.runtime.launcher import DistEnv, read_dist_env
-
-
-def device() -> torch.device:
-    """The device this process computes on: its CUDA device on GPU, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
+from megatron_vlm.runtime.placement import settle_placement, unsettle_placement, use_cuda
 
 _LAYOUT: tuple | None = None
 
@@ -31,12 +24,15 @@ def initialize_distributed(
     *,
     timeout_minutes: int = 30,
     environ: dict[str, str] | None = None,
+    device: str | None = None,
 ) -> DistEnv:
     """Start torch.distributed and Megatron-Core's model-parallel groups, and seed the RNGs.
 
     ``layout`` gives the model-parallel sizes (default: none; data parallel over the whole world).
-    Reads the launcher's variables (:func:`read_dist_env`); NCCL and ``cuda:LOCAL_RANK`` on GPU,
-    gloo and the CPU shims without CUDA. Seeds like Megatron-LM: ``random``, ``numpy``, ``torch`` and
+    Reads the launcher's variables (:func:`read_dist_env`) and settles the device
+    (:mod:`megatron_vlm.runtime.placement`): NCCL and ``cuda:LOCAL_RANK`` when this process has a GPU
+    of its own, else gloo and the CPU shims; ``device="cpu"`` pins the CPU for this process (default:
+    ``LONGVLM_DEVICE``, else ``auto``). Seeds like Megatron-LM: ``random``, ``numpy``, ``torch`` and
     ``model_parallel_cuda_manual_seed`` with ``seed + 100 * pipeline_rank``. Calling it again with
     the same layout does nothing; with another layout it rebuilds the groups and reseeds (the
     process group stays).
@@ -45,14 +41,12 @@ def initialize_distributed(
     from megatron.core import parallel_state, tensor_parallel
 
     env = read_dist_env(environ)
-    cuda = torch.cuda.is_available()
-    if not cuda:
-        apply_cpu_shims()
+    backend = settle_placement(env, device).backend
+    if torch.distributed.is_initialized() and torch.distributed.get_backend() != backend:
+        raise RuntimeError(f"torch.distributed already runs {torch.distributed.get_backend()}, this process "
+                           f"now computes with {backend}: call runtime.destroy() first")
     if not torch.distributed.is_initialized():
-        backend = "nccl" if cuda else "gloo"
         timeout = timedelta(minutes=timeout_minutes)
-        if cuda:
-            torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
         if env.world_size == 1:
             torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(),
                                                  rank=0, world_size=1, timeout=timeout)
@@ -91,21 +85,23 @@ def destroy() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     _LAYOUT = None
+    unsettle_placement()
 
 
 @contextlib.contextmanager
-def process_group() -> Iterator[None]:
+def process_group(device: str | None = None) -> Iterator[None]:
     """``torch.distributed`` as ``dist_checkpointing`` needs it: the caller's group if initialized,
-    else a one-process group (``megatron_vlm.runtime``, with its CPU shims) for the block; the
-    caller's random-number state is left as it was."""
+    else a one-process group (``megatron_vlm.runtime``; ``device`` as for :func:`initialize_distributed`)
+    for the block; the caller's random-number state is left as it was."""
     import torch.distributed as dist
 
     if dist.is_initialized():
-        apply_cpu_shims()
+        if not use_cuda():
+            apply_cpu_shims()
         yield
         return
     rng = torch.get_rng_state()
-    initialize_distributed(environ={})  # one process, whatever launcher variables are set
+    initialize_distributed(environ={}, device=device)  # one process, whatever launcher variables are set
     try:
         yield
     finally:

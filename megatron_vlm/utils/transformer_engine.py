@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import importlib
 
-import torch
+from megatron_vlm.runtime.placement import current_placement
 
 
 def transformer_engine_error() -> str | None:
     """Why Transformer Engine cannot be used here, or ``None`` when it can."""
-    if not torch.cuda.is_available():
-        return "no CUDA GPU (torch.cuda.is_available() is False)"
+    placement = current_placement()
+    if not placement.cuda:
+        return f"no CUDA GPU for this process ({placement.reason})"
     try:
         importlib.import_module("transformer_engine.pytorch")
     except Exception as e:  # ImportError, or OSError from missing CUDA libraries

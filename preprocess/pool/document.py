@@ -32,6 +32,8 @@ class DocumentResult:
 
 def check_file_bytes(head: bytes, tail: bytes) -> None:
     """Reject files that are not PDFs or are cut short, from their first and last bytes."""
+    if not head:
+        raise Rejected("not_pdf", "the file is empty (0 bytes)")
     if PDF_MAGIC not in head[:HEADER_WINDOW]:
         raise Rejected("not_pdf", "no %PDF- header in the first 1 KiB")
     if b"%%EOF" not in tail[-TAIL_WINDOW:]:

@@ -1,19 +1,23 @@
 """Worker for tests/test_runtime.py: one training step of a tiny mRoPE GPT in several layouts.
 
 Run on 2 processes (``tests/distributed.py``). The reference is TP=1, PP=1 with the two ranks as
-data-parallel replicas, each on half of the global batch; its initial weights are saved with
-``dist_checkpointing``. For each ``--layouts`` entry the groups are rebuilt, the reference's initial
-checkpoint is loaded (resharded), the same global batch is trained for one step (2 micro-batches
-through megatron-core's pipeline schedule), and the gradients and the updated weights are saved and
+data-parallel replicas, each on half of the global batch; its initial weights (O(1)-scaled, so that
+every gradient is far above float32 noise) are saved with ``dist_checkpointing``. For each
+``--layouts`` entry the groups are rebuilt, the reference's initial checkpoint is loaded
+(resharded), the same global batch is trained for one step (2 micro-batches through megatron-core's
+pipeline schedule; SGD with global-norm clipping, so the update is proportional to the clipped
+gradient and a wrong magnitude shows), and the gradients and the updated weights are saved and
 loaded back into a TP=1 model to compare with the reference. Each rank writes ``rank{R}.json`` into
-``--out``: per layout, the reference's and the layout's loss and gradient norm and the largest
-differences of gradients and updated weights.
+``--out``: per layout, the reference's and the layout's loss and gradient norm, the largest
+relative difference per parameter (``max|x - ref| / max|ref|``) of the gradients and of the weight
+updates, and the smallest gradient scale of the reference.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,8 +44,12 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer import TransformerConfig
 
-from megatron_vlm import runtime
-from megatron_vlm.parallel import ParallelLayout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (vlm_inputs)
+
+from vlm_inputs import randomize_weights_  # noqa: E402
+
+from megatron_vlm import runtime  # noqa: E402
+from megatron_vlm.parallel import ParallelLayout  # noqa: E402
 
 VOCAB, SEQ, GLOBAL_BATCH, MICRO_BATCH = 128, 16, 4, 2
 # name -> (tensor parallel, pipeline parallel, tied embeddings, extra TransformerConfig fields)
@@ -63,7 +71,7 @@ def build_model(tp: int, pp: int, tie: bool = False, **extra) -> tuple[Distribut
         normalization="RMSNorm", add_qkv_bias=True, add_bias_linear=False, gated_linear_unit=True,
         activation_func=F.silu, bias_activation_fusion=False, hidden_dropout=0.0, attention_dropout=0.0,
         mrope_section=[2, 3, 3], tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-        pipeline_dtype=torch.float32, use_cpu_initialization=not torch.cuda.is_available(),
+        pipeline_dtype=torch.float32, use_cpu_initialization=not runtime.use_cuda(),
     )
     config = TransformerConfig(**{**fields, **extra})
     model = GPTModel(
@@ -150,7 +158,7 @@ def broadcast_matches(microbatch: dict[str, torch.Tensor]) -> bool:
 def train_step(ddp, config, microbatches) -> dict:
     """Forward, backward and one Adam step; returns the loss (mean over the global batch)."""
     optimizer = get_megatron_optimizer(
-        OptimizerConfig(optimizer="adam", lr=1e-3, weight_decay=0.1, clip_grad=1.0), [ddp])
+        OptimizerConfig(optimizer="sgd", sgd_momentum=0.0, lr=1.0, weight_decay=0.1, clip_grad=1.0), [ddp])
     config.grad_scale_func = optimizer.scale_loss
     ddp.zero_grad_buffer()
     optimizer.zero_grad()
@@ -169,15 +177,20 @@ def train_step(ddp, config, microbatches) -> dict:
     return {"loss": loss.item(), "optimizer": optimizer}
 
 
-def max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
-    return max((a[k] - b[k]).abs().max().item() for k in a)
+def max_rel_diff(a: dict, b: dict, names: list[str]) -> float:
+    """The largest ``max|a - b| / max|b|`` over the parameters ``names``."""
+    return max(((a[k] - b[k]).abs().max() / b[k].abs().max()).item() for k in names)
+
+
+def parameter_names(model) -> list[str]:
+    return [name for name, _ in model.named_parameters()]
 
 
 def reference(tie: bool, out: Path, microbatches) -> dict:
     """TP=1 x DP=2: save the initial weights, train one step, keep gradients and updated weights."""
     runtime.initialize_distributed(seed=1234)
     ddp, config = build_model(1, 1, tie)
+    randomize_weights_(ddp.module, seed=5)  # the same on both replicas
     init_dir = out / f"init_tied{int(tie)}"
     save(ddp.module, init_dir)
     init = tensors(ddp.module)
@@ -185,9 +198,12 @@ def reference(tie: bool, out: Path, microbatches) -> dict:
     with params_hold_grads(ddp.module):
         grads = tensors(ddp.module)
     grad_norm = step["optimizer"].step()[1]
-    updated = tensors(ddp.module)
-    return {"init_dir": init_dir, "grads": grads, "updated": updated, "loss": step["loss"],
-            "grad_norm": grad_norm, "update_size": max_diff(updated, init)}
+    names = parameter_names(ddp.module)
+    update = {k: v - init[k] for k, v in tensors(ddp.module).items()}
+    return {"init_dir": init_dir, "init": init, "grads": grads, "update": update, "loss": step["loss"],
+            "grad_norm": grad_norm, "names": names,
+            "grad_scale_min": min(grads[k].abs().max().item() for k in names),
+            "update_scale_min": min(update[k].abs().max().item() for k in names)}
 
 
 def main() -> None:
@@ -197,7 +213,8 @@ def main() -> None:
     args = parser.parse_args()
     env = runtime.initialize_distributed(seed=1234)
     microbatches = global_batch()
-    result = {"rank": env.rank, "launcher": env.launcher, "world_size": env.world_size, "layouts": {}}
+    result = {"rank": env.rank, "launcher": env.launcher, "world_size": env.world_size,
+              "backend": torch.distributed.get_backend(), "layouts": {}}
     refs = {}
     for name in args.layouts:
         tp, pp, tie, extra = LAYOUTS[name]
@@ -217,12 +234,14 @@ def main() -> None:
         runtime.initialize_distributed(seed=1234)
         check, _ = build_model(1, 1, tie)
         load(check.module, args.out / f"{name}_grads")
-        grads_diff = max_diff(tensors(check.module), ref["grads"])
+        grads_rel = max_rel_diff(tensors(check.module), ref["grads"], ref["names"])
         load(check.module, args.out / f"{name}_updated")
+        update = {k: v - ref["init"][k] for k, v in tensors(check.module).items()}
         result["layouts"][name] = {
-            "ref_loss": ref["loss"], "ref_grad_norm": ref["grad_norm"], "ref_update_size": ref["update_size"],
-            "loss": step["loss"], "grad_norm": grad_norm, "grads_max_diff": grads_diff,
-            "updated_max_diff": max_diff(tensors(check.module), ref["updated"]),
+            "ref_loss": ref["loss"], "ref_grad_norm": ref["grad_norm"], "ref_grad_scale_min": ref["grad_scale_min"],
+            "ref_update_scale_min": ref["update_scale_min"],
+            "loss": step["loss"], "grad_norm": grad_norm, "grads_rel_diff": grads_rel,
+            "update_rel_diff": max_rel_diff(update, ref["update"], ref["names"]),
             "broadcast_matches": broadcast_ok,
         }
 
