@@ -14,16 +14,16 @@ images) and the answer-only logits on the last; plus the largest temporary buffe
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 
-from megatron_vlm.models.config import Qwen25VLConfig
-from megatron_vlm.models.context_parallel import split_images_by_cost
-
 from launch.tune.layout import Layout
 from launch.tune.workload import Row
+from megatron_vlm.models.config import Qwen25VLConfig
+from megatron_vlm.models.context_parallel import split_images_by_cost
 
 GIB = 2 ** 30
 PRECISIONS = ("bf16", "fp8", "fp32")
@@ -235,23 +235,21 @@ def layer_activation_bytes(*, hidden: int, heads: int, groups: int, head_dim: in
     return norms + attention + rotary + mlp
 
 
-def attention_runs(lengths: list[int]) -> int:
+def attention_runs(lengths: tuple[int, ...]) -> int:
     """SDPA calls the torch backend makes: runs of consecutive equal-length segments."""
     return sum(1 for i, n in enumerate(lengths) if n and (i == 0 or lengths[i - 1] != n))
 
 
-def _vision_segments(grids, merge: int, units: int) -> tuple[list[int], list[int]]:
-    """Frame lengths and window lengths (patches) of images, in order."""
+@functools.lru_cache(maxsize=4096)
+def vision_runs(grids: tuple[tuple[int, int, int], ...], merge: int, units: int) -> tuple[int, int]:
+    """SDPA calls of a full-attention vision layer (per frame) and of a window layer (per window)."""
     frames, windows = [], []
     for t, h, w in grids:
         frames += [h * w] * t
-        gh, gw = h // merge, w // merge
-
-        def sides(n):
-            return [units] * (n // units) + ([n % units] if n % units else [])
-
-        windows += [r * c * merge * merge for _ in range(t) for r in sides(gh) for c in sides(gw)]
-    return frames, windows
+        rows = [units] * (h // merge // units) + ([h // merge % units] if h // merge % units else [])
+        cols = [units] * (w // merge // units) + ([w // merge % units] if w // merge % units else [])
+        windows += [r * c for _ in range(t) for r in rows for c in cols]
+    return attention_runs(tuple(frames)), attention_runs(tuple(windows))
 
 
 @dataclass(frozen=True)
@@ -279,7 +277,7 @@ def activations(config: Qwen25VLConfig, layout: Layout, setup: Setup, row: Row, 
     per_layer = layer_activation_bytes(
         hidden=lm.hidden_size, heads=lm.num_attention_heads // tp, groups=groups // tp, head_dim=lm.kv_channels,
         ffn=lm.ffn_hidden_size // tp, tokens=local, key_tokens=seq if cp > 1 else local, norm_tokens=norm_tokens,
-        runs=attention_runs(list(row.segments)) * b, recompute=layout.recompute, act=act, backend=backend)
+        runs=attention_runs(row.segments) * b, recompute=layout.recompute, act=act, backend=backend)
     language = per_layer * layout.stage_layers(lm.num_layers)[stage]
     if layout.recompute == "full":
         language += 4 * lm.kv_channels * local  # the fp32 rotary angles, kept for the recomputation
@@ -292,11 +290,10 @@ def activations(config: Qwen25VLConfig, layout: Layout, setup: Setup, row: Row, 
         mine = grids[a:e]
         patches = sum(costs[a:e])
         units = v.window_size // v.spatial_merge_size // v.patch_size
-        frames, windows = _vision_segments(mine, v.spatial_merge_size, units)
-        full = set(v.fullatt_block_indexes)
-        for i in range(v.num_layers):
-            runs = attention_runs(frames if i in full else windows)
-            vision += layer_activation_bytes(
+        frame_runs, window_runs = vision_runs(tuple(mine), v.spatial_merge_size, units)
+        full = len(set(v.fullatt_block_indexes))
+        for runs, count in ((frame_runs, full), (window_runs, v.num_layers - full)):
+            vision += count * layer_activation_bytes(
                 hidden=v.hidden_size, heads=v.num_attention_heads // tp, groups=v.num_query_groups // tp,
                 head_dim=v.kv_channels, ffn=v.ffn_hidden_size // tp, tokens=patches, key_tokens=patches,
                 norm_tokens=patches, runs=runs, recompute=layout.recompute, act=act, backend=backend)
@@ -318,6 +315,73 @@ def activations(config: Qwen25VLConfig, layout: Layout, setup: Setup, row: Row, 
 # -- the whole GPU ------------------------------------------------------------------------------
 
 
+def transient_bytes(config: Qwen25VLConfig, layout: Layout, setup: Setup, row: Row, stage: int) -> float:
+    """The largest temporary memory of backward on top of the kept activations.
+
+    The biggest of: the output layer's backward (its weight gradient in the model dtype, before it
+    is added to the fp32 gradient buffer, and the logits' gradient in the model dtype while the
+    fp32 softmax it came from is freed); one language layer's and one vision layer's backward
+    (about 4 ffn-wide gradients per token, plus the layer's recomputed activations under full
+    recompute, or the recomputed core attention under selective recompute).
+    """
+    lm, v, tp, cp, b = config.language, config.vision, layout.tp, layout.cp, layout.micro_batch
+    act, seq = setup.act_bytes, row.tokens * b
+    local = seq / cp
+    candidates = [0.0]
+    if stage == layout.pp - 1:
+        vocab = config.vocab_size / tp
+        answers = row.answer_tokens * b / cp
+        candidates.append(vocab * lm.hidden_size * act + max(0.0, answers * vocab * (act - 4)))
+    groups = lm.num_query_groups or lm.num_attention_heads
+
+    def layer(hidden, heads, n_groups, head_dim, ffn, tokens, key_tokens, norm_tokens, runs):
+        kw = dict(hidden=hidden, heads=heads // tp, groups=n_groups // tp, head_dim=head_dim, ffn=ffn // tp,
+                  tokens=tokens, key_tokens=key_tokens, norm_tokens=norm_tokens, runs=runs, act=act,
+                  backend=setup.attention_backend)
+        work = 4 * act * ffn // tp * tokens
+        if layout.recompute == "full":
+            work += layer_activation_bytes(recompute="none", **kw) - layer_activation_bytes(recompute="full", **kw)
+        elif layout.recompute == "selective":
+            work += layer_activation_bytes(recompute="none", **kw) - layer_activation_bytes(recompute="selective", **kw)
+        return work
+
+    if layout.stage_layers(lm.num_layers)[stage]:
+        candidates.append(layer(lm.hidden_size, lm.num_attention_heads, groups, lm.kv_channels, lm.ffn_hidden_size,
+                                local, seq if cp > 1 else local, local / tp if layout.sp else local,
+                                attention_runs(row.segments) * b))
+    if stage == 0 and row.image_grids:
+        costs = [t * h * w for t, h, w in row.image_grids] * b
+        patches = max(sum(costs[a:e]) for a, e in split_images_by_cost(costs, cp))
+        candidates.append(layer(v.hidden_size, v.num_attention_heads, v.num_query_groups, v.kv_channels,
+                                v.ffn_hidden_size, patches, patches, patches, 2))
+    return max(candidates)
+
+
+def comm_buffer_bytes(config: Qwen25VLConfig, layout: Layout, setup: Setup, row: Row) -> float:
+    """Communication buffers: the sequence-parallel all-gather buffer, the gathered K/V before they are
+    repeated to the query heads (CP), the pipeline's send and receive buffers."""
+    lm, act = config.language, setup.act_bytes
+    seq = row.tokens * layout.micro_batch
+    local = seq / layout.cp
+    out = 0.0
+    if layout.sp:
+        out += act * lm.hidden_size * local
+    if layout.cp > 1:
+        groups = (lm.num_query_groups or lm.num_attention_heads) // layout.tp
+        out += 2 * act * groups * lm.kv_channels * seq
+    if layout.pp > 1:
+        out += 2 * act * lm.hidden_size * (local / layout.tp if layout.sp else local)
+    return out
+
+
+@dataclass(frozen=True)
+class Allowances:
+    """Memory the model of tensors does not see: allocator fragmentation and the CUDA/NCCL context."""
+
+    fragmentation: float = 0.10   # fraction of activations and temporaries
+    reserved_gib: float = 3.0     # CUDA context, NCCL buffers, cuBLAS/cuDNN workspaces
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Predicted peak memory of one GPU of pipeline stage ``stage``, by part (bytes)."""
@@ -327,16 +391,31 @@ class MemoryEstimate:
     activations: Activations          # one micro-batch
     in_flight: int                    # micro-batches whose activations are alive at once (1F1B)
     transient: float                  # the largest temporary buffers of backward
-    comm_buffers: float               # communication buffers (SP all-gather, CP K/V gather, PP receive)
+    comm_buffers: float               # communication buffers
     fragmentation: float              # allocator fragmentation allowance
     reserved: float                   # CUDA context, NCCL and library workspaces
-    parts: dict = field(default_factory=dict, repr=False)
 
     @property
     def activation_total(self) -> float:
-        return self.activations.total * self.in_flight
+        """Kept activations of the micro-batches in flight (the device-side inputs once)."""
+        return (self.activations.total - self.activations.inputs) * self.in_flight + self.activations.inputs
 
     @property
     def total(self) -> float:
         return (self.states.total + self.activation_total + self.transient + self.comm_buffers
                 + self.fragmentation + self.reserved)
+
+
+def estimate_memory(config: Qwen25VLConfig, layout: Layout, setup: Setup, row: Row, stage: int,
+                    num_microbatches: int, allowances: Allowances = Allowances(),
+                    states: ModelStates | None = None) -> MemoryEstimate:
+    """Peak memory of one GPU of ``stage`` under the 1F1B schedule (stage ``i`` keeps the activations
+    of ``min(pp - i, micro-batches)`` micro-batches); ``states``: :func:`model_states`, if known."""
+    acts = activations(config, layout, setup, row, stage)
+    in_flight = min(layout.pp - stage, num_microbatches)
+    transient = transient_bytes(config, layout, setup, row, stage)
+    kept = (acts.total - acts.inputs) * in_flight + transient
+    return MemoryEstimate(
+        stage=stage, states=states or model_states(config, layout, setup, stage), activations=acts, in_flight=in_flight,
+        transient=transient, comm_buffers=comm_buffer_bytes(config, layout, setup, row),
+        fragmentation=allowances.fragmentation * kept, reserved=allowances.reserved_gib * GIB)

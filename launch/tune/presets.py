@@ -21,6 +21,7 @@ class GpuSpec:
 
     name: str
     memory_gib: float         # device memory the driver reports
+    fp32_tflops: float        # dense fp32 matmul peak (TF32 tensor cores on GPUs; CPU runs train in fp32)
     bf16_tflops: float        # dense bf16 matmul peak
     fp8_tflops: float         # dense fp8 matmul peak (0: no fp8)
     hbm_gbps: float           # device memory bandwidth, GB/s
@@ -29,8 +30,8 @@ class GpuSpec:
     host_memory_gib: float    # CPU memory of one node (typical DGX/HGX value)
 
     def peak_flops(self, precision: str) -> float:
-        """Dense matmul FLOP/s at ``precision`` (``bf16`` or ``fp8``)."""
-        return 1e12 * (self.fp8_tflops if precision == "fp8" else self.bf16_tflops)
+        """Dense matmul FLOP/s at ``precision`` (``fp32``, ``bf16`` or ``fp8``)."""
+        return 1e12 * {"fp32": self.fp32_tflops, "bf16": self.bf16_tflops, "fp8": self.fp8_tflops}[precision]
 
     def with_overrides(self, **values: float | None) -> GpuSpec:
         """This spec with the given fields replaced (``None`` values are ignored)."""
@@ -38,11 +39,11 @@ class GpuSpec:
 
 
 GPUS: dict[str, GpuSpec] = {
-    "h100": GpuSpec("H100 SXM 80GB", 79.6, 989.4, 1978.9, 3350, 450, 50, 2048),
-    "h200": GpuSpec("H200 SXM 141GB", 140.4, 989.4, 1978.9, 4800, 450, 50, 2048),
-    "a100": GpuSpec("A100 SXM 80GB", 80.0, 312.0, 0.0, 2039, 300, 25, 1024),
-    "h20": GpuSpec("H20 96GB", 95.6, 148.0, 296.0, 4000, 450, 50, 2048),
-    "b200": GpuSpec("B200 SXM 180GB", 179.1, 2250.0, 4500.0, 8000, 900, 50, 2048),
+    "h100": GpuSpec("H100 SXM 80GB", 79.6, 494.7, 989.4, 1978.9, 3350, 450, 50, 2048),
+    "h200": GpuSpec("H200 SXM 141GB", 140.4, 494.7, 989.4, 1978.9, 4800, 450, 50, 2048),
+    "a100": GpuSpec("A100 SXM 80GB", 80.0, 156.0, 312.0, 0.0, 2039, 300, 25, 1024),
+    "h20": GpuSpec("H20 96GB", 95.6, 74.0, 148.0, 296.0, 4000, 450, 50, 2048),
+    "b200": GpuSpec("B200 SXM 180GB", 179.1, 1100.0, 2250.0, 4500.0, 8000, 900, 50, 2048),
 }
 
 
