@@ -131,9 +131,9 @@ def stage_parameters(config: Qwen25VLConfig, layout: Layout, stage: int) -> list
 
 
 def grad_buffer_layout(params: list[Param], *, dp: int, distributed_optimizer: bool,
-                       bucket_size: int | None) -> tuple[int, int]:
-    """Megatron DDP's gradient buffer for ``params``: ``(buffer elements, most parameter elements
-    in one DP rank's shard)``.
+                       bucket_size: int | None) -> tuple[int, np.ndarray]:
+    """Megatron DDP's gradient buffer for ``params``: ``(buffer elements, parameter elements in each
+    DP rank's shard)`` (without the distributed optimizer every rank holds all of them).
 
     As ``_ParamAndGradBuffer`` lays it out: parameters in reverse registration order; under the
     distributed optimizer each parameter starts 64-aligned, a shared embedding gets its own bucket,
@@ -141,7 +141,7 @@ def grad_buffer_layout(params: list[Param], *, dp: int, distributed_optimizer: b
     """
     if not distributed_optimizer:
         total = sum(p.numel for p in params)
-        return total, total
+        return total, np.full(dp, total, dtype=np.int64)
     divisor = math.lcm(dp, 128)
     buckets: list[tuple[int, int, list[tuple[int, int]]]] = []  # (start, end, param ranges)
     start = cursor = 0
@@ -171,7 +171,7 @@ def grad_buffer_layout(params: list[Param], *, dp: int, distributed_optimizer: b
             for r in range((a - b0) // shard, (e - 1 - b0) // shard + 1):
                 lo, hi = b0 + r * shard, b0 + (r + 1) * shard
                 shard_params[r] += min(e, hi) - max(a, lo)
-    return cursor, int(shard_params.max())
+    return cursor, shard_params
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,7 @@ def model_states(config: Qwen25VLConfig, layout: Layout, setup: Setup, stage: in
     weights = (buffer if setup.distributed_optimizer else count) * setup.param_bytes
     if setup.precision == "fp8":
         weights += count  # Transformer Engine's fp8 copy of the GEMM weights
-    optimizer = shard * (setup.main_param_bytes + 8)
+    optimizer = int(shard.max()) * (setup.main_param_bytes + 8)
     return ModelStates(weights=weights, gradients=buffer * setup.grad_bytes, optimizer=optimizer, parameters=count)
 
 
