@@ -1,7 +1,9 @@
 """A "GPU" preset for this machine's CPU, measured: matmul and attention FLOP/s, memory bandwidth.
 
 ``longvlm tune --gpu cpu`` plans with it, so the cost model can be checked against real CPU
-training steps (``scripts/bench_tune.py``). The figures are fp32 (CPU runs train in fp32).
+training steps (``scripts/bench_tune.py``). The figures are fp32 (CPU runs train in fp32) and per
+CPU-second of this process (``time.process_time``), so other work on the machine does not skew
+them; with ``torch.set_num_threads(1)`` that is one core.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ def _best_seconds(fn, repeats: int) -> float:
     fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return min(times)
 
 
