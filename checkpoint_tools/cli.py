@@ -25,17 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, (cls, summary) in ACTIONS.items():
         p = sub.add_parser(name, help=summary, description=summary)
         add_dataclass_arguments(p, cls)
-        if cls is VerifyConfig:
-            p.add_argument("--image", action="append", metavar="PATH", dest="image",
-                           help="an image for the probe; repeat for several (default: built-in images)")
 
 
 def config_from_args(args: argparse.Namespace):
-    cls = ACTIONS[args.action][0]
-    cfg = dataclass_from_args(cls, args)
-    if cls is VerifyConfig:
-        cfg.image = args.image
-    return cfg
+    return dataclass_from_args(ACTIONS[args.action][0], args)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from megatron_vlm.parallel import ParallelLayout
+
 DTYPES = ("bfloat16", "float16", "float32")
+_LAYOUT_FIELDS = ("tp", "pp")  # a checkpoint is global: only TP (vocabulary padding) and PP (layers) matter
 _DTYPE_HELP = "cast every tensor to this dtype (default: keep the source dtype, e.g. bf16 in -> bf16 out)"
 
 
@@ -12,10 +15,8 @@ _DTYPE_HELP = "cast every tensor to this dtype (default: keep the source dtype, 
 class HFToMegatronConfig:
     hf: str = field(metadata={"help": "Hugging Face Qwen2.5-VL directory (config.json, safetensors + index)"})
     out: str = field(metadata={"help": "new Megatron checkpoint directory (must not exist)"})
-    tp: int = field(default=1, metadata={"help": "tensor-parallel size the checkpoint is validated and padded for"})
-    pp: int = field(default=1, metadata={"help": "pipeline-parallel size the checkpoint is validated for"})
-    vision_tp: int | None = field(default=None, metadata={
-        "help": "tensor-parallel size of the vision tower and merger (default: --tp)"})
+    layout: ParallelLayout = field(default_factory=ParallelLayout, metadata={
+        "fields": _LAYOUT_FIELDS, "help": "the layout the checkpoint is validated and vocabulary-padded for"})
     make_vocab_size_divisible_by: int = field(default=128, metadata={
         "help": "pad the vocabulary to a multiple of this times TP (Megatron's --make-vocab-size-divisible-by)"})
     dtype: str | None = field(default=None, metadata={"help": _DTYPE_HELP, "choices": DTYPES})
@@ -45,9 +46,8 @@ class MegatronToHFConfig:
 class ReshardConfig:
     ckpt: str = field(metadata={"help": "Megatron checkpoint directory to read"})
     out: str = field(metadata={"help": "new Megatron checkpoint directory (must not exist)"})
-    tp: int = field(default=1, metadata={"help": "new tensor-parallel size"})
-    pp: int = field(default=1, metadata={"help": "new pipeline-parallel size"})
-    vision_tp: int | None = field(default=None, metadata={"help": "new vision tensor-parallel size (default: --tp)"})
+    layout: ParallelLayout = field(default_factory=ParallelLayout, metadata={
+        "fields": _LAYOUT_FIELDS, "help": "the new layout to validate and vocabulary-pad for"})
     make_vocab_size_divisible_by: int = field(default=128, metadata={
         "help": "pad the vocabulary to a multiple of this times TP"})
     iteration: str | None = field(default=None, metadata={"help": "iteration to read (default: the latest)"})
@@ -59,8 +59,8 @@ class VerifyConfig:
     hf: str = field(metadata={"help": "Hugging Face Qwen2.5-VL directory (the reference)"})
     ckpt: str = field(metadata={"help": "Megatron checkpoint directory to compare with it"})
     image: list[str] | None = field(default=None, metadata={
-        "cli": False,  # added by checkpoint_tools.cli as a repeatable --image
-        "help": "image file(s) for the probe, repeatable (default: built-in images of several sizes)"})
+        "repeat": True, "metavar": "PATH",
+        "help": "an image for the probe; repeat for several (default: built-in images of several sizes)"})
     prompt: str | None = field(default=None, metadata={"help": "probe text (default: a built-in prompt)"})
     atol: float = field(default=1e-3, metadata={"help": "fail (exit 1) when the max abs logit difference exceeds this"})
     iteration: str | None = field(default=None, metadata={"help": "iteration to verify (default: the latest)"})

@@ -24,15 +24,12 @@ from tqdm import tqdm
 
 from checkpoint_tools.config import HFToMegatronConfig, MegatronToHFConfig, ReshardConfig
 from checkpoint_tools.hf_io import (
-    CheckpointError,
     HFCheckpoint,
     ShardedSafetensorsWriter,
     copy_side_files,
     default_generation_config,
     expected_hf_shapes,
-    load_qwen25vl_config,
     parse_size,
-    with_rope_overrides,
 )
 from checkpoint_tools.mapping import (
     MODEL_KEY_PREFIXES,
@@ -44,35 +41,27 @@ from checkpoint_tools.mapping import (
     layer_pattern,
     padded_vocab_size,
 )
+from megatron_vlm.errors import ConfigError
 from megatron_vlm.formats.checkpoint import (
-    META_FORMAT,
     META_NAME,
-    META_VERSION,
+    CheckpointError,
     MegatronCheckpoint,
+    checkpoint_meta,
     iteration_dir_name,
     save_global_tensors,
     write_tracker,
 )
+from megatron_vlm.models.hf_config import Qwen25VLArch, rewrite_hf_config
+from megatron_vlm.parallel import ParallelLayout
 from megatron_vlm.runtime import process_group
 from megatron_vlm.utils.atomic import atomic_dir
 
 LOAD_BATCH_BYTES = 1 << 29  # tensors read from a torch_dist checkpoint per load call
 
 
-@dataclass(frozen=True)
-class Layout:
-    tp: int = 1
-    pp: int = 1
-    vision_tp: int = 1
-    make_vocab_size_divisible_by: int = 128
-
-    @classmethod
-    def from_config(cls, cfg: HFToMegatronConfig | ReshardConfig) -> Layout:
-        for name in ("tp", "pp", "vision_tp", "make_vocab_size_divisible_by"):
-            value = getattr(cfg, name)
-            if value is not None and value < 1:
-                raise CheckpointError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        return cls(cfg.tp, cfg.pp, cfg.vision_tp or cfg.tp, cfg.make_vocab_size_divisible_by)
+def _check_options(cfg: HFToMegatronConfig | ReshardConfig) -> None:
+    if cfg.make_vocab_size_divisible_by < 1:
+        raise CheckpointError(f"--make-vocab-size-divisible-by must be >= 1, got {cfg.make_vocab_size_divisible_by}")
 
 
 @dataclass
@@ -116,7 +105,7 @@ def _megatron_shapes(mappings: list[Mapping], hf_shapes: dict[str, tuple[int, ..
     return out
 
 
-def check_layout(mappings: list[Mapping], shapes: dict[str, tuple], dims: Dims, layout: Layout) -> None:
+def check_layout(mappings: list[Mapping], shapes: dict[str, tuple], dims: Dims, layout: ParallelLayout) -> None:
     """Every TP-split tensor divides over its TP size and PP has a layer per stage, else one error listing all."""
     problems: dict[str, str] = {}
     if dims.lm_layers < layout.pp:  # uneven stages are fine (num_layers_in_first_pipeline_stage)
@@ -124,12 +113,11 @@ def check_layout(mappings: list[Mapping], shapes: dict[str, tuple], dims: Dims, 
     for m in mappings:
         if m.tp_dim is None:
             continue
-        tp = layout.tp if m.tp_kind == "tp" else layout.vision_tp
         units = m.transform.tp_units(shapes[m.megatron], m.tp_dim, dims)
-        if units % tp:
+        if units % layout.tp:
             problems.setdefault(layer_pattern(m.megatron),
                                 f"{layer_pattern(m.megatron)}: {units} units along dim {m.tp_dim} "
-                                f"do not divide over {m.tp_kind}={tp}")
+                                f"do not divide over tp={layout.tp}")
     if problems:
         raise CheckpointError("layout not possible for this model: " + "; ".join(problems.values()))
 
@@ -147,6 +135,13 @@ def _batches(mappings: list[Mapping], shapes: dict[str, tuple], dtypes: dict[str
         yield batch
 
 
+def _meta(hf_config: dict, source: dict, dtype: str, cfg: HFToMegatronConfig | ReshardConfig,
+          dims: Dims) -> dict[str, Any]:
+    return checkpoint_meta(hf_config, dtype=dtype, layout=cfg.layout, vocab_size=dims.vocab_size,
+                           padded_vocab_size=dims.padded_vocab_size, source=source,
+                           make_vocab_size_divisible_by=cfg.make_vocab_size_divisible_by)
+
+
 def _write_megatron(out: Path, iteration: int | str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     iter_dir = out / iteration_dir_name(iteration)
     save_global_tensors(tensors, iter_dir)
@@ -154,27 +149,13 @@ def _write_megatron(out: Path, iteration: int | str, tensors: dict[str, torch.Te
     write_tracker(out, iteration)
 
 
-def _meta(hf_config: dict, source: dict, dtype: str, layout: Layout, dims: Dims) -> dict[str, Any]:
-    return {
-        "format": META_FORMAT,
-        "version": META_VERSION,
-        "hf_config": hf_config,
-        "source": source,
-        "dtype": dtype,
-        "layout": {"tp": layout.tp, "pp": layout.pp, "vision_tp": layout.vision_tp,
-                   "make_vocab_size_divisible_by": layout.make_vocab_size_divisible_by},
-        "vocab_size": dims.vocab_size,
-        "padded_vocab_size": dims.padded_vocab_size,
-    }
-
-
 def hf_to_megatron(cfg: HFToMegatronConfig) -> ConversionResult:
     """Convert an HF Qwen2.5-VL checkpoint into a torch_dist checkpoint at ``cfg.out``."""
     start = time.perf_counter()
-    layout = Layout.from_config(cfg)
+    _check_options(cfg)
+    layout = cfg.layout
     src = HFCheckpoint.open(cfg.hf)
-    dims = Dims.from_config(src.config, padded_vocab_size(src.config.text_config.vocab_size, layout.tp,
-                                                          layout.make_vocab_size_divisible_by))
+    dims = Dims.from_arch(src.arch, padded_vocab_size(src.arch.vocab_size, layout.tp, cfg.make_vocab_size_divisible_by))
     mappings = expand(dims)
     check_coverage(mappings, set(src.weight_map), "hf")
     meg_shapes = _megatron_shapes(mappings, src.shapes, dims)
@@ -189,29 +170,32 @@ def hf_to_megatron(cfg: HFToMegatronConfig) -> ConversionResult:
         dtype = _dtype_name({t.dtype for t in tensors.values()})
         nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         source = {"hf_dir": str(Path(cfg.hf).resolve()), "dtype": _dtype_name(set(src.dtypes.values()))}
-        _write_megatron(tmp, 0, tensors, _meta(src.raw_config, source, dtype, layout, dims))
+        _write_megatron(tmp, 0, tensors, _meta(src.arch.raw, source, dtype, cfg, dims))
         n = len(tensors)
         tensors.clear()
     return ConversionResult("hf-to-megatron", out, n, nbytes, time.perf_counter() - start, dtype,
-                            {"tp": layout.tp, "pp": layout.pp, "vision_tp": layout.vision_tp})
+                            {"tp": layout.tp, "pp": layout.pp})
 
 
-def _open_megatron(ckpt: str, iteration: str | None) -> tuple[MegatronCheckpoint, Any, Dims, list[Mapping]]:
+def _open_megatron(ckpt: str, iteration: str | None) -> tuple[MegatronCheckpoint, Qwen25VLArch, Dims, list[Mapping]]:
     src = MegatronCheckpoint.open(ckpt, iteration)
-    config = load_qwen25vl_config(src.meta["hf_config"], str(src.iter_dir / META_NAME))
+    try:
+        arch = Qwen25VLArch.from_hf(src.meta["hf_config"], name=str(src.iter_dir / META_NAME))
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
     emb = "language_model.embedding.word_embeddings.weight"
     padded = src.shapes[emb][0] if emb in src.shapes else None
-    dims = Dims.from_config(config, padded)
+    dims = Dims.from_arch(arch, padded)
     mappings = expand(dims)
     check_coverage(mappings, {k for k in src.shapes if k.startswith(MODEL_KEY_PREFIXES)}, "megatron")
-    return src, config, dims, mappings
+    return src, arch, dims, mappings
 
 
 def megatron_to_hf(cfg: MegatronToHFConfig) -> ConversionResult:
     """Export a torch_dist checkpoint as an HF Qwen2.5-VL directory at ``cfg.out``."""
     start = time.perf_counter()
-    src, config, dims, mappings = _open_megatron(cfg.ckpt, cfg.iteration)
-    expected = expected_hf_shapes(config)
+    src, arch, dims, mappings = _open_megatron(cfg.ckpt, cfg.iteration)
+    expected = expected_hf_shapes(arch)
     template = Path(cfg.hf_template) if cfg.hf_template else None
     if template is None and Path(src.meta.get("source", {}).get("hf_dir", "")).is_dir():
         template = Path(src.meta["source"]["hf_dir"])
@@ -248,7 +232,7 @@ def megatron_to_hf(cfg: MegatronToHFConfig) -> ConversionResult:
         finally:
             writer.close()
         uniform = len({d for _, _, d in plan}) == 1
-        hf_config = with_rope_overrides(src.meta["hf_config"], rope_theta=cfg.rope_theta,
+        hf_config = rewrite_hf_config(src.meta["hf_config"], rope_theta=cfg.rope_theta,
                                         rope_scaling=rope_scaling,
                                         max_position_embeddings=cfg.max_position_embeddings,
                                         dtype=dtype if uniform else None)
@@ -267,10 +251,10 @@ def megatron_to_hf(cfg: MegatronToHFConfig) -> ConversionResult:
 def reshard(cfg: ReshardConfig) -> ConversionResult:
     """Re-save a torch_dist checkpoint validated and vocabulary-padded for another TP/PP layout."""
     start = time.perf_counter()
-    layout = Layout.from_config(cfg)
-    src, config, src_dims, mappings = _open_megatron(cfg.ckpt, cfg.iteration)
-    dims = Dims.from_config(config, padded_vocab_size(src_dims.vocab_size, layout.tp,
-                                                      layout.make_vocab_size_divisible_by))
+    _check_options(cfg)
+    layout = cfg.layout
+    src, arch, src_dims, mappings = _open_megatron(cfg.ckpt, cfg.iteration)
+    dims = Dims.from_arch(arch, padded_vocab_size(src_dims.vocab_size, layout.tp, cfg.make_vocab_size_divisible_by))
     new_shapes = {m.megatron: tuple(m.transform.to_megatron(m.transform.to_hf(
         torch.empty(src.shapes[m.megatron], device="meta"), src_dims), dims).shape) for m in mappings}
     check_layout(mappings, new_shapes, dims, layout)
@@ -291,8 +275,8 @@ def reshard(cfg: ReshardConfig) -> ConversionResult:
         dtype = _dtype_name({t.dtype for t in tensors.values()})
         nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         _write_megatron(tmp, iteration, tensors, _meta(src.meta["hf_config"], src.meta.get("source", {}),
-                                                       dtype, layout, dims))
+                                                       dtype, cfg, dims))
         n = len(tensors)
         tensors.clear()
     return ConversionResult("reshard", out, n, nbytes, time.perf_counter() - start, dtype,
-                            {"tp": layout.tp, "pp": layout.pp, "vision_tp": layout.vision_tp})
+                            {"tp": layout.tp, "pp": layout.pp})

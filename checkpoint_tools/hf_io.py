@@ -16,35 +16,23 @@ from typing import Any
 
 import torch
 
+from megatron_vlm.errors import ConfigError
 from megatron_vlm.formats.checkpoint import CheckpointError
+from megatron_vlm.models.hf_config import Qwen25VLArch
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
-ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
-MODEL_TYPE = "qwen2_5_vl"
 # Files of an HF model directory that are weights or that the exporter writes itself.
 _NOT_COPIED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".gguf")
 _NOT_COPIED_NAMES = {"config.json", INDEX_NAME, "pytorch_model.bin.index.json"}
 
 
-def load_qwen25vl_config(raw: dict[str, Any], source: str):
-    """A ``Qwen2_5_VLConfig`` from a ``config.json`` dict; other architectures are an error."""
-    from transformers import Qwen2_5_VLConfig
-
-    archs = raw.get("architectures") or []
-    if raw.get("model_type") != MODEL_TYPE or (archs and ARCHITECTURE not in archs):
-        raise CheckpointError(
-            f"{source}: wrong architecture: model_type={raw.get('model_type')!r}, "
-            f"architectures={archs}; this converter handles {MODEL_TYPE!r} ({ARCHITECTURE}) only")
-    return Qwen2_5_VLConfig.from_dict(raw)
-
-
-def expected_hf_shapes(config) -> dict[str, tuple[int, ...]]:
-    """On-disk name -> shape of every parameter ``transformers`` builds for ``config`` (meta device)."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
+def expected_hf_shapes(arch: Qwen25VLArch) -> dict[str, tuple[int, ...]]:
+    """On-disk name -> shape of every parameter ``transformers`` builds for ``arch`` (meta device)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration(config)
+        model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig.from_dict(arch.raw))
     shapes = {}
     for name, tensor in model.state_dict().items():
         name = name.replace("model.language_model.", "model.", 1).replace("model.visual.", "visual.", 1)
@@ -57,8 +45,7 @@ class HFCheckpoint:
     """A validated HF checkpoint directory; tensors are read lazily through :meth:`reader`."""
 
     path: Path
-    raw_config: dict[str, Any]
-    config: Any
+    arch: Qwen25VLArch
     weight_map: dict[str, str]  # on-disk tensor name -> shard file name
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     dtypes: dict[str, str] = field(default_factory=dict)  # "bfloat16", ...
@@ -77,7 +64,10 @@ class HFCheckpoint:
             raw = json.loads(config_file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CheckpointError(f"{config_file}: corrupt JSON ({err})") from None
-        config = load_qwen25vl_config(raw, str(config_file))
+        try:
+            arch = Qwen25VLArch.from_hf(raw, name=str(config_file))
+        except ConfigError as err:
+            raise CheckpointError(str(err)) from None
         index_file = path / INDEX_NAME
         if index_file.is_file():
             try:
@@ -109,12 +99,12 @@ class HFCheckpoint:
         if absent:
             raise CheckpointError(f"{path}: tensor(s) listed in {INDEX_NAME} are not in their shard: "
                                   f"{', '.join(absent[:10])}{' ...' if len(absent) > 10 else ''}")
-        ckpt = cls(path, raw, config, dict(weight_map), shapes, dtypes)
+        ckpt = cls(path, arch, dict(weight_map), shapes, dtypes)
         ckpt._check_shapes()
         return ckpt
 
     def _check_shapes(self) -> None:
-        expected = expected_hf_shapes(self.config)
+        expected = expected_hf_shapes(self.arch)
         wrong = [f"{n} is {self.shapes[n]}, config implies {expected[n]}"
                  for n in self.weight_map if n in expected and self.shapes[n] != expected[n]]
         if wrong:
@@ -217,42 +207,6 @@ class ShardedSafetensorsWriter:
             index = {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(weight_map.items()))}
             (self.out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
         return weight_map
-
-
-def with_rope_overrides(raw: dict[str, Any], *, rope_theta: float | None = None,
-                        rope_scaling: dict[str, Any] | None = None,
-                        max_position_embeddings: int | None = None, dtype: str | None = None) -> dict[str, Any]:
-    """A copy of ``config.json``'s dict with the trained RoPE base / scaling / max positions set, in
-    whichever layout it uses (flat ``rope_theta``/``rope_scaling`` of transformers 4.x, or
-    ``text_config.rope_parameters`` of 5.x; both are updated where present). ``mrope_section`` is kept."""
-    out = json.loads(json.dumps(raw))
-    sections = [out] + ([out["text_config"]] if isinstance(out.get("text_config"), dict) else [])
-    nested = any(isinstance(sec.get("rope_parameters"), dict) for sec in sections)
-    if not nested:  # transformers 4.x flat layout: the top level carries the RoPE fields
-        if rope_theta is not None:
-            out.setdefault("rope_theta", rope_theta)
-        if max_position_embeddings is not None:
-            out.setdefault("max_position_embeddings", max_position_embeddings)
-        if rope_scaling:
-            out.setdefault("rope_scaling", {})
-    for sec in sections:
-        params = sec.get("rope_parameters")
-        for target, theta_key in ((params, "rope_theta"), (sec, "rope_theta")):
-            if isinstance(target, dict) and theta_key in target and rope_theta is not None:
-                target[theta_key] = rope_theta
-        if rope_scaling:
-            for target in (params, sec.get("rope_scaling")):
-                if isinstance(target, dict):
-                    target.update(rope_scaling)
-        if max_position_embeddings is not None and "max_position_embeddings" in sec:
-            sec["max_position_embeddings"] = max_position_embeddings
-    if dtype is not None:
-        for key in ("torch_dtype", "dtype"):
-            if key in out:
-                out[key] = dtype
-        if "torch_dtype" not in out and "dtype" not in out:
-            out["dtype"] = dtype
-    return out
 
 
 def default_generation_config(raw: dict[str, Any]) -> dict[str, Any]:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from megatron_vlm.errors import LongVLMError
+from megatron_vlm.models.hf_config import Qwen25VLArch
 
 
 class MappingError(LongVLMError, ValueError):
@@ -43,22 +43,18 @@ class Dims:
     tie_word_embeddings: bool
 
     @classmethod
-    def from_config(cls, config: Any, padded_vocab_size: int | None = None) -> Dims:
-        """``config`` is a ``transformers.Qwen2_5_VLConfig``."""
-        text, vision = config.text_config, config.vision_config
-        heads = text.num_attention_heads
-        tie = bool(getattr(config, "tie_word_embeddings", False) or getattr(text, "tie_word_embeddings", False))
+    def from_arch(cls, arch: Qwen25VLArch, padded_vocab_size: int | None = None) -> Dims:
         return cls(
-            lm_layers=text.num_hidden_layers,
-            lm_heads=heads,
-            lm_groups=text.num_key_value_heads,
-            lm_head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
-            vocab_size=text.vocab_size,
-            padded_vocab_size=padded_vocab_size or text.vocab_size,
-            vision_layers=vision.depth,
-            vision_heads=vision.num_heads,
-            vision_head_dim=vision.hidden_size // vision.num_heads,
-            tie_word_embeddings=tie,
+            lm_layers=arch.num_layers,
+            lm_heads=arch.num_heads,
+            lm_groups=arch.num_query_groups,
+            lm_head_dim=arch.head_dim,
+            vocab_size=arch.vocab_size,
+            padded_vocab_size=padded_vocab_size or arch.vocab_size,
+            vision_layers=arch.vision_layers,
+            vision_heads=arch.vision_heads,
+            vision_head_dim=arch.vision_head_dim,
+            tie_word_embeddings=arch.tie_word_embeddings,
         )
 
 
@@ -253,11 +249,11 @@ MERGER_RULES: tuple[Rule, ...] = (
     Rule("vision_model.merger.linear_fc2.bias", ("visual.merger.mlp.2.bias",)),
 )
 
-# (part name, rules, layer count field of Dims, which TP size applies)
-PARTS: tuple[tuple[str, tuple[Rule, ...], str, str], ...] = (
-    ("language model", LANGUAGE_MODEL_RULES, "lm_layers", "tp"),
-    ("vision tower", VISION_TOWER_RULES, "vision_layers", "vision_tp"),
-    ("merger", MERGER_RULES, "vision_layers", "vision_tp"),
+# (part name, rules, layer count field of Dims)
+PARTS: tuple[tuple[str, tuple[Rule, ...], str], ...] = (
+    ("language model", LANGUAGE_MODEL_RULES, "lm_layers"),
+    ("vision tower", VISION_TOWER_RULES, "vision_layers"),
+    ("merger", MERGER_RULES, "vision_layers"),
 )
 
 MODEL_KEY_PREFIXES = ("language_model.", "vision_model.")
@@ -271,20 +267,19 @@ class Mapping:
     hf: tuple[str, ...]
     transform: Transform
     tp_dim: int | None
-    tp_kind: str  # "tp" or "vision_tp"
 
 
 def expand(dims: Dims) -> list[Mapping]:
     """All concrete mappings of a model, in HF checkpoint order (language model, then vision; the
     per-layer rules of a part layer by layer)."""
     out: list[Mapping] = []
-    for _, rules, layers_field, tp_kind in PARTS:
+    for _, rules, layers_field in PARTS:
         rules = [r for r in rules if not (r.untied_only and dims.tie_word_embeddings)]
         for per_layer, run in itertools.groupby(rules, key=lambda r: "{i}" in r.megatron):
             run = list(run)
             for i in range(getattr(dims, layers_field)) if per_layer else [None]:
                 out.extend(Mapping(r.megatron.format(i=i), tuple(h.format(i=i) for h in r.hf), r.transform,
-                                   r.tp_dim, tp_kind) for r in run)
+                                   r.tp_dim) for r in run)
     return out
 
 

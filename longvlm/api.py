@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from megatron_vlm.utils.config_args import dataclass_from_options
+
 
 def _not_implemented(name: str):
     def stage(**kwargs: Any) -> Any:
@@ -31,7 +33,7 @@ def pool(**options: Any):
     from preprocess.pool.config import PoolConfig
     from preprocess.pool.run import run
 
-    return run(PoolConfig(**options))
+    return run(dataclass_from_options(PoolConfig, options))
 
 
 def synth(**options: Any):
@@ -42,7 +44,7 @@ def synth(**options: Any):
     """
     from preprocess.synth import SynthConfig, run_synth
 
-    return run_synth(SynthConfig(**options))
+    return run_synth(dataclass_from_options(SynthConfig, options))
 
 
 def build(**options: Any):
@@ -54,7 +56,7 @@ def build(**options: Any):
 
     if isinstance(options.get("tasks"), str):
         options["tasks"] = [options["tasks"]]
-    return run_build(BuildConfig(**options))
+    return run_build(dataclass_from_options(BuildConfig, options))
 
 
 def stats(**options: Any) -> dict:
@@ -62,7 +64,7 @@ def stats(**options: Any) -> dict:
     (what ``--json`` prints)."""
     from preprocess.dataset.stats_cli import StatsConfig, run
 
-    return run(StatsConfig(**options))
+    return run(dataclass_from_options(StatsConfig, options))
 
 
 def convert(action: str, **options: Any) -> Any:
@@ -75,7 +77,7 @@ def convert(action: str, **options: Any) -> Any:
 
     Returns a ``checkpoint_tools.engine.ConversionResult`` (verify: a
     ``checkpoint_tools.verify.VerifyResult`` with ``passed``). Errors in the inputs raise
-    ``checkpoint_tools.hf_io.CheckpointError`` / ``checkpoint_tools.mapping.MappingError`` and
+    ``megatron_vlm.formats.checkpoint.CheckpointError`` / ``checkpoint_tools.mapping.MappingError`` and
     write nothing.
     """
     from checkpoint_tools.cli import ACTIONS
@@ -83,7 +85,7 @@ def convert(action: str, **options: Any) -> Any:
 
     if action not in ACTIONS:
         raise ValueError(f"unknown convert action {action!r}; choose one of {sorted(ACTIONS)}")
-    return run(action, ACTIONS[action][0](**options))
+    return run(action, dataclass_from_options(ACTIONS[action][0], options))
 
 
 train = _not_implemented("train")
@@ -95,4 +97,4 @@ def demo(**options: Any):
     ``longvlm.demo.DemoConfig`` as keywords. Returns one ``StageRecord`` per stage."""
     from longvlm.demo import DemoConfig, run_demo
 
-    return run_demo(DemoConfig(**options))
+    return run_demo(dataclass_from_options(DemoConfig, options))

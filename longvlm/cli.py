@@ -40,7 +40,7 @@ COMMANDS: tuple[Command, ...] = (
             "Report per-task tokens, length histogram and packing fill of a built dataset."),
     Command("convert", "checkpoint_tools.cli",
             "Convert Qwen2.5-VL checkpoints Hugging Face <-> Megatron, reshard, verify."),
-    Command("train", None, "Continue-pretrain Qwen2.5-VL with Megatron-Core (TP/PP/CP/DP/SP)."),
+    Command("train", "training.cli", "Continue-pretrain Qwen2.5-VL with Megatron-Core (TP/PP/CP/DP/SP)."),
     Command("tune", "launch.tune.cli",
             "Rank parallel layouts (TP/PP/CP/DP, recompute) by predicted speed and memory for a model, length and cluster."),
     Command("slurm", None, "Generate and submit the SLURM job for a training run."),

@@ -5,7 +5,7 @@ pool (real PDFs) -> synth (offline generator, all five tasks) -> build (packed, 
 optimizer steps of the Megatron model on the built micro-batches -> save -> convert megatron-to-hf
 -> the exported checkpoint loads in ``transformers`` and gives the Megatron model's logits.
 
-Every stage is the real one, called through ``longvlm.api`` with small settings (low DPI,
+Every stage is the real one, called with small settings (low DPI,
 short sequences, a tiny model); only the training loop here is a stand-in: a single process, no
 parallelism, no schedule (``longvlm train`` is the real one).
 """
@@ -96,16 +96,17 @@ def train_steps(ckpt_dir: Path, data_prefix: Path, out_dir: Path, steps: int, lr
             tokens = int(batch["loss_mask"].sum())
             print(f"  step {step}: loss {losses[-1]:.4f} ({batch['input_ids'].shape[1]:,} tokens, "
                   f"{len(batch['image_grid_thw'])} pages, {tokens} answer tokens)", flush=True)
-        save_model(model, out_dir, steps, ckpt.meta)
+        save_model(model, out_dir, steps, ckpt.meta["source"])
     return losses
 
 
 def compare_exported(hf_dir: Path, ckpt_dir: Path) -> float:
     """Max |logit| difference between ``transformers`` on the exported checkpoint and the Megatron
     model on the trained checkpoint, on the built-in multimodal probe of ``convert verify``."""
-    from longvlm import api
+    from checkpoint_tools.config import VerifyConfig
+    from checkpoint_tools.verify import verify
 
-    result = api.convert("verify", hf=str(hf_dir), ckpt=str(ckpt_dir), atol=1e-4)
+    result = verify(VerifyConfig(hf=str(hf_dir), ckpt=str(ckpt_dir), atol=1e-4))
     if not result.passed:
         raise DemoError(f"the exported checkpoint does not reproduce the trained model: {result.summary()}")
     return result.max_abs_diff
@@ -113,9 +114,18 @@ def compare_exported(hf_dir: Path, ckpt_dir: Path) -> float:
 
 def run_demo(config: DemoConfig) -> list[StageRecord]:
     """Run every stage; returns one record per stage (printed as a table by the CLI)."""
-    from longvlm import api
+    from checkpoint_tools import engine
+    from checkpoint_tools.config import HFToMegatronConfig, MegatronToHFConfig, VerifyConfig
+    from checkpoint_tools.verify import verify
     from megatron_vlm.models.tiny import save_tiny_checkpoint
     from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
+    from preprocess.dataset.config import BuildConfig
+    from preprocess.dataset.run import build as build_dataset
+    from preprocess.dataset.stats_cli import StatsConfig
+    from preprocess.dataset.stats_cli import run as run_stats
+    from preprocess.pool.config import PoolConfig
+    from preprocess.pool.run import run as run_pool
+    from preprocess.synth import SynthConfig, run_synth
 
     out = Path(config.output)
     if not Path(config.pdfs).is_dir():
@@ -131,34 +141,34 @@ def run_demo(config: DemoConfig) -> list[StageRecord]:
         print(f"   {records[-1].result}", flush=True)
         return value
 
-    stage("pool", lambda: api.pool(inputs=[config.pdfs], output=str(out / "pool"), min_pages=0,
-                                          max_pages=0, dpi=config.dpi, progress=False),
+    stage("pool", lambda: run_pool(PoolConfig(inputs=[config.pdfs], output=str(out / "pool"), min_pages=0,
+                                                    max_pages=0, dpi=config.dpi, progress=False)),
                  lambda r: f"{r.accepted} documents, {r.pages} pages, {r.image_tokens:,} image tokens")
-    stage("synth", lambda: api.synth(pool=str(out / "pool"), output=str(out / "tasks.jsonl"), per_doc=1,
-                                     seed=config.seed, progress=False),
+    stage("synth", lambda: run_synth(SynthConfig(pool=str(out / "pool"), output=str(out / "tasks.jsonl"),
+                                                  per_doc=1, seed=config.seed, progress=False)),
           lambda r: f"{r.accepted} instances, {r.rejected} rejected (see tasks.summary.json)")
     tokenizer = write_offline_qwen_tokenizer(out / "tokenizer")
-    build = stage("build", lambda: api.build(tasks=[str(out / "tasks.jsonl")], pool=str(out / "pool"),
-                                             tokenizer=str(tokenizer), output=str(out / "data" / "longpt"),
-                                             max_seq_len=config.max_seq_len, token_budget=config.token_budget,
-                                             seed=config.seed, progress=False),
+    build = stage("build", lambda: build_dataset(BuildConfig(
+        tasks=[str(out / "tasks.jsonl")], pool=str(out / "pool"), tokenizer=str(tokenizer),
+        output=str(out / "data" / "longpt"), max_seq_len=config.max_seq_len, token_budget=config.token_budget,
+        seed=config.seed, progress=False)),
                   lambda r: f"{r.report['packing']['packs']} packed sequences of {r.report['packing']['samples']} samples, fill "
                             f"{r.report['packing']['fill_ratio']:.1%}")
-    stage("stats", lambda: api.stats(prefix=str(build.prefix), plot=str(out / "lengths.png")),
+    stage("stats", lambda: run_stats(StatsConfig(prefix=str(build.prefix), plot=str(out / "lengths.png"))),
           lambda s: f"{s['total_tokens']:,} tokens, histogram plot in lengths.png")
     hf = stage("tiny model", lambda: save_tiny_checkpoint(out / "hf_tiny", seed=config.seed),
                lambda p: f"random tiny Qwen2.5-VL written to {p.name}/ (from a config, no download)")
     for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
         shutil.copyfile(tokenizer / name, hf / name)
-    stage("convert hf-to-megatron", lambda: api.convert("hf-to-megatron", hf=str(hf), out=str(out / "megatron")),
+    stage("convert hf-to-megatron", lambda: engine.hf_to_megatron(HFToMegatronConfig(hf=str(hf), out=str(out / "megatron"))),
           lambda r: r.summary())
-    stage("convert verify", lambda: api.convert("verify", hf=str(hf), ckpt=str(out / "megatron")),
+    stage("convert verify", lambda: verify(VerifyConfig(hf=str(hf), ckpt=str(out / "megatron"))),
           lambda r: r.summary())
     stage("train (demo loop)", lambda: train_steps(out / "megatron", build.prefix, out / "trained",
                                                             config.train_steps, config.lr, config.seed),
                    lambda losses: "loss " + " -> ".join(f"{x:.3f}" for x in losses))
-    stage("convert megatron-to-hf", lambda: api.convert("megatron-to-hf", ckpt=str(out / "trained"),
-                                                        out=str(out / "hf_trained"), hf_template=str(hf)),
+    stage("convert megatron-to-hf", lambda: engine.megatron_to_hf(MegatronToHFConfig(
+        ckpt=str(out / "trained"), out=str(out / "hf_trained"), hf_template=str(hf))),
           lambda r: r.summary())
     stage("exported == trained", lambda: compare_exported(out / "hf_trained", out / "trained"),
           lambda diff: f"transformers on hf_trained/ matches the trained Megatron model: max |dlogit| {diff:.2g}")

@@ -110,8 +110,8 @@ def bench_formats(pages: list[np.ndarray]) -> None:
 
 
 def bench_end_to_end(pdf_dir: Path, dpi: int, workers: int) -> None:
-    from preprocess.pool.config import PoolConfig
     from preprocess.pool.build import build_pool
+    from preprocess.pool.config import PoolConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)

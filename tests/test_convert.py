@@ -173,12 +173,12 @@ def test_export_writes_trained_rope_settings_and_copies_tokenizer_files(
 
 
 def test_flat_transformers4_config_keeps_its_layout():
-    from checkpoint_tools.hf_io import with_rope_overrides
+    from megatron_vlm.models.hf_config import rewrite_hf_config
 
     flat = {"model_type": "qwen2_5_vl", "rope_theta": 1e6, "max_position_embeddings": 128000,
             "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "torch_dtype": "bfloat16"}
-    out = with_rope_overrides(flat, rope_theta=4e6, max_position_embeddings=131072,
-                              rope_scaling={"rope_type": "yarn", "factor": 4.0})
+    out = rewrite_hf_config(flat, rope_theta=4e6, max_position_embeddings=131072,
+                            rope_scaling={"rope_type": "yarn", "factor": 4.0})
     assert out["rope_theta"] == 4e6 and out["max_position_embeddings"] == 131072
     assert out["rope_scaling"] == {"type": "mrope", "mrope_section": [16, 24, 24], "rope_type": "yarn", "factor": 4.0}
     assert "text_config" not in out and flat["rope_theta"] == 1e6
@@ -272,7 +272,7 @@ def test_impossible_layout_fails_before_writing(tiny_hf_checkpoint, tmp_path, ca
         "2 language-model layers cannot fill pp=3 stages",
         "language_model.decoder.layers.{i}.self_attention.linear_qkv.weight: 2 units along dim 0 do not divide over tp=4",
         "vision_model.decoder.layers.{i}.self_attention.linear_qkv.weight: 2 units along dim 0 do not divide over "
-        "vision_tp=4")
+        "tp=4")
 
 
 def test_existing_output_is_never_overwritten(converted, tiny_hf_checkpoint, capsys):

@@ -13,6 +13,7 @@ from megatron_vlm.data.collate import collate_packs
 from megatron_vlm.data.dataset import BuiltDataset
 from megatron_vlm.data.loader import build_data_loader
 from megatron_vlm.data.sampler import PackBatchSampler
+from megatron_vlm.data.stream import PackStream
 from megatron_vlm.formats.dataset import DatasetFormatError
 from preprocess.dataset.config import BuildConfig
 from preprocess.dataset.run import build
@@ -63,10 +64,12 @@ def _hf_rope_index(input_ids: np.ndarray, grids: np.ndarray) -> np.ndarray:
 
 def test_micro_batch_matches_transformers_and_targets(built, qwen_tokenizer):
     prefix, pool, rows = built
-    loader = build_data_loader(prefix, 2, pool=pool, num_workers=0, total_samples=2, shuffle=False)
+    loader = build_data_loader(prefix, 2, pool=pool, num_workers=0, total_samples=2, shuffle=False, pad_multiple=8)
     (batch,) = list(loader)
     b, s = batch["input_ids"].shape
-    assert s == 512 and batch["position_ids"].shape == (3, b, s)
+    lengths = [len(BuiltDataset(prefix, pool=pool).read_pack(k)["tokens"]) for k in (0, 1)]
+    assert s == -(-max(lengths) // 8) * 8 < 512  # the longest row rounded to the multiple, not max_seq_len
+    assert batch["real_tokens"] == sum(lengths) and batch["position_ids"].shape == (3, b, s)
     assert batch["pixel_values"].shape == (int(batch["image_grid_thw"].prod(1).sum()), 1176)
     cu = batch["cu_seqlens"].numpy()
     assert cu[0] == 0 and cu[-1] == b * s and np.all(np.diff(cu) > 0)
@@ -94,22 +97,31 @@ def test_micro_batch_matches_transformers_and_targets(built, qwen_tokenizer):
 
 
 def test_sampler_order_resume_and_shards():
-    full = [i for batch in PackBatchSampler(10, 2, seed=5, total_samples=30) for i in batch]
+    stream = PackStream([10], seed=5)
+    full = [stream(p)[1] for batch in PackBatchSampler(2, total_samples=30) for p in batch]
     assert sorted(full[:10]) == list(range(10)) and sorted(full[10:20]) == list(range(10))
     assert full[:10] != full[10:20] != list(range(10))  # a new seeded order every epoch
-    assert full == [i for b in PackBatchSampler(10, 2, seed=5, total_samples=30) for i in b]
-    assert full != [i for b in PackBatchSampler(10, 2, seed=6, total_samples=30) for i in b]
+    assert full != [PackStream([10], seed=6)(p)[1] for p in range(30)]
     # resume from consumed samples
-    assert [i for b in PackBatchSampler(10, 2, seed=5, consumed_samples=12, total_samples=30) for i in b] == full[12:]
+    assert [p for b in PackBatchSampler(2, consumed_samples=12, total_samples=30) for p in b] == list(range(12, 30))
     # data-parallel ranks take interleaved slices of every global step, together the whole stream
-    ranks = [list(PackBatchSampler(10, 2, dp_rank=r, dp_size=3, seed=5, consumed_samples=6, total_samples=30))
-             for r in range(3)]
-    merged = [i for step in zip(*ranks) for batch in step for i in batch]
-    assert merged == full[6:30]
-    assert len(ranks[0]) == 4 == len(PackBatchSampler(10, 2, dp_rank=0, dp_size=3, consumed_samples=6,
-                                                      total_samples=30))
+    ranks = [list(PackBatchSampler(2, dp_rank=r, dp_size=3, consumed_samples=6, total_samples=30)) for r in range(3)]
+    merged = [p for step in zip(*ranks) for batch in step for p in batch]
+    assert merged == list(range(6, 30))
+    assert len(ranks[0]) == 4 == len(PackBatchSampler(2, dp_rank=0, dp_size=3, consumed_samples=6, total_samples=30))
     with pytest.raises(ValueError, match="multiple of"):
-        PackBatchSampler(10, 2, dp_size=3, consumed_samples=4)
+        PackBatchSampler(2, dp_size=3, consumed_samples=4)
+
+
+def test_blended_stream_follows_the_weights():
+    stream = PackStream([4, 7], [3.0, 1.0], seed=2, total=400)
+    picks = [stream(p) for p in range(400)]
+    assert sum(d == 0 for d, _ in picks) == 300  # megatron-core's blending: exact shares at every multiple of 4
+    assert all(sum(d == 0 for d, _ in picks[:k]) == 3 * k // 4 for k in (4, 40, 200))
+    first = [k for d, k in picks if d == 0][:4]
+    assert sorted(first) == list(range(4))  # each dataset in its own seeded epochs
+    with pytest.raises(ValueError, match="total"):
+        PackStream([4, 7], [3.0, 1.0])
 
 
 def test_worker_processes_give_the_same_batches(built):

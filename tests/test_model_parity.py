@@ -255,7 +255,8 @@ def test_ntk_base_matches_transformers_dynamic_rope():
 
 def test_config_from_hub_style_config_json(tmp_path):
     """The hub's flat config.json (7B shapes): rope base modes, GQA, vision geometry, export of the base."""
-    from megatron_vlm.models.config import qwen25vl_config_from_hf
+    from megatron_vlm.errors import ConfigError
+    from megatron_vlm.models.config import RopeSettings, qwen25vl_config_from_hf
 
     hub = {
         "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
@@ -275,14 +276,15 @@ def test_config_from_hub_style_config_json(tmp_path):
     assert (cfg.language.num_query_groups, cfg.language.kv_channels, cfg.language.mrope_section) == (4, 128, [16, 24, 24])
     assert cfg.vision.fullatt_block_indexes == (7, 15, 23, 31) and cfg.vision.kv_channels == 80
     assert cfg.rotary_base == 1e6 and not cfg.tie_word_embeddings
-    ntk = qwen25vl_config_from_hf(path, rope_base_mode="ntk", rope_target_length=131072, rope_original_length=32768)
+    ntk = qwen25vl_config_from_hf(path, rope=RopeSettings(mode="ntk", target_length=131072, original_length=32768))
     assert abs(ntk.rotary_base / 4.09e6 - 1) < 0.01
     assert ntk.to_hf_config()["rope_theta"] == ntk.rotary_base
-    explicit = qwen25vl_config_from_hf(hub, rope_base_mode="explicit", rope_base=5e6)
+    assert ntk.to_hf_config()["max_position_embeddings"] == 131072 and ntk.max_sequence_length == 131072
+    explicit = qwen25vl_config_from_hf(hub, rope=RopeSettings(mode="explicit", base=5e6))
     assert explicit.rotary_base == 5e6
-    with pytest.raises(ValueError, match="explicit"):
-        qwen25vl_config_from_hf(hub, rope_base_mode="explicit")
-    with pytest.raises(KeyError, match="vision_config"):
+    with pytest.raises(ConfigError, match="explicit"):
+        qwen25vl_config_from_hf(hub, rope=RopeSettings(mode="explicit"))
+    with pytest.raises(ConfigError, match="vision_config"):
         qwen25vl_config_from_hf({k: v for k, v in hub.items() if k != "vision_config"})
 
 

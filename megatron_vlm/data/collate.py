@@ -1,6 +1,7 @@
 """Micro-batch collation: packed items -> model-ready tensors (Megatron conventions).
 
-Per row ``r`` of the micro-batch (one packed sequence, right-padded to ``seq_length``):
+Per row ``r`` of the micro-batch (one packed sequence, right-padded to ``seq_length``, or, without
+it, to the longest row rounded up to ``pad_multiple``: rows train at their own length):
 
 - ``input_ids`` ``[b, s]`` int64 (padding: ``<|endoftext|>``);
 - ``labels`` ``[b, s]``: the next token of the same sample (``<|endoftext|>`` at each sample's last
@@ -10,7 +11,10 @@ Per row ``r`` of the micro-batch (one packed sequence, right-padded to ``seq_len
   continues as a last pseudo-sample);
 - ``cu_seqlens`` ``[n + 1]`` int32: sample boundaries in the flattened ``b * s`` token stream (THD
   layout); padding at a row end is its own segment, so no attention crosses samples or rows;
-- ``pixel_values`` ``[patches, 1176]`` and ``image_grid_thw`` ``[images, 3]``, images in row order.
+- ``image_grid_thw`` ``[images, 3]``, images in row order; ``pixel_values`` ``[patches, 1176]`` of
+  the decoded images (those whose ``pages`` entry is not ``None``: one contiguous range, see
+  ``megatron_vlm.data.image_share``) and ``pixel_range`` ``[2]``, that ``[first, last)`` image range;
+- ``real_tokens``: the tokens of the packs (the rest of ``b * s`` is padding).
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from megatron_vlm.data.vision import PATCH_DIM, image_to_patches
 from megatron_vlm.formats.dataset import PAD_ID
 
 
-def _pixel_values(items: list[dict], grids: np.ndarray) -> torch.Tensor:
-    """All pages of the micro-batch patched straight into one ``[patches, 1176]`` float32 tensor.
+def _pixel_values(pages: list, grids: np.ndarray) -> torch.Tensor:
+    """The given pages patched straight into one ``[patches, 1176]`` float32 tensor.
 
     At 128K tokens this is ~2.4 GB, so it is written once: in a worker process it is allocated in
     shared memory (as torch's default collation does), so handing it to the trainer copies nothing.
@@ -39,7 +43,6 @@ def _pixel_values(items: list[dict], grids: np.ndarray) -> torch.Tensor:
         out = torch.empty(0, dtype=torch.float32).set_(storage, 0, (n, PATCH_DIM))
     view = out.numpy()
     done: dict[int, int] = {}  # id(page array) -> its first slice: a repeated page is copied, not redone
-    pages = [page for it in items for page in it["pages"]]
     for k, page in enumerate(pages):
         lo, hi = offsets[k], offsets[k + 1]
         if id(page) in done:
@@ -51,9 +54,12 @@ def _pixel_values(items: list[dict], grids: np.ndarray) -> torch.Tensor:
     return out
 
 
-def collate_packs(items: list[dict], seq_length: int | None = None, pad_id: int = PAD_ID) -> dict:
-    """Stack the items of ``BuiltDataset`` into one micro-batch (``seq_length=None``: the longest row)."""
-    s = seq_length or max(len(it["input_ids"]) for it in items)
+def collate_packs(items: list[dict], seq_length: int | None = None, pad_id: int = PAD_ID,
+                  pad_multiple: int = 1) -> dict:
+    """Stack the items of ``BuiltDataset`` into one micro-batch (``seq_length=None``: the longest row,
+    rounded up to ``pad_multiple``)."""
+    longest = max(len(it["input_ids"]) for it in items)
+    s = seq_length or -(-longest // pad_multiple) * pad_multiple
     b = len(items)
     input_ids = np.full((b, s), pad_id, dtype=np.int64)
     labels = np.full((b, s), pad_id, dtype=np.int64)
@@ -82,7 +88,14 @@ def collate_packs(items: list[dict], seq_length: int | None = None, pad_id: int 
         "position_ids": torch.from_numpy(position_ids),
         "cu_seqlens": torch.tensor(cu, dtype=torch.int32),
         "image_grid_thw": torch.from_numpy(np.concatenate([it["image_grid_thw"] for it in items])),
+        "real_tokens": torch.tensor(sum(len(it["input_ids"]) for it in items)),
     }
     if all("pages" in it for it in items):
-        batch["pixel_values"] = _pixel_values(items, batch["image_grid_thw"].numpy())
+        pages = [page for it in items for page in it["pages"]]
+        decoded = [k for k, page in enumerate(pages) if page is not None]
+        first, last = (decoded[0], decoded[-1] + 1) if decoded else (0, 0)
+        if decoded != list(range(first, last)):
+            raise ValueError("the decoded images of a micro-batch must be one contiguous range")
+        batch["pixel_values"] = _pixel_values(pages[first:last], batch["image_grid_thw"].numpy()[first:last])
+        batch["pixel_range"] = torch.tensor([first, last])
     return batch

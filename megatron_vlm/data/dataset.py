@@ -93,26 +93,41 @@ class BuiltDataset(torch.utils.data.Dataset):
         return decode_page(data)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        item = self.item(index)
+        if self.decode_images:
+            item["pages"] = self.decode_pages(item, range(len(item["image_grid_thw"])))
+        return item
+
+    def item(self, index: int) -> dict[str, np.ndarray]:
+        """Pack ``index`` without pixels: ``input_ids``, ``targets``, ``cu_seqlens``, ``image_grid_thw``
+        and the image records (``fmt.IMAGE_FIELDS``) that :meth:`decode_pages` reads."""
         raw = self.read_pack(int(index))
         grids = np.concatenate([np.ones((len(raw["images"]), 1), np.int64),
                                 raw["images"][:, 3:5].astype(np.int64)], axis=1)
-        item = {
+        return {
             "input_ids": raw["tokens"],
             "targets": raw["targets"],
             "cu_seqlens": np.concatenate([[0], np.cumsum(raw["sample_lengths"])]).astype(np.int32),
             "image_grid_thw": grids,
+            "image_records": raw["images"],
         }
-        if self.decode_images:
-            cache: dict[int, np.ndarray] = {}  # pages repeat within a pack (several tasks of one document)
-            pages = []
-            for record, grid in zip(raw["images"], grids):
-                key = int(record[2])
-                if key not in cache:
-                    pixels = self.page_pixels(record)
-                    if grid_thw(*pixels.shape[:2]) != tuple(grid):
-                        raise DatasetFormatError(f"{self.prefix}: page {record[:2].tolist()} decodes to "
-                                                 f"{pixels.shape[:2]} pixels, the dataset records grid {grid.tolist()}")
-                    cache[key] = pixels
-                pages.append(cache[key])
-            item["pages"] = pages
-        return item
+
+    def decode_pages(self, item: dict, images) -> list[np.ndarray | None]:
+        """The ``HxWx3`` uint8 pixels of the item's images numbered in ``images`` (``None`` for the others);
+        a page repeated within the pack (several tasks of one document) is decoded once."""
+        wanted = set(images)
+        cache: dict[int, np.ndarray] = {}
+        pages = []
+        for n, (record, grid) in enumerate(zip(item["image_records"], item["image_grid_thw"])):
+            if n not in wanted:
+                pages.append(None)
+                continue
+            key = int(record[2])
+            if key not in cache:
+                pixels = self.page_pixels(record)
+                if grid_thw(*pixels.shape[:2]) != tuple(grid):
+                    raise DatasetFormatError(f"{self.prefix}: page {record[:2].tolist()} decodes to "
+                                             f"{pixels.shape[:2]} pixels, the dataset records grid {grid.tolist()}")
+                cache[key] = pixels
+            pages.append(cache[key])
+        return pages

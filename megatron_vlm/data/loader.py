@@ -1,33 +1,69 @@
-"""``build_data_loader``: a built dataset -> an iterator of model-ready micro-batches for one DP rank."""
+"""``build_data_loader``: built datasets -> an iterator of model-ready micro-batches for one rank.
+
+Rows come from the global stream (``megatron_vlm.data.stream``: several datasets blended by weight),
+this data-parallel rank's positions of it (``megatron_vlm.data.sampler``); each micro-batch is
+collated at its own length (``megatron_vlm.data.collate``) and only this rank's share of its pages
+is decoded (``megatron_vlm.data.image_share``), in ``num_workers`` processes.
+"""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from megatron_vlm.data.collate import collate_packs
 from megatron_vlm.data.dataset import BuiltDataset
+from megatron_vlm.data.image_share import ImageShare
 from megatron_vlm.data.sampler import PackBatchSampler
+from megatron_vlm.data.stream import PackStream
 
 
-def build_data_loader(prefix: str | Path, micro_batch_size: int = 1, *, seq_length: int | None = None,
+class MicroBatchItems(torch.utils.data.Dataset):
+    """Stream positions -> the packs of one micro-batch, with this rank's share of their pages decoded."""
+
+    def __init__(self, datasets: Sequence[BuiltDataset], stream: PackStream, share: ImageShare):
+        self.datasets, self.stream, self.share = list(datasets), stream, share
+
+    def __getitems__(self, positions: list[int]) -> list[dict]:
+        packs = [self.stream(p) for p in positions]
+        items = [self.datasets[d].item(k) for d, k in packs]
+        patches = [int(g.prod()) for it in items for g in it["image_grid_thw"]]
+        first, last = self.share.own_range(patches)
+        offset = 0
+        for (d, _), item in zip(packs, items):
+            n = len(item["image_grid_thw"])
+            item["pages"] = self.datasets[d].decode_pages(item, range(max(0, first - offset), min(n, last - offset)))
+            offset += n
+        return items
+
+    def __getitem__(self, position: int) -> dict:
+        return self.__getitems__([position])[0]
+
+
+def build_data_loader(prefix: str | Path | Sequence[str | Path], micro_batch_size: int = 1, *,
+                      weights: Sequence[float] | None = None, seq_length: int | None = None, pad_multiple: int = 1,
                       dp_rank: int = 0, dp_size: int = 1, seed: int = 1234, consumed_samples: int = 0,
                       total_samples: int | None = None, shuffle: bool = True, num_workers: int = 2,
-                      prefetch_factor: int = 2, pool=None, pool_dir: str | Path | None = None,
-                      ) -> torch.utils.data.DataLoader:
+                      prefetch_factor: int = 2, share: ImageShare | None = None, pool=None,
+                      pool_dir: str | Path | None = None) -> torch.utils.data.DataLoader:
     """Micro-batches (see ``megatron_vlm.data.collate``) of this rank, in the seeded order, from
-    ``consumed_samples`` on; ``num_workers`` processes decode pages and compute positions.
+    ``consumed_samples`` on, up to ``total_samples`` rows of the global stream (``None``: endless).
 
-    ``seq_length`` pads every row to a fixed length (default: the dataset's ``max_seq_len``).
+    ``prefix``: one built dataset or several (blended by ``weights``). ``seq_length`` pads every row
+    to a fixed length; by default each micro-batch is as long as its longest row, rounded up to
+    ``pad_multiple`` (``ParallelLayout.sequence_multiple``).
     """
-    dataset = BuiltDataset(prefix, pool=pool, pool_dir=pool_dir)
-    seq_length = seq_length or dataset.meta["config"]["max_seq_len"]
-    sampler = PackBatchSampler(len(dataset), micro_batch_size, dp_rank=dp_rank, dp_size=dp_size, seed=seed,
-                               consumed_samples=consumed_samples, total_samples=total_samples, shuffle=shuffle)
+    prefixes = [prefix] if isinstance(prefix, (str, Path)) else list(prefix)
+    datasets = [BuiltDataset(p, pool=pool, pool_dir=pool_dir) for p in prefixes]
+    stream = PackStream([len(d) for d in datasets], weights, seed=seed, shuffle=shuffle, total=total_samples)
+    sampler = PackBatchSampler(micro_batch_size, dp_rank=dp_rank, dp_size=dp_size,
+                               consumed_samples=consumed_samples, total_samples=total_samples)
     workers = dict(num_workers=num_workers)
     if num_workers > 0:
         workers.update(prefetch_factor=prefetch_factor, persistent_workers=True)
-    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **workers,
-                                       collate_fn=functools.partial(collate_packs, seq_length=seq_length))
+    return torch.utils.data.DataLoader(MicroBatchItems(datasets, stream, share or ImageShare()), batch_sampler=sampler, **workers,
+                                       collate_fn=functools.partial(collate_packs, seq_length=seq_length,
+                                                                    pad_multiple=pad_multiple))

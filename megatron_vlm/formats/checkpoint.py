@@ -17,6 +17,7 @@ per-layer keys (``non_homogeneous_layers``) are read as well.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_vlm.errors import LongVLMError
+from megatron_vlm.parallel import ParallelLayout
 from megatron_vlm.utils.atomic import atomic_write, write_json
 
 # torch.distributed.checkpoint wraps reader failures in CheckpointException, a BaseException
@@ -128,31 +130,105 @@ def save_global_tensors(tensors: dict[str, torch.Tensor], iter_dir: Path) -> Non
     dist_checkpointing.save(sharded, str(iter_dir))
 
 
+def latest_iteration(root: str | Path) -> int | str | None:
+    """The iteration the tracker names (``"release"`` or a number), ``None`` without a tracker."""
+    tracker = Path(root) / TRACKER_NAME
+    if not tracker.is_file():
+        return None
+    iteration = tracker.read_text().strip()
+    if iteration != "release" and not iteration.isdigit():
+        raise CheckpointError(f"{tracker}: corrupt (expected an iteration number, got {iteration!r})")
+    return iteration if iteration == "release" else int(iteration)
+
+
 def write_tracker(root: Path, iteration: int | str) -> None:
     with atomic_write(root / TRACKER_NAME) as f:
         f.write(f"{iteration}\n")
 
 
-def save_model(model: torch.nn.Module, root: str | Path, iteration: int, meta: dict[str, Any]) -> Path:
-    """Save a Megatron model as a checkpoint that ``load_into_model`` and ``megatron-to-hf`` read;
-    call on every rank. ``meta`` is the ``longvlm.json`` of the checkpoint the model was loaded from
-    (update its ``hf_config`` with ``hf_io.with_rope_overrides`` if the RoPE base changed). The
-    tracker file is written last, so an interrupted save is never the latest iteration."""
+def checkpoint_meta(hf_config: dict[str, Any], *, dtype: str, layout: ParallelLayout, vocab_size: int,
+                    padded_vocab_size: int, source: dict[str, Any] | None = None,
+                    make_vocab_size_divisible_by: int | None = None) -> dict[str, Any]:
+    """The ``longvlm.json`` of a checkpoint (docs/checkpoints.md): the HF config the weights belong to
+    (RoPE base included), their dtype, the layout they were written for, the vocabulary padding and
+    the HF directory they came from (whose tokenizer and processor files an export copies)."""
+    layout_record = dataclasses.asdict(layout)
+    if make_vocab_size_divisible_by is not None:
+        layout_record["make_vocab_size_divisible_by"] = make_vocab_size_divisible_by
+    return {
+        "format": META_FORMAT,
+        "version": META_VERSION,
+        "hf_config": hf_config,
+        "source": dict(source or {}),
+        "dtype": dtype,
+        "layout": layout_record,
+        "vocab_size": vocab_size,
+        "padded_vocab_size": padded_vocab_size,
+    }
+
+
+def model_meta(model: torch.nn.Module, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``checkpoint_meta`` of a ``Qwen25VLModel`` as it is now: the HF config it was built from with
+    the RoPE base and length it is set up for (``Qwen25VLConfig.to_hf_config``)."""
+    config = model.model_config
+    return checkpoint_meta(config.to_hf_config(), dtype=str(config.language.params_dtype).removeprefix("torch."),
+                           layout=config.layout, vocab_size=config.vocab_size,
+                           padded_vocab_size=config.vocab_size, source=source)
+
+
+def _rank0() -> bool:
     import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save_sharded(sharded_state_dict: dict[str, Any], root: str | Path, iteration: int, meta: dict[str, Any], *,
+                 strategy=None, async_save: bool = False):
+    """``dist_checkpointing.save`` on every rank into a hidden directory beside ``root/iter_NNNNNNN``;
+    then (rank 0) its ``longvlm.json``, one rename into place and the tracker, so a crash at any
+    point leaves the previous checkpoint as the latest. ``async_save``: return megatron-core's
+    ``AsyncRequest``, whose finalization commits (schedule it with an ``AsyncCallsQueue``)."""
+    import shutil
+
     from megatron.core import dist_checkpointing
 
     root = Path(root)
-    iter_dir = root / iteration_dir_name(iteration)
-    first = not dist.is_initialized() or dist.get_rank() == 0
-    if first:
-        iter_dir.mkdir(parents=True, exist_ok=True)
-    if dist.is_initialized():
-        dist.barrier()
-    dist_checkpointing.save(model.sharded_state_dict(), str(iter_dir))
-    if first:
-        write_json(iter_dir / META_NAME, meta)
-        write_tracker(root, iteration)
-    return iter_dir
+    final = root / iteration_dir_name(iteration)
+    tmp = root / f".{final.name}.tmp"
+    if _rank0():
+        shutil.rmtree(tmp, ignore_errors=True)  # a save of this iteration that a crash cut short
+        tmp.mkdir(parents=True)
+    _barrier()
+    request = dist_checkpointing.save(sharded_state_dict, str(tmp), strategy, async_sharded_save=async_save)
+
+    def commit() -> None:
+        if _rank0():
+            write_json(tmp / META_NAME, meta)
+            if final.exists():  # an older run's save of the same iteration, never the tracker's
+                shutil.rmtree(final)
+            tmp.rename(final)
+            write_tracker(root, iteration)
+
+    if async_save:
+        request.add_finalize_fn(commit)
+        return request
+    commit()
+    _barrier()
+    return None
+
+
+def save_model(model: torch.nn.Module, root: str | Path, iteration: int, source: dict[str, Any] | None = None) -> Path:
+    """Save a Megatron ``Qwen25VLModel`` (weights only) as a checkpoint that ``load_into_model`` and
+    ``megatron-to-hf`` read; call on every rank. ``source``: the HF directory record of the
+    checkpoint it was loaded from (``MegatronCheckpoint.meta["source"]``)."""
+    return save_sharded(model.sharded_state_dict(), root, iteration, model_meta(model, source))
 
 
 @dataclass
@@ -174,12 +250,9 @@ class MegatronCheckpoint:
 
         root = Path(root)
         if iteration is None:
-            tracker = root / TRACKER_NAME
-            if not tracker.is_file():
+            iteration = latest_iteration(root)
+            if iteration is None:
                 raise CheckpointError(f"{root}: not a Megatron checkpoint (no {TRACKER_NAME})")
-            iteration = tracker.read_text().strip()
-            if iteration != "release" and not iteration.isdigit():
-                raise CheckpointError(f"{tracker}: corrupt (expected an iteration number, got {iteration!r})")
         iter_dir = root / iteration_dir_name(iteration)
         if not (iter_dir / "metadata.json").is_file():
             raise CheckpointError(f"{iter_dir}: missing or incomplete torch_dist checkpoint (no metadata.json)")

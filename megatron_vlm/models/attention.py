@@ -68,11 +68,23 @@ class AttentionPlan:
     ``batch * s`` tokens: queries ``[q_start, q_start + n * q_len)`` and keys
     ``[k_start, k_start + n * k_len)`` viewed as ``n`` segments (views, no gather).
     ``lower_right``: causal with the last query aligned to the last key (a CP chunk that starts
-    inside its segment).
+    inside its segment). The runs' queries tile the flattened queries in order; ``keys_tile`` says
+    whether their keys tile the keys too (always, except under context parallelism), so both can be
+    cut with one ``torch.split`` each, whose backward is one concatenation (slicing each run would
+    zero-fill a full-size gradient per run: quadratic in the number of vision windows).
     """
 
     runs: list[tuple[int, int, int, int, int, bool]]
     causal: bool
+
+    @property
+    def keys_tile(self) -> bool:
+        end = 0
+        for _, k0, n, _, k_len, _ in self.runs:
+            if k0 != end:
+                return False
+            end = k0 + n * k_len
+        return True
 
 
 def attention_plan(cu: list[int], batch: int, s_q: int, s_k: int, chunks, causal: bool) -> AttentionPlan:
@@ -129,11 +141,18 @@ def segmented_attention(q, k, v, plan: AttentionPlan | None, *, causal: bool, dr
     qf = q.transpose(0, 1).reshape(h, b * s_q, d)
     kf = k.transpose(0, 1).reshape(h, -1, d)
     vf = v.transpose(0, 1).reshape(h, -1, d)
+    q_parts = torch.split(qf, [n * q_len for _, _, n, q_len, _, _ in plan.runs], dim=1)
+    if plan.keys_tile and kf.shape[1] == sum(n * k_len for _, _, n, _, k_len, _ in plan.runs):
+        sizes = [n * k_len for _, _, n, _, k_len, _ in plan.runs]
+        k_parts, v_parts = torch.split(kf, sizes, dim=1), torch.split(vf, sizes, dim=1)
+    else:  # context parallel: query chunks share their segment's earlier keys
+        k_parts = [kf[:, k0:k0 + n * k_len] for _, k0, n, _, k_len, _ in plan.runs]
+        v_parts = [vf[:, k0:k0 + n * k_len] for _, k0, n, _, k_len, _ in plan.runs]
     outs = []
-    for q0, k0, n, q_len, k_len, lower_right in plan.runs:
-        qq = qf[:, q0:q0 + n * q_len].reshape(h, n, q_len, d).transpose(0, 1)
-        kk = kf[:, k0:k0 + n * k_len].reshape(h, n, k_len, d).transpose(0, 1)
-        vv = vf[:, k0:k0 + n * k_len].reshape(h, n, k_len, d).transpose(0, 1)
+    for (_, _, n, q_len, k_len, lower_right), qq, kk, vv in zip(plan.runs, q_parts, k_parts, v_parts):
+        qq = qq.reshape(h, n, q_len, d).transpose(0, 1)
+        kk = kk.reshape(h, n, k_len, d).transpose(0, 1)
+        vv = vv.reshape(h, n, k_len, d).transpose(0, 1)
         mask = causal_lower_right(q_len, k_len) if lower_right else None
         o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask, is_causal=plan.causal and not lower_right,
                                            dropout_p=dropout_p, scale=scale)

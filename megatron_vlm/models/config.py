@@ -1,13 +1,12 @@
-"""Hugging Face Qwen2.5-VL ``config.json`` -> Megatron-Core ``TransformerConfig``s, and RoPE base choice.
+"""Megatron-Core ``TransformerConfig``s of Qwen2.5-VL from its Hugging Face config, and the RoPE base choice.
 
-Reads both layouts of the file: the hub's flat one (language fields at the top level,
-``rope_scaling.mrope_section``) and transformers 5's nested one (``text_config``,
-``rope_parameters``). Any Qwen2.5-VL size works: every shape comes from the file.
+The shapes come from :class:`~megatron_vlm.models.hf_config.Qwen25VLArch` (any Qwen2.5-VL size),
+the split from a :class:`~megatron_vlm.parallel.ParallelLayout`, the RoPE base from
+:class:`RopeSettings` (the paper raises it by the NTK rule for 128K).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,13 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_vlm.errors import ConfigError
+from megatron_vlm.models.hf_config import Qwen25VLArch, rewrite_hf_config
+from megatron_vlm.parallel import ParallelLayout
+
 ATTENTION_BACKENDS = ("torch", "te")
 ROPE_BASE_MODES = ("keep", "explicit", "ntk")
+RECOMPUTE_MODES = ("none", "selective", "full")
 
 
 @dataclass
@@ -35,30 +39,58 @@ class Qwen25VisionTransformerConfig(TransformerConfig):
 
 
 @dataclass
+class RopeSettings:
+    """The language model's RoPE base: ``keep`` the checkpoint's, an ``explicit`` one, or ``ntk`` for a target length."""
+
+    mode: str = field(default="keep", metadata={"help": "keep | explicit | ntk", "choices": ROPE_BASE_MODES})
+    base: float | None = field(default=None, metadata={"help": "the base for mode=explicit"})
+    target_length: int | None = field(default=None, metadata={
+        "help": "context length to train for (mode=ntk: the base is scaled for it); also the longest row allowed"})
+    original_length: int = field(default=32768, metadata={"help": "the checkpoint's native context length (ntk)"})
+
+    def resolve(self, base: float, head_dim: int) -> float:
+        """The base to train with, given the checkpoint's ``base``."""
+        if self.mode == "keep":
+            return float(base)
+        if self.mode == "explicit":
+            if self.base is None or self.base <= 0:
+                raise ConfigError(f"rope.mode=explicit needs a positive rope.base, got {self.base}")
+            return float(self.base)
+        if self.mode == "ntk":
+            if not self.target_length:
+                raise ConfigError("rope.mode=ntk needs rope.target_length (e.g. 131072)")
+            return ntk_rope_base(base, head_dim, self.target_length, self.original_length)
+        raise ConfigError(f"unknown rope.mode {self.mode!r}; choose one of {ROPE_BASE_MODES}")
+
+
+@dataclass
 class Qwen25VLConfig:
     """Everything needed to build ``Qwen25VLModel``: the two transformer configs and the model-level fields."""
 
+    arch: Qwen25VLArch
+    layout: ParallelLayout
     language: TransformerConfig
     vision: Qwen25VisionTransformerConfig
-    vocab_size: int
-    max_sequence_length: int
     rotary_base: float
-    tie_word_embeddings: bool
-    image_token_id: int = 151655
-    video_token_id: int = 151656
-    vision_start_token_id: int = 151652
+    max_sequence_length: int  # the longest row the model is set up for (its RoPE target length)
     attention_backend: str = "torch"
-    hf_config: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.arch.vocab_size
+
+    @property
+    def tie_word_embeddings(self) -> bool:
+        return self.arch.tie_word_embeddings
+
+    @property
+    def image_token_id(self) -> int:
+        return self.arch.image_token_id
 
     def to_hf_config(self) -> dict[str, Any]:
-        """The source ``config.json`` with the RoPE base actually used (for checkpoint export)."""
-        out = json.loads(json.dumps(self.hf_config))
-        text = out.get("text_config", out)
-        if isinstance(text.get("rope_parameters"), dict):
-            text["rope_parameters"]["rope_theta"] = self.rotary_base
-        if "rope_theta" in text or "rope_parameters" not in text:
-            text["rope_theta"] = self.rotary_base
-        return out
+        """The source ``config.json`` with the RoPE base and length actually used (what a checkpoint records)."""
+        longest = max(self.max_sequence_length, self.arch.max_position_embeddings)
+        return rewrite_hf_config(self.arch.raw, rope_theta=self.rotary_base, max_position_embeddings=longest)
 
 
 def ntk_rope_base(base: float, head_dim: int, target_length: int, original_length: int) -> float:
@@ -72,100 +104,41 @@ def ntk_rope_base(base: float, head_dim: int, target_length: int, original_lengt
     return float(base * scale ** (head_dim / (head_dim - 2)))
 
 
-def resolve_rope_base(base: float, head_dim: int, mode: str = "keep", *, value: float | None = None,
-                      target_length: int | None = None, original_length: int | None = None) -> float:
-    """The RoPE base to train with: ``keep`` the config's, an ``explicit`` value, or ``ntk`` from a target length."""
-    if mode == "keep":
-        return float(base)
-    if mode == "explicit":
-        if value is None or value <= 0:
-            raise ValueError(f"rope base mode 'explicit' needs a positive value, got {value}")
-        return float(value)
-    if mode == "ntk":
-        if target_length is None or original_length is None:
-            raise ValueError("rope base mode 'ntk' needs target_length and original_length")
-        return ntk_rope_base(base, head_dim, target_length, original_length)
-    raise ValueError(f"unknown rope base mode {mode!r}; choose one of {ROPE_BASE_MODES}")
-
-
-def load_hf_config(source: str | Path | dict[str, Any]) -> dict[str, Any]:
-    """A config dict from a dict, a ``config.json`` path or a checkpoint directory."""
-    if isinstance(source, dict):
-        return source
-    if hasattr(source, "to_dict"):  # a transformers PretrainedConfig
-        return source.to_dict()
-    path = Path(source)
-    if path.is_dir():
-        path = path / "config.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no Hugging Face config.json there") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
-def _require(section: dict[str, Any], key: str, where: str) -> Any:
-    if key not in section:
-        raise KeyError(f"config.json: missing '{key}' in {where}")
-    return section[key]
-
-
 def _activation(name: str):
     table = {"silu": F.silu, "gelu": F.gelu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
     if name not in table:
-        raise ValueError(f"config.json: unsupported hidden_act {name!r}")
+        raise ConfigError(f"config.json: unsupported hidden_act {name!r}")
     return table[name]
 
 
-def _text_rope(text: dict[str, Any]) -> tuple[float, list[int]]:
-    params = text.get("rope_parameters") or {}
-    scaling = text.get("rope_scaling") or {}
-    theta = params.get("rope_theta", text.get("rope_theta", 1_000_000.0))
-    section = params.get("mrope_section") or scaling.get("mrope_section")
-    if section is None:
-        raise KeyError("config.json: no mrope_section (looked in rope_parameters and rope_scaling)")
-    return float(theta), [int(x) for x in section]
-
-
 def qwen25vl_config_from_hf(
-    source: str | Path | dict[str, Any],
+    source: str | Path | dict[str, Any] | Qwen25VLArch,
     *,
+    layout: ParallelLayout | None = None,
     attention_backend: str = "torch",
-    tensor_model_parallel_size: int = 1,
-    pipeline_model_parallel_size: int = 1,
-    context_parallel_size: int = 1,
-    sequence_parallel: bool = False,
-    num_layers_in_first_pipeline_stage: int | None = None,
     params_dtype: torch.dtype = torch.float32,
-    rope_base_mode: str = "keep",
-    rope_base: float | None = None,
-    rope_target_length: int | None = None,
-    rope_original_length: int = 32768,
+    rope: RopeSettings | None = None,
+    recompute: str = "none",
     use_cpu_initialization: bool | None = None,
-    recompute_granularity: str | None = None,
     **language_overrides: Any,
 ) -> Qwen25VLConfig:
-    """Build the Megatron configs of Qwen2.5-VL from its Hugging Face config (dict, file or checkpoint dir)."""
-    if attention_backend not in ATTENTION_BACKENDS:
-        raise ValueError(f"unknown attention backend {attention_backend!r}; choose one of {ATTENTION_BACKENDS}")
-    hf = load_hf_config(source)
-    text = hf.get("text_config") or hf
-    vis = _require(hf, "vision_config", "the top level")
+    """Build the Megatron configs of Qwen2.5-VL from its Hugging Face config (dict, file, checkpoint dir or arch).
 
-    hidden = int(_require(text, "hidden_size", "the text config"))
-    heads = int(_require(text, "num_attention_heads", "the text config"))
-    head_dim = int(text.get("head_dim") or hidden // heads)
-    theta, mrope_section = _text_rope(text)
-    if 2 * sum(mrope_section) != head_dim:
-        raise ValueError(f"config.json: mrope_section {mrope_section} must sum to head_dim/2 = {head_dim // 2}")
-    base = resolve_rope_base(theta, head_dim, rope_base_mode, value=rope_base,
-                             target_length=rope_target_length, original_length=rope_original_length)
-    tie = bool(hf.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
-    bf16 = params_dtype == torch.bfloat16
-    fp16 = params_dtype == torch.float16
+    ``recompute``: ``none``, ``selective`` (attention core) or ``full`` (every layer, uniform).
+    ``language_overrides`` are extra ``TransformerConfig`` fields of the language model.
+    """
+    if attention_backend not in ATTENTION_BACKENDS:
+        raise ConfigError(f"unknown attention backend {attention_backend!r}; choose one of {ATTENTION_BACKENDS}")
+    if recompute not in RECOMPUTE_MODES:
+        raise ConfigError(f"unknown recompute mode {recompute!r}; choose one of {RECOMPUTE_MODES}")
+    arch = source if isinstance(source, Qwen25VLArch) else Qwen25VLArch.from_hf(source)
+    layout = layout or ParallelLayout()
+    rope = rope or RopeSettings()
+    layout.check_model(arch.num_layers, arch.num_heads, arch.num_query_groups, arch.vision_heads)
+    base = rope.resolve(arch.rope_theta, arch.head_dim)
     if use_cpu_initialization is None:
         use_cpu_initialization = not torch.cuda.is_available()
+    granularity = None if recompute == "none" else recompute
     common = dict(
         normalization="RMSNorm",
         gated_linear_unit=True,
@@ -178,76 +151,73 @@ def qwen25vl_config_from_hf(
         persist_layer_norm=False,
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
-        tensor_model_parallel_size=tensor_model_parallel_size,
+        tensor_model_parallel_size=layout.tp,
         params_dtype=params_dtype,
         pipeline_dtype=params_dtype,
-        bf16=bf16,
-        fp16=fp16,
+        bf16=params_dtype == torch.bfloat16,
+        fp16=params_dtype == torch.float16,
         use_cpu_initialization=use_cpu_initialization,
-        recompute_granularity=recompute_granularity,
-        recompute_method="uniform" if recompute_granularity == "full" else None,
-        recompute_num_layers=1 if recompute_granularity == "full" else None,
+        recompute_granularity=granularity,
+        recompute_method="uniform" if recompute == "full" else None,
+        recompute_num_layers=1 if recompute == "full" else None,
     )
     language_kwargs = dict(
         common,
-        num_layers=int(_require(text, "num_hidden_layers", "the text config")),
-        hidden_size=hidden,
-        num_attention_heads=heads,
-        num_query_groups=int(text.get("num_key_value_heads") or heads),
-        kv_channels=head_dim,
-        ffn_hidden_size=int(_require(text, "intermediate_size", "the text config")),
-        layernorm_epsilon=float(text.get("rms_norm_eps", 1e-6)),
-        activation_func=_activation(text.get("hidden_act", "silu")),
+        num_layers=arch.num_layers,
+        hidden_size=arch.hidden_size,
+        num_attention_heads=arch.num_heads,
+        num_query_groups=arch.num_query_groups,
+        kv_channels=arch.head_dim,
+        ffn_hidden_size=arch.ffn_hidden_size,
+        layernorm_epsilon=arch.rms_norm_eps,
+        activation_func=_activation(arch.hidden_act),
         add_bias_linear=False,
-        mrope_section=mrope_section,
+        mrope_section=list(arch.mrope_section),
         rotary_interleaved=False,
-        pipeline_model_parallel_size=pipeline_model_parallel_size,
-        num_layers_in_first_pipeline_stage=num_layers_in_first_pipeline_stage,
-        context_parallel_size=context_parallel_size,
-        sequence_parallel=sequence_parallel,
+        pipeline_model_parallel_size=layout.pp,
+        virtual_pipeline_model_parallel_size=layout.vpp,
+        num_layers_in_first_pipeline_stage=layout.first_stage_layers,
+        context_parallel_size=layout.cp,
+        sequence_parallel=layout.sp,
+        # rows are trained at their own length, so pipeline stages exchange shapes per micro-batch;
+        # megatron-core refuses that with its default MoE dispatcher even for a dense model
+        variable_seq_lengths=layout.pp > 1,
+        moe_token_dispatcher_type="alltoall",
     )
     language_kwargs.update(language_overrides)
     language = TransformerConfig(**language_kwargs)
-
-    v_hidden = int(_require(vis, "hidden_size", "vision_config"))
-    v_heads = int(_require(vis, "num_heads", "vision_config"))
-    v_rope = vis.get("rope_parameters") or {}
     vision = Qwen25VisionTransformerConfig(
         **common,
-        num_layers=int(_require(vis, "depth", "vision_config")),
-        hidden_size=v_hidden,
-        num_attention_heads=v_heads,
-        num_query_groups=v_heads,
-        kv_channels=v_hidden // v_heads,
-        ffn_hidden_size=int(_require(vis, "intermediate_size", "vision_config")),
+        num_layers=arch.vision_layers,
+        hidden_size=arch.vision_hidden_size,
+        num_attention_heads=arch.vision_heads,
+        num_query_groups=arch.vision_heads,
+        kv_channels=arch.vision_head_dim,
+        ffn_hidden_size=arch.vision_ffn_hidden_size,
         layernorm_epsilon=1e-6,
-        activation_func=_activation(vis.get("hidden_act", "silu")),
+        activation_func=_activation(arch.vision_hidden_act),
         add_bias_linear=True,
-        patch_size=int(vis.get("patch_size", 14)),
-        temporal_patch_size=int(vis.get("temporal_patch_size", 2)),
-        in_channels=int(vis.get("in_channels", vis.get("in_chans", 3))),
-        spatial_merge_size=int(vis.get("spatial_merge_size", 2)),
-        window_size=int(vis.get("window_size", 112)),
-        fullatt_block_indexes=tuple(int(i) for i in vis.get("fullatt_block_indexes", ())),
-        out_hidden_size=int(vis.get("out_hidden_size", hidden)),
-        vision_rope_theta=float(v_rope.get("rope_theta", 10000.0)),
+        patch_size=arch.patch_size,
+        temporal_patch_size=arch.temporal_patch_size,
+        in_channels=arch.in_channels,
+        spatial_merge_size=arch.spatial_merge_size,
+        window_size=arch.window_size,
+        fullatt_block_indexes=arch.fullatt_block_indexes,
+        out_hidden_size=arch.out_hidden_size,
+        vision_rope_theta=arch.vision_rope_theta,
     )
     return Qwen25VLConfig(
+        arch=arch,
+        layout=layout,
         language=language,
         vision=vision,
-        vocab_size=int(_require(text, "vocab_size", "the text config")),
-        max_sequence_length=int(text.get("max_position_embeddings", 32768)),
         rotary_base=base,
-        tie_word_embeddings=tie,
-        image_token_id=int(hf.get("image_token_id", 151655)),
-        video_token_id=int(hf.get("video_token_id", 151656)),
-        vision_start_token_id=int(hf.get("vision_start_token_id", 151652)),
+        max_sequence_length=rope.target_length or arch.max_position_embeddings,
         attention_backend=attention_backend,
-        hf_config=hf,
     )
 
 
 __all__ = [
-    "ATTENTION_BACKENDS", "Qwen25VLConfig", "Qwen25VisionTransformerConfig", "load_hf_config",
-    "ntk_rope_base", "qwen25vl_config_from_hf", "resolve_rope_base",
+    "ATTENTION_BACKENDS", "Qwen25VLConfig", "Qwen25VisionTransformerConfig", "RopeSettings", "ntk_rope_base",
+    "qwen25vl_config_from_hf",
 ]

@@ -25,9 +25,13 @@ from megatron_vlm.models.vision import Qwen25VisionModel
 
 
 class Qwen25VLModel(MegatronModule):
-    """Children ``vision_model`` (first pipeline stage only) and ``language_model`` (a ``MaskedLossGPTModel``)."""
+    """Children ``vision_model`` (first pipeline stage only) and ``language_model`` (a ``MaskedLossGPTModel``).
 
-    def __init__(self, config: Qwen25VLConfig, *, pre_process: bool = True, post_process: bool = True):
+    ``vp_stage``: the virtual pipeline stage this chunk is (interleaved schedule), as in ``GPTModel``.
+    """
+
+    def __init__(self, config: Qwen25VLConfig, *, pre_process: bool = True, post_process: bool = True,
+                 vp_stage: int | None = None):
         super().__init__(config=config.language)
         if config.attention_backend == "te":
             require_transformer_engine()
@@ -42,7 +46,8 @@ class Qwen25VLModel(MegatronModule):
                 config.vision, block_spec(backend, config.vision.num_layers, causal=False), norm_module(backend))
         self.language_model = MaskedLossGPTModel(
             config=config.language,
-            transformer_layer_spec=block_spec(backend, get_num_layers_to_build(config.language), causal=True),
+            transformer_layer_spec=block_spec(backend, get_num_layers_to_build(config.language, vp_stage=vp_stage),
+                                              causal=True),
             vocab_size=config.vocab_size,
             max_sequence_length=config.max_sequence_length,
             pre_process=pre_process,
@@ -51,7 +56,9 @@ class Qwen25VLModel(MegatronModule):
             position_embedding_type="mrope",
             rotary_base=config.rotary_base,
             scatter_embedding_sequence_parallel=False,
+            vp_stage=vp_stage,
         )
+        self.vp_stage = vp_stage
         # Position ids reach the rotary embedding already cut to this CP rank's tokens.
         self.language_model.rotary_pos_emb.cp_group = None
 
@@ -95,7 +102,11 @@ class Qwen25VLModel(MegatronModule):
         return torch.from_numpy(np.stack(rows, axis=1)).to(input_ids.device)
 
     def image_embeddings(self, pixel_values: torch.Tensor, image_grid_thw) -> torch.Tensor:
-        """LLM embeddings of all images, in order; with CP each rank encodes a share and they are all-gathered."""
+        """LLM embeddings of all images, in order; with CP each rank encodes a share and they are all-gathered.
+
+        With CP, ``pixel_values`` holds either every image's patches or only this CP rank's images'
+        (the range ``split_images_by_cost`` gives it; what the training loader hands each rank).
+        """
         grids = torch.as_tensor(image_grid_thw).reshape(-1, 3).cpu()
         cp_size, cp_rank = self._cp()
         if cp_size == 1:
@@ -105,13 +116,29 @@ class Qwen25VLModel(MegatronModule):
         bounds = split_images_by_cost(patches, cp_size)
         first, last = bounds[cp_rank]
         p0, p1 = sum(patches[:first]), sum(patches[:last])
+        if pixel_values.shape[0] == sum(patches):
+            pixel_values = pixel_values[p0:p1]
+        elif pixel_values.shape[0] != p1 - p0:
+            raise ValueError(f"pixel_values has {pixel_values.shape[0]} patches: neither all images' "
+                             f"{sum(patches)} nor this CP rank's {p1 - p0}")
         sizes = [sum(patches[a:b]) // unit for a, b in bounds]
         if last > first:
-            local = self.vision_model(pixel_values[p0:p1], grids[first:last])
-        else:  # fewer images than CP ranks; requires grad so this rank joins the gather's backward
-            local = pixel_values.new_zeros((0, self.model_config.vision.out_hidden_size),
-                                           dtype=self.model_config.vision.params_dtype).requires_grad_()
+            local = self.vision_model(pixel_values, grids[first:last])
+        else:  # fewer images than CP ranks: this rank joins the gather (and its backward) with none
+            local = self._touch_vision(pixel_values.new_zeros(
+                (0, self.model_config.vision.out_hidden_size), dtype=self.model_config.vision.params_dtype))
         return all_gather_varlen(local, sizes, parallel_state.get_context_parallel_group())
+
+    def _touch_vision(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` plus zero times one element of every trainable vision parameter, when the tower does not
+        run (a text-only micro-batch, a CP rank without images): each parameter still gets a (zero)
+        gradient, so Megatron DDP's gradient buckets see every parameter in every step."""
+        if self.vision_model is None or not torch.is_grad_enabled():
+            return x
+        params = [p for p in self.vision_model.parameters() if p.requires_grad]
+        if not params:
+            return x
+        return x + (torch.stack([p.reshape(-1)[0] for p in params]).sum() * 0.0).to(x.dtype)
 
     def embed(self, input_ids: torch.Tensor, pixel_values=None, image_grid_thw=None) -> torch.Tensor:
         """Decoder input ``[s_local, b, h]``: word embeddings with image embeddings at ``<|image_pad|>``."""
@@ -130,6 +157,8 @@ class Qwen25VLModel(MegatronModule):
             mask_l, rows_l = cp_slice(mask, 1, cp_size, cp_rank), cp_slice(rows, 1, cp_size, cp_rank)
             where = mask_l.t().nonzero(as_tuple=True)  # emb is [s, b, h]
             emb = emb.index_put(where, images[rows_l.t()[where]])
+        else:
+            emb = self._touch_vision(emb)
         if self.model_config.language.sequence_parallel:
             emb = tensor_parallel.scatter_to_sequence_parallel_region(emb)
         return emb

@@ -11,27 +11,21 @@ being non-causal.
 
 from __future__ import annotations
 
-import importlib
-
-import torch
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
 from megatron_vlm.models.attention import TorchDotProductAttention
 from megatron_vlm.models.norm import RMSNorm
+from megatron_vlm.utils.transformer_engine import transformer_engine_error
 
 
 def require_transformer_engine() -> None:
     """Raise a clear error unless CUDA and Transformer Engine are both usable."""
-    if not torch.cuda.is_available():
-        raise RuntimeError("attention backend 'te' needs a CUDA GPU (torch.cuda.is_available() is False); "
-                           "use attention_backend='torch' on this machine")
-    try:
-        importlib.import_module("transformer_engine.pytorch")
-    except Exception as e:  # ImportError, or OSError from missing CUDA libraries
-        raise RuntimeError(f"attention backend 'te' needs Transformer Engine ({type(e).__name__}: {e}); "
-                           "install it with `pip install -e .[gpu]` or use attention_backend='torch'") from None
+    problem = transformer_engine_error()
+    if problem:
+        raise RuntimeError(f"attention backend 'te' needs a CUDA GPU and Transformer Engine ({problem}); "
+                           "install it with `pip install -e .[gpu]` or use attention_backend='torch'")
 
 
 def _set_attention(spec: ModuleSpec, core_attention: type, mask_type: AttnMaskType) -> ModuleSpec:

@@ -10,6 +10,7 @@ from datetime import timedelta
 import numpy
 import torch
 
+from megatron_vlm.parallel import ParallelLayout
 from megatron_vlm.runtime.cpu_shims import apply_cpu_shims
 from megatron_vlm.runtime.launcher import DistEnv, read_dist_env
 
@@ -25,18 +26,15 @@ _LAYOUT: tuple | None = None
 
 
 def initialize_distributed(
-    tensor_model_parallel_size: int = 1,
-    pipeline_model_parallel_size: int = 1,
-    context_parallel_size: int = 1,
+    layout: ParallelLayout | None = None,
     seed: int = 1234,
     *,
-    virtual_pipeline_model_parallel_size: int | None = None,
-    expert_model_parallel_size: int = 1,
     timeout_minutes: int = 30,
     environ: dict[str, str] | None = None,
 ) -> DistEnv:
     """Start torch.distributed and Megatron-Core's model-parallel groups, and seed the RNGs.
 
+    ``layout`` gives the model-parallel sizes (default: none; data parallel over the whole world).
     Reads the launcher's variables (:func:`read_dist_env`); NCCL and ``cuda:LOCAL_RANK`` on GPU,
     gloo and the CPU shims without CUDA. Seeds like Megatron-LM: ``random``, ``numpy``, ``torch`` and
     ``model_parallel_cuda_manual_seed`` with ``seed + 100 * pipeline_rank``. Calling it again with
@@ -63,17 +61,16 @@ def initialize_distributed(
                 backend, init_method=f"tcp://{env.master_addr}:{env.master_port}",
                 rank=env.rank, world_size=env.world_size, timeout=timeout)
 
-    layout = (tensor_model_parallel_size, pipeline_model_parallel_size, context_parallel_size,
-              virtual_pipeline_model_parallel_size, expert_model_parallel_size, seed)
-    if _LAYOUT == layout and parallel_state.model_parallel_is_initialized():
+    layout = layout or ParallelLayout()
+    layout.data_parallel_size(env.world_size)  # a clear error before Megatron's assertion
+    if _LAYOUT == (layout, seed) and parallel_state.model_parallel_is_initialized():
         return env
     parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=tensor_model_parallel_size,
-        pipeline_model_parallel_size=pipeline_model_parallel_size,
-        virtual_pipeline_model_parallel_size=virtual_pipeline_model_parallel_size,
-        context_parallel_size=context_parallel_size,
-        expert_model_parallel_size=expert_model_parallel_size,
+        tensor_model_parallel_size=layout.tp,
+        pipeline_model_parallel_size=layout.pp,
+        virtual_pipeline_model_parallel_size=layout.vpp,
+        context_parallel_size=layout.cp,
         distributed_timeout_minutes=timeout_minutes,
     )
     stage_seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
@@ -81,7 +78,7 @@ def initialize_distributed(
     numpy.random.seed(stage_seed)
     torch.manual_seed(stage_seed)
     tensor_parallel.model_parallel_cuda_manual_seed(stage_seed)
-    _LAYOUT = layout
+    _LAYOUT = (layout, seed)
     return env
 
 

@@ -6,7 +6,10 @@ A field becomes ``--field-name`` (underscores to dashes) with its default, its t
 - ``help``: the help text (the default is appended automatically);
 - ``positional``: the field is a positional argument (``nargs="+"`` for list fields);
 - ``choices``: allowed values;
-- ``flag``: an alternative option string, e.g. ``"-o"``.
+- ``flag``: an alternative option string, e.g. ``"-o"``;
+- ``repeat``: a ``list`` field given as a repeated option (``--image A --image B``);
+- ``fields``: for a field whose type is itself a dataclass (e.g. a ``ParallelLayout``), which of its
+  fields become options (default: all); they are declared by that dataclass, not repeated here.
 
 ``bool`` fields become ``--x/--no-x``; ``list[T]`` fields take one or more values; ``Optional[T]``
 fields default to ``None``.
@@ -32,56 +35,91 @@ def _unwrap_optional(tp: Any) -> Any:
     return tp
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one option per field of dataclass ``cls`` to ``parser``."""
+def _selected_fields(cls: type, names: tuple[str, ...] | None) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if names is None or f.name in names]
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, names: tuple[str, ...] | None = None) -> None:
+    """Add one option per field of dataclass ``cls`` (only ``names`` if given) to ``parser``."""
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("cli") is False:
-            continue
+    for f in _selected_fields(cls, names):
         tp = _unwrap_optional(hints[f.name])
-        help_text = f.metadata.get("help", "")
-        kwargs: dict[str, Any] = {"help": help_text}
-        default = f.default
-        if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
-        origin = typing.get_origin(tp)
-        if f.metadata.get("positional"):
-            if origin is list:
-                kwargs["nargs"] = "+"
-                kwargs["type"] = typing.get_args(tp)[0]
-            else:
-                kwargs["type"] = tp
-            kwargs["metavar"] = f.metadata.get("metavar", f.name.upper())
-            parser.add_argument(f.name, **kwargs)
-            continue
-        names = ["--" + f.name.replace("_", "-")]
-        if "flag" in f.metadata:
-            names.insert(0, f.metadata["flag"])
-        if tp is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif origin is list:
+        if dataclasses.is_dataclass(tp):
+            add_dataclass_arguments(parser, tp, f.metadata.get("fields"))
+        else:
+            _add_field(parser, f, tp)
+
+
+def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp: Any) -> None:
+    help_text = f.metadata.get("help", "")
+    kwargs: dict[str, Any] = {"help": help_text}
+    default = f.default
+    if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    if "choices" in f.metadata:
+        kwargs["choices"] = f.metadata["choices"]
+    origin = typing.get_origin(tp)
+    if f.metadata.get("positional"):
+        if origin is list:
             kwargs["nargs"] = "+"
             kwargs["type"] = typing.get_args(tp)[0]
         else:
             kwargs["type"] = tp
-        if default is dataclasses.MISSING:
-            kwargs["required"] = True
-        else:
-            kwargs["default"] = default
-            if help_text and default not in (None, "", []):
-                kwargs["help"] = f"{help_text} (default: {default})"
-        if "metavar" in f.metadata:
-            kwargs["metavar"] = f.metadata["metavar"]
-        parser.add_argument(*names, dest=f.name, **kwargs)
+        kwargs["metavar"] = f.metadata.get("metavar", f.name.upper())
+        parser.add_argument(f.name, **kwargs)
+        return
+    names = ["--" + f.name.replace("_", "-")]
+    if "flag" in f.metadata:
+        names.insert(0, f.metadata["flag"])
+    if tp is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif origin is list and f.metadata.get("repeat"):
+        kwargs["action"] = "append"
+        kwargs["type"] = typing.get_args(tp)[0]
+    elif origin is list:
+        kwargs["nargs"] = "+"
+        kwargs["type"] = typing.get_args(tp)[0]
+    else:
+        kwargs["type"] = tp
+    if default is dataclasses.MISSING:
+        kwargs["required"] = True
+    else:
+        kwargs["default"] = default
+        if help_text and default not in (None, "", []):
+            kwargs["help"] = f"{help_text} (default: {default})"
+    if "metavar" in f.metadata:
+        kwargs["metavar"] = f.metadata["metavar"]
+    parser.add_argument(*names, dest=f.name, **kwargs)
 
 
-def dataclass_from_args(cls: type[T], args: argparse.Namespace) -> T:
+def dataclass_from_args(cls: type[T], args: argparse.Namespace, names: tuple[str, ...] | None = None) -> T:
     """Build ``cls`` from the parsed options that ``add_dataclass_arguments`` declared."""
-    values = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(cls)
-        if f.metadata.get("cli") is not False and hasattr(args, f.name)
-    }
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in _selected_fields(cls, names):
+        tp = _unwrap_optional(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            values[f.name] = dataclass_from_args(tp, args, f.metadata.get("fields"))
+        elif hasattr(args, f.name):
+            values[f.name] = getattr(args, f.name)
     return cls(**values)
+
+
+def option_names(cls: type, names: tuple[str, ...] | None = None) -> list[str]:
+    """The (flattened) option names ``add_dataclass_arguments`` declares for ``cls``."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in _selected_fields(cls, names):
+        tp = _unwrap_optional(hints[f.name])
+        out += option_names(tp, f.metadata.get("fields")) if dataclasses.is_dataclass(tp) else [f.name]
+    return out
+
+
+def dataclass_from_options(cls: type[T], options: dict[str, Any]) -> T:
+    """Build ``cls`` from keyword options named as on the command line (``tp=2``, not ``layout=...``),
+    as the Python API takes them; an unknown keyword is a ``TypeError`` naming it."""
+    known = option_names(cls)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(unknown)} for {cls.__name__}; known: {', '.join(known)}")
+    return dataclass_from_args(cls, argparse.Namespace(**options))

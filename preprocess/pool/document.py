@@ -11,7 +11,7 @@ import pymupdf
 from preprocess.pool.config import PoolConfig
 from preprocess.pool.encode import encode_page
 from preprocess.pool.layout import label_document, page_blocks
-from preprocess.pool.render import PageRejected, page_geometry, render_page
+from preprocess.pool.render import Rejected, page_geometry, render_page
 from preprocess.pool.sections import document_sections
 
 PDF_MAGIC = b"%PDF-"
@@ -21,15 +21,6 @@ TAIL_WINDOW = 2048  # a complete PDF ends with %%EOF (allowing some trailing byt
 pymupdf.TOOLS.mupdf_display_errors(False)  # broken files are reported in rejected.jsonl instead
 pymupdf.TOOLS.mupdf_display_warnings(False)
 pymupdf.no_recommend_layout()
-
-
-class Rejected(Exception):
-    """A document that is not kept; ``reason`` is a rejected.jsonl code."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass
@@ -97,8 +88,8 @@ def _process(doc, path, doc_id, config, beat) -> DocumentResult:
     try:
         geometries = [page_geometry(doc[i].rect, config.dpi, config.min_pixels, config.max_pixels, i + 1)
                       for i in range(num_pages)]
-    except PageRejected as err:
-        raise Rejected(err.reason, err.detail) from None
+    except Rejected:
+        raise
     except Exception as err:
         raise Rejected("corrupt", f"cannot load a page: {err}") from None
     result = DocumentResult(entry={})

@@ -21,8 +21,8 @@ MIN_PAGE_POINTS = 1.0
 MAX_PAGE_POINTS = 14400.0
 
 
-class PageRejected(Exception):
-    """A page that cannot be used; ``reason`` is a rejected.jsonl code."""
+class Rejected(Exception):
+    """A document (or one of its pages) that is not kept; ``reason`` is a rejected.jsonl code."""
 
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
@@ -46,10 +46,10 @@ class PageGeometry:
 
 def page_geometry(rect: pymupdf.Rect, dpi: int, min_pixels: int, max_pixels: int,
                   page_number: int) -> PageGeometry:
-    """The Qwen2.5-VL size of a page rendered at ``dpi``; PageRejected for absurd sizes or aspect ratios."""
+    """The Qwen2.5-VL size of a page rendered at ``dpi``; Rejected for absurd sizes or aspect ratios."""
     w_pt, h_pt = rect.width, rect.height
     if not (MIN_PAGE_POINTS <= w_pt <= MAX_PAGE_POINTS and MIN_PAGE_POINTS <= h_pt <= MAX_PAGE_POINTS):
-        raise PageRejected("page_size", f"page {page_number} is {w_pt:.1f} x {h_pt:.1f} pt "
+        raise Rejected("page_size", f"page {page_number} is {w_pt:.1f} x {h_pt:.1f} pt "
                            f"(allowed {MIN_PAGE_POINTS:g}-{MAX_PAGE_POINTS:g} pt per side)")
     zoom = dpi / 72.0
     irect = (rect * pymupdf.Matrix(zoom, zoom)).irect  # the same rounding as get_pixmap(dpi=...)
@@ -58,7 +58,7 @@ def page_geometry(rect: pymupdf.Rect, dpi: int, min_pixels: int, max_pixels: int
         h, w = smart_resize(rh, rw, factor=FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
     except ValueError as err:
         reason = "aspect_ratio" if "aspect ratio" in str(err) else "page_size"
-        raise PageRejected(reason, f"page {page_number} ({rw}x{rh} px at {dpi} dpi): {err}") from None
+        raise Rejected(reason, f"page {page_number} ({rw}x{rh} px at {dpi} dpi): {err}") from None
     return PageGeometry(w, h)
 
 

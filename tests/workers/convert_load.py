@@ -18,6 +18,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_vlm import runtime
 from megatron_vlm.formats.checkpoint import MegatronCheckpoint, save_model
+from megatron_vlm.parallel import ParallelLayout
 
 
 def main() -> None:
@@ -34,10 +35,10 @@ def main() -> None:
     args = parser.parse_args()
     ref = torch.load(args.reference)
     inputs = {k: ref[k] for k in ("input_ids", "pixel_values", "image_grid_thw")}
-    runtime.initialize_distributed(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp, seed=1)
+    layout = ParallelLayout(tp=args.tp, pp=args.pp)
+    runtime.initialize_distributed(layout, seed=1)
     ckpt = MegatronCheckpoint.open(args.ckpt)
-    config = qwen25vl_config_from_hf(ckpt.meta["hf_config"], tensor_model_parallel_size=args.tp,
-                                     pipeline_model_parallel_size=args.pp)
+    config = qwen25vl_config_from_hf(ckpt.meta["hf_config"], layout=layout)
     first, last = ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage()
     model = Qwen25VLModel(config, pre_process=first, post_process=last).eval()
     model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), str(ckpt.iter_dir)))
@@ -57,7 +58,7 @@ def main() -> None:
         if last:
             expected = F.cross_entropy(ref["logits"][0], ref["labels"][0], reduction="none")
             result["loss"] = (losses[0]["per_token"][0] - expected).abs().max().item()
-    save_model(model, args.save, 100, ckpt.meta)
+    save_model(model, args.save, 100, ckpt.meta["source"])
     (args.out / f"rank{torch.distributed.get_rank()}.json").write_text(json.dumps(result))
     runtime.destroy()
 

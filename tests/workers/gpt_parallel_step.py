@@ -41,6 +41,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer import TransformerConfig
 
 from megatron_vlm import runtime
+from megatron_vlm.parallel import ParallelLayout
 
 VOCAB, SEQ, GLOBAL_BATCH, MICRO_BATCH = 128, 16, 4, 2
 # name -> (tensor parallel, pipeline parallel, tied embeddings, extra TransformerConfig fields)
@@ -175,7 +176,7 @@ def max_diff(a: dict, b: dict) -> float:
 
 def reference(tie: bool, out: Path, microbatches) -> dict:
     """TP=1 x DP=2: save the initial weights, train one step, keep gradients and updated weights."""
-    runtime.initialize_distributed(1, 1, seed=1234)
+    runtime.initialize_distributed(seed=1234)
     ddp, config = build_model(1, 1, tie)
     init_dir = out / f"init_tied{int(tie)}"
     save(ddp.module, init_dir)
@@ -194,7 +195,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
     args = parser.parse_args()
-    env = runtime.initialize_distributed(1, 1, seed=1234)
+    env = runtime.initialize_distributed(seed=1234)
     microbatches = global_batch()
     result = {"rank": env.rank, "launcher": env.launcher, "world_size": env.world_size, "layouts": {}}
     refs = {}
@@ -203,7 +204,7 @@ def main() -> None:
         if tie not in refs:
             refs[tie] = reference(tie, args.out, microbatches)
         ref = refs[tie]
-        runtime.initialize_distributed(tp, pp, seed=1234)
+        runtime.initialize_distributed(ParallelLayout(tp=tp, pp=pp), seed=1234)
         ddp, config = build_model(tp, pp, tie, **extra)
         load(ddp.module, ref["init_dir"])
         step = train_step(ddp, config, microbatches)
@@ -213,7 +214,7 @@ def main() -> None:
         grad_norm = step["optimizer"].step()[1]
         save(ddp.module, args.out / f"{name}_updated")
 
-        runtime.initialize_distributed(1, 1, seed=1234)
+        runtime.initialize_distributed(seed=1234)
         check, _ = build_model(1, 1, tie)
         load(check.module, args.out / f"{name}_grads")
         grads_diff = max_diff(tensors(check.module), ref["grads"])

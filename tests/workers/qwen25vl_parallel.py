@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import traceback
 from pathlib import Path
@@ -34,33 +33,34 @@ from megatron_vlm.models.config import qwen25vl_config_from_hf  # noqa: E402
 from megatron_vlm.models.context_parallel import cp_slice  # noqa: E402
 from megatron_vlm.models.qwen25vl import Qwen25VLModel  # noqa: E402
 from megatron_vlm.models.tiny import tiny_qwen25vl_config  # noqa: E402
+from megatron_vlm.parallel import ParallelLayout  # noqa: E402
 
-TP2, CP2, PP2 = (dict(tensor_model_parallel_size=2), dict(context_parallel_size=2),
-                 dict(pipeline_model_parallel_size=2))
-SP, PP_SPLIT = dict(sequence_parallel=True), dict(num_layers_in_first_pipeline_stage=1)
-# name -> (initialize_distributed sizes, extra config fields, batch, loss mask or None)
+TP2, TP2_SP, CP2 = ParallelLayout(tp=2), ParallelLayout(tp=2, sp=True), ParallelLayout(cp=2)
+PP2 = ParallelLayout(pp=2, first_stage_layers=1)
+TP2_CP2_SP = ParallelLayout(tp=2, cp=2, sp=True)
+# name -> (layout, extra config fields, batch, loss mask or None)
 LAYOUTS = {
     "tp2": (TP2, {}, "packed", None),
-    "tp2_sp": (TP2, SP, "packed", None),
+    "tp2_sp": (TP2_SP, {}, "packed", None),
     # activation recomputation in both towers: segments travel through megatron's checkpointing
-    "tp2_sp_recompute": (TP2, dict(SP, recompute_granularity="full"), "packed", None),
-    "pp2": (PP2, PP_SPLIT, "packed", None),
+    "tp2_sp_recompute": (TP2_SP, dict(recompute="full"), "packed", None),
+    "pp2": (PP2, {}, "packed", None),
     "cp2": (CP2, {}, "packed", None),
     # rank 0 encodes the only image but holds none of its tokens; rank 1 encodes nothing
     "cp2_one_image": (CP2, {}, "one_image", None),
-    "tp2_sp_masked": (TP2, SP, "packed", "answers"),
-    "pp2_masked": (PP2, PP_SPLIT, "packed", "answers"),
+    "tp2_sp_masked": (TP2_SP, {}, "packed", "answers"),
+    "pp2_masked": (PP2, {}, "packed", "answers"),
     "cp2_masked": (CP2, {}, "packed", "answers"),
     # 4 processes (not in the default 2-process run): --layouts tp2_cp2_sp tp2_cp2_sp_masked
-    "tp2_cp2_sp": (dict(TP2, **CP2), SP, "packed", None),
+    "tp2_cp2_sp": (TP2_CP2_SP, {}, "packed", None),
     # no masked token on CP rank 0: its TP pair runs the output layer on 0 rows
-    "tp2_cp2_sp_masked": (dict(TP2, **CP2), SP, "packed", "one_rank"),
+    "tp2_cp2_sp_masked": (TP2_CP2_SP, {}, "packed", "one_rank"),
 }
 
 
-def config(sizes=None, **extra):
+def config(layout=None, **extra):
     hf = tiny_qwen25vl_config(num_layers=3).to_dict()
-    return qwen25vl_config_from_hf(hf, **(sizes or {}), **extra)
+    return qwen25vl_config_from_hf(hf, layout=layout, **extra)
 
 
 def batch(name: str = "packed"):
@@ -139,10 +139,10 @@ def reference(out: Path, cases) -> dict:
     return ref
 
 
-def run_tp(name, sizes, extra, out, ref, mask_name):
+def run_tp(name, layout, extra, out, ref, mask_name):
     ref_logits, ref_loss, ref_grads = ref
-    runtime.initialize_distributed(seed=1, **sizes)
-    model = Qwen25VLModel(config(sizes, **extra))
+    runtime.initialize_distributed(layout, seed=1)
+    model = Qwen25VLModel(config(layout, **extra))
     load(model, out / "weights")
     inputs, labels = batch()
     with torch.no_grad():
@@ -157,11 +157,11 @@ def run_tp(name, sizes, extra, out, ref, mask_name):
                 grads=grad_diff, worst_grad=worst)
 
 
-def run_pp(name, sizes, extra, out, ref, mask_name):
+def run_pp(name, layout, extra, out, ref, mask_name):
     _, ref_loss, ref_grads = ref
-    runtime.initialize_distributed(seed=1, **sizes)
+    runtime.initialize_distributed(layout, seed=1)
     first, last = ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage()
-    model = Qwen25VLModel(config(sizes, **extra), pre_process=first, post_process=last)
+    model = Qwen25VLModel(config(layout, **extra), pre_process=first, post_process=last)
     load(model, out / "weights")
     inputs, labels = batch()
 
@@ -182,10 +182,10 @@ def run_pp(name, sizes, extra, out, ref, mask_name):
     return result
 
 
-def run_cp(name, sizes, extra, out, ref, batch_name, mask_name):
+def run_cp(name, layout, extra, out, ref, batch_name, mask_name):
     ref_logits, ref_loss, ref_grads = ref
-    runtime.initialize_distributed(seed=1, **sizes)
-    model = Qwen25VLModel(config(sizes, **extra))
+    runtime.initialize_distributed(layout, seed=1)
+    model = Qwen25VLModel(config(layout, **extra))
     load(model, out / "weights")
     rank, size = ps.get_context_parallel_rank(), ps.get_context_parallel_world_size()
     inputs, labels = batch(batch_name)
@@ -212,21 +212,21 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--layouts", nargs="+", help="default: every layout of at most 2 processes",
-                        default=[n for n, (sizes, *_) in LAYOUTS.items() if math.prod(sizes.values()) <= 2])
+                        default=[n for n, (layout, *_) in LAYOUTS.items() if layout.model_parallel_size <= 2])
     args = parser.parse_args()
     runtime.initialize_distributed(seed=1)
     ref = reference(args.out, sorted({tuple(LAYOUTS[n][2:]) for n in args.layouts}, key=str))
     results = {}
     for name in args.layouts:
-        sizes, extra, batch_name, mask_name = LAYOUTS[name]
+        layout, extra, batch_name, mask_name = LAYOUTS[name]
         case = ref[batch_name, mask_name]
         try:
-            if "context_parallel_size" in sizes:
-                results[name] = run_cp(name, sizes, extra, args.out, case, batch_name, mask_name)
-            elif "pipeline_model_parallel_size" in sizes:
-                results[name] = run_pp(name, sizes, extra, args.out, case, mask_name)
+            if layout.cp > 1:
+                results[name] = run_cp(name, layout, extra, args.out, case, batch_name, mask_name)
+            elif layout.pp > 1:
+                results[name] = run_pp(name, layout, extra, args.out, case, mask_name)
             else:
-                results[name] = run_tp(name, sizes, extra, args.out, case, mask_name)
+                results[name] = run_tp(name, layout, extra, args.out, case, mask_name)
         except Exception:
             results[name] = {"error": traceback.format_exc()}
     rank = torch.distributed.get_rank()

@@ -8,28 +8,9 @@ returns the parsed JSON object ``{"question", "answer", "evidence", "evidence_pa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from preprocess.synth.generators.base import Generator, QARequest
 
-from preprocess.synth.segments import Segment
-
-
-@dataclass(frozen=True)
-class QARequest:
-    task: str
-    doc: dict  # the pool's manifest entry
-    segment: Segment
-    seed: int
-
-
-class Generator(Protocol):
-    def info(self, task: str) -> dict:
-        """``{"name", "model", "prompt_version"}`` recorded in each instance."""
-
-    def generate(self, pool, request: QARequest) -> dict: ...
-
-    def stats(self) -> dict:
-        """Request counters for the run's summary (empty when there are none)."""
+__all__ = ["Generator", "QARequest", "make_generator"]
 
 
 def make_generator(config) -> Generator:

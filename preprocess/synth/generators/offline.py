@@ -18,7 +18,7 @@ import random
 import re
 from collections import Counter
 
-from preprocess.synth.generators import QARequest
+from preprocess.synth.generators.base import QARequest
 from preprocess.synth.layout import HEADING_LABELS, clean, content_blocks, format_pages, section_at
 from preprocess.synth.validate import Rejected
 

@@ -11,7 +11,7 @@ import json
 import os
 import re
 
-from preprocess.synth.generators import QARequest
+from preprocess.synth.generators.base import QARequest
 from preprocess.synth.generators.cache import ResponseCache
 from preprocess.synth.generators.chat_client import ChatClient, RequestFailed
 from preprocess.synth.prompts import PROMPT_VERSION, prompt_version, render_prompt

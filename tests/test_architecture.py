@@ -1,0 +1,118 @@
+"""The import graph: dependencies point one way (front door -> stages -> core) and nothing imports in a circle.
+
+Every ``import`` of every module counts, including the lazy ones inside functions. The packages and
+the directions they may import in are listed in ``ALLOWED`` (docs/architecture.md draws them).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("longvlm", "launch", "evaluation", "training", "checkpoint_tools", "preprocess", "megatron_vlm")
+CORE = "megatron_vlm"
+
+# component -> the components it may import (besides itself); order = top to bottom
+ALLOWED = {
+    "longvlm": {"launch", "evaluation", "training", "checkpoint_tools", "preprocess.dataset", "preprocess.synth",
+                "preprocess.pool", CORE},
+    "launch": {"evaluation", "training", "checkpoint_tools", "preprocess.dataset", "preprocess.synth",
+               "preprocess.pool", CORE},
+    "evaluation": {"training", "checkpoint_tools", "preprocess.dataset", "preprocess.synth", "preprocess.pool", CORE},
+    "training": {"checkpoint_tools", CORE},
+    "checkpoint_tools": {CORE},
+    "preprocess.dataset": {CORE},
+    "preprocess.synth": {CORE},
+    "preprocess.pool": {CORE},
+    CORE: set(),
+}
+
+
+def component(module: str) -> str:
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "preprocess" and len(parts) > 1 else parts[0]
+
+
+def project_modules() -> dict[str, Path]:
+    modules = {}
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            rel = path.relative_to(REPO).with_suffix("")
+            name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+            modules[name] = path
+    return modules
+
+
+def imports_of(path: Path, module: str, modules: dict[str, Path]) -> set[str]:
+    """Project modules that ``module`` imports (the longest known prefix of each imported name)."""
+    found = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            names = [f"{base}.{a.name}" for a in node.names] + [base]
+        for name in names:
+            parts = name.split(".")
+            for i in range(len(parts), 0, -1):
+                if ".".join(parts[:i]) in modules:
+                    target = ".".join(parts[:i])
+                    if target != module:
+                        found.add(target)
+                    break
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    return {m: imports_of(p, m, modules) for m, p in modules.items()}
+
+
+def test_components_import_downward_only():
+    wrong = sorted(f"{m} -> {t}" for m, targets in graph().items() for t in targets
+                   if component(t) != component(m) and component(t) not in ALLOWED[component(m)])
+    assert not wrong, "imports against the allowed directions:\n" + "\n".join(wrong)
+
+
+def test_no_import_cycles():
+    edges = graph()
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            scc = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                scc.append(w)
+                if w == v:
+                    break
+            if len(scc) > 1:
+                cycles.append(sorted(scc))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_the_check_sees_imports():
+    """The graph is not trivially empty: known arrows are found, lazy ones included."""
+    edges = graph()
+    assert "megatron_vlm.formats.pool" in edges["megatron_vlm.data.dataset"]
+    assert "preprocess.pool.run" in edges["longvlm.api"]  # imported inside a function
+    assert component("preprocess.pool.build") == "preprocess.pool"

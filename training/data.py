@@ -1,0 +1,101 @@
+"""The run's data: the built datasets checked against the model, and this rank's micro-batch loaders.
+
+Every rank iterates its own loader (all pipeline stages need a micro-batch's lengths, positions and
+segment boundaries); ranks of one data-parallel group read the same rows. Pages are decoded only on
+the first pipeline stage, each rank a 1/(TP x CP) share (``megatron_vlm.data.image_share``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from megatron.core import parallel_state as ps
+
+from megatron_vlm.data.image_share import ImageShare
+from megatron_vlm.data.loader import build_data_loader
+from megatron_vlm.formats.dataset import DatasetFormatError, read_meta
+from megatron_vlm.models.hf_config import Qwen25VLArch
+from megatron_vlm.parallel import ParallelLayout
+from training.config import RecipeError, TrainConfig
+
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """What the datasets imply for the run: the longest row, the steps and rows per step."""
+
+    seq_length: int
+    steps: int
+    global_batch_size: int
+
+    @property
+    def total_samples(self) -> int:
+        return self.steps * self.global_batch_size
+
+
+def _tokenizer_hashes(directory: str | None) -> dict[str, str]:
+    from megatron_vlm.utils.hashing import sha256_file
+
+    if not directory or not Path(directory).is_dir():
+        return {}
+    return {n: sha256_file(Path(directory) / n) for n in TOKENIZER_FILES if (Path(directory) / n).is_file()}
+
+
+def plan_data(config: TrainConfig, arch: Qwen25VLArch, model_max_length: int, tokenizer_dir: str | None) -> DataPlan:
+    """Check the datasets against the model and the layout (before any work); the run's plan."""
+    metas = {}
+    for key, prefix in [(f"data.train[{i}].prefix", s.prefix) for i, s in enumerate(config.data.train)] + \
+            ([("data.valid", config.data.valid)] if config.data.valid else []):
+        try:
+            metas[key] = read_meta(prefix)
+        except DatasetFormatError as err:
+            raise RecipeError(f"{key}: {err}") from None
+    model_tokens = _tokenizer_hashes(tokenizer_dir)
+    longest = 0
+    for key, meta in metas.items():
+        built = meta["inputs"]["tokenizer"]["sha256"]
+        differ = sorted(n for n in set(built) & set(model_tokens) if built[n] != model_tokens[n])
+        if differ:
+            raise RecipeError(f"{key}: the dataset was built with another tokenizer than the model's "
+                              f"({', '.join(differ)} differ from {tokenizer_dir}); rebuild it with "
+                              f"'longvlm build --tokenizer {tokenizer_dir}'")
+        longest = max(longest, int(meta["config"]["max_seq_len"]))
+    layout: ParallelLayout = config.parallel
+    seq_length = config.train.seq_length or layout.pad_length(longest)
+    if longest > seq_length:
+        raise RecipeError(f"train.seq_length={seq_length:,} is shorter than the datasets' rows (up to {longest:,} "
+                          "tokens); raise it or leave it unset")
+    try:
+        layout.check_sequence_length(seq_length, model_max_length)
+    except Exception as err:
+        raise RecipeError(f"train.seq_length / data: {err}") from None
+    return DataPlan(seq_length, config.steps(seq_length), config.train.global_batch_size)
+
+
+def image_share(layout: ParallelLayout) -> ImageShare:
+    """This rank's share of page decoding (none off the first pipeline stage)."""
+    return ImageShare(decode=ps.is_pipeline_first_stage(ignore_virtual=True),
+                      cp_size=layout.cp, cp_rank=ps.get_context_parallel_rank(),
+                      tp_size=layout.tp, tp_rank=ps.get_tensor_model_parallel_rank())
+
+
+def train_loader(config: TrainConfig, plan: DataPlan, consumed_samples: int) -> torch.utils.data.DataLoader:
+    """This rank's micro-batches of the rest of the run (from ``consumed_samples`` rows on)."""
+    return build_data_loader(
+        [s.prefix for s in config.data.train], config.train.micro_batch_size,
+        weights=[s.weight for s in config.data.train], pad_multiple=config.parallel.sequence_multiple,
+        dp_rank=ps.get_data_parallel_rank(), dp_size=ps.get_data_parallel_world_size(), seed=config.train.seed,
+        consumed_samples=consumed_samples, total_samples=plan.total_samples, num_workers=config.data.num_workers,
+        prefetch_factor=config.data.prefetch, share=image_share(config.parallel), pool_dir=config.data.pool_dir)
+
+
+def valid_loader(config: TrainConfig) -> torch.utils.data.DataLoader:
+    """This rank's micro-batches of one validation pass (the same rows every time, in file order)."""
+    rows = config.logging.eval_batches * config.train.micro_batch_size * ps.get_data_parallel_world_size()
+    return build_data_loader(
+        config.data.valid, config.train.micro_batch_size, pad_multiple=config.parallel.sequence_multiple,
+        dp_rank=ps.get_data_parallel_rank(), dp_size=ps.get_data_parallel_world_size(), shuffle=False,
+        total_samples=rows, num_workers=0, share=image_share(config.parallel), pool_dir=config.data.pool_dir)

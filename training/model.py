@@ -1,0 +1,98 @@
+"""The model of a training run: this rank's chunk(s) of ``Qwen25VLModel``, frozen parts, Megatron DDP.
+
+Each pipeline rank builds its stage (one chunk, or ``vpp`` chunks for the interleaved schedule); the
+first stage also holds the vision tower. Parts that do not train are frozen before wrapping, so
+Megatron DDP leaves them out of its gradient buffers (no reduction) and the optimizer never sees
+them. The language model's ``TransformerConfig`` carries what Megatron-Core's schedules read:
+per-token loss normalisation, variable sequence lengths under PP, the DDP hooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from megatron.core import parallel_state as ps
+from megatron.core.distributed import (
+    DistributedDataParallel,
+    DistributedDataParallelConfig,
+    finalize_model_grads,
+)
+
+from megatron_vlm.models.config import Qwen25VLConfig, qwen25vl_config_from_hf
+from megatron_vlm.models.hf_config import Qwen25VLArch
+from megatron_vlm.models.qwen25vl import Qwen25VLModel
+from megatron_vlm.runtime import device
+from training.config import TrainConfig
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
+
+
+@dataclass
+class ModelParts:
+    """This rank's model chunks (DDP-wrapped) and the config they were built from."""
+
+    chunks: list[DistributedDataParallel]
+    config: Qwen25VLConfig
+
+    @property
+    def first_stage(self) -> bool:
+        return ps.is_pipeline_first_stage(ignore_virtual=True)
+
+    @property
+    def last_stage(self) -> bool:
+        return ps.is_pipeline_last_stage(ignore_virtual=True)
+
+    def unwrapped(self) -> list[Qwen25VLModel]:
+        return [chunk.module for chunk in self.chunks]
+
+
+def model_config(config: TrainConfig, arch: Qwen25VLArch) -> Qwen25VLConfig:
+    """The Megatron configs of the run's model (shapes from ``arch``, split from ``config.parallel``)."""
+    extra = {}
+    if config.train.precision == "fp8":
+        extra.update(fp8="hybrid", fp8_recipe="delayed")
+    return qwen25vl_config_from_hf(
+        arch, layout=config.parallel, attention_backend=config.model.attention_backend,
+        params_dtype=DTYPES[config.train.precision], rope=config.model.rope, recompute=config.model.recompute,
+        calculate_per_token_loss=True, **extra)
+
+
+def _freeze(model: Qwen25VLModel, config: TrainConfig) -> None:
+    parts = {"language_model": config.model.train_language}
+    if model.vision_model is not None:
+        parts.update({"vision_model.merger": config.model.train_merger,
+                      "vision_model.patch_embed": config.model.train_vision,
+                      "vision_model.decoder": config.model.train_vision})
+    for name, param in model.named_parameters():
+        part = next(p for p in parts if name.startswith(p + ".") or name == p)
+        param.requires_grad_(parts[part])
+
+
+def build_model(config: TrainConfig, arch: Qwen25VLArch) -> ModelParts:
+    """Build, freeze and wrap this rank's chunks; set the schedule hooks on the language config."""
+    cfg = model_config(config, arch)
+    vpp = config.parallel.vpp
+    chunks = []
+    for vp_stage in range(vpp) if vpp else [None]:
+        first = ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+        last = ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+        model = Qwen25VLModel(cfg, pre_process=first, post_process=last, vp_stage=vp_stage).to(device())
+        _freeze(model, config)
+        chunks.append(model)
+    gpu = torch.cuda.is_available()
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True, overlap_grad_reduce=gpu,
+        use_distributed_optimizer=gpu and config.optimizer.distributed_optimizer,
+        bucket_size=None if gpu else 10**12)
+    wrapped = [DistributedDataParallel(cfg.language, ddp_config, model,
+                                       disable_bucketing=(i > 0)) for i, model in enumerate(chunks)]
+    lang = cfg.language
+    lang.no_sync_func = [w.no_sync for w in wrapped] if len(wrapped) > 1 else wrapped[0].no_sync
+    lang.finalize_model_grads_func = finalize_model_grads
+    return ModelParts(wrapped, cfg)
+
+
+def trainable_parameters(parts: ModelParts) -> int:
+    """Parameters of this rank that the optimizer updates."""
+    return sum(p.numel() for chunk in parts.chunks for p in chunk.module.parameters() if p.requires_grad)

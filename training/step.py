@@ -1,0 +1,143 @@
+"""One training step on Megatron-Core's pipeline schedules (and the forward-only pass of validation).
+
+``forward_step`` follows Megatron-LM's contract: it returns the model's per-token loss and a
+``loss_func`` giving ``(loss_sum, answer_tokens, {"lm loss": [sum, tokens]})``; with
+``calculate_per_token_loss`` the schedule and ``finalize_model_grads`` divide the gradients by the
+answer tokens of the whole global batch (all micro-batches, data- and context-parallel ranks), so
+the loss is the mean over answer tokens of the global batch, not a mean of micro-batch means.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+from megatron.core import parallel_state as ps
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from megatron_vlm.data.image_share import ImageShare, gather_pixels
+from megatron_vlm.models.context_parallel import cp_slice
+from megatron_vlm.runtime import device
+
+_MODEL_INPUTS = ("input_ids", "position_ids", "cu_seqlens", "labels", "loss_mask")
+
+
+def prepare_batch(batch: dict, share: ImageShare, pixel_dtype: torch.dtype = torch.float32) -> dict:
+    """A loader micro-batch on this rank's device, with the pixels of this CP rank's images gathered
+    from its TP ranks (first stage), or no pixels at all (a text-only micro-batch, later stages)."""
+    dev = device()
+    out = {k: batch[k].to(dev, non_blocking=True) for k in _MODEL_INPUTS}
+    grids = batch["image_grid_thw"]
+    out["image_grid_thw"] = grids if len(grids) else None
+    out["pixel_values"] = None
+    if share.decode and len(grids):
+        patches = grids.prod(1).tolist()
+        pixels = batch["pixel_values"].to(dev, dtype=pixel_dtype, non_blocking=True)  # the patch embedding's dtype
+        out["pixel_values"] = gather_pixels(pixels, patches, share, ps.get_tensor_model_parallel_group())
+    out["real_tokens"] = int(batch["real_tokens"])
+    out["computed_tokens"] = batch["input_ids"].numel()
+    out["image_grid_thw_all"] = grids
+    return out
+
+
+def loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
+    """Megatron's per-token-loss contract: the sum over this rank's answer tokens and their count."""
+    mask = loss_mask.float()
+    total = (per_token_loss.float() * mask).sum()
+    tokens = mask.sum().to(torch.int)
+    return total, tokens, {"lm loss": torch.stack([total.detach().clone(), tokens.detach().float()])}
+
+
+def forward_step(data_iterator: Iterator[dict], model):
+    """One micro-batch through this rank's model chunk (the schedule calls it per micro-batch)."""
+    batch = next(data_iterator)
+    per_token = model(batch["input_ids"], position_ids=batch["position_ids"], pixel_values=batch["pixel_values"],
+                      image_grid_thw=batch["image_grid_thw"], cu_seqlens=batch["cu_seqlens"],
+                      labels=batch["labels"], loss_mask=batch["loss_mask"])
+    cp = ps.get_context_parallel_world_size()
+    local_mask = cp_slice(batch["loss_mask"], 1, cp, ps.get_context_parallel_rank() if cp > 1 else 0)
+    return per_token, partial(loss_func, local_mask)
+
+
+@dataclass
+class StepResult:
+    """What one global batch did (identical on every rank)."""
+
+    loss: float
+    answer_tokens: int
+    real_tokens: int  # tokens of the packs, all data-parallel ranks
+    computed_tokens: int  # tokens the model ran on (padding included)
+    data_wait: float  # seconds this rank waited for its loader
+    image_grids: list = field(default_factory=list)  # this rank's micro-batches' image grids (FLOP count)
+    lengths: list = field(default_factory=list)  # this rank's micro-batches' segment lengths (FLOP count)
+
+
+class _MicroBatches:
+    """The micro-batches of one global batch, read from the loader when the schedule first asks for
+    one (and timed), shared by this rank's model chunks (each chunk walks all of them), dropped once
+    every chunk has had it."""
+
+    def __init__(self, loader_iter: Iterator[dict], count: int, share: ImageShare, chunks: int, dtype):
+        self.loader_iter, self.count, self.share, self.chunks, self.dtype = loader_iter, count, share, chunks, dtype
+        self.loaded: dict[int, dict] = {}
+        self.uses: dict[int, int] = {}
+        self.wait = 0.0
+        self.real_tokens = self.computed_tokens = 0
+        self.grids, self.lengths = [], []
+
+    def _get(self, k: int) -> dict:
+        if k not in self.loaded:
+            start = time.perf_counter()
+            batch = prepare_batch(next(self.loader_iter), self.share, self.dtype)
+            self.wait += time.perf_counter() - start
+            self.real_tokens += batch["real_tokens"]
+            self.computed_tokens += batch["computed_tokens"]
+            self.grids.append(batch["image_grid_thw_all"])
+            self.lengths.append(torch.diff(batch["cu_seqlens"].cpu()).tolist())
+            self.loaded[k], self.uses[k] = batch, 0
+        batch = self.loaded[k]
+        self.uses[k] += 1
+        if self.uses[k] == self.chunks:
+            del self.loaded[k]
+        return batch
+
+    def iterator(self) -> Iterator[dict]:
+        return (self._get(k) for k in range(self.count))
+
+
+def _reduce_loss(losses: list[dict]) -> tuple[float, int]:
+    """The global batch's mean loss over answer tokens, known on every rank."""
+    stats = torch.zeros(2, dtype=torch.float64, device=device())
+    if ps.is_pipeline_last_stage(ignore_virtual=True):
+        for item in losses:
+            stats += item["lm loss"].to(stats)
+        torch.distributed.all_reduce(stats, group=ps.get_data_parallel_group(with_context_parallel=True))
+    torch.distributed.all_reduce(stats, group=ps.get_pipeline_model_parallel_group())  # only the last stage is nonzero
+    total, tokens = stats.tolist()
+    return (total / tokens if tokens else float("nan")), int(tokens)
+
+
+def _sum_over_dp(value: int) -> int:
+    t = torch.tensor([value], dtype=torch.float64, device=device())
+    torch.distributed.all_reduce(t, group=ps.get_data_parallel_group())
+    return int(t.item())
+
+
+def run_schedule(chunks, loader_iter, num_microbatches: int, share: ImageShare, seq_length: int,
+                 micro_batch_size: int, forward_only: bool) -> tuple[StepResult, list]:
+    """Forward (and backward) of one global batch through Megatron-Core's schedule; no optimizer step."""
+    dtype = chunks[0].module.model_config.language.params_dtype
+    batches = _MicroBatches(loader_iter, num_microbatches, share, len(chunks), dtype)
+    iters = [batches.iterator() for _ in chunks]
+    losses = get_forward_backward_func()(
+        forward_step_func=forward_step, data_iterator=iters if len(chunks) > 1 else iters[0],
+        model=chunks if len(chunks) > 1 else chunks[0], num_microbatches=num_microbatches,
+        seq_length=seq_length, micro_batch_size=micro_batch_size, forward_only=forward_only)
+    loss, tokens = _reduce_loss(losses)
+    result = StepResult(loss=loss, answer_tokens=tokens, real_tokens=_sum_over_dp(batches.real_tokens),
+                        computed_tokens=_sum_over_dp(batches.computed_tokens), data_wait=batches.wait,
+                        image_grids=batches.grids, lengths=batches.lengths)
+    return result, losses

@@ -1,0 +1,218 @@
+"""``Trainer``: wires the components (model, optimizer and schedule, data, checkpoints, metrics, guard,
+preemption) into a run, started by torchrun, srun or a plain ``python`` for one process.
+
+Everything that can be checked is checked before any work (:func:`preflight`); then the run
+directory is written, the process groups start, the model is built and either resumed from the run's
+latest checkpoint or loaded from its starting point, and the loop runs to the step budget.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from megatron_vlm import runtime
+from megatron_vlm.formats.checkpoint import load_into_model
+from megatron_vlm.utils.transformer_engine import transformer_engine_error
+from training.checkpoint import Checkpointer, TrainState
+from training.config import RecipeError, TrainConfig, to_yaml
+from training.data import DataPlan, image_share, plan_data, train_loader, valid_loader
+from training.guard import LossGuard, TrainingStopped
+from training.metrics import MetricsLogger, warn
+from training.model import ModelParts, build_model
+from training.optimizer import build_optimizer, build_scheduler
+from training.run_dir import StartPoint, check_run_dir, convert_start, start_point, write_config
+from training.signals import REQUEUE_EXIT, PreemptionHandler
+from training.step import run_schedule
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the checks found: the starting point, the data plan, the data-parallel size, a resume."""
+
+    start: StartPoint
+    plan: DataPlan
+    dp: int
+    resume: bool
+
+
+def preflight(config: TrainConfig, run_dir: Path, world_size: int) -> Preflight:
+    """Every check that needs no process group and writes nothing; a ``RecipeError`` naming the key."""
+    config.check()
+    layout = config.parallel
+    try:
+        dp = layout.data_parallel_size(world_size)
+    except Exception as err:
+        raise RecipeError(f"parallel: {err}") from None
+    step_rows = config.train.micro_batch_size * dp
+    if config.train.global_batch_size % step_rows:
+        raise RecipeError(f"train.global_batch_size {config.train.global_batch_size} is not a multiple of "
+                          f"micro_batch_size x data-parallel size = {config.train.micro_batch_size} x {dp}")
+    gpu = torch.cuda.is_available()
+    if config.train.precision != "fp32" and not gpu:
+        raise RecipeError(f"train.precision={config.train.precision} needs a GPU (Megatron's mixed-precision "
+                          "optimizers take CUDA tensors); use train.precision=fp32 on this machine")
+    if config.train.precision == "fp8" or config.model.attention_backend == "te":
+        problem = transformer_engine_error()
+        if problem:
+            key = "train.precision=fp8" if config.train.precision == "fp8" else "model.attention_backend=te"
+            raise RecipeError(f"{key} needs Transformer Engine ({problem}); install it with "
+                              "`pip install -e .[gpu]` or use attention_backend=torch and precision bf16")
+    start = start_point(config)
+    arch = start.arch
+    try:
+        layout.check_model(arch.num_layers, arch.num_heads, arch.num_query_groups, arch.vision_heads)
+        model_max = config.model.rope.target_length or arch.max_position_embeddings
+        config.model.rope.resolve(arch.rope_theta, arch.head_dim)
+    except RecipeError:
+        raise
+    except Exception as err:
+        raise RecipeError(f"parallel / model: {err}") from None
+    plan = plan_data(config, arch, model_max, start.tokenizer_dir)
+    resume = check_run_dir(run_dir, config)
+    return Preflight(start, plan, dp, resume)
+
+
+class Trainer:
+    """One training run in ``run_dir`` (call :meth:`run` on every rank)."""
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path):
+        self.config, self.run_dir = config, Path(run_dir)
+        env = runtime.read_dist_env()
+        self.checked = preflight(config, self.run_dir, env.world_size)
+        self.rank0 = env.rank == 0
+
+    def run(self) -> int:
+        """Train to the step budget; the exit code (0, or ``REQUEUE_EXIT`` after a preemption signal)."""
+        config, run_dir, checked = self.config, self.run_dir, self.checked
+        if self.rank0:
+            write_config(run_dir, config)
+            convert_start(checked.start, run_dir)
+        runtime.initialize_distributed(config.parallel, seed=config.train.seed)
+        torch.distributed.barrier()  # the run directory and init/ exist for everyone
+        parts = build_model(config, checked.start.arch)
+        optimizer = build_optimizer(config.optimizer, parts, config.train.precision)
+        plan = checked.plan
+        scheduler = build_scheduler(config.optimizer, optimizer, plan.steps)
+        checkpointer = Checkpointer(run_dir, parts, optimizer, scheduler, keep_last=config.checkpoint.keep_last,
+                                    async_save=config.checkpoint.async_save, source=checked.start.source)
+        layout_record = {"parallel": asdict(config.parallel), "world_size": torch.distributed.get_world_size()}
+        if checkpointer.latest() is not None:
+            state = checkpointer.load(layout_record)
+            self._say(f"resumed from {checkpointer.root} at step {state.iteration} "
+                      f"({state.consumed_samples:,} rows consumed)")
+        else:
+            for chunk in parts.unwrapped():
+                load_into_model(chunk, checked.start.megatron_dir(run_dir))
+            state = TrainState()
+        state.layout, state.config_yaml = layout_record, to_yaml(config)
+        try:
+            return self._loop(parts, optimizer, scheduler, checkpointer, state, plan)
+        finally:
+            checkpointer.finalize(blocking=True)
+
+    def _say(self, message: str) -> None:
+        if self.rank0:
+            print(message, flush=True)
+
+    def _loop(self, parts: ModelParts, optimizer, scheduler, checkpointer: Checkpointer, state: TrainState,
+              plan: DataPlan) -> int:
+        config = self.config
+        share = image_share(config.parallel)
+        num_micro = plan.global_batch_size // (config.train.micro_batch_size * self.checked.dp)
+        loader = train_loader(config, plan, state.consumed_samples)
+        batches = iter(loader)
+        metrics = MetricsLogger(self.run_dir, plan.steps, enabled=self.rank0, tensorboard=config.logging.tensorboard,
+                                log_interval=config.logging.log_interval, resume_from=state.iteration)
+        guard = LossGuard(config.guard, state.recent_losses)
+        signals = PreemptionHandler(config.checkpoint.exit_signals)
+        self._say(f"training {plan.steps} steps of {plan.global_batch_size} rows (<= {plan.seq_length:,} tokens), "
+                  f"from step {state.iteration}; run directory {self.run_dir}")
+        try:
+            for step in range(state.iteration + 1, plan.steps + 1):
+                start = time.perf_counter()
+                for chunk in parts.chunks:
+                    chunk.zero_grad_buffer()
+                optimizer.zero_grad()
+                result, _ = run_schedule(parts.chunks, batches, num_micro, share, plan.seq_length,
+                                         config.train.micro_batch_size, forward_only=False)
+                verdict = guard.judge(result.loss)
+                note = None
+                if verdict is not None:
+                    action, what = verdict
+                    note = f"step {step}: {what}; samples: {self._samples(loader, state)}"
+                    if action == "stop":
+                        raise TrainingStopped(f"{note} (guard: stop; set guard.on_nan/on_spike=skip to skip such steps)")
+                    warn(note + (" (update skipped)" if action == "skip" else ""))
+                grad_norm, lr = None, optimizer.param_groups[0]["lr"]
+                if verdict is None or verdict[0] == "warn":
+                    updated, grad_norm, _ = optimizer.step()
+                    if updated:
+                        scheduler.step(increment=1)
+                    if verdict is None:
+                        guard.accept(result.loss)
+                state.iteration, state.consumed_samples = step, state.consumed_samples + plan.global_batch_size
+                state.recent_losses = guard.recent
+                step_time = time.perf_counter() - start
+                metrics.step({
+                    "step": step, "loss": result.loss, "lr": lr,
+                    "grad_norm": grad_norm, "tokens": result.real_tokens, "answer_tokens": result.answer_tokens,
+                    "computed_tokens": result.computed_tokens, "padding_ratio": result.computed_tokens / max(1, result.real_tokens),
+                    "step_time": step_time, "tokens_per_s": result.real_tokens / step_time,
+                    "data_wait": result.data_wait, "consumed_samples": state.consumed_samples,
+                    **({"note": "skipped" if verdict[0] == "skip" else "warned"} if verdict else {})})
+                if config.logging.eval_interval and step % config.logging.eval_interval == 0:
+                    metrics.valid(step, self._validate(parts, share, plan))
+                preempted = signals.agreed()
+                if preempted or step == plan.steps or (config.checkpoint.save_interval
+                                                       and step % config.checkpoint.save_interval == 0):
+                    checkpointer.save(state)
+                checkpointer.finalize()
+                if preempted:
+                    checkpointer.finalize(blocking=True)
+                    self._say(f"{signals.received or 'a signal'}: saved step {step}; exiting with {REQUEUE_EXIT} "
+                              "to be requeued (rerun the same command to resume)")
+                    return REQUEUE_EXIT
+        finally:
+            signals.close()
+            metrics.close()
+        return 0
+
+    def _validate(self, parts: ModelParts, share, plan: DataPlan) -> dict:
+        """Mean loss over the answer tokens of ``eval_batches`` validation micro-batches per data-parallel rank."""
+        config = self.config
+        for chunk in parts.chunks:
+            chunk.eval()
+        try:
+            with torch.no_grad():
+                result, _ = run_schedule(parts.chunks, iter(valid_loader(config)), config.logging.eval_batches, share,
+                                         plan.seq_length, config.train.micro_batch_size, forward_only=True)
+        finally:
+            for chunk in parts.chunks:
+                chunk.train()
+        return {"loss": result.loss, "answer_tokens": result.answer_tokens}
+
+    def _samples(self, loader, state: TrainState) -> str:
+        """The task instances of the current global batch, as ``tasks-file:line`` (known to every rank)."""
+        items = loader.dataset
+        start = state.consumed_samples
+        out = []
+        for position in range(start, start + self.checked.plan.global_batch_size):
+            d, pack = items.stream(position)
+            dataset = items.datasets[d]
+            files = dataset.meta["config"]["tasks"]
+            for record in dataset.read_pack(pack)["samples"]:
+                out.append(f"{Path(files[int(record[1])]).name}:{int(record[2])}")
+        return ", ".join(out[:20]) + (f" ... ({len(out)} samples)" if len(out) > 20 else "")
+
+
+def train(config: TrainConfig, run_dir: str | Path) -> int:
+    """``longvlm train``: run (or resume) ``config`` in ``run_dir`` on this process's rank."""
+    trainer = Trainer(config, run_dir)
+    try:
+        return trainer.run()
+    finally:
+        runtime.destroy()
