@@ -14,6 +14,7 @@ not counted, as in Megatron's and PaLM's MFU). What is specific to this model an
 
 Backward is twice the forward (input and weight gradients) except for the patch embedding, whose
 input (the pixels) needs no gradient. Activation recomputation is not model work and not counted.
+Shapes come from :class:`~megatron_vlm.models.hf_config.Qwen25VLArch` (both towers' MLPs are SwiGLU).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 
-from megatron_vlm.models.config import Qwen25VLConfig
+from megatron_vlm.models.hf_config import Qwen25VLArch
 
 
 @dataclass(frozen=True)
@@ -82,54 +83,52 @@ def window_pairs(grid: Sequence[int], *, merge: int, units_per_window: int) -> i
     return t * merge ** 4 * sum(r * r for r in rows) * sum(c * c for c in cols)
 
 
-def _linear_flops_per_token(hidden: int, q_size: int, kv_size: int, ffn: int, gated: bool) -> int:
-    qkv = 2 * hidden * (q_size + 2 * kv_size)
-    proj = 2 * q_size * hidden
-    mlp = 2 * hidden * ffn * (3 if gated else 2)
-    return qkv + proj + mlp
+def _linear_flops_per_token(hidden: int, q_size: int, kv_size: int, ffn: int) -> int:
+    """QKV, output projection and the SwiGLU MLP (gate, up, down) of one layer, per token."""
+    return 2 * hidden * (q_size + 2 * kv_size) + 2 * q_size * hidden + 3 * 2 * hidden * ffn
 
 
-def language_flops(config: Qwen25VLConfig, segments: Sequence[int], answer_tokens: int | None = None) -> FlopParts:
+def patch_dim(arch: Qwen25VLArch) -> int:
+    """Values per patch: channels x frames x patch x patch (1,176)."""
+    return arch.in_channels * arch.temporal_patch_size * arch.patch_size ** 2
+
+
+def language_flops(arch: Qwen25VLArch, segments: Sequence[int], answer_tokens: int | None = None) -> FlopParts:
     """Forward FLOPs of the language model over packed samples of lengths ``segments``."""
-    lm = config.language
     tokens = sum(segments)
-    q_size = lm.num_attention_heads * lm.kv_channels
-    kv_size = (lm.num_query_groups or lm.num_attention_heads) * lm.kv_channels
-    per_token = _linear_flops_per_token(lm.hidden_size, q_size, kv_size, lm.ffn_hidden_size, lm.gated_linear_unit)
+    q_size, kv_size = arch.num_heads * arch.head_dim, arch.num_query_groups * arch.head_dim
+    per_token = _linear_flops_per_token(arch.hidden_size, q_size, kv_size, arch.ffn_hidden_size)
     logit_tokens = tokens if answer_tokens is None else answer_tokens
     return FlopParts(
-        language_linear=float(lm.num_layers * tokens * per_token),
-        language_attention=float(lm.num_layers * 4 * q_size * causal_pairs(segments)),
-        output_layer=float(2 * lm.hidden_size * config.vocab_size * logit_tokens),
+        language_linear=float(arch.num_layers * tokens * per_token),
+        language_attention=float(arch.num_layers * 4 * q_size * causal_pairs(segments)),
+        output_layer=float(2 * arch.hidden_size * arch.vocab_size * logit_tokens),
     )
 
 
-def vision_flops(config: Qwen25VLConfig, image_grids: Iterable[Sequence[int]]) -> FlopParts:
+def vision_flops(arch: Qwen25VLArch, image_grids: Iterable[Sequence[int]]) -> FlopParts:
     """Forward FLOPs of the vision tower (patch embedding, layers, merger) over images ``(t, h, w)``."""
-    v = config.vision
     grids = [tuple(int(x) for x in g) for g in image_grids]
     if not grids:
         return FlopParts()
-    merge = v.spatial_merge_size
+    merge, hidden = arch.spatial_merge_size, arch.vision_hidden_size
     patches = sum(t * h * w for t, h, w in grids)
-    patch_dim = v.in_channels * v.temporal_patch_size * v.patch_size ** 2
-    q_size = v.num_attention_heads * v.kv_channels
-    per_patch = _linear_flops_per_token(v.hidden_size, q_size, q_size, v.ffn_hidden_size, v.gated_linear_unit)
-    width = v.hidden_size * merge ** 2
-    merger = 2 * width * width + 2 * width * v.out_hidden_size
-    full_layers = sum(1 for i in range(v.num_layers) if i in set(v.fullatt_block_indexes))
-    units = v.window_size // merge // v.patch_size
+    per_patch = _linear_flops_per_token(hidden, hidden, hidden, arch.vision_ffn_hidden_size)
+    width = hidden * merge ** 2
+    merger = 2 * width * width + 2 * width * arch.out_hidden_size
+    full_layers = len(set(arch.fullatt_block_indexes) & set(range(arch.vision_layers)))
+    units = arch.window_size // merge // arch.patch_size
     full_pairs = sum(t * (h * w) ** 2 for t, h, w in grids)
     windowed_pairs = sum(window_pairs(g, merge=merge, units_per_window=units) for g in grids)
-    pairs = full_layers * full_pairs + (v.num_layers - full_layers) * windowed_pairs
+    pairs = full_layers * full_pairs + (arch.vision_layers - full_layers) * windowed_pairs
     return FlopParts(
-        vision_linear=float(patches * (2 * patch_dim * v.hidden_size + v.num_layers * per_patch)
+        vision_linear=float(patches * (2 * patch_dim(arch) * hidden + arch.vision_layers * per_patch)
                             + patches // merge ** 2 * merger),
-        vision_attention=float(4 * q_size * pairs),
+        vision_attention=float(4 * hidden * pairs),
     )
 
 
-def model_flops(config: Qwen25VLConfig, segments: Sequence[int], image_grids: Iterable[Sequence[int]] = (),
+def model_flops(arch: Qwen25VLArch, segments: Sequence[int], image_grids: Iterable[Sequence[int]] = (),
                 answer_tokens: int | None = None) -> FlopCount:
     """FLOPs of one forward and backward pass of Qwen2.5-VL over a batch.
 
@@ -141,13 +140,12 @@ def model_flops(config: Qwen25VLConfig, segments: Sequence[int], image_grids: It
     if any(n < 0 for n in segments):
         raise ValueError(f"segment lengths must be >= 0, got {list(segments)}")
     grids = [tuple(int(x) for x in g) for g in image_grids]
-    forward = language_flops(config, segments, answer_tokens) + vision_flops(config, grids)
-    v = config.vision
+    forward = language_flops(arch, segments, answer_tokens) + vision_flops(arch, grids)
     patches = sum(t * h * w for t, h, w in grids)
-    patch_embed = 2 * v.in_channels * v.temporal_patch_size * v.patch_size ** 2 * v.hidden_size * patches
+    patch_embed = 2 * patch_dim(arch) * arch.vision_hidden_size * patches
     backward = forward.scale(2.0)
     return FlopCount(forward, replace(backward, vision_linear=backward.vision_linear - patch_embed))
 
 
-__all__ = ["FlopCount", "FlopParts", "causal_pairs", "language_flops", "model_flops", "vision_flops",
+__all__ = ["FlopCount", "FlopParts", "causal_pairs", "language_flops", "model_flops", "patch_dim", "vision_flops",
            "window_pairs"]

@@ -28,7 +28,7 @@ def test_hand_count_on_the_tiny_config(tiny):
     """Tiny: LM hidden 64, 4 heads x 16 (2 KV groups), SwiGLU 128, 2 layers, vocab 151,936; vision hidden
     32, 2 heads x 16, SwiGLU 64, 4 layers (1 and 3 full attention), windows of 4 x 4 merge units."""
     config, _ = tiny
-    count = model_flops(config, segments=[40, 24], image_grids=[(1, 8, 12)], answer_tokens=5)
+    count = model_flops(config.arch, segments=[40, 24], image_grids=[(1, 8, 12)], answer_tokens=5)
     f, b = count.forward, count.backward
     # per token per layer: QKV 2*64*(64+2*32) + proj 2*64*64 + MLP 3*2*64*128 = 73,728; 64 tokens, 2 layers
     assert f.language_linear == 73_728 * 64 * 2
@@ -45,7 +45,7 @@ def test_hand_count_on_the_tiny_config(tiny):
     assert b.vision_linear == 2 * f.vision_linear - 96 * 2 * 1176 * 32
     assert count.total == f.total + b.total
     # without a loss mask the output layer runs on every token
-    assert model_flops(config, [40, 24]).forward.output_layer == 2 * 64 * 151_936 * 64
+    assert model_flops(config.arch, [40, 24]).forward.output_layer == 2 * 64 * 151_936 * 64
 
 
 def test_window_pairs_match_the_models_window_layout():
@@ -70,7 +70,7 @@ def test_counts_equal_torch_flop_counter_on_the_model(tiny):
     mask = torch.zeros_like(labels)
     mask[0, [10, 11, 40, 41, 42]] = 1
     segments = [len(a[0]), len(b[0])]
-    ours = model_flops(config, segments, grids.tolist(), answer_tokens=5)
+    ours = model_flops(config.arch, segments, grids.tolist(), answer_tokens=5)
 
     counter = FlopCounterMode(display=False)
     with counter, sdpa_kernel(SDPBackend.MATH):
@@ -85,7 +85,7 @@ def test_counts_equal_torch_flop_counter_on_the_model(tiny):
     f, bw = ours.forward, ours.backward
     assert linear_fwd == f.language_linear + f.output_layer + f.vision_linear
     assert linear_bwd == bw.language_linear + bw.output_layer + bw.vision_linear
-    lm = config.language
-    square = 4 * lm.num_attention_heads * lm.kv_channels * lm.num_layers * sum(n * n for n in segments)
+    arch = config.arch
+    square = 4 * arch.num_heads * arch.head_dim * arch.num_layers * sum(n * n for n in segments)
     assert attention == 3 * (square + f.vision_attention)  # forward + backward (2x)
     assert f.language_attention == square * causal_pairs(segments) / sum(n * n for n in segments)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from distributed import read_rank_results, run_distributed
 
-from launch.tune.layout import RECOMPUTE_MODES, Layout
+from launch.tune.layout import Layout
 from launch.tune.memory import (
     Param,
     Setup,
@@ -25,7 +25,8 @@ from launch.tune.memory import (
     transient_bytes,
 )
 from launch.tune.workload import Row
-from megatron_vlm.models.config import qwen25vl_config_from_hf
+from megatron_vlm.models.config import RECOMPUTE_MODES, qwen25vl_config_from_hf
+from megatron_vlm.models.hf_config import Qwen25VLArch
 
 sys.path.insert(0, str(Path(__file__).parent / "workers"))
 from tune_model_states import LAYOUTS, MODELS, hf_config  # noqa: E402
@@ -38,8 +39,8 @@ def test_parameter_count_equals_transformers(name):
     from megatron_vlm.models.tiny import tiny_qwen25vl_config
 
     hf = Qwen2_5_VLForConditionalGeneration(tiny_qwen25vl_config(**MODELS[name][0]))
-    config = qwen25vl_config_from_hf(hf_config(name))
-    assert sum(p.numel for p in stage_parameters(config, Layout(), 0)) == sum(p.numel() for p in hf.parameters())
+    arch = Qwen25VLArch.from_hf(hf_config(name))
+    assert sum(p.numel for p in stage_parameters(arch, Layout.make(), 0)) == sum(p.numel() for p in hf.parameters())
 
 
 def test_grad_buffer_layout_by_hand():
@@ -62,15 +63,15 @@ def test_model_states_equal_what_megatron_allocates(tmp_path, name, bucket_size,
     Megatron's fp32 Adam state after a step, all equal the prediction."""
     args = ["--out", tmp_path, "--model", name, "--bucket-size", bucket_size] + (["--adam"] if adam else [])
     run_distributed("tests/workers/tune_model_states.py", 4, args, timeout=600)
-    config = qwen25vl_config_from_hf(hf_config(name))
+    arch = Qwen25VLArch.from_hf(hf_config(name))
     setup = Setup(precision="bf16", distributed_optimizer=True, overlap_grad_reduce=True, bucket_size=bucket_size)
     checked = 0
     for rank in read_rank_results(tmp_path, 4):
         for tp, pp in LAYOUTS:
             got = rank[f"tp{tp}_pp{pp}"]
-            layout = Layout(tp=tp, pp=pp, dp=got["dp_size"], first_stage_layers=MODELS[name][1] if pp > 1 else None)
-            states = model_states(config, layout, setup, got["stage"])
-            params = stage_parameters(config, layout, got["stage"])
+            layout = Layout.make(tp=tp, pp=pp, dp=got["dp_size"], first_stage_layers=MODELS[name][1] if pp > 1 else None)
+            states = model_states(arch, layout, setup, got["stage"])
+            params = stage_parameters(arch, layout, got["stage"])
             _, shards = grad_buffer_layout(params, dp=got["dp_size"], distributed_optimizer=True,
                                            bucket_size=setup.ddp_bucket_size(got["dp_size"], got["stage"]))
             assert states.parameters == got["parameters"], (tp, pp, got)
@@ -80,7 +81,7 @@ def test_model_states_equal_what_megatron_allocates(tmp_path, name, bucket_size,
             assert states.optimizer == 12 * max(shards)
             if adam:
                 fp32 = Setup(precision="fp32", distributed_optimizer=False)
-                assert model_states(config, layout, fp32, got["stage"]).optimizer == got["adam_state"]
+                assert model_states(arch, layout, fp32, got["stage"]).optimizer == got["adam_state"]
             checked += 1
     assert checked == 16
 
@@ -103,15 +104,12 @@ def test_activations_and_peak_of_a_cpu_step(runtime_single, recompute):
     from megatron_vlm.models.qwen25vl import Qwen25VLModel
     from megatron_vlm.models.tiny import tiny_qwen25vl_config
 
-    config = qwen25vl_config_from_hf(tiny_qwen25vl_config(num_layers=2).to_dict(),
-                                     recompute_granularity=None if recompute == "none" else recompute)
+    config = qwen25vl_config_from_hf(tiny_qwen25vl_config(num_layers=2).to_dict(), recompute=recompute)
     row = Row((140, 116), ((1, 8, 12), (1, 16, 8), (1, 8, 12)), 16)
-    batch = row_batch(row, image_token_id=config.image_token_id, vision_start_id=config.vision_start_token_id,
-                      vision_end_id=151653)
-    got = measure_step(Qwen25VLModel(config), batch, repeats=0)
+    got = measure_step(Qwen25VLModel(config), row_batch(row, config.arch), repeats=0)
     setup = Setup(precision="fp32", distributed_optimizer=False, overlap_grad_reduce=False)
-    layout = Layout(recompute=recompute)
-    acts = activations(config, layout, setup, row, 0)
+    layout = Layout.make(recompute=recompute)
+    acts = activations(config.arch, layout, setup, row, 0)
     kept = acts.total - acts.inputs
     assert kept == pytest.approx(got.saved, rel=0.01)
-    assert kept + transient_bytes(config, layout, setup, row, 0) == pytest.approx(got.peak, rel=0.05)
+    assert kept + transient_bytes(config.arch, layout, setup, row, 0) == pytest.approx(got.peak, rel=0.05)

@@ -21,7 +21,10 @@ from torch.utils._pytree import tree_flatten
 
 from launch.tune.workload import Row
 from megatron_vlm.data.vision import PATCH_DIM
+from megatron_vlm.models.hf_config import Qwen25VLArch
 from megatron_vlm.models.qwen25vl import Qwen25VLModel
+
+VISION_END = 151653  # <|vision_end|>
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class StepMeasurement:
     step_times: list[float]
 
 
-def row_batch(row: Row, *, image_token_id: int, vision_start_id: int, vision_end_id: int, seed: int = 0) -> dict:
+def row_batch(row: Row, arch: Qwen25VLArch, *, seed: int = 0) -> dict:
     """A micro-batch of one row shaped like ``row``: each sample is text, its share of the images
     (``<|vision_start|>``, the image pads, ``<|vision_end|>``) and text, with the sample's last
     ``answer_tokens / samples`` tokens under the loss mask; the last segment is padding if the row has one
@@ -46,7 +49,7 @@ def row_batch(row: Row, *, image_token_id: int, vision_start_id: int, vision_end
         body = []
         for i in images:
             t, h, w = row.image_grids[i]
-            body += [vision_start_id] + [image_token_id] * (t * h * w // 4) + [vision_end_id]
+            body += [arch.vision_start_token_id] + [arch.image_token_id] * (t * h * w // 4) + [VISION_END]
         text = n - len(body)
         if text < 0:
             raise ValueError(f"a sample of {n} tokens cannot hold {len(images)} of the row's images")

@@ -22,11 +22,11 @@ import numpy as np
 
 from launch.tune.layout import Layout
 from launch.tune.workload import Row
-from megatron_vlm.models.config import Qwen25VLConfig
+from megatron_vlm.flops import patch_dim
 from megatron_vlm.models.context_parallel import split_images_by_cost
+from megatron_vlm.models.hf_config import Qwen25VLArch
 
 GIB = 2 ** 30
-PRECISIONS = ("bf16", "fp8", "fp32")
 PIXEL_BYTES = 4  # the loader's pixel_values are float32
 
 
@@ -74,58 +74,53 @@ class Param:
 
 
 def _layer_params(prefix: str, hidden: int, q_size: int, kv_size: int, ffn: int, tp: int, *,
-                  linear_bias: bool, qkv_bias: bool, gated: bool) -> list[Param]:
-    """One transformer layer's local parameters, in Megatron's registration order (local spec)."""
+                  linear_bias: bool) -> list[Param]:
+    """One transformer layer's local parameters, in Megatron's registration order (local spec):
+    QKV always has a bias; the vision tower's other linears have one too, the language model's not."""
     qkv = (q_size + 2 * kv_size) // tp
-    fc1 = ffn * (2 if gated else 1) // tp
     out = [Param(f"{prefix}.input_layernorm.weight", hidden),
            Param(f"{prefix}.self_attention.linear_proj.weight", hidden * q_size // tp)]
     if linear_bias:
         out.append(Param(f"{prefix}.self_attention.linear_proj.bias", hidden))
-    out.append(Param(f"{prefix}.self_attention.linear_qkv.weight", qkv * hidden))
-    if qkv_bias:
-        out.append(Param(f"{prefix}.self_attention.linear_qkv.bias", qkv))
-    out += [Param(f"{prefix}.pre_mlp_layernorm.weight", hidden), Param(f"{prefix}.mlp.linear_fc1.weight", fc1 * hidden)]
+    out += [Param(f"{prefix}.self_attention.linear_qkv.weight", qkv * hidden),
+            Param(f"{prefix}.self_attention.linear_qkv.bias", qkv),
+            Param(f"{prefix}.pre_mlp_layernorm.weight", hidden),
+            Param(f"{prefix}.mlp.linear_fc1.weight", 2 * ffn // tp * hidden)]  # SwiGLU: gate and up
     if linear_bias:
-        out.append(Param(f"{prefix}.mlp.linear_fc1.bias", fc1))
+        out.append(Param(f"{prefix}.mlp.linear_fc1.bias", 2 * ffn // tp))
     out.append(Param(f"{prefix}.mlp.linear_fc2.weight", hidden * ffn // tp))
     if linear_bias:
         out.append(Param(f"{prefix}.mlp.linear_fc2.bias", hidden))
     return out
 
 
-def stage_parameters(config: Qwen25VLConfig, layout: Layout, stage: int) -> list[Param]:
+def stage_parameters(arch: Qwen25VLArch, layout: Layout, stage: int) -> list[Param]:
     """The parameters one GPU of pipeline ``stage`` holds (TP-local sizes), in registration order."""
-    lm, v, tp = config.language, config.vision, layout.tp
+    tp = layout.tp
     first, last = stage == 0, stage == layout.pp - 1
     params: list[Param] = []
     if first:
-        patch = v.in_channels * v.temporal_patch_size * v.patch_size ** 2
-        params.append(Param("vision_model.patch_embed.proj.weight", v.hidden_size * patch))
-        for i in range(v.num_layers):
-            params += _layer_params(f"vision_model.decoder.layers.{i}", v.hidden_size,
-                                    v.num_attention_heads * v.kv_channels, v.num_query_groups * v.kv_channels,
-                                    v.ffn_hidden_size, tp, linear_bias=True, qkv_bias=True,
-                                    gated=v.gated_linear_unit)
-        width = v.hidden_size * v.spatial_merge_size ** 2
-        params += [Param("vision_model.merger.layer_norm.weight", v.hidden_size),
+        hidden = arch.vision_hidden_size
+        params.append(Param("vision_model.patch_embed.proj.weight", hidden * patch_dim(arch)))
+        for i in range(arch.vision_layers):
+            params += _layer_params(f"vision_model.decoder.layers.{i}", hidden, hidden, hidden,
+                                    arch.vision_ffn_hidden_size, tp, linear_bias=True)
+        width = hidden * arch.spatial_merge_size ** 2
+        params += [Param("vision_model.merger.layer_norm.weight", hidden),
                    Param("vision_model.merger.linear_fc1.weight", width * width // tp),
                    Param("vision_model.merger.linear_fc1.bias", width // tp),
-                   Param("vision_model.merger.linear_fc2.weight", v.out_hidden_size * width // tp),
-                   Param("vision_model.merger.linear_fc2.bias", v.out_hidden_size)]
-    tied, single = config.tie_word_embeddings, layout.pp == 1
-    embedding = config.vocab_size // tp * lm.hidden_size
+                   Param("vision_model.merger.linear_fc2.weight", arch.out_hidden_size * width // tp),
+                   Param("vision_model.merger.linear_fc2.bias", arch.out_hidden_size)]
+    tied = arch.tie_word_embeddings
+    embedding = arch.vocab_size // tp * arch.hidden_size
     if first:
         params.append(Param("language_model.embedding.word_embeddings.weight", embedding, shared_embedding=tied))
-    groups = lm.num_query_groups or lm.num_attention_heads
-    for i in range(layout.stage_layers(lm.num_layers)[stage]):
-        params += _layer_params(f"language_model.decoder.layers.{i}", lm.hidden_size,
-                                lm.num_attention_heads * lm.kv_channels, groups * lm.kv_channels,
-                                lm.ffn_hidden_size, tp, linear_bias=lm.add_bias_linear,
-                                qkv_bias=lm.add_qkv_bias, gated=lm.gated_linear_unit)
+    for i in range(layout.stage_layers(arch.num_layers)[stage]):
+        params += _layer_params(f"language_model.decoder.layers.{i}", arch.hidden_size, arch.num_heads * arch.head_dim,
+                                arch.num_query_groups * arch.head_dim, arch.ffn_hidden_size, tp, linear_bias=False)
     if last:
-        params.append(Param("language_model.decoder.final_layernorm.weight", lm.hidden_size))
-        if not (tied and single):
+        params.append(Param("language_model.decoder.final_layernorm.weight", arch.hidden_size))
+        if not (tied and layout.pp == 1):  # tied with PP: the last stage keeps its own copy of the embedding
             params.append(Param("language_model.output_layer.weight", embedding, shared_embedding=tied))
     return params
 
@@ -188,9 +183,9 @@ class ModelStates:
         return self.weights + self.gradients + self.optimizer
 
 
-def model_states(config: Qwen25VLConfig, layout: Layout, setup: Setup, stage: int) -> ModelStates:
+def model_states(arch: Qwen25VLArch, layout: Layout, setup: Setup, stage: int) -> ModelStates:
     """Weights, gradient buffer and optimizer state of one GPU of ``stage`` (DP x CP shard the optimizer)."""
-    params = stage_parameters(config, layout, stage)
+    params = stage_parameters(arch, layout, stage)
     dp_cp = layout.dp * layout.cp
     buffer, shard = grad_buffer_layout(params, dp=dp_cp, distributed_optimizer=setup.distributed_optimizer,
                                        bucket_size=setup.ddp_bucket_size(dp_cp, stage))
@@ -266,56 +261,78 @@ class Activations:
         return sum(getattr(self, f.name) for f in fields(self))
 
 
-def activations(config: Qwen25VLConfig, layout: Layout, setup: Setup, row: Row, stage: int) -> Activations:
+def _language_layer(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, recompute: str) -> float:
+    """:func:`layer_activation_bytes` of one language layer for a micro-batch of rows like ``row``."""
+    tp, cp = layout.tp, layout.cp
+    seq = row.tokens * layout.micro_batch
+    local = seq / cp
+    return layer_activation_bytes(
+        hidden=arch.hidden_size, heads=arch.num_heads // tp, groups=arch.num_query_groups // tp,
+        head_dim=arch.head_dim, ffn=arch.ffn_hidden_size // tp, tokens=local, key_tokens=seq if cp > 1 else local,
+        norm_tokens=local / tp if layout.sp else local, runs=attention_runs(row.segments) * layout.micro_batch,
+        recompute=recompute, act=setup.act_bytes, backend=setup.attention_backend)
+
+
+def cp_image_share(arch: Qwen25VLArch, layout: Layout, row: Row) -> tuple[tuple[int, int, int], ...]:
+    """The images the busiest CP rank encodes (the model's own split by patch count)."""
+    grids = list(row.image_grids) * layout.micro_batch
+    costs = [t * h * w for t, h, w in grids]
+    a, e = max(split_images_by_cost(costs, layout.cp), key=lambda r: sum(costs[r[0]:r[1]]))
+    return tuple(grids[a:e])
+
+
+def _vision_layers(arch: Qwen25VLArch, layout: Layout, setup: Setup, mine, recompute: str) -> tuple[float, float]:
+    """Activation bytes of all vision layers, and of the biggest one, for the images ``mine``."""
+    tp = layout.tp
+    patches = sum(t * h * w for t, h, w in mine)
+    units = arch.window_size // arch.spatial_merge_size // arch.patch_size
+    frame_runs, window_runs = vision_runs(tuple(mine), arch.spatial_merge_size, units)
+    full = len(set(arch.fullatt_block_indexes) & set(range(arch.vision_layers)))
+    total = biggest = 0.0
+    for runs, count in ((frame_runs, full), (window_runs, arch.vision_layers - full)):
+        one = layer_activation_bytes(
+            hidden=arch.vision_hidden_size, heads=arch.vision_heads // tp, groups=arch.vision_heads // tp,
+            head_dim=arch.vision_head_dim, ffn=arch.vision_ffn_hidden_size // tp, tokens=patches, key_tokens=patches,
+            norm_tokens=patches, runs=runs, recompute=recompute, act=setup.act_bytes, backend=setup.attention_backend)
+        total += count * one
+        biggest = max(biggest, one if count else 0.0)
+    return total, biggest
+
+
+def activations(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, stage: int) -> Activations:
     """What one micro-batch of ``layout.micro_batch`` rows like ``row`` keeps on one GPU of ``stage``."""
-    lm, v, tp, cp, b = config.language, config.vision, layout.tp, layout.cp, layout.micro_batch
-    act, backend = setup.act_bytes, setup.attention_backend
+    tp, cp, b, act = layout.tp, layout.cp, layout.micro_batch, setup.act_bytes
     seq = row.tokens * b
     local = seq / cp
     norm_tokens = local / tp if layout.sp else local
-    groups = lm.num_query_groups or lm.num_attention_heads
-    per_layer = layer_activation_bytes(
-        hidden=lm.hidden_size, heads=lm.num_attention_heads // tp, groups=groups // tp, head_dim=lm.kv_channels,
-        ffn=lm.ffn_hidden_size // tp, tokens=local, key_tokens=seq if cp > 1 else local, norm_tokens=norm_tokens,
-        runs=attention_runs(row.segments) * b, recompute=layout.recompute, act=act, backend=backend)
-    language = per_layer * layout.stage_layers(lm.num_layers)[stage]
+    language = _language_layer(arch, layout, setup, row, layout.recompute) * layout.stage_layers(arch.num_layers)[stage]
     if layout.recompute == "full":
-        language += 4 * lm.kv_channels * local  # the fp32 rotary angles, kept for the recomputation
+        language += 4 * arch.head_dim * local  # the fp32 rotary angles, kept for the recomputation
     vision = logits = 0.0
     inputs = 44 * seq  # int64 input ids, labels and 3 mRoPE position rows; the fp32 loss mask
     if stage == 0 and row.image_grids:
-        grids = list(row.image_grids) * b
-        costs = [t * h * w for t, h, w in grids]
-        a, e = max(split_images_by_cost(costs, cp), key=lambda r: sum(costs[r[0]:r[1]]))
-        mine = grids[a:e]
-        patches = sum(costs[a:e])
-        units = v.window_size // v.spatial_merge_size // v.patch_size
-        frame_runs, window_runs = vision_runs(tuple(mine), v.spatial_merge_size, units)
-        full = len(set(v.fullatt_block_indexes))
-        for runs, count in ((frame_runs, full), (window_runs, v.num_layers - full)):
-            vision += count * layer_activation_bytes(
-                hidden=v.hidden_size, heads=v.num_attention_heads // tp, groups=v.num_query_groups // tp,
-                head_dim=v.kv_channels, ffn=v.ffn_hidden_size // tp, tokens=patches, key_tokens=patches,
-                norm_tokens=patches, runs=runs, recompute=layout.recompute, act=act, backend=backend)
+        mine = cp_image_share(arch, layout, row)
+        patches = sum(t * h * w for t, h, w in mine)
+        vision, _ = _vision_layers(arch, layout, setup, mine, layout.recompute)
+        hidden = arch.vision_hidden_size
         if layout.recompute == "full":
-            vision += 4 * v.kv_channels // 2 * patches  # fp32 2-D rotary angles
-        patch_dim = v.in_channels * v.temporal_patch_size * v.patch_size ** 2
+            vision += 4 * arch.vision_head_dim // 2 * patches  # fp32 2-D rotary angles
         if act != PIXEL_BYTES:
-            vision += act * patch_dim * patches  # the patch embedding keeps its input in the model dtype
-        vision += (4 * v.hidden_size + 2 * act * v.hidden_size + 4) * patches  # merger RMSNorm
-        vision += 2 * act * v.hidden_size // tp * patches  # merger fc1 output and GELU output (per 4 patches)
-        inputs += PIXEL_BYTES * patch_dim * sum(costs)  # every CP rank receives all pixel values
+            vision += act * patch_dim(arch) * patches  # the patch embedding keeps its input in the model dtype
+        vision += (4 * hidden + 2 * act * hidden + 4) * patches  # merger RMSNorm
+        vision += 2 * act * hidden // tp * patches  # merger fc1 output and GELU output (one row per 4 patches)
+        inputs += PIXEL_BYTES * patch_dim(arch) * patches  # this CP rank's images (gathered over its TP group)
     if stage == layout.pp - 1:
         answers = row.answer_tokens * b / cp
-        logits = (4 * lm.hidden_size + 2 * act * lm.hidden_size + 4) * norm_tokens  # final RMSNorm
-        logits += answers * (act * lm.hidden_size + 4 * config.vocab_size / tp)  # output input, fp32 softmax
+        logits = (4 * arch.hidden_size + 2 * act * arch.hidden_size + 4) * norm_tokens  # final RMSNorm
+        logits += answers * (act * arch.hidden_size + 4 * arch.vocab_size / tp)  # output-layer input, fp32 softmax
     return Activations(language=language, vision=vision, logits=logits, inputs=inputs)
 
 
 # -- the whole GPU ------------------------------------------------------------------------------
 
 
-def transient_bytes(config: Qwen25VLConfig, layout: Layout, setup: Setup, row: Row, stage: int) -> float:
+def transient_bytes(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, stage: int) -> float:
     """The largest temporary memory of backward on top of the kept activations.
 
     The biggest of: the output layer's backward (its weight gradient in the model dtype, before it
@@ -324,53 +341,42 @@ def transient_bytes(config: Qwen25VLConfig, layout: Layout, setup: Setup, row: R
     (about 4 ffn-wide gradients per token, plus the layer's recomputed activations under full
     recompute, or the recomputed core attention under selective recompute).
     """
-    lm, v, tp, cp, b = config.language, config.vision, layout.tp, layout.cp, layout.micro_batch
-    act, seq = setup.act_bytes, row.tokens * b
-    local = seq / cp
+    tp, cp, b, act = layout.tp, layout.cp, layout.micro_batch, setup.act_bytes
     candidates = [0.0]
     if stage == layout.pp - 1:
-        vocab = config.vocab_size / tp
+        vocab = arch.vocab_size / tp
         answers = row.answer_tokens * b / cp
-        candidates.append(vocab * lm.hidden_size * act + max(0.0, answers * vocab * (act - 4)))
-    groups = lm.num_query_groups or lm.num_attention_heads
+        candidates.append(vocab * arch.hidden_size * act + max(0.0, answers * vocab * (act - 4)))
 
-    def layer(hidden, heads, n_groups, head_dim, ffn, tokens, key_tokens, norm_tokens, runs):
-        kw = dict(hidden=hidden, heads=heads // tp, groups=n_groups // tp, head_dim=head_dim, ffn=ffn // tp,
-                  tokens=tokens, key_tokens=key_tokens, norm_tokens=norm_tokens, runs=runs, act=act,
-                  backend=setup.attention_backend)
-        work = 4 * act * ffn // tp * tokens
-        if layout.recompute == "full":
-            work += layer_activation_bytes(recompute="none", **kw) - layer_activation_bytes(recompute="full", **kw)
-        elif layout.recompute == "selective":
-            work += layer_activation_bytes(recompute="none", **kw) - layer_activation_bytes(recompute="selective", **kw)
-        return work
+    def recomputed(plain: float, kept: float) -> float:
+        return plain - kept if layout.recompute != "none" else 0.0
 
-    if layout.stage_layers(lm.num_layers)[stage]:
-        candidates.append(layer(lm.hidden_size, lm.num_attention_heads, groups, lm.kv_channels, lm.ffn_hidden_size,
-                                local, seq if cp > 1 else local, local / tp if layout.sp else local,
-                                attention_runs(row.segments) * b))
+    if layout.stage_layers(arch.num_layers)[stage]:
+        local = row.tokens * b / cp
+        candidates.append(4 * act * arch.ffn_hidden_size // tp * local + recomputed(
+            _language_layer(arch, layout, setup, row, "none"), _language_layer(arch, layout, setup, row, layout.recompute)))
     if stage == 0 and row.image_grids:
-        costs = [t * h * w for t, h, w in row.image_grids] * b
-        patches = max(sum(costs[a:e]) for a, e in split_images_by_cost(costs, cp))
-        candidates.append(layer(v.hidden_size, v.num_attention_heads, v.num_query_groups, v.kv_channels,
-                                v.ffn_hidden_size, patches, patches, patches, 2))
+        mine = cp_image_share(arch, layout, row)
+        patches = sum(t * h * w for t, h, w in mine)
+        _, plain = _vision_layers(arch, layout, setup, mine, "none")
+        _, kept = _vision_layers(arch, layout, setup, mine, layout.recompute)
+        candidates.append(4 * act * arch.vision_ffn_hidden_size // tp * patches + recomputed(plain, kept))
     return max(candidates)
 
 
-def comm_buffer_bytes(config: Qwen25VLConfig, layout: Layout, setup: Setup, row: Row) -> float:
+def comm_buffer_bytes(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row) -> float:
     """Communication buffers: the sequence-parallel all-gather buffer, the gathered K/V before they are
     repeated to the query heads (CP), the pipeline's send and receive buffers."""
-    lm, act = config.language, setup.act_bytes
+    act, hidden = setup.act_bytes, arch.hidden_size
     seq = row.tokens * layout.micro_batch
     local = seq / layout.cp
     out = 0.0
     if layout.sp:
-        out += act * lm.hidden_size * local
+        out += act * hidden * local
     if layout.cp > 1:
-        groups = (lm.num_query_groups or lm.num_attention_heads) // layout.tp
-        out += 2 * act * groups * lm.kv_channels * seq
+        out += 2 * act * arch.num_query_groups // layout.tp * arch.head_dim * seq
     if layout.pp > 1:
-        out += 2 * act * lm.hidden_size * (local / layout.tp if layout.sp else local)
+        out += 2 * act * hidden * (local / layout.tp if layout.sp else local)
     return out
 
 
@@ -406,16 +412,16 @@ class MemoryEstimate:
                 + self.fragmentation + self.reserved)
 
 
-def estimate_memory(config: Qwen25VLConfig, layout: Layout, setup: Setup, row: Row, stage: int,
+def estimate_memory(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, stage: int,
                     num_microbatches: int, allowances: Allowances = Allowances(),
                     states: ModelStates | None = None) -> MemoryEstimate:
     """Peak memory of one GPU of ``stage`` under the 1F1B schedule (stage ``i`` keeps the activations
     of ``min(pp - i, micro-batches)`` micro-batches); ``states``: :func:`model_states`, if known."""
-    acts = activations(config, layout, setup, row, stage)
+    acts = activations(arch, layout, setup, row, stage)
     in_flight = min(layout.pp - stage, num_microbatches)
-    transient = transient_bytes(config, layout, setup, row, stage)
+    transient = transient_bytes(arch, layout, setup, row, stage)
     kept = (acts.total - acts.inputs) * in_flight + transient
     return MemoryEstimate(
-        stage=stage, states=states or model_states(config, layout, setup, stage), activations=acts, in_flight=in_flight,
-        transient=transient, comm_buffers=comm_buffer_bytes(config, layout, setup, row),
+        stage=stage, states=states or model_states(arch, layout, setup, stage), activations=acts, in_flight=in_flight,
+        transient=transient, comm_buffers=comm_buffer_bytes(arch, layout, setup, row),
         fragmentation=allowances.fragmentation * kept, reserved=allowances.reserved_gib * GIB)

@@ -20,7 +20,7 @@ from launch.tune.memory import ModelStates, Setup, activations, model_states
 from launch.tune.presets import GpuSpec
 from launch.tune.workload import Row
 from megatron_vlm.flops import FlopCount
-from megatron_vlm.models.config import Qwen25VLConfig
+from megatron_vlm.models.hf_config import Qwen25VLArch
 
 
 @dataclass(frozen=True)
@@ -54,13 +54,12 @@ def _link(span: int, gpus_per_node: int, gpu: GpuSpec, eff: Efficiency) -> float
     return 1e9 * eff.network * (gpu.nvlink_gbps if span <= gpus_per_node else gpu.network_gbps)
 
 
-def stage_micro_batch_time(config: Qwen25VLConfig, layout: Layout, setup: Setup, row: Row, flops: FlopCount,
+def stage_micro_batch_time(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, flops: FlopCount,
                            stage: int, gpu: GpuSpec, gpus_per_node: int, eff: Efficiency) -> dict[str, float]:
     """Seconds one GPU of ``stage`` spends on one micro-batch (forward + backward), by cause."""
-    lm, v = config.language, config.vision
     tp, cp, b = layout.tp, layout.cp, layout.micro_batch
-    layers = layout.stage_layers(lm.num_layers)[stage]
-    share = layers / lm.num_layers
+    layers = layout.stage_layers(arch.num_layers)[stage]
+    share = layers / arch.num_layers
     f, bw = flops.forward, flops.backward
     linear = share * (f.language_linear + bw.language_linear)
     attention = share * (f.language_attention + bw.language_attention)
@@ -86,7 +85,7 @@ def stage_micro_batch_time(config: Qwen25VLConfig, layout: Layout, setup: Setup,
         "attention": attention / split / attn_rate,
         "recompute": (recompute_linear / gemm_rate + recompute_attention / attn_rate) / split,
     }
-    plain = activations(config, replace(layout, recompute="none"), setup, row, stage)
+    plain = activations(arch, replace(layout, recompute="none"), setup, row, stage)
     traffic = eff.traffic * (plain.total - plain.inputs)
     if layout.recompute == "full":
         traffic += plain.language + plain.vision  # written again by the recomputation
@@ -96,25 +95,24 @@ def stage_micro_batch_time(config: Qwen25VLConfig, layout: Layout, setup: Setup,
     local = seq / cp
     tp_bw = _link(tp, gpus_per_node, gpu, eff)
     collectives = 8 + (4 if layout.recompute == "full" else 0)  # SP: 2 all-gathers + 2 reduce-scatters per pass
-    tp_time = layers * collectives * _ring(act * lm.hidden_size * local, tp, tp_bw)
+    tp_time = layers * collectives * _ring(act * arch.hidden_size * local, tp, tp_bw)
     if stage == 0 and row.image_grids and tp > 1:
         patches = row.patches * b / cp
         reduces = 4 + (2 if layout.recompute == "full" else 0)  # all-reduce = reduce-scatter + all-gather
-        tp_time += v.num_layers * reduces * 2 * _ring(act * v.hidden_size * patches, tp, tp_bw)
+        tp_time += arch.vision_layers * reduces * 2 * _ring(act * arch.vision_hidden_size * patches, tp, tp_bw)
     out["tp_comm"] = tp_time
     cp_time = 0.0
     if cp > 1:
         cp_bw = _link(tp * cp, gpus_per_node, gpu, eff)
-        groups = (lm.num_query_groups or lm.num_attention_heads) // tp
-        kv_full = 2 * act * groups * lm.kv_channels * seq  # K and V of the whole sequence
+        kv_full = 2 * act * arch.num_query_groups // tp * arch.head_dim * seq  # K and V of the whole sequence
         passes = 2 + (1 if layout.recompute == "full" else 0)  # gather forward, reduce backward
         cp_time = layers * passes * _ring(kv_full, cp, cp_bw)
         if stage == 0:
-            cp_time += 2 * _ring(act * lm.hidden_size * row.image_tokens * b, cp, cp_bw)  # image embeddings
+            cp_time += 2 * _ring(act * arch.hidden_size * row.image_tokens * b, cp, cp_bw)  # image embeddings
     out["cp_comm"] = cp_time
     if layout.pp > 1:
         span = tp * cp * layout.dp * layout.pp
-        message = act * lm.hidden_size * (local / tp if layout.sp else local)
+        message = act * arch.hidden_size * (local / tp if layout.sp else local)
         sends = (stage > 0) + (stage < layout.pp - 1)  # activations forward, gradients backward
         out["pp_comm"] = 2 * sends * message / _link(span, gpus_per_node, gpu, eff)
     else:
@@ -122,13 +120,13 @@ def stage_micro_batch_time(config: Qwen25VLConfig, layout: Layout, setup: Setup,
     return out
 
 
-def estimate_time(config: Qwen25VLConfig, layout: Layout, setup: Setup, row: Row, flops: FlopCount, *,
+def estimate_time(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, flops: FlopCount, *,
                   global_batch: int, gpu: GpuSpec, gpus_per_node: int, eff: Efficiency = Efficiency(),
                   states: list[ModelStates] | None = None) -> TimeEstimate:
     """Step time of ``global_batch`` rows (``flops``: the model FLOPs of one row, e.g. a workload's mean;
     ``states``: each stage's :func:`model_states`, if known)."""
     m = global_batch // (layout.dp * layout.micro_batch)
-    stages = [stage_micro_batch_time(config, layout, setup, row, flops, s, gpu, gpus_per_node, eff)
+    stages = [stage_micro_batch_time(arch, layout, setup, row, flops, s, gpu, gpus_per_node, eff)
               for s in range(layout.pp)]
     totals = [sum(s.values()) for s in stages]
     slow = max(range(layout.pp), key=lambda s: totals[s])
@@ -137,7 +135,7 @@ def estimate_time(config: Qwen25VLConfig, layout: Layout, setup: Setup, row: Row
     parts["bubble"] = sum(totals) - totals[slow]
 
     dp_cp = layout.dp * layout.cp
-    states = states or [model_states(config, layout, setup, s) for s in range(layout.pp)]
+    states = states or [model_states(arch, layout, setup, s) for s in range(layout.pp)]
     dp_bw = _link(layout.tp * dp_cp, gpus_per_node, gpu, eff)
     biggest = max(states, key=lambda st: st.gradients)
     buffer = biggest.gradients / setup.grad_bytes

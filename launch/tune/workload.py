@@ -17,7 +17,7 @@ import numpy as np
 from megatron_vlm.data.vision import MERGE_SIZE, grid_thw, smart_resize
 from megatron_vlm.errors import ConfigError
 from megatron_vlm.flops import FlopCount, model_flops
-from megatron_vlm.models.config import Qwen25VLConfig
+from megatron_vlm.models.hf_config import Qwen25VLArch
 
 A4_POINTS = (595, 842)  # page size in PostScript points (1/72 inch)
 
@@ -53,23 +53,37 @@ class Workload:
 
     @cached_property
     def peak_row(self) -> Row:
-        """The row memory is planned for: the most image patches, and the most answer tokens of any row."""
-        row = max(self.rows, key=lambda r: (r.patches, len(r.segments)))
-        return Row(row.segments, row.image_grids, max(r.answer_tokens for r in self.rows))
+        """The row memory is planned for: the longest row's samples, the images of the row with the most
+        image patches and the most answer tokens of any row."""
+        longest = max(self.rows, key=lambda r: (r.tokens, len(r.segments)))
+        images = max(self.rows, key=lambda r: r.patches)
+        return Row(longest.segments, images.image_grids, max(r.answer_tokens for r in self.rows))
 
-    def mean_flops(self, config: Qwen25VLConfig) -> FlopCount:
+    @cached_property
+    def mean_row(self) -> Row:
+        """The row step times are planned for: the one closest to the mean length (answer tokens: the mean)."""
+        mean = sum(r.tokens for r in self.rows) / len(self.rows)
+        row = min(self.rows, key=lambda r: abs(r.tokens - mean))
+        return Row(row.segments, row.image_grids, round(sum(r.answer_tokens for r in self.rows) / len(self.rows)))
+
+    @property
+    def mean_tokens(self) -> float:
+        return sum(r.tokens for r in self.rows) / len(self.rows)
+
+    def mean_flops(self, arch: Qwen25VLArch) -> FlopCount:
         """Model FLOPs of one row, averaged over the rows."""
         total = None
         for row in self.rows:
-            count = model_flops(config, row.segments, row.image_grids, row.answer_tokens)
+            count = model_flops(arch, row.segments, row.image_grids, row.answer_tokens)
             total = count if total is None else total + count
         n = len(self.rows)
         return FlopCount(total.forward.scale(1 / n), total.backward.scale(1 / n))
 
     def describe(self) -> str:
         r = self.peak_row
-        return (f"{self.source}: rows of {self.seq_len:,} tokens; heaviest row {len(r.segments)} segments, "
-                f"{len(r.image_grids)} images ({r.image_tokens:,} image tokens), {r.answer_tokens:,} answer tokens")
+        return (f"{self.source}: rows of up to {self.seq_len:,} tokens (mean {self.mean_tokens:,.0f}); heaviest: "
+                f"{len(r.segments)} samples, {len(r.image_grids)} images ({r.image_tokens:,} image tokens), "
+                f"{r.answer_tokens:,} answer tokens")
 
 
 def page_grid(dpi: float, page_points: tuple[int, int] = A4_POINTS) -> tuple[int, int, int]:
@@ -97,26 +111,31 @@ def synthetic_workload(seq_len: int, *, sample_tokens: int | None = None, dpi: f
                                      f"{page_tokens:,} tokens each at {dpi:g} dpi)")
 
 
-def dataset_workload(prefix: str, seq_len: int, *, max_rows: int = 2000) -> Workload:
-    """Rows of a built dataset (``longvlm build -o PREFIX``), evenly spaced, at most ``max_rows``."""
+def dataset_workload(prefixes: list[str], seq_len: int | None = None, *, max_rows: int = 2000) -> Workload:
+    """Rows of built datasets (``longvlm build -o PREFIX``), evenly spaced, at most ``max_rows`` in all.
+
+    Rows train at their own length (the loader pads a micro-batch only to its longest row), so a row is
+    its packed samples; ``seq_len`` (default: the datasets' ``max_seq_len``) is the longest allowed.
+    """
     from megatron_vlm.data.dataset import BuiltDataset
 
-    data = BuiltDataset(prefix, check_pool=False, decode_images=False)
-    built_len = int(data.meta["config"]["max_seq_len"])
-    if built_len > seq_len:
-        raise ConfigError(f"--data {prefix} was packed to {built_len:,} tokens, longer than --seq-len {seq_len:,}")
-    if len(data) == 0:
-        raise ConfigError(f"--data {prefix} holds no packed rows")
-    picks = np.unique(np.linspace(0, len(data) - 1, min(max_rows, len(data))).round().astype(int))
+    datasets = [(p, BuiltDataset(p, check_pool=False, decode_images=False)) for p in prefixes]
+    longest = max(int(d.meta["config"]["max_seq_len"]) for _, d in datasets)
+    seq_len = seq_len or longest
     rows = []
-    for i in picks:
-        item = data[int(i)]
-        lengths = np.diff(item["cu_seqlens"]).tolist()
-        pad = seq_len - int(sum(lengths))
-        rows.append(Row(tuple(int(n) for n in lengths) + ((pad,) if pad else ()),
-                        tuple(tuple(int(x) for x in g) for g in item["image_grid_thw"]),
-                        int(np.asarray(item["targets"]).sum())))
-    return Workload(seq_len, tuple(rows), f"{prefix} ({len(rows)} of {len(data)} rows)")
+    for prefix, data in datasets:
+        if int(data.meta["config"]["max_seq_len"]) > seq_len:
+            raise ConfigError(f"dataset {prefix} was packed to {int(data.meta['config']['max_seq_len']):,} tokens, "
+                              f"longer than --seq-len {seq_len:,}")
+        if len(data) == 0:
+            raise ConfigError(f"dataset {prefix} holds no packed rows")
+        count = max(1, max_rows // len(datasets))
+        for i in np.unique(np.linspace(0, len(data) - 1, min(count, len(data))).round().astype(int)):
+            item = data[int(i)]
+            rows.append(Row(tuple(int(n) for n in np.diff(item["cu_seqlens"])),
+                            tuple(tuple(int(x) for x in g) for g in item["image_grid_thw"]),
+                            int(np.asarray(item["targets"]).sum())))
+    return Workload(seq_len, tuple(rows), f"{', '.join(prefixes)} ({len(rows)} rows read)")
 
 
 __all__ = ["Row", "Workload", "dataset_workload", "page_grid", "synthetic_workload"]

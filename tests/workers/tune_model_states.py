@@ -26,6 +26,7 @@ from megatron_vlm import runtime
 from megatron_vlm.models.config import qwen25vl_config_from_hf
 from megatron_vlm.models.qwen25vl import Qwen25VLModel
 from megatron_vlm.models.tiny import tiny_qwen25vl_config
+from megatron_vlm.parallel import ParallelLayout
 
 # name -> (Hugging Face config, language layers on the first stage at PP 2)
 MODELS = {
@@ -43,10 +44,9 @@ def hf_config(name: str) -> dict:
 
 
 def build(name: str, tp: int, pp: int, dtype: torch.dtype) -> Qwen25VLModel:
-    runtime.initialize_distributed(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, seed=1)
-    first = MODELS[name][1] if pp > 1 else None
-    config = qwen25vl_config_from_hf(hf_config(name), tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-                                     num_layers_in_first_pipeline_stage=first, params_dtype=dtype)
+    layout = ParallelLayout(tp=tp, pp=pp, first_stage_layers=MODELS[name][1] if pp > 1 else None)
+    runtime.initialize_distributed(layout, seed=1)
+    config = qwen25vl_config_from_hf(hf_config(name), layout=layout, params_dtype=dtype)
     return Qwen25VLModel(config, pre_process=ps.is_pipeline_first_stage(), post_process=ps.is_pipeline_last_stage())
 
 
