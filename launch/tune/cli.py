@@ -207,6 +207,11 @@ def run(config: TuneConfig):
                       only_tp=tuple(config.tp or ()), only_pp=tuple(config.pp or ()), only_cp=tuple(config.cp or ()))
     result = plan(arch, workload, request)
     result.recipe = recipe
+    if config.explain is not None and not 1 <= config.explain <= len(result.ranked):
+        raise LongVLMError(f"--explain {config.explain}: {len(result.ranked)} layouts fit; choose 1.."
+                           f"{len(result.ranked)}")
+    if config.write_recipe and result.ranked:
+        result.written_recipe = write_recipe(result, result.ranked[(config.explain or 1) - 1], config)
     return result
 
 
@@ -245,9 +250,6 @@ def main(args: argparse.Namespace) -> int:
     config = dataclass_from_args(TuneConfig, args)
     result = run(config)
     layers = result.arch.num_layers
-    if config.explain is not None and not 1 <= config.explain <= len(result.ranked):
-        raise LongVLMError(f"--explain {config.explain}: {len(result.ranked)} layouts fit; choose 1.."
-                           f"{len(result.ranked)}")
     chosen = result.ranked[(config.explain or 1) - 1] if result.ranked else None
     if config.json:
         out = plan_dict(result, layers, config.top)
@@ -261,8 +263,6 @@ def main(args: argparse.Namespace) -> int:
         if config.explain is not None:
             print()
             print(explain(chosen, result, layers))
-    if config.write_recipe and chosen is not None:
-        path = write_recipe(result, chosen, config)
-        if not config.json:
-            print(f"\nwrote {path} ({chosen.layout.label()}, recompute {chosen.layout.recompute})")
+    if result.written_recipe and not config.json:
+        print(f"\nwrote {result.written_recipe} ({chosen.layout.label()}, recompute {chosen.layout.recompute})")
     return 0 if result.ranked else 1

@@ -132,12 +132,12 @@ def infeasible_reason(plan: Plan) -> str:
     p = memory_parts(s.peak)
     acts = p["activations_language"] + p["activations_vision"] + p["logits"] + p["backward_temporaries"]
     states = p["weights"] + p["gradients"] + p["optimizer"]
-    text = (f"does not fit in {gpu.memory_gib:.0f} GiB ({gpu.name}) at any layout: smallest is "
-            f"{s.layout.label()} MB{s.layout.micro_batch} recompute={s.layout.recompute} at {s.peak.total / GIB:.0f} GiB "
+    text = (f"does not fit in {gpu.memory_gib:.1f} GiB ({gpu.name}) at any layout: smallest is "
+            f"{s.layout.label()} MB{s.layout.micro_batch} recompute={s.layout.recompute} at {s.peak.total / GIB:.1f} GiB "
             f"(stage {s.peak.stage}); activations {acts:.0f} GiB, model states {states:.0f} GiB")
     full = plan.smallest_full_recompute
-    if full is not None and s.layout.recompute != "full":
-        text += f"; recompute=full would bring it to {full.peak.total / GIB:.0f} GiB"
+    if full is not None:
+        text += f"; recompute=full would bring it to {full.peak.total / GIB:.1f} GiB"
     hint = "more GPUs (DP x CP shards the optimizer, CP the activations)" if states > acts else \
         "more context parallelism (--gpus), a shorter --seq-len, or fewer answer tokens"
     return text + f". Try {hint}."

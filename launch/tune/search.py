@@ -11,7 +11,8 @@ against the language layers (fastest that fits). Feasible layouts are ranked by 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from launch.tune.layout import Layout
 from launch.tune.memory import (
@@ -98,6 +99,7 @@ class Plan:
     host: HostMemory
     notes: list[str] = field(default_factory=list)
     recipe: object | None = None         # the training recipe the request came from, if any
+    written_recipe: Path | None = None   # --write-recipe's file, once written
 
 
 def _divisors(n: int) -> list[int]:
@@ -237,9 +239,8 @@ def plan(arch: Qwen25VLArch, workload: Workload, request: Request) -> Plan:
     smallest = smallest_full = None
     if not ranked and candidates:
         smallest = min(candidates, key=lambda c: c.peak.total)
-        full = [c for c in candidates if c.layout.recompute == "full" and c.layout.tp == smallest.layout.tp
-                and c.layout.pp == smallest.layout.pp and c.layout.cp == smallest.layout.cp]
-        smallest_full = min(full, key=lambda c: c.peak.total) if full else None
+        if smallest.layout.recompute != "full":  # what full recomputation would save, searched or not
+            smallest_full = planner.evaluate(replace(smallest.layout, recompute="full"))
     host = host_memory(workload, request, ranked[0].layout if ranked else None)
     return Plan(arch=arch, request=request, workload=workload, ranked=ranked, smallest=smallest,
                 smallest_full_recompute=smallest_full, rejected=rejected, host=host)
