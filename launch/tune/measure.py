@@ -24,8 +24,6 @@ from megatron_vlm.data.vision import PATCH_DIM
 from megatron_vlm.models.hf_config import Qwen25VLArch
 from megatron_vlm.models.qwen25vl import Qwen25VLModel
 
-VISION_END = 151653  # <|vision_end|>
-
 
 @dataclass(frozen=True)
 class StepMeasurement:
@@ -41,7 +39,8 @@ def row_batch(row: Row, arch: Qwen25VLArch, *, seed: int = 0) -> dict:
     ``answer_tokens / samples`` tokens under the loss mask; the last segment is padding if the row has one
     more segment than images can be spread over. Keys are the model's (``docs/model.md``)."""
     g = np.random.default_rng(seed)
-    samples = [n for n in row.segments]
+    vision_end = arch.raw.get("vision_end_token_id", 151653)
+    samples = list(row.segments)
     per_sample = np.array_split(np.arange(len(row.image_grids)), len(samples))
     ids, loss_mask = [], []
     answers = np.array_split(np.arange(row.answer_tokens), len(samples))
@@ -49,7 +48,7 @@ def row_batch(row: Row, arch: Qwen25VLArch, *, seed: int = 0) -> dict:
         body = []
         for i in images:
             t, h, w = row.image_grids[i]
-            body += [arch.vision_start_token_id] + [arch.image_token_id] * (t * h * w // 4) + [VISION_END]
+            body += [arch.vision_start_token_id] + [arch.image_token_id] * (t * h * w // 4) + [vision_end]
         text = n - len(body)
         if text < 0:
             raise ValueError(f"a sample of {n} tokens cannot hold {len(images)} of the row's images")

@@ -338,8 +338,7 @@ def transient_bytes(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, 
     The biggest of: the output layer's backward (its weight gradient in the model dtype, before it
     is added to the fp32 gradient buffer, and the logits' gradient in the model dtype while the
     fp32 softmax it came from is freed); one language layer's and one vision layer's backward
-    (about 4 ffn-wide gradients per token, plus the layer's recomputed activations under full
-    recompute, or the recomputed core attention under selective recompute).
+    (4 ffn-wide gradients per token; under recompute, the recomputed part of the layer).
     """
     tp, cp, b, act = layout.tp, layout.cp, layout.micro_batch, setup.act_bytes
     candidates = [0.0]
@@ -348,19 +347,29 @@ def transient_bytes(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, 
         answers = row.answer_tokens * b / cp
         candidates.append(vocab * arch.hidden_size * act + max(0.0, answers * vocab * (act - 4)))
 
-    def recomputed(plain: float, kept: float) -> float:
-        return plain - kept if layout.recompute != "none" else 0.0
+    def layer(plain: float, kept: float, ffn: int, q_size: int, tokens: float) -> float:
+        """Backward of one layer: its ffn-wide gradients while all its activations are still alive; under
+        full recompute the recomputed layer and the first of those gradients (the rest replace activations
+        already freed); under selective recompute, in attention's backward, the recomputed attention and
+        the gradients of Q, K and V."""
+        work = 4 * act * ffn // tp * tokens
+        if layout.recompute == "full":
+            return plain - kept + act * ffn // tp * tokens
+        if layout.recompute == "selective":
+            return max(work, plain - kept + 3 * act * q_size // tp * tokens)
+        return work
 
     if layout.stage_layers(arch.num_layers)[stage]:
         local = row.tokens * b / cp
-        candidates.append(4 * act * arch.ffn_hidden_size // tp * local + recomputed(
-            _language_layer(arch, layout, setup, row, "none"), _language_layer(arch, layout, setup, row, layout.recompute)))
+        candidates.append(layer(_language_layer(arch, layout, setup, row, "none"),
+                                _language_layer(arch, layout, setup, row, layout.recompute),
+                                arch.ffn_hidden_size, arch.num_heads * arch.head_dim, local))
     if stage == 0 and row.image_grids:
         mine = cp_image_share(arch, layout, row)
         patches = sum(t * h * w for t, h, w in mine)
         _, plain = _vision_layers(arch, layout, setup, mine, "none")
         _, kept = _vision_layers(arch, layout, setup, mine, layout.recompute)
-        candidates.append(4 * act * arch.vision_ffn_hidden_size // tp * patches + recomputed(plain, kept))
+        candidates.append(layer(plain, kept, arch.vision_ffn_hidden_size, arch.vision_hidden_size, patches))
     return max(candidates)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from launch.tune.layout import Layout
-from launch.tune.memory import ModelStates, Setup, activations, model_states
+from launch.tune.memory import ModelStates, Setup, activations, model_states, stage_parameters
 from launch.tune.presets import GpuSpec
 from launch.tune.workload import Row
 from megatron_vlm.flops import FlopCount
@@ -31,6 +31,8 @@ class Efficiency:
     attention: float = 0.45     # of the dense bf16 peak, for flash-style attention (forward + backward)
     network: float = 0.80       # of the link bandwidth, for collectives and pipeline messages
     traffic: float = 3.0        # memory bytes moved per kept activation byte (written, read, gradient written)
+    optimizer_bytes: float = 32.0  # memory bytes an optimizer step moves per parameter of the shard (fused Adam:
+    #                                read fp32 grad, master weight and 2 moments, write those 3 and the 16-bit weight)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,9 @@ def stage_micro_batch_time(arch: Qwen25VLArch, layout: Layout, setup: Setup, row
     traffic = eff.traffic * (plain.total - plain.inputs)
     if layout.recompute == "full":
         traffic += plain.language + plain.vision  # written again by the recomputation
+    # each weight gradient is written in the model dtype, then added into the fp32 gradient buffer
+    params = sum(p.numel for p in stage_parameters(arch, layout, stage))
+    traffic += params * (2 * setup.act_bytes + 2 * setup.grad_bytes)
     out["memory"] = traffic / (1e9 * gpu.hbm_gbps)
 
     act, seq = setup.act_bytes, row.tokens * b
@@ -148,9 +153,9 @@ def estimate_time(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, fl
         parts["dp_comm"] = max(0.0, reduce - backward_window) + max(0.0, gather - forward_window)
     else:
         parts["dp_comm"] = reduce + gather
-    # Adam: read grads, read/write fp32 master weights and two moments, write the 16-bit weights
+    # zero the gradient buffer, then the Adam step over this rank's shard
     shard = max(st.optimizer for st in states) / (setup.main_param_bytes + 8)
-    parts["optimizer"] = shard * (4 + 2 * (setup.main_param_bytes + 8) + setup.param_bytes) / (1e9 * gpu.hbm_gbps)
+    parts["optimizer"] = (biggest.gradients + shard * eff.optimizer_bytes) / (1e9 * gpu.hbm_gbps)
     step = pipeline + parts["dp_comm"] + parts["optimizer"]
     tokens = global_batch * row.tokens
     peak = gpu.peak_flops("fp32" if setup.precision == "fp32" else "bf16")
