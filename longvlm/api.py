@@ -107,7 +107,34 @@ def tune(**options: Any):
 
 
 slurm = _not_implemented("slurm")
-evaluate = _not_implemented("eval")
+
+
+def evaluate(task: str, **options: Any):
+    """``longvlm eval TASK``: ``task`` is ``"niah"``, ``"docqa"`` or ``"score"``; ``options`` are that
+    task's CLI options as keywords::
+
+        result = api.evaluate("niah", pool="pool", checkpoint="hf_ckpt", output="niah_out", lengths=["32K"])
+        result = api.evaluate("docqa", input="samples.json", pdf_dir="documents", backend="openai",
+                              model="mmprolong", endpoint="http://vllm:8000/v1", tokenizer="hf_ckpt",
+                              output="docqa_out")
+        summary = api.evaluate("score", predictions="predictions.jsonl")
+
+    ``niah`` / ``docqa`` return an ``evaluation.run.EvalResult`` (``rows``, ``summary``, ``report``,
+    ``files``); ``score`` returns the summary dict (what ``--json`` prints). Bad input raises
+    ``evaluation.config.EvalError``.
+    """
+    if task == "score":
+        from evaluation.config import ScoreConfig
+        from evaluation.score import run
+
+        return run(ScoreConfig(**options))
+    from evaluation.run import TASKS, run_task
+
+    if task not in TASKS:
+        raise ValueError(f"unknown eval task {task!r}; choose one of score, {', '.join(TASKS)}")
+    return run_task(task, TASKS[task].config(**options))
+
+
 def demo(**options: Any):
     """``longvlm demo``: the whole pipeline in miniature on one CPU; options of
     ``longvlm.demo.DemoConfig`` as keywords. Returns one ``StageRecord`` per stage."""

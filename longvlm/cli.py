@@ -44,7 +44,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("tune", "launch.tune.cli",
             "Rank parallel layouts (TP/PP/CP/DP, recompute) by predicted speed and memory for a model, length and cluster."),
     Command("slurm", None, "Generate and submit the SLURM job for a training run."),
-    Command("eval", None, "Needle-in-a-haystack and long-document VQA at 32K-512K."),
+    Command("eval", "evaluation.cli",
+            "Needle-in-a-haystack and long-document VQA at 32K-512K; scoring of predictions."),
     Command("demo", "longvlm.demo", "The whole pipeline in miniature on one CPU (a few minutes)."),
 )
 
@@ -99,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     names = {c.name: c for c in COMMANDS}
     selected = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(selected if selected in names else None)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `longvlm train RECIPE -o DIR k=v ...`: positionals after an option are overrides
+        if not isinstance(getattr(args, "overrides", None), list) or any(a.startswith("-") for a in extra):
+            parser.parse_args(argv)  # argparse's own message for what it does not know
+        args.overrides += extra
     run = getattr(args, "_main", None)
     if run is None:
         print(f"longvlm {args.command}: not implemented yet", file=sys.stderr)

@@ -1,13 +1,13 @@
 """``longvlm demo``: the whole LongPT pipeline in miniature on one CPU, in a few minutes.
 
 pool (real PDFs) -> synth (offline generator, all five tasks) -> build (packed, mixed dataset)
--> stats -> a tiny random Qwen2.5-VL checkpoint -> convert hf-to-megatron + verify -> a few
-optimizer steps of the Megatron model on the built micro-batches -> save -> convert megatron-to-hf
--> the exported checkpoint loads in ``transformers`` and gives the Megatron model's logits.
+-> stats -> a tiny random Qwen2.5-VL checkpoint -> convert hf-to-megatron + verify -> ``longvlm
+train`` with the ``tiny-cpu`` recipe (run directory ``train/``: metrics, loss curve, checkpoints)
+-> convert megatron-to-hf -> the exported checkpoint loads in ``transformers`` and gives the trained
+Megatron model's logits.
 
-Every stage is the real one, called with small settings (low DPI,
-short sequences, a tiny model); only the training loop here is a stand-in: a single process, no
-parallelism, no schedule (``longvlm train`` is the real one).
+Every stage is the real one (the functions ``longvlm COMMAND`` runs), with small settings: low DPI,
+short rows, a tiny model.
 """
 
 from __future__ import annotations
@@ -35,12 +35,11 @@ class DemoConfig:
         "flag": "-o", "help": "working directory; a previous demo's directory there is replaced"})
     pdfs: str = field(default=str(DEMO_PDFS), metadata={
         "help": "folder of PDFs for the pool (12 real manuals shipped with longvlm, see its demo_pdfs/SOURCES.md)"})
-    dpi: int = field(default=50, metadata={
-        "help": "page render resolution (the recipe uses 144; 50 keeps CPU sequences short)"})
-    max_seq_len: int = field(default=16384, metadata={"help": "packed sequence length of the dataset"})
-    token_budget: float = field(default=2e5, metadata={"help": "tokens in the built dataset"})
-    train_steps: int = field(default=4, metadata={"help": "optimizer steps on the built micro-batches"})
-    lr: float = field(default=1e-2, metadata={"help": "AdamW learning rate of the demo steps"})
+    dpi: int = field(default=36, metadata={
+        "help": "page render resolution (the recipe uses 144; 36 keeps CPU rows short)"})
+    max_seq_len: int = field(default=8192, metadata={"help": "packed sequence length of the dataset"})
+    token_budget: float = field(default=1.2e5, metadata={"help": "tokens in the built dataset"})
+    train_steps: int = field(default=24, metadata={"help": "optimizer steps of the tiny-cpu recipe"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
 
 
@@ -60,44 +59,18 @@ def _prepare_output(path: Path) -> None:
     (path / MARKER).write_text("written by longvlm demo; safe to delete\n")
 
 
-def _batch_loss(model, batch):
-    per_token = model(batch["input_ids"], position_ids=batch["position_ids"], pixel_values=batch["pixel_values"],
-                      image_grid_thw=batch["image_grid_thw"], cu_seqlens=batch["cu_seqlens"],
-                      labels=batch["labels"], loss_mask=batch["loss_mask"])
-    return per_token.float().sum() / batch["loss_mask"].float().sum().clamp(min=1)
+def train(megatron_dir: Path, data_prefix: Path, run_dir: Path, steps: int, seed: int) -> list[float]:
+    """``longvlm train tiny-cpu`` on the demo's checkpoint and dataset; the step losses."""
+    from training.cli import recipe_path
+    from training.config import load_recipe
+    from training.metrics import read_metrics
+    from training.trainer import train as run_training
 
-
-def train_steps(ckpt_dir: Path, data_prefix: Path, out_dir: Path, steps: int, lr: float, seed: int) -> list[float]:
-    """Load the converted checkpoint, take ``steps`` AdamW steps on the dataset, save it; the losses."""
-    import torch
-
-    from megatron_vlm.data.loader import build_data_loader
-    from megatron_vlm.formats.checkpoint import MegatronCheckpoint, load_into_model, save_model
-    from megatron_vlm.models.config import qwen25vl_config_from_hf
-    from megatron_vlm.models.qwen25vl import Qwen25VLModel
-    from megatron_vlm.runtime import process_group
-
-    ckpt = MegatronCheckpoint.open(ckpt_dir)
-    losses = []
-    with process_group():
-        torch.manual_seed(seed)
-        model = Qwen25VLModel(qwen25vl_config_from_hf(ckpt.meta["hf_config"], params_dtype=torch.float32,
-                                                      use_cpu_initialization=True))
-        load_into_model(model, ckpt)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-        loader = build_data_loader(data_prefix, micro_batch_size=1, num_workers=0, seed=seed,
-                                   total_samples=steps)
-        for step, batch in enumerate(loader, start=1):
-            optimizer.zero_grad(set_to_none=True)
-            loss = _batch_loss(model, batch)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            tokens = int(batch["loss_mask"].sum())
-            print(f"  step {step}: loss {losses[-1]:.4f} ({batch['input_ids'].shape[1]:,} tokens, "
-                  f"{len(batch['image_grid_thw'])} pages, {tokens} answer tokens)", flush=True)
-        save_model(model, out_dir, steps, ckpt.meta["source"])
-    return losses
+    config = load_recipe(recipe_path("tiny-cpu"), [
+        f"model.checkpoint={megatron_dir}", f"data.train=[{{prefix: {data_prefix}}}]",
+        f"train.train_steps={steps}", f"train.seed={seed}"])
+    run_training(config, run_dir)
+    return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r.get("split", "train") == "train"]
 
 
 def compare_exported(hf_dir: Path, ckpt_dir: Path) -> float:
@@ -164,13 +137,13 @@ def run_demo(config: DemoConfig) -> list[StageRecord]:
           lambda r: r.summary())
     stage("convert verify", lambda: verify(VerifyConfig(hf=str(hf), ckpt=str(out / "megatron"))),
           lambda r: r.summary())
-    stage("train (demo loop)", lambda: train_steps(out / "megatron", build.prefix, out / "trained",
-                                                            config.train_steps, config.lr, config.seed),
-                   lambda losses: "loss " + " -> ".join(f"{x:.3f}" for x in losses))
+    stage("train", lambda: train(out / "megatron", build.prefix, out / "train", config.train_steps, config.seed),
+          lambda losses: f"{len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f} "
+                         "(train/metrics.jsonl, train/loss.png, train/checkpoints)")
     stage("convert megatron-to-hf", lambda: engine.megatron_to_hf(MegatronToHFConfig(
-        ckpt=str(out / "trained"), out=str(out / "hf_trained"), hf_template=str(hf))),
+        ckpt=str(out / "train" / "checkpoints"), out=str(out / "hf_trained"), hf_template=str(hf))),
           lambda r: r.summary())
-    stage("exported == trained", lambda: compare_exported(out / "hf_trained", out / "trained"),
+    stage("exported == trained", lambda: compare_exported(out / "hf_trained", out / "train" / "checkpoints"),
           lambda diff: f"transformers on hf_trained/ matches the trained Megatron model: max |dlogit| {diff:.2g}")
     return records
 
@@ -185,7 +158,7 @@ def format_records(records: list[StageRecord]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Run the whole LongPT pipeline in miniature on one CPU: pool -> synth -> build -> stats -> "
-        "convert -> a few training steps -> export to Hugging Face. Takes a few minutes; outputs "
+        "convert -> longvlm train (tiny-cpu recipe) -> export to Hugging Face. Takes a few minutes; outputs "
         "stay in -o for inspection (see docs/demo.md).")
     add_dataclass_arguments(parser, DemoConfig)
 

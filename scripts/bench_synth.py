@@ -14,44 +14,30 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from longvlm import api
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from loopback_openai import LoopbackChatServer  # noqa: E402  (the test suite's loopback server)
+
+from longvlm import api  # noqa: E402
 
 
-def serve(latency: float) -> tuple[ThreadingHTTPServer, list[int]]:
+def serve(latency: float) -> LoopbackChatServer:
     """A chat-completions server answering a valid anchored QA pair after ``latency`` seconds."""
-    calls = [0]
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
+    def respond(body: dict, headers: dict) -> str:
+        time.sleep(latency)
+        content = body["messages"][0]["content"]
+        first = int(re.fullmatch(r"Page (\d+):", content[1]["text"])[1])
+        task = re.search(r"Task: ([a-z-]+)", content[0]["text"])[1]
+        pages = [first] if task == "extract-single" else [first, first + 1]
+        return json.dumps({"question": f"On page {first}, what is the {task} fact #{body['seed']}?", "answer": "42",
+                           "evidence": "page text", "evidence_pages": pages})
 
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            calls[0] += 1
-            time.sleep(latency)
-            content = body["messages"][0]["content"]
-            first = int(re.fullmatch(r"Page (\d+):", content[1]["text"])[1])
-            task = re.search(r"Task: ([a-z-]+)", content[0]["text"])[1]
-            pages = [first] if task == "extract-single" else [first, first + 1]
-            qa = {"question": f"On page {first}, what is the {task} fact #{body['seed']}?", "answer": "42",
-                  "evidence": "page text", "evidence_pages": pages}
-            data = json.dumps({"choices": [{"message": {"role": "assistant", "content": json.dumps(qa)}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd, calls
+    return LoopbackChatServer(respond)
 
 
 def main() -> None:
@@ -75,23 +61,23 @@ def main() -> None:
     print(f"offline, all 5 tasks, --per-doc 4: {n} attempts ({result.accepted} accepted) in {dt:.2f} s "
           f"= {n / dt:.0f} instances/s")
 
-    httpd, calls = serve(args.latency)
-    endpoint = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    server = serve(args.latency)
+    endpoint = server.endpoint
     options = dict(pool=pool_dir, generator="openai", model="bench", endpoint=endpoint, per_doc=2,
                    tasks="extract-single,extract-multi,reasoning", progress=False)
     for c in args.concurrency:
         out = work / f"openai_c{c}.jsonl"
-        before, t0 = calls[0], time.perf_counter()
+        before, t0 = server.calls, time.perf_counter()
         result = api.synth(output=str(out), concurrency=c, **options)
         dt = time.perf_counter() - t0
-        sent = calls[0] - before
+        sent = server.calls - before
         print(f"openai, latency {args.latency} s, --concurrency {c:>2}: {sent} requests in {dt:.2f} s "
               f"= {sent / dt:.1f} requests/s ({result.accepted} accepted)")
-        before, t0 = calls[0], time.perf_counter()
+        before, t0 = server.calls, time.perf_counter()
         api.synth(output=str(out), concurrency=c, **options)
-        print(f"  rerun from the cache: {calls[0] - before} requests, {time.perf_counter() - t0:.2f} s")
-    httpd.shutdown()
-    sizes = [p.stat().st_size for p in (work / "openai_c1.jsonl.cache").rglob("*.json")]
+        print(f"  rerun from the cache: {server.calls - before} requests, {time.perf_counter() - t0:.2f} s")
+    server.close()
+    sizes = [p.stat().st_size for p in (work / f"openai_c{args.concurrency[0]}.jsonl.cache").rglob("*.json")]
     print(f"cache: {len(sizes)} responses, {sum(sizes) / 1024:.0f} KiB; work dir {work}")
 
 

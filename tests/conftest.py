@@ -71,3 +71,14 @@ def tiny_hf_checkpoint(tmp_path_factory) -> Path:
     from megatron_vlm.models.tiny import save_tiny_checkpoint
 
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_qwen25vl"), seed=0, max_shard_size="20MB")
+
+
+@pytest.fixture(scope="session")
+def small_pool(tmp_path_factory, pdf_dir) -> Path:
+    """A real pool of two short PDFs (float: 12 pages, booktabs: 18) at 36 dpi: 165 tokens a page."""
+    from longvlm import api
+
+    out = tmp_path_factory.mktemp("small_pool") / "pool"
+    api.pool(inputs=[str(pdf_dir / "float.pdf"), str(pdf_dir / "booktabs.pdf")], output=str(out), min_pages=0,
+             max_pages=0, dpi=36, progress=False)
+    return out

@@ -8,9 +8,9 @@ import re
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from loopback_openai import LoopbackChatServer, chat_completion
 from synth_helpers import FakePool
 
 from preprocess.synth import SynthConfig, run_synth
@@ -30,41 +30,22 @@ class ChatServer:
             for p in range(1, doc["num_pages"] + 1):
                 self.doc_of_image[base64.b64encode(pool.page_bytes(doc["doc_id"], p)).decode()] = behaviour
         self.calls: Counter = Counter()  # (behaviour, task) -> requests received
-        self.auth: set[str] = set()
-        self.payloads: list[dict] = []
         self.lock = threading.Lock()
-        server = self
+        self.loopback = LoopbackChatServer(self.respond)
+        self.endpoint = self.loopback.endpoint
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
+    @property
+    def auth(self) -> set[str]:
+        return self.loopback.auth
 
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                try:
-                    status, headers, reply = server.respond(self.path, self.headers, body)
-                    self.send_response(status)
-                    for k, v in headers.items():
-                        self.send_header(k, v)
-                    data = json.dumps(reply).encode()
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    @property
+    def payloads(self) -> list[dict]:
+        return self.loopback.payloads
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.loopback.close()
 
-    def respond(self, path, headers, body):
-        assert path == "/v1/chat/completions"
+    def respond(self, body, headers):
         content = body["messages"][0]["content"]
         prompt = content[0]["text"]
         labels = [int(m[1]) for c in content[1:] if c["type"] == "text" for m in [re.fullmatch(r"Page (\d+):", c["text"])]]
@@ -74,8 +55,6 @@ class ChatServer:
         with self.lock:
             self.calls[behaviour, task] += 1
             n = self.calls[behaviour, task]
-            self.auth.add(headers.get("Authorization"))
-            self.payloads.append(body)
         if behaviour == "flaky429" and n == 1:
             return 429, {"Retry-After": "0"}, {"error": {"message": "rate limited"}}
         if behaviour == "flaky500" and n <= 2:
@@ -99,8 +78,7 @@ class ChatServer:
             text = f"```json\n{text}\n```"
         if behaviour == "malformed":
             text = "Sure! Here is the pair: {question: 'On page 3 ...', answer: 220}"
-        return 200, {}, {"id": "x", "model": body["model"], "usage": {"total_tokens": 10},
-                         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
+        return 200, {}, chat_completion(text, body["model"], usage={"total_tokens": 10})
 
 
 @pytest.fixture

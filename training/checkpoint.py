@@ -86,7 +86,8 @@ class Checkpointer:
     # -- what a checkpoint holds ----------------------------------------------------------------
 
     def _model_state(self) -> dict:
-        chunks = self.parts.chunks
+        """The unwrapped chunks' tensors: keys as ``convert`` writes them (no DDP ``module.`` prefix)."""
+        chunks = self.parts.unwrapped()
         if len(chunks) == 1:
             return {"model": chunks[0].sharded_state_dict()}
         return {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}
@@ -157,11 +158,9 @@ class Checkpointer:
         except Exception as err:  # torch's reader raises several types for missing or cut files
             raise CheckpointError(f"{path}: cannot resume from it ({type(err).__name__}: "
                                   f"{str(err).splitlines()[0] if str(err) else ''})") from None
-        if len(self.parts.chunks) == 1:
-            self.parts.chunks[0].load_state_dict(loaded["model"])
-        else:
-            for i, chunk in enumerate(self.parts.chunks):
-                chunk.load_state_dict(loaded[f"model{i}"])
+        chunks = self.parts.unwrapped()
+        for i, chunk in enumerate(chunks):
+            chunk.load_state_dict(loaded["model" if len(chunks) == 1 else f"model{i}"])
         self.optimizer.load_state_dict(loaded["optimizer"])
         self.scheduler.load_state_dict(loaded["scheduler"])
         if same_layout:

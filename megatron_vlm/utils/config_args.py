@@ -9,7 +9,9 @@ A field becomes ``--field-name`` (underscores to dashes) with its default, its t
 - ``flag``: an alternative option string, e.g. ``"-o"``;
 - ``repeat``: a ``list`` field given as a repeated option (``--image A --image B``);
 - ``fields``: for a field whose type is itself a dataclass (e.g. a ``ParallelLayout``), which of its
-  fields become options (default: all); they are declared by that dataclass, not repeated here.
+  fields become options (default: all); they are declared by that dataclass, not repeated here;
+- ``group``: the title of an argument group the option is listed under in ``--help`` (options
+  shared by several commands, e.g. those of an OpenAI-compatible endpoint, come as one group).
 
 ``bool`` fields become ``--x/--no-x``; ``list[T]`` fields take one or more values; ``Optional[T]``
 fields default to ``None``.
@@ -50,7 +52,16 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, names: t
             _add_field(parser, f, tp)
 
 
+def _group(parser: argparse.ArgumentParser, title: str | None):
+    """``parser``, or its argument group titled ``title`` (made on first use)."""
+    if title is None:
+        return parser
+    existing = [g for g in parser._action_groups if g.title == title]
+    return existing[0] if existing else parser.add_argument_group(title)
+
+
 def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp: Any) -> None:
+    parser = _group(parser, f.metadata.get("group"))
     help_text = f.metadata.get("help", "")
     kwargs: dict[str, Any] = {"help": help_text}
     default = f.default

@@ -11,10 +11,15 @@ Every page is ``Page N:`` (``--page-markers``), the image, then a newline. Each 
 ``(h/28)*(w/28)`` ``<|image_pad|>`` tokens. Loss targets: the answer tokens and the closing
 ``<|im_end|>``. Samples are kept *compact* (one ``<|image_pad|>`` per image) until written, so a
 large build never holds expanded 128K-token arrays in memory.
+
+Evaluation (``evaluation/``) renders its prompts with the same code: ``render_prompt`` is the
+sample up to ``<|im_start|>assistant\n``, and a context may number its pages otherwise (a
+truncated document keeps its page numbers) or hold text lines between pages (a needle).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,14 +53,29 @@ class CompactSample:
         return np.repeat(self.ids, repeats), np.repeat(self.targets, repeats)
 
 
-def chat_messages(question: str, answer: str | None, num_pages: int, page_markers: bool) -> list[dict]:
-    """The chat messages of one sample (``answer=None``: the prompt only)."""
+def chat_messages(question: str, answer: str | None, num_pages: int, page_markers: bool, *,
+                  page_numbers: Sequence[int] | None = None, lines: Mapping[int, str] | None = None) -> list[dict]:
+    """The chat messages of one sample (``answer=None``: the prompt only).
+
+    ``page_numbers``: the number in each page's marker (default ``1..num_pages``); ``lines``: text put
+    on a line of its own before page ``i`` (0-based; ``i == num_pages``: after the last page).
+    """
+    numbers = range(1, num_pages + 1) if page_numbers is None else list(page_numbers)
+    if len(numbers) != num_pages:
+        raise ValueError(f"{len(numbers)} page numbers for {num_pages} pages")
+    lines = lines or {}
+    if any(not 0 <= i <= num_pages for i in lines):
+        raise ValueError(f"text lines must go before pages 0..{num_pages}, got {sorted(lines)}")
     content: list[dict] = []
-    for page in range(1, num_pages + 1):
+    for index, page in enumerate(numbers):
+        if index in lines:
+            content.append({"type": "text", "text": f"{lines[index]}\n"})
         if page_markers:
             content.append({"type": "text", "text": f"Page {page}:"})
         content.append({"type": "image"})
         content.append({"type": "text", "text": "\n"})
+    if num_pages in lines:
+        content.append({"type": "text", "text": f"{lines[num_pages]}\n"})
     content.append({"type": "text", "text": question})
     messages = [{"role": "user", "content": content}]
     if answer is not None:
@@ -79,10 +99,11 @@ class SampleRenderer:
         """Whether ``text`` spells a special token (it would be tokenized as one; such samples are skipped)."""
         return "<|" in text and any(s in text for s in self.special_texts)
 
-    def render_text(self, question: str, answer: str, num_pages: int) -> tuple[np.ndarray, np.ndarray]:
-        """Compact ids (one ``<|image_pad|>`` per page) and targets of one sample."""
+    def render_text(self, question: str, answer: str, num_pages: int, **layout) -> tuple[np.ndarray, np.ndarray]:
+        """Compact ids (one ``<|image_pad|>`` per page) and targets of one sample (``layout``: the
+        ``page_numbers`` / ``lines`` of :func:`chat_messages`)."""
         text = self.tokenizer.apply_chat_template(
-            chat_messages(question, answer, num_pages, self.page_markers), tokenize=False)
+            chat_messages(question, answer, num_pages, self.page_markers, **layout), tokenize=False)
         tail = f"<|im_start|>assistant\n{answer}{IM_END}\n"
         if not text.endswith(tail):
             raise ValueError("the tokenizer's chat template does not end with the assistant turn "
@@ -93,7 +114,28 @@ class SampleRenderer:
         ids = np.asarray(enc["input_ids"], dtype=np.int32)
         offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
         targets = ((offsets[:, 1] > target_start) & (offsets[:, 0] < target_end)).astype(np.uint8)
+        self._check_pages(ids, num_pages)
+        return ids, targets
+
+    def prompt_text(self, question: str, num_pages: int, **layout) -> str:
+        """The prompt alone as text: the sample up to and including ``<|im_start|>assistant\\n``."""
+        text = self.tokenizer.apply_chat_template(
+            chat_messages(question, None, num_pages, self.page_markers, **layout), tokenize=False,
+            add_generation_prompt=True)
+        if not text.endswith("<|im_start|>assistant\n"):
+            raise ValueError("the tokenizer's chat template does not end the generation prompt with "
+                             "'<|im_start|>assistant\\n' (not a Qwen2.5-VL template?)")
+        return text
+
+    def render_prompt(self, question: str, num_pages: int, **layout) -> np.ndarray:
+        """Compact ids of ``prompt_text`` (what a model generates from; equal to ``render_text``'s ids
+        before the first target)."""
+        text = self.prompt_text(question, num_pages, **layout)
+        ids = np.asarray(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int32)
+        self._check_pages(ids, num_pages)
+        return ids
+
+    def _check_pages(self, ids: np.ndarray, num_pages: int) -> None:
         found = int((ids == self.image_pad_id).sum())
         if found != num_pages:
             raise ValueError(f"expected {num_pages} image placeholders in the rendered sample, found {found}")
-        return ids, targets

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from megatron_vlm.errors import LongVLMError
+from preprocess.synth.generators.chat_client import ChatClientOptions
 
 VQA_TASKS = ("extract-single", "extract-multi", "reasoning")
 OCR_TASKS = ("ocr-full", "ocr-needle")
@@ -29,7 +30,7 @@ def parse_range(text: str, name: str) -> tuple[int, int]:
 
 
 @dataclass
-class SynthConfig:
+class SynthConfig(ChatClientOptions):
     pool: str = field(metadata={"help": "pool directory written by 'longvlm pool'", "positional": True,
                                 "metavar": "POOL_DIR"})
     output: str = field(metadata={"help": "output TASKS.jsonl (written atomically)", "flag": "-o",
@@ -48,22 +49,9 @@ class SynthConfig:
     segment_pages: str = field(default="8-15", metadata={
         "help": "page span of the sampled segment of consecutive sections (short-to-long VQA)"})
     needle_pages: str = field(default="1-3", metadata={"help": "pages transcribed by ocr-needle"})
-    concurrency: int = field(default=8, metadata={"help": "generator requests in flight at once"})
-    endpoint: str = field(default="http://localhost:8000/v1", metadata={
-        "help": "openai: base URL of the chat-completions API (…/v1 or the full …/chat/completions URL)"})
     model: str | None = field(default=None, metadata={"help": "openai: model name (required)"})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={
-        "help": "openai: environment variable holding the API key (the key is never logged)"})
-    timeout: float = field(default=300.0, metadata={"help": "openai: seconds per request"})
-    max_retries: int = field(default=6, metadata={
-        "help": "openai: retries on 429, 5xx, timeouts and connection errors"})
-    retry_backoff: float = field(default=2.0, metadata={
-        "help": "openai: first retry delay in seconds, doubled on each retry (capped at 60 s)"})
     temperature: float = field(default=0.7, metadata={"help": "openai: sampling temperature"})
     max_tokens: int = field(default=1024, metadata={"help": "openai: max tokens of one answer"})
-    cache_dir: str | None = field(default=None, metadata={
-        "help": "openai: on-disk response cache (default: OUTPUT.cache); a rerun costs nothing for "
-                "what was done"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def task_list(self) -> list[str]:
@@ -79,7 +67,7 @@ class SynthConfig:
         parse_range(self.needle_pages, "needle-pages")
         if self.per_doc < 1 or (self.per_task is not None and self.per_task < 1):
             raise SynthError("--per-doc and --per-task must be >= 1")
-        if self.concurrency < 1 or self.max_retries < 0:
-            raise SynthError("--concurrency must be >= 1 and --max-retries >= 0")
+        if errors := self.client_option_errors():
+            raise SynthError("; ".join(errors))
         if self.generator == "openai" and not self.model:
             raise SynthError("--generator openai needs --model")

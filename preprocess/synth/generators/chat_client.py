@@ -1,19 +1,24 @@
-"""A minimal OpenAI-compatible chat-completions client (standard library only).
+"""A minimal OpenAI-compatible chat-completions client (standard library only), and its options.
 
 Retries 429, 5xx, timeouts and connection errors with exponential backoff (honouring
 ``Retry-After``); answers come from / go to a :class:`ResponseCache` first. The API key is only
 ever put in the ``Authorization`` header, never in messages or logs. Thread-safe.
+
+:class:`ChatClientOptions` declares the endpoint options once for every command that talks to a
+server (``longvlm synth --generator openai``, ``longvlm eval --backend openai``).
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import random
 import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 
 from preprocess.synth.generators.cache import ResponseCache, request_key
 
@@ -29,7 +34,47 @@ def completions_url(endpoint: str) -> str:
     return endpoint if endpoint.endswith("/chat/completions") else endpoint + "/chat/completions"
 
 
+_GROUP = "OpenAI-compatible endpoint"
+
+
+@dataclass(kw_only=True)
+class ChatClientOptions:
+    """The options of an OpenAI-compatible chat-completions endpoint (a base of command configs)."""
+
+    endpoint: str = field(default="http://localhost:8000/v1", metadata={"group": _GROUP, "help": (
+        "openai: base URL of the chat-completions API (…/v1 or the full …/chat/completions URL)")})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"group": _GROUP, "help": (
+        "openai: environment variable holding the API key (unset: no Authorization header, fine for a "
+        "local vLLM); the key is sent in the header only and never written or logged")})
+    concurrency: int = field(default=8, metadata={"group": _GROUP, "help": "requests in flight at once"})
+    timeout: float = field(default=300.0, metadata={"group": _GROUP, "help": "openai: seconds per request"})
+    max_retries: int = field(default=6, metadata={"group": _GROUP, "help": (
+        "openai: retries on 429, 5xx, timeouts and connection errors")})
+    retry_backoff: float = field(default=2.0, metadata={"group": _GROUP, "help": (
+        "openai: first retry delay in seconds, doubled on each retry (capped at 60 s)")})
+    cache_dir: str | None = field(default=None, metadata={"group": _GROUP, "help": (
+        "openai: on-disk response cache (default: OUTPUT.cache); a rerun costs nothing for what was done")})
+
+    def client_option_errors(self) -> list[str]:
+        """What is wrong with these options (empty: nothing)."""
+        errors = []
+        if self.concurrency < 1:
+            errors.append(f"--concurrency must be >= 1, got {self.concurrency}")
+        if self.max_retries < 0:
+            errors.append(f"--max-retries must be >= 0, got {self.max_retries}")
+        if self.timeout <= 0:
+            errors.append(f"--timeout must be > 0, got {self.timeout}")
+        return errors
+
+
 class ChatClient:
+    @classmethod
+    def from_options(cls, options: ChatClientOptions, output: str) -> ChatClient:
+        """A client for ``options``; the cache defaults to ``OUTPUT.cache``; the key is read from the environment."""
+        return cls(options.endpoint, ResponseCache(options.cache_dir or f"{output}.cache"),
+                   api_key=os.environ.get(options.api_key_env), timeout=options.timeout,
+                   max_retries=options.max_retries, retry_backoff=options.retry_backoff)
+
     def __init__(self, endpoint: str, cache: ResponseCache, api_key: str | None = None, timeout: float = 300.0,
                  max_retries: int = 6, retry_backoff: float = 2.0, sleep=time.sleep):
         self.url = completions_url(endpoint)
@@ -46,11 +91,16 @@ class ChatClient:
 
     def complete(self, payload: dict) -> str:
         """The assistant message text for ``payload`` (cached, else requested with retries)."""
+        return self.respond(payload)["content"]
+
+    def respond(self, payload: dict) -> dict:
+        """``{"content", "model", "usage"}`` for ``payload`` (cached, else requested with retries);
+        ``usage`` is the server's token counts (``prompt_tokens``, ...) where it reports them."""
         key = request_key(payload)
         hit = self.cache.get(key)
         if hit is not None:
             self._count("cache_hits")
-            return hit["content"]
+            return hit
         body = self._post(payload)
         try:
             content = body["choices"][0]["message"]["content"]
@@ -59,8 +109,9 @@ class ChatClient:
             raise RequestFailed(f"response without choices[0].message.content ({err!r})") from None
         if not isinstance(content, str):
             content = json.dumps(content)
-        self.cache.put(key, {"content": content, "model": body.get("model"), "usage": body.get("usage")})
-        return content
+        record = {"content": content, "model": body.get("model"), "usage": body.get("usage")}
+        self.cache.put(key, record)
+        return record
 
     def _post(self, payload: dict) -> dict:
         data = json.dumps(payload).encode("utf-8")

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 
 from preprocess.synth.generators.base import QARequest
-from preprocess.synth.generators.cache import ResponseCache
 from preprocess.synth.generators.chat_client import ChatClient, RequestFailed
 from preprocess.synth.prompts import PROMPT_VERSION, prompt_version, render_prompt
 from preprocess.synth.validate import Rejected
@@ -47,11 +45,8 @@ class OpenAIGenerator:
 
     @classmethod
     def from_config(cls, config) -> OpenAIGenerator:
-        cache = ResponseCache(config.cache_dir or f"{config.output}.cache")
-        client = ChatClient(config.endpoint, cache, api_key=os.environ.get(config.api_key_env),
-                            timeout=config.timeout, max_retries=config.max_retries,
-                            retry_backoff=config.retry_backoff)
-        return cls(client, config.model, config.temperature, config.max_tokens)
+        return cls(ChatClient.from_options(config, config.output), config.model, config.temperature,
+                   config.max_tokens)
 
     def stats(self) -> dict:
         """``requests`` (HTTP attempts), ``retries``, ``cache_hits``, ``failed``."""

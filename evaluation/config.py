@@ -1,0 +1,197 @@
+"""The options of ``longvlm eval`` (typed dataclasses: CLI flags, API keywords and the recorded config).
+
+``ModelOptions`` (backend, checkpoint, decoding, RoPE) and ``OutputOptions`` are shared by every
+task that runs a model; each task config adds its own fields. Options that do not change what
+the results are (batching, endpoint, concurrency, progress) are left out of a run's identity, so a
+rerun with other values of them resumes the same results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+from megatron_vlm.data.vision import MAX_PIXELS, MIN_PIXELS
+from megatron_vlm.errors import LongVLMError
+from preprocess.synth.generators.chat_client import ChatClientOptions
+
+SCORING_MODES = ("generate", "teacher-forcing")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+INPUT_FORMATS = ("auto", "jsonl", "tasks", "mmlongbench")
+TRUNCATE_SIDES = ("end", "middle")
+NEEDLE_MODES = ("image", "text")
+DEFAULT_LENGTHS = ("32K", "64K", "128K", "256K", "512K")
+DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+SHORT_ANSWER_INSTRUCTION = ("Answer with a single word, number, phrase or list only. If the document "
+                            "does not contain the answer, answer \"Not answerable\".")
+
+_MODEL, _HF, _ROPE = "model", "hf backend", "RoPE (extrapolation beyond the training window)"
+
+
+class EvalError(LongVLMError, ValueError):
+    """A bad input or option of ``longvlm eval``: the message names the file/line or option and the reason."""
+
+
+def parse_length(text: str | int, option: str) -> int:
+    """``"32K"`` -> 32768 (binary prefixes, as in the paper), ``"1M"`` -> 1048576, ``"5000"`` -> 5000."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kKmM]?)\s*", str(text))
+    if not match or int(match[1]) <= 0:
+        raise EvalError(f"--{option}: expected a positive token count such as 32K, 128K or 5000, got {text!r}")
+    return int(match[1]) * {"": 1, "k": 1024, "m": 1024 ** 2}[match[2].lower()]
+
+
+@dataclass(kw_only=True)
+class ModelOptions(ChatClientOptions):
+    """How to run the model: the backend, the checkpoint, decoding and the RoPE override."""
+
+    backend: str = field(default="hf", metadata={"group": _MODEL, "help": (
+        "hf: transformers in this process (GPU or CPU); openai: any OpenAI-compatible server, e.g. vLLM "
+        "serving the exported HF checkpoint (the way to run 256K-512K); see evaluation/backends")})
+    checkpoint: str | None = field(default=None, metadata={"group": _MODEL, "metavar": "HF_DIR", "help": (
+        "Hugging Face Qwen2.5-VL directory: hf loads it; openai reads its config.json (for --rope-ntk-length) "
+        "and its tokenizer")})
+    tokenizer: str | None = field(default=None, metadata={"group": _MODEL, "metavar": "DIR", "help": (
+        "tokenizer directory with the Qwen2.5-VL chat template (default: --checkpoint's); prompts are "
+        "built and measured with it")})
+    model: str | None = field(default=None, metadata={"group": _MODEL, "help": (
+        "openai: the model name at the endpoint (default: --checkpoint as given, vLLM's default name)")})
+    scoring: str = field(default="generate", metadata={"group": _MODEL, "choices": SCORING_MODES, "help": (
+        "generate: greedy decoding, the prediction scored against the answer; teacher-forcing: the "
+        "reference answer's log-likelihood and token accuracy, no decoding (hf only)")})
+    max_new_tokens: int = field(default=64, metadata={"group": _MODEL, "help": "longest prediction, in tokens"})
+    dtype: str = field(default="auto", metadata={"group": _HF, "choices": DTYPES, "help": (
+        "hf: weights and activations (auto: bfloat16 on a GPU, float32 on a CPU)")})
+    device: str | None = field(default=None, metadata={"group": _HF, "help": (
+        "hf: torch device (default: cuda if available, else cpu)")})
+    attn_implementation: str = field(default="sdpa", metadata={"group": _HF, "help": (
+        "hf: transformers attention implementation (sdpa, flash_attention_2, eager)")})
+    batch_size: int = field(default=8, metadata={"group": _HF, "help": (
+        "hf: prompts per batch; prompts are sorted by length so a batch holds similar lengths")})
+    max_batch_tokens: int = field(default=65536, metadata={"group": _HF, "help": (
+        "hf: at most this many padded tokens per batch (a longer prompt runs alone)")})
+    rope_base: float | None = field(default=None, metadata={"group": _ROPE, "help": (
+        "use this RoPE base (rope_theta) instead of the checkpoint's")})
+    rope_ntk_length: str | None = field(default=None, metadata={"group": _ROPE, "metavar": "LENGTH", "help": (
+        "NTK-aware base for a context of LENGTH tokens (e.g. 512K): base * (LENGTH / "
+        "--rope-original-length)^(d/(d-2)), d = head dim (the base the paper trains 128K with)")})
+    rope_original_length: str = field(default="32K", metadata={"group": _ROPE, "help": (
+        "the context length the checkpoint's base was made for (Qwen2.5-VL: 32K)")})
+
+    def model_option_errors(self) -> list[str]:
+        errors = self.client_option_errors()
+        if self.rope_base is not None and self.rope_ntk_length is not None:
+            errors.append("--rope-base and --rope-ntk-length exclude each other")
+        if self.rope_base is not None and self.rope_base <= 0:
+            errors.append(f"--rope-base must be > 0, got {self.rope_base}")
+        if self.backend == "openai" and self.scoring != "generate":
+            errors.append("--backend openai can only --scoring generate (a server returns text, not "
+                          "the answer's log-likelihood)")
+        if self.backend == "hf" and not self.checkpoint:
+            errors.append("--backend hf needs --checkpoint HF_DIR")
+        if self.backend == "openai" and not (self.model or self.checkpoint):
+            errors.append("--backend openai needs --model (the name at the endpoint) or --checkpoint")
+        if not (self.tokenizer or self.checkpoint):
+            errors.append("--tokenizer (or --checkpoint with its tokenizer) is needed to build and measure prompts")
+        for name in ("max_new_tokens", "batch_size", "max_batch_tokens"):
+            if getattr(self, name) < 1:
+                errors.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        return errors
+
+
+@dataclass(kw_only=True)
+class OutputOptions:
+    output: str = field(metadata={"flag": "-o", "metavar": "OUT_DIR", "help": (
+        "results directory: results.jsonl (one row per example, appended as they finish), results.json "
+        "(summary + config); a rerun skips the examples already there")})
+    limit: int | None = field(default=None, metadata={"help": "run only the first N examples (a smoke test)"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+
+# Options that do not change the results: a rerun with other values resumes the same run.
+NOT_IDENTITY = frozenset({
+    "output", "limit", "progress", "endpoint", "api_key_env", "concurrency", "timeout", "max_retries",
+    "retry_backoff", "cache_dir", "device", "batch_size", "max_batch_tokens", "attn_implementation"})
+
+
+def identity(config) -> dict:
+    """The options that determine a run's results (recorded; a resumed run must match them)."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_IDENTITY}
+
+
+@dataclass
+class NiahConfig(ModelOptions, OutputOptions):
+    pool: str = field(metadata={"metavar": "POOL_DIR", "help": "document pool whose pages make the haystack"})
+    lengths: list[str] = field(default_factory=lambda: list(DEFAULT_LENGTHS), metadata={"help": (
+        "context lengths in tokens (the whole prompt; K = 1024)")})
+    depths: list[float] = field(default_factory=lambda: list(DEFAULT_DEPTHS), metadata={"help": (
+        "needle depths: the share of the document tokens before the needle (0 = first, 1 = last)")})
+    needle_modes: list[str] = field(default_factory=lambda: list(NEEDLE_MODES), metadata={"help": (
+        "image: the needle is text drawn onto a page image; text: a text line between two pages")})
+    samples: int = field(default=1, metadata={"help": (
+        "needles per (length, depth, mode) cell, each in another haystack with another key and value")})
+    seed: int = field(default=0, metadata={"help": "seeds the haystack documents, needle keys and values"})
+    page_markers: bool = field(default=True, metadata={"help": (
+        "put a 'Page N:' text marker before each page image, as in training")})
+
+    def __post_init__(self) -> None:
+        errors = self.model_option_errors()
+        self.lengths = [str(v) for v in self.lengths]
+        for value in self.lengths:
+            parse_length(value, "lengths")
+        if any(not 0.0 <= d <= 1.0 for d in self.depths):
+            errors.append(f"--depths must lie in [0, 1], got {self.depths}")
+        if not self.needle_modes or any(m not in NEEDLE_MODES for m in self.needle_modes):
+            errors.append(f"--needle-modes: choose from {', '.join(NEEDLE_MODES)}, got {self.needle_modes}")
+        if self.samples < 1:
+            errors.append(f"--samples must be >= 1, got {self.samples}")
+        if errors:
+            raise EvalError("; ".join(errors))
+
+
+@dataclass
+class DocQAConfig(ModelOptions, OutputOptions):
+    input: str = field(metadata={"positional": True, "metavar": "INPUT", "help": (
+        "questions: a JSONL of {doc, question, answer, answer_format, evidence_pages}, a TASKS.jsonl "
+        "of 'longvlm synth' (with --pool), or MMLongBench-Doc's samples.json (with --pdf-dir)")})
+    input_format: str = field(default="auto", metadata={"choices": INPUT_FORMATS, "help": (
+        "auto: by content (a JSON list = mmlongbench; lines with 'task' and 'doc_id' = tasks; lines with "
+        "'doc' = jsonl)")})
+    pool: str | None = field(default=None, metadata={"metavar": "POOL_DIR", "help": (
+        "pool holding the documents named by doc id")})
+    pdf_dir: str | None = field(default=None, metadata={"metavar": "DIR", "help": (
+        "folder of the PDFs named by relative paths (default: the input file's folder)")})
+    dpi: int = field(default=144, metadata={"help": "render resolution of PDF pages, as the pool renders them"})
+    min_pixels: int = field(default=MIN_PIXELS, metadata={"help": "smart_resize lower bound on page pixels"})
+    max_pixels: int = field(default=MAX_PIXELS, metadata={"help": "smart_resize upper bound on page pixels"})
+    page_markers: bool = field(default=True, metadata={"help": (
+        "put a 'Page N:' text marker before each page image, as in training (MMLongBench-Doc's reference "
+        "prompt has none; results record which was used)")})
+    max_context: str | None = field(default=None, metadata={"metavar": "LENGTH", "help": (
+        "truncate documents whose prompt exceeds LENGTH tokens (e.g. 128K) by dropping pages; dropped "
+        "pages and evidence are recorded per example")})
+    truncate: str = field(default="end", metadata={"choices": TRUNCATE_SIDES, "help": (
+        "with --max-context: drop pages from the end, or from the middle (keeping the first and last ones); "
+        "kept pages keep their page numbers")})
+    instruction: str | None = field(default=None, metadata={"help": (
+        "text put after the question (default: a short-answer instruction for MMLongBench-Doc input, none "
+        "otherwise; '' for none)")})
+
+    def __post_init__(self) -> None:
+        errors = self.model_option_errors()
+        if self.max_context is not None:
+            parse_length(self.max_context, "max-context")
+        if self.dpi < 1 or self.min_pixels < 1 or self.max_pixels < self.min_pixels:
+            errors.append("--dpi and --min-pixels must be positive and --max-pixels >= --min-pixels")
+        if errors:
+            raise EvalError("; ".join(errors))
+
+
+@dataclass
+class ScoreConfig:
+    predictions: str = field(metadata={"positional": True, "metavar": "PREDICTIONS.jsonl", "help": (
+        "one JSON object per line with question, answer, answer_format and prediction (optional: "
+        "evidence_pages, evidence_sources, doc_type, task); a results.jsonl of 'longvlm eval' works too")})
+    json: bool = field(default=False, metadata={"help": "print the summary as one JSON object"})
+    output: str | None = field(default=None, metadata={"flag": "-o", "metavar": "SCORED.jsonl", "help": (
+        "also write the rows with their score")})

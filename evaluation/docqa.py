@@ -1,0 +1,295 @@
+"""``longvlm eval docqa``: long-document VQA in the MMLongBench-Doc style.
+
+Three inputs are read as they are (``--input-format auto`` tells them apart):
+
+- ``jsonl``: one object per line, ``doc`` (a PDF path, relative to ``--pdf-dir`` or the file's
+  folder, or a doc id of ``--pool``), ``question``, ``answer``; optional ``answer_format`` (``Int``,
+  ``Float``, ``Str``, ``List``, ``None``; default ``Str``), ``evidence_pages``, ``id``,
+  ``evidence_sources``, ``doc_type``;
+- ``tasks``: a TASKS.jsonl of ``longvlm synth`` (``doc_id`` in ``--pool``; answers scored as ``Str``,
+  results also per ``task``);
+- ``mmlongbench``: MMLongBench-Doc's ``samples.json`` (a JSON list; ``doc_id`` = a PDF file name in
+  ``--pdf-dir``; ``evidence_pages`` / ``evidence_sources`` as strings such as ``"[3, 5]"``).
+
+The whole document is the context, rendered like the pool (``--dpi``, default 144); with
+``--max-context`` a longer prompt drops pages (from the end, or the middle) and the kept pages
+keep their numbers. The question (plus ``--instruction``) follows the pages, as in training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from evaluation.config import SHORT_ANSWER_INSTRUCTION, DocQAConfig, EvalError, parse_length
+from evaluation.pages import Page, PdfPage, PoolPage
+from evaluation.prompt import Context, PromptBuilder, Request
+from evaluation.scoring import ANSWER_FORMATS, parse_list, score_answer
+from evaluation.scoring import summarize as summarize_answers
+
+
+@dataclass
+class Question:
+    """One question of the input, with where it came from (``where``: FILE:LINE or FILE[INDEX])."""
+
+    id: str
+    doc: str
+    question: str
+    answer: str
+    answer_format: str
+    evidence_pages: list[int]
+    where: str
+    extra: dict = field(default_factory=dict)  # evidence_sources, doc_type, task
+
+
+def _pages_list(value, where: str, key: str) -> list[int]:
+    items = value if isinstance(value, list) else parse_list(value) if value not in (None, "") else []
+    if items is None:
+        raise EvalError(f"{where}: '{key}' must be a list of page numbers such as [3, 5], got {value!r}")
+    try:
+        return sorted(int(v) for v in items)
+    except (TypeError, ValueError):
+        raise EvalError(f"{where}: '{key}' must hold page numbers, got {value!r}") from None
+
+
+def _text(obj: dict, key: str, where: str, required: bool = True) -> str | None:
+    if key not in obj:
+        if required:
+            raise EvalError(f"{where}: missing key '{key}'")
+        return None
+    value = obj[key]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, list):
+        return json.dumps(value)
+    if not isinstance(value, str):
+        raise EvalError(f"{where}: '{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def _question(obj: dict, where: str, doc_key: str, default_format: str | None = None) -> Question:
+    doc = _text(obj, doc_key, where)
+    question = _text(obj, "question", where)
+    answer = _text(obj, "answer", where)
+    answer_format = default_format or _text(obj, "answer_format", where, required=False) or "Str"
+    if answer_format not in ANSWER_FORMATS:
+        raise EvalError(f"{where}: answer_format {answer_format!r} is not one of {', '.join(ANSWER_FORMATS)}")
+    extra = {}
+    sources = obj.get("evidence_sources")
+    if sources not in (None, ""):
+        parsed = sources if isinstance(sources, list) else parse_list(sources)
+        extra["evidence_sources"] = [str(sources)] if parsed is None else [str(v) for v in parsed]
+    for key in ("doc_type", "task"):
+        if obj.get(key):
+            extra[key] = str(obj[key])
+    qid = str(obj.get("id") or hashlib.sha256(f"{doc}\n{question}\n{answer}".encode()).hexdigest()[:16])
+    return Question(qid, doc, question, answer, answer_format,
+                    _pages_list(obj.get("evidence_pages"), where, "evidence_pages"), where, extra)
+
+
+def detect_format(path: Path) -> str:
+    """``mmlongbench`` (a JSON list), ``tasks`` (synth lines) or ``jsonl`` (lines with ``doc``)."""
+    with open(path, encoding="utf-8") as f:
+        head = f.read(1 << 16)
+    if head.lstrip().startswith("["):
+        return "mmlongbench"
+    first = next((line for line in head.splitlines() if line.strip()), "")
+    try:
+        obj = json.loads(first)
+    except json.JSONDecodeError:
+        raise EvalError(f"{path}:1: neither a JSON list (samples.json) nor JSON lines") from None
+    if isinstance(obj, dict) and "doc" in obj:
+        return "jsonl"
+    if isinstance(obj, dict) and "doc_id" in obj and "task" in obj:
+        return "tasks"
+    raise EvalError(f"{path}:1: cannot tell the format (a line needs 'doc', or 'doc_id' and 'task'); "
+                    "pass --input-format")
+
+
+def read_questions(path: str | Path, input_format: str = "auto") -> tuple[str, list[Question]]:
+    """The input's format and its questions (ids made unique)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalError(f"{path}: input file not found")
+    fmt = detect_format(path) if input_format == "auto" else input_format
+    questions: list[Question] = []
+    if fmt == "mmlongbench":
+        try:
+            samples = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise EvalError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        if not isinstance(samples, list):
+            raise EvalError(f"{path}: MMLongBench-Doc's samples.json is a JSON list of samples")
+        for i, obj in enumerate(samples):
+            if not isinstance(obj, dict):
+                raise EvalError(f"{path}[{i}]: expected a JSON object")
+            questions.append(_question(obj, f"{path}[{i}]", "doc_id"))
+    else:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{number}"
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise EvalError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+                if not isinstance(obj, dict):
+                    raise EvalError(f"{where}: expected a JSON object")
+                if fmt == "tasks":
+                    questions.append(_question(obj, where, "doc_id", default_format="Str"))
+                else:
+                    questions.append(_question(obj, where, "doc"))
+    seen: dict[str, int] = {}
+    for q in questions:
+        n = seen.get(q.id, 0)
+        seen[q.id] = n + 1
+        if n:
+            q.id = f"{q.id}#{n}"
+    if not questions:
+        raise EvalError(f"{path}: no questions")
+    return fmt, questions
+
+
+class Documents:
+    """Each document's pages (pool pages or rendered PDF pages), resolved once."""
+
+    def __init__(self, config: DocQAConfig, pool=None):
+        self.config = config
+        self.pool = pool
+        if pool is None and config.pool:
+            from megatron_vlm.formats.pool import Pool, PoolFormatError
+
+            try:
+                self.pool = Pool.open(config.pool)
+            except PoolFormatError as err:
+                raise EvalError(f"--pool {config.pool}: {err}") from None
+        self.pdf_dir = Path(config.pdf_dir) if config.pdf_dir else Path(config.input).parent
+        self._pages: dict[str, list[Page]] = {}
+        self.sources: dict[str, str] = {}
+
+    def pages(self, q: Question) -> list[Page]:
+        if q.doc not in self._pages:
+            self._pages[q.doc] = self._resolve(q)
+        return self._pages[q.doc]
+
+    def _resolve(self, q: Question) -> list[Page]:
+        if self.pool is not None and q.doc in self.pool:
+            doc = self.pool.get(q.doc)
+            self.sources[q.doc] = f"pool:{q.doc}"
+            return [PoolPage.of(self.pool, doc, n) for n in range(1, doc["num_pages"] + 1)]
+        path = Path(q.doc)
+        if not path.is_absolute():
+            path = self.pdf_dir / path
+        if not path.is_file():
+            hint = "" if self.pool is not None else " (a doc id needs --pool)"
+            raise EvalError(f"{q.where}: document {q.doc!r} is neither a doc id of the pool nor a PDF "
+                            f"({path} not found){hint}")
+        try:
+            pages = PdfPage.document(path, self.config.dpi, self.config.min_pixels, self.config.max_pixels)
+        except ValueError as err:
+            raise EvalError(f"{q.where}: {err}") from None
+        except RuntimeError as err:  # PyMuPDF: not a PDF, damaged
+            raise EvalError(f"{q.where}: cannot open {path} as a PDF ({err})") from None
+        if not pages:
+            raise EvalError(f"{q.where}: {path} has no pages")
+        self.sources[q.doc] = str(path)
+        return pages
+
+
+def keep_pages(n: int, kept: int, side: str) -> list[int]:
+    """Indices of the ``kept`` pages left of ``n``: the first ones, or the first and last ones."""
+    if side == "end":
+        return list(range(kept))
+    head = (kept + 1) // 2
+    return list(range(head)) + list(range(n - (kept - head), n))
+
+
+def truncated(builder: PromptBuilder, question: str, pages: list[Page], limit: int, side: str) -> Context:
+    """The context with the most pages whose prompt fits ``limit`` tokens (binary search on the count)."""
+    def context(kept: int) -> Context:
+        idx = keep_pages(len(pages), kept, side)
+        return Context([pages[i] for i in idx], [i + 1 for i in idx])
+
+    lo, hi = 0, len(pages)  # lo fits (or is 0), hi is the candidate
+    if builder.count(question, context(hi)) <= limit:
+        return context(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if builder.count(question, context(mid)) <= limit:
+            lo = mid
+        else:
+            hi = mid
+    return context(lo)
+
+
+def instruction_of(config: DocQAConfig, input_format: str) -> str:
+    if config.instruction is not None:
+        return config.instruction
+    return SHORT_ANSWER_INSTRUCTION if input_format == "mmlongbench" else ""
+
+
+def requests(config: DocQAConfig, builder: PromptBuilder, pool=None) -> list[Request]:
+    fmt, questions = read_questions(config.input, config.input_format)
+    instruction = instruction_of(config, fmt)
+    docs = Documents(config, pool)
+    limit = parse_length(config.max_context, "max-context") if config.max_context else None
+    out = []
+    for q in questions:
+        text = f"{q.question}\n{instruction}" if instruction else q.question
+        if builder.has_special_text(text):
+            raise EvalError(f"{q.where}: the question spells a special token of the tokenizer")
+        pages = docs.pages(q)
+        context = (truncated(builder, text, pages, limit, config.truncate) if limit
+                   else Context(pages, list(range(1, len(pages) + 1))))
+        kept = set(context.page_numbers)
+        meta = {"doc": q.doc, "question": q.question, "answer_format": q.answer_format,
+                "evidence_pages": q.evidence_pages, **q.extra, "pages": len(context.pages),
+                "pages_dropped": len(pages) - len(context.pages),
+                "evidence_dropped": [p for p in q.evidence_pages if p not in kept]}
+        out.append(builder.build(q.id, text, q.answer, context, meta))
+    return out
+
+
+def score(request: Request, output: dict) -> dict:
+    if "prediction" not in output:
+        return {}
+    return {"score": score_answer(request.answer, output["prediction"], request.meta["answer_format"])}
+
+
+def summarize(rows: list[dict], config: DocQAConfig) -> dict:
+    if config.scoring == "generate":
+        summary = summarize_answers(rows)
+    else:
+        n = len(rows)
+        tokens = sum(r["answer_tokens"] for r in rows)
+        summary = {"n": n,
+                   "answer_logprob_per_token": sum(r["answer_logprob"] for r in rows) / tokens if tokens else None,
+                   "answer_token_accuracy": sum(r["answer_token_accuracy"] * r["answer_tokens"] for r in rows) / tokens
+                   if tokens else None}
+    summary["page_markers"] = config.page_markers
+    summary["truncated"] = sum(1 for r in rows if r.get("pages_dropped"))
+    summary["evidence_dropped"] = sum(1 for r in rows if r.get("evidence_dropped"))
+    return summary
+
+
+def report(summary: dict) -> str:
+    from evaluation.score import format_summary
+
+    return format_summary(summary)
+
+
+def artifacts(summary: dict, directory: Path) -> list[Path]:
+    return []
+
+
+def inputs(config: DocQAConfig) -> dict:
+    from megatron_vlm.formats.pool import pool_fingerprint
+    from megatron_vlm.utils.hashing import sha256_file
+
+    out = {"input": {"path": str(Path(config.input).absolute()), "sha256": sha256_file(config.input)}}
+    if config.pool:
+        out["pool"] = {"path": str(Path(config.pool).absolute()), "fingerprint": pool_fingerprint(config.pool)}
+    return out

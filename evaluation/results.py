@@ -1,0 +1,95 @@
+"""The results directory of one run: rows appended as examples finish, a summary at the end.
+
+::
+
+    OUT_DIR/
+      run.json        the run's identity (task, result-determining options, backend), written first
+      results.jsonl   one row per finished example, appended and flushed as each finishes
+      results.json    task, config, backend, RoPE, inputs, versions, summary (atomic; at the end)
+
+A rerun of the same run skips the examples whose row is there (a row with an ``error`` is tried
+again); a run with other result-determining options refuses the directory rather than mixing
+results. A torn last line (a killed process) is dropped on reopening.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from evaluation.config import EvalError
+from megatron_vlm.utils.atomic import write_json
+
+ROWS, RUN, SUMMARY = "results.jsonl", "run.json", "results.json"
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    out = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+class ResultStore:
+    def __init__(self, directory: str | Path, run: dict):
+        self.directory = Path(directory)
+        if self.directory.exists() and not self.directory.is_dir():
+            raise EvalError(f"-o {self.directory}: exists and is not a directory")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        run_path = self.directory / RUN
+        if run_path.is_file():
+            old = json.loads(run_path.read_text(encoding="utf-8"))
+            if old != run:
+                changes = "; ".join(_diff(old, run)[:6])
+                raise EvalError(f"-o {self.directory}: holds results of another run ({changes}); "
+                                "use another output directory or remove it")
+        else:
+            write_json(run_path, run)
+        self.rows: dict[str, dict] = {}
+        path = self.directory / ROWS
+        if path.is_file():
+            self._load(path)
+        self._file = open(path, "a", encoding="utf-8")
+
+    def _load(self, path: Path) -> None:
+        data = path.read_bytes()
+        lines = data.split(b"\n")
+        keep = len(data)
+        if lines and lines[-1]:  # no final newline: a torn last row
+            keep -= len(lines[-1])
+            lines = lines[:-1]
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise EvalError(f"{path}:{number}: not valid JSON ({err.msg}); remove the line to resume") from None
+            self.rows[row["id"]] = row  # a later row (a retried error) replaces an earlier one
+        if keep < len(data):
+            with open(path, "r+b") as f:
+                f.truncate(keep)
+
+    def done(self, example_id: str) -> bool:
+        row = self.rows.get(example_id)
+        return row is not None and "error" not in row
+
+    def add(self, row: dict) -> None:
+        self.rows[row["id"]] = row
+        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+    def write_summary(self, results: dict) -> Path:
+        path = self.directory / SUMMARY
+        write_json(path, results)
+        return path

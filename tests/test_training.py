@@ -1,0 +1,249 @@
+"""``longvlm train``: the step against an independent computation, parallel layouts against one
+process, exact resume, resume at another layout, preemption, frozen parts, bad configs.
+
+Runs use a tiny random Qwen2.5-VL (4 layers) and a small self-contained built dataset (pages copied
+into it; rows of at most 512 tokens; answers of very different lengths), 3 steps each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from build_fakes import FakePool, write_tasks
+from distributed import REPO_ROOT, run_distributed
+
+from megatron_vlm.formats.checkpoint import MegatronCheckpoint
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, qwen_tokenizer_dir):
+    """A tiny HF checkpoint (4 LM layers) and a copied-pages dataset whose packs differ in answer tokens."""
+    from megatron_vlm.models.tiny import save_tiny_checkpoint
+    from preprocess.dataset.config import BuildConfig
+    from preprocess.dataset.run import build
+
+    tmp = tmp_path_factory.mktemp("train")
+    hf = save_tiny_checkpoint(tmp / "hf", seed=3, num_layers=4)
+    sizes = {f"{i:064x}": [(56 * (1 + (i + p) % 3), 28 * (2 + p % 2)) for p in range(2 + i % 3)] for i in range(8)}
+    pool = FakePool(tmp / "pool", sizes).register()
+    rows = []
+    for i, doc in enumerate(sizes):
+        answer = "yes" if i % 2 else " ".join(f"item {k} of the list on page {k % 3 + 1}" for k in range(12))
+        rows.append({"task": "extract-single" if i % 2 else "extract-multi", "doc_id": doc,
+                     "question": f"Question {i}: what is on page 1?", "answer": answer})
+    tasks = write_tasks(tmp / "tasks.jsonl", rows)
+    build(BuildConfig(tasks=[str(tasks)], pool=str(tmp / "pool"), tokenizer=str(qwen_tokenizer_dir),
+                      output=str(tmp / "data"), max_seq_len=512, token_budget=2500, copy_pages=True,
+                      mixture="extract-single=1,extract-multi=1", progress=False), pool=pool)
+    return {"hf": hf, "data": tmp / "data", "tmp": tmp}
+
+
+def overrides(setup, **extra) -> list[str]:
+    base = {"model.checkpoint": setup["hf"], "train.train_steps": STEPS, "train.global_batch_size": 4,
+            "train.micro_batch_size": 1, "train.precision": "fp32", "optimizer.lr": 3e-3,
+            "optimizer.min_lr": 3e-4, "optimizer.warmup_fraction": 0.0, "optimizer.weight_decay": 0.0,
+            "checkpoint.save_interval": 0, "checkpoint.keep_last": 3, "logging.log_interval": 1,
+            "logging.tensorboard": False, "data.num_workers": 0, **extra}
+    return [f"data.train=[{{prefix: {setup['data']}}}]"] + [f"{k}={v}" for k, v in base.items()]
+
+
+def train(setup, run_dir: Path, nprocs: int = 1, timeout: float = 300, **extra) -> list[dict]:
+    """Run ``longvlm train`` on ``nprocs`` processes; the train records of ``metrics.jsonl``."""
+    args = ["train", "tiny-cpu", "-o", run_dir, *overrides(setup, **extra)]
+    run_distributed("longvlm", nprocs, args, timeout=timeout)
+    return records(run_dir)
+
+
+def records(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("split", "train") == "train"]
+
+
+def weights(run_dir: Path, iteration=None) -> dict[str, torch.Tensor]:
+    ckpt = MegatronCheckpoint.open(run_dir / "checkpoints", iteration)
+    names = [n for n in ckpt.shapes if n.startswith(("language_model.", "vision_model."))]
+    from megatron_vlm.runtime import process_group
+
+    with process_group():
+        return ckpt.load(names)
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    """One process, 3 steps: the run every layout is compared with."""
+    run_dir = setup["tmp"] / "ref"
+    return run_dir, train(setup, run_dir)
+
+
+def test_one_process_run_writes_everything_and_learns(setup, reference):
+    run_dir, recs = reference
+    assert [r["step"] for r in recs] == [1, 2, 3]
+    assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in recs)
+    assert recs[-1]["loss"] < recs[0]["loss"]
+    for key in ("lr", "tokens", "step_time", "data_wait", "answer_tokens", "computed_tokens"):
+        assert key in recs[0]
+    assert recs[0]["lr"] == pytest.approx(3e-3) and recs[-1]["lr"] < recs[0]["lr"]  # cosine
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    ckpt = MegatronCheckpoint.open(run_dir / "checkpoints")
+    assert ckpt.iter_dir.name == "iter_0000003"
+    assert json.loads((ckpt.iter_dir / "longvlm.json").read_text())["hf_config"]["vision_config"]["depth"] == 4
+    # rows train at their own length (padding only to the layout's multiple: none here)
+    assert all(r["computed_tokens"] == r["tokens"] for r in recs)
+
+
+def test_loss_is_the_mean_over_answer_tokens_of_the_global_batch(setup, reference):
+    """Step 1's loss and gradient norm equal an independent computation with transformers' model on the
+    same rows: sum of answer-token losses / answer tokens (not a mean of per-micro-batch means)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from megatron_vlm.data.loader import build_data_loader
+
+    _, recs = reference
+    hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(setup["hf"], dtype=torch.float32)
+    loader = build_data_loader(setup["data"], 1, seed=1234, total_samples=4, num_workers=0)
+    sums, counts = [], []  # per micro-batch (= packed row): summed answer-token loss, answer tokens
+    for batch in loader:
+        ids, grids, pixels = batch["input_ids"][0], batch["image_grid_thw"], batch["pixel_values"]
+        cu = batch["cu_seqlens"].tolist()
+        row_sum, image, patch = 0.0, 0, 0
+        for lo, hi in zip(cu[:-1], cu[1:]):  # each packed sample on its own, as transformers sees one sequence
+            sample = ids[lo:hi][None]
+            n_images = int(((sample[0] == 151655).int().diff() == 1).sum() + (sample[0, 0] == 151655))
+            g = grids[image:image + n_images]
+            n_patches = int(g.prod(1).sum()) if n_images else 0
+            kw = {}
+            if n_images:
+                kw = dict(pixel_values=pixels[patch:patch + n_patches], image_grid_thw=g,
+                          mm_token_type_ids=(sample == 151655).int())
+            logits = hf(input_ids=sample, **kw).logits[0].float()
+            per_token = torch.nn.functional.cross_entropy(logits, batch["labels"][0, lo:hi], reduction="none")
+            row_sum = row_sum + (per_token * batch["loss_mask"][0, lo:hi]).sum()
+            image, patch = image + n_images, patch + n_patches
+        sums.append(row_sum)
+        counts.append(batch["loss_mask"].sum())
+    assert min(counts) * 5 < max(counts)  # micro-batches with very different answer-token counts
+    token_mean = sum(sums) / sum(counts)
+    mean_of_means = sum(s / c for s, c in zip(sums, counts)) / len(sums)
+    assert abs(token_mean - mean_of_means) > 100 * 2e-4  # the two normalizations are told apart
+    assert recs[0]["loss"] == pytest.approx(token_mean.item(), abs=2e-4)
+    token_mean.backward()
+    norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in hf.parameters() if p.grad is not None))
+    assert recs[0]["grad_norm"] == pytest.approx(norm.item(), rel=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["dp2", "tp2_sp", "pp2", "cp2"])
+def test_parallel_layouts_match_one_process(setup, reference, layout):
+    ref_dir, ref = reference
+    extra = {"dp2": {}, "tp2_sp": {"parallel.tp": 2, "parallel.sp": "true"},
+             "pp2": {"parallel.pp": 2, "parallel.first_stage_layers": 1}, "cp2": {"parallel.cp": 2}}[layout]
+    run_dir = setup["tmp"] / layout
+    recs = train(setup, run_dir, nprocs=2, **extra)
+    for a, b in zip(recs, ref, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=2e-5), (a["step"], a["loss"], b["loss"])
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    ours, theirs = weights(run_dir), weights(ref_dir)
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=2e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_tp2_cp2_on_four_processes_matches_one_process(setup, reference):
+    ref_dir, ref = reference
+    recs = train(setup, setup["tmp"] / "tp2cp2", nprocs=4, timeout=600,
+                 **{"parallel.tp": 2, "parallel.cp": 2, "parallel.sp": "true", "train.global_batch_size": 4})
+    for a, b in zip(recs, ref, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=2e-5)
+
+
+def rewind(run_dir: Path, iteration: int) -> None:
+    """As if the run had crashed right after saving ``iteration``: later checkpoints are gone."""
+    root = run_dir / "checkpoints"
+    for d in root.glob("iter_*"):
+        if int(d.name[5:]) > iteration:
+            shutil.rmtree(d)
+    (root / "latest_checkpointed_iteration.txt").write_text(f"{iteration}\n")
+
+
+def test_resume_is_exact(setup, reference):
+    """1 step, save, resume, 2 more steps == 3 uninterrupted steps, bitwise."""
+    _, ref = reference
+    run_dir = setup["tmp"] / "resume"
+    train(setup, run_dir, **{"checkpoint.save_interval": 1})
+    rewind(run_dir, 1)
+    recs = train(setup, run_dir, **{"checkpoint.save_interval": 1})
+    assert [r["step"] for r in recs] == [1, 2, 3]
+    assert [r["loss"] for r in recs] == [r["loss"] for r in ref]
+    assert [r["grad_norm"] for r in recs] == [r["grad_norm"] for r in ref]
+
+
+@pytest.mark.slow
+def test_resume_at_another_layout(setup, reference):
+    """Saved at TP1 after step 1, resumed at TP2+SP on 2 processes: model and optimizer resharded."""
+    _, ref = reference
+    run_dir = setup["tmp"] / "relayout"
+    train(setup, run_dir, **{"checkpoint.save_interval": 1})
+    rewind(run_dir, 1)
+    recs = train(setup, run_dir, nprocs=2, **{"checkpoint.save_interval": 1, "parallel.tp": 2, "parallel.sp": "true"})
+    for a, b in zip(recs[1:], ref[1:], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=2e-5)
+
+
+def test_sigterm_saves_then_resumes_and_exports(setup, tmp_path):
+    """SIGTERM mid-run: the step finishes, a checkpoint is saved, exit 75; a rerun resumes and finishes; the
+    checkpoint exports to a directory transformers loads."""
+    from longvlm import api
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "longvlm", "train", "tiny-cpu", "-o", str(run_dir),
+           *overrides(setup, **{"train.train_steps": 200})]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 75, err[-3000:]
+    saved = MegatronCheckpoint.open(run_dir / "checkpoints")
+    step = int(saved.iter_dir.name[5:])
+    assert step == len(records(run_dir)) and "SIGTERM: saved step" in out
+    recs = train(setup, run_dir, **{"train.train_steps": step + 1})
+    assert [r["step"] for r in recs] == list(range(1, step + 2))
+    hf = api.convert("megatron-to-hf", ckpt=str(run_dir / "checkpoints"), out=str(tmp_path / "hf"),
+                     hf_template=str(setup["hf"]))
+    assert (hf.out / "config.json").is_file()
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf.out)
+    trained = weights(run_dir)["language_model.decoder.final_layernorm.weight"]
+    torch.testing.assert_close(model.model.language_model.norm.weight, trained)
+
+
+def test_frozen_parts_do_not_change(setup):
+    from megatron_vlm.runtime import process_group
+
+    run_dir = setup["tmp"] / "frozen"
+    train(setup, run_dir, **{"model.train_vision": "false", "train.train_steps": 1})
+    after = weights(run_dir)
+    with process_group():
+        before = MegatronCheckpoint.open(run_dir / "init").load(list(after))
+    changed = {n for n in after if not torch.equal(before[n], after[n])}
+    tower = {n for n in after if n.startswith(("vision_model.decoder.", "vision_model.patch_embed."))}
+    assert tower and not changed & tower
+    assert any(n.startswith("vision_model.merger.") for n in changed)  # the merger still trains
+    assert any(n.startswith("language_model.") for n in changed)
