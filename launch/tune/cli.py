@@ -207,7 +207,7 @@ def run(config: TuneConfig):
                       only_tp=tuple(config.tp or ()), only_pp=tuple(config.pp or ()), only_cp=tuple(config.cp or ()))
     result = plan(arch, workload, request)
     result.recipe = recipe
-    if config.explain is not None and not 1 <= config.explain <= len(result.ranked):
+    if config.explain is not None and result.ranked and not 1 <= config.explain <= len(result.ranked):
         raise LongVLMError(f"--explain {config.explain}: {len(result.ranked)} layouts fit; choose 1.."
                            f"{len(result.ranked)}")
     if config.write_recipe and result.ranked:
@@ -250,19 +250,20 @@ def main(args: argparse.Namespace) -> int:
     config = dataclass_from_args(TuneConfig, args)
     result = run(config)
     layers = result.arch.num_layers
-    chosen = result.ranked[(config.explain or 1) - 1] if result.ranked else None
+    # with nothing that fits, --explain breaks down the layout that comes closest
+    chosen = result.ranked[(config.explain or 1) - 1] if result.ranked else result.smallest
     if config.json:
         out = plan_dict(result, layers, config.top)
-        if config.explain is not None:
+        if config.explain is not None and chosen is not None:
             from launch.tune.report import candidate_dict
 
             out["explained"] = candidate_dict(chosen, layers)
         print(json.dumps(out, indent=1))
     else:
         print(format_table(result, layers, config.top))
-        if config.explain is not None:
+        if config.explain is not None and chosen is not None:
             print()
             print(explain(chosen, result, layers))
-    if result.written_recipe and not config.json:
+    if result.written_recipe and not config.json and chosen is not None:
         print(f"\nwrote {result.written_recipe} ({chosen.layout.label()}, recompute {chosen.layout.recompute})")
     return 0 if result.ranked else 1

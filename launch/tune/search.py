@@ -1,9 +1,9 @@
 """Enumerate the layouts that can run, predict memory and time for each, rank the ones that fit.
 
 A layout can run when Megatron-Core can build it: TP divides the attention heads and KV groups of
-both towers, the vision MLP width and the vocabulary; the language layers split over the
-pipeline stages with the chosen first-stage count; the sequence splits into ``2 * CP`` chunks; the
-global batch into DP x micro-batch. It fits when its most loaded GPU's predicted peak is within
+both towers, both MLP widths and the vocabulary; the language layers split over the pipeline
+stages with the chosen first-stage count (``ParallelLayout.check_model``); the global batch splits
+into DP x micro-batch; the ``te`` backend is not asked for packed rows with CP. It fits when its most loaded GPU's predicted peak is within
 the GPU memory. The first stage's layer count is chosen per layout to balance the vision tower
 against the language layers (fastest that fits). Feasible layouts are ranked by step time.
 """
