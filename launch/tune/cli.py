@@ -58,7 +58,8 @@ class TuneConfig:
         "choices": ATTENTION_BACKENDS, "help": "the model's attention backend (default: the recipe's, else torch); "
         "te cannot run packed rows with CP > 1 (docs/model.md)"})
     distributed_optimizer: bool | None = field(default=None, metadata={
-        "help": "Megatron's distributed optimizer: optimizer state sharded over DP x CP (default: the recipe's, else on)"})
+        "help": "Megatron's distributed optimizer: optimizer state sharded over DP x CP (default: the recipe's, "
+                "else on; off with --gpu cpu, as training runs there)"})
     data: list[str] | None = field(default=None, metadata={
         "metavar": "DATA_PREFIX", "help": "plan for the rows of built datasets (longvlm build): real sample lengths, "
         "page images and answer tokens (default: the recipe's data.train, else synthetic rows)"})
@@ -76,7 +77,8 @@ class TuneConfig:
     cp: list[int] | None = field(default=None, metadata={"help": "only these context-parallel sizes"})
     fragmentation: float = field(default=0.10, metadata={
         "help": "allocator fragmentation allowance, as a fraction of activations"})
-    reserved_gib: float = field(default=3.0, metadata={"help": "per-GPU memory for CUDA context, NCCL, workspaces"})
+    reserved_gib: float | None = field(default=None, metadata={
+        "help": "per-GPU memory for CUDA context, NCCL, workspaces (default: 3; 0 with --gpu cpu)"})
     gemm_efficiency: float = field(default=0.70, metadata={"help": "achieved fraction of the matmul peak"})
     attention_efficiency: float = field(default=0.45, metadata={
         "help": "achieved fraction of the bf16 peak in attention"})
@@ -195,12 +197,14 @@ def run(config: TuneConfig):
     if precision == "fp8" and (backend != "te" or gpu.fp8_tflops <= 0):
         raise ConfigError(f"precision fp8 needs --attention-backend te (Transformer Engine) and a GPU with fp8 "
                           f"(the {gpu.name} preset has an fp8 peak of {gpu.fp8_tflops:g} TFLOP/s)")
-    setup = Setup(precision=precision, attention_backend=backend,
-                  distributed_optimizer=_first(config.distributed_optimizer,
-                                               recipe and recipe.optimizer.distributed_optimizer, True))
+    cpu = config.gpu == "cpu"  # training on CPUs runs without the distributed optimizer and overlap
+    setup = Setup(precision=precision, attention_backend=backend, overlap_grad_reduce=not cpu,
+                  distributed_optimizer=not cpu and _first(config.distributed_optimizer,
+                                                           recipe and recipe.optimizer.distributed_optimizer, True))
     request = Request(gpus=config.gpus, gpus_per_node=min(config.gpus_per_node, config.gpus), global_batch=rows,
                       gpu=gpu, setup=setup, efficiency=efficiency,
-                      allowances=Allowances(fragmentation=config.fragmentation, reserved_gib=config.reserved_gib),
+                      allowances=Allowances(fragmentation=config.fragmentation,
+                                            reserved_gib=_first(config.reserved_gib, 0.0 if cpu else 3.0)),
                       micro_batches=tuple(config.micro_batch), recompute=tuple(config.recompute),
                       loader_workers=_first(config.loader_workers, recipe and recipe.data.num_workers),
                       prefetch_factor=_first(config.prefetch_factor, recipe and recipe.data.prefetch),
