@@ -88,7 +88,24 @@ def convert(action: str, **options: Any) -> Any:
     return run(action, dataclass_from_options(ACTIONS[action][0], options))
 
 
-train = _not_implemented("train")
+def train(recipe: str | dict, *, output: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> int:
+    """``longvlm train``: run (or resume) a recipe (a YAML path, a built-in recipe's name such as
+    ``"tiny-cpu"``, or a dict of recipe keys) with ``key=value`` overrides in ``output`` (default:
+    ``runs/RECIPE_NAME``) on this process's rank; returns 0, or 75 after a preemption signal::
+
+        api.train("recipes/mmprolong-7b-128k.yaml", output="runs/mmprolong", overrides=["parallel.tp=8"])
+
+    Bad recipes raise ``training.config.RecipeError`` before any work (docs/training.md).
+    """
+    from pathlib import Path
+
+    from training.cli import recipe_path
+    from training.config import load_recipe
+    from training.trainer import train as run_training
+
+    source = recipe if isinstance(recipe, dict) else recipe_path(recipe)
+    name = "recipe" if isinstance(recipe, dict) else Path(source).stem
+    return run_training(load_recipe(source, list(overrides)), output or Path("runs") / name)
 
 
 def tune(**options: Any):

@@ -82,3 +82,13 @@ def small_pool(tmp_path_factory, pdf_dir) -> Path:
     api.pool(inputs=[str(pdf_dir / "float.pdf"), str(pdf_dir / "booktabs.pdf")], output=str(out), min_pages=0,
              max_pages=0, dpi=36, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def megatron_single():
+    """Megatron-Core's process groups for one process (module-wide); yields the device."""
+    from megatron_vlm import runtime
+
+    runtime.initialize_distributed(seed=1234)
+    yield runtime.device()
+    runtime.destroy()

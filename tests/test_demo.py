@@ -10,16 +10,15 @@ import pytest
 from longvlm import api
 from longvlm.cli import main
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_demo_runs_every_stage_and_the_export_reproduces_the_trained_model(pdf_dir, tmp_path):
     pdfs = tmp_path / "pdfs"
     pdfs.mkdir()
     for name in ("float.pdf", "booktabs.pdf", "camlidl-1.04.doc.pdf"):
         shutil.copy(pdf_dir / name, pdfs / name)
     out = tmp_path / "demo"
-    records = api.demo(output=str(out), pdfs=str(pdfs), train_steps=2)
+    records = api.demo(output=str(out), pdfs=str(pdfs), train_steps=2, token_budget=5e4)  # 3 PDFs: < 4 repeats
     assert [r.name for r in records] == [
         "pool", "synth", "build", "stats", "tiny model", "convert hf-to-megatron", "convert verify",
         "train (demo loop)", "convert megatron-to-hf", "exported == trained"]
@@ -36,3 +35,11 @@ def test_demo_runs_every_stage_and_the_export_reproduces_the_trained_model(pdf_d
     (tmp_path / "mine" / "keep.txt").write_text("x")
     assert main(["demo", "-o", str(tmp_path / "mine"), "--pdfs", str(pdfs)]) == 2
     assert (tmp_path / "mine" / "keep.txt").exists()
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", "0"])
+def test_bad_token_budget_is_refused_before_any_stage(tmp_path, capsys, budget):
+    assert main(["demo", "-o", str(tmp_path / "d"), f"--token-budget={budget}"]) == 2
+    err = capsys.readouterr().err
+    assert "--token-budget must be a finite number of at least 1 token" in err and "Traceback" not in err
+    assert not (tmp_path / "d").exists()  # no pool, no synth

@@ -9,15 +9,6 @@ from vlm_inputs import make_row, randomize_weights_
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(scope="module")
-def megatron_single():
-    from megatron_vlm import runtime
-
-    runtime.initialize_distributed(seed=1234)
-    yield runtime.device()
-    runtime.destroy()
-
-
 def _model(backend: str, dtype: torch.dtype, device):
     from megatron_vlm.models.config import qwen25vl_config_from_hf
     from megatron_vlm.models.qwen25vl import Qwen25VLModel

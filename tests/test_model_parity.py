@@ -24,15 +24,6 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(scope="module")
-def megatron_single():
-    from megatron_vlm import runtime
-
-    runtime.initialize_distributed(seed=1234)
-    yield
-    runtime.destroy()
-
-
 def _pair(name: str, seed: int = 0):
     from transformers import Qwen2_5_VLForConditionalGeneration
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 
+from megatron_vlm.errors import LongVLMError
 from training.config import GuardSettings
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(LongVLMError, RuntimeError):
     """The guard stopped the run (``on_nan`` / ``on_spike`` = ``stop``); the message says why and where."""
 
 

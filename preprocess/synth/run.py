@@ -7,6 +7,7 @@ validated and written in plan order while later requests are still in flight.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -19,6 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from megatron_vlm.utils.atomic import atomic_write, write_json
+from megatron_vlm.utils.stop_points import stop_point
 from preprocess.synth.config import VQA_TASKS, SynthConfig, SynthError, parse_range
 from preprocess.synth.generators import QARequest, make_generator
 from preprocess.synth.ocr import PROMPT_VERSION as OCR_PROMPT_VERSION
@@ -134,8 +136,9 @@ def run_synth(config: SynthConfig, pool=None) -> SynthResult:
     output = Path(config.output)
     rejected_path, summary_path = side_paths(output)
     summary, dedup = Summary(tasks), DuplicateFilter()
+    pool_exec = ThreadPoolExecutor(max_workers=config.concurrency)
     with atomic_write(output) as out, atomic_write(rejected_path) as rej, \
-            ThreadPoolExecutor(max_workers=config.concurrency) as pool_exec, \
+            _cancel_on_error(pool_exec), \
             tqdm(total=plan_size(len(docs), config), desc="synth", unit="inst", disable=not config.progress) as bar:
         window: deque = deque()
 
@@ -157,6 +160,7 @@ def run_synth(config: SynthConfig, pool=None) -> SynthResult:
                                      ensure_ascii=False) + "\n")
             bar.update(1)
             bar.set_postfix(accepted=summary.accepted(), rejected=summary.rejected(), refresh=False)
+            stop_point("synth.instance")
 
         for job in plan(docs, config):
             window.append((job, pool_exec.submit(attempt, job)))
@@ -170,6 +174,17 @@ def run_synth(config: SynthConfig, pool=None) -> SynthResult:
               "generator_stats": stats, "table": summary.table()}
     write_json(summary_path, report)
     return SynthResult(output, rejected_path, summary_path, summary.to_json(), summary.table(), stats)
+
+
+@contextlib.contextmanager
+def _cancel_on_error(executor: ThreadPoolExecutor) -> Iterator[None]:
+    """Shut the executor down; on an error or Ctrl-C, cancel the requests not yet started."""
+    try:
+        yield
+    except BaseException:
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    executor.shutdown()
 
 
 def _accept(job: Job, result: dict, dedup: DuplicateFilter, generator_info: dict) -> dict:
