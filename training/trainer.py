@@ -182,18 +182,20 @@ class Trainer:
         return 0
 
     def _validate(self, parts: ModelParts, share, plan: DataPlan) -> dict:
-        """Mean loss over the answer tokens of ``eval_batches`` validation micro-batches per data-parallel rank."""
+        """Loss (mean over answer tokens) and token accuracy (argmax == answer) of ``eval_batches`` validation
+        micro-batches per data-parallel rank: the teacher-forced scoring of ``longvlm eval --backend megatron``."""
         config = self.config
         for chunk in parts.chunks:
             chunk.eval()
         try:
             with torch.no_grad():
                 result, _ = run_schedule(parts.chunks, iter(valid_loader(config)), config.logging.eval_batches, share,
-                                         plan.seq_length, config.train.micro_batch_size, forward_only=True)
+                                         plan.seq_length, config.train.micro_batch_size, forward_only=True,
+                                         score=True)
         finally:
             for chunk in parts.chunks:
                 chunk.train()
-        return {"loss": result.loss, "answer_tokens": result.answer_tokens}
+        return {"loss": result.loss, "token_accuracy": result.accuracy, "answer_tokens": result.answer_tokens}
 
     def _samples(self, loader, state: TrainState) -> str:
         """The task instances of the current global batch, as ``tasks-file:line`` (known to every rank)."""
