@@ -7,7 +7,6 @@ import json
 
 import pytest
 import yaml
-from build_fakes import FakePool, write_tasks
 
 from launch.tune.layout import Layout
 from launch.tune.memory import GIB, Setup, activations, model_states
@@ -86,21 +85,9 @@ def test_the_cost_model_knows_the_vlm():
 
 
 @pytest.fixture(scope="module")
-def built_data(tmp_path_factory, qwen_tokenizer_dir):
-    """A small built dataset: 5 documents of 2-6 pages, three VQA tasks each, packed into 512-token rows."""
-    from preprocess.dataset.config import BuildConfig
-    from preprocess.dataset.run import build
-
-    tmp = tmp_path_factory.mktemp("tune_data")
-    sizes = {f"{i:064x}": [(56 * (1 + (i + p) % 3), 28 * (2 + p % 2)) for p in range(2 + i)] for i in range(5)}
-    pool = FakePool(tmp / "pool", sizes).register()
-    rows = [{"task": t, "doc_id": d, "question": f"Q{i}: {t} on page 1?", "answer": f"A{i} {t}"}
-            for i, d in enumerate(sizes) for t in ("extract-single", "extract-multi", "reasoning")]
-    cfg = BuildConfig(tasks=[str(write_tasks(tmp / "tasks.jsonl", rows))], pool=str(tmp / "pool"),
-                      tokenizer=str(qwen_tokenizer_dir), output=str(tmp / "data"), max_seq_len=512,
-                      token_budget=12000, progress=False)
-    build(cfg, pool=pool)
-    return str(tmp / "data")
+def built_data(built) -> str:
+    """The prefix of conftest's small built dataset (512-token rows of page-image VQA samples)."""
+    return str(built[0])
 
 
 def test_rows_of_a_built_dataset(built_data):
