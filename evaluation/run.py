@@ -59,7 +59,9 @@ class EvalResult:
 
 
 def load_tokenizer(options):
-    from transformers import AutoTokenizer
+    """The tokenizer prompts are built and measured with (``--tokenizer``, else the checkpoint's own),
+    checked as ``longvlm build`` checks it (a Qwen2.5-VL chat template that renders images)."""
+    from preprocess.dataset.run import load_tokenizer as load_checked
 
     path = options.tokenizer or options.checkpoint
     if options.tokenizer is None and options.backend == "megatron":
@@ -69,15 +71,7 @@ def load_tokenizer(options):
         if path is None:
             raise EvalError(f"--checkpoint {options.checkpoint}: the HF directory it was converted from is gone; "
                             "pass --tokenizer DIR (the model's Qwen2.5-VL tokenizer)")
-    if not Path(path).is_dir():
-        raise EvalError(f"--tokenizer {path}: not a tokenizer directory")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise EvalError(f"--tokenizer {path}: cannot load a tokenizer ({err})") from None
-    if not tokenizer.chat_template:
-        raise EvalError(f"--tokenizer {path}: has no chat template (use the Qwen2.5-VL tokenizer)")
-    return tokenizer
+    return load_checked(path)
 
 
 def _versions() -> dict:

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -25,22 +24,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
-
-VQA = ("extract-single", "extract-multi", "reasoning")
-
-
-def write_tasks(pool, path: Path, tasks=VQA, pages_per_task: int = 2) -> Path:
-    """Page-anchored questions whose answers are the page's first text (no generator needed)."""
-    rows = []
-    for doc in pool.documents:
-        for k, task in enumerate(tasks):
-            for page in sorted({1 + k, doc["num_pages"] - k})[:pages_per_task]:
-                text = " ".join(b["text"] for b in pool.page_blocks(doc["doc_id"], page)).strip()[:200]
-                rows.append({"id": f"{doc['doc_id'][:12]}-{task}-{page}", "task": task, "doc_id": doc["doc_id"],
-                             "question": f"What is the first text on page {page}?", "answer": text or "Nothing.",
-                             "evidence_pages": [page], "segment": None, "generator": {"name": "bench"}})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+from bench_inputs import write_tasks  # noqa: E402
 
 
 def packing_on_synthetic_lengths(max_seq_len: int, n: int = 20000) -> None:

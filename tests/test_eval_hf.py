@@ -250,7 +250,7 @@ def test_megatron_backend_at_tp2_and_cp2_equals_one_process(tmp_path, small_pool
     rows = {}
     for name, layout in (("one", []), ("tp2", ["--tp", "2"]), ("cp2", ["--cp", "2"])):
         out = tmp_path / name
-        args = ["eval", "docqa", "--input", opts["input"], "--pool", opts["pool"], "--checkpoint", opts["checkpoint"],
+        args = ["eval", "docqa", opts["input"], "--pool", opts["pool"], "--checkpoint", opts["checkpoint"],
                 "--tokenizer", opts["tokenizer"], "--max-context", "700", "--scoring", "teacher-forcing",
                 "--backend", "megatron", "--batch-size", "1", "--no-progress", "-o", str(out), *layout]
         run_distributed("longvlm", 1 if name == "one" else 2, args, timeout=400)

@@ -144,11 +144,12 @@ def test_loss_is_the_mean_over_answer_tokens_of_the_global_batch(setup, referenc
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["dp2", "tp2_sp", "pp2", "cp2"])
+@pytest.mark.parametrize("layout", ["dp2", "tp2_sp", "pp2", "cp2", "pp2_vpp2"])
 def test_parallel_layouts_match_one_process(setup, reference, layout):
     ref_dir, ref = reference
     extra = {"dp2": {}, "tp2_sp": {"parallel.tp": 2, "parallel.sp": "true"},
-             "pp2": {"parallel.pp": 2, "parallel.first_stage_layers": 1}, "cp2": {"parallel.cp": 2}}[layout]
+             "pp2": {"parallel.pp": 2, "parallel.first_stage_layers": 1}, "cp2": {"parallel.cp": 2},
+             "pp2_vpp2": {"parallel.pp": 2, "parallel.vpp": 2}}[layout]
     run_dir = setup["tmp"] / layout
     recs = train(setup, run_dir, nprocs=2, **extra)
     for a, b in zip(recs, ref, strict=True):
@@ -255,10 +256,8 @@ def test_frozen_parts_do_not_change(setup):
 
 def test_config_yaml_reproduces_the_run_bitwise(setup, reference):
     ref_dir, ref = reference
-    from longvlm.cli import main
-
     run_dir = setup["tmp"] / "again"
-    assert main(["train", str(ref_dir / "config.yaml"), "-o", str(run_dir)]) == 0  # in this process
+    run_distributed("longvlm", 1, ["train", ref_dir / "config.yaml", "-o", run_dir])  # the reference's launcher
     assert [r["loss"] for r in records(run_dir)] == [r["loss"] for r in ref]
 
 

@@ -75,6 +75,12 @@ def plan_data(config: TrainConfig, arch: Qwen25VLArch, model_max_length: int, to
     return DataPlan(seq_length, config.steps(seq_length), config.train.global_batch_size)
 
 
+def fixed_length(config: TrainConfig, plan: DataPlan) -> int | None:
+    """``None``: each micro-batch at its own length. The interleaved pipeline schedule (``parallel.vpp``)
+    needs one length for all (its prefetching receives cannot learn a shape): ``train.seq_length``."""
+    return plan.seq_length if config.parallel.vpp else None
+
+
 def image_share(layout: ParallelLayout) -> ImageShare:
     """This rank's share of page decoding (none off the first pipeline stage)."""
     return ImageShare(decode=ps.is_pipeline_first_stage(ignore_virtual=True),
@@ -86,16 +92,18 @@ def train_loader(config: TrainConfig, plan: DataPlan, consumed_samples: int) -> 
     """This rank's micro-batches of the rest of the run (from ``consumed_samples`` rows on)."""
     return build_data_loader(
         [s.prefix for s in config.data.train], config.train.micro_batch_size,
-        weights=[s.weight for s in config.data.train], pad_multiple=config.parallel.sequence_multiple,
+        weights=[s.weight for s in config.data.train], seq_length=fixed_length(config, plan),
+        pad_multiple=config.parallel.sequence_multiple,
         dp_rank=ps.get_data_parallel_rank(), dp_size=ps.get_data_parallel_world_size(), seed=config.train.seed,
         consumed_samples=consumed_samples, total_samples=plan.total_samples, num_workers=config.data.num_workers,
         prefetch_factor=config.data.prefetch, share=image_share(config.parallel), pool_dir=config.data.pool_dir)
 
 
-def valid_loader(config: TrainConfig) -> torch.utils.data.DataLoader:
+def valid_loader(config: TrainConfig, plan: DataPlan) -> torch.utils.data.DataLoader:
     """This rank's micro-batches of one validation pass (the same rows every time, in file order)."""
     rows = config.logging.eval_batches * config.train.micro_batch_size * ps.get_data_parallel_world_size()
     return build_data_loader(
-        config.data.valid, config.train.micro_batch_size, pad_multiple=config.parallel.sequence_multiple,
+        config.data.valid, config.train.micro_batch_size, seq_length=fixed_length(config, plan),
+        pad_multiple=config.parallel.sequence_multiple,
         dp_rank=ps.get_data_parallel_rank(), dp_size=ps.get_data_parallel_world_size(), shuffle=False,
         total_samples=rows, num_workers=0, share=image_share(config.parallel), pool_dir=config.data.pool_dir)

@@ -39,8 +39,9 @@ class Preflight:
     resume: bool
 
 
-def preflight(config: TrainConfig, run_dir: Path, world_size: int) -> Preflight:
-    """Every check that needs no process group and writes nothing; a ``RecipeError`` naming the key."""
+def preflight(config: TrainConfig, run_dir: Path, world_size: int, rank: int = 0) -> Preflight:
+    """Every check that needs no process group and writes nothing; a ``RecipeError`` naming the key.
+    The run directory is checked by rank 0 only (the others may see it while rank 0 writes it)."""
     config.check()
     layout = config.parallel
     try:
@@ -72,7 +73,7 @@ def preflight(config: TrainConfig, run_dir: Path, world_size: int) -> Preflight:
     except Exception as err:
         raise RecipeError(f"parallel / model: {err}") from None
     plan = plan_data(config, arch, model_max, start.tokenizer_dir)
-    resume = check_run_dir(run_dir, config)
+    resume = check_run_dir(run_dir, config) if rank == 0 else False
     return Preflight(start, plan, dp, resume)
 
 
@@ -82,7 +83,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, run_dir: str | Path):
         self.config, self.run_dir = config, Path(run_dir)
         env = runtime.read_dist_env()
-        self.checked = preflight(config, self.run_dir, env.world_size)
+        self.checked = preflight(config, self.run_dir, env.world_size, env.rank)
         self.rank0 = env.rank == 0
 
     def run(self) -> int:
@@ -105,8 +106,7 @@ class Trainer:
             self._say(f"resumed from {checkpointer.root} at step {state.iteration} "
                       f"({state.consumed_samples:,} rows consumed)")
         else:
-            for chunk in parts.unwrapped():
-                load_into_model(chunk, checked.start.megatron_dir(run_dir))
+            load_into_model(parts.unwrapped(), checked.start.megatron_dir(run_dir))
             state = TrainState()
         state.layout, state.config_yaml = layout_record, to_yaml(config)
         try:
@@ -189,7 +189,7 @@ class Trainer:
             chunk.eval()
         try:
             with torch.no_grad():
-                result, _ = run_schedule(parts.chunks, iter(valid_loader(config)), config.logging.eval_batches, share,
+                result, _ = run_schedule(parts.chunks, iter(valid_loader(config, plan)), config.logging.eval_batches, share,
                                          plan.seq_length, config.train.micro_batch_size, forward_only=True,
                                          score=True)
         finally:

@@ -52,8 +52,8 @@ class MegatronBackend:
                                       params_dtype=self.dtype, calculate_per_token_loss=True,
                                       **rope.megatron_kwargs())
         self.chunks = build_chunks(cfg)
+        load_into_model(self.chunks, ckpt)
         for chunk in self.chunks:
-            load_into_model(chunk, ckpt)
             chunk.eval()
         self.layout, self.checkpoint, self.batch_size = layout, str(ckpt.iter_dir), batch_size
         self.attention_backend = attention_backend

@@ -294,10 +294,12 @@ class MegatronCheckpoint:
         return {n: loaded[n][0] if self.slots[n].layer is not None else loaded[n] for n in names}
 
 
-def load_into_model(model: torch.nn.Module, ckpt: MegatronCheckpoint | str | Path,
+def load_into_model(model: torch.nn.Module | list[torch.nn.Module], ckpt: MegatronCheckpoint | str | Path,
                     iteration: int | str | None = None) -> None:
     """Load a converted (or training) checkpoint into a Megatron model at any TP/PP; call on every rank.
 
+    ``model``: one module, or this rank's model chunks (virtual pipeline stages), loaded in one call
+    (megatron-core checks that every stored slice is read exactly once over all of them).
     ``dist_checkpointing.load(model.sharded_state_dict(), iter_dir)`` (each rank reads its slices;
     the vocabulary rows are matched with ``allow_shape_mismatch``), then ``load_state_dict``. The
     model's ``_extra_state`` objects that the checkpoint lacks (Transformer Engine layers, whose
@@ -310,12 +312,16 @@ def load_into_model(model: torch.nn.Module, ckpt: MegatronCheckpoint | str | Pat
 
     if not isinstance(ckpt, MegatronCheckpoint):
         ckpt = MegatronCheckpoint.open(ckpt, iteration)
+    models = model if isinstance(model, list) else [model]
     stored = {slot.key for slot in ckpt.slots.values()}
     objects = set(serialization.load_sharded_metadata(str(ckpt.iter_dir)))
-    sharded = model.sharded_state_dict()
-    sharded = {k: v for k, v in sharded.items()
-               if not (isinstance(v, ShardedObject) and k.endswith("_extra_state") and v.unique_key not in objects)}
-    missing = sorted({v.key for k, v in sharded.items() if not k.endswith("_extra_state")} - stored)
+    sharded = {}
+    for i, m in enumerate(models):
+        sharded[f"model{i}"] = {k: v for k, v in m.sharded_state_dict().items()
+                                if not (isinstance(v, ShardedObject) and k.endswith("_extra_state")
+                                        and v.unique_key not in objects)}
+    needed = {v.key for part in sharded.values() for k, v in part.items() if not k.endswith("_extra_state")}
+    missing = sorted(needed - stored)
     if missing:
         raise CheckpointError(f"{ckpt.iter_dir}: the model needs tensor(s) the checkpoint lacks: "
                               f"{', '.join(missing[:10])}")
@@ -323,9 +329,11 @@ def load_into_model(model: torch.nn.Module, ckpt: MegatronCheckpoint | str | Pat
         loaded = dist_checkpointing.load(sharded, str(ckpt.iter_dir))
     except _READ_ERRORS as err:
         raise CheckpointError(f"{ckpt.iter_dir}: cannot load into the model ({_describe(err)})") from None
-    # a training checkpoint's common state (optimizer groups, scheduler, counters) comes back too
-    result = model.load_state_dict({k: v for k, v in loaded.items() if k in sharded}, strict=False)
-    absent = [k for k in result.missing_keys if not k.endswith("_extra_state")]
-    if absent or result.unexpected_keys:
-        raise CheckpointError(f"{ckpt.iter_dir}: loading left parameters unset {absent[:10]} "
-                              f"or unexpected {result.unexpected_keys[:10]}")
+    for i, m in enumerate(models):
+        # a training checkpoint's common state (optimizer groups, scheduler, counters) comes back too
+        result = m.load_state_dict({k: v for k, v in loaded[f"model{i}"].items() if k in sharded[f"model{i}"]},
+                                   strict=False)
+        absent = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+        if absent or result.unexpected_keys:
+            raise CheckpointError(f"{ckpt.iter_dir}: loading left parameters unset {absent[:10]} "
+                                  f"or unexpected {result.unexpected_keys[:10]}")

@@ -179,10 +179,15 @@ def qwen25vl_config_from_hf(
         num_layers_in_first_pipeline_stage=layout.first_stage_layers,
         context_parallel_size=layout.cp,
         sequence_parallel=layout.sp,
-        # rows are trained at their own length, so pipeline stages exchange shapes per micro-batch;
-        # megatron-core refuses that with its default MoE dispatcher even for a dense model
-        variable_seq_lengths=layout.pp > 1,
+        # rows are trained at their own length, so pipeline stages exchange shapes per micro-batch (not
+        # with the interleaved schedule, whose prefetching receives take the previous shape: rows are
+        # then padded to one length); megatron-core refuses that with its default MoE dispatcher even
+        # for a dense model
+        variable_seq_lengths=layout.pp > 1 and layout.vpp is None,
         moe_token_dispatcher_type="alltoall",
+        # gloo pairs a batch of sends to the same peer by order only: with pp=2 (next == previous stage)
+        # the interleaved schedule's activation and gradient cross; NCCL batches them correctly
+        batch_p2p_comm=torch.cuda.is_available(),
     )
     language_kwargs.update(language_overrides)
     language = TransformerConfig(**language_kwargs)
