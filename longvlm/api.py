@@ -108,7 +108,21 @@ def train(recipe: str | dict, *, output: str | None = None, overrides: list[str]
     return run_training(load_recipe(source, list(overrides)), output or Path("runs") / name)
 
 
-tune = _not_implemented("tune")
+def tune(**options: Any):
+    """``longvlm tune``: options of ``launch.tune.cli.TuneConfig`` as keywords (``model`` and ``gpus``
+    required)::
+
+        plan = api.tune(model="qwen2.5-vl-7b", gpus=64, global_batch=32, gpu="h100")
+        best = plan.ranked[0]   # .layout (ParallelLayout + dp, micro-batch, recompute), .memory, .time
+
+    Returns a ``launch.tune.search.Plan``: feasible layouts fastest first (``ranked``), or, when none
+    fits, ``smallest``; with ``write_recipe`` the chosen layout is written into a training recipe.
+    """
+    from launch.tune.cli import TuneConfig, run
+
+    return run(dataclass_from_options(TuneConfig, options))
+
+
 slurm = _not_implemented("slurm")
 
 

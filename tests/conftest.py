@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random Qwen2.5-VL checkpoint, the offline tokenizer, the real PDFs.
+"""Shared fixtures: a tiny random Qwen2.5-VL checkpoint, the offline tokenizer, the real PDFs, a
+small built dataset.
 
 Every test computes on the CPU (gloo, fp32: the tolerances are set for it), also on a machine with
 a GPU: ``LONGVLM_DEVICE=cpu`` is set for this process and every process it starts (workers,
@@ -123,3 +124,25 @@ def cuda():
     yield runtime.device()
     runtime.destroy()
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, qwen_tokenizer_dir):
+    """A small built dataset (loader and tuner tests): 5 documents of 2-6 pages of three sizes, three VQA
+    tasks each, packed into 512-token rows. Returns ``(prefix, pool, task rows)``."""
+    from build_fakes import FakePool, write_tasks
+
+    from preprocess.dataset.config import BuildConfig
+    from preprocess.dataset.run import build
+
+    tmp = tmp_path_factory.mktemp("built")
+    sizes = {f"{i:064x}": [(56 * (1 + (i + p) % 3), 28 * (2 + p % 2)) for p in range(2 + i)] for i in range(5)}
+    pool = FakePool(tmp / "pool", sizes).register()
+    rows = [{"task": t, "doc_id": d, "question": f"Q{i}: {t} on page 1?", "answer": f"A{i} {t}"}
+            for i, d in enumerate(sizes) for t in ("extract-single", "extract-multi", "reasoning")]
+    tasks = write_tasks(tmp / "tasks.jsonl", rows)
+    cfg = BuildConfig(tasks=[str(tasks)], pool=str(tmp / "pool"), tokenizer=str(qwen_tokenizer_dir),
+                      output=str(tmp / "data"), max_seq_len=512, token_budget=12000, progress=False,
+                      max_repeats=1000)
+    build(cfg, pool=pool)
+    return tmp / "data", pool, rows

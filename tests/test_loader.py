@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from build_fakes import FakePool, write_tasks
 
 from megatron_vlm.data.collate import collate_packs
 from megatron_vlm.data.dataset import BuiltDataset
@@ -15,25 +14,8 @@ from megatron_vlm.data.loader import build_data_loader
 from megatron_vlm.data.sampler import PackBatchSampler
 from megatron_vlm.data.stream import PackStream
 from megatron_vlm.formats.dataset import DatasetFormatError
-from preprocess.dataset.config import BuildConfig
-from preprocess.dataset.run import build
 
 IMAGE_PAD = 151655
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, qwen_tokenizer_dir):
-    tmp = tmp_path_factory.mktemp("loader")
-    sizes = {f"{i:064x}": [(56 * (1 + (i + p) % 3), 28 * (2 + p % 2)) for p in range(2 + i)] for i in range(5)}
-    pool = FakePool(tmp / "pool", sizes).register()
-    rows = [{"task": t, "doc_id": d, "question": f"Q{i}: {t} on page 1?", "answer": f"A{i} {t}"}
-            for i, d in enumerate(sizes) for t in ("extract-single", "extract-multi", "reasoning")]
-    tasks = write_tasks(tmp / "tasks.jsonl", rows)
-    cfg = BuildConfig(tasks=[str(tasks)], pool=str(tmp / "pool"), tokenizer=str(qwen_tokenizer_dir),
-                      output=str(tmp / "data"), max_seq_len=512, token_budget=12000, progress=False,
-                      max_repeats=1000)
-    build(cfg, pool=pool)
-    return tmp / "data", pool, rows
 
 
 def test_pixel_values_equal_qwen2vl_image_processor(built):
