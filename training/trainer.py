@@ -39,8 +39,13 @@ class Preflight:
     resume: bool
 
 
-def preflight(config: TrainConfig, run_dir: Path, world_size: int) -> Preflight:
-    """Every check that needs no process group and writes nothing; a ``RecipeError`` naming the key."""
+def preflight(config: TrainConfig, run_dir: Path, world_size: int, gpu: bool | None = None) -> Preflight:
+    """Every check that needs no process group and writes nothing; a ``RecipeError`` naming the key.
+
+    ``gpu``: whether the run will have GPUs (default: whether this machine has one); given, the run is
+    checked for another machine (a job script written on a login node), so Transformer Engine is not
+    looked for here.
+    """
     config.check()
     layout = config.parallel
     try:
@@ -51,11 +56,12 @@ def preflight(config: TrainConfig, run_dir: Path, world_size: int) -> Preflight:
     if config.train.global_batch_size % step_rows:
         raise RecipeError(f"train.global_batch_size {config.train.global_batch_size} is not a multiple of "
                           f"micro_batch_size x data-parallel size = {config.train.micro_batch_size} x {dp}")
-    gpu = torch.cuda.is_available()
+    here = gpu is None
+    gpu = torch.cuda.is_available() if here else gpu
     if config.train.precision != "fp32" and not gpu:
         raise RecipeError(f"train.precision={config.train.precision} needs a GPU (Megatron's mixed-precision "
                           "optimizers take CUDA tensors); use train.precision=fp32 on this machine")
-    if config.train.precision == "fp8" or config.model.attention_backend == "te":
+    if here and (config.train.precision == "fp8" or config.model.attention_backend == "te"):
         problem = transformer_engine_error()
         if problem:
             key = "train.precision=fp8" if config.train.precision == "fp8" else "model.attention_backend=te"
@@ -173,6 +179,7 @@ class Trainer:
                 checkpointer.finalize()
                 if preempted:
                     checkpointer.finalize(blocking=True)
+                    torch.distributed.barrier()  # leave together: a launcher may end the others at the first exit
                     self._say(f"{signals.received or 'a signal'}: saved step {step}; exiting with {REQUEUE_EXIT} "
                               "to be requeued (rerun the same command to resume)")
                     return REQUEUE_EXIT
