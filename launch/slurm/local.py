@@ -36,6 +36,8 @@ def launch_ranks(command: list[str], nproc: int, *, step_wait: float, env: dict[
     port = _free_port()
     base = {**os.environ, **(env or {}), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    if nproc > 1:  # as torchrun does: N ranks with all cores each would oversubscribe the CPUs
+        base.setdefault("OMP_NUM_THREADS", "1")
     procs = [subprocess.Popen(command, env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}, start_new_session=True)
              for r in range(nproc)]
     interrupts = 0

@@ -76,6 +76,19 @@ def array_cpus(stage: str, stage_config) -> int:
     return stage_config.workers if stage == "pool" else 2
 
 
+def without_output(args: list[str]) -> list[str]:
+    """The stage's command line without its ``-o``/``--output`` (each array task writes its own shard)."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in ("-o", "--output"):
+            skip = True
+        elif not (arg.startswith("--output=") or (arg.startswith("-o") and not arg.startswith("--"))):
+            out.append(arg)
+    return out
+
+
 def work_dir(output: str | Path) -> Path:
     return Path(str(Path(output).resolve()) + ".shards")
 
@@ -106,7 +119,7 @@ def stage_scripts(stage: str, config: StageJobConfig, stage_config) -> tuple[Job
         [f"--array={array_range}", "--ntasks=1",
          *scheduler_lines(config, name=name, log=slurm_dir / LOGS / "%x-%A_%a.log", cpus_per_task=cpus),
          "--requeue", *config.sbatch],
-        srun_line(config, ["--ntasks=1"], [stage, *config.stage_args, "-o", _shard_word(work, stage, "shard"),
+        srun_line(config, ["--ntasks=1"], [stage, *without_output(config.stage_args), "-o", _shard_word(work, stage, "shard"),
                                            "--shard", Shell('"${shard}"'), "--num-shards", str(n), "--no-progress"]),
         notes=[f"Then: the merge job ({slurm_dir / 'merge.sbatch'}) writes {output}"],
         setup=setup, env=env, job_id="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}")
