@@ -85,6 +85,15 @@ def small_pool(tmp_path_factory, pdf_dir) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def train_inputs(tmp_path_factory, qwen_tokenizer_dir) -> dict:
+    """A tiny HF checkpoint (4 LM layers) and a copied-pages dataset whose packs differ in answer tokens
+    (``tests/train_inputs.py``); run directories go into its ``tmp``."""
+    from train_inputs import make_train_inputs
+
+    return make_train_inputs(tmp_path_factory.mktemp("train"), qwen_tokenizer_dir)
+
+
 @pytest.fixture(scope="module")
 def megatron_single():
     """Megatron-Core's process groups for one process (module-wide); yields the device."""

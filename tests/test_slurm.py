@@ -4,7 +4,7 @@ session starts (``slurm_cluster`` in conftest.py, ``tests/slurm_cluster.py``).
 - The generated training script, submitted, trains the tiny model on 2 CPU ranks; ``status`` reports it.
 - A job preempted with SIGUSR1 saves, exits 75, requeues itself, resumes and ends with the losses of
   the uninterrupted job, step for step (resume is exact on CPU).
-- The local launcher, stopped with SIGTERM and rerun, gives the same losses as the SLURM job.
+- The local launcher runs the same recipe on 2 ranks to the same losses as the SLURM job.
 - A pool job array of 2 shards plus its merge writes the pool of one unsharded run, and a synth array
   that depends on it (afterok) the tasks of one unsharded synth run.
 """
@@ -12,18 +12,14 @@ session starts (``slurm_cluster`` in conftest.py, ``tests/slurm_cluster.py``).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from test_pool import pool_files
-from train_inputs import make_train_inputs, train_overrides
+from train_inputs import train_overrides
 
 from longvlm import api
 from longvlm.cli import main as cli_main
@@ -31,7 +27,7 @@ from longvlm.cli import main as cli_main
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = 12  # enough that a signal sent after step 2 lands before the last step, even on an idle machine
+STEPS = 10  # enough that a signal sent after step 1 lands before the last step, even on an idle machine
 JOB_ENV = [f"PYTHONPATH={REPO}"]  # the jobs import this checkout
 
 
@@ -58,10 +54,10 @@ def job_log(run_dir: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory, qwen_tokenizer_dir, convert_to_megatron):
-    found = make_train_inputs(tmp_path_factory.mktemp("slurm_train"), qwen_tokenizer_dir)
-    found["overrides"] = train_overrides(found, STEPS, **{"model.checkpoint": convert_to_megatron(found["hf"], 1, 1)})
-    return found
+def inputs(train_inputs, convert_to_megatron):
+    """The tiny training inputs, started from a Megatron checkpoint (no conversion in every run)."""
+    megatron = convert_to_megatron(train_inputs["hf"], 1, 1)
+    return {**train_inputs, "overrides": train_overrides(train_inputs, STEPS, **{"model.checkpoint": megatron})}
 
 
 def submit_training(inputs: dict, run_dir: Path) -> str:
@@ -99,31 +95,22 @@ def test_training_job_trains_two_ranks_and_status_reports_it(uninterrupted, caps
 def test_preempted_job_requeues_resumes_and_matches_the_uninterrupted_one(slurm_cluster, inputs, uninterrupted):
     run_dir = inputs["tmp"] / "preempted"
     job = submit_training(inputs, run_dir)
-    wait_for(lambda: len(records(run_dir)) >= 2, "two steps of the job (both ranks in the training loop)")
+    wait_for(lambda: records(run_dir), "the first step of the job (both ranks in the training loop)")
     slurm_cluster.run("scancel", "--signal=USR1", job)  # what --signal=USR1@120 sends before the time limit
     assert slurm_cluster.wait(job) == ["COMPLETED"], job_log(run_dir)[-5000:]
     log = job_log(run_dir)
     found = re.search(r"SIGUSR1: saved step (\d+)", log)
     assert found, log[-5000:]
     step = int(found.group(1))
-    assert 2 <= step < STEPS, "the signal must land before the last step"
+    assert 1 <= step < STEPS, "the signal must land before the last step"
     assert "training exited with 75" in log and "requeueing job" in log and f"job {job} on" in log
     assert "(restart 1)" in log and f"at step {step} ({4 * step} rows consumed)" in log
     assert losses(run_dir) == losses(uninterrupted)
     assert api.slurm("status", directory=str(run_dir))["jobs"][0]["restarts"] == 1
 
 
-def test_local_launcher_stops_on_sigterm_resumes_and_matches_the_slurm_job(inputs, uninterrupted, tmp_path):
+def test_local_launcher_runs_the_same_recipe_to_the_same_losses(inputs, uninterrupted, tmp_path):
     run_dir = tmp_path / "local"
-    cmd = [sys.executable, "-m", "longvlm", "slurm", "local", "tiny-cpu", "-o", str(run_dir), "--nproc-per-node", "2",
-           *inputs["overrides"]]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: len(records(run_dir)) >= 2 or proc.poll() is not None, "two steps of the local run")
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 75, err[-3000:]
-    assert "SIGTERM: saved step" in out and len(records(run_dir)) < STEPS
     assert api.slurm("local", recipe="tiny-cpu", output=str(run_dir), nproc_per_node=2,
                      overrides=inputs["overrides"]) == 0
     assert losses(run_dir) == losses(uninterrupted)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from distributed import REPO_ROOT, run_distributed
-from train_inputs import make_train_inputs, train_overrides
+from train_inputs import train_overrides
 
 from megatron_vlm.formats.checkpoint import MegatronCheckpoint
 
@@ -28,9 +28,9 @@ STEPS = 3
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, qwen_tokenizer_dir):
+def setup(train_inputs):
     """A tiny HF checkpoint (4 LM layers) and a copied-pages dataset whose packs differ in answer tokens."""
-    return make_train_inputs(tmp_path_factory.mktemp("train"), qwen_tokenizer_dir)
+    return train_inputs
 
 
 def overrides(setup, **extra) -> list[str]:
