@@ -38,23 +38,30 @@ def launch_ranks(command: list[str], nproc: int, *, step_wait: float, env: dict[
             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     if nproc > 1:  # as torchrun does: N ranks with all cores each would oversubscribe the CPUs
         base.setdefault("OMP_NUM_THREADS", "1")
-    procs = [subprocess.Popen(command, env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}, start_new_session=True)
-             for r in range(nproc)]
-    interrupts = 0
+    procs: list[subprocess.Popen] = []
+    sent: list[int] = []  # signals passed on so far
 
-    def forward(signum, frame) -> None:
-        nonlocal interrupts
-        if signum == signal.SIGINT:
-            interrupts += 1
-            signum = signal.SIGTERM if interrupts == 1 else signal.SIGKILL
-            print(f"\nlongvlm slurm local: {'asking the ranks to save and stop (Ctrl-C again kills them)' if interrupts == 1 else 'killing the ranks'}",
-                  file=sys.stderr, flush=True)
+    def send(signum: int) -> None:
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)
 
+    def forward(signum, frame) -> None:
+        if signum == signal.SIGINT:  # Ctrl-C: save and stop; again: kill
+            again = signal.SIGTERM in sent
+            signum = signal.SIGKILL if again else signal.SIGTERM
+            print(f"\nlongvlm slurm local: {'killing the ranks' if again else 'the ranks save and stop (Ctrl-C again kills them)'}",
+                  file=sys.stderr, flush=True)
+        sent.append(signum)
+        send(signum)
+
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
     try:
+        for r in range(nproc):
+            procs.append(subprocess.Popen(command, env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
+                                          start_new_session=True))
+        for signum in sent:  # a signal that came while the ranks started reaches every one of them
+            send(signum)
         first_exit = None
         while any(p.poll() is None for p in procs):
             if first_exit is None and any(p.poll() is not None for p in procs):
