@@ -15,7 +15,8 @@ ACTIONS: dict[str, tuple[type, str]] = {
                        "index, config with the trained RoPE settings, tokenizer and processor files)."),
     "reshard": (ReshardConfig, "Re-save a Megatron checkpoint for another TP/PP layout."),
     "verify": (VerifyConfig, "Compare the logits of an HF checkpoint and a Megatron checkpoint on a "
-                             "multimodal probe; exit 1 above --atol."),
+                             "multimodal probe (from the HF directory's tokenizer, or from config.json's "
+                             "token ids if it has none); exit 1 above --atol, 2 on bad input."),
 }
 
 
@@ -29,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     return dataclass_from_args(ACTIONS[args.action][0], args)
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    if args.action == "verify":
+        return "nothing was written"
+    return f"nothing was written at {args.out}; rerun the same command"
 
 
 def main(args: argparse.Namespace) -> int:

@@ -55,6 +55,7 @@ from megatron_vlm.models.hf_config import Qwen25VLArch, rewrite_hf_config
 from megatron_vlm.parallel import ParallelLayout
 from megatron_vlm.runtime import process_group
 from megatron_vlm.utils.atomic import atomic_dir
+from megatron_vlm.utils.stop_points import stop_point
 
 LOAD_BATCH_BYTES = 1 << 29  # tensors read from a torch_dist checkpoint per load call
 
@@ -79,7 +80,9 @@ class ConversionResult:
 
     def summary(self) -> str:
         lay = ", ".join(f"{k}={v}" for k, v in self.layout.items())
-        extra = f"; copied {len(self.copied_files)} tokenizer/processor file(s)" if self.action == "megatron-to-hf" else ""
+        extra = ""
+        if self.action == "megatron-to-hf":  # name them: a template may hold no tokenizer at all
+            extra = f"; copied from the template: {', '.join(self.copied_files) or 'nothing'}"
         return (f"{self.action}: wrote {self.tensors} tensors ({self.bytes / 1e9:.2f} GB, {self.dtype}) to "
                 f"{self.out} in {self.seconds:.1f} s{' [' + lay + ']' if lay else ''}{extra}")
 
@@ -147,6 +150,7 @@ def _write_megatron(out: Path, iteration: int | str, tensors: dict[str, torch.Te
     save_global_tensors(tensors, iter_dir)
     (iter_dir / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
     write_tracker(out, iteration)
+    stop_point("convert.publish")  # (test hook: everything written, the staging folder not yet renamed)
 
 
 def hf_to_megatron(cfg: HFToMegatronConfig) -> ConversionResult:
@@ -241,6 +245,7 @@ def megatron_to_hf(cfg: MegatronToHFConfig) -> ConversionResult:
         if not (tmp / "generation_config.json").exists():
             (tmp / "generation_config.json").write_text(
                 json.dumps(default_generation_config(hf_config), indent=2) + "\n")
+        stop_point("convert.publish")
     if template is None:
         print(f"warning: no --hf-template and the source recorded in {META_NAME} is gone: "
               "tokenizer and processor files were not copied", file=sys.stderr)

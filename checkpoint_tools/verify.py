@@ -14,6 +14,7 @@ import torch
 
 from checkpoint_tools.config import VerifyConfig
 from checkpoint_tools.hf_io import CheckpointError
+from megatron_vlm.models.hf_config import Qwen25VLArch
 
 PROBE_PROMPT = "Describe each image, then read the page number in the footer."
 PROBE_SIZES = ((56, 56), (84, 140), (168, 112))  # (height, width) in pixels: 4, 15 and 24 LLM tokens
@@ -57,35 +58,100 @@ def builtin_images() -> list:
     return images
 
 
-def build_probe(tokenizer_dir: str | Path, images: list | None = None, prompt: str | None = None) -> dict[str, Any]:
-    """Inputs for ``Qwen2_5_VLForConditionalGeneration.forward``: one chat turn with ``images`` then
-    ``prompt`` (``input_ids``, ``pixel_values``, ``image_grid_thw``, ``mm_token_type_ids``)."""
-    from transformers import AutoTokenizer
+def _vision_inputs(images: list | None) -> tuple[dict[str, Any], list[int]]:
+    """Pixel values and grids of the probe images, and the ``<|image_pad|>`` count of each."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    images = builtin_images() if images is None else images
     processor = Qwen2VLImageProcessorPil(max_pixels=PROBE_MAX_PIXELS)
-    vision = processor(images=images, return_tensors="pt")
-    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": prompt or PROBE_PROMPT}]
-    text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                         add_generation_prompt=True)
-    merge = processor.merge_size ** 2
-    for grid in vision["image_grid_thw"]:  # one <|image_pad|> per merged 2x2 patch group
-        text = text.replace("<|image_pad|>", "<|placeholder|>" * int(grid.prod() // merge), 1)
-    text = text.replace("<|placeholder|>", "<|image_pad|>")
-    input_ids = tokenizer(text, return_tensors="pt")["input_ids"]
-    image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    vision = processor(images=builtin_images() if images is None else images, return_tensors="pt")
+    merge = processor.merge_size ** 2  # one <|image_pad|> per merged 2x2 patch group
+    return vision, [int(grid.prod() // merge) for grid in vision["image_grid_thw"]]
+
+
+def _probe(input_ids: torch.Tensor, vision: dict[str, Any], image_id: int) -> dict[str, Any]:
     return {"input_ids": input_ids, "pixel_values": vision["pixel_values"],
             "image_grid_thw": vision["image_grid_thw"], "mm_token_type_ids": (input_ids == image_id).int()}
 
 
-def _tokenizer_dir(hf_dir: Path, scratch: Path) -> Path:
-    if (hf_dir / "tokenizer_config.json").is_file():
-        return hf_dir
+def build_probe(tokenizer_dir: str | Path, images: list | None = None, prompt: str | None = None) -> dict[str, Any]:
+    """Inputs for ``Qwen2_5_VLForConditionalGeneration.forward``: one chat turn with ``images`` then
+    ``prompt`` (``input_ids``, ``pixel_values``, ``image_grid_thw``, ``mm_token_type_ids``)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    vision, pads = _vision_inputs(images)
+    content = [{"type": "image"} for _ in pads] + [{"type": "text", "text": prompt or PROBE_PROMPT}]
+    text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
+    for n in pads:
+        text = text.replace("<|image_pad|>", "<|placeholder|>" * n, 1)
+    text = text.replace("<|placeholder|>", "<|image_pad|>")
+    input_ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    return _probe(input_ids, vision, tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+
+
+PROBE_TEXT_TOKENS = 12  # text tokens before and after the images in a probe built from token ids
+
+
+def config_probe(arch: Qwen25VLArch, images: list | None = None) -> dict[str, Any]:
+    """A probe built from the model config's own token ids, for a checkpoint without a tokenizer:
+    seeded ordinary text ids, each image as ``<|vision_start|> <|image_pad|>*n <|vision_end|>``, more
+    text ids. Any Qwen2.5-VL checkpoint can be verified with it, whatever its vocabulary."""
+    vision, pads = _vision_inputs(images)
+    special = (arch.vision_start_token_id, arch.vision_end_token_id, arch.image_token_id, arch.video_token_id)
+    ordinary = np.arange(min(arch.vocab_size, *special))  # Qwen's special ids come last
+    if len(ordinary) < 2:
+        raise CheckpointError(f"config.json: no ordinary token ids below the special ones {special}")
+    text = np.random.default_rng(0).choice(ordinary, 2 * PROBE_TEXT_TOKENS).tolist()
+    seq = text[:PROBE_TEXT_TOKENS]
+    for n in pads:
+        seq += [arch.vision_start_token_id] + [arch.image_token_id] * n + [arch.vision_end_token_id]
+    seq += text[PROBE_TEXT_TOKENS:]
+    return _probe(torch.tensor([seq], dtype=torch.long), vision, arch.image_token_id)
+
+
+def tokenizer_misfits(tokenizer_dir: Path, arch: Qwen25VLArch, inputs: dict[str, Any]) -> list[str]:
+    """Why a tokenizer's ids are not the model's (another model's tokenizer); empty if it fits."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    problems = []
+    for token, key in (("<|image_pad|>", "image_token_id"), ("<|vision_start|>", "vision_start_token_id"),
+                       ("<|vision_end|>", "vision_end_token_id")):
+        if tokenizer.convert_tokens_to_ids(token) != getattr(arch, key):
+            problems.append(f"{token} is id {tokenizer.convert_tokens_to_ids(token)}, config.json's {key} is "
+                            f"{getattr(arch, key)}")
+    top = int(inputs["input_ids"].max())
+    if top >= arch.vocab_size:
+        problems.append(f"the probe has token id {top}, the model's vocabulary has {arch.vocab_size}")
+    return problems
+
+
+def probe_for(hf_dir: Path, arch: Qwen25VLArch, images: list | None, prompt: str | None) -> dict[str, Any]:
+    """The probe: from the checkpoint's own tokenizer if it has one (refused if it does not fit the
+    model); else from config.json's token ids; a ``prompt`` without a tokenizer of its own is
+    tokenized with the Qwen2.5-VL tokenizer if that fits the model."""
+    import tempfile
+
     from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
 
-    return write_offline_qwen_tokenizer(scratch)
+    if (hf_dir / "tokenizer_config.json").is_file():
+        inputs = build_probe(hf_dir, images, prompt)
+        if problems := tokenizer_misfits(hf_dir, arch, inputs):
+            raise CheckpointError(f"{hf_dir}: its tokenizer does not fit the model ({'; '.join(problems)}); use the "
+                                  "model's own tokenizer, or remove its tokenizer files to verify with a probe "
+                                  "built from config.json's token ids")
+        return inputs
+    if not prompt:
+        return config_probe(arch, images)
+    with tempfile.TemporaryDirectory(prefix="longvlm-verify-") as scratch:
+        qwen = write_offline_qwen_tokenizer(Path(scratch))
+        inputs = build_probe(qwen, images, prompt)
+        if problems := tokenizer_misfits(qwen, arch, inputs):
+            raise CheckpointError(f"--prompt needs a tokenizer: {hf_dir} has none, and the Qwen2.5-VL tokenizer "
+                                  f"does not fit this model ({'; '.join(problems)}); add the model's tokenizer "
+                                  "or leave --prompt out")
+    return inputs
 
 
 def megatron_logits(ckpt_root: str | Path, iteration: str | None, inputs: dict[str, Any]) -> torch.Tensor:
@@ -112,8 +178,8 @@ def megatron_logits(ckpt_root: str | Path, iteration: str | None, inputs: dict[s
 
 
 def verify(cfg: VerifyConfig) -> VerifyResult:
-    import tempfile
-
+    """The logits comparison, on a probe from the checkpoint's own tokenizer, or from config.json's
+    token ids where it has none. ``passed`` false (exit 1) means the logits differ, nothing else."""
     from PIL import Image
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -126,8 +192,7 @@ def verify(cfg: VerifyConfig) -> VerifyResult:
                 images.append(Image.open(path).convert("RGB"))
             except (OSError, ValueError) as err:
                 raise CheckpointError(f"--image {path}: cannot read it ({err})") from None
-    with tempfile.TemporaryDirectory(prefix="longvlm-verify-") as scratch:
-        inputs = build_probe(_tokenizer_dir(hf_dir, Path(scratch)), images, cfg.prompt)
+    inputs = probe_for(hf_dir, Qwen25VLArch.from_hf(hf_dir), images, cfg.prompt)
     try:
         hf_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32).eval()
     except (OSError, ValueError) as err:

@@ -43,6 +43,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
     spec = TASKS[args.eval_task]
     result = run_task(spec.name, dataclass_from_args(spec.config, args))
+    if not result.files:  # a rank other than 0 of a parallel backend: rank 0 reports
+        return 0
     print(result.report)
     if result.failed:
         print(f"{result.failed} example(s) failed (see 'error' in results.jsonl); a rerun retries them")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from megatron_vlm.data.vision import MAX_PIXELS, MIN_PIXELS
 from megatron_vlm.errors import LongVLMError
+from megatron_vlm.parallel import ParallelLayout
 from preprocess.synth.generators.chat_client import ChatClientOptions
 
 SCORING_MODES = ("generate", "teacher-forcing")
@@ -27,6 +28,7 @@ SHORT_ANSWER_INSTRUCTION = ("Answer with a single word, number, phrase or list o
                             "does not contain the answer, answer \"Not answerable\".")
 
 _MODEL, _HF, _ROPE = "model", "hf backend", "RoPE (extrapolation beyond the training window)"
+_MEGATRON = "megatron backend (start it like training: torchrun / srun for TP/PP/CP)"
 
 
 class EvalError(LongVLMError, ValueError):
@@ -47,10 +49,12 @@ class ModelOptions(ChatClientOptions):
 
     backend: str = field(default="hf", metadata={"group": _MODEL, "help": (
         "hf: transformers in this process (GPU or CPU); openai: any OpenAI-compatible server, e.g. vLLM "
-        "serving the exported HF checkpoint (the way to run 256K-512K); see evaluation/backends")})
-    checkpoint: str | None = field(default=None, metadata={"group": _MODEL, "metavar": "HF_DIR", "help": (
-        "Hugging Face Qwen2.5-VL directory: hf loads it; openai reads its config.json (for --rope-ntk-length) "
-        "and its tokenizer")})
+        "serving the exported HF checkpoint (the way to run 256K-512K); megatron: the training model on a "
+        "Megatron checkpoint at any TP/PP/CP, teacher-forced; see evaluation/backends")})
+    checkpoint: str | None = field(default=None, metadata={"group": _MODEL, "metavar": "DIR", "help": (
+        "hf/openai: a Hugging Face Qwen2.5-VL directory (hf loads it; openai reads its config.json for "
+        "--rope-ntk-length, and its tokenizer); megatron: a Megatron checkpoint (RUN_DIR/checkpoints, or "
+        "'longvlm convert hf-to-megatron' output), whose source HF directory gives the tokenizer")})
     tokenizer: str | None = field(default=None, metadata={"group": _MODEL, "metavar": "DIR", "help": (
         "tokenizer directory with the Qwen2.5-VL chat template (default: --checkpoint's); prompts are "
         "built and measured with it")})
@@ -70,6 +74,10 @@ class ModelOptions(ChatClientOptions):
         "hf: prompts per batch; prompts are sorted by length so a batch holds similar lengths")})
     max_batch_tokens: int = field(default=65536, metadata={"group": _HF, "help": (
         "hf: at most this many padded tokens per batch (a longer prompt runs alone)")})
+    layout: ParallelLayout = field(default_factory=ParallelLayout, metadata={
+        "group": _MEGATRON, "fields": ("tp", "pp", "cp", "sp"), "help": "the model's split over the processes"})
+    attention_backend: str = field(default="torch", metadata={"group": _MEGATRON, "choices": ("torch", "te"), "help": (
+        "megatron: torch (SDPA per segment; CPU and GPU) or te (Transformer Engine; GPU)")})
     rope_base: float | None = field(default=None, metadata={"group": _ROPE, "help": (
         "use this RoPE base (rope_theta) instead of the checkpoint's")})
     rope_ntk_length: str | None = field(default=None, metadata={"group": _ROPE, "metavar": "LENGTH", "help": (
@@ -84,6 +92,10 @@ class ModelOptions(ChatClientOptions):
             errors.append("--rope-base and --rope-ntk-length exclude each other")
         if self.rope_base is not None and self.rope_base <= 0:
             errors.append(f"--rope-base must be > 0, got {self.rope_base}")
+        if self.backend == "megatron" and self.scoring != "teacher-forcing":
+            errors.append("--backend megatron scores by teacher forcing only: add --scoring teacher-forcing")
+        if self.backend == "megatron" and not self.checkpoint:
+            errors.append("--backend megatron needs --checkpoint MEGATRON_DIR")
         if self.backend == "openai" and self.scoring != "generate":
             errors.append("--backend openai can only --scoring generate (a server returns text, not "
                           "the answer's log-likelihood)")

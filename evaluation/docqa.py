@@ -28,6 +28,7 @@ from evaluation.pages import Page, PdfPage, PoolPage
 from evaluation.prompt import Context, PromptBuilder, Request
 from evaluation.scoring import ANSWER_FORMATS, parse_list, score_answer
 from evaluation.scoring import summarize as summarize_answers
+from megatron_vlm.utils.jsonl import read_jsonl_objects
 
 
 @dataclass
@@ -127,21 +128,11 @@ def read_questions(path: str | Path, input_format: str = "auto") -> tuple[str, l
                 raise EvalError(f"{path}[{i}]: expected a JSON object")
             questions.append(_question(obj, f"{path}[{i}]", "doc_id"))
     else:
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{number}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise EvalError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-                if not isinstance(obj, dict):
-                    raise EvalError(f"{where}: expected a JSON object")
-                if fmt == "tasks":
-                    questions.append(_question(obj, where, "doc_id", default_format="Str"))
-                else:
-                    questions.append(_question(obj, where, "doc"))
+        for where, _, obj in read_jsonl_objects(path, EvalError):
+            if fmt == "tasks":
+                questions.append(_question(obj, where, "doc_id", default_format="Str"))
+            else:
+                questions.append(_question(obj, where, "doc"))
     seen: dict[str, int] = {}
     for q in questions:
         n = seen.get(q.id, 0)

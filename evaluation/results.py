@@ -37,8 +37,17 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 class ResultStore:
-    def __init__(self, directory: str | Path, run: dict):
+    """``run.json`` + ``results.jsonl`` of a run directory; ``writer=False`` (ranks other than 0 of a
+    parallel backend) only reads which examples are done."""
+
+    def __init__(self, directory: str | Path, run: dict, writer: bool = True):
         self.directory = Path(directory)
+        self.rows: dict[str, dict] = {}
+        self._file = None
+        if not writer:
+            if (self.directory / ROWS).is_file():
+                self._read((self.directory / ROWS).read_bytes())
+            return
         if self.directory.exists() and not self.directory.is_dir():
             raise EvalError(f"-o {self.directory}: exists and is not a directory")
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -51,7 +60,6 @@ class ResultStore:
                                 "use another output directory or remove it")
         else:
             write_json(run_path, run)
-        self.rows: dict[str, dict] = {}
         path = self.directory / ROWS
         if path.is_file():
             self._load(path)
@@ -59,6 +67,14 @@ class ResultStore:
 
     def _load(self, path: Path) -> None:
         data = path.read_bytes()
+        keep = self._read(data, path)
+        if keep < len(data):
+            with open(path, "r+b") as f:
+                f.truncate(keep)
+
+    def _read(self, data: bytes, path: Path | None = None) -> int:
+        """Rows of ``results.jsonl``'s bytes; the length of its whole rows (a torn last row excluded)."""
+        path = path or self.directory / ROWS
         lines = data.split(b"\n")
         keep = len(data)
         if lines and lines[-1]:  # no final newline: a torn last row
@@ -72,9 +88,7 @@ class ResultStore:
             except json.JSONDecodeError as err:
                 raise EvalError(f"{path}:{number}: not valid JSON ({err.msg}); remove the line to resume") from None
             self.rows[row["id"]] = row  # a later row (a retried error) replaces an earlier one
-        if keep < len(data):
-            with open(path, "r+b") as f:
-                f.truncate(keep)
+        return keep
 
     def done(self, example_id: str) -> bool:
         row = self.rows.get(example_id)
@@ -87,7 +101,8 @@ class ResultStore:
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def write_summary(self, results: dict) -> Path:
         path = self.directory / SUMMARY

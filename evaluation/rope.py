@@ -13,6 +13,7 @@ which training uses); it is resolved once per run against the checkpoint's ``con
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from evaluation.config import EvalError, ModelOptions, parse_length
 from megatron_vlm.errors import LongVLMError
@@ -68,6 +69,16 @@ def rope_settings(options: ModelOptions):
     return RopeSettings()
 
 
+def checkpoint_config(checkpoint: str) -> tuple[dict | str, str]:
+    """``config.json`` of an HF directory, or the one a Megatron checkpoint records, and where it is."""
+    from megatron_vlm.formats.checkpoint import TRACKER_NAME, MegatronCheckpoint
+
+    if (Path(checkpoint) / TRACKER_NAME).is_file():
+        ckpt = MegatronCheckpoint.open(checkpoint)
+        return ckpt.meta["hf_config"], str(ckpt.iter_dir / "longvlm.json")
+    return checkpoint, f"--checkpoint {checkpoint}"
+
+
 def resolve_rope(options: ModelOptions) -> RopeSetting:
     """The run's RoPE base, against ``--checkpoint``'s ``config.json`` where there is one."""
     from megatron_vlm.models.hf_config import Qwen25VLArch
@@ -79,7 +90,8 @@ def resolve_rope(options: ModelOptions) -> RopeSetting:
                             "pass --checkpoint HF_DIR")
         return RopeSetting(rope.mode, rope.base, None, None)
     try:
-        arch = Qwen25VLArch.from_hf(options.checkpoint, name=f"--checkpoint {options.checkpoint}")
+        source, name = checkpoint_config(options.checkpoint)
+        arch = Qwen25VLArch.from_hf(source, name=name)
         base = rope.resolve(arch.rope_theta, arch.head_dim)
     except LongVLMError as err:  # no or a bad config.json, a bad RoPE setting
         raise EvalError(str(err)) from None

@@ -59,18 +59,19 @@ class EvalResult:
 
 
 def load_tokenizer(options):
-    from transformers import AutoTokenizer
+    """The tokenizer prompts are built and measured with (``--tokenizer``, else the checkpoint's own),
+    checked as ``longvlm build`` checks it (a Qwen2.5-VL chat template that renders images)."""
+    from preprocess.dataset.run import load_tokenizer as load_checked
 
     path = options.tokenizer or options.checkpoint
-    if not Path(path).is_dir():
-        raise EvalError(f"--tokenizer {path}: not a tokenizer directory")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise EvalError(f"--tokenizer {path}: cannot load a tokenizer ({err})") from None
-    if not tokenizer.chat_template:
-        raise EvalError(f"--tokenizer {path}: has no chat template (use the Qwen2.5-VL tokenizer)")
-    return tokenizer
+    if options.tokenizer is None and options.backend == "megatron":
+        from evaluation.backends.megatron import checkpoint_tokenizer
+
+        path = checkpoint_tokenizer(options.checkpoint)
+        if path is None:
+            raise EvalError(f"--checkpoint {options.checkpoint}: the HF directory it was converted from is gone; "
+                            "pass --tokenizer DIR (the model's Qwen2.5-VL tokenizer)")
+    return load_checked(path)
 
 
 def _versions() -> dict:
@@ -104,7 +105,10 @@ def run_task(name: str, config, pool=None, backend=None) -> EvalResult:
     requests = task.requests(config, builder, pool)
     if config.limit is not None:
         requests = requests[: config.limit]
-    store = ResultStore(config.output, {"task": name, "config": identity(config), "rope": rope.to_json()})
+    from megatron_vlm.runtime import read_dist_env
+
+    primary = read_dist_env().rank == 0  # a parallel backend (megatron) runs on every rank; rank 0 writes
+    store = ResultStore(config.output, {"task": name, "config": identity(config), "rope": rope.to_json()}, primary)
     todo = [r for r in requests if not store.done(r.id)]
     previous = store.directory / "results.json"
     described = (json.loads(previous.read_text(encoding="utf-8")).get("backend") if previous.is_file()
@@ -114,7 +118,7 @@ def run_task(name: str, config, pool=None, backend=None) -> EvalResult:
         if todo:
             backend = backend or make_backend(config, rope, builder, config.output)
             bar = tqdm(total=len(requests), initial=len(requests) - len(todo), desc=f"eval {name}", unit="example",
-                       disable=not config.progress)
+                       disable=not (config.progress and primary))
             with bar:
                 for i, output in backend.run(todo, config.scoring):
                     if backend.primary:
@@ -125,6 +129,8 @@ def run_task(name: str, config, pool=None, backend=None) -> EvalResult:
         store.close()
         if owned and backend is not None:
             backend.close()
+    if not primary:
+        return EvalResult(name, store.directory, [], {}, "", 0, [])
     rows = [store.rows[r.id] for r in requests if r.id in store.rows]
     ok = [r for r in rows if "error" not in r]
     summary = task.summarize(ok, config)

@@ -8,6 +8,7 @@ from pathlib import Path
 from evaluation.config import EvalError, ScoreConfig
 from evaluation.scoring import ANSWER_FORMATS, score_answer, summarize
 from megatron_vlm.utils.atomic import atomic_write
+from megatron_vlm.utils.jsonl import read_jsonl_objects
 
 REQUIRED = ("question", "answer", "answer_format", "prediction")
 _GROUP_TITLES = {"by_answer_format": "answer format", "by_evidence": "evidence", "by_evidence_pages":
@@ -21,27 +22,17 @@ def read_predictions(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise EvalError(f"{path}: predictions file not found")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise EvalError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise EvalError(f"{where}: expected a JSON object")
-            missing = [k for k in REQUIRED if k not in row]
-            if missing:
-                raise EvalError(f"{where}: missing {', '.join(repr(k) for k in missing)} (a prediction row needs "
-                                f"{', '.join(REQUIRED)})")
-            if row["answer_format"] not in ANSWER_FORMATS:
-                raise EvalError(f"{where}: answer_format {row['answer_format']!r} is not one of "
-                                f"{', '.join(ANSWER_FORMATS)}")
-            if row["prediction"] is not None and not isinstance(row["prediction"], str):
-                raise EvalError(f"{where}: 'prediction' must be a string (the model's output)")
-            rows.append(row)
+    for where, _, row in read_jsonl_objects(path, EvalError):
+        missing = [k for k in REQUIRED if k not in row]
+        if missing:
+            raise EvalError(f"{where}: missing {', '.join(repr(k) for k in missing)} (a prediction row needs "
+                            f"{', '.join(REQUIRED)})")
+        if row["answer_format"] not in ANSWER_FORMATS:
+            raise EvalError(f"{where}: answer_format {row['answer_format']!r} is not one of "
+                            f"{', '.join(ANSWER_FORMATS)}")
+        if row["prediction"] is not None and not isinstance(row["prediction"], str):
+            raise EvalError(f"{where}: 'prediction' must be a string (the model's output)")
+        rows.append(row)
     return rows
 
 

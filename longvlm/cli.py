@@ -5,8 +5,13 @@ and does not import torch or megatron-core. A subcommand module provides::
 
     def add_arguments(parser: argparse.ArgumentParser) -> None
     def main(args: argparse.Namespace) -> int
+    def interrupted(args: argparse.Namespace) -> str   # optional: what a Ctrl-C kept, how to resume
 
 Each command is also a Python function in ``longvlm.api``.
+
+Exit status: 0 success, 1 the command's own "not good" result (e.g. ``convert verify``: logits
+differ), 2 bad input (``LongVLMError``: one line, no traceback), 3 not implemented, 70 a bug (its
+traceback is printed), 130 Ctrl-C and 143 SIGTERM (one line saying what was kept and how to resume).
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import traceback
 import warnings
 from dataclasses import dataclass
 
@@ -50,6 +57,7 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 NOT_IMPLEMENTED_EXIT = 3
+BUG_EXIT = 70  # EX_SOFTWARE: an unexpected exception (1 stays the commands' own "failed" status)
 
 
 def _root_parser() -> argparse.ArgumentParser:
@@ -109,11 +117,30 @@ def main(argv: list[str] | None = None) -> int:
     if run is None:
         print(f"longvlm {args.command}: not implemented yet", file=sys.stderr)
         return NOT_IMPLEMENTED_EXIT
+    stop = {"signal": signal.SIGINT}
+
+    def on_sigterm(signum, frame):  # SLURM preemption, kill: stop like Ctrl-C (temporaries removed)
+        stop["signal"] = signum
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         return int(run(args) or 0)
     except LongVLMError as err:
         print(f"longvlm {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        note = getattr(sys.modules[run.__module__], "interrupted", lambda a: "nothing was written")(args)
+        name = signal.Signals(stop["signal"]).name
+        print(f"\nlongvlm {args.command}: stopped by {name}; {note}", file=sys.stderr)
+        return 128 + stop["signal"]
+    except Exception:
+        traceback.print_exc()
+        print(f"longvlm {args.command}: internal error (a bug: please report it with the traceback above)",
+              file=sys.stderr)
+        return BUG_EXIT
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

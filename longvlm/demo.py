@@ -92,7 +92,7 @@ def run_demo(config: DemoConfig) -> list[StageRecord]:
     from checkpoint_tools.verify import verify
     from megatron_vlm.models.tiny import save_tiny_checkpoint
     from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
-    from preprocess.dataset.config import BuildConfig
+    from preprocess.dataset.config import BuildConfig, check_token_budget
     from preprocess.dataset.run import build as build_dataset
     from preprocess.dataset.stats_cli import StatsConfig
     from preprocess.dataset.stats_cli import run as run_stats
@@ -101,6 +101,7 @@ def run_demo(config: DemoConfig) -> list[StageRecord]:
     from preprocess.synth import SynthConfig, run_synth
 
     out = Path(config.output)
+    check_token_budget(config.token_budget)  # before any stage runs, not after pool and synth
     if not Path(config.pdfs).is_dir():
         raise DemoError(f"--pdfs {config.pdfs}: no such folder; pass a folder of PDFs")
     _prepare_output(out)
@@ -161,6 +162,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "convert -> longvlm train (tiny-cpu recipe) -> export to Hugging Face. Takes a few minutes; outputs "
         "stay in -o for inspection (see docs/demo.md).")
     add_dataclass_arguments(parser, DemoConfig)
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    return (f"the stages finished so far are in {args.output}/ (each output whole or absent); rerun "
+            "'longvlm demo' to start over")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -30,10 +30,13 @@ class FakePool:
                                    "total_image_tokens": sum(p["tokens"] for p in pages)})
             start += len(pages)
         self.pool_dir.mkdir(parents=True, exist_ok=True)
+        self._by_id = {d["doc_id"]: d for d in self.documents}
+        for d in self.documents:  # the manifest's encoded size of each page
+            for n, page in enumerate(d["pages"], start=1):
+                page["bytes"] = len(self.page_bytes(d["doc_id"], n))
         with open(self.pool_dir / "manifest.jsonl", "w") as f:
             for d in self.documents:
                 f.write(json.dumps(d) + "\n")
-        self._by_id = {d["doc_id"]: d for d in self.documents}
 
     @classmethod
     def open(cls, pool_dir):  # the loader opens pools by path; tests register instances here

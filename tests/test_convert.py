@@ -153,7 +153,7 @@ def test_reshard_repads_the_vocabulary_and_keeps_every_weight(converted, tiny_hf
 
 
 def test_export_writes_trained_rope_settings_and_copies_tokenizer_files(
-        converted, tiny_hf_checkpoint, qwen_tokenizer_dir, tmp_path):
+        converted, tiny_hf_checkpoint, qwen_tokenizer_dir, tmp_path, capsys):
     from transformers import AutoConfig, AutoTokenizer
 
     template = tmp_path / "template"
@@ -163,6 +163,8 @@ def test_export_writes_trained_rope_settings_and_copies_tokenizer_files(
     out = tmp_path / "hf"
     main(["convert", "megatron-to-hf", "--ckpt", str(converted(1, 1)), "--out", str(out),
           "--hf-template", str(template), "--rope-theta", "4090000", "--max-position-embeddings", "131072"])
+    summary = capsys.readouterr().out
+    assert "copied from the template: generation_config.json, merges.txt, preprocessor_config.json" in summary
     config = AutoConfig.from_pretrained(out)
     assert config.text_config.rope_parameters["rope_theta"] == 4090000
     assert config.text_config.rope_parameters["mrope_section"] == [2, 3, 3]

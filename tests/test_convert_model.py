@@ -134,3 +134,43 @@ def test_verify_takes_user_images_and_prompt(hf_dir, converted, tmp_path, capsys
     assert main(["convert", "verify", "--hf", str(hf_dir), "--ckpt", str(converted(1, 1)),
                  "--image", str(tmp_path / "missing.png")]) == 2
     assert "missing.png: cannot read it" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def small_vocab(tmp_path_factory):
+    """A custom Qwen2.5-VL of 512 token ids (special ids 500-503), without a tokenizer of its own."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+
+    config = tiny_qwen25vl_config(vocab_size=512)
+    config.vision_start_token_id, config.vision_end_token_id = 500, 501
+    config.image_token_id, config.video_token_id = 502, 503
+    torch.manual_seed(3)
+    hf = tmp_path_factory.mktemp("small_vocab") / "hf"
+    Qwen2_5_VLForConditionalGeneration(config).eval().save_pretrained(hf)
+    meg = hf.parent / "meg"
+    api.convert("hf-to-megatron", hf=str(hf), out=str(meg))
+    return hf, meg
+
+
+def test_verify_without_a_tokenizer_builds_the_probe_from_config_ids(small_vocab, capsys):
+    hf, meg = small_vocab
+    assert not (hf / "tokenizer_config.json").exists()
+    assert main(["convert", "verify", "--hf", str(hf), "--ckpt", str(meg), "--json", "--atol", str(TOL)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["passed"] and result["images"] == 3 and result["tokens"] == 24 + 3 * 2 + 4 + 15 + 24
+
+
+def test_verify_refuses_a_tokenizer_that_does_not_fit_with_exit_2(small_vocab, qwen_tokenizer_dir, tmp_path, capsys):
+    import shutil
+
+    hf, meg = small_vocab
+    wrong = tmp_path / "hf"
+    shutil.copytree(hf, wrong)
+    for f in qwen_tokenizer_dir.iterdir():  # the full Qwen tokenizer: ids up to 151,664
+        shutil.copy(f, wrong / f.name)
+    assert main(["convert", "verify", "--hf", str(wrong), "--ckpt", str(meg)]) == 2
+    err = capsys.readouterr().err
+    assert "its tokenizer does not fit the model" in err and "<|image_pad|> is id 151655" in err
+    assert "vocabulary has 512" in err and "Traceback" not in err

@@ -219,6 +219,49 @@ def test_teacher_forcing_equals_transformers_logits(tmp_path, small_pool, checkp
         sum(r["answer_logprob"] for r in result.rows) / tokens)
 
 
+def test_megatron_backend_teacher_forcing_equals_transformers_logits(tmp_path, small_pool, checkpoint, hf_model,
+                                                                    qwen_tokenizer, qwen_tokenizer_dir, convert_to_megatron):
+    """``--backend megatron`` on the converted checkpoint (the training model and its forward-only pass)
+    gives the answer log-likelihood and token accuracy that transformers' logits give (fp32, 1e-4)."""
+    megatron = convert_to_megatron(checkpoint, 1, 1)
+    opts = _docqa_options(tmp_path, small_pool, megatron, qwen_tokenizer_dir, output=str(tmp_path / "meg"),
+                          scoring="teacher-forcing", backend="megatron", batch_size=2)
+    result = api.evaluate("docqa", **opts)
+    assert result.failed == 0 and len(result.rows) == 3
+    assert json.loads((tmp_path / "meg" / "results.json").read_text())["backend"]["layout"]["tp"] == 1
+    requests = {r.id: r for r in docqa.requests(DocQAConfig(**opts), PromptBuilder(qwen_tokenizer))}
+    for row in result.rows:
+        request = requests[row["id"]]
+        logprob, n, accuracy = answer_logprob(hf_model, reference_inputs(request, qwen_tokenizer, request.answer),
+                                              qwen_tokenizer, request.answer)
+        assert row["answer_tokens"] == n
+        assert row["answer_logprob"] == pytest.approx(logprob, abs=1e-4)
+        assert row["answer_token_accuracy"] == pytest.approx(accuracy)
+
+
+@pytest.mark.slow
+def test_megatron_backend_at_tp2_and_cp2_equals_one_process(tmp_path, small_pool, checkpoint, qwen_tokenizer_dir,
+                                                            convert_to_megatron):
+    from distributed import run_distributed
+
+    megatron = convert_to_megatron(checkpoint, 1, 1)
+    opts = _docqa_options(tmp_path, small_pool, megatron, qwen_tokenizer_dir, scoring="teacher-forcing",
+                          backend="megatron", batch_size=1)
+    rows = {}
+    for name, layout in (("one", []), ("tp2", ["--tp", "2"]), ("cp2", ["--cp", "2"])):
+        out = tmp_path / name
+        args = ["eval", "docqa", opts["input"], "--pool", opts["pool"], "--checkpoint", opts["checkpoint"],
+                "--tokenizer", opts["tokenizer"], "--max-context", "700", "--scoring", "teacher-forcing",
+                "--backend", "megatron", "--batch-size", "1", "--no-progress", "-o", str(out), *layout]
+        run_distributed("longvlm", 1 if name == "one" else 2, args, timeout=400)
+        rows[name] = {r["id"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    for name in ("tp2", "cp2"):
+        assert rows[name].keys() == rows["one"].keys()
+        for key, row in rows[name].items():
+            assert row["answer_logprob"] == pytest.approx(rows["one"][key]["answer_logprob"], abs=1e-4)
+            assert row["answer_token_accuracy"] == rows["one"][key]["answer_token_accuracy"]
+
+
 @pytest.mark.slow
 def test_rope_overrides_apply_to_the_model_and_are_recorded(tmp_path, small_pool, checkpoint, qwen_tokenizer_dir):
     # the same weights saved with rope_theta 5e4: an independent way to get that base

@@ -30,7 +30,8 @@ def built(tmp_path_factory, qwen_tokenizer_dir):
             for i, d in enumerate(sizes) for t in ("extract-single", "extract-multi", "reasoning")]
     tasks = write_tasks(tmp / "tasks.jsonl", rows)
     cfg = BuildConfig(tasks=[str(tasks)], pool=str(tmp / "pool"), tokenizer=str(qwen_tokenizer_dir),
-                      output=str(tmp / "data"), max_seq_len=512, token_budget=12000, progress=False)
+                      output=str(tmp / "data"), max_seq_len=512, token_budget=12000, progress=False,
+                      max_repeats=1000)
     build(cfg, pool=pool)
     return tmp / "data", pool, rows
 

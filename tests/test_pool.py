@@ -134,7 +134,7 @@ def test_every_rejection_reason_and_the_good_documents(built, corpus):
         assert doc["doc_id"] == sha256(Path(doc["source"]))
     info = json.loads((built / "pool.json").read_text())
     assert info["counts"]["accepted"] == 2 and info["counts"]["rejected"] == 12
-    assert not (built / ".work").exists()
+    assert not (built.parent / f".{built.name}.work").exists() and os.listdir(built.parent) == [built.name]
 
 
 def test_stores_read_by_megatron_core_and_match_the_manifest(built):
@@ -251,6 +251,32 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
     assert result.returncode == 2 and "hashes.txt:1: not a SHA-256" in result.stderr
 
 
+def test_odd_outputs_and_options_are_one_clear_error(pdf_dir, tmp_path, capsys):
+    from longvlm.cli import main
+
+    pdf = str(pdf_dir / "float.pdf")
+    (tmp_path / "afile").write_text("x")
+    assert main(["pool", pdf, "-o", str(tmp_path / "afile"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"-o {tmp_path / 'afile'}: is a file, not a pool directory" in err and "Traceback" not in err
+    for dpi in ("0", "-5"):  # one message for both
+        assert main(["pool", pdf, "-o", str(tmp_path / "p"), f"--dpi={dpi}"]) == 2
+        assert f"--dpi must be >= 1, got {dpi}" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_pool_without_documents_warns_and_exits_1_unless_allowed(pdf_dir, tmp_path, capsys):
+    from longvlm.cli import main
+
+    args = ["pool", str(pdf_dir / "float.pdf"), "--min-pages", "100", "--max-pages", "0", "--dpi", str(DPI),
+            "--no-progress"]
+    assert main([*args, "-o", str(tmp_path / "p")]) == 1
+    err = capsys.readouterr().err
+    assert "warning: no document was accepted (page_count 1;" in err and "rejected.jsonl" in err
+    assert len(Pool.open(tmp_path / "p")) == 0  # written all the same
+    assert main([*args, "-o", str(tmp_path / "q"), "--allow-empty"]) == 0
+
+
 def pool_files(path: Path) -> dict[str, bytes]:
     return {name: (path / name).read_bytes() for name in
             ("manifest.jsonl", "rejected.jsonl", "pages.bin", "pages.idx", "layout.bin", "layout.idx")}
@@ -297,12 +323,12 @@ def test_killed_run_resumes_to_the_identical_pool(pdf_dir, tmp_path):
     opts = ["--dpi", str(DPI), "--min-pages", "0", "--chunk-docs", "1", "--no-progress", "--keep-work"]
     out = tmp_path / "resumed"
     proc = _cli([*inputs, "-o", str(out), *opts])
-    chunks = out / ".work" / "chunks"
+    chunks = tmp_path / ".resumed.work" / "chunks"
     _wait_for(lambda: chunks.is_dir() and len([p for p in chunks.iterdir() if p.name.startswith("chunk-")]) >= 2,
               "two finished chunks")
     os.killpg(proc.pid, signal.SIGKILL)  # the parent and its worker, mid-way through slow.pdf
     proc.wait()
-    assert not (out / "pool.json").exists() and not (out / "manifest.jsonl").exists()
+    assert not out.exists()  # the pool appears whole or not at all
     done = {p.name: p.stat().st_ino for p in chunks.iterdir() if p.name.startswith("chunk-")}
     rerun = _cli([*inputs, "-o", str(out), *opts])
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read().decode()
@@ -331,14 +357,14 @@ def test_worker_crash_loses_only_that_document(pdf_dir, tmp_path):
     out = tmp_path / "p"
     proc = _cli([*inputs, "-o", str(out), "--dpi", str(DPI), "--min-pages", "0", "--chunk-docs", "1",
                  "--no-progress", "--keep-work"])
-    chunks = out / ".work" / "chunks"
+    chunks = tmp_path / ".p.work" / "chunks"
     _wait_for(lambda: chunks.is_dir() and any(p.name == "chunk-000000" for p in chunks.iterdir()),
               "the first chunk")
     time.sleep(0.5)  # the worker has moved on to slow.pdf (2-4 s of rendering)
     workers = [c for c in psutil.Process(proc.pid).children()
                if any("spawn_main" in part for part in c.cmdline())]
     assert len(workers) == 1
-    workers[0].send_signal(signal.SIGKILL)  # as if MuPDF had crashed on slow.pdf (4 s of pages)
+    workers[0].send_signal(signal.SIGSEGV)  # as if MuPDF had crashed on slow.pdf (4 s of pages)
     assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
     (rej,) = read_jsonl(out / "rejected.jsonl")
     assert rej["reason"] == "render_crash" and rej["source"].endswith("slow.pdf")
@@ -353,7 +379,7 @@ def test_sigterm_stops_the_workers_and_the_run_resumes(pdf_dir, tmp_path):
     args = [*inputs, "-o", str(tmp_path / "p"), "--dpi", str(DPI), "--min-pages", "0", "--chunk-docs", "1",
             "--no-progress", "--keep-work"]
     proc = _cli(args)
-    chunks = tmp_path / "p" / ".work" / "chunks"
+    chunks = tmp_path / ".p.work" / "chunks"
     _wait_for(lambda: chunks.is_dir() and any(p.name == "chunk-000000" for p in chunks.iterdir()),
               "the first chunk")
     time.sleep(0.5)

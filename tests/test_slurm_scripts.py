@@ -108,7 +108,7 @@ def test_stage_scripts_shard_the_command_line_and_merge(tmp_path, capsys):
     synth = api.slurm("synth", num_shards=2, stage_args=[str(pool), "-o", str(tmp_path / "t.jsonl"), "--seed", "3"])
     merge_text = synth.scripts[1].read_text()
     assert f"synth {pool} --merge \"${{shards[@]}}\" -o {tmp_path}/t.jsonl --no-progress" in merge_text
-    assert f"shard-\"${{k}}\".jsonl" in merge_text
+    assert "shard-\"${k}\".jsonl" in merge_text
     # refused before anything is written
     assert cli_main(["slurm", "pool", "--num-shards", "2", "--", "x.pdf", "-o", str(tmp_path / "p2"),
                      "--shard", "1", "--num-shards", "2"]) == 2

@@ -233,10 +233,8 @@ def test_frozen_parts_do_not_change(setup):
 
 def test_config_yaml_reproduces_the_run_bitwise(setup, reference):
     ref_dir, ref = reference
-    from longvlm.cli import main
-
     run_dir = setup["tmp"] / "again"
-    assert main(["train", str(ref_dir / "config.yaml"), "-o", str(run_dir)]) == 0  # in this process
+    run_distributed("longvlm", 1, ["train", ref_dir / "config.yaml", "-o", run_dir])  # the reference's launcher
     assert [r["loss"] for r in records(run_dir)] == [r["loss"] for r in ref]
 
 

@@ -15,7 +15,7 @@ from megatron.core import parallel_state as ps
 
 from megatron_vlm.data.image_share import ImageShare
 from megatron_vlm.data.loader import build_data_loader
-from megatron_vlm.formats.dataset import DatasetFormatError, read_meta
+from megatron_vlm.formats.dataset import DatasetFormatError, open_dataset
 from megatron_vlm.models.hf_config import Qwen25VLArch
 from megatron_vlm.parallel import ParallelLayout
 from training.config import RecipeError, TrainConfig
@@ -50,7 +50,7 @@ def plan_data(config: TrainConfig, arch: Qwen25VLArch, model_max_length: int, to
     for key, prefix in [(f"data.train[{i}].prefix", s.prefix) for i, s in enumerate(config.data.train)] + \
             ([("data.valid", config.data.valid)] if config.data.valid else []):
         try:
-            metas[key] = read_meta(prefix)
+            metas[key] = open_dataset(prefix)  # every file checked (sizes, counts, checksums)
         except DatasetFormatError as err:
             raise RecipeError(f"{key}: {err}") from None
     model_tokens = _tokenizer_hashes(tokenizer_dir)

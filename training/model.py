@@ -69,17 +69,23 @@ def _freeze(model: Qwen25VLModel, config: TrainConfig) -> None:
         param.requires_grad_(parts[part])
 
 
-def build_model(config: TrainConfig, arch: Qwen25VLArch) -> ModelParts:
-    """Build, freeze and wrap this rank's chunks; set the schedule hooks on the language config."""
-    cfg = model_config(config, arch)
-    vpp = config.parallel.vpp
+def build_chunks(cfg: Qwen25VLConfig) -> list[Qwen25VLModel]:
+    """This pipeline rank's model chunks on its device: one, or ``vpp`` for the interleaved schedule."""
+    vpp = cfg.layout.vpp
     chunks = []
     for vp_stage in range(vpp) if vpp else [None]:
         first = ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
         last = ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
-        model = Qwen25VLModel(cfg, pre_process=first, post_process=last, vp_stage=vp_stage).to(device())
+        chunks.append(Qwen25VLModel(cfg, pre_process=first, post_process=last, vp_stage=vp_stage).to(device()))
+    return chunks
+
+
+def build_model(config: TrainConfig, arch: Qwen25VLArch) -> ModelParts:
+    """Build, freeze and wrap this rank's chunks; set the schedule hooks on the language config."""
+    cfg = model_config(config, arch)
+    chunks = build_chunks(cfg)
+    for model in chunks:
         _freeze(model, config)
-        chunks.append(model)
     gpu = torch.cuda.is_available()
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, overlap_grad_reduce=gpu,

@@ -43,23 +43,37 @@ def prepare_batch(batch: dict, share: ImageShare, pixel_dtype: torch.dtype = tor
     return out
 
 
-def loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
-    """Megatron's per-token-loss contract: the sum over this rank's answer tokens and their count."""
+def loss_func(loss_mask: torch.Tensor, output: torch.Tensor):
+    """Megatron's per-token-loss contract: the sum over this rank's answer tokens and their count.
+
+    ``output`` is the per-token loss ``[b, s]``, or ``[b, s, 2]`` (loss, argmax is right) when scoring;
+    the reported ``"lm loss"`` is ``[loss sum, answer tokens, right tokens]`` of this rank and, when
+    scoring, ``"rows"`` the same per row of the micro-batch summed over the context-parallel ranks.
+    """
     mask = loss_mask.float()
-    total = (per_token_loss.float() * mask).sum()
+    scored = output.dim() == 3
+    per_token = output[..., 0] if scored else output
+    total = (per_token.float() * mask).sum()
     tokens = mask.sum().to(torch.int)
-    return total, tokens, {"lm loss": torch.stack([total.detach().clone(), tokens.detach().float()])}
+    right = (output[..., 1].float() * mask).sum() if scored else torch.zeros_like(total)
+    reported = {"lm loss": torch.stack([total.detach(), tokens.detach().float(), right.detach()])}
+    if scored:
+        rows = torch.stack([(per_token.float() * mask).sum(1), mask.sum(1), (output[..., 1].float() * mask).sum(1)], 1)
+        if ps.get_context_parallel_world_size() > 1:
+            torch.distributed.all_reduce(rows, group=ps.get_context_parallel_group())
+        reported["rows"] = rows.detach()
+    return total, tokens, reported
 
 
-def forward_step(data_iterator: Iterator[dict], model):
+def forward_step(data_iterator: Iterator[dict], model, score: bool = False):
     """One micro-batch through this rank's model chunk (the schedule calls it per micro-batch)."""
     batch = next(data_iterator)
-    per_token = model(batch["input_ids"], position_ids=batch["position_ids"], pixel_values=batch["pixel_values"],
-                      image_grid_thw=batch["image_grid_thw"], cu_seqlens=batch["cu_seqlens"],
-                      labels=batch["labels"], loss_mask=batch["loss_mask"])
+    output = model(batch["input_ids"], position_ids=batch["position_ids"], pixel_values=batch["pixel_values"],
+                   image_grid_thw=batch["image_grid_thw"], cu_seqlens=batch["cu_seqlens"],
+                   labels=batch["labels"], loss_mask=batch["loss_mask"], score=score)
     cp = ps.get_context_parallel_world_size()
     local_mask = cp_slice(batch["loss_mask"], 1, cp, ps.get_context_parallel_rank() if cp > 1 else 0)
-    return per_token, partial(loss_func, local_mask)
+    return output, partial(loss_func, local_mask)
 
 
 @dataclass
@@ -68,6 +82,7 @@ class StepResult:
 
     loss: float
     answer_tokens: int
+    accuracy: float  # share of answer tokens that are the argmax (scoring passes only; else 0)
     real_tokens: int  # tokens of the packs, all data-parallel ranks
     computed_tokens: int  # tokens the model ran on (padding included)
     data_wait: float  # seconds this rank waited for its loader
@@ -108,16 +123,16 @@ class _MicroBatches:
         return (self._get(k) for k in range(self.count))
 
 
-def _reduce_loss(losses: list[dict]) -> tuple[float, int]:
-    """The global batch's mean loss over answer tokens, known on every rank."""
-    stats = torch.zeros(2, dtype=torch.float64, device=device())
+def _reduce_loss(losses: list[dict]) -> tuple[float, int, float]:
+    """The global batch's mean loss over answer tokens, its answer tokens and their accuracy, on every rank."""
+    stats = torch.zeros(3, dtype=torch.float64, device=device())
     if ps.is_pipeline_last_stage(ignore_virtual=True):
         for item in losses:
             stats += item["lm loss"].to(stats)
         torch.distributed.all_reduce(stats, group=ps.get_data_parallel_group(with_context_parallel=True))
     torch.distributed.all_reduce(stats, group=ps.get_pipeline_model_parallel_group())  # only the last stage is nonzero
-    total, tokens = stats.tolist()
-    return (total / tokens if tokens else float("nan")), int(tokens)
+    total, tokens, right = stats.tolist()
+    return (total / tokens if tokens else float("nan")), int(tokens), (right / tokens if tokens else 0.0)
 
 
 def _sum_over_dp(value: int) -> int:
@@ -127,17 +142,21 @@ def _sum_over_dp(value: int) -> int:
 
 
 def run_schedule(chunks, loader_iter, num_microbatches: int, share: ImageShare, seq_length: int,
-                 micro_batch_size: int, forward_only: bool) -> tuple[StepResult, list]:
-    """Forward (and backward) of one global batch through Megatron-Core's schedule; no optimizer step."""
-    dtype = chunks[0].module.model_config.language.params_dtype
+                 micro_batch_size: int, forward_only: bool, score: bool = False) -> tuple[StepResult, list]:
+    """Forward (and backward) of one global batch through Megatron-Core's schedule; no optimizer step.
+
+    ``score`` (forward only): also the argmax accuracy, and per-row results in the last stage's
+    ``losses[k]["rows"]`` (``[loss sum, answer tokens, right tokens]`` of each row of micro-batch ``k``).
+    """
+    dtype = getattr(chunks[0], "module", chunks[0]).model_config.language.params_dtype
     batches = _MicroBatches(loader_iter, num_microbatches, share, len(chunks), dtype)
     iters = [batches.iterator() for _ in chunks]
     losses = get_forward_backward_func()(
-        forward_step_func=forward_step, data_iterator=iters if len(chunks) > 1 else iters[0],
+        forward_step_func=partial(forward_step, score=score), data_iterator=iters if len(chunks) > 1 else iters[0],
         model=chunks if len(chunks) > 1 else chunks[0], num_microbatches=num_microbatches,
         seq_length=seq_length, micro_batch_size=micro_batch_size, forward_only=forward_only)
-    loss, tokens = _reduce_loss(losses)
-    result = StepResult(loss=loss, answer_tokens=tokens, real_tokens=_sum_over_dp(batches.real_tokens),
+    loss, tokens, accuracy = _reduce_loss(losses)
+    result = StepResult(loss=loss, answer_tokens=tokens, accuracy=accuracy, real_tokens=_sum_over_dp(batches.real_tokens),
                         computed_tokens=_sum_over_dp(batches.computed_tokens), data_wait=batches.wait,
                         image_grids=batches.grids, lengths=batches.lengths)
     return result, losses

@@ -39,8 +39,9 @@ class Preflight:
     resume: bool
 
 
-def preflight(config: TrainConfig, run_dir: Path, world_size: int, gpu: bool | None = None) -> Preflight:
+def preflight(config: TrainConfig, run_dir: Path, world_size: int, rank: int = 0, gpu: bool | None = None) -> Preflight:
     """Every check that needs no process group and writes nothing; a ``RecipeError`` naming the key.
+    The run directory is checked by rank 0 only (the others may see it while rank 0 writes it).
 
     ``gpu``: whether the run will have GPUs (default: whether this machine has one); given, the run is
     checked for another machine (a job script written on a login node), so Transformer Engine is not
@@ -78,7 +79,7 @@ def preflight(config: TrainConfig, run_dir: Path, world_size: int, gpu: bool | N
     except Exception as err:
         raise RecipeError(f"parallel / model: {err}") from None
     plan = plan_data(config, arch, model_max, start.tokenizer_dir)
-    resume = check_run_dir(run_dir, config)
+    resume = check_run_dir(run_dir, config) if rank == 0 else False
     return Preflight(start, plan, dp, resume)
 
 
@@ -88,7 +89,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, run_dir: str | Path):
         self.config, self.run_dir = config, Path(run_dir)
         env = runtime.read_dist_env()
-        self.checked = preflight(config, self.run_dir, env.world_size)
+        self.checked = preflight(config, self.run_dir, env.world_size, env.rank)
         self.rank0 = env.rank == 0
 
     def run(self) -> int:
@@ -189,18 +190,20 @@ class Trainer:
         return 0
 
     def _validate(self, parts: ModelParts, share, plan: DataPlan) -> dict:
-        """Mean loss over the answer tokens of ``eval_batches`` validation micro-batches per data-parallel rank."""
+        """Loss (mean over answer tokens) and token accuracy (argmax == answer) of ``eval_batches`` validation
+        micro-batches per data-parallel rank: the teacher-forced scoring of ``longvlm eval --backend megatron``."""
         config = self.config
         for chunk in parts.chunks:
             chunk.eval()
         try:
             with torch.no_grad():
                 result, _ = run_schedule(parts.chunks, iter(valid_loader(config)), config.logging.eval_batches, share,
-                                         plan.seq_length, config.train.micro_batch_size, forward_only=True)
+                                         plan.seq_length, config.train.micro_batch_size, forward_only=True,
+                                         score=True)
         finally:
             for chunk in parts.chunks:
                 chunk.train()
-        return {"loss": result.loss, "answer_tokens": result.answer_tokens}
+        return {"loss": result.loss, "token_accuracy": result.accuracy, "answer_tokens": result.answer_tokens}
 
     def _samples(self, loader, state: TrainState) -> str:
         """The task instances of the current global batch, as ``tasks-file:line`` (known to every rank)."""

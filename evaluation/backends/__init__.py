@@ -40,6 +40,7 @@ from evaluation.config import EvalError
 BACKENDS = {
     "hf": "evaluation.backends.hf:HFBackend",
     "openai": "evaluation.backends.openai:OpenAIBackend",
+    "megatron": "evaluation.backends.megatron:MegatronBackend",
 }
 
 

@@ -11,7 +11,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megatron_vlm.data.vision import grid_thw
 from megatron_vlm.formats import dataset as fmt
-from megatron_vlm.formats.dataset import DatasetFormatError, open_indexed, read_meta
+from megatron_vlm.formats.dataset import DatasetFormatError, open_dataset, open_indexed
 from megatron_vlm.formats.pool import Pool, pool_fingerprint
 
 
@@ -40,7 +40,7 @@ class BuiltDataset(torch.utils.data.Dataset):
     def __init__(self, prefix: str | Path, *, pool=None, pool_dir: str | Path | None = None,
                  check_pool: bool = True, decode_images: bool = True):
         self.prefix = str(prefix)
-        self.meta = read_meta(prefix)
+        self.meta = open_dataset(prefix)  # every file checked now, not at some item mid-training
         self.copied = self.meta["pages"] == "copied"
         self.pool_dir = str(pool_dir or self.meta["inputs"]["pool"]["path"])
         self.decode_images = decode_images
@@ -50,17 +50,17 @@ class BuiltDataset(torch.utils.data.Dataset):
             if pool_fingerprint(self.pool_dir) != recorded:
                 raise DatasetFormatError(f"the pool at {self.pool_dir} is not the one {self.prefix} was built from "
                                          f"(fingerprint differs from {recorded[:12]}); rebuild or use --copy-pages")
+            if self._pool is None:
+                self._pool = Pool.open(self.pool_dir)  # its stores checked now too
         self._files: dict[str, IndexedDataset] | None = None
-        tokens = open_indexed(prefix, fmt.TOKENS)
-        self._num_packs = len(tokens.document_indices) - 1
+        self._num_packs = self.meta["counts"]["packs"]
 
     def __len__(self) -> int:
         return self._num_packs
 
     def _open(self) -> dict[str, IndexedDataset]:
         if self._files is None:
-            suffixes = list(fmt.DATASETS) + ([fmt.PAGES] if self.copied else [])
-            self._files = {s: open_indexed(self.prefix, s) for s in suffixes}
+            self._files = {s: open_indexed(self.prefix, self.meta, s) for s in fmt.suffixes(self.copied)}
         return self._files
 
     @property

@@ -323,7 +323,8 @@ def load_into_model(model: torch.nn.Module, ckpt: MegatronCheckpoint | str | Pat
         loaded = dist_checkpointing.load(sharded, str(ckpt.iter_dir))
     except _READ_ERRORS as err:
         raise CheckpointError(f"{ckpt.iter_dir}: cannot load into the model ({_describe(err)})") from None
-    result = model.load_state_dict(loaded, strict=False)
+    # a training checkpoint's common state (optimizer groups, scheduler, counters) comes back too
+    result = model.load_state_dict({k: v for k, v in loaded.items() if k in sharded}, strict=False)
     absent = [k for k in result.missing_keys if not k.endswith("_extra_state")]
     if absent or result.unexpected_keys:
         raise CheckpointError(f"{ckpt.iter_dir}: loading left parameters unset {absent[:10]} "

@@ -1,8 +1,14 @@
 """The built-dataset format (``longvlm build`` writes it, the loader and ``stats`` read it).
 
-A built dataset ``DATA_PREFIX`` is a set of megatron-core ``IndexedDataset`` files plus one JSON
-file. In every indexed dataset below, one *sequence* is one training sample and one *document* is
-one packed training sequence (``document_indices`` delimit the packs), so the sample boundaries of
+A built dataset ``DATA_PREFIX`` is one JSON file, ``DATA_PREFIX.json``, and a hidden version
+directory beside it that the JSON names (``files_dir``: ``.NAME.v-HOST-PID-RANDOM``) holding
+megatron-core ``IndexedDataset`` files ``NAME_tokens.bin/.idx`` etc. The JSON is the pointer: a
+build writes a new version directory and then replaces the JSON atomically, so a reader sees the
+old dataset or the new one, never a mix. The JSON records every file's size and checksum and the
+pack/sample/page counts; ``open_dataset`` checks them.
+
+In every indexed dataset below, one *sequence* is one training sample and one *document* is one
+packed training sequence (``document_indices`` delimit the packs), so the sample boundaries of
 pack ``p`` are the sequences ``document_indices[p]:document_indices[p + 1]``. See docs/formats.md.
 """
 
@@ -15,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from megatron_vlm.errors import LongVLMError
+from megatron_vlm.formats.integrity import check_file, indexed_counts
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: files in the version directory named by the JSON, with sizes, checksums, counts
 KIND = "longvlm-built-dataset"
 
 # name suffix -> numpy dtype of the indexed dataset
@@ -35,23 +42,24 @@ PAD_ID = 151643  # <|endoftext|>: the padding token, and the label where there i
 
 
 def meta_path(prefix: str | os.PathLike) -> Path:
-    """``DATA_PREFIX.json``: format version, config, input hashes and the build report."""
+    """``DATA_PREFIX.json``: format version, config, input hashes, the build report, and the pointer
+    to the files (``files_dir``) with their sizes and checksums."""
     return Path(f"{prefix}.json")
 
 
-def dataset_prefix(prefix: str | os.PathLike, suffix: str) -> str:
-    return f"{prefix}{suffix}"
+def suffixes(copy_pages: bool) -> list[str]:
+    """The dataset's IndexedDataset suffixes."""
+    return list(DATASETS) + ([PAGES] if copy_pages else [])
 
 
-def output_files(prefix: str | os.PathLike, copy_pages: bool) -> list[Path]:
-    """Every file of a built dataset, the JSON last."""
-    suffixes = list(DATASETS) + ([PAGES] if copy_pages else [])
-    files = [Path(f"{prefix}{s}{ext}") for s in suffixes for ext in (".bin", ".idx")]
-    return files + [meta_path(prefix)]
+def data_prefix(prefix: str | os.PathLike, meta: dict) -> str:
+    """Where the IndexedDataset files of the dataset live: ``DIR/FILES_DIR/NAME`` (+ suffix)."""
+    prefix = Path(prefix)
+    return str(prefix.parent / meta["files_dir"] / prefix.name)
 
 
 class DatasetFormatError(LongVLMError, ValueError):
-    """The prefix is not a (complete, compatible) built dataset, or its pool changed."""
+    """The prefix is not a (complete, compatible, undamaged) built dataset, or its pool changed."""
 
 
 def read_meta(prefix: str | os.PathLike) -> dict:
@@ -60,18 +68,45 @@ def read_meta(prefix: str | os.PathLike) -> dict:
     if not path.is_file():
         raise DatasetFormatError(f"{path} not found: {prefix} is not a complete built dataset "
                                  "(run 'longvlm build ... -o PREFIX')")
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DatasetFormatError(f"{path}: unreadable ({err})") from None
     if meta.get("kind") != KIND or meta.get("format_version") != FORMAT_VERSION:
+        hint = " (an older build: rebuild it with the same 'longvlm build' command)" \
+            if meta.get("kind") == KIND and meta.get("format_version") == 1 else ""
         raise DatasetFormatError(f"{path}: kind {meta.get('kind')!r} version {meta.get('format_version')!r}; "
-                                 f"this reader reads {KIND!r} version {FORMAT_VERSION}")
+                                 f"this reader reads {KIND!r} version {FORMAT_VERSION}{hint}")
     return meta
 
 
-def open_indexed(prefix: str | os.PathLike, suffix: str):
+def check_dataset(prefix: str | os.PathLike, meta: dict) -> None:
+    """Every file against its recorded size and checksum, and each IndexedDataset's structure and
+    counts against the JSON; raises DatasetFormatError naming the bad file."""
+    base = Path(data_prefix(prefix, meta))
+    for name, record in meta["files"].items():
+        check_file(base.parent / name, record, DatasetFormatError)
+    counts = meta["counts"]
+    for suffix in suffixes(meta["pages"] == "copied"):
+        expected = (counts["pages"], counts["pages"]) if suffix == PAGES else (counts["samples"], counts["packs"])
+        found = indexed_counts(f"{base}{suffix}", DatasetFormatError)
+        if found != expected:
+            raise DatasetFormatError(f"{base}{suffix}.idx: {found[0]} sequences in {found[1]} documents, "
+                                     f"{meta_path(prefix).name} records {expected[0]} in {expected[1]}")
+
+
+def open_dataset(prefix: str | os.PathLike) -> dict:
+    """``DATA_PREFIX.json`` after checking every file of the dataset (``check_dataset``)."""
+    meta = read_meta(prefix)
+    check_dataset(prefix, meta)
+    return meta
+
+
+def open_indexed(prefix: str | os.PathLike, meta: dict, suffix: str):
     """One of the dataset's megatron-core ``IndexedDataset`` files."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    path = dataset_prefix(prefix, suffix)
+    path = f"{data_prefix(prefix, meta)}{suffix}"
     if not IndexedDataset.exists(path):
         raise DatasetFormatError(f"{path}.bin/.idx missing: {prefix} is incomplete")
     return IndexedDataset(path, mmap=True)

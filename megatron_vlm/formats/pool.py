@@ -1,9 +1,11 @@
 """The document-pool format (``longvlm pool`` writes it; synth, build and the loader read it).
 
-A pool directory holds ``pool.json`` (written last: the completion marker), ``manifest.jsonl``
-(one entry per document), ``rejected.jsonl`` and two megatron-core ``IndexedDataset`` stores of
-dtype uint8, one sequence per page and one document per PDF: ``pages`` (encoded page images) and
-``layout`` (layout blocks as JSON). See docs/formats.md, "Document pool".
+A pool directory holds ``pool.json`` (counts, and the size and checksum of every other file),
+``manifest.jsonl`` (one entry per document), ``rejected.jsonl`` and two megatron-core
+``IndexedDataset`` stores of dtype uint8, one sequence per page and one document per PDF:
+``pages`` (encoded page images) and ``layout`` (layout blocks as JSON). The directory is published
+whole by one rename. ``Pool.open`` checks every file against ``pool.json``. See docs/formats.md,
+"Document pool".
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import threading
 from pathlib import Path
 
 from megatron_vlm.errors import LongVLMError
+from megatron_vlm.formats.integrity import check_file, indexed_counts
 from megatron_vlm.utils.hashing import sha256_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: pool.json records "files" (size and sampled checksum); 1 is read without them
+READ_VERSIONS = (1, 2)
 STORES = ("pages", "layout")
-POOL_FILES = ("pool.json", "manifest.jsonl", "rejected.jsonl", "pages.bin", "pages.idx", "layout.bin", "layout.idx")
+CHECKED_FILES = ("manifest.jsonl", "rejected.jsonl", "pages.bin", "pages.idx", "layout.bin", "layout.idx")
 FINGERPRINT_FILES = ("manifest.jsonl", "pages.idx")
 
 
@@ -80,6 +84,8 @@ class Pool:
 
     @classmethod
     def open(cls, pool_dir) -> Pool:
+        """Open a complete pool, after checking every file against ``pool.json`` (sizes, checksums,
+        page and document counts): a damaged file is named here, not when a page is read."""
         root = Path(pool_dir)
         info_path = root / "pool.json"
         if not info_path.is_file():
@@ -87,14 +93,26 @@ class Pool:
                                   f"build it with 'longvlm pool INPUT... -o {root}'")
         try:
             info = json.loads(info_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise PoolFormatError(f"{info_path}: unreadable ({err})") from None
+        if info.get("format_version") not in READ_VERSIONS:
+            raise PoolFormatError(f"{info_path}: format_version {info.get('format_version')!r}; this longvlm "
+                                  f"reads versions {', '.join(map(str, READ_VERSIONS))}")
+        for name, record in info.get("files", {}).items():
+            check_file(root / name, record, PoolFormatError)
+        try:
             with open(root / "manifest.jsonl", encoding="utf-8") as f:
                 documents = [json.loads(line) for line in f if line.strip()]
-        except (OSError, json.JSONDecodeError) as err:
-            raise PoolFormatError(f"{root}: unreadable pool metadata: {err}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise PoolFormatError(f"{root / 'manifest.jsonl'}: unreadable ({err})") from None
+        counts = info.get("counts", {})
+        expected = (counts.get("pages"), counts.get("accepted"))
         for name in STORES:
-            for suffix in (".bin", ".idx"):
-                if not (root / f"{name}{suffix}").is_file():
-                    raise PoolFormatError(f"{root}: missing {name}{suffix}")
+            found = indexed_counts(root / name, PoolFormatError)
+            if found != expected or len(documents) != expected[1]:
+                raise PoolFormatError(f"{root / name}.idx: {found[0]} pages of {found[1]} documents, "
+                                      f"manifest.jsonl {len(documents)} documents, pool.json {expected[0]} pages "
+                                      f"of {expected[1]} documents: the pool is damaged; rebuild it")
         return cls(root, info, documents)
 
     def __len__(self) -> int:

@@ -80,6 +80,7 @@ class Qwen25VLArch:
     image_token_id: int
     video_token_id: int
     vision_start_token_id: int
+    vision_end_token_id: int
     raw: dict[str, Any] = field(repr=False, compare=False, hash=False)
 
     @property
@@ -138,6 +139,7 @@ class Qwen25VLArch:
             image_token_id=int(raw.get("image_token_id", 151655)),
             video_token_id=int(raw.get("video_token_id", 151656)),
             vision_start_token_id=int(raw.get("vision_start_token_id", 151652)),
+            vision_end_token_id=int(raw.get("vision_end_token_id", 151653)),
             raw=raw,
         )
 

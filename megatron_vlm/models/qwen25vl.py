@@ -168,14 +168,15 @@ class Qwen25VLModel(MegatronModule):
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, image_grid_thw=None, cu_seqlens=None,
                 labels: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
-                runtime_gather_output: bool | None = None) -> torch.Tensor:
+                runtime_gather_output: bool | None = None, score: bool = False) -> torch.Tensor:
         """Logits ``[b, s_local, vocab / tp]``, or the per-token loss ``[b, s_local]`` when ``labels`` are given.
 
         ``input_ids`` ``[b, s]``; ``position_ids`` ``[3, b, s]`` (computed when omitted);
         ``pixel_values`` / ``image_grid_thw`` for all images of the batch in token order;
         ``cu_seqlens`` packed-sample boundaries over the row-major flattened ``b * s`` tokens;
         ``labels`` and ``loss_mask`` ``[b, s]`` full-length: with ``loss_mask`` the loss (and the output
-        layer) is computed only where it is nonzero and is exactly 0 elsewhere.
+        layer) is computed only where it is nonzero and is exactly 0 elsewhere; ``score`` (with both)
+        returns ``[b, s_local, 2]``: that loss and whether each token is the argmax (evaluation).
         """
         cp_size, cp_rank = self._cp()
         if position_ids is None:
@@ -184,6 +185,7 @@ class Qwen25VLModel(MegatronModule):
         if cu_seqlens is not None:
             segments = AttentionSegments(cu_seqlens=torch.as_tensor(cu_seqlens).cpu())  # host-side plan, no syncs
         decoder_input = self.embed(input_ids, pixel_values, image_grid_thw) if self.pre_process else None
+        self.language_model.score_answers = score
         return self.language_model(
             input_ids=cp_slice(input_ids, 1, cp_size, cp_rank),
             position_ids=cp_slice(position_ids, 2, cp_size, cp_rank),

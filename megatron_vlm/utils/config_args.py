@@ -48,7 +48,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, names: t
     for f in _selected_fields(cls, names):
         tp = _unwrap_optional(hints[f.name])
         if dataclasses.is_dataclass(tp):
-            add_dataclass_arguments(parser, tp, f.metadata.get("fields"))
+            add_dataclass_arguments(_group(parser, f.metadata.get("group")), tp, f.metadata.get("fields"))
         else:
             _add_field(parser, f, tp)
 

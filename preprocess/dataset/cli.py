@@ -9,8 +9,10 @@ from preprocess.dataset.config import BuildConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = ("Writes DATA_PREFIX_{tokens,targets,images,samples}.bin/.idx (megatron-core "
-                     "IndexedDataset) and DATA_PREFIX.json (config, input hashes, report); see docs/build.md.")
+    parser.epilog = ("Writes DATA_PREFIX.json (config, input hashes, report, file sizes and checksums) and "
+                     "the megatron-core IndexedDataset files {tokens,targets,images,samples}.bin/.idx in the "
+                     "hidden version folder it names; a build replaces an earlier one at DATA_PREFIX in one "
+                     "atomic step. See docs/build.md.")
     add_dataclass_arguments(parser, BuildConfig)
 
 
@@ -41,6 +43,11 @@ def format_report(report: dict) -> str:
     for task, bins in report["mixture"]["length_bins_without_candidates"].items():
         lines.append(f"note: {task} has no candidates in target length bins {bins} (their share went to the others)")
     return "\n".join(lines)
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    return (f"nothing was written: the dataset at {args.output} (if any) is unchanged; rerun the same "
+            "command to build it")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from preprocess.dataset.errors import BuildError
 from preprocess.dataset.mixture import DEFAULT_MIXTURE
+
+
+def check_token_budget(value: float) -> None:
+    """A token budget is a finite number of at least 1 token (also checked by ``longvlm demo`` up front)."""
+    if not (math.isfinite(value) and value >= 1):
+        raise BuildError(f"--token-budget must be a finite number of at least 1 token, got {value}")
 
 
 @dataclass
@@ -24,6 +31,10 @@ class BuildConfig:
         "help": "packed sequence length; longer samples are dropped and counted"})
     token_budget: float = field(default=5e9, metadata={
         "help": "total sample tokens in the dataset (samples are repeated or subsampled to meet it within 1%%)"})
+    max_repeats: float = field(default=4.0, metadata={
+        "help": "refuse a --token-budget that needs more uses of each sample than this, on average per "
+                "task (about 4 epochs of repeated data cost little; beyond it their value falls off "
+                "sharply: raise it only on purpose)"})
     mixture: str = field(default=DEFAULT_MIXTURE, metadata={
         "help": "task token shares as TASK=WEIGHT,... (normalized); tasks not named are left out"})
     length_dist: str = field(default="pool-native", metadata={
@@ -44,8 +55,9 @@ class BuildConfig:
     def validate(self) -> None:
         if self.max_seq_len <= 0:
             raise BuildError(f"--max-seq-len must be positive, got {self.max_seq_len}")
-        if self.token_budget < 1:
-            raise BuildError(f"--token-budget must be at least 1 token, got {self.token_budget}")
+        check_token_budget(self.token_budget)
+        if not (math.isfinite(self.max_repeats) and self.max_repeats >= 1):
+            raise BuildError(f"--max-repeats must be a number >= 1, got {self.max_repeats}")
         if self.workers < 1:
             raise BuildError(f"--workers must be >= 1, got {self.workers}")
         if not self.tasks:

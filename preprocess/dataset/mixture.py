@@ -94,6 +94,30 @@ def _select_task(lengths: np.ndarray, members: np.ndarray, bins: np.ndarray, wan
         tokens += length
 
 
+def _candidates(lengths: np.ndarray, task_codes: np.ndarray, code: int, target: LengthTarget):
+    members = np.flatnonzero(task_codes == code)
+    bins = target.bin_of(lengths[members]) if len(members) else np.zeros(0, dtype=np.int64)
+    return members[bins >= 0], bins[bins >= 0]
+
+
+def check_repeats(lengths: np.ndarray, task_codes: np.ndarray, task_names: list[str], weights: dict[str, float],
+                  target: LengthTarget, budget: float, max_repeats: float) -> None:
+    """Refuse a budget that needs each sample of some task used more than ``max_repeats`` times on
+    average (a recipe mistake, not a default), naming the unique tokens available and the factor."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    unique = {name: int(lengths[_candidates(lengths, task_codes, task_names.index(name), target)[0]].sum())
+              for name in weights}
+    unique = {name: tokens for name, tokens in unique.items() if tokens}  # none at all: select_samples says so
+    problems = [f"{name} has {tokens:,} unique tokens for {weights[name] * budget:,.0f} "
+                f"(x{weights[name] * budget / tokens:,.1f})"
+                for name, tokens in unique.items() if weights[name] * budget / tokens > max_repeats]
+    if problems:
+        fit = min(max_repeats * tokens / weights[name] for name, tokens in unique.items())
+        raise BuildError(f"--token-budget {budget:,.0f} needs more than --max-repeats {max_repeats:g} uses of each "
+                         f"sample: {'; '.join(problems)}. Lower --token-budget to at most {int(fit):,}, make "
+                         "more tasks (longvlm synth), or raise --max-repeats on purpose")
+
+
 def select_samples(lengths: np.ndarray, task_codes: np.ndarray, task_names: list[str],
                    weights: dict[str, float], target: LengthTarget, budget: int, seed: int) -> Selection:
     """Pick sample indices (with repeats) meeting the task token shares, the length target and the budget."""
@@ -103,9 +127,7 @@ def select_samples(lengths: np.ndarray, task_codes: np.ndarray, task_names: list
     missing_bins: dict[str, list[int]] = {}
     for name, weight in weights.items():
         code = task_names.index(name) if name in task_names else -1
-        members = np.flatnonzero(task_codes == code)
-        bins = target.bin_of(lengths[members]) if len(members) else np.zeros(0, dtype=np.int64)
-        members, bins = members[bins >= 0], bins[bins >= 0]
+        members, bins = _candidates(lengths, task_codes, code, target)
         if not len(members):
             raise BuildError(f"--mixture asks for {name} (weight {weight:.3f}) but the tasks files have no "
                              f"usable {name} samples within the length bins")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +22,13 @@ from tqdm import tqdm
 from megatron_vlm.formats import dataset as fmt
 from megatron_vlm.formats.pool import pool_fingerprint
 from megatron_vlm.utils.hashing import sha256_file
+from megatron_vlm.utils.processes import children_ignore_sigint
 from preprocess.dataset.config import BuildConfig
 from preprocess.dataset.errors import BuildError
 from preprocess.dataset.lengths import length_report, load_length_target
-from preprocess.dataset.mixture import parse_mixture, select_samples
+from preprocess.dataset.mixture import check_repeats, parse_mixture, select_samples
 from preprocess.dataset.packing import fill_ratio, fill_upper_bound, pack
-from preprocess.dataset.render_sample import CompactSample, SampleRenderer
+from preprocess.dataset.render_sample import IMAGE_PAD, CompactSample, SampleRenderer, chat_messages
 from preprocess.dataset.tasks import TASK_NAMES, TaskRecord, read_tasks
 from preprocess.dataset.writer import DatasetWriter
 
@@ -63,6 +65,13 @@ def load_tokenizer(path: str):
         raise BuildError(f"--tokenizer {path}: cannot load a tokenizer ({err})") from None
     if not tokenizer.chat_template:
         raise BuildError(f"--tokenizer {path}: has no chat template (use the Qwen2.5-VL tokenizer)")
+    try:
+        probe = tokenizer.apply_chat_template(chat_messages("?", "!", 1, False), tokenize=False)
+    except Exception as err:  # a template raises whatever its Jinja code raises on image content
+        probe = f"{type(err).__name__}: {err}"
+    if not isinstance(probe, str) or IMAGE_PAD not in probe:
+        raise BuildError(f"--tokenizer {path}: its chat template cannot render images (a text-only "
+                         "model's template?); use a Qwen2.5-VL tokenizer (the model's own)")
     return tokenizer
 
 
@@ -88,7 +97,9 @@ def tokenize_all(jobs: list[tuple[str, str, int]], tokenizer_dir: str, page_mark
         return [_render(j) for j in tqdm(jobs, **bar)]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_dir, page_markers)) as procs:
+    with children_ignore_sigint():  # on Ctrl-C the parent stops them (no traceback from each worker)
+        procs = ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_dir, page_markers))
+    with procs:
         return list(tqdm(procs.imap(_render, jobs, chunksize=64), **bar))
 
 
@@ -159,6 +170,46 @@ def _write(config: BuildConfig, pool, docs: dict, records: list[TaskRecord], sam
         return writer.commit(meta)
 
 
+def _check_lengths(config: BuildConfig, lengths: np.ndarray, task_codes: np.ndarray, too_long: np.ndarray,
+                   weights: dict[str, float]) -> None:
+    """Every sample longer than --max-seq-len (or every sample of a task the mixture asks for): say so."""
+    if too_long.all():
+        raise BuildError(f"every sample is longer than --max-seq-len {config.max_seq_len:,} (the shortest has "
+                         f"{lengths.min():,} tokens); raise --max-seq-len, or build the pool at a lower --dpi")
+    for name in weights:
+        task = task_codes == TASK_NAMES.index(name)
+        if task.any() and too_long[task].all():
+            raise BuildError(f"--mixture asks for {name}, but all its {int(task.sum())} samples are longer than "
+                             f"--max-seq-len {config.max_seq_len:,} (the shortest has {lengths[task].min():,} "
+                             f"tokens); raise --max-seq-len or leave {name} out of --mixture")
+
+
+def disk_bytes(config: BuildConfig, records: list[TaskRecord], page_tokens: list[np.ndarray],
+               chosen: np.ndarray, tokens: int, packs: int, docs: dict) -> int:
+    """Bytes the dataset will take: the four IndexedDatasets (``.bin`` and ``.idx``), plus the copied
+    pages with --copy-pages (``docs``: doc_id -> (ordinal, manifest entry))."""
+    samples = len(chosen)
+    images = int(sum(len(page_tokens[i]) for i in chosen))
+    data = tokens * (4 + 1) + images * len(fmt.IMAGE_FIELDS) * 4 + samples * len(fmt.SAMPLE_FIELDS) * 8
+    index = len(fmt.DATASETS) * (34 + 12 * samples + 8 * (packs + 1))
+    if config.copy_pages:
+        used = {records[i].doc_id for i in chosen}
+        pages = [p["bytes"] for d in used for p in docs[d][1]["pages"]]
+        index += 34 + 20 * len(pages) + 8
+        data += sum(pages)
+    return data + index
+
+
+def plan_line(config: BuildConfig, records, page_tokens, selection, chosen_lengths, packs, docs) -> str:
+    """What the build is about to write, printed before writing anything."""
+    unique = len(set(selection.indices.tolist()))
+    factor = max(t["mean_repeats"] for t in selection.report["tasks"].values())
+    size = disk_bytes(config, records, page_tokens, selection.indices, int(chosen_lengths.sum()), len(packs), docs)
+    return (f"plan: {len(packs):,} packs of up to {config.max_seq_len:,} tokens, {int(chosen_lengths.sum()):,} "
+            f"tokens from {unique:,} unique samples (largest repeat factor x{factor:.2f}), "
+            f"{size / 1e9:.3f} GB on disk -> {config.output}")
+
+
 def build(config: BuildConfig, pool=None) -> BuildResult:
     """Run the build; ``pool`` overrides opening ``config.pool`` (an object with the Pool interface)."""
     config.validate()
@@ -181,9 +232,11 @@ def build(config: BuildConfig, pool=None) -> BuildResult:
     task_codes = np.asarray([TASK_NAMES.index(r.task) for r in records], dtype=np.int64)
 
     too_long = lengths > config.max_seq_len
+    _check_lengths(config, lengths, task_codes, too_long, weights)
     dropped = {name: int((too_long & (task_codes == c)).sum()) for c, name in enumerate(TASK_NAMES)
                if (too_long & (task_codes == c)).any()}
     fit_codes = np.where(too_long, -1, task_codes)
+    check_repeats(lengths, fit_codes, list(TASK_NAMES), weights, target, config.token_budget, config.max_repeats)
     selection = select_samples(lengths, fit_codes, list(TASK_NAMES), weights, target,
                                int(config.token_budget), config.seed)
     if not len(selection.indices):
@@ -191,6 +244,8 @@ def build(config: BuildConfig, pool=None) -> BuildResult:
     chosen_lengths = lengths[selection.indices]
     usable = ~too_long & np.isin(task_codes, [TASK_NAMES.index(n) for n in weights])
     packs = pack(chosen_lengths, config.max_seq_len, config.pack_window)
+    print(plan_line(config, records, page_tokens, selection, chosen_lengths, packs, docs), file=sys.stderr,
+          flush=True)
 
     report = {
         "records": len(records) + sum(skipped.values()),

@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 
 from megatron_vlm.formats import dataset as fmt
-from megatron_vlm.formats.dataset import open_indexed, read_meta
+from megatron_vlm.formats.dataset import open_dataset, open_indexed
 from preprocess.dataset.lengths import DEFAULT_EDGES, bin_label, histogram
 
 
 def dataset_stats(prefix: str | Path) -> dict:
     """Per-task samples/tokens/answer tokens, length histogram, packing fill, image vs text share."""
-    meta = read_meta(prefix)
-    tokens = open_indexed(prefix, fmt.TOKENS)
-    samples_ds = open_indexed(prefix, fmt.SAMPLES)
+    meta = open_dataset(prefix)  # a truncated or damaged file is named here
+    tokens = open_indexed(prefix, meta, fmt.TOKENS)
+    samples_ds = open_indexed(prefix, meta, fmt.SAMPLES)
     lengths = np.asarray(tokens.sequence_lengths, dtype=np.int64)
     fields = np.concatenate(samples_ds[0:len(samples_ds)]).reshape(-1, len(fmt.SAMPLE_FIELDS)) \
         if len(samples_ds) else np.zeros((0, len(fmt.SAMPLE_FIELDS)), np.int64)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from megatron_vlm.utils.jsonl import read_jsonl_objects
 from preprocess.dataset.errors import BuildError
 
 TASK_NAMES = ("extract-single", "extract-multi", "reasoning", "ocr-full", "ocr-needle")
@@ -26,27 +26,17 @@ class TaskRecord:
     line_number: int  # 1-based
 
 
-def read_tasks(paths: list[str | Path]) -> Iterator[TaskRecord]:
+def read_tasks(paths: list[str]) -> Iterator[TaskRecord]:
     """Yield every instance of every file, validating each line."""
     for file_index, path in enumerate(paths):
-        path = Path(path)
-        if not path.is_file():
+        if not Path(path).is_file():
             raise BuildError(f"{path}: tasks file not found")
-        with open(path, encoding="utf-8") as f:
-            for line_number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                yield parse_task_line(line, path, file_index, line_number)
+        for where, line_number, obj in read_jsonl_objects(path, BuildError):
+            yield task_record(obj, where, file_index, line_number)
 
 
-def parse_task_line(line: str, path: Path, file_index: int, line_number: int) -> TaskRecord:
-    where = f"{path}:{line_number}"
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise BuildError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-    if not isinstance(obj, dict):
-        raise BuildError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+def task_record(obj: dict, where: str, file_index: int, line_number: int) -> TaskRecord:
+    """One tasks-file line as a :class:`TaskRecord`, or a ``BuildError`` naming ``where`` and the key."""
     for key, tp in REQUIRED.items():
         if key not in obj:
             raise BuildError(f"{where}: missing key '{key}'")

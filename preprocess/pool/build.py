@@ -1,9 +1,10 @@
 """Building a pool: plan (hash, deduplicate, decontaminate), process chunks, assemble.
 
-Work in progress lives in ``POOL_DIR/.work``: ``plan.json`` (every input with its SHA-256 and
-its chunk), ``chunks/chunk-NNNNNN/`` (finished chunks) and ``incidents.json`` (render timeouts
-and crashes). A rerun with the same inputs and options skips finished chunks; the assembled pool
-is identical to an uninterrupted run's. ``pool.json`` is written last and marks a complete pool.
+Work in progress lives beside the pool in ``.NAME.work`` (``work_dir``): ``plan.json`` (every
+input with its SHA-256 and its chunk), ``chunks/chunk-NNNNNN/`` (finished chunks) and
+``incidents.json`` (render timeouts and crashes). A rerun with the same inputs and options skips
+finished chunks; the assembled pool is identical to an uninterrupted run's. The pool is assembled
+in a staging directory and appears at POOL_DIR whole, by one rename; then the work folder goes.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from megatron_vlm.formats.pool import POOL_FILES, indexed_dataset_module
+from megatron_vlm.formats.pool import indexed_dataset_module
 from megatron_vlm.utils.atomic import write_json
 from megatron_vlm.utils.hashing import sha256_file
+from megatron_vlm.utils.stop_points import stop_point
 from preprocess.pool.chunk import rejection
 from preprocess.pool.config import PoolConfig
 from preprocess.pool.discover import discover, shard_indices
-from preprocess.pool.outputs import PoolError, PoolSummary, duplicate, summary, write_pool_files
-from preprocess.pool.store import iter_chunk_documents, read_chunk_results, store_builders
+from preprocess.pool.outputs import PoolError, PoolSummary, check_output, duplicate, summary, write_pool
+from preprocess.pool.store import iter_chunk_documents, read_chunk_results
 from preprocess.pool.workers import ChunkTask, WorkerPool
 
 
@@ -108,29 +110,30 @@ def _describe_difference(old: dict, new: dict) -> str:
     return "; ".join(diffs)
 
 
+def work_dir(out: Path) -> Path:
+    """The resume state of an unfinished pool at ``out``: ``.NAME.work`` beside it."""
+    return out.parent / f".{out.name}.work"
+
+
 def build_pool(config: PoolConfig) -> PoolSummary:
     """Build (or resume, or confirm) the pool described by ``config``."""
     start = time.monotonic()
     out = Path(config.output)
+    complete = check_output(out)
     try:
         sources = discover(config.inputs)
     except (ValueError, OSError) as err:
         raise PoolError(str(err)) from None
     exclude = load_exclude_hashes(config.exclude_hashes)
     settings = _settings(config, sources, exclude)
-    done = out / "pool.json"
-    if done.exists():
-        info = json.loads(done.read_text())
-        if info.get("settings") != settings:
+    work = work_dir(out)
+    if complete is not None:
+        if complete.get("settings") != settings:
             raise PoolError(f"{out} holds a complete pool built from other inputs or options "
-                            f"({_describe_difference(info.get('settings', {}), settings)}); use another -o")
-        return summary(out, info, time.monotonic() - start, already_complete=True)
-    stray = sorted(p.name for p in out.iterdir() if p.name not in POOL_FILES and not p.name.startswith(".")) \
-        if out.is_dir() else []
-    if stray:
-        raise PoolError(f"{out} exists and is not a pool directory (it holds {', '.join(stray[:5])}); "
-                        f"choose a new or empty -o")
-    work = out / ".work"
+                            f"({_describe_difference(complete.get('settings', {}), settings)}); use another -o")
+        if not config.keep_work:  # left by a run killed after it published the pool
+            shutil.rmtree(work, ignore_errors=True)
+        return summary(out, complete, time.monotonic() - start, already_complete=True)
     plan_path = work / "plan.json"
     if plan_path.exists():
         plan = json.loads(plan_path.read_text())
@@ -171,6 +174,7 @@ def _process(config: PoolConfig, tasks: list[ChunkTask], incidents: dict, record
     def on_event(kind: str, value: int) -> None:
         if kind == "page":
             state["pages"] += 1
+            stop_point("pool.page")
         elif kind == "doc":
             bar.update(1)
         rate = state["pages"] / max(1e-9, time.monotonic() - state["t0"])
@@ -185,10 +189,11 @@ def _process(config: PoolConfig, tasks: list[ChunkTask], incidents: dict, record
 
 
 def _assemble(out: Path, work: Path, plan: dict, config: PoolConfig) -> dict:
-    """Append the chunks, in input order, to the final stores; write manifest, rejected, pool.json."""
-    rejected = list(plan["rejected"])
-    entries = []
-    with store_builders(out) as builders:
+    """Append the chunks, in input order, to the stores; write manifest, rejected, pool.json; publish."""
+
+    def add_documents(builders) -> tuple[list[dict], list[dict]]:
+        rejected = list(plan["rejected"])
+        entries = []
         for chunk_id in range(len(plan["chunks"])):
             path = _chunk_path(work, chunk_id)
             results = read_chunk_results(path)
@@ -201,8 +206,10 @@ def _assemble(out: Path, work: Path, plan: dict, config: PoolConfig) -> dict:
                 for data, lengths in iter_chunk_documents(path, results, name):
                     builder.add_document(data, lengths)
         _fix_page_starts(entries)
-    rejected.sort(key=lambda r: r["input_index"])
-    return write_pool_files(out, entries, rejected, plan["settings"], config.encoding)
+        rejected.sort(key=lambda r: r["input_index"])
+        return entries, rejected
+
+    return write_pool(out, add_documents, plan["settings"], config.encoding)
 
 
 def _fix_page_starts(entries: list[dict]) -> None:

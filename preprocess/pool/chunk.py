@@ -42,6 +42,8 @@ def process_chunk(path: Path, items: list[dict], config: PoolConfig, skips: dict
         except Rejected as err:
             results.append({"rejected": rejection(item, err.reason, err.detail)})
             continue
+        except (OSError, MemoryError):  # the pipe to the parent, the disk, memory: not the document's fault
+            raise
         except Exception as err:  # a bug or an unexpected library error: never stop the run
             results.append({"rejected": rejection(item, "error", f"{type(err).__name__}: {err}")})
             continue

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
+from pathlib import Path
 
 from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_from_args
 from preprocess.pool.config import PoolConfig
@@ -31,8 +31,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from preprocess.pool.run import run
 
-    # SLURM preemption and `kill` send SIGTERM: exit through the normal cleanup (workers stopped,
-    # temporary files removed); a rerun resumes from the finished chunks.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    print(run(dataclass_from_args(PoolConfig, args)))
+    config = dataclass_from_args(PoolConfig, args)
+    result = run(config)
+    print(result)
+    if result.accepted == 0:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(result.reasons.items(), key=lambda kv: -kv[1]))
+        print(f"warning: no document was accepted ({reasons or 'no inputs'}; see "
+              f"{result.output}/rejected.jsonl)", file=sys.stderr)
+        return 0 if config.allow_empty else 1
     return 0
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """What a Ctrl-C (or SIGTERM) keeps: the finished chunks, in the work folder beside the pool."""
+    if args.merge:
+        return f"nothing was written at {args.output}; rerun the same command"
+    from preprocess.pool.build import work_dir
+
+    return (f"finished chunks are kept in {work_dir(Path(args.output))}; rerun the same command to resume "
+            "(the pool will be identical to an uninterrupted run's)")

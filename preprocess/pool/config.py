@@ -56,15 +56,20 @@ class PoolConfig:
         "help": "documents per resumable chunk, at most (a killed run redoes at most one chunk per "
                 "worker; small inputs get smaller chunks so that every worker has work)"})
     keep_work: bool = field(default=False, metadata={
-        "help": "keep POOL_DIR/.work (the finished chunks) after the pool is complete"})
+        "help": "keep the work folder .POOL_DIR.work (the finished chunks, beside POOL_DIR) after the "
+                "pool is complete"})
+    allow_empty: bool = field(default=False, metadata={
+        "help": "exit 0 even if no document is accepted (by default that exits 1: usually a wrong "
+                "option such as --min-pages; the pool is written either way)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
-        for name in ("min_pages", "max_pages", "chunk_docs", "workers", "dpi", "min_pixels", "max_pixels"):
+        for name in ("min_pages", "max_pages", "min_pixels", "max_pixels"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.dpi == 0 or self.workers == 0 or self.chunk_docs == 0:
-            raise ConfigError("--dpi, --workers and --chunk-docs must be positive")
+        for name in ("dpi", "workers", "chunk_docs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.max_pages and self.min_pages > self.max_pages:
             raise ConfigError(f"--min-pages {self.min_pages} > --max-pages {self.max_pages}")
         if self.min_pixels > self.max_pixels:
@@ -79,5 +84,5 @@ class PoolConfig:
     def content_options(self) -> dict:
         """The options that determine the pool's content (a resumed run must use the same)."""
         skip = {"inputs", "output", "workers", "progress", "keep_work", "merge", "shard", "num_shards",
-                "chunk_docs", "page_timeout"}
+                "chunk_docs", "page_timeout", "allow_empty"}
         return {k: v for k, v in asdict(self).items() if k not in skip}

@@ -51,6 +51,8 @@ def _open(path: str) -> pymupdf.Document:
     check_file_bytes(head, tail)
     try:
         doc = pymupdf.open(path, filetype="pdf")
+    except MemoryError:  # never a document's fault
+        raise
     except Exception as err:  # MuPDF raises several types for broken files
         raise Rejected("corrupt", f"MuPDF cannot open it: {err}") from None
     if doc.needs_pass:
@@ -103,6 +105,8 @@ def _process(doc, path, doc_id, config, beat) -> DocumentResult:
             del raster
             blocks, has_text = page_blocks(page, tables=config.tables)
             scanned = not has_text and _mostly_image(page)
+        except MemoryError:  # never a document's fault
+            raise
         except Exception as err:
             raise Rejected("corrupt", f"page {i + 1} fails to render or parse: {err}") from None
         result.pages.append(data)

@@ -16,8 +16,7 @@ import numpy as np
 
 from megatron_vlm.formats.pool import Pool, PoolFormatError
 from preprocess.pool.config import PoolConfig
-from preprocess.pool.outputs import PoolError, PoolSummary, duplicate, write_pool_files
-from preprocess.pool.store import store_builders
+from preprocess.pool.outputs import PoolError, PoolSummary, check_output, duplicate, write_pool
 
 
 def _check_shards(pools: list[Pool]) -> dict:
@@ -46,7 +45,7 @@ def _check_shards(pools: list[Pool]) -> dict:
 def merge_pools(config: PoolConfig) -> PoolSummary:
     start = time.monotonic()
     out = Path(config.output)
-    if (out / "pool.json").exists():
+    if check_output(out) is not None:
         raise PoolError(f"{out} already holds a pool; merge into a new directory")
     try:
         pools = [Pool.open(p) for p in config.inputs]
@@ -70,17 +69,18 @@ def merge_pools(config: PoolConfig) -> PoolSummary:
                 rejected.append(record)
             else:
                 kept.append((record, pool))
-    out.mkdir(parents=True, exist_ok=True)
-    entries = []
-    with store_builders(out) as builders:
+
+    def add_documents(builders) -> tuple[list[dict], list[dict]]:
+        entries = []
         for doc, pool in kept:
             for name, builder in builders.items():
                 store = pool.pages_store if name == "pages" else pool.layout_store
                 seqs = [store[doc["page_start"] + i] for i in range(doc["num_pages"])]
                 builder.add_document(np.concatenate(seqs), [len(s) for s in seqs])
             entries.append(dict(doc, page_start=builders["pages"].num_sequences - doc["num_pages"]))
-    info = write_pool_files(out, entries, rejected, settings, pools[0].encoding,
-                            merged_from=[str(p.root) for p in pools])
+        return entries, rejected
+
+    info = write_pool(out, add_documents, settings, pools[0].encoding, merged_from=[str(p.root) for p in pools])
     c = info["counts"]
     return PoolSummary(out, c["inputs"], c["accepted"], c["rejected"], c["pages"], c["image_tokens"],
                        c["rejected_by_reason"], time.monotonic() - start)

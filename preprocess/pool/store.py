@@ -18,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_vlm.errors import OutputExistsError
 from megatron_vlm.formats.pool import STORES, indexed_dataset_module
 from megatron_vlm.utils.atomic import atomic_dir
 
 
 def write_chunk(path: Path, results: Iterable[dict], pages: list[list[bytes]], layouts: list[list[bytes]]) -> None:
-    """Atomically write one chunk folder; ``pages``/``layouts`` hold the accepted documents, in order."""
-    with atomic_dir(path) as tmp:
+    """Atomically write one chunk folder; ``pages``/``layouts`` hold the accepted documents, in order.
+    A chunk published meanwhile (by a worker of an earlier, killed run: the same content) is kept."""
+    with contextlib.suppress(OutputExistsError), atomic_dir(path) as tmp:
         for name, docs in (("pages", pages), ("layout", layouts)):
             with open(tmp / f"{name}.bin", "wb") as f:
                 for doc in docs:
@@ -55,40 +57,33 @@ def iter_chunk_documents(path: Path, results: list[dict], store: str) -> Iterato
 
 
 class StoreBuilder:
-    """Builds ``PREFIX.bin/.idx`` under temporary names; ``commit`` renames them into place."""
+    """Builds ``PREFIX.bin/.idx`` (in a pool's staging directory); ``finalize`` writes the index."""
 
     def __init__(self, prefix: Path):
         self.prefix = Path(prefix)
-        self.tmp = self.prefix.with_name(f".{self.prefix.name}.tmp")
-        self.builder = indexed_dataset_module().IndexedDatasetBuilder(str(self.tmp) + ".bin", dtype=np.uint8)
+        self.builder = indexed_dataset_module().IndexedDatasetBuilder(f"{self.prefix}.bin", dtype=np.uint8)
         self.num_sequences = 0
 
     def add_document(self, data: np.ndarray, lengths: list[int]) -> None:
         self.builder.add_document(data, lengths)
         self.num_sequences += len(lengths)
 
-    def commit(self) -> None:
-        self.builder.finalize(str(self.tmp) + ".idx")
+    def finalize(self) -> None:
+        self.builder.finalize(f"{self.prefix}.idx")
         for suffix in (".bin", ".idx"):
-            with open(str(self.tmp) + suffix, "rb+") as f:
+            with open(f"{self.prefix}{suffix}", "rb+") as f:
                 os.fsync(f.fileno())
-            os.replace(str(self.tmp) + suffix, str(self.prefix) + suffix)
-
-    def abort(self) -> None:
-        self.builder.data_file.close()
-        for suffix in (".bin", ".idx"):
-            Path(str(self.tmp) + suffix).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def store_builders(out: Path) -> Iterator[dict[str, StoreBuilder]]:
-    """A ``StoreBuilder`` per store under ``out``: all committed if the block succeeds, else all aborted."""
+    """A ``StoreBuilder`` per store under ``out`` (a staging directory), finalized if the block succeeds."""
     builders = {name: StoreBuilder(out / name) for name in STORES}
     try:
         yield builders
     except BaseException:
         for builder in builders.values():
-            builder.abort()
+            builder.builder.data_file.close()
         raise
     for builder in builders.values():
-        builder.commit()
+        builder.finalize()

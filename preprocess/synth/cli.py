@@ -18,6 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(parser, SynthConfig)
 
 
+def interrupted(args: argparse.Namespace) -> str:
+    note = ""
+    if args.generator == "openai":
+        note = f" (the response cache {args.cache_dir or args.output + '.cache'} keeps the finished requests)"
+    return f"nothing was written: {args.output} is unchanged; rerun the same command{note}"
+
+
 def main(args: argparse.Namespace) -> int:
     from preprocess.synth.run import run_synth
 

@@ -7,16 +7,19 @@ requests are still in flight. ``--merge`` joins shard outputs instead (:mod:`pre
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
 
 from megatron_vlm.utils.atomic import atomic_write
+from megatron_vlm.utils.stop_points import stop_point
 from preprocess.synth.config import VQA_TASKS, SynthConfig, SynthError, parse_range
 from preprocess.synth.generators import QARequest, make_generator
 from preprocess.synth.merge import merge_shards
@@ -63,8 +66,9 @@ def run_synth(config: SynthConfig, pool=None) -> SynthResult:
     rejected_path, summary_path = side_paths(output)
     summary, dedup = Summary(tasks), DuplicateFilter()
     total = plan_size(len(docs), config) if config.num_shards == 1 else sum(1 for _ in own_keys(docs, config))
+    pool_exec = ThreadPoolExecutor(max_workers=config.concurrency)
     with atomic_write(output) as out, atomic_write(rejected_path) as rej, \
-            ThreadPoolExecutor(max_workers=config.concurrency) as pool_exec, \
+            _cancel_on_error(pool_exec), \
             tqdm(total=total, desc="synth", unit="inst", disable=not config.progress) as bar:
         window: deque = deque()
 
@@ -86,6 +90,7 @@ def run_synth(config: SynthConfig, pool=None) -> SynthResult:
                                      ensure_ascii=False) + "\n")
             bar.update(1)
             bar.set_postfix(accepted=summary.accepted(), rejected=summary.rejected(), refresh=False)
+            stop_point("synth.instance")
 
         for job in plan(docs, config):
             window.append((job, pool_exec.submit(attempt, job)))
@@ -95,6 +100,17 @@ def run_synth(config: SynthConfig, pool=None) -> SynthResult:
             finish()
 
     return write_summary(config, summary, generator.stats() if generator is not None else {})
+
+
+@contextlib.contextmanager
+def _cancel_on_error(executor: ThreadPoolExecutor) -> Iterator[None]:
+    """Shut the executor down; on an error or Ctrl-C, cancel the requests not yet started."""
+    try:
+        yield
+    except BaseException:
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    executor.shutdown()
 
 
 def _accept(job: Job, result: dict, dedup: DuplicateFilter, generator_info: dict) -> dict:

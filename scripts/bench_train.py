@@ -1,0 +1,197 @@
+"""Training benchmarks on CPU (figures in docs/benchmarks.md), on real built rows of the demo PDFs.
+
+    python scripts/bench_train.py overhead     # longvlm train vs a bare fwd+bwd+AdamW step, same model and rows
+    python scripts/bench_train.py data-wait    # share of the step spent waiting for the loader at 128K rows
+    python scripts/bench_train.py checkpoint   # save / load time and size, tiny and ~100M configs
+    python scripts/bench_train.py data-path    # decode CPU and host memory per rank: TP1 vs TP2 x CP2
+
+Inputs (pools, datasets, checkpoints) are made once under --work (default /tmp/longvlm-bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+from bench_inputs import make_dataset, make_model, make_pool  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def train_run(work: Path, name: str, model: Path, data: Path, steps: int, **extra) -> list[dict]:
+    """``longvlm train`` (one process) on ``data``; the records of metrics.jsonl."""
+    from training.config import load_recipe
+    from training.metrics import read_metrics
+    from training.trainer import train
+
+    run_dir = work / "runs" / name
+    overrides = {"model.checkpoint": model, "train.train_steps": steps, "train.global_batch_size": 1,
+                 "train.micro_batch_size": 1, "train.precision": "fp32", "optimizer.warmup_fraction": 0.0,
+                 "checkpoint.save_interval": 0, "logging.tensorboard": False, "logging.log_interval": 1, **extra}
+    config = load_recipe(REPO / "training/recipes/tiny-cpu.yaml",
+                         [f"data.train=[{{prefix: {data}}}]"] + [f"{k}={v}" for k, v in overrides.items()])
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    train(config, run_dir)
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("split", "train") == "train"]
+
+
+def bare_steps(model_dir: Path, data: Path, steps: int) -> list[float]:
+    """The same model, rows and loss with nothing around them: fwd, bwd, AdamW step (seconds each)."""
+    import torch
+
+    from megatron_vlm import runtime
+    from megatron_vlm.data.loader import build_data_loader
+    from megatron_vlm.models.config import qwen25vl_config_from_hf
+    from megatron_vlm.models.qwen25vl import Qwen25VLModel
+
+    runtime.initialize_distributed(seed=1234)
+    model = Qwen25VLModel(qwen25vl_config_from_hf(model_dir))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    batches = list(build_data_loader(data, 1, seed=1234, total_samples=steps, num_workers=0))
+    times = []
+    for batch in batches:
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(batch["input_ids"], position_ids=batch["position_ids"], pixel_values=batch["pixel_values"],
+                     image_grid_thw=batch["image_grid_thw"], cu_seqlens=batch["cu_seqlens"], labels=batch["labels"],
+                     loss_mask=batch["loss_mask"])
+        (loss.sum() / batch["loss_mask"].sum()).backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    runtime.destroy()
+    return times
+
+
+def overhead(args) -> None:
+    pool = make_pool(args.work / f"pool{args.dpi}", args.dpi)
+    data = make_dataset(pool, args.work / f"data{args.dpi}-{args.seq}", args.seq, 4e5)
+    model = make_model(args.work / "models" / args.size, args.size)
+    steps = args.steps
+    bare = bare_steps(model, data, steps)
+    recs = train_run(args.work, "overhead", model, data, steps, **{"data.num_workers": 1})
+    skip = 2  # the first steps warm up allocators and caches
+    b, t = statistics.median(bare[skip:]), statistics.median(r["step_time"] for r in recs[skip:])
+    tokens = statistics.median(r["tokens"] for r in recs)
+    print(f"model {args.size}, rows of ~{tokens:,.0f} tokens ({args.dpi} dpi), median of steps {skip + 1}..{steps}")
+    print(f"  bare fwd+bwd+AdamW: {b:.3f} s/step; longvlm train: {t:.3f} s/step; overhead {t / b - 1:+.1%}")
+
+
+def data_wait(args) -> None:
+    pool = make_pool(args.work / "pool144", 144)
+    data = make_dataset(pool, args.work / "data144-131072", 131072, 1.2e6)
+    model = make_model(args.work / "models" / "tiny", "tiny")
+    recs = train_run(args.work, "data-wait", model, data, args.steps,
+                     **{"data.num_workers": args.workers, "data.prefetch": 2})
+    skip = 1  # the first batch has nothing to overlap with
+    wait = sum(r["data_wait"] for r in recs[skip:]) / sum(r["step_time"] for r in recs[skip:])
+    print(f"tiny model, rows of {statistics.mean(r['tokens'] for r in recs):,.0f} tokens (144 dpi, <= 131,072), "
+          f"{args.workers} loader workers, steps {skip + 1}..{args.steps}: step {statistics.median(r['step_time'] for r in recs[skip:]):.1f} s, "
+          f"data wait {wait:.2%} of the step")
+
+
+def checkpoint(args) -> None:
+    """Save and load of a whole training checkpoint (model + optimizer + state) in one process."""
+    import shutil
+
+    pool = make_pool(args.work / f"pool{args.dpi}", args.dpi)
+    data = make_dataset(pool, args.work / f"data{args.dpi}-{args.seq}", args.seq, 4e5)
+    for size in ("tiny", "100m"):
+        model = make_model(args.work / "models" / size, size)
+        recs = train_run(args.work, f"ckpt-{size}", model, data, 1, **{"data.num_workers": 0})
+        run = args.work / "runs" / f"ckpt-{size}"
+        iter_dir = run / "checkpoints" / "iter_0000001"
+        size_bytes = sum(f.stat().st_size for f in iter_dir.rglob("*") if f.is_file())
+        # time a save and a load with the trainer's own Checkpointer on the trained model
+        out = subprocess.run([sys.executable, __file__, "_checkpoint_io", str(run), size], capture_output=True,
+                             text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        save_s, load_s = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{size}: checkpoint {size_bytes / 1e6:,.1f} MB (model + Adam state + training state); "
+              f"save {save_s:.2f} s, load {load_s:.2f} s (step {recs[0]['step_time']:.1f} s)")
+        shutil.rmtree(run)
+
+
+def _checkpoint_io(run: str, size: str) -> None:
+    from megatron_vlm import runtime
+    from training.checkpoint import Checkpointer
+    from training.config import load_recipe
+    from training.model import build_model
+    from training.optimizer import build_optimizer, build_scheduler
+    from training.run_dir import start_point
+
+    config = load_recipe(Path(run) / "config.yaml")
+    runtime.initialize_distributed(config.parallel, seed=1)
+    parts = build_model(config, start_point(config).arch)
+    optimizer = build_optimizer(config.optimizer, parts, "fp32")
+    scheduler = build_scheduler(config.optimizer, optimizer, 10)
+    ckpt = Checkpointer(run, parts, optimizer, scheduler, keep_last=5, async_save=False)
+    start = time.perf_counter()
+    state = ckpt.load({"parallel": {}, "world_size": 1})
+    load_s = time.perf_counter() - start
+    state.iteration += 1
+    start = time.perf_counter()
+    ckpt.save(state)
+    save_s = time.perf_counter() - start
+    print(json.dumps([save_s, load_s]))
+
+
+def data_path(args) -> None:
+    """Each rank's loader work for the same micro-batches: TP1 (one rank decodes every page) vs the four
+    ranks of TP2 x CP2 (each a quarter); decode CPU seconds and peak RSS per rank, separate processes."""
+    pool = make_pool(args.work / "pool144", 144)
+    data = make_dataset(pool, args.work / "data144-32768", 32768, 6e5)
+    shares = {"TP1": (1, 0, 1, 0)}
+    shares.update({f"TP2xCP2 rank tp{t}cp{c}": (2, c, 2, t) for c in range(2) for t in range(2)})
+    for name, share in shares.items():
+        out = subprocess.run([sys.executable, __file__, "_load", str(data), str(args.batches), *map(str, share)],
+                             capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        cpu, rss, pixels, images = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{name:22s} decodes {images:4d} pages, {pixels / 1e9:5.2f} GB of patches; loader CPU {cpu:6.2f} s; "
+              f"peak RSS {rss / 1e6:,.0f} MB")
+
+
+def _load(data: str, batches: str, cp_size: str, cp_rank: str, tp_size: str, tp_rank: str) -> None:
+    from megatron_vlm.data.image_share import ImageShare
+    from megatron_vlm.data.loader import build_data_loader
+
+    share = ImageShare(cp_size=int(cp_size), cp_rank=int(cp_rank), tp_size=int(tp_size), tp_rank=int(tp_rank))
+    start = time.process_time()
+    pixels = images = 0
+    for batch in build_data_loader(data, 1, seed=0, total_samples=int(batches), num_workers=0, share=share):
+        pixels += batch["pixel_values"].numel() * 4
+        images += int(batch["pixel_range"][1] - batch["pixel_range"][0])
+    cpu = time.process_time() - start
+    print(json.dumps([cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, pixels, images]))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1].startswith("_"):  # a measurement in its own process
+        {"_load": _load, "_checkpoint_io": _checkpoint_io}[sys.argv[1]](*sys.argv[2:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bench", choices=["overhead", "data-wait", "checkpoint", "data-path"])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/longvlm-bench"))
+    parser.add_argument("--size", default="small", help="overhead: model size (tiny, small, 100m, 1b)")
+    parser.add_argument("--dpi", type=int, default=72, help="overhead/checkpoint: page resolution of the pool")
+    parser.add_argument("--seq", type=int, default=8192, help="overhead/checkpoint: longest row")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2, help="data-wait: loader processes")
+    parser.add_argument("--batches", type=int, default=4, help="data-path: micro-batches per rank")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    {"overhead": overhead, "data-wait": data_wait, "checkpoint": checkpoint, "data-path": data_path}[args.bench](args)
+
+
+if __name__ == "__main__":
+    main()
