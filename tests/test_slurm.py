@@ -21,6 +21,7 @@ import pytest
 from test_pool import pool_files
 from train_inputs import train_overrides
 
+from launch.slurm.options import SlurmError
 from longvlm import api
 from longvlm.cli import main as cli_main
 
@@ -95,6 +96,8 @@ def test_training_job_trains_two_ranks_and_status_reports_it(uninterrupted, caps
 def test_preempted_job_requeues_resumes_and_matches_the_uninterrupted_one(slurm_cluster, inputs, uninterrupted):
     run_dir = inputs["tmp"] / "preempted"
     job = submit_training(inputs, run_dir)
+    with pytest.raises(SlurmError, match=f"has job\\(s\\) {job} queued or running"):  # one job per run at a time
+        submit_training(inputs, run_dir)
     wait_for(lambda: records(run_dir), "the first step of the job (both ranks in the training loop)")
     slurm_cluster.run("scancel", "--signal=USR1", job)  # what --signal=USR1@120 sends before the time limit
     assert slurm_cluster.wait(job) == ["COMPLETED"], job_log(run_dir)[-5000:]

@@ -118,6 +118,23 @@ def test_stage_scripts_shard_the_command_line_and_merge(tmp_path, capsys):
     assert not (tmp_path / "p2.shards").exists()
 
 
+def test_stage_status_names_the_failed_array_tasks_and_how_to_resubmit_them(tmp_path):
+    from launch.slurm.status import format_status, stage_report
+
+    job = api.slurm("pool", num_shards=3, stage_args=["pdfs.txt", "-o", str(tmp_path / "pool")])
+    (job.directory / "shard-0").mkdir()
+    (job.directory / "shard-0" / "pool.json").write_text("{}")  # a complete shard (written last)
+    jobs = [{"job": "7_0", "role": "array", "state": "COMPLETED"}, {"job": "7_1", "role": "array", "state": "TIMEOUT"},
+            {"job": "7_2", "role": "array", "state": "FAILED"}, {"job": "8", "role": "merge", "state": "CANCELLED"}]
+    report = stage_report(job.directory, jobs)
+    assert report["shards_complete"] == [0] and not report["merged"]
+    array, merge = job.scripts
+    assert report["resubmit"] == (f"id=$(sbatch --parsable --array=1,2 {array}) && "
+                                  f"sbatch --dependency=afterok:$id --kill-on-invalid-dep=yes {merge}")
+    text = format_status({"directory": str(job.directory), "stage": report, "jobs": jobs, "jobs_problem": None})
+    assert "shards     1/3 complete (0)" in text and "merged     not yet" in text and "--array=1,2" in text
+
+
 def test_without_output_drops_every_spelling_of_the_output_option():
     assert without_output(["a", "-o", "x", "--workers", "2", "--output=y", "-oz", "--output", "w", "b"]) == \
         ["a", "--workers", "2", "b"]

@@ -150,14 +150,17 @@ def _time(value: str) -> str | None:
     return None if value in ("N/A", "Unknown", "None", "") else value
 
 
+def _unknown(job_id: str, reason: str) -> dict:
+    return {"job": job_id, "name": None, "state": "UNKNOWN", "reason": reason, "elapsed": None, "nodes": None,
+            "start": None, "end": None, "exit_code": None, "restarts": None, "source": None}
+
+
 def _sacct(job_ids: list[str]) -> list[dict]:
     proc = _run(["sacct", "--noheader", "--parsable2", "--allocations", f"--jobs={','.join(job_ids)}",
                  f"--format={','.join(_SACCT_FIELDS)}"], "longvlm slurm status")
     if proc.returncode != 0:  # e.g. "Slurm accounting storage is disabled"
-        why = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-        return [{"job": j, "name": None, "state": "UNKNOWN", "reason": f"not in the queue any more; sacct: "
-                 f"{why[0] if why else 'failed'}", "elapsed": None, "nodes": None, "start": None, "end": None,
-                 "exit_code": None, "restarts": None, "source": None} for j in job_ids]
+        why = (proc.stderr.strip() or proc.stdout.strip() or "failed").splitlines()[0]
+        return [_unknown(j, f"not in the queue any more; sacct: {why}") for j in job_ids]
     out, found = [], set()
     for line in proc.stdout.splitlines():
         row = dict(zip(_SACCT_FIELDS, line.split("|")))
@@ -166,7 +169,14 @@ def _sacct(job_ids: list[str]) -> list[dict]:
                     "reason": None, "elapsed": row["Elapsed"], "nodes": row["NodeList"] or None,
                     "start": _time(row["Start"]), "end": _time(row["End"]), "exit_code": row["ExitCode"],
                     "restarts": None, "source": "sacct"})
-    out += [{"job": j, "name": None, "state": "UNKNOWN", "reason": "neither squeue nor sacct knows it",
-             "elapsed": None, "nodes": None, "start": None, "end": None, "exit_code": None, "restarts": None,
-             "source": None} for j in job_ids if j not in found]
-    return out
+    return out + [_unknown(j, "neither squeue nor sacct knows it") for j in job_ids if j not in found]
+
+
+ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+                 "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD")
+
+
+def active_jobs(directory: Path) -> list[dict]:
+    """The jobs recorded for ``directory`` that are still queued or running."""
+    ids = [r.job_id for r in read_jobs(directory)]
+    return [j for j in job_states(ids) if j["state"] in ACTIVE_STATES] if ids else []

@@ -73,11 +73,11 @@ class JobScript:
 
 
 def command_line() -> str:
-    """How this process was started, as a user would type it (``longvlm slurm ...``)."""
+    """The ``longvlm slurm ...`` command this process runs, as typed (else: the Python API)."""
     argv = list(sys.argv)
-    if argv and (argv[0].endswith(("longvlm", "__main__.py", "cli.py"))):
-        argv[0] = "longvlm"
-    return shell_join(argv) if argv else "longvlm"
+    if argv and argv[0].endswith(("/longvlm", "longvlm/__main__.py")):
+        return shell_join(["longvlm", *argv[1:]])
+    return "longvlm.api.slurm (Python)"
 
 
 def job_name(options: SchedulerOptions, kind: str, name: str) -> str:
