@@ -66,6 +66,8 @@ def parse_stage(stage: str, args: list[str]):
     if config.num_shards != 1 or config.shard != 0 or config.merge:
         raise SlurmError(f"leave --shard, --num-shards and --merge out of the {stage} command line: the job array "
                          "sets them")
+    if stage == "pool" and output_complete(stage, Path(config.output)):  # the merge would refuse it at the end
+        raise SlurmError(f"-o {config.output} already holds a pool; choose another output")
     if stage == "synth":
         config.validate()
     return config
