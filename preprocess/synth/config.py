@@ -62,7 +62,8 @@ class SynthConfig(ChatClientOptions):
     merge: list[str] | None = field(default=None, metadata={
         "metavar": "SHARD.jsonl",
         "help": "join the outputs of all --num-shards shards made from POOL_DIR into -o, in the order one "
-                "unsharded run writes them (the options are the shards'; nothing is generated)"})
+                "unsharded run writes them (the options are the shards'; nothing is generated): "
+                "longvlm synth POOL_DIR --merge tasks.shard*.jsonl -o tasks.jsonl"})
 
     def content_options(self) -> dict:
         """The options that decide what is made (shards joined by ``--merge`` must agree on them; the
