@@ -58,12 +58,14 @@ def job_log(run_dir: Path) -> str:
 def inputs(train_inputs, convert_to_megatron):
     """The tiny training inputs, started from a Megatron checkpoint (no conversion in every run)."""
     megatron = convert_to_megatron(train_inputs["hf"], 1, 1)
-    return {**train_inputs, "overrides": train_overrides(train_inputs, STEPS, **{"model.checkpoint": megatron})}
+    # a loader worker per rank: SLURM signals every process of the step, and the workers must survive it
+    extra = {"model.checkpoint": megatron, "data.num_workers": 1}
+    return {**train_inputs, "overrides": train_overrides(train_inputs, STEPS, **extra)}
 
 
 def submit_training(inputs: dict, run_dir: Path) -> str:
     job = api.slurm("train", recipe="tiny-cpu", overrides=inputs["overrides"], run_dir=str(run_dir), gpus_per_node=0,
-                    tasks_per_node=2, env=JOB_ENV, submit=True)
+                    tasks_per_node=2, cpus_per_task=1, env=JOB_ENV, submit=True)
     assert job.directory == run_dir and (run_dir / "config.yaml").is_file()
     return job.job_ids[0]
 
@@ -87,7 +89,7 @@ def test_training_job_trains_two_ranks_and_status_reports_it(uninterrupted, caps
     report = api.slurm("status", directory=str(uninterrupted))
     assert report["run"]["last_step"]["step"] == STEPS and report["run"]["steps"] == STEPS
     assert report["run"]["checkpoint"]["iteration"] == STEPS
-    assert [(j["role"], j["state"], j["exit_code"]) for j in report["jobs"]] == [("train", "COMPLETED", "0")]
+    assert [(j["role"], j["state"], j["exit_code"]) for j in report["jobs"]] == [("train", "COMPLETED", "0:0")]
     assert cli_main(["slurm", "status", str(uninterrupted)]) == 0
     out = capsys.readouterr().out
     assert f"step {STEPS}/{STEPS} (100%)" in out and f"checkpoint step {STEPS}" in out and "COMPLETED" in out

@@ -94,6 +94,14 @@ class Trainer:
 
     def run(self) -> int:
         """Train to the step budget; the exit code (0, or ``REQUEUE_EXIT`` after a preemption signal)."""
+        # from the start: a signal during start-up (SLURM signals the job's tasks) is saved on at the first step
+        signals = PreemptionHandler(self.config.checkpoint.exit_signals)
+        try:
+            return self._start_and_loop(signals)
+        finally:
+            signals.close()
+
+    def _start_and_loop(self, signals: PreemptionHandler) -> int:
         config, run_dir, checked = self.config, self.run_dir, self.checked
         if self.rank0:
             write_config(run_dir, config)
@@ -117,7 +125,7 @@ class Trainer:
             state = TrainState()
         state.layout, state.config_yaml = layout_record, to_yaml(config)
         try:
-            return self._loop(parts, optimizer, scheduler, checkpointer, state, plan)
+            return self._loop(parts, optimizer, scheduler, checkpointer, state, plan, signals)
         finally:
             checkpointer.finalize(blocking=True)
 
@@ -126,7 +134,7 @@ class Trainer:
             print(message, flush=True)
 
     def _loop(self, parts: ModelParts, optimizer, scheduler, checkpointer: Checkpointer, state: TrainState,
-              plan: DataPlan) -> int:
+              plan: DataPlan, signals: PreemptionHandler) -> int:
         config = self.config
         share = image_share(config.parallel)
         num_micro = plan.global_batch_size // (config.train.micro_batch_size * self.checked.dp)
@@ -135,7 +143,6 @@ class Trainer:
         metrics = MetricsLogger(self.run_dir, plan.steps, enabled=self.rank0, tensorboard=config.logging.tensorboard,
                                 log_interval=config.logging.log_interval, resume_from=state.iteration)
         guard = LossGuard(config.guard, state.recent_losses)
-        signals = PreemptionHandler(config.checkpoint.exit_signals)
         self._say(f"training {plan.steps} steps of {plan.global_batch_size} rows (<= {plan.seq_length:,} tokens), "
                   f"from step {state.iteration}; run directory {self.run_dir}")
         try:
@@ -185,7 +192,6 @@ class Trainer:
                               "to be requeued (rerun the same command to resume)")
                     return REQUEUE_EXIT
         finally:
-            signals.close()
             metrics.close()
         return 0
 

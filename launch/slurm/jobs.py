@@ -137,13 +137,18 @@ def job_states(job_ids: list[str]) -> list[dict]:
                         "reason": None if row["Reason"] in ("None", "") else row["Reason"],
                         "elapsed": row["TimeUsed"], "nodes": row["NodeList"] or None,
                         "start": _time(row["StartTime"]), "end": _time(row["EndTime"]),
-                        "exit_code": row["Exit_Code"] if row["State"] not in ("PENDING", "RUNNING") else None,
+                        "exit_code": _exit_code(row["Exit_Code"]) if row["State"] not in ("PENDING", "RUNNING") else None,
                         "restarts": int(row["RestartCnt"]) if row["RestartCnt"].isdigit() else None,
                         "source": "squeue"})
     missing = [j for j in job_ids if j not in seen]
     if missing:
         out += _sacct(missing)
     return out
+
+
+def _exit_code(status: str) -> str | None:
+    """squeue's raw wait status as sacct writes it, ``CODE:SIGNAL`` (17920 -> ``70:0``)."""
+    return f"{int(status) >> 8}:{int(status) & 0x7F}" if status.isdigit() else None
 
 
 def _time(value: str) -> str | None:

@@ -44,6 +44,7 @@ def _jobs(directory: Path) -> tuple[list[dict], str | None]:
     except SlurmError as err:  # no SLURM client here: the run's own files still tell a lot
         return [{"job": j, "role": roles.get(j)} for j in ids], str(err)
     logs = directory / SLURM_DIR / LOGS
+    states.sort(key=lambda j: [int(x) if x.isdigit() else -1 for x in j["job"].split("_")])
     for state in states:
         state["role"] = roles.get(state["job"].split("_")[0])
         found = sorted(logs.glob(f"*-{state['job']}.log"))
