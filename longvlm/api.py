@@ -123,7 +123,26 @@ def tune(**options: Any):
     return run(dataclass_from_options(TuneConfig, options))
 
 
-slurm = _not_implemented("slurm")
+def slurm(action: str, **options: Any) -> Any:
+    """``longvlm slurm ACTION``: ``action`` is ``"train"``, ``"pool"``, ``"synth"``, ``"status"`` or ``"local"``;
+    ``options`` are that action's CLI options as keywords::
+
+        job = api.slurm("train", recipe="recipes/mmprolong-7b-128k.yaml", overrides=["parallel.tp=4"],
+                        run_dir="runs/mmprolong", nodes=8, gpus_per_node=8, time="24:00:00", submit=True)
+        job = api.slurm("pool", num_shards=64, stage_args=["pdfs.txt", "-o", "pool", "--workers", "8"], submit=True)
+        report = api.slurm("status", directory="runs/mmprolong")
+        exit_code = api.slurm("local", recipe="tiny-cpu", output="runs/tiny", nproc_per_node=2)
+
+    ``train`` / ``pool`` / ``synth`` return a ``launch.slurm.jobs.Submission`` (``scripts``, ``job_ids``,
+    ``directory``); ``status`` the dict ``--json`` prints; ``local`` the exit code (0, or 75 after a save on a
+    signal). Bad options, recipes or stage command lines raise ``launch.slurm.options.SlurmError`` or the
+    stage's own error before anything is submitted (docs/slurm.md).
+    """
+    from launch.slurm.cli import ACTIONS, run
+
+    if action not in ACTIONS:
+        raise ValueError(f"unknown slurm action {action!r}; choose one of {sorted(ACTIONS)}")
+    return run(action, dataclass_from_options(ACTIONS[action][0], options))
 
 
 def evaluate(task: str, **options: Any):

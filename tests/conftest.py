@@ -94,6 +94,15 @@ def small_pool(tmp_path_factory, pdf_dir) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def train_inputs(tmp_path_factory, qwen_tokenizer_dir) -> dict:
+    """A tiny HF checkpoint (4 LM layers) and a copied-pages dataset whose packs differ in answer tokens
+    (``tests/train_inputs.py``); run directories go into its ``tmp``."""
+    from train_inputs import make_train_inputs
+
+    return make_train_inputs(tmp_path_factory.mktemp("train"), qwen_tokenizer_dir)
+
+
 @pytest.fixture(scope="module")
 def megatron_single():
     """Megatron-Core's process groups for one process (module-wide, on the CPU); yields the device."""
@@ -146,3 +155,19 @@ def built(tmp_path_factory, qwen_tokenizer_dir):
                       max_repeats=1000)
     build(cfg, pool=pool)
     return tmp / "data", pool, rows
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node SLURM cluster for the session (``tests/slurm_cluster.py``); ``SLURM_CONF`` points at it."""
+    from slurm_cluster import SlurmCluster, missing_binaries
+
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(f"needs Debian's slurm-wlm and munge ({', '.join(missing)} not found): "
+                    "apt-get install slurm-wlm munge (.ci/run installs them)")
+    if os.geteuid() != 0:
+        pytest.skip("the test SLURM cluster runs slurmd as root, and this is not root")
+    with pytest.MonkeyPatch.context() as patch, SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        patch.setenv("SLURM_CONF", str(cluster.conf))
+        yield cluster

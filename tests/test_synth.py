@@ -10,7 +10,7 @@ import pytest
 from synth_helpers import SECTIONS, FakePool, answer_items
 
 from longvlm.cli import main as cli_main
-from preprocess.synth import SynthConfig, run_synth
+from preprocess.synth import SynthConfig, SynthError, run_synth
 from preprocess.synth.run import plan, plan_size
 from preprocess.synth.segments import Segment, sample_segment, segment_candidates
 from preprocess.synth.validate import DuplicateFilter, Rejected, anchor_pages, check_qa
@@ -174,6 +174,31 @@ def test_per_task_spreads_over_documents_and_plans_ocr_full_once_per_document():
         assert counts == ([2, 2, 3] if task == "extract-single" else [1, 1, 1])
     small = list(plan(pool.documents, SynthConfig(pool="fake", output="x.jsonl", per_task=1, tasks="reasoning")))
     assert len(small) == 1
+
+
+@pytest.mark.parametrize("mode", [{"per_doc": 2}, {"per_task": 7}], ids=["per-doc", "per-task"])
+def test_shards_merged_equal_one_unsharded_run(tmp_path, mode):
+    """3 shards of 5 documents, merged (given out of order), write the bytes one run writes, rejections
+    included; every document's instances come from its one shard."""
+    pool = FakePool(5)
+    one, _ = _synth(tmp_path, pool, **mode)
+    assert one.rejected  # duplicate questions: a document's instances must stay in one shard
+    paths = [str(tmp_path / f"shard{k}.jsonl") for k in range(3)]
+    for k, path in enumerate(paths):
+        shard = run_synth(SynthConfig(pool="fake", output=path, shard=k, num_shards=3, progress=False, **mode), pool=pool)
+        docs = {json.loads(line)["doc_id"] for line in shard.output.read_text().splitlines()}
+        assert docs == {d["doc_id"] for d in pool.documents[k::3]}
+    merged = run_synth(SynthConfig(pool="fake", output=str(tmp_path / "merged.jsonl"), merge=paths[::-1],
+                                   progress=False), pool=pool)
+    assert merged.output.read_bytes() == one.output.read_bytes()
+    assert merged.rejected_path.read_bytes() == one.rejected_path.read_bytes()
+    assert merged.summary == one.summary and merged.table == one.table
+    with pytest.raises(SynthError, match=r"missing \[1\]"):
+        run_synth(SynthConfig(pool="fake", output=str(tmp_path / "bad.jsonl"), merge=paths[::2]), pool=pool)
+    run_synth(SynthConfig(pool="fake", output=paths[1], shard=1, num_shards=3, seed=7, progress=False, **mode), pool=pool)
+    with pytest.raises(SynthError, match="other options than .*'seed': 7"):
+        run_synth(SynthConfig(pool="fake", output=str(tmp_path / "bad.jsonl"), merge=paths), pool=pool)
+    assert not (tmp_path / "bad.jsonl").exists()
 
 
 def test_cli_reports_a_missing_pool_and_bad_options(tmp_path, capsys):

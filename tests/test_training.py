@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from build_fakes import FakePool, write_tasks
 from distributed import REPO_ROOT, run_distributed
+from train_inputs import train_overrides
 
 from megatron_vlm.formats.checkpoint import MegatronCheckpoint
 
@@ -28,35 +28,13 @@ STEPS = 3
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, qwen_tokenizer_dir):
+def setup(train_inputs):
     """A tiny HF checkpoint (4 LM layers) and a copied-pages dataset whose packs differ in answer tokens."""
-    from megatron_vlm.models.tiny import save_tiny_checkpoint
-    from preprocess.dataset.config import BuildConfig
-    from preprocess.dataset.run import build
-
-    tmp = tmp_path_factory.mktemp("train")
-    hf = save_tiny_checkpoint(tmp / "hf", seed=3, num_layers=4)
-    sizes = {f"{i:064x}": [(56 * (1 + (i + p) % 3), 28 * (2 + p % 2)) for p in range(2 + i % 3)] for i in range(8)}
-    pool = FakePool(tmp / "pool", sizes).register()
-    rows = []
-    for i, doc in enumerate(sizes):
-        answer = "yes" if i % 2 else " ".join(f"item {k} of the list on page {k % 3 + 1}" for k in range(12))
-        rows.append({"task": "extract-single" if i % 2 else "extract-multi", "doc_id": doc,
-                     "question": f"Question {i}: what is on page 1?", "answer": answer})
-    tasks = write_tasks(tmp / "tasks.jsonl", rows)
-    build(BuildConfig(tasks=[str(tasks)], pool=str(tmp / "pool"), tokenizer=str(qwen_tokenizer_dir),
-                      output=str(tmp / "data"), max_seq_len=512, token_budget=2500, copy_pages=True,
-                      mixture="extract-single=1,extract-multi=1", progress=False), pool=pool)
-    return {"hf": hf, "data": tmp / "data", "tmp": tmp}
+    return train_inputs
 
 
 def overrides(setup, **extra) -> list[str]:
-    base = {"model.checkpoint": setup["hf"], "train.train_steps": STEPS, "train.global_batch_size": 4,
-            "train.micro_batch_size": 1, "train.precision": "fp32", "optimizer.lr": 3e-3,
-            "optimizer.min_lr": 3e-4, "optimizer.warmup_fraction": 0.0, "optimizer.weight_decay": 0.0,
-            "checkpoint.save_interval": 0, "checkpoint.keep_last": 3, "logging.log_interval": 1,
-            "logging.tensorboard": False, "data.num_workers": 0, **extra}
-    return [f"data.train=[{{prefix: {setup['data']}}}]"] + [f"{k}={v}" for k, v in base.items()]
+    return train_overrides(setup, STEPS, **extra)
 
 
 def train(setup, run_dir: Path, nprocs: int = 1, timeout: float = 300, **extra) -> list[dict]:

@@ -96,7 +96,8 @@ def train_loader(config: TrainConfig, plan: DataPlan, consumed_samples: int) -> 
         pad_multiple=config.parallel.sequence_multiple,
         dp_rank=ps.get_data_parallel_rank(), dp_size=ps.get_data_parallel_world_size(), seed=config.train.seed,
         consumed_samples=consumed_samples, total_samples=plan.total_samples, num_workers=config.data.num_workers,
-        prefetch_factor=config.data.prefetch, share=image_share(config.parallel), pool_dir=config.data.pool_dir)
+        prefetch_factor=config.data.prefetch, share=image_share(config.parallel), pool_dir=config.data.pool_dir,
+        worker_ignored_signals=config.checkpoint.exit_signals)  # the rank saves on them; its workers must not die
 
 
 def valid_loader(config: TrainConfig, plan: DataPlan) -> torch.utils.data.DataLoader:

@@ -39,9 +39,14 @@ class Preflight:
     resume: bool
 
 
-def preflight(config: TrainConfig, run_dir: Path, world_size: int, rank: int = 0) -> Preflight:
+def preflight(config: TrainConfig, run_dir: Path, world_size: int, rank: int = 0, gpu: bool | None = None) -> Preflight:
     """Every check that needs no process group and writes nothing; a ``RecipeError`` naming the key.
-    The run directory is checked by rank 0 only (the others may see it while rank 0 writes it)."""
+    The run directory is checked by rank 0 only (the others may see it while rank 0 writes it).
+
+    ``gpu``: whether the run will have GPUs (default: whether this machine has one); given, the run is
+    checked for another machine (a job script written on a login node), so Transformer Engine is not
+    looked for here.
+    """
     config.check()
     layout = config.parallel
     try:
@@ -52,11 +57,12 @@ def preflight(config: TrainConfig, run_dir: Path, world_size: int, rank: int = 0
     if config.train.global_batch_size % step_rows:
         raise RecipeError(f"train.global_batch_size {config.train.global_batch_size} is not a multiple of "
                           f"micro_batch_size x data-parallel size = {config.train.micro_batch_size} x {dp}")
-    gpu = runtime.use_cuda()
+    here = gpu is None
+    gpu = runtime.use_cuda() if here else gpu
     if config.train.precision != "fp32" and not gpu:
         raise RecipeError(f"train.precision={config.train.precision} needs a GPU (Megatron's mixed-precision "
                           "optimizers take CUDA tensors); use train.precision=fp32 on this machine")
-    if config.train.precision == "fp8" or config.model.attention_backend == "te":
+    if here and (config.train.precision == "fp8" or config.model.attention_backend == "te"):
         problem = transformer_engine_error()
         if problem:
             key = "train.precision=fp8" if config.train.precision == "fp8" else "model.attention_backend=te"
@@ -88,6 +94,14 @@ class Trainer:
 
     def run(self) -> int:
         """Train to the step budget; the exit code (0, or ``REQUEUE_EXIT`` after a preemption signal)."""
+        # from the start: a signal during start-up (SLURM signals the job's tasks) is saved on at the first step
+        signals = PreemptionHandler(self.config.checkpoint.exit_signals)
+        try:
+            return self._start_and_loop(signals)
+        finally:
+            signals.close()
+
+    def _start_and_loop(self, signals: PreemptionHandler) -> int:
         config, run_dir, checked = self.config, self.run_dir, self.checked
         if self.rank0:
             write_config(run_dir, config)
@@ -110,7 +124,7 @@ class Trainer:
             state = TrainState()
         state.layout, state.config_yaml = layout_record, to_yaml(config)
         try:
-            return self._loop(parts, optimizer, scheduler, checkpointer, state, plan)
+            return self._loop(parts, optimizer, scheduler, checkpointer, state, plan, signals)
         finally:
             checkpointer.finalize(blocking=True)
 
@@ -119,7 +133,7 @@ class Trainer:
             print(message, flush=True)
 
     def _loop(self, parts: ModelParts, optimizer, scheduler, checkpointer: Checkpointer, state: TrainState,
-              plan: DataPlan) -> int:
+              plan: DataPlan, signals: PreemptionHandler) -> int:
         config = self.config
         share = image_share(config.parallel)
         num_micro = plan.global_batch_size // (config.train.micro_batch_size * self.checked.dp)
@@ -128,7 +142,6 @@ class Trainer:
         metrics = MetricsLogger(self.run_dir, plan.steps, enabled=self.rank0, tensorboard=config.logging.tensorboard,
                                 log_interval=config.logging.log_interval, resume_from=state.iteration)
         guard = LossGuard(config.guard, state.recent_losses)
-        signals = PreemptionHandler(config.checkpoint.exit_signals)
         self._say(f"training {plan.steps} steps of {plan.global_batch_size} rows (<= {plan.seq_length:,} tokens), "
                   f"from step {state.iteration}; run directory {self.run_dir}")
         try:
@@ -173,11 +186,11 @@ class Trainer:
                 checkpointer.finalize()
                 if preempted:
                     checkpointer.finalize(blocking=True)
+                    torch.distributed.barrier()  # leave together: a launcher may end the others at the first exit
                     self._say(f"{signals.received or 'a signal'}: saved step {step}; exiting with {REQUEUE_EXIT} "
                               "to be requeued (rerun the same command to resume)")
                     return REQUEUE_EXIT
         finally:
-            signals.close()
             metrics.close()
         return 0
 

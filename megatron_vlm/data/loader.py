@@ -9,6 +9,7 @@ is decoded (``megatron_vlm.data.image_share``), in ``num_workers`` processes.
 from __future__ import annotations
 
 import functools
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,18 +44,30 @@ class MicroBatchItems(torch.utils.data.Dataset):
         return self.__getitems__([position])[0]
 
 
+def _ignore_signals(names: tuple[str, ...], worker_id: int) -> None:
+    """A worker's start: ignore ``names``. SLURM signals every process of a job step (``--signal``,
+    ``scancel --signal``, preemption), loader workers included; a worker killed by the signal would make
+    the training process fail ("DataLoader worker is killed by signal") instead of saving on it. The
+    workers still stop when the loader shuts them down, or when their parent has died."""
+    for name in names:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 def build_data_loader(prefix: str | Path | Sequence[str | Path], micro_batch_size: int = 1, *,
                       weights: Sequence[float] | None = None, seq_length: int | None = None, pad_multiple: int = 1,
                       dp_rank: int = 0, dp_size: int = 1, seed: int = 1234, consumed_samples: int = 0,
                       total_samples: int | None = None, shuffle: bool = True, num_workers: int = 2,
                       prefetch_factor: int = 2, share: ImageShare | None = None, pool=None,
-                      pool_dir: str | Path | None = None) -> torch.utils.data.DataLoader:
+                      pool_dir: str | Path | None = None,
+                      worker_ignored_signals: Sequence[str] = ()) -> torch.utils.data.DataLoader:
     """Micro-batches (see ``megatron_vlm.data.collate``) of this rank, in the seeded order, from
     ``consumed_samples`` on, up to ``total_samples`` rows of the global stream (``None``: endless).
 
     ``prefix``: one built dataset or several (blended by ``weights``). ``seq_length`` pads every row
     to a fixed length; by default each micro-batch is as long as its longest row, rounded up to
-    ``pad_multiple`` (``ParallelLayout.sequence_multiple``).
+    ``pad_multiple`` (``ParallelLayout.sequence_multiple``). ``worker_ignored_signals`` (e.g.
+    ``["SIGTERM", "SIGUSR1"]``): signals the worker processes ignore, leaving them to the process that
+    iterates (see :func:`_ignore_signals`).
     """
     prefixes = [prefix] if isinstance(prefix, (str, Path)) else list(prefix)
     datasets = [BuiltDataset(p, pool=pool, pool_dir=pool_dir) for p in prefixes]
@@ -63,7 +76,8 @@ def build_data_loader(prefix: str | Path | Sequence[str | Path], micro_batch_siz
                                consumed_samples=consumed_samples, total_samples=total_samples)
     workers = dict(num_workers=num_workers)
     if num_workers > 0:
-        workers.update(prefetch_factor=prefetch_factor, persistent_workers=True)
+        workers.update(prefetch_factor=prefetch_factor, persistent_workers=True,
+                       worker_init_fn=functools.partial(_ignore_signals, tuple(worker_ignored_signals)))
     return torch.utils.data.DataLoader(MicroBatchItems(datasets, stream, share or ImageShare()), batch_sampler=sampler, **workers,
                                        collate_fn=functools.partial(collate_packs, seq_length=seq_length,
                                                                     pad_multiple=pad_multiple))

@@ -4,7 +4,8 @@ A field becomes ``--field-name`` (underscores to dashes) with its default, its t
 ``help`` from ``field(metadata={"help": ...})``. Metadata keys:
 
 - ``help``: the help text (the default is appended automatically);
-- ``positional``: the field is a positional argument (``nargs="+"`` for list fields);
+- ``positional``: the field is a positional argument (``nargs="+"`` for list fields; ``"*"`` or ``"?"``
+  when the field has a default);
 - ``choices``: allowed values;
 - ``flag``: an alternative option string, e.g. ``"-o"``;
 - ``repeat``: a ``list`` field given as a repeated option (``--image A --image B``);
@@ -71,11 +72,16 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp: Any) -
         kwargs["choices"] = f.metadata["choices"]
     origin = typing.get_origin(tp)
     if f.metadata.get("positional"):
+        optional = default is not dataclasses.MISSING
         if origin is list:
-            kwargs["nargs"] = "+"
+            kwargs["nargs"] = "*" if optional else "+"
             kwargs["type"] = typing.get_args(tp)[0]
         else:
             kwargs["type"] = tp
+            if optional:
+                kwargs["nargs"] = "?"
+        if optional:
+            kwargs["default"] = default
         kwargs["metavar"] = f.metadata.get("metavar", f.name.upper())
         parser.add_argument(f.name, **kwargs)
         return

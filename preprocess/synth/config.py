@@ -10,6 +10,8 @@ from preprocess.synth.generators.chat_client import ChatClientOptions
 VQA_TASKS = ("extract-single", "extract-multi", "reasoning")
 OCR_TASKS = ("ocr-full", "ocr-needle")
 ALL_TASKS = VQA_TASKS + OCR_TASKS
+CONTENT_OPTIONS = ("tasks", "generator", "per_doc", "per_task", "seed", "segment_pages", "needle_pages", "model",
+                   "temperature", "max_tokens")
 
 
 class SynthError(LongVLMError, ValueError):
@@ -53,6 +55,20 @@ class SynthConfig(ChatClientOptions):
     temperature: float = field(default=0.7, metadata={"help": "openai: sampling temperature"})
     max_tokens: int = field(default=1024, metadata={"help": "openai: max tokens of one answer"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    shard: int = field(default=0, metadata={"help": "this job's shard index (0-based)"})
+    num_shards: int = field(default=1, metadata={
+        "help": "make only the instances of every N-th document of the pool (e.g. a SLURM job array: "
+                "--shard $SLURM_ARRAY_TASK_ID); join the shard outputs with --merge"})
+    merge: list[str] | None = field(default=None, metadata={
+        "metavar": "SHARD.jsonl",
+        "help": "join the outputs of all --num-shards shards made from POOL_DIR into -o, in the order one "
+                "unsharded run writes them (the options are the shards'; nothing is generated): "
+                "longvlm synth POOL_DIR --merge tasks.shard*.jsonl -o tasks.jsonl"})
+
+    def content_options(self) -> dict:
+        """The options that decide what is made (shards joined by ``--merge`` must agree on them; the
+        endpoint options may differ, e.g. one server per shard)."""
+        return {name: getattr(self, name) for name in CONTENT_OPTIONS}
 
     def task_list(self) -> list[str]:
         tasks = [t.strip() for t in self.tasks.split(",") if t.strip()]
@@ -62,6 +78,10 @@ class SynthConfig(ChatClientOptions):
         return list(dict.fromkeys(tasks))
 
     def validate(self) -> None:
+        if not 0 <= self.shard < self.num_shards:
+            raise SynthError(f"--shard {self.shard} must be in [0, --num-shards {self.num_shards})")
+        if self.merge is not None and self.num_shards != 1:
+            raise SynthError("--merge takes the shards' outputs; --shard/--num-shards are for making one shard")
         self.task_list()
         parse_range(self.segment_pages, "segment-pages")
         parse_range(self.needle_pages, "needle-pages")

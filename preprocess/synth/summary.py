@@ -1,9 +1,14 @@
-"""Counts of accepted and rejected instances per task and reason, and the end-of-run table."""
+"""Counts of accepted and rejected instances per task and reason, the end-of-run table, and the run's
+output files (``TASKS.jsonl`` with its ``.rejected.jsonl`` and ``.summary.json``)."""
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+from megatron_vlm.utils.atomic import write_json
+from preprocess.synth.config import SynthConfig
 from preprocess.synth.validate import REASONS
 
 
@@ -39,3 +44,36 @@ class Summary:
                  for row in [header, *rows]]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
+
+
+@dataclass
+class SynthResult:
+    output: Path
+    rejected_path: Path
+    summary_path: Path
+    summary: dict  # per task: accepted, rejected, reasons
+    table: str  # the summary as a printable table
+    generator_stats: dict = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> int:
+        return sum(t["accepted"] for t in self.summary.values())
+
+    @property
+    def rejected(self) -> int:
+        return sum(t["rejected"] for t in self.summary.values())
+
+
+def side_paths(output: Path) -> tuple[Path, Path]:
+    """``TASKS.jsonl`` -> (``TASKS.rejected.jsonl``, ``TASKS.summary.json``)."""
+    stem = output.name[:-len(".jsonl")] if output.name.endswith(".jsonl") else output.name
+    return output.with_name(f"{stem}.rejected.jsonl"), output.with_name(f"{stem}.summary.json")
+
+
+def write_summary(config: SynthConfig, summary: Summary, stats: dict) -> SynthResult:
+    """Write ``TASKS.summary.json`` (last: its presence marks a complete output) and describe the run."""
+    output = Path(config.output)
+    rejected_path, summary_path = side_paths(output)
+    write_json(summary_path, {"config": asdict(config), "summary": summary.to_json(), "generator_stats": stats,
+                              "table": summary.table()})
+    return SynthResult(output, rejected_path, summary_path, summary.to_json(), summary.table(), stats)

@@ -1,0 +1,40 @@
+"""Small, self-contained inputs for training runs: a tiny HF Qwen2.5-VL checkpoint (4 LM layers) and a
+built dataset with its pages copied in (rows of at most 512 tokens; answers of very different lengths),
+and the ``key=value`` overrides that train it for a few steps on a CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from build_fakes import FakePool, write_tasks
+
+
+def make_train_inputs(tmp: Path, tokenizer_dir: Path) -> dict:
+    """``{"hf": HF_DIR, "data": DATA_PREFIX, "tmp": tmp}`` under ``tmp``."""
+    from megatron_vlm.models.tiny import save_tiny_checkpoint
+    from preprocess.dataset.config import BuildConfig
+    from preprocess.dataset.run import build
+
+    hf = save_tiny_checkpoint(tmp / "hf", seed=3, num_layers=4)
+    sizes = {f"{i:064x}": [(56 * (1 + (i + p) % 3), 28 * (2 + p % 2)) for p in range(2 + i % 3)] for i in range(8)}
+    pool = FakePool(tmp / "pool", sizes).register()
+    rows = []
+    for i, doc in enumerate(sizes):
+        answer = "yes" if i % 2 else " ".join(f"item {k} of the list on page {k % 3 + 1}" for k in range(12))
+        rows.append({"task": "extract-single" if i % 2 else "extract-multi", "doc_id": doc,
+                     "question": f"Question {i}: what is on page 1?", "answer": answer})
+    tasks = write_tasks(tmp / "tasks.jsonl", rows)
+    build(BuildConfig(tasks=[str(tasks)], pool=str(tmp / "pool"), tokenizer=str(tokenizer_dir),
+                      output=str(tmp / "data"), max_seq_len=512, token_budget=2500, copy_pages=True,
+                      mixture="extract-single=1,extract-multi=1", progress=False), pool=pool)
+    return {"hf": hf, "data": tmp / "data", "tmp": tmp}
+
+
+def train_overrides(inputs: dict, steps: int, **extra) -> list[str]:
+    """Overrides of the ``tiny-cpu`` recipe: ``steps`` fp32 steps of 4 rows on ``inputs``, no saves but the last."""
+    base = {"model.checkpoint": inputs["hf"], "train.train_steps": steps, "train.global_batch_size": 4,
+            "train.micro_batch_size": 1, "train.precision": "fp32", "optimizer.lr": 3e-3,
+            "optimizer.min_lr": 3e-4, "optimizer.warmup_fraction": 0.0, "optimizer.weight_decay": 0.0,
+            "checkpoint.save_interval": 0, "checkpoint.keep_last": 3, "logging.log_interval": 1,
+            "logging.tensorboard": False, "data.num_workers": 0, **extra}
+    return [f"data.train=[{{prefix: {inputs['data']}}}]"] + [f"{k}={v}" for k, v in base.items()]
