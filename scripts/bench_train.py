@@ -4,6 +4,7 @@
     python scripts/bench_train.py data-wait    # share of the step spent waiting for the loader at 128K rows
     python scripts/bench_train.py checkpoint   # save / load time and size, tiny and ~100M configs
     python scripts/bench_train.py data-path    # decode CPU and host memory per rank: TP1 vs TP2 x CP2
+    python scripts/bench_train.py gpu          # one GPU, bf16: tokens/s, TFLOP/s, MFU, peak memory (tiny, 1b; 8K, 32K)
 
 Inputs (pools, datasets, checkpoints) are made once under --work (default /tmp/longvlm-bench).
 """
@@ -175,12 +176,36 @@ def _load(data: str, batches: str, cp_size: str, cp_rank: str, tp_size: str, tp_
     print(json.dumps([cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, pixels, images]))
 
 
+def gpu(args) -> None:
+    """``longvlm train`` on one GPU in bf16 (Megatron's distributed optimizer, mixed precision) on real rows
+    of 144-dpi pages: throughput, model TFLOP/s, MFU against the GPU's preset and peak memory."""
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.exit("gpu: needs a CUDA GPU")
+    os.environ["LONGVLM_DEVICE"] = "cuda"
+    pool = make_pool(args.work / "pool144", 144)
+    print(f"{torch.cuda.get_device_name()}; median of steps 3..{args.steps}; one process, bf16")
+    for size in args.sizes.split(","):
+        model = make_model(args.work / "models" / size, size)
+        for seq in (8192, 32768):
+            data = make_dataset(pool, args.work / f"data144-{seq}", seq, 3e5 * seq / 8192)
+            recs = train_run(args.work, f"gpu-{size}-{seq}", model, data, args.steps,
+                             **{"train.precision": "bf16", "data.num_workers": 2, "train.seq_length": seq})[2:]
+            med = {k: statistics.median(r[k] for r in recs) for k in ("tokens_per_s", "tflops_per_gpu", "step_time")}
+            mfu = statistics.median(r["mfu"] for r in recs) if all("mfu" in r for r in recs) else float("nan")
+            memory = max(r["max_memory_gib"] for r in recs)
+            print(f"  {size:5s} {seq // 1024:3d}K rows: {med['tokens_per_s']:9,.0f} tokens/s/GPU  "
+                  f"{med['tflops_per_gpu']:6.1f} TFLOP/s  MFU {mfu:6.1%}  peak memory {memory:5.1f} GiB  "
+                  f"({med['step_time']:.3f} s/step)")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1].startswith("_"):  # a measurement in its own process
         {"_load": _load, "_checkpoint_io": _checkpoint_io}[sys.argv[1]](*sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bench", choices=["overhead", "data-wait", "checkpoint", "data-path"])
+    parser.add_argument("bench", choices=["overhead", "data-wait", "checkpoint", "data-path", "gpu"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/longvlm-bench"))
     parser.add_argument("--size", default="small", help="overhead: model size (tiny, small, 100m, 1b)")
     parser.add_argument("--dpi", type=int, default=72, help="overhead/checkpoint: page resolution of the pool")
@@ -188,9 +213,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="data-wait: loader processes")
     parser.add_argument("--batches", type=int, default=4, help="data-path: micro-batches per rank")
+    parser.add_argument("--sizes", default="tiny,1b", help="gpu: model sizes")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    {"overhead": overhead, "data-wait": data_wait, "checkpoint": checkpoint, "data-path": data_path}[args.bench](args)
+    {"overhead": overhead, "data-wait": data_wait, "checkpoint": checkpoint, "data-path": data_path,
+     "gpu": gpu}[args.bench](args)
 
 
 if __name__ == "__main__":

@@ -83,15 +83,20 @@ def test_one_process_run_writes_everything_and_learns(setup, reference):
 
 def test_loss_is_the_mean_over_answer_tokens_of_the_global_batch(setup, reference):
     """Step 1's loss and gradient norm equal an independent computation with transformers' model on the
-    same rows: sum of answer-token losses / answer tokens (not a mean of per-micro-batch means)."""
+    same rows: sum of answer-token losses / answer tokens (not a mean of per-micro-batch means); the
+step's model FLOPs are those of the same samples."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from megatron_vlm.data.loader import build_data_loader
+    from megatron_vlm.flops import model_flops
+    from megatron_vlm.models.hf_config import Qwen25VLArch
 
+    arch = Qwen25VLArch.from_hf(setup["hf"])
     _, recs = reference
     hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(setup["hf"], dtype=torch.float32)
     loader = build_data_loader(setup["data"], 1, seed=1234, total_samples=4, num_workers=0)
     sums, counts = [], []  # per micro-batch (= packed row): summed answer-token loss, answer tokens
+    flops = 0.0  # model FLOPs of the rows as this test sees them: samples apart, output layer on answers only
     for batch in loader:
         ids, grids, pixels = batch["input_ids"][0], batch["image_grid_thw"], batch["pixel_values"]
         cu = batch["cu_seqlens"].tolist()
@@ -108,6 +113,7 @@ def test_loss_is_the_mean_over_answer_tokens_of_the_global_batch(setup, referenc
             logits = hf(input_ids=sample, **kw).logits[0].float()
             per_token = torch.nn.functional.cross_entropy(logits, batch["labels"][0, lo:hi], reduction="none")
             row_sum = row_sum + (per_token * batch["loss_mask"][0, lo:hi]).sum()
+            flops += model_flops(arch, [hi - lo], g.tolist(), int(batch["loss_mask"][0, lo:hi].sum())).total
             image, patch = image + n_images, patch + n_patches
         sums.append(row_sum)
         counts.append(batch["loss_mask"].sum())
@@ -116,6 +122,9 @@ def test_loss_is_the_mean_over_answer_tokens_of_the_global_batch(setup, referenc
     mean_of_means = sum(s / c for s, c in zip(sums, counts)) / len(sums)
     assert abs(token_mean - mean_of_means) > 100 * 2e-4  # the two normalizations are told apart
     assert recs[0]["loss"] == pytest.approx(token_mean.item(), abs=2e-4)
+    assert recs[0]["model_flops"] == pytest.approx(flops, rel=1e-12)
+    assert recs[0]["tflops_per_gpu"] == pytest.approx(flops / recs[0]["step_time"] / 1e12, rel=1e-9)
+    assert "mfu" not in recs[0]  # no GPU, no peak given
     token_mean.backward()
     norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in hf.parameters() if p.grad is not None))
     assert recs[0]["grad_norm"] == pytest.approx(norm.item(), rel=1e-3)
@@ -133,6 +142,7 @@ def test_parallel_layouts_match_one_process(setup, reference, layout):
     for a, b in zip(recs, ref, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=2e-5), (a["step"], a["loss"], b["loss"])
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert a["model_flops"] == pytest.approx(b["model_flops"], rel=1e-12)  # all ranks' batches, no padding
     ours, theirs = weights(run_dir), weights(ref_dir)
     assert ours.keys() == theirs.keys()
     # Adam turns the rounding noise of near-zero gradients into updates of up to lr x steps (9e-3): all
@@ -243,7 +253,8 @@ def test_validation_keep_last_and_tensorboard(setup):
     run_dir = setup["tmp"] / "valid"
     recs = train(setup, run_dir, **{"data.valid": setup["data"], "logging.eval_interval": 1,
                                     "logging.eval_batches": 2, "checkpoint.save_interval": 1,
-                                    "checkpoint.keep_last": 2, "logging.tensorboard": "true"})
+                                    "checkpoint.keep_last": 2, "logging.tensorboard": "true",
+                                    "logging.peak_tflops": 0.5})
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     valid = [r for r in lines if r.get("split") == "valid"]
     assert [r["step"] for r in valid] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in valid)
@@ -257,6 +268,18 @@ def test_validation_keep_last_and_tensorboard(setup):
     acc = EventAccumulator(str(run_dir / "tensorboard"))
     acc.Reload()
     assert [e.value for e in acc.Scalars("train/loss")] == pytest.approx([r["loss"] for r in recs])
+    # MFU against the given peak: model FLOPs / step time / ranks / peak
+    assert [r["mfu"] for r in recs] == pytest.approx([r["model_flops"] / r["step_time"] / 0.5e12 for r in recs])
+    assert [e.value for e in acc.Scalars("train/mfu")] == pytest.approx([r["mfu"] for r in recs], rel=1e-6)
+
+
+def test_mfu_peak_of_the_gpu_by_its_name():
+    from megatron_vlm.hardware import GPUS, gpu_preset
+
+    assert gpu_preset("NVIDIA H100 80GB HBM3") is GPUS["h100"] and gpu_preset("NVIDIA H200") is GPUS["h200"]
+    assert gpu_preset("NVIDIA A100-SXM4-80GB") is GPUS["a100"]
+    assert gpu_preset("NVIDIA GeForce RTX 4090") is None  # unlisted: TFLOP/s only, or logging.peak_tflops
+    assert GPUS["h100"].peak_flops("bf16") == 989.4e12
 
 
 def test_nan_loss_stops_with_the_step_and_its_samples(setup, capsys):

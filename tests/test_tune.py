@@ -10,11 +10,12 @@ import yaml
 
 from launch.tune.layout import Layout
 from launch.tune.memory import GIB, Setup, activations, model_states
-from launch.tune.presets import GPUS, MODELS
+from launch.tune.presets import MODELS
 from launch.tune.workload import Row, dataset_workload, synthetic_workload
 from longvlm import api
 from longvlm.cli import main
 from megatron_vlm.flops import model_flops
+from megatron_vlm.hardware import GPUS
 from megatron_vlm.models.hf_config import Qwen25VLArch
 
 SEVEN_B = Qwen25VLArch.from_hf(MODELS["qwen2.5-vl-7b"])

@@ -96,6 +96,9 @@ class LoggingSettings:
     eval_interval: int = 0  # steps between validation passes over data.valid (0: never)
     eval_batches: int = 8  # micro-batches per data-parallel rank per validation pass
     tensorboard: bool = True
+    # dense peak TFLOP/s of one GPU at train.precision, for MFU; None: the preset of the GPU found
+    # (megatron_vlm.hardware.GPUS: H100, H200, A100, H20, B200), else only TFLOP/s per GPU is logged
+    peak_tflops: float | None = None
 
 
 @dataclass
@@ -157,6 +160,8 @@ class TrainConfig:
         for key in ("warmup_fraction", "wsd_decay_fraction"):
             if not 0 <= getattr(self.optimizer, key) < 1:
                 raise RecipeError(f"optimizer.{key} must be in [0, 1), got {getattr(self.optimizer, key)}")
+        if self.logging.peak_tflops is not None and not self.logging.peak_tflops > 0:
+            raise RecipeError(f"logging.peak_tflops must be positive, got {self.logging.peak_tflops}")
         for key in ("save_interval",):
             if getattr(self.checkpoint, key) < 0:
                 raise RecipeError(f"checkpoint.{key} must be >= 0")

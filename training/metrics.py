@@ -1,7 +1,8 @@
 """What a run reports: a progress line per log interval, ``metrics.jsonl``, TensorBoard, a loss curve.
 
 Only the first rank writes. ``metrics.jsonl`` has one object per step (``step``, ``loss``, ``lr``,
-``grad_norm``, ``tokens``, ``step_time`` and more, see docs/training.md) and one per validation pass
+``grad_norm``, ``tokens``, ``step_time``, ``model_flops``, ``tflops_per_gpu``, ``mfu`` and more, see
+docs/training.md) and one per validation pass
 (``"split": "valid"``); it is appended to, so a resumed run continues the same file (steps after the
 resumed checkpoint that a crash left behind are dropped first).
 """
@@ -13,6 +14,11 @@ import math
 import sys
 import time
 from pathlib import Path
+
+import torch
+
+from megatron_vlm import runtime
+from megatron_vlm.hardware import gpu_preset
 
 METRICS = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
@@ -29,9 +35,10 @@ class MetricsLogger:
     """Progress lines, ``metrics.jsonl`` and TensorBoard events of one run (rank 0 only)."""
 
     def __init__(self, run_dir: str | Path, total_steps: int, *, enabled: bool, tensorboard: bool,
-                 log_interval: int, resume_from: int = 0, peak_flops: float | None = None):
+                 log_interval: int, resume_from: int = 0, world_size: int = 1, peak_flops: float | None = None):
+        """``peak_flops``: one GPU's dense peak FLOP/s (:func:`peak_flops`); ``None``: no MFU."""
         self.run_dir, self.total, self.enabled = Path(run_dir), total_steps, enabled
-        self.log_interval, self.peak_flops = log_interval, peak_flops
+        self.log_interval, self.world_size, self.peak_flops = log_interval, world_size, peak_flops
         self.path = self.run_dir / METRICS
         self.writer = None
         self.window: list[dict] = []
@@ -53,9 +60,15 @@ class MetricsLogger:
         self.path.write_text("".join(line + "\n" for line in keep))
 
     def step(self, record: dict) -> None:
-        """Record one optimizer step; print a progress line every ``log_interval`` steps."""
+        """Record one optimizer step; print a progress line every ``log_interval`` steps. A record with
+        ``model_flops`` (all ranks) and ``step_time`` gets ``tflops_per_gpu`` and, with a peak, ``mfu``."""
         if not self.enabled:
             return
+        if record.get("model_flops"):
+            per_gpu = record["model_flops"] / record["step_time"] / self.world_size
+            record["tflops_per_gpu"] = per_gpu / 1e12
+            if self.peak_flops:
+                record["mfu"] = per_gpu / self.peak_flops
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:
@@ -105,6 +118,17 @@ class MetricsLogger:
         if self.writer is not None:
             self.writer.close()
         plot_losses(self.path, self.run_dir / LOSS_PLOT)
+
+
+def peak_flops(peak_tflops: float | None, precision: str) -> float | None:
+    """One GPU's dense peak FLOP/s at ``precision``: ``peak_tflops`` when given, else the preset of this
+    machine's GPU (``megatron_vlm.hardware``); ``None`` on a CPU or an unlisted GPU (no MFU then)."""
+    if peak_tflops:
+        return peak_tflops * 1e12
+    if not runtime.use_cuda():
+        return None
+    spec = gpu_preset(torch.cuda.get_device_name())
+    return spec.peak_flops(precision) if spec is not None and spec.peak_flops(precision) else None
 
 
 def read_metrics(path: str | Path) -> list[dict]:

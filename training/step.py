@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -19,7 +19,9 @@ from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_vlm.data.image_share import ImageShare, gather_pixels
+from megatron_vlm.flops import model_flops
 from megatron_vlm.models.context_parallel import cp_slice
+from megatron_vlm.models.hf_config import Qwen25VLArch
 from megatron_vlm.runtime import device
 
 _MODEL_INPUTS = ("input_ids", "position_ids", "cu_seqlens", "labels", "loss_mask")
@@ -39,7 +41,7 @@ def prepare_batch(batch: dict, share: ImageShare, pixel_dtype: torch.dtype = tor
         out["pixel_values"] = gather_pixels(pixels, patches, share, ps.get_tensor_model_parallel_group())
     out["real_tokens"] = int(batch["real_tokens"])
     out["computed_tokens"] = batch["input_ids"].numel()
-    out["image_grid_thw_all"] = grids
+    out["flop_shapes"] = (batch["sample_lengths"].tolist(), grids.tolist(), int(batch["loss_mask"].sum()))
     return out
 
 
@@ -86,8 +88,7 @@ class StepResult:
     real_tokens: int  # tokens of the packs, all data-parallel ranks
     computed_tokens: int  # tokens the model ran on (padding included)
     data_wait: float  # seconds this rank waited for its loader
-    image_grids: list = field(default_factory=list)  # this rank's micro-batches' image grids (FLOP count)
-    lengths: list = field(default_factory=list)  # this rank's micro-batches' segment lengths (FLOP count)
+    model_flops: float = 0.0  # forward + backward model FLOPs, all data-parallel ranks (megatron_vlm.flops)
 
 
 class _MicroBatches:
@@ -101,7 +102,7 @@ class _MicroBatches:
         self.uses: dict[int, int] = {}
         self.wait = 0.0
         self.real_tokens = self.computed_tokens = 0
-        self.grids, self.lengths = [], []
+        self.shapes = []  # (sample lengths, image grids, answer tokens) of each micro-batch
 
     def _get(self, k: int) -> dict:
         if k not in self.loaded:
@@ -110,8 +111,7 @@ class _MicroBatches:
             self.wait += time.perf_counter() - start
             self.real_tokens += batch["real_tokens"]
             self.computed_tokens += batch["computed_tokens"]
-            self.grids.append(batch["image_grid_thw_all"])
-            self.lengths.append(torch.diff(batch["cu_seqlens"].cpu()).tolist())
+            self.shapes.append(batch["flop_shapes"])
             self.loaded[k], self.uses[k] = batch, 0
         batch = self.loaded[k]
         self.uses[k] += 1
@@ -135,15 +135,18 @@ def _reduce_loss(losses: list[dict]) -> tuple[float, int, float]:
     return (total / tokens if tokens else float("nan")), int(tokens), (right / tokens if tokens else 0.0)
 
 
-def _sum_over_dp(value: int) -> int:
+def _sum_over_dp(value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device())
     torch.distributed.all_reduce(t, group=ps.get_data_parallel_group())
-    return int(t.item())
+    return t.item()
 
 
 def run_schedule(chunks, loader_iter, num_microbatches: int, share: ImageShare, seq_length: int,
-                 micro_batch_size: int, forward_only: bool, score: bool = False) -> tuple[StepResult, list]:
+                 micro_batch_size: int, forward_only: bool, score: bool = False,
+                 arch: Qwen25VLArch | None = None) -> tuple[StepResult, list]:
     """Forward (and backward) of one global batch through Megatron-Core's schedule; no optimizer step.
+
+    ``arch``: count the batch's model FLOPs (``StepResult.model_flops``) for that architecture.
 
     ``score`` (forward only): also the argmax accuracy, and per-row results in the last stage's
     ``losses[k]["rows"]`` (``[loss sum, answer tokens, right tokens]`` of each row of micro-batch ``k``).
@@ -156,7 +159,9 @@ def run_schedule(chunks, loader_iter, num_microbatches: int, share: ImageShare, 
         model=chunks if len(chunks) > 1 else chunks[0], num_microbatches=num_microbatches,
         seq_length=seq_length, micro_batch_size=micro_batch_size, forward_only=forward_only)
     loss, tokens, accuracy = _reduce_loss(losses)
-    result = StepResult(loss=loss, answer_tokens=tokens, accuracy=accuracy, real_tokens=_sum_over_dp(batches.real_tokens),
-                        computed_tokens=_sum_over_dp(batches.computed_tokens), data_wait=batches.wait,
-                        image_grids=batches.grids, lengths=batches.lengths)
+    flops = sum(model_flops(arch, *shapes).total for shapes in batches.shapes) if arch is not None else 0.0
+    result = StepResult(loss=loss, answer_tokens=tokens, accuracy=accuracy,
+                        real_tokens=int(_sum_over_dp(batches.real_tokens)),
+                        computed_tokens=int(_sum_over_dp(batches.computed_tokens)), data_wait=batches.wait,
+                        model_flops=_sum_over_dp(flops))
     return result, losses

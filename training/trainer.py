@@ -21,7 +21,7 @@ from training.checkpoint import Checkpointer, TrainState
 from training.config import RecipeError, TrainConfig, to_yaml
 from training.data import DataPlan, image_share, plan_data, train_loader, valid_loader
 from training.guard import LossGuard, TrainingStopped
-from training.metrics import MetricsLogger, warn
+from training.metrics import MetricsLogger, peak_flops, warn
 from training.model import ModelParts, build_model
 from training.optimizer import build_optimizer, build_scheduler
 from training.run_dir import StartPoint, check_run_dir, convert_start, start_point, write_config
@@ -140,7 +140,9 @@ class Trainer:
         loader = train_loader(config, plan, state.consumed_samples)
         batches = iter(loader)
         metrics = MetricsLogger(self.run_dir, plan.steps, enabled=self.rank0, tensorboard=config.logging.tensorboard,
-                                log_interval=config.logging.log_interval, resume_from=state.iteration)
+                                log_interval=config.logging.log_interval, resume_from=state.iteration,
+                                world_size=torch.distributed.get_world_size(),
+                                peak_flops=peak_flops(config.logging.peak_tflops, config.train.precision))
         guard = LossGuard(config.guard, state.recent_losses)
         self._say(f"training {plan.steps} steps of {plan.global_batch_size} rows (<= {plan.seq_length:,} tokens), "
                   f"from step {state.iteration}; run directory {self.run_dir}")
@@ -151,7 +153,7 @@ class Trainer:
                     chunk.zero_grad_buffer()
                 optimizer.zero_grad()
                 result, _ = run_schedule(parts.chunks, batches, num_micro, share, plan.seq_length,
-                                         config.train.micro_batch_size, forward_only=False)
+                                         config.train.micro_batch_size, forward_only=False, arch=self.checked.start.arch)
                 verdict = guard.judge(result.loss)
                 note = None
                 if verdict is not None:
@@ -175,7 +177,9 @@ class Trainer:
                     "grad_norm": grad_norm, "tokens": result.real_tokens, "answer_tokens": result.answer_tokens,
                     "computed_tokens": result.computed_tokens, "padding_ratio": result.computed_tokens / max(1, result.real_tokens),
                     "step_time": step_time, "tokens_per_s": result.real_tokens / step_time,
-                    "data_wait": result.data_wait, "consumed_samples": state.consumed_samples,
+                    "data_wait": result.data_wait, "model_flops": result.model_flops,
+                    "consumed_samples": state.consumed_samples,
+                    **({"max_memory_gib": torch.cuda.max_memory_allocated() / 2**30} if runtime.use_cuda() else {}),
                     **({"note": "skipped" if verdict[0] == "skip" else "warned"} if verdict else {})})
                 if config.logging.eval_interval and step % config.logging.eval_interval == 0:
                     metrics.valid(step, self._validate(parts, share, plan))

@@ -15,8 +15,8 @@ import psutil
 import torch
 import torch.nn.functional as F
 
-from launch.tune.presets import GpuSpec
 from launch.tune.timing import Efficiency
+from megatron_vlm.hardware import GpuSpec
 
 # token x in x out: the shapes of transformer layers of hidden 256-512 at 512-2048 tokens
 GEMM_SHAPES = tuple((tokens, a, b) for tokens in (512, 2048) for a, b in ((512, 1536), (1536, 512), (256, 768),

@@ -15,8 +15,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launch.tune.presets import GPUS, MODELS
+from launch.tune.presets import MODELS
 from megatron_vlm.errors import ConfigError, LongVLMError, OutputExistsError
+from megatron_vlm.hardware import GPUS
 from megatron_vlm.models.config import ATTENTION_BACKENDS, RECOMPUTE_MODES
 from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_from_args
 

@@ -24,11 +24,11 @@ from launch.tune.memory import (
     estimate_memory,
     model_states,
 )
-from launch.tune.presets import GpuSpec
 from launch.tune.timing import Efficiency, TimeEstimate, estimate_time
 from launch.tune.workload import Workload
 from megatron_vlm.data.vision import PATCH_DIM
 from megatron_vlm.errors import ConfigError
+from megatron_vlm.hardware import GpuSpec
 from megatron_vlm.models.config import RECOMPUTE_MODES
 from megatron_vlm.models.hf_config import Qwen25VLArch
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, replace
 
 from launch.tune.layout import Layout
 from launch.tune.memory import ModelStates, Setup, activations, model_states, stage_parameters
-from launch.tune.presets import GpuSpec
 from launch.tune.workload import Row
 from megatron_vlm.flops import FlopCount
+from megatron_vlm.hardware import GpuSpec
 from megatron_vlm.models.hf_config import Qwen25VLArch
 
 

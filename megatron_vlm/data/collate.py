@@ -14,7 +14,8 @@ it, to the longest row rounded up to ``pad_multiple``: rows train at their own l
 - ``image_grid_thw`` ``[images, 3]``, images in row order; ``pixel_values`` ``[patches, 1176]`` of
   the decoded images (those whose ``pages`` entry is not ``None``: one contiguous range, see
   ``megatron_vlm.data.image_share``) and ``pixel_range`` ``[2]``, that ``[first, last)`` image range;
-- ``real_tokens``: the tokens of the packs (the rest of ``b * s`` is padding).
+- ``real_tokens``: the tokens of the packs (the rest of ``b * s`` is padding); ``sample_lengths``
+  ``[n]`` int64: the packed samples' lengths, rows in order, padding not included (model FLOPs).
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def collate_packs(items: list[dict], seq_length: int | None = None, pad_id: int 
         "cu_seqlens": torch.tensor(cu, dtype=torch.int32),
         "image_grid_thw": torch.from_numpy(np.concatenate([it["image_grid_thw"] for it in items])),
         "real_tokens": torch.tensor(sum(len(it["input_ids"]) for it in items)),
+        "sample_lengths": torch.from_numpy(np.concatenate([np.diff(it["cu_seqlens"]) for it in items]).astype(np.int64)),
     }
     if all("pages" in it for it in items):
         pages = [page for it in items for page in it["pages"]]

@@ -122,8 +122,10 @@ def grads_in_unsplit_layout(model, path: Path) -> dict[str, torch.Tensor]:
 
 
 def relative(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """``max|x - ref| / max|ref|``."""
-    return ((x - ref).abs().max() / ref.abs().max()).item()
+    """``max|x - ref| / max|ref|``; ``max|x - ref|`` where ``ref`` is all zero (e.g. the loss of a CP rank
+    without answer tokens)."""
+    diff, scale = (x - ref).abs().max(), ref.abs().max()
+    return (diff / scale if scale > 0 else diff).item()
 
 
 def max_grad_diff(grads, ref_grads) -> tuple[float, str]:
