@@ -119,6 +119,35 @@ def test_worker_processes_give_the_same_batches(built):
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
+def test_workers_outlive_the_exit_signals_and_stop_when_told(built):
+    """SLURM signals every process of a step: the workers ignore the trainer's exit signals (the rank saves
+    on them), and ``stop_workers`` still ends them (multiprocessing's exit handler could not: it sends
+    SIGTERM and then waits)."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    from megatron_vlm.data.loader import stop_workers
+
+    prefix, pool, _ = built
+    before = {p.pid for p in psutil.Process().children()}
+    loader = build_data_loader(prefix, 1, pool=pool, seed=3, total_samples=4, num_workers=1,
+                               worker_ignored_signals=["SIGTERM", "SIGUSR1"])
+    iterator = iter(loader)
+    next(iterator)
+    workers = [p for p in psutil.Process().children() if p.pid not in before]
+    assert len(workers) == 1
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        os.kill(workers[0].pid, sig)
+    time.sleep(1.0)
+    assert workers[0].is_running() and workers[0].status() != psutil.STATUS_ZOMBIE
+    next(iterator)  # still serving batches
+    stop_workers(iterator)
+    assert not workers[0].is_running()
+
+
 def test_changed_pool_or_missing_files_are_clear_errors(built, tmp_path):
     prefix, pool, _ = built
     manifest = pool.pool_dir / "manifest.jsonl"

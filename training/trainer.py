@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from megatron_vlm import runtime
+from megatron_vlm.data.loader import stop_workers
 from megatron_vlm.formats.checkpoint import load_into_model
 from megatron_vlm.utils.transformer_engine import transformer_engine_error
 from training.checkpoint import Checkpointer, TrainState
@@ -138,7 +139,6 @@ class Trainer:
         share = image_share(config.parallel)
         num_micro = plan.global_batch_size // (config.train.micro_batch_size * self.checked.dp)
         loader = train_loader(config, plan, state.consumed_samples)
-        batches = iter(loader)
         metrics = MetricsLogger(self.run_dir, plan.steps, enabled=self.rank0, tensorboard=config.logging.tensorboard,
                                 log_interval=config.logging.log_interval, resume_from=state.iteration,
                                 world_size=torch.distributed.get_world_size(),
@@ -146,6 +146,7 @@ class Trainer:
         guard = LossGuard(config.guard, state.recent_losses)
         self._say(f"training {plan.steps} steps of {plan.global_batch_size} rows (<= {plan.seq_length:,} tokens), "
                   f"from step {state.iteration}; run directory {self.run_dir}")
+        batches = iter(loader)
         try:
             for step in range(state.iteration + 1, plan.steps + 1):
                 start = time.perf_counter()
@@ -195,6 +196,7 @@ class Trainer:
                               "to be requeued (rerun the same command to resume)")
                     return REQUEUE_EXIT
         finally:
+            stop_workers(batches)  # they ignore the exit signals: only this stops them
             metrics.close()
         return 0
 

@@ -48,9 +48,19 @@ def _ignore_signals(names: tuple[str, ...], worker_id: int) -> None:
     """A worker's start: ignore ``names``. SLURM signals every process of a job step (``--signal``,
     ``scancel --signal``, preemption), loader workers included; a worker killed by the signal would make
     the training process fail ("DataLoader worker is killed by signal") instead of saving on it. The
-    workers still stop when the loader shuts them down, or when their parent has died."""
+    workers still stop when their iterator shuts them down (:func:`stop_workers`), or when their parent
+    has died."""
     for name in names:
         signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+def stop_workers(iterator) -> None:
+    """Shut the worker processes of a loader's iterator down now, not whenever it is garbage-collected.
+    Workers that ignore SIGTERM (:func:`_ignore_signals`) must be stopped so: at interpreter exit,
+    multiprocessing terminates the remaining workers with SIGTERM and then waits for them, forever."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's own (what its __del__ calls)
+    if shutdown is not None:
+        shutdown()
 
 
 def build_data_loader(prefix: str | Path | Sequence[str | Path], micro_batch_size: int = 1, *,
@@ -67,7 +77,7 @@ def build_data_loader(prefix: str | Path | Sequence[str | Path], micro_batch_siz
     to a fixed length; by default each micro-batch is as long as its longest row, rounded up to
     ``pad_multiple`` (``ParallelLayout.sequence_multiple``). ``worker_ignored_signals`` (e.g.
     ``["SIGTERM", "SIGUSR1"]``): signals the worker processes ignore, leaving them to the process that
-    iterates (see :func:`_ignore_signals`).
+    iterates (see :func:`_ignore_signals`; stop such workers with :func:`stop_workers`).
     """
     prefixes = [prefix] if isinstance(prefix, (str, Path)) else list(prefix)
     datasets = [BuiltDataset(p, pool=pool, pool_dir=pool_dir) for p in prefixes]
@@ -76,7 +86,7 @@ def build_data_loader(prefix: str | Path | Sequence[str | Path], micro_batch_siz
                                consumed_samples=consumed_samples, total_samples=total_samples)
     workers = dict(num_workers=num_workers)
     if num_workers > 0:
-        workers.update(prefetch_factor=prefetch_factor, persistent_workers=True,
+        workers.update(prefetch_factor=prefetch_factor,
                        worker_init_fn=functools.partial(_ignore_signals, tuple(worker_ignored_signals)))
     return torch.utils.data.DataLoader(MicroBatchItems(datasets, stream, share or ImageShare()), batch_sampler=sampler, **workers,
                                        collate_fn=functools.partial(collate_packs, seq_length=seq_length,
