@@ -4,8 +4,7 @@
     api.pool(inputs=["pdfs/"], output="pool", min_pages=0)
 
 Each function builds the stage's typed config dataclass (its fields are the CLI options, with the
-same defaults) and runs the stage in-process. Stages that are not implemented yet raise
-``NotImplementedError``.
+same defaults) and runs the stage in-process.
 """
 
 from __future__ import annotations
@@ -13,15 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 from megatron_vlm.utils.config_args import dataclass_from_options
-
-
-def _not_implemented(name: str):
-    def stage(**kwargs: Any) -> Any:
-        raise NotImplementedError(f"longvlm {name}: not implemented yet")
-
-    stage.__name__ = name
-    stage.__doc__ = f"``longvlm {name}`` (not implemented yet)."
-    return stage
 
 
 def pool(**options: Any):

@@ -10,7 +10,7 @@ and does not import torch or megatron-core. A subcommand module provides::
 Each command is also a Python function in ``longvlm.api``.
 
 Exit status: 0 success, 1 the command's own "not good" result (e.g. ``convert verify``: logits
-differ), 2 bad input (``LongVLMError``: one line, no traceback), 3 not implemented, 70 a bug (its
+differ), 2 bad input (``LongVLMError``: one line, no traceback), 70 a bug (its
 traceback is printed), 130 Ctrl-C and 143 SIGTERM (one line saying what was kept and how to resume).
 """
 
@@ -32,7 +32,7 @@ from megatron_vlm.errors import LongVLMError
 @dataclass(frozen=True)
 class Command:
     name: str
-    module: str | None  # None: not implemented yet
+    module: str  # defines add_arguments(parser) and main(args)
     summary: str
 
 
@@ -57,7 +57,6 @@ COMMANDS: tuple[Command, ...] = (
     Command("demo", "longvlm.demo", "The whole pipeline in miniature on one CPU (a few minutes)."),
 )
 
-NOT_IMPLEMENTED_EXIT = 3
 BUG_EXIT = 70  # EX_SOFTWARE: an unexpected exception (1 stays the commands' own "failed" status)
 
 
@@ -73,9 +72,8 @@ def _root_parser() -> argparse.ArgumentParser:
 
 
 def _load(command: Command):
-    """The subcommand's module (``None``: not implemented yet). A module that fails to import is a
-    broken install and keeps its ImportError."""
-    return None if command.module is None else importlib.import_module(command.module)
+    """The subcommand's module. A module that fails to import is a broken install and keeps its ImportError."""
+    return importlib.import_module(command.module)
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
@@ -86,9 +84,8 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(command.name, help=command.summary, description=command.summary)
         if command.name == selected:
             module = _load(command)
-            if module is not None:
-                module.add_arguments(p)
-                p.set_defaults(_main=module.main)
+            module.add_arguments(p)
+            p.set_defaults(_main=module.main)
     return parser
 
 
@@ -114,10 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(getattr(args, "overrides", None), list) or any(a.startswith("-") for a in extra):
             parser.parse_args(argv)  # argparse's own message for what it does not know
         args.overrides += extra
-    run = getattr(args, "_main", None)
-    if run is None:
-        print(f"longvlm {args.command}: not implemented yet", file=sys.stderr)
-        return NOT_IMPLEMENTED_EXIT
+    run = args._main
     stop = {"signal": signal.SIGINT}
 
     def on_sigterm(signum, frame):  # SLURM preemption, kill: stop like Ctrl-C (temporaries removed)

@@ -83,7 +83,8 @@ class ParallelLayout:
         """A packed row length works with this layout and the model's RoPE length, else a ``ConfigError``."""
         if model_max_length is not None and seq_len > model_max_length:
             raise ConfigError(f"rows of {seq_len:,} tokens are longer than the model's {model_max_length:,} "
-                              "(its RoPE target length); raise model.rope_target_length or build shorter rows")
+                              "(its RoPE target length); raise it (recipe key model.rope.target_length, with model.rope.mode=ntk "
+                              "for the base) or build shorter rows")
         if seq_len % self.sequence_multiple:
             raise ConfigError(f"sequence length {seq_len:,} is not a multiple of {self.sequence_multiple} "
                               f"(2*cp={2 * self.cp} chunks{', times tp under sequence parallelism' if self.sp else ''})")

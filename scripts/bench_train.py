@@ -94,7 +94,7 @@ def data_wait(args) -> None:
     data = make_dataset(pool, args.work / "data144-131072", 131072, 1.2e6)
     model = make_model(args.work / "models" / "tiny", "tiny")
     recs = train_run(args.work, "data-wait", model, data, args.steps,
-                     **{"data.num_workers": args.workers, "data.prefetch": 2})
+                     **{"data.num_workers": args.workers, "data.prefetch": 2, "model.rope.target_length": 131072})
     skip = 1  # the first batch has nothing to overlap with
     wait = sum(r["data_wait"] for r in recs[skip:]) / sum(r["step_time"] for r in recs[skip:])
     print(f"tiny model, rows of {statistics.mean(r['tokens'] for r in recs):,.0f} tokens (144 dpi, <= 131,072), "
