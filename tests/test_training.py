@@ -273,6 +273,21 @@ def test_validation_keep_last_and_tensorboard(setup):
     assert [e.value for e in acc.Scalars("train/mfu")] == pytest.approx([r["mfu"] for r in recs], rel=1e-6)
 
 
+def test_progress_line_tflops_and_mfu(tmp_path, capsys):
+    """TFLOP/s per GPU = model FLOPs / step time / world size; MFU = that / the peak (hand numbers)."""
+    from training.metrics import MetricsLogger
+
+    logger = MetricsLogger(tmp_path, 2, enabled=True, tensorboard=False, log_interval=1, world_size=8,
+                           peak_flops=500e12)
+    record = {"step": 1, "loss": 2.0, "lr": 1e-5, "grad_norm": 0.5, "tokens": 262144, "step_time": 4.0,
+              "data_wait": 0.0, "model_flops": 8 * 4.0 * 200e12, "max_memory_gib": 61.25}
+    logger.step(record)
+    assert record["tflops_per_gpu"] == pytest.approx(200.0) and record["mfu"] == pytest.approx(0.4)
+    line = capsys.readouterr().out
+    assert "MFU 40.0%" in line and "peak mem 61.2 GiB" in line and "65,536 tok/s" in line
+    assert json.loads((tmp_path / "metrics.jsonl").read_text())["mfu"] == pytest.approx(0.4)
+
+
 def test_mfu_peak_of_the_gpu_by_its_name():
     from megatron_vlm.hardware import GPUS, gpu_preset
 

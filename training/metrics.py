@@ -73,7 +73,7 @@ class MetricsLogger:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:
             for key in ("loss", "lr", "grad_norm", "tokens_per_s", "step_time", "data_wait", "mfu",
-                        "padding_ratio", "tflops_per_gpu"):
+                        "padding_ratio", "tflops_per_gpu", "max_memory_gib"):
                 if record.get(key) is not None:
                     self.writer.add_scalar(f"train/{key}", record[key], record["step"])
         self.window.append(record)
@@ -96,6 +96,8 @@ class MetricsLogger:
             parts.append(f"MFU {last['mfu']:.1%}")
         elif last.get("tflops_per_gpu") is not None:
             parts.append(f"{last['tflops_per_gpu']:.3g} TFLOP/s/GPU")
+        if last.get("max_memory_gib") is not None:
+            parts.append(f"peak mem {last['max_memory_gib']:.1f} GiB")
         if last.get("note"):
             parts.append(last["note"])
         return " | ".join(parts)
