@@ -1,4 +1,4 @@
-"""Training benchmarks on CPU (figures in docs/benchmarks.md), on real built rows of the demo PDFs.
+"""Training benchmarks (figures in docs/benchmarks.md), on real built rows of the demo PDFs; all on CPU but `gpu`.
 
     python scripts/bench_train.py overhead     # longvlm train vs a bare fwd+bwd+AdamW step, same model and rows
     python scripts/bench_train.py data-wait    # share of the step spent waiting for the loader at 128K rows
