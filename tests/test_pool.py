@@ -305,7 +305,8 @@ def test_shards_merged_equal_a_single_run(corpus, real_pdfs, tmp_path):
     assert len(dup) == 1 and dup[0]["duplicate_of"].endswith("a_float.pdf")
 
 
-def _wait_for(predicate, what: str, timeout: float = 120.0) -> None:
+def wait_for(predicate, what: str, timeout: float = 120.0) -> None:
+    """Poll ``predicate`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -327,7 +328,7 @@ def test_killed_run_resumes_to_the_identical_pool(pdf_dir, tmp_path):
     out = tmp_path / "resumed"
     proc = _cli([*inputs, "-o", str(out), *opts])
     chunks = tmp_path / ".resumed.work" / "chunks"
-    _wait_for(lambda: chunks.is_dir() and len([p for p in chunks.iterdir() if p.name.startswith("chunk-")]) >= 2,
+    wait_for(lambda: chunks.is_dir() and len([p for p in chunks.iterdir() if p.name.startswith("chunk-")]) >= 2,
               "two finished chunks")
     os.killpg(proc.pid, signal.SIGKILL)  # the parent and its worker, mid-way through slow.pdf
     proc.wait()
@@ -361,7 +362,7 @@ def test_worker_crash_loses_only_that_document(pdf_dir, tmp_path):
     proc = _cli([*inputs, "-o", str(out), "--dpi", str(DPI), "--min-pages", "0", "--chunk-docs", "1",
                  "--no-progress", "--keep-work"])
     chunks = tmp_path / ".p.work" / "chunks"
-    _wait_for(lambda: chunks.is_dir() and any(p.name == "chunk-000000" for p in chunks.iterdir()),
+    wait_for(lambda: chunks.is_dir() and any(p.name == "chunk-000000" for p in chunks.iterdir()),
               "the first chunk")
     time.sleep(0.5)  # the worker has moved on to slow.pdf (2-4 s of rendering)
     workers = [c for c in psutil.Process(proc.pid).children()
@@ -383,7 +384,7 @@ def test_sigterm_stops_the_workers_and_the_run_resumes(pdf_dir, tmp_path):
             "--no-progress", "--keep-work"]
     proc = _cli(args)
     chunks = tmp_path / ".p.work" / "chunks"
-    _wait_for(lambda: chunks.is_dir() and any(p.name == "chunk-000000" for p in chunks.iterdir()),
+    wait_for(lambda: chunks.is_dir() and any(p.name == "chunk-000000" for p in chunks.iterdir()),
               "the first chunk")
     time.sleep(0.5)
     workers = [c for c in psutil.Process(proc.pid).children()

@@ -14,11 +14,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
 from pathlib import Path
 
 import pytest
-from test_pool import pool_files
+from test_pool import pool_files, wait_for
 from train_inputs import train_overrides
 
 from launch.slurm.options import SlurmError
@@ -40,14 +39,6 @@ def records(run_dir: Path) -> list[dict]:
 
 def losses(run_dir: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in records(run_dir)]
-
-
-def wait_for(predicate, what: str, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def job_log(run_dir: Path) -> str:
@@ -100,7 +91,7 @@ def test_preempted_job_requeues_resumes_and_matches_the_uninterrupted_one(slurm_
     job = submit_training(inputs, run_dir)
     with pytest.raises(SlurmError, match=f"has job\\(s\\) {job} queued or running"):  # one job per run at a time
         submit_training(inputs, run_dir)
-    wait_for(lambda: records(run_dir), "the first step of the job (both ranks in the training loop)")
+    wait_for(lambda: records(run_dir), "the first step of the job (both ranks in the training loop)", timeout=600)
     slurm_cluster.run("scancel", "--signal=USR1", job)  # what --signal=USR1@120 sends before the time limit
     assert slurm_cluster.wait(job) == ["COMPLETED"], job_log(run_dir)[-5000:]
     log = job_log(run_dir)

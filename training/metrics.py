@@ -130,7 +130,7 @@ def peak_flops(peak_tflops: float | None, precision: str) -> float | None:
     if not runtime.use_cuda():
         return None
     spec = gpu_preset(torch.cuda.get_device_name())
-    return spec.peak_flops(precision) if spec is not None and spec.peak_flops(precision) else None
+    return (spec.peak_flops(precision) if spec is not None else 0.0) or None  # 0: no such precision (A100 fp8)
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -135,10 +135,11 @@ def _reduce_loss(losses: list[dict]) -> tuple[float, int, float]:
     return (total / tokens if tokens else float("nan")), int(tokens), (right / tokens if tokens else 0.0)
 
 
-def _sum_over_dp(value: float) -> float:
-    t = torch.tensor([value], dtype=torch.float64, device=device())
+def _sum_over_dp(*values: float) -> list[float]:
+    """Each value summed over the data-parallel ranks (one all-reduce)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device())
     torch.distributed.all_reduce(t, group=ps.get_data_parallel_group())
-    return t.item()
+    return t.tolist()
 
 
 def run_schedule(chunks, loader_iter, num_microbatches: int, share: ImageShare, seq_length: int,
@@ -160,8 +161,7 @@ def run_schedule(chunks, loader_iter, num_microbatches: int, share: ImageShare, 
         seq_length=seq_length, micro_batch_size=micro_batch_size, forward_only=forward_only)
     loss, tokens, accuracy = _reduce_loss(losses)
     flops = sum(model_flops(arch, *shapes).total for shapes in batches.shapes) if arch is not None else 0.0
-    result = StepResult(loss=loss, answer_tokens=tokens, accuracy=accuracy,
-                        real_tokens=int(_sum_over_dp(batches.real_tokens)),
-                        computed_tokens=int(_sum_over_dp(batches.computed_tokens)), data_wait=batches.wait,
-                        model_flops=_sum_over_dp(flops))
+    real, computed, flops = _sum_over_dp(batches.real_tokens, batches.computed_tokens, flops)
+    result = StepResult(loss=loss, answer_tokens=tokens, accuracy=accuracy, real_tokens=int(real),
+                        computed_tokens=int(computed), data_wait=batches.wait, model_flops=flops)
     return result, losses
