@@ -50,7 +50,7 @@ setup(
     extras_require={
         # NVIDIA apex is not on PyPI (PyPI's 'apex' is an unrelated project): build it yourself.
         "gpu": ["transformer-engine[pytorch]>=2.0,<3"],  # not run yet (no GPU in CI)
-        "dev": ["pytest>=8,<10", "ruff>=0.6,<0.18"],
+        "dev": ["pytest>=8,<10", "ruff>=0.6,<0.18", "hypothesis>=6.100,<7"],
     },
     entry_points={"console_scripts": ["longvlm=longvlm.cli:main"]},
 )
