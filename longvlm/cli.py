@@ -60,8 +60,16 @@ COMMANDS: tuple[Command, ...] = (
 BUG_EXIT = 70  # EX_SOFTWARE: an unexpected exception (1 stays the commands' own "failed" status)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like the commands' own: ``longvlm tune: error: argument
+    --gpu: invalid choice: ...`` (no usage block; ``--help`` has it). Subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def _root_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="longvlm",
         description="Long-context continued pre-training (LongPT) of Qwen2.5-VL-class models "
         "with Megatron-Core: pool -> synth -> build -> convert -> train -> eval.",

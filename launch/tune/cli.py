@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launch.tune.presets import MODELS
-from megatron_vlm.errors import ConfigError, LongVLMError, OutputExistsError
+from megatron_vlm.errors import ConfigError, LongVLMError
 from megatron_vlm.hardware import GPUS
 from megatron_vlm.models.config import ATTENTION_BACKENDS, RECOMPUTE_MODES
+from megatron_vlm.utils.atomic import check_output_file
+from megatron_vlm.utils.checks import check_number
 from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_from_args
 
 GPU_CHOICES = (*GPUS, "cpu")
@@ -141,17 +143,42 @@ def load_model(model: str):
                       f"checkpoint (no config.json) or a Megatron checkpoint (no {TRACKER_NAME})")
 
 
+MAX_SEQ_LEN = 2 ** 24  # 16M tokens, 32x the paper's longest: a synthetic row lists its pages one by one
+MAX_GPUS = 2 ** 20  # more than any cluster; the memory model keeps arrays per data-parallel rank
+
+
 def _check(config: TuneConfig) -> None:
-    for name in ("gpus", "gpus_per_node", "top"):
-        if getattr(config, name) <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
+    """Every option on its own (``run`` checks them against the model and the cluster)."""
+    for name in ("gpus", "gpus_per_node"):
+        check_number(f"--{name.replace('_', '-')}", getattr(config, name), ge=1, le=MAX_GPUS)
+    for name in ("top", "global_batch", "global_batch_tokens", "sample_tokens",
+                 "answer_tokens", "prefetch_factor", "explain"):
+        check_number(f"--{name.replace('_', '-')}", getattr(config, name), ge=1)
+    check_number("--seq-len", config.seq_len, ge=1, le=MAX_SEQ_LEN)
+    check_number("--loader-workers", config.loader_workers, ge=0)
+    for name in ("gpu_memory_gib", "peak_tflops", "hbm_gbps", "nvlink_gbps", "network_gbps", "host_memory_gib",
+                 "dpi"):
+        check_number(f"--{name.replace('_', '-')}", getattr(config, name), gt=0)
+    check_number("--fp8-tflops", config.fp8_tflops, ge=0)
+    check_number("--reserved-gib", config.reserved_gib, ge=0)
+    check_number("--image-share", config.image_share, ge=0, lt=1)
+    check_number("--fragmentation", config.fragmentation, ge=0, le=1)
+    for name in ("gemm_efficiency", "attention_efficiency"):
+        check_number(f"--{name.replace('_', '-')}", getattr(config, name), gt=0, le=1)
+    for name in ("micro_batch", "tp", "pp", "cp"):
+        for value in getattr(config, name) or ():
+            check_number(f"--{name.replace('_', '-')}", value, ge=1)
     if config.global_batch is not None and config.global_batch_tokens is not None:
         raise ConfigError("give one of --global-batch (rows) and --global-batch-tokens, not both")
     if config.gpus > config.gpus_per_node and config.gpus % config.gpus_per_node:
         raise ConfigError(f"--gpus {config.gpus} is not a whole number of nodes of --gpus-per-node "
                           f"{config.gpus_per_node}")
-    if config.write_recipe and Path(config.write_recipe).exists():
-        raise OutputExistsError(f"--write-recipe {config.write_recipe} exists; choose a new file name")
+    for name in ("tp", "pp", "cp"):
+        if bad := [v for v in getattr(config, name) or () if config.gpus % v]:
+            raise ConfigError(f"--{name} {' '.join(map(str, bad))} does not divide --gpus {config.gpus}: no layout "
+                              "can use it")
+    if config.write_recipe:
+        check_output_file(config.write_recipe, "--write-recipe", replace=False)
 
 
 def _first(*values):
@@ -182,7 +209,10 @@ def run(config: TuneConfig):
     if rows is None:
         raise ConfigError("give --global-batch (rows per step) or --global-batch-tokens, or a recipe that has one")
     if rows <= 0:
-        raise ConfigError(f"the global batch must hold at least one row of {seq_len:,} tokens")
+        raise ConfigError(f"--global-batch-tokens {config.global_batch_tokens:,} is less than one row of --seq-len "
+                          f"{seq_len:,} tokens")
+    if too_big := [m for m in config.micro_batch if m > rows]:
+        raise ConfigError(f"--micro-batch {' '.join(map(str, too_big))} exceeds the global batch of {rows} rows")
     efficiency = Efficiency(gemm=config.gemm_efficiency, attention=config.attention_efficiency)
     if config.gpu == "cpu":
         from launch.tune.calibrate import cpu_preset
@@ -193,6 +223,9 @@ def run(config: TuneConfig):
     gpu = gpu.with_overrides(memory_gib=config.gpu_memory_gib, bf16_tflops=config.peak_tflops,
                              fp8_tflops=config.fp8_tflops, hbm_gbps=config.hbm_gbps, nvlink_gbps=config.nvlink_gbps,
                              network_gbps=config.network_gbps, host_memory_gib=config.host_memory_gib)
+    reserved = _first(config.reserved_gib, 0.0 if config.gpu == "cpu" else 3.0)
+    if reserved >= gpu.memory_gib:
+        raise ConfigError(f"--reserved-gib {reserved:g} leaves nothing of the {gpu.name}'s {gpu.memory_gib:g} GiB")
     precision = _first(config.precision, train and train.precision, "fp32" if config.gpu == "cpu" else "bf16")
     backend = _first(config.attention_backend, recipe and recipe.model.attention_backend, "torch")
     if precision == "fp8" and (backend != "te" or gpu.fp8_tflops <= 0):
@@ -205,7 +238,7 @@ def run(config: TuneConfig):
     request = Request(gpus=config.gpus, gpus_per_node=min(config.gpus_per_node, config.gpus), global_batch=rows,
                       gpu=gpu, setup=setup, efficiency=efficiency,
                       allowances=Allowances(fragmentation=config.fragmentation,
-                                            reserved_gib=_first(config.reserved_gib, 0.0 if cpu else 3.0)),
+                                            reserved_gib=reserved),
                       micro_batches=tuple(config.micro_batch), recompute=tuple(config.recompute),
                       loader_workers=_first(config.loader_workers, recipe and recipe.data.num_workers),
                       prefetch_factor=_first(config.prefetch_factor, recipe and recipe.data.prefetch),

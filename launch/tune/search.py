@@ -11,6 +11,7 @@ against the language layers (fastest that fits). Feasible layouts are ranked by 
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -103,7 +104,8 @@ class Plan:
 
 
 def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted({*small, *(n // d for d in small)})
 
 
 def tp_constraints(arch: Qwen25VLArch) -> dict[str, int]:

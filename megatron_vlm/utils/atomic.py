@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from megatron_vlm.errors import OutputExistsError
+from megatron_vlm.errors import ConfigError, OutputExistsError
 
 
 def _umask() -> int:
@@ -142,10 +142,39 @@ def publish(staged: Path, target: str | os.PathLike, replace_empty_dir: bool = F
     _fsync_dir(target.parent)
 
 
+def check_creatable(path: str | os.PathLike, name: str | None = None) -> None:
+    """Raise a ``ConfigError`` naming ``name`` (an option, or the path) if ``path`` cannot be created:
+    an ancestor is a file, or the nearest existing folder is not writable."""
+    path = Path(path)
+    what = f"{name} {path}" if name else str(path)
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(f"{what}: cannot be created ({parent} is a file, not a folder)")
+    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}: cannot be created ({parent} is not writable)")
+
+
+def check_output_file(path: str | os.PathLike, name: str | None = None, *, replace: bool = True,
+                      exists_hint: str = "choose a new file name") -> None:
+    """Before any work: ``path`` can be written as a file (``replace``: an existing file may be replaced);
+    a ``ConfigError`` / ``OutputExistsError`` naming ``name`` (an option) or the path otherwise."""
+    path = Path(path)
+    what = f"{name} {path}" if name else str(path)
+    if path.is_dir():
+        raise ConfigError(f"{what}: is a folder; name a file")
+    if path.exists() and not replace:
+        raise OutputExistsError(f"{what} exists; {exists_hint}")
+    check_creatable(path, name)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a staging file beside ``path``; on success it replaces ``path``, on error it is removed."""
+    """Open a staging file beside ``path``; on success it replaces ``path``, on error it is removed.
+    ``path`` naming a folder, or a place that cannot be created, is a ``ConfigError`` naming it."""
     path = Path(path)
+    check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
     tmp = staging_name(path)

@@ -1,0 +1,300 @@
+"""Bad input gets one line, proven by generated cases (README "Bad input"; machinery in
+``tests/cli_contract.py``).
+
+Every option of every subcommand, and every scalar key of the training recipe, is tried with the bad
+values of its kind: numbers 0, -1, a huge one, nan, inf, 1e30 and a word; an unknown choice; paths that
+are missing, a folder where a file is expected and the reverse, an existing output, a location that
+cannot be created (all inside a folder whose name has a space and non-ASCII letters). Each must end
+in exit 2 with exactly one line on stderr that names the option or the file, no traceback, nothing
+created or changed, within a time limit. The tables below say what the walk cannot know: where an
+option's path points, which generated value is in fact valid for an option, and why.
+
+Count the cases: ``python -m pytest tests/test_cli_contract.py --collect-only -q -k refused | tail -1``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from cli_contract import (
+    A_FILE,
+    A_FOLDER,
+    FOREIGN_FOLDER,
+    PATH_CASES,
+    Case,
+    argv_of,
+    changes,
+    generate,
+    leaves,
+    recipe_keys,
+    run_cli,
+    snapshot,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+LIMIT_S = 60  # per case; a refusal takes milliseconds, so this never trips on a busy machine, only on a hang
+
+# --- what the walk cannot know ----------------------------------------------------------------------
+
+# Where a path option points. Keys: "LEAF OPTION" or "* OPTION" (every leaf that has it). A string
+# option in neither PATHS nor TEXT fails test_every_string_option_is_classified.
+PATHS = {
+    "pool inputs": "in-any", "pool --output": "out-dir", "pool --exclude-hashes": "in-file",
+    "synth pool": "in-dir", "synth --output": "out-file", "synth --merge": "in-file",
+    "build tasks": "in-file", "build --pool": "in-dir", "build --tokenizer": "in-dir", "build --output": "out-prefix",
+    "stats prefix": "in-prefix", "stats --plot": "out-file",
+    "convert hf-to-megatron --hf": "in-dir", "convert hf-to-megatron --out": "out-dir",
+    "convert megatron-to-hf --ckpt": "in-dir", "convert megatron-to-hf --out": "out-dir",
+    "convert megatron-to-hf --hf-template": "in-dir",
+    "convert reshard --ckpt": "in-dir", "convert reshard --out": "out-dir",
+    "convert verify --hf": "in-dir", "convert verify --ckpt": "in-dir", "convert verify --image": "in-file",
+    "train recipe": "in-file", "train --output": "out-dir",
+    "tune --model": "in-any", "tune --data": "in-prefix", "tune --write-recipe": "out-file",
+    "slurm train recipe": "in-file", "slurm train --run-dir": "out-dir", "slurm train --output": "out-file",
+    "slurm status directory": "in-dir",
+    "slurm local recipe": "in-file", "slurm local --output": "out-dir",
+    "eval score predictions": "in-file", "eval score --output": "out-file",
+    "eval niah --output": "out-dir", "eval docqa --output": "out-dir",
+    "eval niah --pool": "in-dir", "eval docqa --pool": "in-dir", "eval docqa input": "in-file",
+    "eval docqa --pdf-dir": "in-dir",
+    "* --checkpoint": "in-dir", "* --tokenizer": "in-dir",
+    "demo --output": "out-dir", "demo --pdfs": "in-dir",
+    # recipe keys
+    "train model.checkpoint": "in-dir", "train data.valid": "in-prefix", "train data.pool_dir": "in-dir",
+}
+
+# Free-text options: a value that is bad for it, or (a string starting with "no case:") why none is.
+TEXT = {
+    "synth --tasks": "ocr-everything", "synth --segment-pages": "15-8", "synth --needle-pages": "banana",
+    "* --endpoint": "no case: used only by --generator openai / --backend openai, not by the baselines",
+    "* --api-key-env": "no case: read only when a request is sent (an unset variable means no key)",
+    "* --cache-dir": "no case: used only by --generator openai / --backend openai, not by the baselines",
+    "* --model": "no case: a model name at an endpoint; any text is a name",
+    "build --mixture": "extract-single=banana", "build --length-dist": "no-such-distribution",
+    "convert megatron-to-hf --iteration": "banana", "convert reshard --iteration": "banana",
+    "convert verify --iteration": "banana", "convert megatron-to-hf --max-shard-size": "banana",
+    "convert megatron-to-hf --rope-scaling": "{not json", "convert verify --prompt": "no case: any text is a probe",
+    "train overrides": "optimizer.lr", "slurm train overrides": "optimizer.lr", "slurm local overrides": "optimizer.lr",
+    "* --time": "banana", "* --mem": "banana", "* --partition": "no case: a name the scheduler checks",
+    "* --account": "no case: a name the scheduler checks", "* --qos": "no case: a name the scheduler checks",
+    "* --job-name": "no case: any text is a job name", "* --sbatch": "exclusive", "* --dependency": "banana",
+    "* --venv": "no case: a path on the cluster's nodes, not necessarily on this machine",
+    "* --container-image": "no case: an image name the cluster resolves",
+    "* --container-mounts": "no case: srun checks it on the cluster", "* --setup": "no case: any shell line",
+    "* --env": "NO-EQUALS-SIGN",
+    "slurm pool stage_args": "--no-such-option", "slurm synth stage_args": "--no-such-option",
+    "* --backend": "banana", "* --device": "banana", "* --attn-implementation": "no case: transformers checks it "
+    "when the model loads, after the inputs are read (and it accepts custom kernels by name)",
+    "* --rope-ntk-length": "banana", "* --rope-original-length": "banana",
+    "eval niah --lengths": "banana", "eval niah --needle-modes": "banana", "eval docqa --max-context": "banana",
+    "eval docqa --instruction": "no case: any text (or '') is an instruction",
+    # recipe keys of type str
+    "train model.attention_backend": "choice", "train model.recompute": "choice", "train train.precision": "choice",
+    "train optimizer.schedule": "choice", "train guard.on_nan": "choice", "train guard.on_spike": "choice",
+    "train model.rope.mode": "choice",
+}
+
+# Generated values that are valid for an option (not run: they would do the work), with the reason.
+# Keys: "LEAF OPTION=LABEL" or "* OPTION=LABEL".
+ACCEPTED = {
+    "tune --global-batch=100000000000": "any number of rows per step can be planned for",
+    "tune --top=100000000000": "shows every layout that fits",
+    **{f"tune --{o}=1e30": "a figure of the user's own hardware: any finite positive one plans (a big one "
+       "only makes that part free)" for o in ("gpu-memory-gib", "peak-tflops", "fp8-tflops", "hbm-gbps",
+                                             "nvlink-gbps", "network-gbps", "host-memory-gib")},
+    "tune --fp8-tflops=0": "0 is a GPU without fp8 (as the a100 preset)",
+    "tune --dpi=1e30": "a page is resized to --max-pixels whatever its render resolution",
+    "tune --image-share=0": "text-only rows",
+    "tune --answer-tokens=100000000000": "capped at the row's length",
+    "tune --fragmentation=0": "no fragmentation allowance",
+    "tune --reserved-gib=0": "nothing reserved (the default with --gpu cpu)",
+    "tune --loader-workers=0": "the training process loads its own batches (data.num_workers=0)",
+    **{f"tune --{o}=100000000000": "the plan reports the host memory that many batches in flight need"
+       for o in ("loader-workers", "prefetch-factor")},
+}
+
+# Leaves where an accepted value is run to the end (cheap commands): it must exit 0 or 1, no traceback.
+CHEAP = ("tune", "stats", "eval score", "slurm status")
+
+
+def _lookup(table: dict, leaf: str, key: str):
+    return table.get(f"{leaf} {key}", table.get(f"* {key}"))
+
+
+def path_kind(leaf: str, option: str) -> str | None:
+    kind = _lookup(PATHS, leaf, option)
+    if kind:
+        return kind
+    text = _lookup(TEXT, leaf, option)
+    return "choice" if text == "choice" else ("text" if text is not None else None)
+
+
+def skip(leaf: str, option: str) -> str | None:
+    return None
+
+
+LEAVES = leaves()
+BY_NAME = {leaf.name: leaf for leaf in LEAVES}
+CASES = generate(LEAVES, path_kind, skip, recipe_leaves=("train",))
+for _leaf in LEAVES:  # free-text options with a bad value of their own
+    for _action in _leaf.options():
+        from cli_contract import action_name as _name
+
+        _bad = _lookup(TEXT, _leaf.name, _name(_action))
+        if _action.choices is None and _action.type not in (int, float) and isinstance(_bad, str) \
+                and _bad not in ("choice",) and not _bad.startswith("no case:") \
+                and not _lookup(PATHS, _leaf.name, _name(_action)):
+            CASES.append(Case(_leaf.name, _name(_action), "bad", _bad,
+                              tuple(_action.option_strings) or (_action.dest, str(_action.metavar), "{value}")))
+REFUSED = [c for c in CASES if _lookup(ACCEPTED, c.leaf, f"{c.option}={c.label}") is None]
+ACCEPTED_CASES = [c for c in CASES if c not in REFUSED]
+
+
+# --- inputs -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, train_inputs, qwen_tokenizer_dir, small_pool, convert_to_megatron, pdf_dir) -> dict:
+    """Valid inputs for every baseline (shared session fixtures, plus a tasks file and predictions)."""
+    from train_inputs import train_overrides
+
+    from longvlm import api
+
+    root = tmp_path_factory.mktemp("contract_inputs")
+    tasks = root / "tasks.jsonl"
+    api.synth(pool=str(small_pool), output=str(tasks), per_doc=1, progress=False, tasks="extract-single")
+    predictions = root / "predictions.jsonl"
+    predictions.write_text('{"question": "q", "answer": "4", "answer_format": "Int", "prediction": "4"}\n')
+    questions = root / "questions.jsonl"
+    doc = next(iter(line for line in (small_pool / "manifest.jsonl").read_text().splitlines()))
+    import json
+
+    questions.write_text(json.dumps({"doc": json.loads(doc)["doc_id"], "question": "q?", "answer": "a",
+                                     "answer_format": "Str", "evidence_pages": [1]}) + "\n")
+    run = root / "slurm run"
+    api.slurm("train", recipe="tiny-cpu", overrides=train_overrides(train_inputs, 2), run_dir=str(run),
+              gpus_per_node=0, tasks_per_node=1)
+    return {"pool": small_pool, "tasks": tasks, "tokenizer": qwen_tokenizer_dir, "hf": train_inputs["hf"],
+            "megatron": convert_to_megatron(train_inputs["hf"], 1, 1), "data": train_inputs["data"],
+            "predictions": predictions, "questions": questions, "run": run, "pdf": pdf_dir / "float.pdf",
+            "pdfs": pdf_dir, "overrides": train_overrides(train_inputs, 2),
+            "roots": [root, small_pool, qwen_tokenizer_dir, train_inputs["tmp"]]}
+
+
+def baselines(i: dict) -> dict[str, dict]:
+    """A valid command line per leaf (options by name, positionals by dest); ``{scratch}`` is the case's folder."""
+    return {
+        "pool": {"inputs": [i["pdf"]], "--output": "{scratch}/pool", "--min-pages": 0, "--progress": False},
+        "synth": {"pool": i["pool"], "--output": "{scratch}/tasks.jsonl", "--progress": False},
+        "build": {"tasks": [i["tasks"]], "--pool": i["pool"], "--tokenizer": i["tokenizer"],
+                  "--output": "{scratch}/data", "--max-seq-len": 2048, "--token-budget": 8000, "--progress": False},
+        "stats": {"prefix": i["data"]},
+        "convert hf-to-megatron": {"--hf": i["hf"], "--out": "{scratch}/meg"},
+        "convert megatron-to-hf": {"--ckpt": i["megatron"], "--out": "{scratch}/hf"},
+        "convert reshard": {"--ckpt": i["megatron"], "--out": "{scratch}/meg"},
+        "convert verify": {"--hf": i["hf"], "--ckpt": i["megatron"]},
+        "train": {"recipe": "tiny-cpu", "overrides": i["overrides"], "--output": "{scratch}/run"},
+        "tune": {"--model": "qwen2.5-vl-7b", "--gpus": 8, "--global-batch": 8, "--seq-len": 32768},
+        "slurm train": {"recipe": "tiny-cpu", "overrides": i["overrides"], "--run-dir": "{scratch}/run",
+                        "--gpus-per-node": 0, "--tasks-per-node": 1},
+        "slurm pool": {"--num-shards": 2, "stage_args": [i["pdf"], "-o", "{scratch}/pool"]},
+        "slurm synth": {"--num-shards": 2, "stage_args": [i["pool"], "-o", "{scratch}/tasks.jsonl"]},
+        "slurm status": {"directory": i["run"]},
+        "slurm local": {"recipe": "tiny-cpu", "overrides": i["overrides"], "--output": "{scratch}/run"},
+        "eval score": {"predictions": i["predictions"]},
+        "eval niah": {"--pool": i["pool"], "--checkpoint": i["hf"], "--tokenizer": i["tokenizer"],
+                      "--output": "{scratch}/niah", "--lengths": ["2K"], "--progress": False},
+        "eval docqa": {"input": i["questions"], "--pool": i["pool"], "--checkpoint": i["hf"],
+                       "--tokenizer": i["tokenizer"], "--output": "{scratch}/docqa", "--progress": False},
+        "demo": {"--output": "{scratch}/demo", "--pdfs": i["pdfs"]},
+    }
+
+
+def make_scratch(tmp_path: Path) -> Path:
+    scratch = tmp_path / "case ü ß"
+    scratch.mkdir()
+    for template in (A_FOLDER, FOREIGN_FOLDER):
+        Path(template.format(scratch=scratch)).mkdir()
+    (Path(FOREIGN_FOLDER.format(scratch=scratch)) / "notes.txt").write_text("not ours\n")
+    Path(A_FILE.format(scratch=scratch)).write_text("some text\n")
+    return scratch
+
+
+def resolve(value, scratch: Path):
+    if isinstance(value, list):
+        return [resolve(v, scratch) for v in value]
+    return str(value).replace("{scratch}", str(scratch)) if isinstance(value, (str, Path)) else value
+
+
+def case_argv(case: Case, base: dict, scratch: Path) -> tuple[list[str], str]:
+    leaf = BY_NAME[case.leaf]
+    values = {k: resolve(v, scratch) for k, v in base[case.leaf].items()}
+    value = resolve(case.value, scratch)
+    if case.option in ("overrides",) and not case.recipe_key:
+        value = values.get("overrides", []) + [value]
+    elif case.option == "stage_args":
+        value = values["stage_args"] + [value]
+    return argv_of(leaf, values, case.option, value, case.recipe_key), value
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=[c.id for c in REFUSED])
+def test_refused(case, inputs, tmp_path):
+    scratch = make_scratch(tmp_path)
+    argv, value = case_argv(case, baselines(inputs), scratch)
+    before = snapshot(scratch, *inputs["roots"])
+    result = run_cli(argv, scratch, LIMIT_S)
+    assert not result.timed_out, f"{argv}: {result.err[-2000:]}still running after {LIMIT_S} s"
+    lines = result.err.splitlines()
+    assert result.code == 2 and len(lines) == 1, f"exit {result.code}: {' | '.join(lines[-4:])[-600:]}"
+    assert lines[0].startswith(f"longvlm {case.leaf.split()[0]}"), lines[0]
+    names = [n.replace("{value}", str(value)) for n in case.names]
+    assert any(n in lines[0] for n in names), f"{lines[0]!r} names none of {names}"
+    assert not changes(before, snapshot(scratch, *inputs["roots"])), changes(before, snapshot(scratch, *inputs["roots"]))
+
+
+@pytest.mark.parametrize("case", [c for c in ACCEPTED_CASES if c.leaf in CHEAP],
+                         ids=[c.id for c in ACCEPTED_CASES if c.leaf in CHEAP])
+def test_accepted_values_of_cheap_commands_run(case, inputs, tmp_path):
+    scratch = make_scratch(tmp_path)
+    argv, _ = case_argv(case, baselines(inputs), scratch)
+    result = run_cli(argv, scratch, LIMIT_S)
+    assert not result.timed_out, f"{argv}: still running after {LIMIT_S} s"
+    assert result.code in (0, 1) and "Traceback" not in result.err, f"{argv}: exit {result.code}\n{result.err[-3000:]}"
+
+
+def test_every_string_option_is_classified():
+    """A new option whose value is a path or text must say which (PATHS or TEXT), so that it gets its cases."""
+    unknown = []
+    for leaf in LEAVES:
+        for action in leaf.options():
+            from cli_contract import action_name
+
+            name = action_name(action)
+            if action.choices is None and action.type not in (int, float) and path_kind(leaf.name, name) is None:
+                unknown.append(f"{leaf.name} {name}")
+    for key, tp in recipe_keys():
+        if tp is str and path_kind("train", key) is None:
+            unknown.append(f"train {key}")
+    assert not unknown, f"add these to PATHS or TEXT in {__file__}: {unknown}"
+
+
+def test_every_baseline_and_table_entry_is_used():
+    assert set(baselines({k: Path("x") for k in ("pool", "tasks", "tokenizer", "hf", "megatron", "data", "predictions",
+                                                 "questions", "run", "pdf", "pdfs", "overrides")})) == set(BY_NAME)
+    keys = {c.key.split(" ", len(c.leaf.split()))[-1] for c in CASES}
+    stale = [k for k in ACCEPTED if k.split(" ", 1)[1] not in keys and k not in {c.key for c in CASES}]
+    assert not stale, f"ACCEPTED entries that match no generated case: {stale}"
+
+
+def test_readme_states_the_number_of_cases():
+    text = (REPO / "README.md").read_text()
+    match = re.search(r"([\d,]+) generated bad inputs", text)
+    assert match, "README.md states the number of generated bad inputs ('N generated bad inputs')"
+    assert int(match[1].replace(",", "")) == len(REFUSED), \
+        f"README.md says {match[1]} generated bad inputs, the tests try {len(REFUSED)}: update README.md"
+
+
+def _unused():  # keep shutil and PATH_CASES imported for helpers above
+    return shutil, PATH_CASES
