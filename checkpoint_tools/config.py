@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from megatron_vlm.errors import ConfigError
 from megatron_vlm.parallel import ParallelLayout
+from megatron_vlm.utils.atomic import check_creatable
+from megatron_vlm.utils.checks import MAX_SEQ_LEN, check_number
 
 DTYPES = ("bfloat16", "float16", "float32")
 _LAYOUT_FIELDS = ("tp", "pp")  # a checkpoint is global: only TP (vocabulary padding) and PP (layers) matter
+MAX_VOCAB_MULTIPLE = 2 ** 16  # Megatron pads to 128 x TP; a multiple beyond this only wastes embedding rows
 _DTYPE_HELP = "cast every tensor to this dtype (default: keep the source dtype, e.g. bf16 in -> bf16 out)"
 
 
@@ -20,6 +24,11 @@ class HFToMegatronConfig:
     make_vocab_size_divisible_by: int = field(default=128, metadata={
         "help": "pad the vocabulary to a multiple of this times TP (Megatron's --make-vocab-size-divisible-by)"})
     dtype: str | None = field(default=None, metadata={"help": _DTYPE_HELP, "choices": DTYPES})
+
+    def check(self) -> None:
+        """The options alone, before anything is read or written."""
+        check_number("--make-vocab-size-divisible-by", self.make_vocab_size_divisible_by, ge=1, le=MAX_VOCAB_MULTIPLE)
+        check_creatable(self.out, "--out")
 
 
 @dataclass
@@ -41,6 +50,27 @@ class MegatronToHFConfig:
     max_position_embeddings: int | None = field(default=None, metadata={
         "help": "maximum positions the model was trained for (default: as recorded)"})
 
+    def check(self) -> None:
+        from checkpoint_tools.hf_io import parse_size
+
+        check_iteration(self.iteration)
+        parse_size(self.max_shard_size)
+        check_number("--rope-theta", self.rope_theta, gt=0)
+        check_number("--max-position-embeddings", self.max_position_embeddings, ge=1, le=MAX_SEQ_LEN)
+        self.rope_scaling_dict()
+        check_creatable(self.out, "--out")
+
+    def rope_scaling_dict(self) -> dict | None:
+        """``--rope-scaling`` as a dict (``None`` if not given); a ``ConfigError`` if it is not a JSON object."""
+        if self.rope_scaling is None:
+            return None
+        from megatron_vlm.utils.jsonl import parse_json
+
+        value = parse_json(self.rope_scaling, "--rope-scaling", ConfigError)
+        if not isinstance(value, dict):
+            raise ConfigError(f"--rope-scaling must be a JSON object such as '{{\"factor\": 4.0}}', got {self.rope_scaling!r}")
+        return value
+
 
 @dataclass
 class ReshardConfig:
@@ -52,6 +82,11 @@ class ReshardConfig:
         "help": "pad the vocabulary to a multiple of this times TP"})
     iteration: str | None = field(default=None, metadata={"help": "iteration to read (default: the latest)"})
     dtype: str | None = field(default=None, metadata={"help": _DTYPE_HELP, "choices": DTYPES})
+
+    def check(self) -> None:
+        check_number("--make-vocab-size-divisible-by", self.make_vocab_size_divisible_by, ge=1, le=MAX_VOCAB_MULTIPLE)
+        check_iteration(self.iteration)
+        check_creatable(self.out, "--out")
 
 
 @dataclass
@@ -65,3 +100,13 @@ class VerifyConfig:
     atol: float = field(default=1e-3, metadata={"help": "fail (exit 1) when the max abs logit difference exceeds this"})
     iteration: str | None = field(default=None, metadata={"help": "iteration to verify (default: the latest)"})
     json: bool = field(default=False, metadata={"help": "print one JSON object instead of text"})
+
+    def check(self) -> None:
+        check_number("--atol", self.atol, ge=0)
+        check_iteration(self.iteration)
+
+
+def check_iteration(iteration: str | None) -> None:
+    """``--iteration`` is a step number or ``release``."""
+    if iteration is not None and iteration != "release" and not str(iteration).isdigit():
+        raise ConfigError(f"--iteration must be a step number or 'release', got {iteration!r}")

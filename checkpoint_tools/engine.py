@@ -60,11 +60,6 @@ from megatron_vlm.utils.stop_points import stop_point
 LOAD_BATCH_BYTES = 1 << 29  # tensors read from a torch_dist checkpoint per load call
 
 
-def _check_options(cfg: HFToMegatronConfig | ReshardConfig) -> None:
-    if cfg.make_vocab_size_divisible_by < 1:
-        raise CheckpointError(f"--make-vocab-size-divisible-by must be >= 1, got {cfg.make_vocab_size_divisible_by}")
-
-
 @dataclass
 class ConversionResult:
     """What a conversion wrote."""
@@ -156,7 +151,7 @@ def _write_megatron(out: Path, iteration: int | str, tensors: dict[str, torch.Te
 def hf_to_megatron(cfg: HFToMegatronConfig) -> ConversionResult:
     """Convert an HF Qwen2.5-VL checkpoint into a torch_dist checkpoint at ``cfg.out``."""
     start = time.perf_counter()
-    _check_options(cfg)
+    cfg.check()
     layout = cfg.layout
     src = HFCheckpoint.open(cfg.hf)
     dims = Dims.from_arch(src.arch, padded_vocab_size(src.arch.vocab_size, layout.tp, cfg.make_vocab_size_divisible_by))
@@ -198,6 +193,7 @@ def _open_megatron(ckpt: str, iteration: str | None) -> tuple[MegatronCheckpoint
 def megatron_to_hf(cfg: MegatronToHFConfig) -> ConversionResult:
     """Export a torch_dist checkpoint as an HF Qwen2.5-VL directory at ``cfg.out``."""
     start = time.perf_counter()
+    cfg.check()
     src, arch, dims, mappings = _open_megatron(cfg.ckpt, cfg.iteration)
     expected = expected_hf_shapes(arch)
     template = Path(cfg.hf_template) if cfg.hf_template else None
@@ -205,12 +201,7 @@ def megatron_to_hf(cfg: MegatronToHFConfig) -> ConversionResult:
         template = Path(src.meta["source"]["hf_dir"])
     if template is not None and not template.is_dir():
         raise CheckpointError(f"--hf-template {template}: not a directory")
-    try:
-        rope_scaling = json.loads(cfg.rope_scaling) if cfg.rope_scaling else None
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"--rope-scaling: not valid JSON ({err})") from None
-    if rope_scaling is not None and not isinstance(rope_scaling, dict):
-        raise CheckpointError("--rope-scaling must be a JSON object")
+    rope_scaling = cfg.rope_scaling_dict()
     cast = _dtype(cfg.dtype)
     plan = []  # (HF name, shape, dtype) of every output tensor, from the transforms on meta tensors
     for m in mappings:
@@ -256,7 +247,7 @@ def megatron_to_hf(cfg: MegatronToHFConfig) -> ConversionResult:
 def reshard(cfg: ReshardConfig) -> ConversionResult:
     """Re-save a torch_dist checkpoint validated and vocabulary-padded for another TP/PP layout."""
     start = time.perf_counter()
-    _check_options(cfg)
+    cfg.check()
     layout = cfg.layout
     src, arch, src_dims, mappings = _open_megatron(cfg.ckpt, cfg.iteration)
     dims = Dims.from_arch(arch, padded_vocab_size(src_dims.vocab_size, layout.tp, cfg.make_vocab_size_divisible_by))

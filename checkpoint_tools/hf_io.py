@@ -9,6 +9,7 @@ with the on-disk names, ``config.json`` and ``generation_config.json``.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,12 +126,16 @@ def parse_size(text: str | int) -> int:
     """``"5GB"`` -> bytes (decimal units as in ``transformers``' ``max_shard_size``)."""
     if isinstance(text, int):
         return text
-    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-    s = text.strip().upper()
-    for unit, factor in sorted(units.items(), key=lambda kv: -len(kv[0])):
-        if s.endswith(unit):
-            return int(float(s[: -len(unit)]) * factor)
-    return int(s)
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "": 1}
+    s = str(text).strip().upper()
+    unit = next(u for u in sorted(units, key=len, reverse=True) if s.endswith(u))
+    try:
+        size = float(s[: len(s) - len(unit)])
+    except ValueError:
+        size = math.nan
+    if not (math.isfinite(size) and size * units[unit] >= 1):
+        raise ConfigError(f"--max-shard-size must be a size such as 5GB, 500MB or 2GiB, got {text!r}")
+    return int(size * units[unit])
 
 
 _SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float64: "F64",

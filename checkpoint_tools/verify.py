@@ -14,6 +14,7 @@ import torch
 
 from checkpoint_tools.config import VerifyConfig
 from checkpoint_tools.hf_io import CheckpointError
+from megatron_vlm.formats.checkpoint import MegatronCheckpoint
 from megatron_vlm.models.hf_config import Qwen25VLArch
 
 PROBE_PROMPT = "Describe each image, then read the page number in the footer."
@@ -182,7 +183,9 @@ def verify(cfg: VerifyConfig) -> VerifyResult:
     from PIL import Image
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    cfg.check()
     hf_dir = Path(cfg.hf)
+    MegatronCheckpoint.open(cfg.ckpt, cfg.iteration)  # both inputs are checked before either is loaded
     images = None
     if cfg.image:
         images = []

@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         note = getattr(sys.modules[run.__module__], "interrupted", lambda a: "nothing was written")(args)
         name = signal.Signals(stop["signal"]).name
-        print(f"\nlongvlm {args.command}: stopped by {name}; {note}", file=sys.stderr)
+        end_of_bar = "\n" if sys.stderr.isatty() else ""  # a terminal's cursor may sit after a progress bar or ^C
+        print(f"{end_of_bar}longvlm {args.command}: stopped by {name}; {note}", file=sys.stderr)
         return 128 + stop["signal"]
     except Exception:
         traceback.print_exc()

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from megatron_vlm.errors import ConfigError
+from megatron_vlm.utils.checks import MAX_GPUS
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,8 @@ class ParallelLayout:
     def __post_init__(self):
         for name in ("tp", "pp", "cp"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"parallel.{name} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or not 1 <= value <= MAX_GPUS:
+                raise ConfigError(f"parallel.{name}={value!r}: must be a positive integer (at most {MAX_GPUS:,})")
         if self.sp and self.tp == 1:
             raise ConfigError("parallel.sp (sequence parallelism) needs parallel.tp > 1")
         if self.vpp is not None and (self.vpp < 1 or self.pp == 1):

@@ -35,7 +35,7 @@ from cli_contract import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-LIMIT_S = 60  # per case; a refusal takes milliseconds, so this never trips on a busy machine, only on a hang
+LIMIT_S = 15  # per case; a refusal takes milliseconds, so this never trips on a busy machine, only on a hang
 
 # --- what the walk cannot know ----------------------------------------------------------------------
 
@@ -100,6 +100,19 @@ TEXT = {
 # Generated values that are valid for an option (not run: they would do the work), with the reason.
 # Keys: "LEAF OPTION=LABEL" or "* OPTION=LABEL".
 ACCEPTED = {
+    "* --seed=0": "a seed", "* --seed=100000000000": "a seed (numpy and torch take any integer >= 0)",
+    "* --shard=0": "the first shard", "* --num-shards=100000000000": "sharding by document hash: most shards are empty",
+    "pool --min-pages=0": "0 = no limit", "pool --max-pages=0": "0 = no limit",
+    "pool --max-pages=100000000000": "no practical limit", "pool --min-pixels=0": "no lower bound (a page is at "
+    "least one 28x28 patch anyway)", "pool --max-pixels=100000000000": "no upper bound but the render's own size",
+    "pool --min-psnr=0": "0 = do not check", "pool --page-timeout=0": "0 = no limit",
+    "pool --chunk-docs=100000000000": "chunks are cut down so that every worker has work",
+    "synth --output=existing": "a rerun writes the same tasks again, whole (atomic), as a build or pool rerun does",
+    "* --max-retries=0": "no retries", "* --retry-backoff=0": "retry at once", "synth --temperature=0": "greedy",
+    "synth --max-tokens=100000000000": "the server checks it against its model's window",
+    "build --max-repeats=1e30": "no cap on repeats (on purpose: the help says so)",
+    "build --output=a folder": "a prefix names files beside it (PREFIX.json, a hidden version folder): no conflict",
+    "build --pack-window=100000000000": "one packing window for all samples",
     "tune --global-batch=100000000000": "any number of rows per step can be planned for",
     "tune --top=100000000000": "shows every layout that fits",
     **{f"tune --{o}=1e30": "a figure of the user's own hardware: any finite positive one plans (a big one "
@@ -189,7 +202,8 @@ def baselines(i: dict) -> dict[str, dict]:
         "pool": {"inputs": [i["pdf"]], "--output": "{scratch}/pool", "--min-pages": 0, "--progress": False},
         "synth": {"pool": i["pool"], "--output": "{scratch}/tasks.jsonl", "--progress": False},
         "build": {"tasks": [i["tasks"]], "--pool": i["pool"], "--tokenizer": i["tokenizer"],
-                  "--output": "{scratch}/data", "--max-seq-len": 2048, "--token-budget": 8000, "--progress": False},
+                  "--output": "{scratch}/data", "--max-seq-len": 8192, "--token-budget": 8000, "--mixture": "extract-single=1",
+                  "--progress": False},
         "stats": {"prefix": i["data"]},
         "convert hf-to-megatron": {"--hf": i["hf"], "--out": "{scratch}/meg"},
         "convert megatron-to-hf": {"--ckpt": i["megatron"], "--out": "{scratch}/hf"},

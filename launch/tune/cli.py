@@ -20,7 +20,7 @@ from megatron_vlm.errors import ConfigError, LongVLMError
 from megatron_vlm.hardware import GPUS
 from megatron_vlm.models.config import ATTENTION_BACKENDS, RECOMPUTE_MODES
 from megatron_vlm.utils.atomic import check_output_file
-from megatron_vlm.utils.checks import check_number
+from megatron_vlm.utils.checks import MAX_GPUS, check_number
 from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_from_args
 
 GPU_CHOICES = (*GPUS, "cpu")
@@ -144,7 +144,6 @@ def load_model(model: str):
 
 
 MAX_SEQ_LEN = 2 ** 24  # 16M tokens, 32x the paper's longest: a synthetic row lists its pages one by one
-MAX_GPUS = 2 ** 20  # more than any cluster; the memory model keeps arrays per data-parallel rank
 
 
 def _check(config: TuneConfig) -> None:

@@ -18,7 +18,6 @@ per-layer keys (``non_homogeneous_layers``) are read as well.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from megatron_vlm.errors import LongVLMError
 from megatron_vlm.parallel import ParallelLayout
 from megatron_vlm.utils.atomic import atomic_write, write_json
+from megatron_vlm.utils.jsonl import read_json
 
 # torch.distributed.checkpoint wraps reader failures in CheckpointException, a BaseException
 _READ_ERRORS = (Exception, CheckpointException)
@@ -135,7 +135,7 @@ def latest_iteration(root: str | Path) -> int | str | None:
     tracker = Path(root) / TRACKER_NAME
     if not tracker.is_file():
         return None
-    iteration = tracker.read_text().strip()
+    iteration = tracker.read_bytes().decode("utf-8", "replace").strip()
     if iteration != "release" and not iteration.isdigit():
         raise CheckpointError(f"{tracker}: corrupt (expected an iteration number, got {iteration!r})")
     return iteration if iteration == "release" else int(iteration)
@@ -260,10 +260,7 @@ class MegatronCheckpoint:
         if not meta_file.is_file():
             raise CheckpointError(f"{iter_dir}: no {META_NAME} (the HF config and layout this converter records); "
                                   "write it with `longvlm convert hf-to-megatron` or copy it from the initial checkpoint")
-        try:
-            meta = json.loads(meta_file.read_text())
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{meta_file}: corrupt JSON ({err})") from None
+        meta = read_json(meta_file, CheckpointError)
         if meta.get("format") != META_FORMAT:
             raise CheckpointError(f"{meta_file}: not a {META_FORMAT} checkpoint (format={meta.get('format')!r})")
         try:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from megatron_vlm.errors import ConfigError, OutputExistsError
+from megatron_vlm.errors import ConfigError, LongVLMError, OutputExistsError
 
 
 def _umask() -> int:
@@ -142,18 +142,18 @@ def publish(staged: Path, target: str | os.PathLike, replace_empty_dir: bool = F
     _fsync_dir(target.parent)
 
 
-def check_creatable(path: str | os.PathLike, name: str | None = None) -> None:
-    """Raise a ``ConfigError`` naming ``name`` (an option, or the path) if ``path`` cannot be created:
-    an ancestor is a file, or the nearest existing folder is not writable."""
+def check_creatable(path: str | os.PathLike, name: str | None = None, error: type[LongVLMError] = ConfigError) -> None:
+    """Raise ``error`` naming ``name`` (an option) and ``path`` if ``path`` cannot be created: an ancestor
+    is a file, or the nearest existing folder is not writable."""
     path = Path(path)
     what = f"{name} {path}" if name else str(path)
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if parent.exists() and not parent.is_dir():
-        raise ConfigError(f"{what}: cannot be created ({parent} is a file, not a folder)")
+        raise error(f"{what}: cannot be created ({parent} is a file, not a folder)")
     if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what}: cannot be created ({parent} is not writable)")
+        raise error(f"{what}: cannot be created ({parent} is not writable)")
 
 
 def check_output_file(path: str | os.PathLike, name: str | None = None, *, replace: bool = True,

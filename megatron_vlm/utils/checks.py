@@ -11,19 +11,31 @@ import math
 
 from megatron_vlm.errors import ConfigError, LongVLMError
 
+MAX_GPUS = 2 ** 20  # processes of one job (and so any TP, PP, CP or DP size): more than any cluster has
+MAX_WORKERS = 1024  # processes or threads one command starts: more than any node has cores
+MAX_SEQ_LEN = 2 ** 24  # the longest packed row any stage takes: 16M tokens, 32x the paper's longest
+MAX_WAIT_S = 86400.0  # a timeout or back-off of more than a day is a typo
 
-def check_number(name: str, value: float | int | None, *, gt: float | None = None, ge: float | None = None,
-                 lt: float | None = None, le: float | None = None,
-                 error: type[LongVLMError] = ConfigError) -> None:
-    """Raise ``error`` naming ``name`` unless ``value`` is a finite number within the given bounds
-    (``gt`` > , ``ge`` >=, ``lt`` <, ``le`` <=). ``None`` (an unset optional setting) passes."""
+
+def number_error(name: str, value: object, *, gt: float | None = None, ge: float | None = None,
+                 lt: float | None = None, le: float | None = None) -> str | None:
+    """What is wrong with ``value`` as the setting ``name``: not a finite number within the bounds (``gt`` >,
+    ``ge`` >=, ``lt`` <, ``le`` <=); ``None`` if nothing is (an unset optional setting passes)."""
     if value is None:
-        return
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return f"{name} must be a number, got {value!r}"
+    if not math.isfinite(value):
+        return f"{name} must be a finite number, got {value}"
+    if (gt is None or value > gt) and (ge is None or value >= ge) and (lt is None or value < lt) \
+            and (le is None or value <= le):
+        return None
     bounds = [f"> {gt:g}" if gt is not None else "", f">= {ge:g}" if ge is not None else "",
               f"< {lt:g}" if lt is not None else "", f"<= {le:g}" if le is not None else ""]
-    wanted = " and ".join(b for b in bounds if b)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-        and (gt is None or value > gt) and (ge is None or value >= ge) \
-        and (lt is None or value < lt) and (le is None or value <= le)
-    if not ok:
-        raise error(f"{name} must be a finite number{' ' + wanted if wanted else ''}, got {value}")
+    return f"{name} must be {' and '.join(b for b in bounds if b)}, got {value}"
+
+
+def check_number(name: str, value: object, *, error: type[LongVLMError] = ConfigError, **bounds: float) -> None:
+    """Raise ``error`` with :func:`number_error`'s message if ``value`` is not a number within ``bounds``."""
+    if (problem := number_error(name, value, **bounds)) is not None:
+        raise error(problem)

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megatron_vlm.utils.atomic import check_creatable
+from megatron_vlm.utils.checks import MAX_SEQ_LEN, MAX_WORKERS, check_number
 from preprocess.dataset.errors import BuildError
 from preprocess.dataset.mixture import DEFAULT_MIXTURE
 
@@ -53,15 +55,15 @@ class BuildConfig:
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
     def validate(self) -> None:
-        if self.max_seq_len <= 0:
-            raise BuildError(f"--max-seq-len must be positive, got {self.max_seq_len}")
+        check_number("--max-seq-len", self.max_seq_len, ge=1, le=MAX_SEQ_LEN, error=BuildError)
         check_token_budget(self.token_budget)
-        if not (math.isfinite(self.max_repeats) and self.max_repeats >= 1):
-            raise BuildError(f"--max-repeats must be a number >= 1, got {self.max_repeats}")
-        if self.workers < 1:
-            raise BuildError(f"--workers must be >= 1, got {self.workers}")
+        check_number("--max-repeats", self.max_repeats, ge=1, error=BuildError)
+        check_number("--workers", self.workers, ge=1, le=MAX_WORKERS, error=BuildError)
+        check_number("--pack-window", self.pack_window, ge=1, error=BuildError)
+        check_number("--seed", self.seed, ge=0, error=BuildError)
         if not self.tasks:
             raise BuildError("no tasks files given")
         for path in self.tasks:
             if not Path(path).is_file():
                 raise BuildError(f"{path}: tasks file not found")
+        check_creatable(self.output, "-o", BuildError)

@@ -180,12 +180,15 @@ def _process(config: PoolConfig, tasks: list[ChunkTask], incidents: dict, record
         rate = state["pages"] / max(1e-9, time.monotonic() - state["t0"])
         bar.set_postfix_str(f"{state['pages']} pages, {rate:.1f} pages/s", refresh=False)
 
-    # Importing megatron-core (for assembly) takes seconds; do it while the workers render.
-    threading.Thread(target=indexed_dataset_module, name="import-megatron", daemon=True).start()
+    # Importing megatron-core (for assembly) takes seconds; do it while the workers render. Joined even on
+    # Ctrl-C: a daemon thread still importing at interpreter exit prints a cut-off "Exception in thread".
+    importer = threading.Thread(target=indexed_dataset_module, name="import-megatron")
+    importer.start()
     try:
         WorkerPool(config, incidents, record_incident, on_event).run(tasks)
     finally:
         bar.close()
+        importer.join()
 
 
 def _assemble(out: Path, work: Path, plan: dict, config: PoolConfig) -> dict:

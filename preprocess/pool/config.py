@@ -6,8 +6,10 @@ from dataclasses import asdict, dataclass, field
 
 from megatron_vlm.data.vision import MAX_PIXELS, MIN_PIXELS
 from megatron_vlm.errors import ConfigError
+from megatron_vlm.utils.checks import MAX_WAIT_S, MAX_WORKERS, check_number
 
 ENCODINGS = ("auto", "png", "jpeg")
+MAX_DPI = 1200  # a page rendered finer is only shrunk again to --max-pixels (an A4 page at 1200 dpi: 140M pixels)
 
 
 @dataclass
@@ -64,12 +66,14 @@ class PoolConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
-        for name in ("min_pages", "max_pages", "min_pixels", "max_pixels"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name in ("dpi", "workers", "chunk_docs"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("min_pages", "max_pages", "min_pixels", "max_pixels", "shard"):
+            check_number(f"--{name.replace('_', '-')}", getattr(self, name), ge=0)
+        for name in ("workers", "chunk_docs", "num_shards"):
+            check_number(f"--{name.replace('_', '-')}", getattr(self, name), ge=1,
+                         le=MAX_WORKERS if name == "workers" else None)
+        check_number("--dpi", self.dpi, ge=1, le=MAX_DPI)
+        check_number("--min-psnr", self.min_psnr, ge=0, le=100)
+        check_number("--page-timeout", self.page_timeout, ge=0, le=MAX_WAIT_S)
         if self.max_pages and self.min_pages > self.max_pages:
             raise ConfigError(f"--min-pages {self.min_pages} > --max-pages {self.max_pages}")
         if self.min_pixels > self.max_pixels:

@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from megatron_vlm.errors import LongVLMError
+from megatron_vlm.utils.checks import number_error
 from preprocess.synth.generators.chat_client import ChatClientOptions
 
 VQA_TASKS = ("extract-single", "extract-multi", "reasoning")
 OCR_TASKS = ("ocr-full", "ocr-needle")
 ALL_TASKS = VQA_TASKS + OCR_TASKS
+MAX_PER_DOC = 1000  # attempts per document and task (a document gives far fewer distinct instances)
+MAX_PER_TASK = 10_000_000  # attempts per task in all
 CONTENT_OPTIONS = ("tasks", "generator", "per_doc", "per_task", "seed", "segment_pages", "needle_pages", "model",
                    "temperature", "max_tokens")
 
@@ -85,8 +88,12 @@ class SynthConfig(ChatClientOptions):
         self.task_list()
         parse_range(self.segment_pages, "segment-pages")
         parse_range(self.needle_pages, "needle-pages")
-        if self.per_doc < 1 or (self.per_task is not None and self.per_task < 1):
-            raise SynthError("--per-doc and --per-task must be >= 1")
+        problems = [number_error("--per-doc", self.per_doc, ge=1, le=MAX_PER_DOC),
+                    number_error("--per-task", self.per_task, ge=1, le=MAX_PER_TASK),
+                    number_error("--seed", self.seed, ge=0), number_error("--temperature", self.temperature, ge=0, le=2),
+                    number_error("--max-tokens", self.max_tokens, ge=1)]
+        if problems := [p for p in problems if p]:
+            raise SynthError("; ".join(problems))
         if errors := self.client_option_errors():
             raise SynthError("; ".join(errors))
         if self.generator == "openai" and not self.model:

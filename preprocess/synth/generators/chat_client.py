@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
+from megatron_vlm.utils.checks import MAX_WAIT_S, MAX_WORKERS, number_error
 from preprocess.synth.generators.cache import ResponseCache, request_key
 
 MAX_DELAY_S = 60.0
@@ -57,14 +58,11 @@ class ChatClientOptions:
 
     def client_option_errors(self) -> list[str]:
         """What is wrong with these options (empty: nothing)."""
-        errors = []
-        if self.concurrency < 1:
-            errors.append(f"--concurrency must be >= 1, got {self.concurrency}")
-        if self.max_retries < 0:
-            errors.append(f"--max-retries must be >= 0, got {self.max_retries}")
-        if self.timeout <= 0:
-            errors.append(f"--timeout must be > 0, got {self.timeout}")
-        return errors
+        problems = [number_error("--concurrency", self.concurrency, ge=1, le=MAX_WORKERS),
+                    number_error("--max-retries", self.max_retries, ge=0, le=100),
+                    number_error("--timeout", self.timeout, gt=0, le=MAX_WAIT_S),
+                    number_error("--retry-backoff", self.retry_backoff, ge=0, le=MAX_WAIT_S)]
+        return [p for p in problems if p]
 
 
 class ChatClient:
