@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 
-from megatron_vlm.data.vision import MAX_PIXELS, MIN_PIXELS
+from megatron_vlm.data.vision import MAX_DPI, MAX_PIXELS, MIN_PIXELS
 from megatron_vlm.errors import LongVLMError
 from megatron_vlm.parallel import ParallelLayout
+from megatron_vlm.utils.checks import MAX_SEQ_LEN, number_error
 from preprocess.synth.generators.chat_client import ChatClientOptions
 
 SCORING_MODES = ("generate", "teacher-forcing")
@@ -24,6 +26,8 @@ TRUNCATE_SIDES = ("end", "middle")
 NEEDLE_MODES = ("image", "text")
 DEFAULT_LENGTHS = ("32K", "64K", "128K", "256K", "512K")
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+MAX_BATCH = 1024  # prompts per batch of the hf backend
+MAX_SAMPLES = 1000  # needles per (length, depth, mode) cell
 SHORT_ANSWER_INSTRUCTION = ("Answer with a single word, number, phrase or list only. If the document "
                             "does not contain the answer, answer \"Not answerable\".")
 
@@ -90,8 +94,24 @@ class ModelOptions(ChatClientOptions):
         errors = self.client_option_errors()
         if self.rope_base is not None and self.rope_ntk_length is not None:
             errors.append("--rope-base and --rope-ntk-length exclude each other")
-        if self.rope_base is not None and self.rope_base <= 0:
-            errors.append(f"--rope-base must be > 0, got {self.rope_base}")
+        errors += filter(None, [number_error("--rope-base", self.rope_base, gt=0),
+                                number_error("--max-new-tokens", self.max_new_tokens, ge=1, le=MAX_SEQ_LEN),
+                                number_error("--batch-size", self.batch_size, ge=1, le=MAX_BATCH),
+                                number_error("--max-batch-tokens", self.max_batch_tokens, ge=1)])
+        for option, value in (("rope-original-length", self.rope_original_length),
+                              ("rope-ntk-length", self.rope_ntk_length)):
+            if value is not None:
+                try:
+                    parse_length(value, option)
+                except EvalError as err:
+                    errors.append(str(err))
+        if self.device is not None:
+            import torch
+
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                errors.append(f"--device {self.device!r} is not a torch device (e.g. cpu, cuda, cuda:1)")
         if self.backend == "megatron" and self.scoring != "teacher-forcing":
             errors.append("--backend megatron scores by teacher forcing only: add --scoring teacher-forcing")
         if self.backend == "megatron" and not self.checkpoint:
@@ -105,9 +125,6 @@ class ModelOptions(ChatClientOptions):
             errors.append("--backend openai needs --model (the name at the endpoint) or --checkpoint")
         if not (self.tokenizer or self.checkpoint):
             errors.append("--tokenizer (or --checkpoint with its tokenizer) is needed to build and measure prompts")
-        for name in ("max_new_tokens", "batch_size", "max_batch_tokens"):
-            if getattr(self, name) < 1:
-                errors.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         return errors
 
 
@@ -118,6 +135,9 @@ class OutputOptions:
         "(summary + config); a rerun skips the examples already there")})
     limit: int | None = field(default=None, metadata={"help": "run only the first N examples (a smoke test)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def output_option_errors(self) -> list[str]:
+        return list(filter(None, [number_error("--limit", self.limit, ge=1)]))
 
 
 # Options that do not change the results: a rerun with other values resumes the same run.
@@ -155,8 +175,8 @@ class NiahConfig(ModelOptions, OutputOptions):
             errors.append(f"--depths must lie in [0, 1], got {self.depths}")
         if not self.needle_modes or any(m not in NEEDLE_MODES for m in self.needle_modes):
             errors.append(f"--needle-modes: choose from {', '.join(NEEDLE_MODES)}, got {self.needle_modes}")
-        if self.samples < 1:
-            errors.append(f"--samples must be >= 1, got {self.samples}")
+        errors += filter(None, [number_error("--samples", self.samples, ge=1, le=MAX_SAMPLES),
+                                number_error("--seed", self.seed, ge=0), *self.output_option_errors()])
         if errors:
             raise EvalError("; ".join(errors))
 
@@ -193,8 +213,12 @@ class DocQAConfig(ModelOptions, OutputOptions):
         errors = self.model_option_errors()
         if self.max_context is not None:
             parse_length(self.max_context, "max-context")
-        if self.dpi < 1 or self.min_pixels < 1 or self.max_pixels < self.min_pixels:
-            errors.append("--dpi and --min-pixels must be positive and --max-pixels >= --min-pixels")
+        errors += filter(None, [number_error("--dpi", self.dpi, ge=1, le=MAX_DPI),
+                                number_error("--min-pixels", self.min_pixels, ge=1), *self.output_option_errors()])
+        if self.max_pixels < self.min_pixels:
+            errors.append(f"--max-pixels {self.max_pixels} must be >= --min-pixels {self.min_pixels}")
+        if self.pdf_dir is not None and not Path(self.pdf_dir).is_dir():
+            errors.append(f"--pdf-dir {self.pdf_dir}: no such folder")
         if errors:
             raise EvalError("; ".join(errors))
 

@@ -19,7 +19,8 @@ import os
 from pathlib import Path
 
 from evaluation.config import EvalError
-from megatron_vlm.utils.atomic import write_json
+from megatron_vlm.utils.atomic import check_creatable, write_json
+from megatron_vlm.utils.jsonl import read_json
 
 ROWS, RUN, SUMMARY = "results.jsonl", "run.json", "results.json"
 
@@ -36,6 +37,17 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def check_directory(directory: str | Path) -> None:
+    """Before any work: ``directory`` can hold a run's results (new, empty, or a results directory already)."""
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise EvalError(f"-o {path}: exists and is not a directory")
+    check_creatable(path, "-o", EvalError)
+    if path.is_dir() and any(path.iterdir()) and not (path / RUN).is_file():
+        raise EvalError(f"-o {path}: holds other files, not the results of a longvlm eval run (no {RUN}); "
+                        "choose a new or empty folder")
+
+
 class ResultStore:
     """``run.json`` + ``results.jsonl`` of a run directory; ``writer=False`` (ranks other than 0 of a
     parallel backend) only reads which examples are done."""
@@ -48,12 +60,11 @@ class ResultStore:
             if (self.directory / ROWS).is_file():
                 self._read((self.directory / ROWS).read_bytes())
             return
-        if self.directory.exists() and not self.directory.is_dir():
-            raise EvalError(f"-o {self.directory}: exists and is not a directory")
+        check_directory(self.directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         run_path = self.directory / RUN
         if run_path.is_file():
-            old = json.loads(run_path.read_text(encoding="utf-8"))
+            old = read_json(run_path, EvalError)
             if old != run:
                 changes = "; ".join(_diff(old, run)[:6])
                 raise EvalError(f"-o {self.directory}: holds results of another run ({changes}); "

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from evaluation.backends import backend_class, make_backend
 from evaluation.config import DocQAConfig, EvalError, NiahConfig, identity
 from evaluation.prompt import PromptBuilder
-from evaluation.results import ResultStore
+from evaluation.results import ResultStore, check_directory
 from evaluation.rope import resolve_rope
 from megatron_vlm import __version__
 
@@ -100,6 +100,7 @@ def run_task(name: str, config, pool=None, backend=None) -> EvalResult:
     task = importlib.import_module(spec.module)
     if backend is None:
         backend_class(config.backend)  # fail on a bad name before any work
+    check_directory(config.output)
     rope = resolve_rope(config)
     builder = PromptBuilder(load_tokenizer(config), config.page_markers)
     requests = task.requests(config, builder, pool)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from evaluation.config import EvalError, ScoreConfig
 from evaluation.scoring import ANSWER_FORMATS, score_answer, summarize
-from megatron_vlm.utils.atomic import atomic_write
+from megatron_vlm.utils.atomic import atomic_write, check_output_file
 from megatron_vlm.utils.jsonl import read_jsonl_objects
 
 REQUIRED = ("question", "answer", "answer_format", "prediction")
@@ -19,6 +19,8 @@ _GROUP_TITLES = {"by_answer_format": "answer format", "by_evidence": "evidence",
 def read_predictions(path: str | Path) -> list[dict]:
     """The rows of a predictions file, checked: each names its line when something is missing."""
     path = Path(path)
+    if path.is_dir():
+        raise EvalError(f"{path}: is a folder; give the predictions file (e.g. OUT_DIR/results.jsonl)")
     if not path.is_file():
         raise EvalError(f"{path}: predictions file not found")
     rows = []
@@ -33,6 +35,8 @@ def read_predictions(path: str | Path) -> list[dict]:
         if row["prediction"] is not None and not isinstance(row["prediction"], str):
             raise EvalError(f"{where}: 'prediction' must be a string (the model's output)")
         rows.append(row)
+    if not rows:
+        raise EvalError(f"{path}: holds no predictions (the file is empty)")
     return rows
 
 
@@ -68,6 +72,8 @@ def _num(value) -> str:
 
 def run(config: ScoreConfig) -> dict:
     """Score the file; writes the scored rows to ``config.output`` if given; returns the summary."""
+    if config.output:
+        check_output_file(config.output, "-o")
     rows = score_rows(read_predictions(config.predictions))
     if config.output:
         with atomic_write(config.output) as f:

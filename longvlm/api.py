@@ -153,12 +153,12 @@ def evaluate(task: str, **options: Any):
         from evaluation.config import ScoreConfig
         from evaluation.score import run
 
-        return run(ScoreConfig(**options))
+        return run(dataclass_from_options(ScoreConfig, options))
     from evaluation.run import TASKS, run_task
 
     if task not in TASKS:
         raise ValueError(f"unknown eval task {task!r}; choose one of score, {', '.join(TASKS)}")
-    return run_task(task, TASKS[task].config(**options))
+    return run_task(task, dataclass_from_options(TASKS[task].config, options))
 
 
 def demo(**options: Any):

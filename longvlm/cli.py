@@ -97,6 +97,19 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line parsed as ``main`` runs it (argparse's one-line error and exit 2 if it is not valid)."""
+    names = {c.name: c for c in COMMANDS}
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(selected if selected in names else None)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `longvlm train RECIPE -o DIR k=v ...`: positionals after an option are overrides
+        if not isinstance(getattr(args, "overrides", None), list) or any(a.startswith("-") for a in extra):
+            parser.parse_args(argv)  # argparse's own message for what it does not know
+        args.overrides += extra
+    return args
+
+
 # megatron-core warns at import that the optional GPU extras are absent; on a CPU machine that is
 # expected, and the warning would repeat in every worker process.
 _QUIET_WARNINGS = ("ignore:Transformer Engine and Apex are not installed", "ignore:Apex is not installed")
@@ -110,15 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category, module=r"(torch|megatron)\.")
     warnings.filterwarnings("ignore", message="full scope is deprecated")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    names = {c.name: c for c in COMMANDS}
-    selected = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(selected if selected in names else None)
-    args, extra = parser.parse_known_args(argv)
-    if extra:  # `longvlm train RECIPE -o DIR k=v ...`: positionals after an option are overrides
-        if not isinstance(getattr(args, "overrides", None), list) or any(a.startswith("-") for a in extra):
-            parser.parse_args(argv)  # argparse's own message for what it does not know
-        args.overrides += extra
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
     run = args._main
     stop = {"signal": signal.SIGINT}
 

@@ -22,6 +22,8 @@ from megatron_vlm.errors import LongVLMError
 from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_from_args
 
 MARKER = ".longvlm-demo"
+MAX_DEMO_TOKENS = 1e7  # more than the shipped PDFs give at 4 uses per sample
+MAX_DEMO_STEPS = 10_000  # the demo trains 24 steps in about a minute
 DEMO_PDFS = Path(__file__).resolve().parent / "demo_pdfs"  # shipped with the package (SOURCES.md there)
 
 
@@ -42,6 +44,28 @@ class DemoConfig:
     train_steps: int = field(default=24, metadata={"help": "optimizer steps of the tiny-cpu recipe"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
 
+    def check(self) -> None:
+        """Every option, before any stage runs (a bad one is not found after pool and synth)."""
+        from megatron_vlm.data.vision import MAX_DPI
+        from megatron_vlm.utils.atomic import check_creatable
+        from megatron_vlm.utils.checks import MAX_SEQ_LEN, check_number
+        from preprocess.dataset.config import check_token_budget
+
+        check_number("--dpi", self.dpi, ge=1, le=MAX_DPI, error=DemoError)
+        check_number("--max-seq-len", self.max_seq_len, ge=1, le=MAX_SEQ_LEN, error=DemoError)
+        check_token_budget(self.token_budget)
+        check_number("--token-budget", self.token_budget, le=MAX_DEMO_TOKENS, error=DemoError)
+        check_number("--train-steps", self.train_steps, ge=1, le=MAX_DEMO_STEPS, error=DemoError)
+        check_number("--seed", self.seed, ge=0, error=DemoError)
+        if not Path(self.pdfs).is_dir():
+            raise DemoError(f"--pdfs {self.pdfs}: no such folder; pass a folder of PDFs")
+        out = Path(self.output)
+        if out.exists() and not out.is_dir():
+            raise DemoError(f"-o {out}: is a file; choose a folder")
+        check_creatable(out, "-o", DemoError)
+        if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
+            raise DemoError(f"-o {out}: exists and is not a demo directory; choose another -o")
+
 
 @dataclass
 class StageRecord:
@@ -51,9 +75,7 @@ class StageRecord:
 
 
 def _prepare_output(path: Path) -> None:
-    if path.exists() and any(path.iterdir()):
-        if not (path / MARKER).exists():
-            raise DemoError(f"{path} exists and is not a demo directory; choose another -o")
+    if path.exists() and any(path.iterdir()):  # a demo directory (DemoConfig.check)
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     (path / MARKER).write_text("written by longvlm demo; safe to delete\n")
@@ -92,7 +114,7 @@ def run_demo(config: DemoConfig) -> list[StageRecord]:
     from checkpoint_tools.verify import verify
     from megatron_vlm.models.tiny import save_tiny_checkpoint
     from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
-    from preprocess.dataset.config import BuildConfig, check_token_budget
+    from preprocess.dataset.config import BuildConfig
     from preprocess.dataset.run import build as build_dataset
     from preprocess.dataset.stats_cli import StatsConfig
     from preprocess.dataset.stats_cli import run as run_stats
@@ -101,9 +123,7 @@ def run_demo(config: DemoConfig) -> list[StageRecord]:
     from preprocess.synth import SynthConfig, run_synth
 
     out = Path(config.output)
-    check_token_budget(config.token_budget)  # before any stage runs, not after pool and synth
-    if not Path(config.pdfs).is_dir():
-        raise DemoError(f"--pdfs {config.pdfs}: no such folder; pass a folder of PDFs")
+    config.check()
     _prepare_output(out)
     records: list[StageRecord] = []
 

@@ -162,7 +162,9 @@ def generate(leaves_: list[Leaf], path_kind, skip, recipe_leaves: tuple[str, ...
             option = action_name(action)
             if skip(leaf.name, option):
                 continue
-            names = tuple(action.option_strings) or (action.dest, str(action.metavar))
+            # the option as given, or as a setting (``tp=3`` in a layout message), or a positional's metavar
+            names = (*action.option_strings, f"{action.dest}=") if action.option_strings \
+                else (action.dest, str(action.metavar))
             if action.choices is not None:
                 cases.append(Case(leaf.name, option, "unknown", UNKNOWN_CHOICE, names))
             elif action.type in (int, float):
@@ -275,6 +277,38 @@ def run_cli(argv: list[str], cwd: Path, seconds: float) -> Outcome:
                 with contextlib.suppress(psutil.Error):
                     child.kill()
     return Outcome(code, out.getvalue(), err.getvalue(), time.perf_counter() - start, timed_out)
+
+
+SELECTORS = ("command", "action", "eval_task", "print_config")  # the namespace's words, not API keywords
+
+
+def api_function(leaf: Leaf, namespace: argparse.Namespace):
+    """``longvlm.api``'s call for ``leaf`` with the options of ``namespace``, as a function of nothing."""
+    from longvlm import api
+
+    opts = {k: v for k, v in vars(namespace).items() if not k.startswith("_") and k not in SELECTORS}
+    first, rest = leaf.words[0], leaf.words[1:]
+    if first == "train":
+        return lambda: api.train(opts["recipe"], output=opts["output"], overrides=opts["overrides"])
+    call = {"eval": api.evaluate}.get(first, getattr(api, first))
+    return lambda: call(*rest, **opts)
+
+
+def run_api(function, cwd: Path, seconds: float) -> tuple[BaseException | None, bool]:
+    """Call ``function`` in ``cwd`` (output captured and dropped); the exception it raised, and whether it timed out."""
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                time_limit(seconds):
+            function()
+    except CaseTimeout:
+        return None, True
+    except Exception as err:  # what the caller gets
+        return err, False
+    finally:
+        os.chdir(old)
+    return None, False
 
 
 def snapshot(*roots: Path) -> dict[str, tuple]:

@@ -14,8 +14,8 @@ Count the cases: ``python -m pytest tests/test_cli_contract.py --collect-only -q
 
 from __future__ import annotations
 
+import argparse
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,19 +23,21 @@ from cli_contract import (
     A_FILE,
     A_FOLDER,
     FOREIGN_FOLDER,
-    PATH_CASES,
     Case,
+    action_name,
+    api_function,
     argv_of,
     changes,
     generate,
     leaves,
     recipe_keys,
+    run_api,
     run_cli,
     snapshot,
 )
 
 REPO = Path(__file__).resolve().parents[1]
-LIMIT_S = 15  # per case; a refusal takes milliseconds, so this never trips on a busy machine, only on a hang
+LIMIT_S = 60  # per case; a refusal takes milliseconds, so this never trips on a busy machine, only on a hang
 
 # --- what the walk cannot know ----------------------------------------------------------------------
 
@@ -113,6 +115,33 @@ ACCEPTED = {
     "build --max-repeats=1e30": "no cap on repeats (on purpose: the help says so)",
     "build --output=a folder": "a prefix names files beside it (PREFIX.json, a hidden version folder): no conflict",
     "build --pack-window=100000000000": "one packing window for all samples",
+    "stats --plot=existing": "a plot is written whole again (atomic), like every rerun's output",
+    "convert megatron-to-hf --rope-theta=1e30": "any positive RoPE base",
+    "convert verify --atol=0": "exact equality", "convert verify --atol=1e30": "any tolerance",
+    "eval score --output=existing": "the scored rows are a function of the predictions: written whole again",
+    "* --limit=100000000000": "every example", "* --max-batch-tokens=100000000000": "no limit on padded tokens",
+    "* --max-pixels=100000000000": "no upper bound but the render's own size",
+    "eval niah --depths=0": "a needle at the start",
+    # recipe keys
+    **{f"train {k}=0": why for k, why in {
+        "train.seed": "a seed", "data.num_workers": "the training process loads its own batches",
+        "train.train_tokens": "unset: train.train_steps gives the steps", "optimizer.min_lr": "decay to 0",
+        "optimizer.warmup_fraction": "no warmup", "optimizer.wsd_decay_fraction": "no decay phase",
+        "optimizer.weight_decay": "no weight decay", "optimizer.adam_beta1": "no momentum",
+        "optimizer.adam_beta2": "no second-moment averaging", "optimizer.clip_grad": "0 disables clipping",
+        "checkpoint.save_interval": "save only at the end and on a signal", "logging.eval_interval": "never",
+        "guard.spike_factor": "0 turns spike detection off"}.items()},
+    **{f"train {k}=100000000000": why for k, why in {
+        "train.seed": "a seed", "train.global_batch_size": "a big batch (the rows repeat)",
+        "train.train_steps": "a long run", "checkpoint.save_interval": "save only at the end and on a signal",
+        "checkpoint.keep_last": "keep every checkpoint", "logging.log_interval": "log rarely",
+        "logging.eval_batches": "validation reads its rows cyclically", "guard.spike_window": "a long window"}.items()},
+    **{f"train {k}=1e30": why for k, why in {
+        "model.rope.base": "any positive RoPE base", "train.train_tokens": "a budget train.train_steps overrides",
+        "optimizer.lr": "finite and positive: a user's choice (the loss guard stops a diverging run)",
+        "optimizer.weight_decay": "finite: a user's choice", "optimizer.adam_eps": "finite and positive",
+        "optimizer.clip_grad": "no effective clipping", "logging.peak_tflops": "a figure of the user's GPU",
+        "guard.spike_factor": "never a spike"}.items()},
     "tune --global-batch=100000000000": "any number of rows per step can be planned for",
     "tune --top=100000000000": "shows every layout that fits",
     **{f"tune --{o}=1e30": "a figure of the user's own hardware: any finite positive one plans (a big one "
@@ -154,14 +183,13 @@ BY_NAME = {leaf.name: leaf for leaf in LEAVES}
 CASES = generate(LEAVES, path_kind, skip, recipe_leaves=("train",))
 for _leaf in LEAVES:  # free-text options with a bad value of their own
     for _action in _leaf.options():
-        from cli_contract import action_name as _name
-
-        _bad = _lookup(TEXT, _leaf.name, _name(_action))
+        _bad = _lookup(TEXT, _leaf.name, action_name(_action))
         if _action.choices is None and _action.type not in (int, float) and isinstance(_bad, str) \
-                and _bad not in ("choice",) and not _bad.startswith("no case:") \
-                and not _lookup(PATHS, _leaf.name, _name(_action)):
-            CASES.append(Case(_leaf.name, _name(_action), "bad", _bad,
-                              tuple(_action.option_strings) or (_action.dest, str(_action.metavar), "{value}")))
+                and _bad != "choice" and not _bad.startswith("no case:") \
+                and not _lookup(PATHS, _leaf.name, action_name(_action)):
+            CASES.append(Case(_leaf.name, action_name(_action), "bad", _bad,
+                              (*_action.option_strings, "{value}") if _action.option_strings
+                              else (_action.dest, str(_action.metavar), "{value}")))
 REFUSED = [c for c in CASES if _lookup(ACCEPTED, c.leaf, f"{c.option}={c.label}") is None]
 ACCEPTED_CASES = [c for c in CASES if c not in REFUSED]
 
@@ -210,7 +238,7 @@ def baselines(i: dict) -> dict[str, dict]:
         "convert reshard": {"--ckpt": i["megatron"], "--out": "{scratch}/meg"},
         "convert verify": {"--hf": i["hf"], "--ckpt": i["megatron"]},
         "train": {"recipe": "tiny-cpu", "overrides": i["overrides"], "--output": "{scratch}/run"},
-        "tune": {"--model": "qwen2.5-vl-7b", "--gpus": 8, "--global-batch": 8, "--seq-len": 32768},
+        "tune": {"--model": "qwen2.5-vl-7b", "--gpus": 2, "--global-batch": 2, "--seq-len": 8192},
         "slurm train": {"recipe": "tiny-cpu", "overrides": i["overrides"], "--run-dir": "{scratch}/run",
                         "--gpus-per-node": 0, "--tasks-per-node": 1},
         "slurm pool": {"--num-shards": 2, "stage_args": [i["pdf"], "-o", "{scratch}/pool"]},
@@ -243,18 +271,23 @@ def resolve(value, scratch: Path):
 
 
 def case_argv(case: Case, base: dict, scratch: Path) -> tuple[list[str], str]:
+    """The case's command line, and the bad value as it appears in it."""
     leaf = BY_NAME[case.leaf]
     values = {k: resolve(v, scratch) for k, v in base[case.leaf].items()}
     value = resolve(case.value, scratch)
-    if case.option in ("overrides",) and not case.recipe_key:
-        value = values.get("overrides", []) + [value]
-    elif case.option == "stage_args":
-        value = values["stage_args"] + [value]
-    return argv_of(leaf, values, case.option, value, case.recipe_key), value
+    given = value
+    if case.option in ("overrides", "stage_args") and not case.recipe_key:  # one more item of the list
+        given = values.get(case.option, []) + [value]
+    return argv_of(leaf, values, case.option, given, case.recipe_key), value
 
 
 @pytest.mark.parametrize("case", REFUSED, ids=[c.id for c in REFUSED])
 def test_refused(case, inputs, tmp_path):
+    """The command line: exit 2, one line naming the option or file, nothing written; then the same options
+    through ``longvlm.api``: the project's error (``LongVLMError``) with the same message."""
+    from longvlm.cli import parse_args
+    from megatron_vlm.errors import LongVLMError
+
     scratch = make_scratch(tmp_path)
     argv, value = case_argv(case, baselines(inputs), scratch)
     before = snapshot(scratch, *inputs["roots"])
@@ -262,10 +295,30 @@ def test_refused(case, inputs, tmp_path):
     assert not result.timed_out, f"{argv}: {result.err[-2000:]}still running after {LIMIT_S} s"
     lines = result.err.splitlines()
     assert result.code == 2 and len(lines) == 1, f"exit {result.code}: {' | '.join(lines[-4:])[-600:]}"
-    assert lines[0].startswith(f"longvlm {case.leaf.split()[0]}"), lines[0]
+    prefix = f"longvlm {case.leaf.split()[0]}"
+    assert lines[0].startswith(prefix), lines[0]
     names = [n.replace("{value}", str(value)) for n in case.names]
     assert any(n in lines[0] for n in names), f"{lines[0]!r} names none of {names}"
     assert not changes(before, snapshot(scratch, *inputs["roots"])), changes(before, snapshot(scratch, *inputs["roots"]))
+
+    try:
+        namespace, typed = parse_args(argv), True
+    except SystemExit:  # argparse refused the value: the API gets it as the string it is
+        leaf = BY_NAME[case.leaf]
+        base = {k: resolve(v, scratch) for k, v in baselines(inputs)[case.leaf].items()}
+        namespace, typed = parse_args(argv_of(leaf, base)), False
+        action = next(a for a in BY_NAME[case.leaf].parser._actions if case.option in (a.dest, *a.option_strings))
+        setattr(namespace, action.dest, [value] if action.nargs in ("+", "*") or
+                isinstance(action, argparse._AppendAction) else value)
+    error, timed_out = run_api(api_function(BY_NAME[case.leaf], namespace), scratch, LIMIT_S)
+    assert not timed_out, f"the API call is still running after {LIMIT_S} s"
+    assert isinstance(error, LongVLMError), f"the API raised {error!r}, not a LongVLMError"
+    assert "\n" not in str(error), str(error)
+    if typed:
+        assert lines[0].split(": error: ", 1)[1] == str(error), (lines[0], str(error))
+    else:
+        assert any(n in str(error) for n in names + [action.dest]), f"{error} names none of {names}"
+    assert not changes(before, snapshot(scratch, *inputs["roots"])), "the API call wrote"
 
 
 @pytest.mark.parametrize("case", [c for c in ACCEPTED_CASES if c.leaf in CHEAP],
@@ -283,8 +336,6 @@ def test_every_string_option_is_classified():
     unknown = []
     for leaf in LEAVES:
         for action in leaf.options():
-            from cli_contract import action_name
-
             name = action_name(action)
             if action.choices is None and action.type not in (int, float) and path_kind(leaf.name, name) is None:
                 unknown.append(f"{leaf.name} {name}")
@@ -310,5 +361,3 @@ def test_readme_states_the_number_of_cases():
         f"README.md says {match[1]} generated bad inputs, the tests try {len(REFUSED)}: update README.md"
 
 
-def _unused():  # keep shutil and PATH_CASES imported for helpers above
-    return shutil, PATH_CASES

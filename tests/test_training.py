@@ -315,7 +315,7 @@ BAD_CONFIGS = [  # (overrides, world size, message)
     ({"parallel.tp": 4}, 2, "world size 2 is not a multiple of tp*pp*cp = 4*1*1 = 4"),
     ({"model.rope.target_length": 256}, 1, "longer than the model's 256"),
     ({"train.seq_length": 256}, 1, "shorter than the datasets' rows"),
-    ({"model.checkpoint": "/nonexistent/model"}, 1, "neither an HF Qwen2.5-VL directory"),
+    ({"model.checkpoint": "/nonexistent/model"}, 1, "model.checkpoint=/nonexistent/model: does not exist"),
     ({"train.precision": "bf16"}, 1, "train.precision=bf16 needs a GPU"),
     ({"train.precision": "fp8"}, 1, "train.precision=fp8 needs a GPU"),
     ({"model.attention_backend": "te"}, 1, "model.attention_backend=te needs Transformer Engine"),

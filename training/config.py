@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from megatron_vlm.errors import ConfigError
-from megatron_vlm.models.config import ATTENTION_BACKENDS, RECOMPUTE_MODES, RopeSettings
+from megatron_vlm.models.config import ATTENTION_BACKENDS, RECOMPUTE_MODES, ROPE_BASE_MODES, RopeSettings
 from megatron_vlm.parallel import ParallelLayout
+from megatron_vlm.utils.checks import MAX_SEQ_LEN, MAX_WORKERS, check_number
 
 PRECISIONS = ("fp32", "bf16", "fp8")
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
@@ -126,6 +127,7 @@ class TrainConfig:
         """Checks that need no files and no processes; a :class:`RecipeError` naming the key."""
         _choice("model.attention_backend", self.model.attention_backend, ATTENTION_BACKENDS)
         _choice("model.recompute", self.model.recompute, RECOMPUTE_MODES)
+        _choice("model.rope.mode", self.model.rope.mode, ROPE_BASE_MODES)
         _choice("train.precision", self.train.precision, PRECISIONS)
         _choice("optimizer.schedule", self.optimizer.schedule, SCHEDULES)
         _choice("guard.on_nan", self.guard.on_nan, ON_BAD_LOSS)
@@ -139,33 +141,15 @@ class TrainConfig:
         for i, source in enumerate(self.data.train):
             if not source.prefix:
                 raise RecipeError(f"data.train[{i}].prefix is not set")
-            if not source.weight > 0:
-                raise RecipeError(f"data.train[{i}].weight must be positive, got {source.weight}")
-        positive = {"train.micro_batch_size": self.train.micro_batch_size,
-                    "train.global_batch_size": self.train.global_batch_size,
-                    "logging.log_interval": self.logging.log_interval, "data.prefetch": self.data.prefetch,
-                    "checkpoint.keep_last": self.checkpoint.keep_last}
-        for key, value in positive.items():
-            if value < 1:
-                raise RecipeError(f"{key} must be >= 1, got {value}")
+        for i, source in enumerate(self.data.train):
+            _number(f"data.train[{i}].weight", source.weight, gt=0)
+        self._check_numbers()
         if self.train.global_batch_size % self.train.micro_batch_size:
             raise RecipeError(f"train.global_batch_size {self.train.global_batch_size} is not a multiple of "
                               f"train.micro_batch_size {self.train.micro_batch_size}")
         if self.train.train_steps is None and not self.train.train_tokens:
             raise RecipeError("set train.train_steps or train.train_tokens")
-        if self.train.train_steps is not None and self.train.train_steps < 1:
-            raise RecipeError(f"train.train_steps must be >= 1, got {self.train.train_steps}")
-        if not 0 <= self.optimizer.min_lr <= self.optimizer.lr:
-            raise RecipeError(f"optimizer.min_lr {self.optimizer.min_lr} must be in [0, optimizer.lr={self.optimizer.lr}]")
-        for key in ("warmup_fraction", "wsd_decay_fraction"):
-            if not 0 <= getattr(self.optimizer, key) < 1:
-                raise RecipeError(f"optimizer.{key} must be in [0, 1), got {getattr(self.optimizer, key)}")
-        if self.logging.peak_tflops is not None and not self.logging.peak_tflops > 0:
-            raise RecipeError(f"logging.peak_tflops must be positive, got {self.logging.peak_tflops}")
-        for key in ("save_interval",):
-            if getattr(self.checkpoint, key) < 0:
-                raise RecipeError(f"checkpoint.{key} must be >= 0")
-        if self.logging.eval_interval < 0 or (self.logging.eval_interval and not self.data.valid):
+        if self.logging.eval_interval and not self.data.valid:
             raise RecipeError("logging.eval_interval needs data.valid (a built-dataset prefix to score)")
         import signal
 
@@ -173,11 +157,41 @@ class TrainConfig:
             if not hasattr(signal, name):
                 raise RecipeError(f"checkpoint.exit_signals: unknown signal {name!r} (e.g. SIGTERM, SIGUSR1)")
 
+    def _check_numbers(self) -> None:
+        """Every number of the recipe within its range (``nan``, ``inf`` and negatives never are)."""
+        t, o, d, g, log, ck, rope = (self.train, self.optimizer, self.data, self.guard, self.logging, self.checkpoint,
+                                     self.model.rope)
+        for key, value in (("train.micro_batch_size", t.micro_batch_size), ("train.global_batch_size", t.global_batch_size),
+                           ("train.train_steps", t.train_steps), ("logging.log_interval", log.log_interval),
+                           ("logging.eval_batches", log.eval_batches), ("checkpoint.keep_last", ck.keep_last),
+                           ("guard.spike_window", g.spike_window)):
+            _number(key, value, ge=1)
+        for key, value in (("train.seed", t.seed), ("checkpoint.save_interval", ck.save_interval),
+                           ("logging.eval_interval", log.eval_interval), ("optimizer.weight_decay", o.weight_decay),
+                           ("optimizer.clip_grad", o.clip_grad), ("guard.spike_factor", g.spike_factor)):
+            _number(key, value, ge=0)
+        _number("data.num_workers", d.num_workers, ge=0, le=MAX_WORKERS)
+        _number("data.prefetch", d.prefetch, ge=1, le=MAX_WORKERS)
+        _number("train.seq_length", t.seq_length, ge=1, le=MAX_SEQ_LEN)
+        _number("model.rope.target_length", rope.target_length, ge=1, le=MAX_SEQ_LEN)
+        _number("model.rope.original_length", rope.original_length, ge=1, le=MAX_SEQ_LEN)
+        for key, value in (("train.train_tokens", t.train_tokens or None), ("optimizer.lr", o.lr),
+                           ("optimizer.adam_eps", o.adam_eps), ("logging.peak_tflops", log.peak_tflops),
+                           ("model.rope.base", rope.base)):
+            _number(key, value, gt=0)
+        _number("optimizer.min_lr", o.min_lr, ge=0, le=o.lr)
+        for key in ("adam_beta1", "adam_beta2", "warmup_fraction", "wsd_decay_fraction"):
+            _number(f"optimizer.{key}", getattr(o, key), ge=0, lt=1)
+
     def steps(self, seq_length: int) -> int:
         """Optimizer steps of the run: ``train_steps``, else the token budget in global batches of ``seq_length`` rows."""
         if self.train.train_steps is not None:
             return self.train.train_steps
         return max(1, round(self.train.train_tokens / (self.train.global_batch_size * seq_length)))
+
+
+def _number(key: str, value, **bounds: float) -> None:
+    check_number(key, value, error=RecipeError, **bounds)
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -199,15 +213,15 @@ def load_recipe(source: str | Path | dict[str, Any] | None = None, overrides: li
         elif source is not None:
             where = str(source)
             path = Path(source)
+            if path.is_dir():
+                raise RecipeError(f"{source}: is a folder, not a recipe file (a run directory's recipe is "
+                                  f"{path / 'config.yaml'})")
             if not path.is_file():
                 raise RecipeError(f"{source}: no such recipe file")
-            layers.append(OmegaConf.load(path))
-        for item in overrides:
-            if "=" not in item:
-                raise RecipeError(f"override {item!r} is not key=value (e.g. optimizer.lr=2e-5)")
+            layers.append(_recipe_file(path))
+        layers += [_override(item) for item in overrides]
         if overrides:
             where = "the overrides"
-            layers.append(OmegaConf.from_dotlist(list(overrides)))
         config = OmegaConf.to_object(OmegaConf.merge(*layers))
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
@@ -217,6 +231,53 @@ def load_recipe(source: str | Path | dict[str, Any] | None = None, overrides: li
         raise RecipeError(f"{where}: {err}") from None
     config.check()
     return config
+
+
+def _yaml_reason(err: Exception) -> str:
+    """A YAML parser's complaint in one line (``problem at line L column C``)."""
+    import yaml
+
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem:
+        mark = err.problem_mark
+        return f"{err.problem}" + (f" at line {mark.line + 1} column {mark.column + 1}" if mark else "")
+    if isinstance(err, RecursionError):
+        return "nested too deeply"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _recipe_file(path: Path):
+    """The YAML mapping in a recipe file (OmegaConf's YAML: ``1e-5`` is a float); a ``RecipeError`` naming the
+    file if it is not one."""
+    import yaml
+    from omegaconf import DictConfig, OmegaConf
+
+    what = "a recipe is a YAML mapping of keys (e.g. 'optimizer: {lr: 2.0e-5}')"
+    try:
+        layer = OmegaConf.load(path)
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {err.start}); {what}") from None
+    except (yaml.YAMLError, RecursionError) as err:
+        raise RecipeError(f"{path}: not valid YAML ({_yaml_reason(err)})") from None
+    except OSError as err:  # also OmegaConf's "Invalid loaded object type" for a single value
+        raise RecipeError(f"{path}: {what}, not a single value" if "loaded object type" in str(err)
+                          else f"{path}: cannot be read ({err.strerror or err})") from None
+    if not isinstance(layer, DictConfig):
+        raise RecipeError(f"{path}: {what}, not a list")
+    return layer
+
+
+def _override(item: str):
+    """One ``key=value`` override as a config layer; a ``RecipeError`` naming it if it is not one."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    key, equals, _ = str(item).partition("=")
+    if not equals or not key.strip() or any(not part for part in key.split(".")):
+        raise RecipeError(f"override {item!r} is not key=value (e.g. optimizer.lr=2e-5)")
+    try:
+        return OmegaConf.from_dotlist([item])
+    except (yaml.YAMLError, RecursionError) as err:
+        raise RecipeError(f"override {item!r}: its value is not valid YAML ({_yaml_reason(err)})") from None
 
 
 def to_yaml(config: TrainConfig) -> str:

@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 from megatron.core import parallel_state as ps
 
+from megatron_vlm.data.dataset import BuiltDataset
 from megatron_vlm.data.image_share import ImageShare
 from megatron_vlm.data.loader import build_data_loader
-from megatron_vlm.formats.dataset import DatasetFormatError, open_dataset
+from megatron_vlm.errors import LongVLMError
 from megatron_vlm.models.hf_config import Qwen25VLArch
 from megatron_vlm.parallel import ParallelLayout
 from training.config import RecipeError, TrainConfig
@@ -44,24 +45,56 @@ def _tokenizer_hashes(directory: str | None) -> dict[str, str]:
     return {n: sha256_file(Path(directory) / n) for n in TOKENIZER_FILES if (Path(directory) / n).is_file()}
 
 
+def check_vocabulary(key: str, built: dict, arch: Qwen25VLArch) -> None:
+    """A model without tokenizer files of its own: the tokenizer the dataset recorded (``inputs.tokenizer``:
+    its folder and the files' hashes) must still be there and fit the model's config.json: its vocabulary
+    within the embedding, and the vision tokens at the ids the model uses."""
+    from megatron_vlm.utils.hashing import sha256_file
+
+    where = Path(built.get("path", ""))
+    recorded = built.get("sha256", {})
+    if "tokenizer.json" not in recorded or not (where / "tokenizer.json").is_file() or any(
+            not (where / n).is_file() or sha256_file(where / n) != h for n, h in recorded.items()):
+        raise RecipeError(f"{key}: the model has no tokenizer files ({', '.join(TOKENIZER_FILES)}) and the tokenizer "
+                          f"the dataset was built with ({where}) is gone or changed, so the two cannot be compared; "
+                          "copy the model's tokenizer files into its folder")
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(where / "tokenizer.json"))
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    special = {"<|image_pad|>": arch.image_token_id, "<|vision_start|>": arch.vision_start_token_id,
+               "<|vision_end|>": arch.vision_end_token_id}
+    wrong = [f"{t} is {tokenizer.token_to_id(t)}, the model's {i}" for t, i in special.items()
+             if tokenizer.token_to_id(t) != i]
+    if size > arch.vocab_size or wrong:
+        problem = "; ".join(wrong) or f"{size:,} tokens, more than the model's vocab_size {arch.vocab_size:,}"
+        raise RecipeError(f"{key}: the dataset was built with a tokenizer ({where}) that does not fit the model "
+                          f"({problem}); rebuild it with the model's tokenizer")
+
+
 def plan_data(config: TrainConfig, arch: Qwen25VLArch, model_max_length: int, tokenizer_dir: str | None) -> DataPlan:
     """Check the datasets against the model and the layout (before any work); the run's plan."""
+    if config.data.pool_dir is not None and not Path(config.data.pool_dir).is_dir():
+        raise RecipeError(f"data.pool_dir={config.data.pool_dir}: no such folder")
     metas = {}
     for key, prefix in [(f"data.train[{i}].prefix", s.prefix) for i, s in enumerate(config.data.train)] + \
             ([("data.valid", config.data.valid)] if config.data.valid else []):
-        try:
-            metas[key] = open_dataset(prefix)  # every file checked (sizes, counts, checksums)
-        except DatasetFormatError as err:
+        try:  # every file checked (sizes, counts, checksums), the pool's too: nothing is found damaged later
+            metas[key] = BuiltDataset(prefix, pool_dir=config.data.pool_dir, decode_images=True).meta
+        except LongVLMError as err:
             raise RecipeError(f"{key}: {err}") from None
     model_tokens = _tokenizer_hashes(tokenizer_dir)
     longest = 0
     for key, meta in metas.items():
-        built = meta["inputs"]["tokenizer"]["sha256"]
-        differ = sorted(n for n in set(built) & set(model_tokens) if built[n] != model_tokens[n])
-        if differ:
-            raise RecipeError(f"{key}: the dataset was built with another tokenizer than the model's "
-                              f"({', '.join(differ)} differ from {tokenizer_dir}); rebuild it with "
-                              f"'longvlm build --tokenizer {tokenizer_dir}'")
+        built = meta["inputs"]["tokenizer"]
+        if model_tokens:
+            differ = sorted(n for n in set(built["sha256"]) & set(model_tokens) if built["sha256"][n] != model_tokens[n])
+            if differ:
+                raise RecipeError(f"{key}: the dataset was built with another tokenizer than the model's "
+                                  f"({', '.join(differ)} differ from {tokenizer_dir}); rebuild it with "
+                                  f"'longvlm build --tokenizer {tokenizer_dir}'")
+        else:
+            check_vocabulary(key, built, arch)
         longest = max(longest, int(meta["config"]["max_seq_len"]))
     layout: ParallelLayout = config.parallel
     seq_length = config.train.seq_length or layout.pad_length(longest)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from megatron_vlm.formats.checkpoint import TRACKER_NAME, MegatronCheckpoint
 from megatron_vlm.models.hf_config import Qwen25VLArch
+from megatron_vlm.utils.atomic import check_creatable
 from training.config import RESUMABLE_CHANGES, RecipeError, TrainConfig, differences, load_recipe, to_yaml
 
 CONFIG = "config.yaml"
@@ -39,6 +40,8 @@ class StartPoint:
 def start_point(config: TrainConfig) -> StartPoint:
     """Read the starting checkpoint's config (no weights), or a ``RecipeError`` saying what is wrong."""
     path = Path(config.model.checkpoint)
+    if not path.exists():
+        raise RecipeError(f"model.checkpoint={path}: does not exist")
     try:
         if (path / TRACKER_NAME).is_file():
             ckpt = MegatronCheckpoint.open(path)
@@ -58,7 +61,11 @@ def start_point(config: TrainConfig) -> StartPoint:
 
 
 def check_run_dir(run_dir: Path, config: TrainConfig) -> bool:
-    """Whether ``run_dir`` holds this run already (a resume); an error if it holds something else."""
+    """Whether ``run_dir`` holds this run already (a resume); an error if it holds something else or cannot be
+    created."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RecipeError(f"-o {run_dir}: is a file, not a run directory; choose another")
+    check_creatable(run_dir, "-o", RecipeError)
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return False
     saved = run_dir / CONFIG

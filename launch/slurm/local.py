@@ -105,6 +105,7 @@ def run_local(config: LocalRunConfig) -> int:
     from training.config import load_recipe
     from training.trainer import preflight
 
+    config.check()
     nproc = config.nproc_per_node or default_nproc()
     path = recipe_path(config.recipe)
     run_dir = Path(config.output or Path("runs") / path.stem)

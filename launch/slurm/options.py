@@ -8,6 +8,14 @@ import re
 from dataclasses import dataclass, field
 
 from megatron_vlm.errors import LongVLMError
+from megatron_vlm.utils.checks import MAX_GPUS, MAX_WAIT_S, MAX_WORKERS, check_number
+
+# sbatch --time: minutes, minutes:seconds, hours:minutes:seconds, days-hours[:minutes[:seconds]]
+_TIME = r"\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|UNLIMITED|INFINITE"
+_DEPENDENCY = (r"(singleton|(after|afterany|afterok|afternotok|aftercorr|afterburstbuffer)(:\d+(_\d+)?(\+\d+)?)+)"
+               r"([,?](singleton|(after|afterany|afterok|afternotok|aftercorr|afterburstbuffer)(:\d+(_\d+)?(\+\d+)?)+))*")
+MAX_CHAIN = 1000  # jobs in one chain
+MAX_SHARDS = 100_000  # array tasks (a cluster's MaxArraySize is usually far smaller)
 
 _SCHEDULER = "scheduler (sbatch options)"
 _ENVIRONMENT = "job environment"
@@ -64,8 +72,15 @@ class SchedulerOptions:
             raise SlurmError("--venv and --container-image are exclusive: the container brings its own Python")
         if self.container_mounts and not self.container_image:
             raise SlurmError("--container-mounts needs --container-image")
-        if self.cpus_per_task is not None and self.cpus_per_task < 1:
-            raise SlurmError(f"--cpus-per-task must be >= 1, got {self.cpus_per_task}")
+        check_number("--cpus-per-task", self.cpus_per_task, ge=1, le=MAX_WORKERS, error=SlurmError)
+        if self.time is not None and not re.fullmatch(_TIME, self.time.strip()):
+            raise SlurmError(f"--time {self.time!r}: not a SLURM time limit (MINUTES, MM:SS, HH:MM:SS, D-HH, D-HH:MM "
+                             "or D-HH:MM:SS, e.g. 24:00:00 or 2-00:00:00)")
+        if self.mem is not None and not re.fullmatch(r"\d+[KMGT]?B?", self.mem.strip(), flags=re.I):
+            raise SlurmError(f"--mem {self.mem!r}: not a SLURM memory size (e.g. 480G, 64000M; 0: all of the node's)")
+        if self.dependency is not None and not re.fullmatch(_DEPENDENCY, self.dependency.strip()):
+            raise SlurmError(f"--dependency {self.dependency!r}: not a SLURM dependency (e.g. afterok:1234, "
+                             "afterany:1234:1235, singleton)")
         for item in self.env:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", item, flags=re.S):
                 raise SlurmError(f"--env {item!r}: expected KEY=VALUE")
@@ -85,7 +100,8 @@ class TrainJobConfig(SchedulerOptions):
     run_dir: str | None = field(default=None, metadata={"metavar": "RUN_DIR", "help": (
         "the run directory (default: runs/RECIPE_NAME); its config.yaml is written now, the job trains in it")})
     output: str | None = field(default=None, metadata={"flag": "-o", "metavar": "SCRIPT", "help": (
-        "the sbatch script to write (default: RUN_DIR/slurm/train.sbatch)")})
+        "the sbatch script to write (default: RUN_DIR/slurm/train.sbatch, rewritten by every run of this command)")})
+    force: bool = field(default=False, metadata={"help": "replace an existing -o SCRIPT"})
     nodes: int = field(default=1, metadata={"help": "nodes"})
     gpus_per_node: int = field(default=8, metadata={"help": (
         "GPUs per node, one task (rank) each; 0: CPU tasks (testing on machines without GPUs)")})
@@ -109,11 +125,12 @@ class TrainJobConfig(SchedulerOptions):
 
     def check(self) -> None:
         self.check_scheduler_options()
-        for name in ("nodes", "chain"):
-            if getattr(self, name) < 1:
-                raise SlurmError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.gpus_per_node < 0 or self.ranks_per_node() < 1 or self.signal_seconds < 0 or self.step_wait < 0:
-            raise SlurmError("--gpus-per-node, --signal-seconds and --step-wait must be >= 0, --tasks-per-node >= 1")
+        check_number("--nodes", self.nodes, ge=1, le=MAX_GPUS, error=SlurmError)
+        check_number("--chain", self.chain, ge=1, le=MAX_CHAIN, error=SlurmError)
+        check_number("--gpus-per-node", self.gpus_per_node, ge=0, le=MAX_WORKERS, error=SlurmError)
+        check_number("--tasks-per-node", self.tasks_per_node, ge=1, le=MAX_WORKERS, error=SlurmError)
+        for name in ("signal_seconds", "step_wait"):
+            check_number(f"--{name.replace('_', '-')}", getattr(self, name), ge=0, le=MAX_WAIT_S, error=SlurmError)
         if self.gpus_per_node and self.ranks_per_node() != self.gpus_per_node:
             raise SlurmError(f"--tasks-per-node {self.tasks_per_node} with --gpus-per-node {self.gpus_per_node}: "
                              "training runs one rank per GPU")
@@ -138,10 +155,8 @@ class StageJobConfig(SchedulerOptions):
 
     def check(self) -> None:
         self.check_scheduler_options()
-        if self.num_shards < 1:
-            raise SlurmError(f"--num-shards must be >= 1, got {self.num_shards}")
-        if self.max_parallel is not None and self.max_parallel < 1:
-            raise SlurmError(f"--max-parallel must be >= 1, got {self.max_parallel}")
+        check_number("--num-shards", self.num_shards, ge=1, le=MAX_SHARDS, error=SlurmError)
+        check_number("--max-parallel", self.max_parallel, ge=1, error=SlurmError)
         if not self.stage_args:
             raise SlurmError("give the stage's command line after --, e.g. -- pdfs/ -o /data/pool --workers 8")
 
@@ -169,3 +184,7 @@ class LocalRunConfig:
         "ranks to start (default: one per visible GPU, 1 without a GPU)")})
     step_wait: int = field(default=300, metadata={"help": (
         "once a rank has exited, the others get this many seconds before they are ended")})
+
+    def check(self) -> None:
+        check_number("--nproc-per-node", self.nproc_per_node, ge=1, le=MAX_WORKERS, error=SlurmError)
+        check_number("--step-wait", self.step_wait, ge=0, le=MAX_WAIT_S, error=SlurmError)

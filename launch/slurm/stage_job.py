@@ -52,16 +52,20 @@ def output_complete(stage: str, path: Path) -> bool:
     return path.with_name(stem + STAGES[stage].done_marker).is_file()
 
 
+class _StageParser(argparse.ArgumentParser):
+    """The stage's own parser, its errors raised as one ``SlurmError`` line instead of usage and exit."""
+
+    def error(self, message: str):
+        raise SlurmError(f"the {self.prog} command line after --: {message}")
+
+
 def parse_stage(stage: str, args: list[str]):
     """The stage's config from its command line, checked by the stage's own parser and dataclass."""
     from megatron_vlm.utils.config_args import dataclass_from_args
 
-    parser = argparse.ArgumentParser(prog=f"longvlm {stage}")
+    parser = _StageParser(prog=f"longvlm {stage}")
     importlib.import_module(STAGES[stage].cli).add_arguments(parser)
-    try:
-        namespace = parser.parse_args(args)
-    except SystemExit:
-        raise SlurmError(f"the longvlm {stage} command line after -- is not valid (see above)") from None
+    namespace = parser.parse_args(args)
     config = dataclass_from_args(STAGES[stage].config_class(), namespace)
     if config.num_shards != 1 or config.shard != 0 or config.merge:
         raise SlurmError(f"leave --shard, --num-shards and --merge out of the {stage} command line: the job array "

@@ -14,6 +14,7 @@ from pathlib import Path
 from launch.slurm.jobs import LOGS, SLURM_DIR, Submission, active_jobs, submit
 from launch.slurm.options import SlurmError, TrainJobConfig
 from launch.slurm.script import GPU_ENV, JobScript, environment, job_name, scheduler_lines, srun_line
+from megatron_vlm.utils.atomic import check_output_file
 from training.config import TrainConfig
 
 
@@ -78,6 +79,8 @@ def check_not_running(config: TrainJobConfig, run_dir: Path) -> None:
 def train_job(config: TrainJobConfig) -> Submission:
     """``longvlm slurm train``."""
     config.check()
+    if config.output:  # before the run directory is written
+        check_output_file(config.output, "-o", replace=config.force, exists_hint="add --force to replace it")
     if config.submit:
         check_not_running(config, run_directory(config))
     train_config, run_dir = prepare_run(config)

@@ -24,6 +24,7 @@ MAX_ASPECT_RATIO = 200
 # The Qwen2.5-VL-7B preprocessor defaults.
 MIN_PIXELS = 3136
 MAX_PIXELS = 12845056
+MAX_DPI = 1200  # a page rendered finer is only shrunk again to MAX_PIXELS (an A4 page at 1200 dpi: 140M pixels)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 

@@ -14,7 +14,6 @@ pack ``p`` are the sequences ``document_indices[p]:document_indices[p + 1]``. Se
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from megatron_vlm.errors import LongVLMError
 from megatron_vlm.formats.integrity import check_file, indexed_counts
+from megatron_vlm.utils.jsonl import read_json
 
 FORMAT_VERSION = 2  # 2: files in the version directory named by the JSON, with sizes, checksums, counts
 KIND = "longvlm-built-dataset"
@@ -68,16 +68,30 @@ def read_meta(prefix: str | os.PathLike) -> dict:
     if not path.is_file():
         raise DatasetFormatError(f"{path} not found: {prefix} is not a complete built dataset "
                                  "(run 'longvlm build ... -o PREFIX')")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DatasetFormatError(f"{path}: unreadable ({err})") from None
+    meta = read_json(path, DatasetFormatError)
     if meta.get("kind") != KIND or meta.get("format_version") != FORMAT_VERSION:
         hint = " (an older build: rebuild it with the same 'longvlm build' command)" \
             if meta.get("kind") == KIND and meta.get("format_version") == 1 else ""
         raise DatasetFormatError(f"{path}: kind {meta.get('kind')!r} version {meta.get('format_version')!r}; "
                                  f"this reader reads {KIND!r} version {FORMAT_VERSION}{hint}")
+    missing = [key for key, kind in _SHAPE if not isinstance(_get(meta, key), kind)]
+    if missing:
+        raise DatasetFormatError(f"{path}: {', '.join(missing)} missing or of the wrong type; the file is damaged: "
+                                 "rebuild the dataset")
     return meta
+
+
+# what the readers take from DATA_PREFIX.json, and its type
+_SHAPE = (("files", dict), ("files_dir", str), ("pages", str), ("counts.samples", int), ("counts.packs", int),
+          ("counts.pages", int), ("config.max_seq_len", int), ("inputs.pool.path", str),
+          ("inputs.pool.fingerprint", str), ("inputs.tokenizer.sha256", dict), ("task_names", list))
+
+
+def _get(meta: dict, dotted: str):
+    value = meta
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def check_dataset(prefix: str | os.PathLike, meta: dict) -> None:
@@ -85,6 +99,8 @@ def check_dataset(prefix: str | os.PathLike, meta: dict) -> None:
     counts against the JSON; raises DatasetFormatError naming the bad file."""
     base = Path(data_prefix(prefix, meta))
     for name, record in meta["files"].items():
+        if not isinstance(record, dict):
+            raise DatasetFormatError(f"{meta_path(prefix)}: the record of {name} is damaged: rebuild the dataset")
         check_file(base.parent / name, record, DatasetFormatError)
     counts = meta["counts"]
     for suffix in suffixes(meta["pages"] == "copied"):

@@ -34,12 +34,14 @@ def check_file(path: str | os.PathLike, record: dict, error: type[LongVLMError])
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: missing")
-    size = path.stat().st_size
-    if size != record["bytes"]:
-        cut = " (truncated)" if size < record["bytes"] else ""
-        raise error(f"{path}: {size:,} bytes, {record['bytes']:,} recorded when it was written{cut}; "
+    size, recorded = path.stat().st_size, record.get("bytes")
+    if not isinstance(recorded, int):
+        raise error(f"{path}: no size recorded for it (the record is damaged: rebuild)")
+    if size != recorded:
+        cut = " (truncated)" if size < recorded else ""
+        raise error(f"{path}: {size:,} bytes, {recorded:,} recorded when it was written{cut}; "
                     "the file is damaged: restore or rebuild it")
-    if sampled_sha256(path) != record["sampled_sha256"]:
+    if sampled_sha256(path) != record.get("sampled_sha256"):
         raise error(f"{path}: checksum differs from the one recorded when it was written; the file is "
                     "damaged: restore or rebuild it")
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from megatron_vlm.errors import LongVLMError
 from megatron_vlm.formats.integrity import check_file, indexed_counts
 from megatron_vlm.utils.hashing import sha256_file
+from megatron_vlm.utils.jsonl import read_json, read_jsonl_objects
 
 FORMAT_VERSION = 2  # 2: pool.json records "files" (size and sampled checksum); 1 is read without them
 READ_VERSIONS = (1, 2)
@@ -91,21 +92,22 @@ class Pool:
         if not info_path.is_file():
             raise PoolFormatError(f"{root} is not a complete document pool (no pool.json); "
                                   f"build it with 'longvlm pool INPUT... -o {root}'")
-        try:
-            info = json.loads(info_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise PoolFormatError(f"{info_path}: unreadable ({err})") from None
+        info = read_json(info_path, PoolFormatError)
         if info.get("format_version") not in READ_VERSIONS:
             raise PoolFormatError(f"{info_path}: format_version {info.get('format_version')!r}; this longvlm "
                                   f"reads versions {', '.join(map(str, READ_VERSIONS))}")
-        for name, record in info.get("files", {}).items():
+        files, counts = info.get("files", {}), info.get("counts", {})
+        if not (isinstance(files, dict) and all(isinstance(r, dict) for r in files.values())
+                and isinstance(counts, dict)):
+            raise PoolFormatError(f"{info_path}: 'files' and 'counts' are not what a pool.json holds; the pool is "
+                                  "damaged: rebuild it")
+        for name, record in files.items():
             check_file(root / name, record, PoolFormatError)
-        try:
-            with open(root / "manifest.jsonl", encoding="utf-8") as f:
-                documents = [json.loads(line) for line in f if line.strip()]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise PoolFormatError(f"{root / 'manifest.jsonl'}: unreadable ({err})") from None
-        counts = info.get("counts", {})
+        documents = []
+        for where, _, doc in read_jsonl_objects(root / "manifest.jsonl", PoolFormatError):
+            if not isinstance(doc.get("doc_id"), str):
+                raise PoolFormatError(f"{where}: a manifest entry without a doc_id; the pool is damaged: rebuild it")
+            documents.append(doc)
         expected = (counts.get("pages"), counts.get("accepted"))
         for name in STORES:
             found = indexed_counts(root / name, PoolFormatError)

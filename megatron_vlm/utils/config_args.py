@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import types
 import typing
 from typing import Any, TypeVar
+
+from megatron_vlm.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -134,9 +137,66 @@ def option_names(cls: type, names: tuple[str, ...] | None = None) -> list[str]:
 
 def dataclass_from_options(cls: type[T], options: dict[str, Any]) -> T:
     """Build ``cls`` from keyword options named as on the command line (``tp=2``, not ``layout=...``),
-    as the Python API takes them; an unknown keyword is a ``TypeError`` naming it."""
+    as the Python API takes them; an unknown keyword is a ``TypeError`` naming it, a value of the wrong type
+    or not among the option's choices a ``ConfigError`` naming the option (what argparse checks on the
+    command line)."""
     known = option_names(cls)
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise TypeError(f"unknown option(s) {', '.join(unknown)} for {cls.__name__}; known: {', '.join(known)}")
+    fields = _option_fields(cls)
+    for name, value in options.items():
+        tp, f = fields[name]
+        if not _fits(value, tp):
+            raise ConfigError(f"--{name.replace('_', '-')}: expected {_type_name(tp)}, got {value!r}")
+        choices = f.metadata.get("choices")
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if choices is not None and value is not None and any(v not in choices for v in values):
+            raise ConfigError(f"--{name.replace('_', '-')}: {value!r} is not one of {', '.join(map(str, choices))}")
     return dataclass_from_args(cls, argparse.Namespace(**options))
+
+
+def _option_fields(cls: type, names: tuple[str, ...] | None = None) -> dict[str, tuple[Any, dataclasses.Field]]:
+    """Option name -> (declared type, field), nested dataclasses flattened as ``option_names`` does."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in _selected_fields(cls, names):
+        tp = _unwrap_optional(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            out.update(_option_fields(tp, f.metadata.get("fields")))
+        else:
+            out[f.name] = (hints[f.name], f)
+    return out
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether ``value`` is of the declared type ``tp`` (a path may be given for a ``str``; an int for a float)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, t) for t in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin in (list, tuple):
+        inner = typing.get_args(tp)[:1] or (Any,)
+        return isinstance(value, (list, tuple)) and all(_fits(v, inner[0]) for v in value)
+    if tp is Any:
+        return True
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, (str, os.PathLike))
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(t) for t in typing.get_args(tp))
+    if origin in (list, tuple):
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", str: "a string or path", bool: "True or False",
+            type(None): "None"}.get(tp, getattr(tp, "__name__", str(tp)))

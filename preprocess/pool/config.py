@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from megatron_vlm.data.vision import MAX_PIXELS, MIN_PIXELS
+from megatron_vlm.data.vision import MAX_DPI, MAX_PIXELS, MIN_PIXELS
 from megatron_vlm.errors import ConfigError
 from megatron_vlm.utils.checks import MAX_WAIT_S, MAX_WORKERS, check_number
 
 ENCODINGS = ("auto", "png", "jpeg")
-MAX_DPI = 1200  # a page rendered finer is only shrunk again to --max-pixels (an A4 page at 1200 dpi: 140M pixels)
 
 
 @dataclass
