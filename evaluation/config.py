@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from megatron_vlm.data.vision import MAX_DPI, MAX_PIXELS, MIN_PIXELS
 from megatron_vlm.errors import LongVLMError

@@ -28,7 +28,7 @@ from evaluation.pages import Page, PdfPage, PoolPage
 from evaluation.prompt import Context, PromptBuilder, Request
 from evaluation.scoring import ANSWER_FORMATS, parse_list, score_answer
 from evaluation.scoring import summarize as summarize_answers
-from megatron_vlm.utils.jsonl import read_jsonl_objects
+from megatron_vlm.utils.jsonl import parse_json, read_jsonl_objects
 
 
 @dataclass
@@ -92,14 +92,14 @@ def _question(obj: dict, where: str, doc_key: str, default_format: str | None = 
 
 def detect_format(path: Path) -> str:
     """``mmlongbench`` (a JSON list), ``tasks`` (synth lines) or ``jsonl`` (lines with ``doc``)."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         head = f.read(1 << 16)
-    if head.lstrip().startswith("["):
+    if head.lstrip().startswith(b"["):
         return "mmlongbench"
-    first = next((line for line in head.splitlines() if line.strip()), "")
+    first = next((line for line in head.splitlines() if line.strip()), b"")
     try:
-        obj = json.loads(first)
-    except json.JSONDecodeError:
+        obj = parse_json(first, f"{path}:1", EvalError)
+    except EvalError:
         raise EvalError(f"{path}:1: neither a JSON list (samples.json) nor JSON lines") from None
     if isinstance(obj, dict) and "doc" in obj:
         return "jsonl"
@@ -113,14 +113,11 @@ def read_questions(path: str | Path, input_format: str = "auto") -> tuple[str, l
     """The input's format and its questions (ids made unique)."""
     path = Path(path)
     if not path.is_file():
-        raise EvalError(f"{path}: input file not found")
+        raise EvalError(f"{path}: {'a folder, not the' if path.is_dir() else 'no such'} input file")
     fmt = detect_format(path) if input_format == "auto" else input_format
     questions: list[Question] = []
     if fmt == "mmlongbench":
-        try:
-            samples = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise EvalError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        samples = parse_json(path.read_bytes(), str(path), EvalError)
         if not isinstance(samples, list):
             raise EvalError(f"{path}: MMLongBench-Doc's samples.json is a JSON list of samples")
         for i, obj in enumerate(samples):

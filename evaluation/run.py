@@ -101,6 +101,11 @@ def run_task(name: str, config, pool=None, backend=None) -> EvalResult:
     if backend is None:
         backend_class(config.backend)  # fail on a bad name before any work
     check_directory(config.output)
+    if pool is None and getattr(config, "pool", None) is not None and not Path(config.pool).is_dir():
+        raise EvalError(f"--pool {config.pool}: no such folder (a pool written by 'longvlm pool')")
+    if isinstance(config, DocQAConfig) and not Path(config.input).is_file():  # before the tokenizer loads
+        raise EvalError(f"{config.input}: {'a folder, not the' if Path(config.input).is_dir() else 'no such'} "
+                        "input file")
     rope = resolve_rope(config)
     builder = PromptBuilder(load_tokenizer(config), config.page_markers)
     requests = task.requests(config, builder, pool)

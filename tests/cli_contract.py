@@ -290,7 +290,7 @@ def api_function(leaf: Leaf, namespace: argparse.Namespace):
     first, rest = leaf.words[0], leaf.words[1:]
     if first == "train":
         return lambda: api.train(opts["recipe"], output=opts["output"], overrides=opts["overrides"])
-    call = {"eval": api.evaluate}.get(first, getattr(api, first))
+    call = api.evaluate if first == "eval" else getattr(api, first)
     return lambda: call(*rest, **opts)
 
 

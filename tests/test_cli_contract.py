@@ -122,6 +122,9 @@ ACCEPTED = {
     "* --limit=100000000000": "every example", "* --max-batch-tokens=100000000000": "no limit on padded tokens",
     "* --max-pixels=100000000000": "no upper bound but the render's own size",
     "eval niah --depths=0": "a needle at the start",
+    "slurm train --gpus-per-node=0": "CPU tasks (testing without GPUs)",
+    "slurm train --signal-seconds=0": "the signal at the time limit itself", "* --step-wait=0": "end the others at once",
+    "* --max-parallel=100000000000": "no limit on array tasks at once", "* --rope-base=1e30": "any positive RoPE base",
     # recipe keys
     **{f"train {k}=0": why for k, why in {
         "train.seed": "a seed", "data.num_workers": "the training process loads its own batches",

@@ -49,6 +49,7 @@ def preflight(config: TrainConfig, run_dir: Path, world_size: int, rank: int = 0
     looked for here.
     """
     config.check()
+    resume = check_run_dir(run_dir, config) if rank == 0 else False  # before the inputs: it is the cheapest check
     layout = config.parallel
     try:
         dp = layout.data_parallel_size(world_size)
@@ -80,7 +81,6 @@ def preflight(config: TrainConfig, run_dir: Path, world_size: int, rank: int = 0
     except Exception as err:
         raise RecipeError(f"parallel / model: {err}") from None
     plan = plan_data(config, arch, model_max, start.tokenizer_dir)
-    resume = check_run_dir(run_dir, config) if rank == 0 else False
     return Preflight(start, plan, dp, resume)
 
 

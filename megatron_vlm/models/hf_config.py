@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_vlm.errors import ConfigError
+from megatron_vlm.utils.jsonl import read_json
 
 MODEL_TYPE = "qwen2_5_vl"
 ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
@@ -30,12 +31,9 @@ def load_hf_config(source: str | Path | dict[str, Any]) -> dict[str, Any]:
     path = Path(source)
     if path.is_dir():
         path = path / "config.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no Hugging Face config.json there") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not path.is_file():
+        raise ConfigError(f"{path}: no Hugging Face config.json there")
+    return read_json(path, ConfigError)
 
 
 def _require(section: dict[str, Any], key: str, where: str, source: str) -> Any:
@@ -92,6 +90,23 @@ class Qwen25VLArch:
         """Parse a ``config.json`` (dict, file or checkpoint dir); errors name ``name`` (default: the source)."""
         raw = load_hf_config(source)
         where = name or (str(source) if not isinstance(source, dict) else "config.json")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: a config.json is a JSON object, got {type(raw).__name__}")
+        try:
+            arch = cls._parse(raw, where)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, AttributeError, KeyError, OverflowError, ZeroDivisionError) as err:
+            raise ConfigError(f"{where}: a value has the wrong type or range ({type(err).__name__}: {err})") from None
+        sizes = ("num_layers", "hidden_size", "num_heads", "num_query_groups", "head_dim", "ffn_hidden_size",
+                 "vocab_size", "vision_layers", "vision_hidden_size", "vision_heads", "vision_ffn_hidden_size",
+                 "patch_size", "temporal_patch_size", "in_channels", "spatial_merge_size", "out_hidden_size")
+        if bad := [n for n in sizes if getattr(arch, n) < 1]:
+            raise ConfigError(f"{where}: {', '.join(bad)} must be positive")
+        return arch
+
+    @classmethod
+    def _parse(cls, raw: dict[str, Any], where: str) -> Qwen25VLArch:
         archs = raw.get("architectures") or []
         if raw.get("model_type", MODEL_TYPE) != MODEL_TYPE or (archs and ARCHITECTURE not in archs):
             raise ConfigError(f"{where}: wrong architecture: model_type={raw.get('model_type')!r}, "

@@ -10,12 +10,13 @@ least 100K tokens") over token-length bins ``[edges[i], edges[i+1])``:
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from megatron_vlm.utils.jsonl import read_json
 from preprocess.dataset.errors import BuildError
 
 K = 1024
@@ -49,11 +50,13 @@ def load_length_target(spec: str) -> LengthTarget:
     path = Path(spec)
     if not path.is_file():
         raise BuildError(f"--length-dist {spec}: not 'pool-native', 'long-biased' or an existing JSON file")
+    obj = read_json(path, BuildError)
     try:
-        obj = json.loads(path.read_text())
         edges = [int(e) for e in obj["edges"]]
         fractions = [float(f) for f in obj["fractions"]]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        if not all(math.isfinite(f) for f in fractions):
+            raise ValueError("a fraction is not finite")
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
         raise BuildError(f"{path}: a length histogram is a JSON object with 'edges' (ints) and "
                          f"'fractions' (one number per bin) ({err})") from None
     if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):

@@ -61,8 +61,8 @@ def load_tokenizer(path: str):
         raise BuildError(f"--tokenizer {path}: not a tokenizer directory")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise BuildError(f"--tokenizer {path}: cannot load a tokenizer ({err})") from None
+    except Exception as err:  # damaged files raise whatever transformers and tokenizers meet first
+        raise BuildError(f"--tokenizer {path}: cannot load a tokenizer ({type(err).__name__}: {err})") from None
     if not tokenizer.chat_template:
         raise BuildError(f"--tokenizer {path}: has no chat template (use the Qwen2.5-VL tokenizer)")
     try:

@@ -35,7 +35,9 @@ def load_exclude_hashes(path: str | None) -> set[str]:
     if not path:
         return set()
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise PoolError(f"--exclude-hashes {path}: not UTF-8 text (byte {err.start})") from None
     except OSError as err:
         raise PoolError(f"--exclude-hashes {path}: {err.strerror or err}") from None
     hashes = set()
