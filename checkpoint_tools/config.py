@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from megatron_vlm.errors import ConfigError
@@ -108,5 +109,5 @@ class VerifyConfig:
 
 def check_iteration(iteration: str | None) -> None:
     """``--iteration`` is a step number or ``release``."""
-    if iteration is not None and iteration != "release" and not str(iteration).isdigit():
+    if iteration is not None and iteration != "release" and not re.fullmatch(r"[0-9]{1,18}", str(iteration)):
         raise ConfigError(f"--iteration must be a step number or 'release', got {iteration!r}")

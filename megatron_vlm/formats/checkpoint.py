@@ -136,7 +136,7 @@ def latest_iteration(root: str | Path) -> int | str | None:
     if not tracker.is_file():
         return None
     iteration = tracker.read_bytes().decode("utf-8", "replace").strip()
-    if iteration != "release" and not iteration.isdigit():
+    if iteration != "release" and not re.fullmatch(r"[0-9]{1,18}", iteration):
         raise CheckpointError(f"{tracker}: corrupt (expected an iteration number, got {iteration!r})")
     return iteration if iteration == "release" else int(iteration)
 
