@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from checkpoint_tools.config import VerifyConfig
-from checkpoint_tools.hf_io import CheckpointError
+from checkpoint_tools.hf_io import CheckpointError, HFCheckpoint
 from megatron_vlm.formats.checkpoint import MegatronCheckpoint
 from megatron_vlm.models.hf_config import Qwen25VLArch
 
@@ -185,7 +185,8 @@ def verify(cfg: VerifyConfig) -> VerifyResult:
 
     cfg.check()
     hf_dir = Path(cfg.hf)
-    MegatronCheckpoint.open(cfg.ckpt, cfg.iteration)  # both inputs are checked before either is loaded
+    HFCheckpoint.open(hf_dir)  # both inputs are checked before either is loaded
+    MegatronCheckpoint.open(cfg.ckpt, cfg.iteration)
     images = None
     if cfg.image:
         images = []

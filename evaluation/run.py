@@ -103,6 +103,10 @@ def run_task(name: str, config, pool=None, backend=None) -> EvalResult:
     check_directory(config.output)
     if pool is None and getattr(config, "pool", None) is not None and not Path(config.pool).is_dir():
         raise EvalError(f"--pool {config.pool}: no such folder (a pool written by 'longvlm pool')")
+    if backend is None and config.backend == "hf":  # every shard's header read: a damaged one named now
+        from checkpoint_tools.hf_io import HFCheckpoint
+
+        HFCheckpoint.open(config.checkpoint)
     if isinstance(config, DocQAConfig) and not Path(config.input).is_file():  # before the tokenizer loads
         raise EvalError(f"{config.input}: {'a folder, not the' if Path(config.input).is_dir() else 'no such'} "
                         "input file")

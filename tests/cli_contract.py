@@ -137,6 +137,7 @@ class Case:
     value: str
     names: tuple[str, ...]  # what the one line must name (any of them)
     recipe_key: bool = False
+    damaged: bool = False  # value: the input of which a damaged copy is given
 
     @property
     def id(self) -> str:

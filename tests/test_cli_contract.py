@@ -15,7 +15,9 @@ Count the cases: ``python -m pytest tests/test_cli_contract.py --collect-only -q
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -124,7 +126,9 @@ ACCEPTED = {
     "eval niah --depths=0": "a needle at the start",
     "slurm train --gpus-per-node=0": "CPU tasks (testing without GPUs)",
     "slurm train --signal-seconds=0": "the signal at the time limit itself", "* --step-wait=0": "end the others at once",
-    "* --max-parallel=100000000000": "no limit on array tasks at once", "* --rope-base=1e30": "any positive RoPE base",
+    "* --max-parallel=100000000000": "no limit on array tasks at once",
+    "slurm status directory=damaged run": "status reports the job records, checkpoint and metrics it finds; the run's "
+    "script (its largest file, damaged here) is the job's to run", "* --rope-base=1e30": "any positive RoPE base",
     # recipe keys
     **{f"train {k}=0": why for k, why in {
         "train.seed": "a seed", "data.num_workers": "the training process loads its own batches",
@@ -193,68 +197,112 @@ for _leaf in LEAVES:  # free-text options with a bad value of their own
             CASES.append(Case(_leaf.name, action_name(_action), "bad", _bad,
                               (*_action.option_strings, "{value}") if _action.option_strings
                               else (_action.dest, str(_action.metavar), "{value}")))
-REFUSED = [c for c in CASES if _lookup(ACCEPTED, c.leaf, f"{c.option}={c.label}") is None]
-ACCEPTED_CASES = [c for c in CASES if c not in REFUSED]
 
 
 # --- inputs -----------------------------------------------------------------------------------------
 
+# A valid command line per leaf: options by name, positionals by dest; ``{scratch}`` is the case's folder and
+# ``{NAME}`` an input of the ``inputs`` fixture. A case changes one entry.
+TRAIN_OVERRIDES = ["data.train=[{prefix: {pooldata}}]", "data.pool_dir={pool}", "model.checkpoint={hf}", "train.train_steps=2",
+                   "train.global_batch_size=4", "train.precision=fp32", "checkpoint.save_interval=0",
+                   "logging.tensorboard=false", "data.num_workers=0"]
+BASELINES = {
+    "pool": {"inputs": ["{pdf}"], "--output": "{scratch}/pool", "--min-pages": 0, "--progress": False},
+    "synth": {"pool": "{pool}", "--output": "{scratch}/tasks.jsonl", "--progress": False},
+    "build": {"tasks": ["{tasks}"], "--pool": "{pool}", "--tokenizer": "{tokenizer}", "--output": "{scratch}/data",
+              "--max-seq-len": 8192, "--token-budget": 8000, "--mixture": "extract-single=1", "--progress": False},
+    "stats": {"prefix": "{data}"},
+    "convert hf-to-megatron": {"--hf": "{hf}", "--out": "{scratch}/meg"},
+    "convert megatron-to-hf": {"--ckpt": "{megatron}", "--out": "{scratch}/hf"},
+    "convert reshard": {"--ckpt": "{megatron}", "--out": "{scratch}/meg"},
+    "convert verify": {"--hf": "{hf}", "--ckpt": "{megatron}"},
+    "train": {"recipe": "tiny-cpu", "overrides": TRAIN_OVERRIDES, "--output": "{scratch}/run"},
+    "tune": {"--model": "qwen2.5-vl-7b", "--gpus": 2, "--global-batch": 2, "--seq-len": 8192},
+    "slurm train": {"recipe": "tiny-cpu", "overrides": TRAIN_OVERRIDES, "--run-dir": "{scratch}/run",
+                    "--gpus-per-node": 0, "--tasks-per-node": 1},
+    "slurm pool": {"--num-shards": 2, "stage_args": ["{pdf}", "-o", "{scratch}/pool"]},
+    "slurm synth": {"--num-shards": 2, "stage_args": ["{pool}", "-o", "{scratch}/tasks.jsonl"]},
+    "slurm status": {"directory": "{run}"},
+    "slurm local": {"recipe": "tiny-cpu", "overrides": TRAIN_OVERRIDES, "--output": "{scratch}/run"},
+    "eval score": {"predictions": "{predictions}"},
+    "eval niah": {"--pool": "{pool}", "--checkpoint": "{hf}", "--tokenizer": "{tokenizer}",
+                  "--output": "{scratch}/niah", "--lengths": ["2K"], "--progress": False},
+    "eval docqa": {"input": "{questions}", "--pool": "{pool}", "--checkpoint": "{hf}", "--tokenizer": "{tokenizer}",
+                   "--output": "{scratch}/docqa", "--progress": False},
+    "demo": {"--output": "{scratch}/demo", "--pdfs": "{pdfs}"},
+}
+# Inputs a damaged copy of is tried wherever a baseline reads them (PDFs are not: a bad PDF is rejected and
+# recorded by design, not an error).
+DAMAGEABLE = ("pool", "pooldata", "data", "hf", "megatron", "tokenizer", "tasks", "predictions", "questions", "run")
+
+for _name, _base in BASELINES.items():
+    for _option, _value in _base.items():
+        for _key in DAMAGEABLE:
+            if any(f"{{{_key}}}" in str(v) for v in (_value if isinstance(_value, list) else [_value])):
+                CASES.append(Case(_name, _option, f"damaged {_key}", _key, ("{value}",), damaged=True))
+REFUSED = [c for c in CASES if _lookup(ACCEPTED, c.leaf, f"{c.option}={c.label}") is None]
+ACCEPTED_CASES = [c for c in CASES if c not in REFUSED]
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, train_inputs, qwen_tokenizer_dir, small_pool, convert_to_megatron, pdf_dir) -> dict:
-    """Valid inputs for every baseline (shared session fixtures, plus a tasks file and predictions)."""
-    from train_inputs import train_overrides
-
+    """Valid inputs for every baseline: the shared session fixtures, plus a tasks file, a dataset whose pages
+    are the pool's, predictions, docqa questions and a run directory of ``slurm train``."""
     from longvlm import api
 
     root = tmp_path_factory.mktemp("contract_inputs")
     tasks = root / "tasks.jsonl"
     api.synth(pool=str(small_pool), output=str(tasks), per_doc=1, progress=False, tasks="extract-single")
+    api.build(tasks=[str(tasks)], pool=str(small_pool), tokenizer=str(qwen_tokenizer_dir), output=str(root / "pooldata"),
+              max_seq_len=8192, token_budget=8000, mixture="extract-single=1", progress=False)
     predictions = root / "predictions.jsonl"
     predictions.write_text('{"question": "q", "answer": "4", "answer_format": "Int", "prediction": "4"}\n')
     questions = root / "questions.jsonl"
-    doc = next(iter(line for line in (small_pool / "manifest.jsonl").read_text().splitlines()))
-    import json
-
-    questions.write_text(json.dumps({"doc": json.loads(doc)["doc_id"], "question": "q?", "answer": "a",
-                                     "answer_format": "Str", "evidence_pages": [1]}) + "\n")
-    run = root / "slurm run"
-    api.slurm("train", recipe="tiny-cpu", overrides=train_overrides(train_inputs, 2), run_dir=str(run),
+    doc = json.loads((small_pool / "manifest.jsonl").read_text().splitlines()[0])["doc_id"]
+    questions.write_text(json.dumps({"doc": doc, "question": "q?", "answer": "a", "answer_format": "Str",
+                                     "evidence_pages": [1]}) + "\n")
+    found = {"pool": small_pool, "tasks": tasks, "tokenizer": qwen_tokenizer_dir, "hf": train_inputs["hf"],
+             "megatron": convert_to_megatron(train_inputs["hf"], 1, 1), "data": train_inputs["data"],
+             "pooldata": root / "pooldata", "predictions": predictions, "questions": questions,
+             "run": root / "slurm run", "pdf": pdf_dir / "float.pdf", "pdfs": pdf_dir}
+    api.slurm("train", recipe="tiny-cpu", overrides=resolve(TRAIN_OVERRIDES, root, found), run_dir=str(found["run"]),
               gpus_per_node=0, tasks_per_node=1)
-    return {"pool": small_pool, "tasks": tasks, "tokenizer": qwen_tokenizer_dir, "hf": train_inputs["hf"],
-            "megatron": convert_to_megatron(train_inputs["hf"], 1, 1), "data": train_inputs["data"],
-            "predictions": predictions, "questions": questions, "run": run, "pdf": pdf_dir / "float.pdf",
-            "pdfs": pdf_dir, "overrides": train_overrides(train_inputs, 2),
-            "roots": [root, small_pool, qwen_tokenizer_dir, train_inputs["tmp"]]}
+    return {**found, "roots": [root, small_pool, qwen_tokenizer_dir, train_inputs["tmp"]]}
 
 
-def baselines(i: dict) -> dict[str, dict]:
-    """A valid command line per leaf (options by name, positionals by dest); ``{scratch}`` is the case's folder."""
-    return {
-        "pool": {"inputs": [i["pdf"]], "--output": "{scratch}/pool", "--min-pages": 0, "--progress": False},
-        "synth": {"pool": i["pool"], "--output": "{scratch}/tasks.jsonl", "--progress": False},
-        "build": {"tasks": [i["tasks"]], "--pool": i["pool"], "--tokenizer": i["tokenizer"],
-                  "--output": "{scratch}/data", "--max-seq-len": 8192, "--token-budget": 8000, "--mixture": "extract-single=1",
-                  "--progress": False},
-        "stats": {"prefix": i["data"]},
-        "convert hf-to-megatron": {"--hf": i["hf"], "--out": "{scratch}/meg"},
-        "convert megatron-to-hf": {"--ckpt": i["megatron"], "--out": "{scratch}/hf"},
-        "convert reshard": {"--ckpt": i["megatron"], "--out": "{scratch}/meg"},
-        "convert verify": {"--hf": i["hf"], "--ckpt": i["megatron"]},
-        "train": {"recipe": "tiny-cpu", "overrides": i["overrides"], "--output": "{scratch}/run"},
-        "tune": {"--model": "qwen2.5-vl-7b", "--gpus": 2, "--global-batch": 2, "--seq-len": 8192},
-        "slurm train": {"recipe": "tiny-cpu", "overrides": i["overrides"], "--run-dir": "{scratch}/run",
-                        "--gpus-per-node": 0, "--tasks-per-node": 1},
-        "slurm pool": {"--num-shards": 2, "stage_args": [i["pdf"], "-o", "{scratch}/pool"]},
-        "slurm synth": {"--num-shards": 2, "stage_args": [i["pool"], "-o", "{scratch}/tasks.jsonl"]},
-        "slurm status": {"directory": i["run"]},
-        "slurm local": {"recipe": "tiny-cpu", "overrides": i["overrides"], "--output": "{scratch}/run"},
-        "eval score": {"predictions": i["predictions"]},
-        "eval niah": {"--pool": i["pool"], "--checkpoint": i["hf"], "--tokenizer": i["tokenizer"],
-                      "--output": "{scratch}/niah", "--lengths": ["2K"], "--progress": False},
-        "eval docqa": {"input": i["questions"], "--pool": i["pool"], "--checkpoint": i["hf"],
-                       "--tokenizer": i["tokenizer"], "--output": "{scratch}/docqa", "--progress": False},
-        "demo": {"--output": "{scratch}/demo", "--pdfs": i["pdfs"]},
-    }
+def resolve(value, scratch: Path, inputs: dict):
+    """``value`` with ``{scratch}`` and ``{NAME}`` replaced by paths (lists element by element)."""
+    if isinstance(value, list):
+        return [resolve(v, scratch, inputs) for v in value]
+    if not isinstance(value, str):
+        return value
+    for name, path in inputs.items():
+        if isinstance(path, Path):
+            value = value.replace(f"{{{name}}}", str(path))
+    return value.replace("{scratch}", str(scratch))
+
+
+def damaged_copy(source: Path, scratch: Path) -> Path:
+    """A copy of the input ``source`` (a file, a folder, or a built dataset's prefix) in ``scratch``, with its
+    largest file cut in half: a file damaged on disk or cut off by a full one."""
+    target = scratch / "damaged ü" / source.name
+    target.parent.mkdir()
+    if source.is_dir():
+        shutil.copytree(source, target)
+        files = [p for p in target.rglob("*") if p.is_file()]
+    elif source.is_file():
+        shutil.copy2(source, target)
+        files = [target]
+    else:  # a dataset prefix: its JSON and the version folder the JSON names
+        meta = Path(f"{source}.json")
+        shutil.copy2(meta, f"{target}.json")
+        version = json.loads(meta.read_text())["files_dir"]
+        shutil.copytree(source.parent / version, target.parent / version)
+        files = [p for p in (target.parent / version).rglob("*") if p.is_file()]
+    biggest = max(files, key=lambda p: p.stat().st_size)
+    with open(biggest, "r+b") as f:
+        f.truncate(biggest.stat().st_size // 2)
+    return target
 
 
 def make_scratch(tmp_path: Path) -> Path:
@@ -267,17 +315,15 @@ def make_scratch(tmp_path: Path) -> Path:
     return scratch
 
 
-def resolve(value, scratch: Path):
-    if isinstance(value, list):
-        return [resolve(v, scratch) for v in value]
-    return str(value).replace("{scratch}", str(scratch)) if isinstance(value, (str, Path)) else value
-
-
-def case_argv(case: Case, base: dict, scratch: Path) -> tuple[list[str], str]:
-    """The case's command line, and the bad value as it appears in it."""
+def case_argv(case: Case, inputs: dict, scratch: Path) -> tuple[list[str], str]:
+    """The case's command line, and the bad value as it appears in it (a damaged input: the copy's path)."""
     leaf = BY_NAME[case.leaf]
-    values = {k: resolve(v, scratch) for k, v in base[case.leaf].items()}
-    value = resolve(case.value, scratch)
+    if case.damaged:
+        copy = damaged_copy(inputs[case.value], scratch)
+        values = {k: resolve(v, scratch, {**inputs, case.value: copy}) for k, v in BASELINES[case.leaf].items()}
+        return argv_of(leaf, values), str(copy.parent)
+    values = {k: resolve(v, scratch, inputs) for k, v in BASELINES[case.leaf].items()}
+    value = resolve(case.value, scratch, inputs)
     given = value
     if case.option in ("overrides", "stage_args") and not case.recipe_key:  # one more item of the list
         given = values.get(case.option, []) + [value]
@@ -292,7 +338,7 @@ def test_refused(case, inputs, tmp_path):
     from megatron_vlm.errors import LongVLMError
 
     scratch = make_scratch(tmp_path)
-    argv, value = case_argv(case, baselines(inputs), scratch)
+    argv, value = case_argv(case, inputs, scratch)
     before = snapshot(scratch, *inputs["roots"])
     result = run_cli(argv, scratch, LIMIT_S)
     assert not result.timed_out, f"{argv}: {result.err[-2000:]}still running after {LIMIT_S} s"
@@ -308,7 +354,7 @@ def test_refused(case, inputs, tmp_path):
         namespace, typed = parse_args(argv), True
     except SystemExit:  # argparse refused the value: the API gets it as the string it is
         leaf = BY_NAME[case.leaf]
-        base = {k: resolve(v, scratch) for k, v in baselines(inputs)[case.leaf].items()}
+        base = {k: resolve(v, scratch, inputs) for k, v in BASELINES[case.leaf].items()}
         namespace, typed = parse_args(argv_of(leaf, base)), False
         action = next(a for a in BY_NAME[case.leaf].parser._actions if case.option in (a.dest, *a.option_strings))
         setattr(namespace, action.dest, [value] if action.nargs in ("+", "*") or
@@ -328,7 +374,7 @@ def test_refused(case, inputs, tmp_path):
                          ids=[c.id for c in ACCEPTED_CASES if c.leaf in CHEAP])
 def test_accepted_values_of_cheap_commands_run(case, inputs, tmp_path):
     scratch = make_scratch(tmp_path)
-    argv, _ = case_argv(case, baselines(inputs), scratch)
+    argv, _ = case_argv(case, inputs, scratch)
     result = run_cli(argv, scratch, LIMIT_S)
     assert not result.timed_out, f"{argv}: still running after {LIMIT_S} s"
     assert result.code in (0, 1) and "Traceback" not in result.err, f"{argv}: exit {result.code}\n{result.err[-3000:]}"
@@ -349,8 +395,7 @@ def test_every_string_option_is_classified():
 
 
 def test_every_baseline_and_table_entry_is_used():
-    assert set(baselines({k: Path("x") for k in ("pool", "tasks", "tokenizer", "hf", "megatron", "data", "predictions",
-                                                 "questions", "run", "pdf", "pdfs", "overrides")})) == set(BY_NAME)
+    assert set(BASELINES) == set(BY_NAME)
     keys = {c.key.split(" ", len(c.leaf.split()))[-1] for c in CASES}
     stale = [k for k in ACCEPTED if k.split(" ", 1)[1] not in keys and k not in {c.key for c in CASES}]
     assert not stale, f"ACCEPTED entries that match no generated case: {stale}"

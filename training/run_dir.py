@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from checkpoint_tools.hf_io import HFCheckpoint
 from megatron_vlm.formats.checkpoint import TRACKER_NAME, MegatronCheckpoint
 from megatron_vlm.models.hf_config import Qwen25VLArch
 from megatron_vlm.utils.atomic import check_creatable
@@ -49,8 +50,8 @@ def start_point(config: TrainConfig) -> StartPoint:
             hf_dir = source.get("hf_dir")
             arch = Qwen25VLArch.from_hf(ckpt.meta["hf_config"], name=str(ckpt.iter_dir / "longvlm.json"))
             return StartPoint(path, "megatron", arch, hf_dir if hf_dir and Path(hf_dir).is_dir() else None, source)
-        if (path / "config.json").is_file():
-            arch = Qwen25VLArch.from_hf(path)
+        if (path / "config.json").is_file():  # every shard's header read: a damaged one is named before any work
+            arch = HFCheckpoint.open(path).arch
             return StartPoint(path, "hf", arch, str(path), {"hf_dir": str(path.resolve())})
     except RecipeError:
         raise

@@ -73,7 +73,10 @@ def parse_stage(stage: str, args: list[str]):
     if stage == "pool" and output_complete(stage, Path(config.output)):  # the merge would refuse it at the end
         raise SlurmError(f"-o {config.output} already holds a pool; choose another output")
     if stage == "synth":
+        from megatron_vlm.formats.pool import Pool
+
         config.validate()
+        Pool.open(config.pool)  # its files checked here, not in every array task
     return config
 
 

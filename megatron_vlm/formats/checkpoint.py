@@ -267,6 +267,7 @@ class MegatronCheckpoint:
             tensors = dist_checkpointing.load_tensors_metadata(str(iter_dir))
         except _READ_ERRORS as err:  # torch.distributed.checkpoint raises several types for a bad .metadata
             raise CheckpointError(f"{iter_dir}: corrupt torch_dist metadata ({_describe(err)})") from None
+        _check_file_sizes(iter_dir)
         shapes, dtypes, slots = {}, {}, {}
         for key, t in tensors.items():
             shape = tuple(t.global_shape)
@@ -289,6 +290,26 @@ class MegatronCheckpoint:
             raise CheckpointError(f"{self.iter_dir}: cannot read tensors, a file is truncated or corrupt "
                                   f"({_describe(err)})") from None
         return {n: loaded[n][0] if self.slots[n].layer is not None else loaded[n] for n in names}
+
+
+def _check_file_sizes(iter_dir: Path) -> None:
+    """Every data file the torch_dist metadata points into is there and long enough (a file cut off by a
+    full disk or a killed copy is named now, not when its tensors are read)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        storage = FileSystemReader(str(iter_dir)).read_metadata().storage_data or {}
+    except _READ_ERRORS as err:
+        raise CheckpointError(f"{iter_dir}: corrupt torch_dist metadata ({_describe(err)})") from None
+    needed: dict[str, int] = {}
+    for info in storage.values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(needed.items()):
+        path = iter_dir / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing (the checkpoint's metadata lists it)")
+        if path.stat().st_size < size:
+            raise CheckpointError(f"{path}: {path.stat().st_size:,} bytes, its metadata needs {size:,} (truncated)")
 
 
 def load_into_model(model: torch.nn.Module | list[torch.nn.Module], ckpt: MegatronCheckpoint | str | Path,
