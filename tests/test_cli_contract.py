@@ -403,7 +403,7 @@ def test_every_baseline_and_table_entry_is_used():
 
 def test_readme_states_the_number_of_cases():
     text = (REPO / "README.md").read_text()
-    match = re.search(r"([\d,]+) generated bad inputs", text)
+    match = re.search(r"([\d,]+)\s+generated\s+bad\s+inputs", text)
     assert match, "README.md states the number of generated bad inputs ('N generated bad inputs')"
     assert int(match[1].replace(",", "")) == len(REFUSED), \
         f"README.md says {match[1]} generated bad inputs, the tests try {len(REFUSED)}: update README.md"

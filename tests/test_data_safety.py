@@ -66,7 +66,9 @@ def assert_one_line_stop(result: subprocess.CompletedProcess, command: str, kept
     """Ctrl-C: exit 130, no traceback from the parent or a worker, one line saying what was kept."""
     assert result.returncode == 130, result.stderr
     assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Exception in thread" not in result.stderr, result.stderr  # a daemon thread cut off at exit
+    assert "" not in result.stderr.splitlines(), result.stderr  # no empty line before the message (not a TTY)
+    lines = result.stderr.splitlines()
     assert [line for line in lines if line.startswith("longvlm ")] == lines[-1:], result.stderr
     assert lines[-1].startswith(f"longvlm {command}: stopped by SIGINT; ") and kept in lines[-1], result.stderr
 

@@ -353,6 +353,35 @@ def test_dataset_of_another_tokenizer_is_refused(setup, tmp_path, capsys, qwen_t
     assert "built with another tokenizer than the model's (merges.txt differ" in err
 
 
+@pytest.mark.parametrize("change", ["gone", "other ids"])
+def test_model_without_tokenizer_files_is_checked_against_the_recorded_tokenizer(setup, tmp_path, capsys,
+                                                                                  qwen_tokenizer_dir, change):
+    """The tiny model has no tokenizer files: the tokenizer the dataset recorded must still be there and put the
+    vision tokens at the model's ids (config.json's image_token_id, ...), else the run is refused before any work."""
+    from longvlm.cli import main
+    from megatron_vlm.utils.hashing import sha256_file
+
+    data = setup["data"]
+    meta = json.loads(Path(f"{data}.json").read_text())
+    shutil.copytree(data.parent / meta["files_dir"], tmp_path / meta["files_dir"])
+    tokenizer = tmp_path / "tokenizer"
+    if change == "other ids":  # another tokenizer: the image and video pad tokens swapped
+        shutil.copytree(qwen_tokenizer_dir, tokenizer)
+        spec = json.loads((tokenizer / "tokenizer.json").read_text())
+        pads = {t["content"]: t for t in spec["added_tokens"] if t["content"] in ("<|image_pad|>", "<|video_pad|>")}
+        pads["<|image_pad|>"]["content"], pads["<|video_pad|>"]["content"] = "<|video_pad|>", "<|image_pad|>"
+        (tokenizer / "tokenizer.json").write_text(json.dumps(spec))
+        meta["inputs"]["tokenizer"]["sha256"] = {n: sha256_file(tokenizer / n) for n in meta["inputs"]["tokenizer"]["sha256"]}
+    meta["inputs"]["tokenizer"]["path"] = str(tokenizer)
+    Path(tmp_path / "data.json").write_text(json.dumps(meta))
+    args = overrides(setup) + [f"data.train=[{{prefix: {tmp_path / 'data'}}}]"]
+    assert main(["train", "tiny-cpu", "-o", str(tmp_path / "run"), *args]) == 2
+    err = capsys.readouterr().err
+    expected = "is gone or changed" if change == "gone" else "<|image_pad|> is 151656, the model's 151655"
+    assert expected in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_vision_parameters_get_a_gradient_without_images(megatron_single):
     """A text-only micro-batch still gives every trainable vision parameter a (zero) gradient, so gradient
     buckets that wait for every parameter are complete."""
