@@ -334,7 +334,7 @@ def test_corrupt_megatron_checkpoint_fails_clearly(converted, tmp_path, capsys):
         f.write_bytes(f.read_bytes()[:100])
     out = tmp_path / "out"
     run_cli_expecting_error(capsys, ["convert", "megatron-to-hf", "--ckpt", str(bad), "--out", str(out)], out,
-                            "cannot read tensors")
+                            "__0_0.distcp: 100 bytes, its metadata needs")
     (bad / "latest_checkpointed_iteration.txt").unlink()
     run_cli_expecting_error(capsys, ["convert", "megatron-to-hf", "--ckpt", str(bad), "--out", str(out)], out,
                             "not a Megatron checkpoint (no latest_checkpointed_iteration.txt)")

@@ -264,7 +264,7 @@ def test_odd_outputs_and_options_are_one_clear_error(pdf_dir, tmp_path, capsys):
     assert f"-o {tmp_path / 'afile'}: is a file, not a pool directory" in err and "Traceback" not in err
     for dpi in ("0", "-5"):  # one message for both
         assert main(["pool", pdf, "-o", str(tmp_path / "p"), f"--dpi={dpi}"]) == 2
-        assert f"--dpi must be >= 1, got {dpi}" in capsys.readouterr().err
+        assert f"--dpi must be >= 1 and <= 1200, got {dpi}" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
 
 

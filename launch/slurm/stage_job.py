@@ -76,7 +76,8 @@ def parse_stage(stage: str, args: list[str]):
         from megatron_vlm.formats.pool import Pool
 
         config.validate()
-        Pool.open(config.pool)  # its files checked here, not in every array task
+        if Path(config.pool).exists():  # checked here, not in every array task (absent: a queued job's output)
+            Pool.open(config.pool)
     return config
 
 
