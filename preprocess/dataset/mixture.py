@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from megatron_vlm.formats.tasks import TASK_NAMES
 from preprocess.dataset.errors import BuildError
 from preprocess.dataset.lengths import LengthTarget
-from preprocess.dataset.tasks import TASK_NAMES
 
 # The paper's final recipe: retrieval-heavy (single- and multi-page extraction) with modest
 # reasoning, long-document VQA only (OCR transcription is the weaker supervision).

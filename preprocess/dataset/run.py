@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from megatron_vlm.formats import dataset as fmt
 from megatron_vlm.formats.pool import pool_fingerprint
+from megatron_vlm.formats.tasks import TASK_NAMES, TaskRecord, read_tasks
 from megatron_vlm.utils.hashing import sha256_file
 from megatron_vlm.utils.processes import children_ignore_sigint
 from preprocess.dataset.config import BuildConfig
@@ -29,7 +30,6 @@ from preprocess.dataset.lengths import length_report, load_length_target
 from preprocess.dataset.mixture import check_repeats, parse_mixture, select_samples
 from preprocess.dataset.packing import fill_ratio, fill_upper_bound, pack
 from preprocess.dataset.render_sample import IMAGE_PAD, CompactSample, SampleRenderer, chat_messages
-from preprocess.dataset.tasks import TASK_NAMES, TaskRecord, read_tasks
 from preprocess.dataset.writer import DatasetWriter
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
@@ -120,7 +120,7 @@ def input_hashes(config: BuildConfig) -> dict:
 def _load_records(config: BuildConfig, docs: dict[str, tuple[int, dict]], renderer: SampleRenderer):
     records: list[TaskRecord] = []
     skipped: Counter = Counter()
-    for rec in read_tasks(config.tasks):
+    for rec in read_tasks(config.tasks, BuildError):
         if rec.doc_id not in docs:
             raise BuildError(f"{config.tasks[rec.file_index]}:{rec.line_number}: doc_id {rec.doc_id} "
                              f"is not in the pool {config.pool}")
