@@ -49,11 +49,13 @@ def build(**options: Any):
     return run_build(dataclass_from_options(BuildConfig, options))
 
 
-def stats(**options: Any) -> dict:
-    """``longvlm stats``: ``prefix`` (and ``plot``: a PNG path) -> the statistics dict
-    (what ``--json`` prints)."""
+def stats(**options: Any) -> dict | list[dict]:
+    """``longvlm stats``: ``prefix`` (one dataset, or a list to compare several) and ``plot`` (a PNG
+    path) -> the statistics dict, or a list of them (what ``--json`` prints)."""
     from preprocess.dataset.stats_cli import StatsConfig, run
 
+    if isinstance(options.get("prefix"), str):
+        options["prefix"] = [options["prefix"]]
     return run(dataclass_from_options(StatsConfig, options))
 
 

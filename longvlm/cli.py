@@ -44,7 +44,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("build", "preprocess.dataset.cli",
             "Tokenize, length-control, mix and pack tasks into Megatron indexed datasets."),
     Command("stats", "preprocess.dataset.stats_cli",
-            "Report per-task tokens, length histogram and packing fill of a built dataset."),
+            "Per-task examples, tokens and length percentiles of built datasets; length plots; comparisons."),
     Command("convert", "checkpoint_tools.cli",
             "Convert Qwen2.5-VL checkpoints Hugging Face <-> Megatron, reshard, verify."),
     Command("train", "training.cli", "Continue-pretrain Qwen2.5-VL with Megatron-Core (TP/PP/CP/DP/SP)."),

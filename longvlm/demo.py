@@ -128,7 +128,7 @@ def run_demo(config: DemoConfig) -> list[StageRecord]:
         seed=config.seed, progress=False)),
                   lambda r: f"{r.report['packing']['packs']} packed sequences of {r.report['packing']['samples']} samples, fill "
                             f"{r.report['packing']['fill_ratio']:.1%}")
-    stage("stats", lambda: run_stats(StatsConfig(prefix=str(build.prefix), plot=str(out / "lengths.png"))),
+    stage("stats", lambda: run_stats(StatsConfig(prefix=[str(build.prefix)], plot=str(out / "lengths.png"))),
           lambda s: f"{s['total_tokens']:,} tokens, histogram plot in lengths.png")
     hf = stage("tiny model", lambda: save_tiny_checkpoint(out / "hf_tiny", seed=config.seed),
                lambda p: f"random tiny Qwen2.5-VL written to {p.name}/ (from a config, no download)")

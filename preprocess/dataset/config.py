@@ -40,7 +40,8 @@ class BuildConfig:
     length_dist: str = field(default="pool-native", metadata={
         "metavar": "pool-native|long-biased|FILE",
         "help": "target histogram of sample lengths: the pool's own, the paper's long-biased "
-                "(83.9%% of examples >= 100K tokens), or a JSON file {edges, fractions}"})
+                "(83.9%% of examples >= 100K tokens; its bins scaled by --max-seq-len / 128K), or a JSON "
+                "file {edges, fractions}"})
     short_data: list[str] | None = field(default=None, metadata={
         "metavar": "FILE",
         "help": "short-context instruction data mixed in at --short-share: LLaVA-style .json/.jsonl "

@@ -244,7 +244,7 @@ def build(config: BuildConfig, pool=None) -> BuildResult:
     weights = parse_mixture(config.mixture)
     if config.short_share:
         weights = {name: w * (1 - config.short_share) for name, w in weights.items()} | {SHORT: config.short_share}
-    target = load_length_target(config.length_dist)
+    target = load_length_target(config.length_dist, config.max_seq_len)
     pool = pool if pool is not None else open_pool(config.pool)
     docs = {d["doc_id"]: (i, d) for i, d in enumerate(pool.documents)}
     renderer = SampleRenderer(load_tokenizer(config.tokenizer), config.page_markers)
@@ -295,7 +295,7 @@ def build(config: BuildConfig, pool=None) -> BuildResult:
         "dropped_too_long": {"max_seq_len": config.max_seq_len, "per_task": dropped,
                              "examples": [records[i].id for i in np.flatnonzero(too_long)[:10]]},
         "mixture": selection.report,
-        "length": length_report(target, lengths[usable], chosen_long),
+        "length": length_report(target, lengths[usable], chosen_long, config.max_seq_len),
         "short_data": _short_report(config, short, selection.report),
         "packing": {"packs": len(packs), "samples": int(len(chosen_lengths)), "max_seq_len": config.max_seq_len,
                     "tokens": int(chosen_lengths.sum()), "window": config.pack_window,
