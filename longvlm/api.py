@@ -138,7 +138,7 @@ def slurm(action: str, **options: Any) -> Any:
 
 
 def evaluate(task: str, **options: Any):
-    """``longvlm eval TASK``: ``task`` is ``"niah"``, ``"docqa"`` or ``"score"``; ``options`` are that
+    """``longvlm eval TASK``: ``task`` is ``"niah"``, ``"docqa"``, ``"mmniah"`` or ``"score"``; ``options`` are that
     task's CLI options as keywords::
 
         result = api.evaluate("niah", pool="pool", checkpoint="hf_ckpt", output="niah_out", lengths=["32K"])
