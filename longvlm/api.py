@@ -163,6 +163,32 @@ def evaluate(task: str, **options: Any):
     return run_task(task, TASKS[task].config(**options))
 
 
+def study(action: str, files: list[str], overrides: list[str] | tuple[str, ...] = (), **options: Any) -> Any:
+    """``longvlm study run|report``: ``files`` are experiment files (``recipes/study/*.yaml``), ``overrides``
+    ``key=value`` items applied to each (``inputs.pool=/data/pool``)::
+
+        steps = api.study("run", ["recipes/study/length-pool-native.yaml"], ["inputs.pool=pool", ...], work="study")
+        result = api.study("report", [...], [...], work="study", output="study/report")
+
+    ``run`` returns one ``launch.study.run.StepResult`` per stage (``ran`` or ``reused``); ``report`` a dict
+    with the table and the written files (``markdown``, ``csv``, ``figure``). Bad files or options raise
+    ``launch.study.experiment.StudyError`` before anything runs.
+    """
+    from launch.study.cli import ACTIONS
+
+    if action not in ACTIONS:
+        raise ValueError(f"unknown study action {action!r}; choose one of {sorted(ACTIONS)}")
+    config = dataclass_from_options(ACTIONS[action][0], {"args": [*files, *overrides], **options})
+    if action == "report":
+        from launch.study.report import report
+
+        return report(list(files), list(overrides), config.work, config.output)
+    from launch.study.run import run_experiments
+
+    return run_experiments(list(files), list(overrides), config.work, only=config.only,
+                           nproc_per_node=config.nproc_per_node)
+
+
 def demo(**options: Any):
     """``longvlm demo``: the whole pipeline in miniature on one CPU; options of
     ``longvlm.demo.DemoConfig`` as keywords. Returns one ``StageRecord`` per stage."""

@@ -53,7 +53,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("slurm", "launch.slurm.cli",
             "Training and sharded preprocessing on a SLURM cluster (sbatch, job arrays, status); local runs."),
     Command("eval", "evaluation.cli",
-            "Needle-in-a-haystack and long-document VQA at 32K-512K; scoring of predictions."),
+            "Needle-in-a-haystack, long-document VQA and MM-NIAH at 32K-512K; scoring of predictions."),
+    Command("study", "launch.study.cli",
+            "The paper's experiments as files: run what each needs (shared, resumable); report them side by side."),
     Command("demo", "longvlm.demo", "The whole pipeline in miniature on one CPU (a few minutes)."),
 )
 

@@ -184,5 +184,17 @@ def test_short_data_options_fail_clearly(tmp_path, long_inputs, qwen_tokenizer_d
     assert cli_main(args + ["--short-share", "0.1"]) == 2
     assert "--short-share and --short-data go together" in capsys.readouterr().err
     assert cli_main(args + ["--short-data", str(csv), "--short-share", "1.5"]) == 2
-    assert "--short-share must be in [0, 1)" in capsys.readouterr().err
+    assert "--short-share must be in [0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "cli").exists()
+
+
+def test_short_share_one_builds_short_data_only(tmp_path, long_inputs, qwen_tokenizer_dir):
+    """An SFT stage's dataset: --short-share 1 takes only short samples (the tasks are read, not used)."""
+    pool, tasks = long_inputs
+    result = _build(tmp_path, pool, tasks, qwen_tokenizer_dir, [write_llava(tmp_path / "llava", ".json")],
+                    short_share=1.0, token_budget=3000)
+    assert set(result.report["mixture"]["tasks"]) == {"short"}
+    data = BuiltDataset(result.prefix, pool=pool)
+    codes = {int(c) for i in range(len(data)) for c in data.read_pack(i)["samples"][:, 0]}
+    assert codes == {data.meta["task_names"].index("short")}
+    assert abs(result.report["mixture"]["tokens"] - 3000) / 3000 < 0.01

@@ -50,7 +50,7 @@ class BuildConfig:
                 "counted by reason"})
     short_share: float = field(default=0.0, metadata={
         "help": "token share of the short data in the dataset (0-1; the long tasks share the rest by "
-                "--mixture); needs --short-data"})
+                "--mixture; 1: short data only, e.g. an SFT stage); needs --short-data"})
     short_image_dir: str | None = field(default=None, metadata={
         "metavar": "DIR", "help": "folder the image paths of LLaVA JSON/JSONL files are relative to "
                                   "(default: each file's folder)"})
@@ -75,8 +75,8 @@ class BuildConfig:
             raise BuildError(f"--workers must be >= 1, got {self.workers}")
         if not self.tasks:
             raise BuildError("no tasks files given")
-        if not (math.isfinite(self.short_share) and 0 <= self.short_share < 1):
-            raise BuildError(f"--short-share must be in [0, 1), got {self.short_share}")
+        if not (math.isfinite(self.short_share) and 0 <= self.short_share <= 1):
+            raise BuildError(f"--short-share must be in [0, 1], got {self.short_share}")
         if bool(self.short_share) != bool(self.short_data):
             raise BuildError("--short-share and --short-data go together: give both (a share > 0 and the files) "
                              "or neither")

@@ -243,7 +243,8 @@ def build(config: BuildConfig, pool=None) -> BuildResult:
     config.validate()
     weights = parse_mixture(config.mixture)
     if config.short_share:
-        weights = {name: w * (1 - config.short_share) for name, w in weights.items()} | {SHORT: config.short_share}
+        weights = {name: w * (1 - config.short_share) for name, w in weights.items() if config.short_share < 1}
+        weights[SHORT] = config.short_share
     target = load_length_target(config.length_dist, config.max_seq_len)
     pool = pool if pool is not None else open_pool(config.pool)
     docs = {d["doc_id"]: (i, d) for i, d in enumerate(pool.documents)}
