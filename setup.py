@@ -18,7 +18,7 @@ setup(
     packages=find_packages(include=["longvlm*", "launch*", "training*", "evaluation*", "preprocess*",
                                     "checkpoint_tools*", "megatron_vlm*"]),
     package_data={"preprocess": ["synth/prompts/*.txt"], "longvlm": ["demo_pdfs/*.pdf", "demo_pdfs/SOURCES.md"],
-                  "training": ["recipes/*.yaml"], "launch": ["slurm/templates/*.j2"]},
+                  "training": ["recipes/*.yaml", "recipes/study/*.yaml"], "launch": ["slurm/templates/*.j2"]},
     # Ranges (README "Versions"): each capped at the newest major release that was run (for 0.x
     # packages, the newest minor), so `pip install -e .` never brings an untested major (PyMuPDF 2
     # changes find_tables). CI runs the exact pins of requirements.txt. Floors: transformers 5.17

@@ -88,6 +88,13 @@ def _layers(path: Path, seen: tuple[Path, ...] = ()) -> list:
     return [*_layers((path.parent / str(parent)).resolve(), (*seen, path)), layer]
 
 
+def raw_experiment(path: str | Path):
+    """The merged file (with what it inherits) as an OmegaConf mapping, nothing resolved or checked."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(*_layers(Path(path).resolve()))
+
+
 def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
     """An experiment file (with what it inherits) and ``key=value`` overrides, typed and checked."""
     from omegaconf import OmegaConf
@@ -107,7 +114,10 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
         experiment = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
-        raise StudyError(f"{path}: {'key ' + repr(key) + ': ' if key else ''}{str(err).splitlines()[0]}") from None
+        reason = str(err).splitlines()[0]
+        hint = re.search(r"Interpolation key '(inputs\.[^']+)' not found", reason)
+        hint = f"; give {hint.group(1)}=... on the command line" if hint else ""
+        raise StudyError(f"{path}: {'key ' + repr(key) + ': ' if key else ''}{reason}{hint}") from None
     experiment.file = str(path)
     check(experiment)
     return experiment
