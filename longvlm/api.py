@@ -186,7 +186,7 @@ def study(action: str, files: list[str], overrides: list[str] | tuple[str, ...] 
     from launch.study.run import run_experiments
 
     return run_experiments(list(files), list(overrides), config.work, only=config.only,
-                           nproc_per_node=config.nproc_per_node)
+                           nproc_per_node=config.nproc_per_node, slurm=config if config.slurm else None)
 
 
 def demo(**options: Any):

@@ -6,15 +6,17 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launch.slurm.options import SchedulerOptions
 from launch.study.experiment import StudyError
 from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_from_args
 
+_SLURM = "SLURM (--slurm; the scheduler options above apply to its jobs)"
 _ARGS_HELP = ("experiment files (recipes/study/*.yaml), then key=value overrides applied to each of them, "
               "e.g. inputs.pool=/data/pool inputs.base_model=/ckpt/Qwen2.5-VL-7B-Instruct")
 
 
-@dataclass
-class StudyRunConfig:
+@dataclass(kw_only=True)
+class StudyRunConfig(SchedulerOptions):
     args: list[str] = field(metadata={"positional": True, "metavar": "FILE|KEY=VALUE", "help": _ARGS_HELP})
     work: str = field(default="study", metadata={"metavar": "DIR", "help": (
         "where artifacts go (DIR/synth, build, train, export, eval: one folder per artifact key; "
@@ -26,6 +28,13 @@ class StudyRunConfig:
         "training ranks on this machine (default: one per GPU, 1 without a GPU)")})
     dry_run: bool = field(default=False, metadata={"help": (
         "print each experiment's stages, artifact keys and whether they are done; run nothing")})
+    slurm: bool = field(default=False, metadata={"group": _SLURM, "help": (
+        "run the stages as SLURM jobs instead of here: write the jobs of the steps that can start now into "
+        "WORK/slurm/ (with --submit: submit them); each job submits the next steps when it ends, training "
+        "goes through 'longvlm slurm train'")})
+    nodes: int = field(default=1, metadata={"group": _SLURM, "help": "--slurm: nodes of each training job"})
+    gpus_per_node: int = field(default=8, metadata={"group": _SLURM, "help": (
+        "--slurm: GPUs per node of the training jobs (one rank each) and of the evaluation jobs; 0: CPU tasks")})
 
 
 @dataclass
@@ -81,6 +90,8 @@ def main(args: argparse.Namespace) -> int:
     if config.dry_run:
         print(format_plan(files, overrides, config.work))
         return 0
-    print(format_results(run_experiments(files, overrides, config.work, only=config.only,
-                                         nproc_per_node=config.nproc_per_node)))
+    results = run_experiments(files, overrides, config.work, only=config.only, nproc_per_node=config.nproc_per_node,
+                              slurm=config if config.slurm else None)
+    if results:
+        print(format_results(results))
     return 0

@@ -43,13 +43,20 @@ def write_record(work: Path, experiment: Experiment, steps: list[Step]) -> None:
                   for s in steps}})
 
 
-def run_step(step: Step, work: Path, *, nproc_per_node: int | None = None) -> None:
-    """Run one step through its stage's run function into ``WORK/KIND/KEY/``, then write its ``done.json``."""
+def run_step(step: Step, work: Path, *, nproc_per_node: int | None = None, trained_by_slurm: bool = False) -> None:
+    """Run one step through its stage's run function into ``WORK/KIND/KEY/``, then write its ``done.json``.
+    ``trained_by_slurm``: a training step was run by a ``longvlm slurm train`` job; only check it finished."""
     from megatron_vlm.utils.config_args import dataclass_from_options
 
     out = step.directory(work)
     out.mkdir(parents=True, exist_ok=True)
-    if step.kind == "synth":
+    if step.kind == "train" and trained_by_slurm:
+        from launch.study.slurm import train_finished
+
+        if not train_finished(step, work):
+            raise StudyError(f"{step.stage}: the run in {out} has not saved its last step; see 'longvlm slurm "
+                             f"status {out}', then rerun 'longvlm study run ... --slurm'")
+    elif step.kind == "synth":
         from preprocess.synth import SynthConfig, run_synth
 
         run_synth(dataclass_from_options(SynthConfig, {**step.options, "output": str(out / "tasks.jsonl")}))
@@ -88,19 +95,25 @@ def run_step(step: Step, work: Path, *, nproc_per_node: int | None = None) -> No
 
 
 def run_experiments(files: list[str], overrides: list[str], work: str | Path, *, only: list[str] | None = None,
-                    nproc_per_node: int | None = None, log=print) -> list[StepResult]:
-    """Plan every experiment first (so a bad file fails before anything runs), then run their steps."""
+                    nproc_per_node: int | None = None, slurm=None, log=print) -> list[StepResult]:
+    """Plan every experiment first (so a bad file fails before anything runs), then run their steps here;
+    with ``slurm`` (the scheduler options of ``--slurm``) run only the ``only`` steps here, then write (and
+    submit) jobs for the steps that can start (``launch.study.slurm``)."""
     work = Path(work).resolve()
     experiments = [load_experiment(f, overrides) for f in files]
     names = [e.name for e in experiments]
     if len(set(names)) != len(names):
         raise StudyError(f"two experiments named {sorted(n for n in names if names.count(n) > 1)[0]!r}")
     plans = [(e, plan(e, work)) for e in experiments]
+    if slurm is not None:
+        from launch.study.slurm import check_options
+
+        check_options(slurm)
     results: list[StepResult] = []
     for experiment, steps in plans:
         write_record(work, experiment, steps)
         for step in steps:
-            if only and step.stage not in only:
+            if (only and step.stage not in only) or (slurm is not None and not only):
                 continue
             if step.done(work):
                 results.append(StepResult(experiment.name, step.stage, step.key, "reused", 0.0))
@@ -110,9 +123,14 @@ def run_experiments(files: list[str], overrides: list[str], work: str | Path, *,
                 raise StudyError(f"{experiment.name}: {step.stage} needs {', '.join(missing)} first")
             log(f"== {experiment.name}: {step.stage} ({step.key}) -> {step.directory(work)}")
             start = time.perf_counter()
-            run_step(step, work, nproc_per_node=nproc_per_node)
+            run_step(step, work, nproc_per_node=nproc_per_node, trained_by_slurm=slurm is not None)
             results.append(StepResult(experiment.name, step.stage, step.key, "ran", time.perf_counter() - start))
             write_record(work, experiment, steps)
+    if slurm is not None:
+        from launch.study.slurm import submit_ready
+
+        for script in submit_ready(plans, files, overrides, work, slurm):
+            log(f"wrote {script}")
     return results
 
 
