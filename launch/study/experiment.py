@@ -107,7 +107,10 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Experiment), *_layers(path),
                                  OmegaConf.from_dotlist(list(overrides)))
-        missing = sorted(OmegaConf.missing_keys(merged))
+        missing = ["name"] if OmegaConf.is_missing(merged, "name") else []
+        missing += [f"inputs.{k}" for k in ("pool", "tokenizer", "base_model") if OmegaConf.is_missing(merged.inputs, k)]
+        missing += [f"{s}.{k}" for s in ("synth", "build") for k in merged[s] if OmegaConf.is_missing(merged[s], k)]
+        missing = missing or sorted(OmegaConf.missing_keys(merged))
         if missing:
             raise StudyError(f"{path}: {', '.join(missing)} not set; give them on the command line "
                              f"(e.g. {missing[0]}=...) or in the file")

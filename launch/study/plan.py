@@ -60,6 +60,8 @@ def files_fingerprint(path: str | Path, what: str) -> str:
 def pool_key(pool: str) -> str:
     from megatron_vlm.formats.pool import PoolFormatError, pool_fingerprint
 
+    if not (Path(pool) / "manifest.jsonl").is_file():
+        raise StudyError(f"inputs.pool {pool}: not a pool (no manifest.jsonl); make one with 'longvlm pool'")
     try:
         return pool_fingerprint(pool)
     except (PoolFormatError, OSError) as err:
