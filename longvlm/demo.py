@@ -127,6 +127,8 @@ def run_study_demo(config: DemoConfig) -> list[StageRecord]:
     out = Path(config.output)
     for name in config.study:
         experiment_file(name)  # an unknown name fails before anything is written
+    if config.pool is not None and not (Path(config.pool) / "manifest.jsonl").is_file():
+        raise DemoError(f"--pool {config.pool}: not a pool (no manifest.jsonl); make one with 'longvlm pool'")
     if config.pool is None and not Path(config.pdfs).is_dir():
         raise DemoError(f"--pdfs {config.pdfs}: no such folder; pass a folder of PDFs")
     _prepare_output(out)

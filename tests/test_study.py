@@ -152,3 +152,21 @@ def test_two_contrasting_experiments_end_to_end(small_pool, tmp_path):
     shutil.rmtree(evaluation / "results")
     again = api.study("run", files, work=str(out / "study"))
     assert [(r.experiment, r.stage) for r in again if r.status == "ran"] == [("length-long-biased", "eval-docqa")]
+
+
+def test_study_options_refused_before_anything_is_written(study_inputs, tmp_path, capsys):
+    file = str(STUDY / "length-pool-native.yaml")
+    (tmp_path / "afile").write_text("x")
+    for argv, message in ((["--only", "training"], "--only training: not a stage of these experiments"),
+                          (["--work", str(tmp_path / "afile")], "not a directory"),
+                          (["--slurm", "--nodes", "0"], "--nodes must be >= 1"),
+                          (["--slurm", "--env", "NOVALUE"], "--env 'NOVALUE': expected KEY=VALUE")):
+        argv = argv if "--work" in argv else [*argv, "--work", str(tmp_path / "w")]
+        assert cli_main(["study", "run", file, *study_inputs, *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "w").exists()
+    assert cli_main(["demo", "--study", "no-such-experiment", "-o", str(tmp_path / "d")]) == 2
+    assert "choose from length-long-biased" in capsys.readouterr().err
+    assert cli_main(["demo", "--study", "rope-ntk", "--pool", str(tmp_path), "-o", str(tmp_path / "d")]) == 2
+    assert "not a pool" in capsys.readouterr().err and not (tmp_path / "d").exists()

@@ -100,11 +100,17 @@ def run_experiments(files: list[str], overrides: list[str], work: str | Path, *,
     with ``slurm`` (the scheduler options of ``--slurm``) run only the ``only`` steps here, then write (and
     submit) jobs for the steps that can start (``launch.study.slurm``)."""
     work = Path(work).resolve()
+    if work.exists() and not work.is_dir():
+        raise StudyError(f"--work {work}: not a directory")
     experiments = [load_experiment(f, overrides) for f in files]
     names = [e.name for e in experiments]
     if len(set(names)) != len(names):
         raise StudyError(f"two experiments named {sorted(n for n in names if names.count(n) > 1)[0]!r}")
     plans = [(e, plan(e, work)) for e in experiments]
+    stages = {s.stage for _, steps in plans for s in steps}
+    unknown = sorted(set(only or ()) - stages)
+    if unknown:
+        raise StudyError(f"--only {unknown[0]}: not a stage of these experiments (they have {', '.join(sorted(stages))})")
     if slurm is not None:
         from launch.study.slurm import check_options
 
