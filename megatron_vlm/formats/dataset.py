@@ -114,5 +114,6 @@ def open_indexed(prefix: str | os.PathLike, meta: dict, suffix: str):
 
 def max_samples_per_pack(prefix: str | os.PathLike, meta: dict) -> int:
     """The most samples any packed sequence of the dataset holds."""
-    docs = open_indexed(prefix, meta, TOKENS).document_indices
+    tokens = open_indexed(prefix, meta, TOKENS)  # held while its memory-mapped index is read
+    docs = tokens.document_indices
     return int(np.diff(docs).max()) if len(docs) > 1 else 0

@@ -44,7 +44,7 @@ class ActivationRecomputeMLP(MLP):
         if per_token_scale is not None or not self.training:
             return super().forward(hidden_states, per_token_scale=per_token_scale, **kwargs)
         fc1, bias = self.linear_fc1(hidden_states)
-        checkpoint = tensor_parallel.CheckpointWithoutOutput()
+        checkpoint = tensor_parallel.CheckpointWithoutOutput(fp8=self.config.fp8)
         act = checkpoint.checkpoint(self._activation, fc1, bias)
         output, output_bias = self.linear_fc2(act)
         checkpoint.discard_output_and_register_recompute(output)
