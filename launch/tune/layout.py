@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 
 from megatron_vlm.parallel import ParallelLayout
 
-
 # the selective recompute module sets the tuner weighs (model.recompute_modules): the attention core, the
 # element-wise parts (norm outputs, the SwiGLU's output: little compute), both
 SELECTIVE_SETS = (("core_attn",), ("layernorm", "act"), ("core_attn", "layernorm", "act"))
