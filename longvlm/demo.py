@@ -120,6 +120,7 @@ def run_study_demo(config: DemoConfig) -> list[StageRecord]:
     from launch.study.miniature import experiment_file, miniature_file, write_short_data
     from launch.study.report import report
     from launch.study.run import run_experiments
+    from megatron_vlm.formats.tasks import TASK_KINDS
     from megatron_vlm.models.tiny import save_tiny_checkpoint
     from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
     from preprocess.synth import SynthConfig, run_synth
@@ -139,10 +140,11 @@ def run_study_demo(config: DemoConfig) -> list[StageRecord]:
     hf = save_tiny_checkpoint(out / "hf_tiny", seed=config.seed)
     for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
         shutil.copyfile(tokenizer / name, hf / name)
-    short = stage("short data", lambda: write_short_data(pool, out / "short"),
+    short = stage("short data", lambda: write_short_data(pool, out / "short_data"),
                   lambda p: f"LLaVA-style instruction data from the pool's pages in {p.relative_to(out)}")
     questions = out / "eval_tasks.jsonl"
-    stage("eval questions", lambda: run_synth(SynthConfig(pool=str(pool), output=str(questions), tasks="extract-single",
+    single_page = next(k.name for k in TASK_KINDS.values() if k.category == "vqa" and k.evidence_pages == (1, 1))
+    stage("eval questions", lambda: run_synth(SynthConfig(pool=str(pool), output=str(questions), tasks=single_page,
                                                           per_task=2, seed=config.seed + 1, progress=False)),
           lambda r: f"{r.accepted} held-out questions (docqa by teacher forcing)")
     inputs = {"pool": str(Path(pool).resolve()), "tokenizer": str(tokenizer.resolve()), "base_model": str(hf.resolve()),

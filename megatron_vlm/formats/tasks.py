@@ -2,7 +2,7 @@
 ``longvlm build`` and ``longvlm eval docqa``; and the one registry of task kinds.
 
 A task kind is data: its name, its category (``vqa``: long-document VQA, a QA pair generated from a
-sampled segment; ``ocr``: transcription targets from the layout blocks; ``short``: short-context
+sampled segment; ``ocr``: transcription targets from the layout blocks; ``instruction``: short-context
 instruction data read by ``longvlm build``, never synthesized), how many evidence pages an instance
 has, the generator prompt of a VQA kind (``preprocess/synth/prompts/NAME.v1.txt``) and its planner
 (``segment``: a segment of consecutive sections is sampled per instance; ``document``: one instance
@@ -20,7 +20,7 @@ from pathlib import Path
 from megatron_vlm.errors import LongVLMError
 from megatron_vlm.utils.jsonl import read_jsonl_objects
 
-CATEGORIES = ("vqa", "ocr", "short")
+CATEGORIES = ("vqa", "ocr", "instruction")
 PLANNERS = ("segment", "document", "pages")
 
 
@@ -44,7 +44,7 @@ TASK_KINDS: dict[str, TaskKind] = {k.name: k for k in (
     TaskKind("reasoning", "vqa", "reasoning over extracted facts", (1, None), "segment", "reasoning"),
     TaskKind("ocr-full", "ocr", "full-document OCR", (1, None), "document"),
     TaskKind("ocr-needle", "ocr", "needle-page OCR", (1, None), "pages"),  # range: synth's --needle-pages
-    TaskKind("short", "short", "short-context instruction data", (0, None), None),
+    TaskKind("short", "instruction", "short-context instruction data", (0, None), None),
 )}
 TASK_NAMES = tuple(TASK_KINDS)  # the order is the task code of a built dataset's samples
 SYNTH_TASKS = tuple(k.name for k in TASK_KINDS.values() if k.synthesized)

@@ -34,7 +34,7 @@ from preprocess.dataset.render_sample import IMAGE_PAD, CompactSample, SampleRen
 from preprocess.dataset.short_data import SKIP_REASONS, ShortData, ShortSample, encode_images, read_short_data
 from preprocess.dataset.writer import DatasetWriter
 
-SHORT = kinds_of("short")[0]  # the task kind of --short-data samples
+SHORT = kinds_of("instruction")[0]  # the task kind of --short-data samples
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "chat_template.jinja", "chat_template.json")
 
