@@ -105,6 +105,7 @@ def _train_identity(experiment: Experiment, spec, start: str, data: str, where: 
 
 def plan(experiment: Experiment, work: Path) -> list[Step]:
     """Every step of the experiment, with its key and options, in the order they run."""
+    from evaluation.config import NOT_IDENTITY
     from megatron_vlm.utils.config_args import dataclass_from_options
     from preprocess.synth.config import SynthConfig
 
@@ -164,7 +165,8 @@ def plan(experiment: Experiment, work: Path) -> list[Step]:
         if isinstance(spec.options.get("input"), list):
             files["input"] = [files_fingerprint(p, f"eval {spec.name}: input") for p in spec.options["input"]]
         identity = {"task": spec.task, "export": export.key, "files": files,
-                    "options": {k: v for k, v in options.items() if k not in ("checkpoint", "tokenizer", "progress")},
+                    "options": {k: v for k, v in options.items()
+                                if k not in ("checkpoint", "tokenizer", *NOT_IDENTITY)},
                     "tokenizer": tokenizer_fp}
         steps.append(Step(f"eval-{spec.name}", "eval", digest(["eval", identity]), identity,
                           {"task": spec.task, **options}, ["export"]))
