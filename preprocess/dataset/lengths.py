@@ -89,7 +89,7 @@ def histogram(lengths: np.ndarray, edges: tuple[int, ...]) -> np.ndarray:
 
 def bin_label(lo: int, hi: int) -> str:
     def fmt(v: int) -> str:
-        return f"{v // K}K" if v % K == 0 else f"{v / 1000:g}k"
+        return str(v) if v < 1000 else f"{v // K}K" if v % K == 0 else f"{v / 1000:g}k"
     return f">= {fmt(lo)}" if hi >= 1 << 62 else f"{fmt(lo)}-{fmt(hi)}"
 
 
