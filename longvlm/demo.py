@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from megatron_vlm.errors import LongVLMError
@@ -37,9 +37,12 @@ class DemoConfig:
         "help": "folder of PDFs for the pool (12 real manuals shipped with longvlm, see its demo_pdfs/SOURCES.md)"})
     dpi: int = field(default=36, metadata={
         "help": "page render resolution (the recipe uses 144; 36 keeps CPU rows short)"})
-    max_seq_len: int = field(default=8192, metadata={"help": "packed sequence length of the dataset"})
-    token_budget: float = field(default=1.2e5, metadata={"help": "tokens in the built dataset"})
-    train_steps: int = field(default=24, metadata={"help": "optimizer steps of the tiny-cpu recipe"})
+    max_seq_len: int | None = field(default=None, metadata={"help": (
+        "packed sequence length of the dataset (default: 8192; --study: 4096)")})
+    token_budget: float | None = field(default=None, metadata={"help": (
+        "tokens in the built dataset (default: 1.2e5; --study: 4e4 per experiment)")})
+    train_steps: int | None = field(default=None, metadata={"help": (
+        "optimizer steps of the tiny-cpu recipe (default: 24; --study: 8 per experiment)")})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
     study: list[str] | None = field(default=None, metadata={"metavar": "NAME", "help": (
         "instead of the pipeline: run these experiments of the paper's study (recipes/study/NAME.yaml, e.g. "
@@ -47,6 +50,17 @@ class DemoConfig:
         "to OUTPUT/study/report.md/.csv/.png (docs/study.md)")})
     pool: str | None = field(default=None, metadata={"metavar": "POOL_DIR", "help": (
         "use this pool (written by 'longvlm pool') instead of pooling --pdfs")})
+
+
+# The scale of the pipeline demo and of an experiment in miniature (--study: several trainings, so smaller).
+SCALE = {False: {"max_seq_len": 8192, "token_budget": 1.2e5, "train_steps": 24},
+         True: {"max_seq_len": 4096, "token_budget": 4e4, "train_steps": 8}}
+
+
+def scaled(config: DemoConfig) -> DemoConfig:
+    """``config`` with the scale options it leaves unset filled in for its mode (pipeline or --study)."""
+    defaults = SCALE[bool(config.study)]
+    return replace(config, **{k: v for k, v in defaults.items() if getattr(config, k) is None})
 
 
 @dataclass
@@ -123,9 +137,11 @@ def run_study_demo(config: DemoConfig) -> list[StageRecord]:
     from megatron_vlm.formats.tasks import TASK_KINDS
     from megatron_vlm.models.tiny import save_tiny_checkpoint
     from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
+    from preprocess.dataset.config import check_token_budget
     from preprocess.synth import SynthConfig, run_synth
 
     out = Path(config.output)
+    check_token_budget(config.token_budget)
     for name in config.study:
         experiment_file(name)  # an unknown name fails before anything is written
     if config.pool is not None and not (Path(config.pool) / "manifest.jsonl").is_file():
@@ -163,6 +179,7 @@ def run_study_demo(config: DemoConfig) -> list[StageRecord]:
 
 def run_demo(config: DemoConfig) -> list[StageRecord]:
     """Run every stage; returns one record per stage (printed as a table by the CLI)."""
+    config = scaled(config)
     if config.study:
         return run_study_demo(config)
     from checkpoint_tools import engine
@@ -236,7 +253,7 @@ def interrupted(args: argparse.Namespace) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    config = dataclass_from_args(DemoConfig, args)
+    config = scaled(dataclass_from_args(DemoConfig, args))
     print("longvlm demo: " + ", ".join(f"{k}={v}" for k, v in asdict(config).items()))
     records = run_demo(config)
     print("\n" + format_records(records))
