@@ -61,8 +61,8 @@ def test_infeasible_request_says_why(capsys):
     assert main(["tune", "--model", "qwen2.5-vl-7b", "--gpus", "8", "--gpu", "a100", "--global-batch", "8",
                  "--micro-batch", "1", "--recompute", "none", "--tp", "1", "--cp", "8"]) == 1
     out = capsys.readouterr().out
-    assert "smallest is TP1 PP1 CP8 DP1 MB1 recompute=none at 387.5 GiB (stage 0); activations 296 GiB" in out
-    assert "recompute=full would bring it to 78.4 GiB" in out
+    assert "smallest is TP1 PP1 CP8 DP1 MB1 recompute=none at 237.3 GiB (stage 0); activations 160 GiB" in out
+    assert "recompute=full would bring it to 74.4 GiB" in out
 
 
 def test_the_cost_model_knows_the_vlm():
@@ -155,7 +155,7 @@ def test_host_memory_warning(capsys):
     (["--model", "qwen2.5-vl-7b", "--gpus", "8"], "give --global-batch"),
     (["--model", "qwen2.5-vl-7b", "--gpus", "12", "--global-batch", "8"], "not a whole number of nodes"),
     (["--model", "qwen2.5-vl-7b", "--gpus", "8", "--global-batch", "8", "--precision", "fp8"],
-     "precision fp8 needs --attention-backend te"),
+     "precision fp8 needs --transformer-impl te"),
     (["--model", "qwen2.5-vl-7b", "--gpus", "8", "--global-batch", "8", "--gpu", "a100", "--precision", "fp8",
       "--attention-backend", "te"], "fp8 peak of 0 TFLOP/s"),
 ])
