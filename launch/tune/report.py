@@ -77,12 +77,14 @@ def format_table(plan: Plan, num_layers: int, top: int) -> str:
     lines = [head, ""]
     if not plan.ranked:
         return "\n".join(lines + [infeasible_reason(plan)] + [f"warning: {w}" for w in warnings(plan)])
-    cols = f"{'#':>3} {'TP':>3} {'PP':>3} {'CP':>3} {'DP':>4} {'SP':>3} {'MB':>3} {'recompute':<14}{'stage layers':<14}" \
+    cols = f"{'#':>3} {'TP':>3} {'PP':>3} {'CP':>3} {'CP comm':<11}{'DP':>4} {'SP':>3} {'MB':>3} {'recompute':<14}" \
+           f"{'stage layers':<14}" \
            f"{'mem GiB':>8} {'step s':>8} {'tok/s/GPU':>10} {'MFU':>6}"
     lines.append(cols)
     for i, c in enumerate(plan.ranked[:top], 1):
         lo = c.layout
-        lines.append(f"{i:>3} {lo.tp:>3} {lo.pp:>3} {lo.cp:>3} {lo.dp:>4} {'on' if lo.sp else '-':>3} "
+        comm = lo.parallel.cp_comm_type_for(req.setup.attention_backend) if lo.cp > 1 else "-"
+        lines.append(f"{i:>3} {lo.tp:>3} {lo.pp:>3} {lo.cp:>3} {comm:<11}{lo.dp:>4} {'on' if lo.sp else '-':>3} "
                      f"{lo.micro_batch:>3} {lo.recompute_label:<14}{_layers(c, num_layers):<14}"
                      f"{c.peak.total / GIB:>8.1f} {c.time.step:>8.2f} {c.time.tokens_per_gpu:>10,.0f} "
                      f"{c.time.mfu:>6.1%}")
