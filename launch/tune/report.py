@@ -117,7 +117,7 @@ def explain(c: Candidate, plan: Plan, num_layers: int) -> str:
     lines += ["", f"step time {c.time.step:.2f} s (slowest stage, summed over the step's micro-batches):"]
     labels = {"gemm": "matmuls (linear layers, logits)", "attention": "attention (real segment lengths)",
               "recompute": "recomputation", "memory": "activation memory traffic", "tp_comm": "TP communication",
-              "cp_comm": "CP K/V all-gather + reduce", "pp_comm": "pipeline send/receive",
+              "cp_comm": "CP communication (exposed)", "pp_comm": "pipeline send/receive",
               "bubble": "pipeline bubble (fill + drain)", "dp_comm": "DP x CP gradient reduce / gather (exposed)",
               "optimizer": "optimizer step"}
     for key, label in labels.items():
