@@ -25,20 +25,18 @@ COMMAND_CPUS = 4
 
 def train_finished(step: Step, work: Path) -> bool:
     """Whether the run in the step's directory saved its last step (its config's step count for its data)."""
+    from launch.slurm.status import planned_steps
     from megatron_vlm.formats.checkpoint import latest_iteration
-    from megatron_vlm.formats.dataset import DatasetFormatError, read_meta
     from training.config import RecipeError, load_recipe
 
     run_dir = step.directory(work)
     if not (run_dir / "config.yaml").is_file():
         return False
     try:
-        config = load_recipe(run_dir / "config.yaml")
-        longest = max(int(read_meta(d.prefix)["config"]["max_seq_len"]) for d in config.data.train)
-    except (RecipeError, DatasetFormatError):
+        total = planned_steps(load_recipe(run_dir / "config.yaml"))
+    except RecipeError:
         return False
-    total = config.steps(config.train.seq_length or config.parallel.pad_length(longest))
-    return latest_iteration(run_dir / "checkpoints") == total
+    return total is not None and latest_iteration(run_dir / "checkpoints") == total
 
 
 def _continue_args(files: list[str], overrides: list[str], work: Path, argv: list[str]) -> list[str]:
