@@ -146,6 +146,14 @@ def test_two_contrasting_experiments_end_to_end(small_pool, tmp_path):
     files = sorted(str(p) for p in (out / "study" / "experiments").glob("*.yaml"))
     again = api.study("run", files, work=str(out / "study"))
     assert {r.status for r in again} == {"reused"}
+    # what a --slurm chain checks before it marks a training job's step done
+    from launch.study.slurm import train_finished
+
+    train = next(s for s in plan(load_experiment(files[0]), out / "study") if s.stage == "train")
+    assert train_finished(train, out / "study")
+    (train.directory(out / "study") / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("1")
+    assert not train_finished(train, out / "study")
+    (train.directory(out / "study") / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("2")
     record = json.loads((out / "study" / "experiments" / "length-long-biased.json").read_text())
     evaluation = Path(record["steps"]["eval-docqa"]["path"])
     (evaluation / "done.json").unlink()
