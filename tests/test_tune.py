@@ -50,7 +50,7 @@ def test_7b_on_64_h100s(capsys):
     assert main(["tune", "--model", "qwen2.5-vl-7b", "--gpus", "64", "--global-batch", "32", "--micro-batch", "1",
                  "--tp", "2", "--cp", "4", "--explain", "1"]) == 0
     text = capsys.readouterr().out
-    assert "activations: vision tower" in text and "CP K/V all-gather" in text and "TP2 PP1 CP4" in text
+    assert "activations: vision tower" in text and "CP communication (exposed)" in text and "TP2 PP1 CP4" in text
 
 
 def test_infeasible_request_says_why(capsys):
