@@ -7,6 +7,8 @@ uint8, decoded as the training loader decodes pool pages) and encoded bytes (for
 - :class:`PoolPage`: a page of the document pool, exactly as training sees it;
 - :class:`PdfPage`: a PDF page rendered like the pool renders (``dpi``, then smart_resize in one
   rasterization, ``preprocess.pool.render``);
+- :class:`ImagePage`: an image file (a slide of a SlideVQA deck, an MM-NIAH image) resized as the
+  model family's processor resizes it (``smart_resize``, bicubic);
 - :class:`EditedPage`: another page cut to its top-left part and/or with a needle drawn onto it.
 """
 
@@ -120,6 +122,38 @@ class PdfPage(Page):
 
     def describe(self) -> dict:
         return {"pdf": self.path, "page": self.page_number}
+
+
+@dataclass(frozen=True, eq=False)
+class ImagePage(Page):
+    path: str
+    height: int
+    width: int
+
+    @classmethod
+    def of(cls, path: str | Path, min_pixels: int, max_pixels: int) -> ImagePage:
+        """The image at its Qwen2.5-VL size; ValueError names an unreadable image or a bad aspect ratio."""
+        from PIL import Image, UnidentifiedImageError
+
+        from megatron_vlm.data.vision import smart_resize
+
+        try:
+            with Image.open(path) as image:
+                height, width = smart_resize(image.height, image.width, min_pixels=min_pixels, max_pixels=max_pixels)
+        except (OSError, UnidentifiedImageError) as err:
+            raise ValueError(f"{path}: not a readable image ({err})") from None
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+        return cls(str(path), height, width)
+
+    def pixels(self) -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(self.path) as image:
+            return np.asarray(image.convert("RGB").resize((self.width, self.height), Image.BICUBIC))
+
+    def describe(self) -> dict:
+        return {"image": self.path}
 
 
 @dataclass(frozen=True)

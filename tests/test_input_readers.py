@@ -74,7 +74,7 @@ def _write(content: str, tmp: Path, name: str) -> Path:
 
 
 def _read_tasks(path):
-    from preprocess.dataset.tasks import read_tasks
+    from megatron_vlm.formats.tasks import read_tasks
 
     return list(read_tasks([str(path)]))
 

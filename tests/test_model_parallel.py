@@ -14,6 +14,9 @@ from distributed import run_distributed
 pytestmark = pytest.mark.slow
 
 TOL = 1e-5  # relative (max|x - ref| / max|ref|), fp32, O(1) weights; measured <= 2e-6
+# Gradients of a loss on a few answer tokens reach the vision tower through sums that largely cancel:
+# the fp32 reference itself is 3e-6 off a float64 run there (measured), CP2 1.1e-5.
+TOL_MASKED_GRADS = 3e-5
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,7 @@ def results(tmp_path_factory):
 
 
 def _check(results, layout, keys, ranks=None):
-    """Each rank in ``ranks`` (default: all) reported every metric of ``keys``, each within TOL; a
+    """Each rank in ``ranks`` (default: all) reported every metric of ``keys``, each within its bound; a
     metric a worker did not report fails."""
     for rank in range(len(results)) if ranks is None else ranks:
         got = results[rank][layout]
@@ -32,7 +35,8 @@ def _check(results, layout, keys, ranks=None):
         missing = [key for key in keys if key not in got]
         assert not missing, f"{layout} rank {rank} did not report {missing}: {got}"
         for key in keys:
-            assert got[key] <= TOL, f"{layout} rank {rank}: {key} differs by {got[key]} ({got})"
+            bound = TOL_MASKED_GRADS if key == "grads" and layout.endswith("_masked") else TOL
+            assert got[key] <= bound, f"{layout} rank {rank}: {key} differs by {got[key]} ({got})"
 
 
 def test_tensor_parallel_2_equals_unsplit(results):
@@ -82,10 +86,11 @@ def test_loss_mask_with_cp2_equals_masked_unsplit(results):
     _check(results, "cp2_masked", ["loss", "grads"])
 
 
-def test_tp2_cp2_with_sequence_parallel_on_4_processes(tmp_path):
-    """TP x CP x SP together (4 gloo processes): logits, loss and gradients equal the unsplit model,
-    also with a loss_mask that leaves one CP rank's TP pair no masked token."""
-    layouts = ["tp2_cp2_sp", "tp2_cp2_sp_masked"]
+def test_four_process_layouts(tmp_path):
+    """One 4-process run (gloo): TP x CP x SP together, also with a loss_mask that leaves one CP rank's
+    TP pair no masked token; and CP=4 over samples padded to multiples of 8 (Transformer Engine's THD
+    layout), at the real tokens: logits, loss and gradients equal the unsplit model."""
+    layouts = ["tp2_cp2_sp", "tp2_cp2_sp_masked", "cp4_padded"]
     run_distributed("tests/workers/qwen25vl_parallel.py", 4, ["--out", tmp_path, "--layouts", *layouts], timeout=400)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)]
     for layout in layouts:

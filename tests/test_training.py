@@ -286,6 +286,10 @@ def test_progress_line_tflops_and_mfu(tmp_path, capsys):
     line = capsys.readouterr().out
     assert "MFU 40.0%" in line and "peak mem 61.2 GiB" in line and "65,536 tok/s" in line
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["mfu"] == pytest.approx(0.4)
+    (tmp_path / "cpu").mkdir()
+    cpu = MetricsLogger(tmp_path / "cpu", 2, enabled=True, tensorboard=False, log_interval=1, device="process")
+    cpu.step({k: v for k, v in record.items() if k not in ("mfu", "tflops_per_gpu", "max_memory_gib")})
+    assert "TFLOP/s/process" in capsys.readouterr().out  # no GPU peak: TFLOP/s, per process on CPUs
 
 
 def test_mfu_peak_of_the_gpu_by_its_name():
@@ -310,15 +314,20 @@ def test_nan_loss_stops_with_the_step_and_its_samples(setup, capsys):
 BAD_CONFIGS = [  # (overrides, world size, message)
     ({"parallel.tp": 3}, 3, "4 attention heads / 2 query groups do not divide over tp=3"),
     ({"parallel.pp": 3}, 3, "4 language-model layers do not divide over pp*vpp=3 stages"),
-    ({"parallel.cp": 2, "train.seq_length": 514}, 2, "sequence length 514 is not a multiple of 4"),
     ({"train.global_batch_size": 3}, 2, "not a multiple of micro_batch_size x data-parallel size = 1 x 2"),
     ({"parallel.tp": 4}, 2, "world size 2 is not a multiple of tp*pp*cp = 4*1*1 = 4"),
     ({"model.rope.target_length": 256}, 1, "longer than the model's 256"),
     ({"train.seq_length": 256}, 1, "shorter than the datasets' rows"),
     ({"model.checkpoint": "/nonexistent/model"}, 1, "model.checkpoint=/nonexistent/model: does not exist"),
     ({"train.precision": "bf16"}, 1, "train.precision=bf16 needs a GPU"),
-    ({"train.precision": "fp8"}, 1, "train.precision=fp8 needs a GPU"),
+    ({"train.precision": "fp8"}, 1, "train.precision=fp8 needs model.transformer_impl=te"),
+    ({"train.precision": "fp8", "model.transformer_impl": "te"}, 1, "train.precision=fp8 needs a GPU"),
     ({"model.attention_backend": "te"}, 1, "model.attention_backend=te needs Transformer Engine"),
+    ({"model.transformer_impl": "te"}, 1, "model.transformer_impl=te needs Transformer Engine"),
+    ({"parallel.cp": 2, "parallel.cp_comm_type": "p2p"}, 2, "parallel.cp_comm_type=p2p is Transformer Engine's"),
+    ({"parallel.cp_comm_type": "ring"}, 1, "parallel.cp_comm_type='ring' is not one of"),
+    ({"model.recompute": "selective", "model.recompute_modules": "[]"}, 1, "with no model.recompute_modules"),
+    ({"model.recompute_modules": "[attn]"}, 1, "model.recompute_modules='attn' is not one of"),
     ({"optimizer.lrr": 1}, 1, "Key 'lrr' not in 'OptimizerSettings'"),
     ({"optimizer.lr": "fast"}, 1, "key 'optimizer.lr'"),
     ({"optimizer.schedule": "step"}, 1, "optimizer.schedule='step' is not one of"),

@@ -106,6 +106,24 @@ def _storages(tensors) -> set[int]:
     return {t.untyped_storage().data_ptr() for t in tensors}
 
 
+def saved_storages(forward, excluded: set[int] = frozenset()) -> dict:
+    """Run ``forward()``; the storages autograd saved for backward, not those whose data pointers are in
+    ``excluded``. Read their sizes after forward: an output that activation recomputation discards has size 0
+    by then (and its memory may hold a later tensor: storages are told apart by identity, not address)."""
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() and storage.data_ptr() not in excluded:
+            storages.setdefault(storage._cdata, storage)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = forward()
+    del out
+    return storages
+
+
 def measure_step(model: Qwen25VLModel, batch: dict, *, repeats: int = 3) -> StepMeasurement:
     """Saved activations, peak memory and step time of ``model`` (TP = PP = CP = 1) on ``batch``."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
@@ -132,17 +150,9 @@ def measure_step(model: Qwen25VLModel, batch: dict, *, repeats: int = 3) -> Step
 
     step()  # warm-up; creates the optimizer state
     excluded = _storages(model.parameters()) | _storages(v for v in batch.values() if torch.is_tensor(v))
-    saved: dict[int, int] = {}
-
-    def pack(t):
-        key = t.untyped_storage().data_ptr()
-        if key not in excluded:
-            saved.setdefault(key, t.untyped_storage().nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = ddp(**batch)
-    del loss
+    kept = saved_storages(lambda: ddp(**batch), excluded)
+    saved = sum(s.nbytes() for s in kept.values())  # after forward: outputs recomputation discarded count 0
+    del kept
     zero_grads()
     tracker = AllocationTracker(excluded | _storages(b.grad_data for b in ddp.buffers))
     with tracker:
@@ -152,5 +162,5 @@ def measure_step(model: Qwen25VLModel, batch: dict, *, repeats: int = 3) -> Step
         start = time.process_time()  # CPU seconds: other processes on the machine do not inflate them
         step()
         times.append(time.process_time() - start)
-    return StepMeasurement(saved=sum(saved.values()), peak=tracker.peak,
+    return StepMeasurement(saved=saved, peak=tracker.peak,
                            seconds=statistics.median(times) if times else float("nan"), step_times=times)
