@@ -261,7 +261,7 @@ class MMNiahConfig(ModelOptions, OutputOptions):
         "put a 'Page N:' marker before each image (MM-NIAH's prompt has none)")})
 
     def __post_init__(self) -> None:
-        errors = self.model_option_errors()
+        errors = self.model_option_errors() + self.output_option_errors()
         if self.min_pixels < 1 or self.max_pixels < self.min_pixels:
             errors.append("--min-pixels must be positive and --max-pixels >= --min-pixels")
         if errors:

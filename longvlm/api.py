@@ -179,6 +179,7 @@ def study(action: str, files: list[str], overrides: list[str] | tuple[str, ...] 
     if action not in ACTIONS:
         raise ValueError(f"unknown study action {action!r}; choose one of {sorted(ACTIONS)}")
     config = dataclass_from_options(ACTIONS[action][0], {"args": [*files, *overrides], **options})
+    config.check()
     if action == "report":
         from launch.study.report import report
 

@@ -291,6 +291,14 @@ def api_function(leaf: Leaf, namespace: argparse.Namespace):
     first, rest = leaf.words[0], leaf.words[1:]
     if first == "train":
         return lambda: api.train(opts["recipe"], output=opts["output"], overrides=opts["overrides"])
+    if first == "study":  # files, then key=value overrides
+        from launch.study.cli import split_args
+
+        def call_study():
+            files, overrides = split_args(opts.pop("args"))
+            return api.study(*rest, files, overrides, **opts)
+
+        return call_study
     call = api.evaluate if first == "eval" else getattr(api, first)
     return lambda: call(*rest, **opts)
 

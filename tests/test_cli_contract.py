@@ -65,7 +65,10 @@ PATHS = {
     "eval niah --pool": "in-dir", "eval docqa --pool": "in-dir", "eval docqa input": "in-file",
     "eval docqa --pdf-dir": "in-dir",
     "* --checkpoint": "in-dir", "* --tokenizer": "in-dir",
-    "demo --output": "out-dir", "demo --pdfs": "in-dir",
+    "demo --output": "out-dir", "demo --pdfs": "in-dir", "demo --pool": "in-dir",
+    "build --short-data": "in-file", "build --short-image-dir": "in-dir", "* --image-dir": "in-dir",
+    "eval mmniah --output": "out-dir", "eval mmniah input": "in-file",
+    "study run --work": "out-dir", "study report --work": "in-dir", "study report --output": "out-prefix",
     # recipe keys
     "train model.checkpoint": "in-dir", "train data.valid": "in-prefix", "train data.pool_dir": "in-dir",
 }
@@ -95,10 +98,12 @@ TEXT = {
     "* --rope-ntk-length": "banana", "* --rope-original-length": "banana",
     "eval niah --lengths": "banana", "eval niah --needle-modes": "banana", "eval docqa --max-context": "banana",
     "eval docqa --instruction": "no case: any text (or '') is an instruction",
+    "eval docqa --context-lengths": "banana", "study run --only": "no-such-stage", "demo --study": "no-such-experiment",
+    "study run args": "no-such-experiment.yaml", "study report args": "no-such-experiment.yaml",
     # recipe keys of type str
     "train model.attention_backend": "choice", "train model.recompute": "choice", "train train.precision": "choice",
     "train optimizer.schedule": "choice", "train guard.on_nan": "choice", "train guard.on_spike": "choice",
-    "train model.rope.mode": "choice",
+    "train model.rope.mode": "choice", "train model.transformer_impl": "choice", "train parallel.cp_comm_type": "choice",
 }
 
 # Generated values that are valid for an option (not run: they would do the work), with the reason.
@@ -124,9 +129,18 @@ ACCEPTED = {
     "* --limit=100000000000": "every example", "* --max-batch-tokens=100000000000": "no limit on padded tokens",
     "* --max-pixels=100000000000": "no upper bound but the render's own size",
     "eval niah --depths=0": "a needle at the start",
-    "slurm train --gpus-per-node=0": "CPU tasks (testing without GPUs)",
+    **{f"{leaf} --gpus-per-node=0": "CPU tasks (testing without GPUs)" for leaf in ("slurm train", "study run")},
+    "study report --output=a folder": "a prefix names files beside it (PREFIX.md, .csv, .png): no conflict",
     "slurm train --signal-seconds=0": "the signal at the time limit itself", "* --step-wait=0": "end the others at once",
     "* --max-parallel=100000000000": "no limit on array tasks at once",
+    "build --short-share=0": "no short data", **{f"build --short-image-dir={v}": "read only with --short-data, "
+                                                "which the baseline has not (the short data's own readers check it)"
+                                                for v in ("missing", "a file")},
+    "study run --work=existing": "the work folder is shared by design: every artifact goes into a folder of its key",
+    "study report --work=missing": "a report of experiments not run yet: every score '-'",
+    **{f"study {a} args=damaged {k}": f"{'the dry run' if a == 'run' else 'the report'} reads no input; each stage "
+       "checks its inputs as its own command does (the damaged cases above)"
+       for a in ("run", "report") for k in ("pool", "hf", "tokenizer", "questions")},
     "slurm status directory=damaged run": "status reports the job records, checkpoint and metrics it finds; the run's "
     "script (its largest file, damaged here) is the job's to run", "* --rope-base=1e30": "any positive RoPE base",
     # recipe keys
@@ -166,7 +180,7 @@ ACCEPTED = {
 }
 
 # Leaves where an accepted value is run to the end (cheap commands): it must exit 0 or 1, no traceback.
-CHEAP = ("tune", "stats", "eval score", "slurm status")
+CHEAP = ("tune", "stats", "eval score", "slurm status", "study run", "study report")
 
 
 def _lookup(table: dict, leaf: str, key: str):
@@ -206,6 +220,10 @@ for _leaf in LEAVES:  # free-text options with a bad value of their own
 TRAIN_OVERRIDES = ["data.train=[{prefix: {pooldata}}]", "data.pool_dir={pool}", "model.checkpoint={hf}", "train.train_steps=2",
                    "train.global_batch_size=4", "train.precision=fp32", "checkpoint.save_interval=0",
                    "logging.tensorboard=false", "data.num_workers=0"]
+STUDY_ARGS = ["{study}", "inputs.pool={pool}", "inputs.tokenizer={tokenizer}", "inputs.base_model={hf}", "synth.model=m",
+              *(f"inputs.data.{name}={{questions}}" for name in ("mmlongbench", "longdocurl", "mmniah", "slidevqa",
+                                                                 "short_instruct")),
+              *(f"inputs.data.{name}={{pdfs}}" for name in ("mmlongbench_pdfs", "longdocurl_pdfs", "slidevqa_images"))]
 BASELINES = {
     "pool": {"inputs": ["{pdf}"], "--output": "{scratch}/pool", "--min-pages": 0, "--progress": False},
     "synth": {"pool": "{pool}", "--output": "{scratch}/tasks.jsonl", "--progress": False},
@@ -229,11 +247,16 @@ BASELINES = {
                   "--output": "{scratch}/niah", "--lengths": ["2K"], "--progress": False},
     "eval docqa": {"input": "{questions}", "--pool": "{pool}", "--checkpoint": "{hf}", "--tokenizer": "{tokenizer}",
                    "--output": "{scratch}/docqa", "--progress": False},
+    "eval mmniah": {"input": ["{mmniah}"], "--image-dir": "{mmniah_images}", "--checkpoint": "{hf}",
+                    "--tokenizer": "{tokenizer}", "--output": "{scratch}/mmniah", "--progress": False},
+    "study run": {"args": STUDY_ARGS, "--work": "{scratch}/study", "--dry-run": True},
+    "study report": {"args": STUDY_ARGS, "--work": "{scratch}/study", "--output": "{scratch}/report"},
     "demo": {"--output": "{scratch}/demo", "--pdfs": "{pdfs}"},
 }
 # Inputs a damaged copy of is tried wherever a baseline reads them (PDFs are not: a bad PDF is rejected and
 # recorded by design, not an error).
-DAMAGEABLE = ("pool", "pooldata", "data", "hf", "megatron", "tokenizer", "tasks", "predictions", "questions", "run")
+DAMAGEABLE = ("pool", "pooldata", "data", "hf", "megatron", "tokenizer", "tasks", "predictions", "questions", "run",
+              "mmniah")
 
 for _name, _base in BASELINES.items():
     for _option, _value in _base.items():
@@ -264,7 +287,9 @@ def inputs(tmp_path_factory, train_inputs, qwen_tokenizer_dir, small_pool, conve
     found = {"pool": small_pool, "tasks": tasks, "tokenizer": qwen_tokenizer_dir, "hf": train_inputs["hf"],
              "megatron": convert_to_megatron(train_inputs["hf"], 1, 1), "data": train_inputs["data"],
              "pooldata": root / "pooldata", "predictions": predictions, "questions": questions,
-             "run": root / "slurm run", "pdf": pdf_dir / "float.pdf", "pdfs": pdf_dir}
+             "run": root / "slurm run", "pdf": pdf_dir / "float.pdf", "pdfs": pdf_dir,
+             "mmniah": REPO / "tests" / "data" / "mmniah" / "retrieval-image-val.jsonl",
+             "mmniah_images": REPO / "tests" / "data" / "mmniah", "study": REPO / "recipes" / "study" / "length-pool-native.yaml"}
     api.slurm("train", recipe="tiny-cpu", overrides=resolve(TRAIN_OVERRIDES, root, found), run_dir=str(found["run"]),
               gpus_per_node=0, tasks_per_node=1)
     return {**found, "roots": [root, small_pool, qwen_tokenizer_dir, train_inputs["tmp"]]}

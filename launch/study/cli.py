@@ -8,6 +8,8 @@ from pathlib import Path
 
 from launch.slurm.options import SchedulerOptions
 from launch.study.experiment import StudyError
+from megatron_vlm.utils.atomic import check_creatable, check_output_file
+from megatron_vlm.utils.checks import MAX_GPUS, MAX_WORKERS, check_number
 from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_from_args
 
 _SLURM = "SLURM (--slurm; the scheduler options above apply to its jobs)"
@@ -36,6 +38,14 @@ class StudyRunConfig(SchedulerOptions):
     gpus_per_node: int = field(default=8, metadata={"group": _SLURM, "help": (
         "--slurm: GPUs per node of the training jobs (one rank each) and of the evaluation jobs; 0: CPU tasks")})
 
+    def check(self) -> None:
+        """The options alone, before any experiment is read (also with --dry-run)."""
+        self.check_scheduler_options()
+        check_number("--nproc-per-node", self.nproc_per_node, ge=1, le=MAX_WORKERS, error=StudyError)
+        check_number("--nodes", self.nodes, ge=1, le=MAX_GPUS, error=StudyError)
+        check_number("--gpus-per-node", self.gpus_per_node, ge=0, le=MAX_WORKERS, error=StudyError)
+        _check_work(self.work)
+
 
 @dataclass
 class StudyReportConfig:
@@ -43,6 +53,17 @@ class StudyReportConfig:
     work: str = field(default="study", metadata={"metavar": "DIR", "help": "the work directory of 'study run'"})
     output: str = field(default="study/report", metadata={"flag": "-o", "metavar": "PREFIX", "help": (
         "writes PREFIX.md (Markdown table), PREFIX.csv and PREFIX.png (length distributions and scores)")})
+
+    def check(self) -> None:
+        _check_work(self.work)
+        for suffix in (".md", ".csv", ".png"):
+            check_output_file(Path(self.output).with_suffix(suffix), "-o")
+
+
+def _check_work(work: str) -> None:
+    if Path(work).exists() and not Path(work).is_dir():
+        raise StudyError(f"--work {work}: not a directory")
+    check_creatable(work, "--work", StudyError)
 
 
 ACTIONS = {"run": (StudyRunConfig, "run the stages the experiments need (resumable; artifacts shared)"),
@@ -75,6 +96,7 @@ def interrupted(args: argparse.Namespace) -> str:
 
 def main(args: argparse.Namespace) -> int:
     config = dataclass_from_args(ACTIONS[args.action][0], args)
+    config.check()
     files, overrides = split_args(config.args)
     if args.action == "report":
         from launch.study.report import report
@@ -83,12 +105,10 @@ def main(args: argparse.Namespace) -> int:
         print(result["files"]["markdown"].read_text(), end="")
         print("wrote " + ", ".join(str(p) for p in result["files"].values()))
         return 0
-    if config.nproc_per_node is not None and config.nproc_per_node < 1:
-        raise StudyError(f"--nproc-per-node must be >= 1, got {config.nproc_per_node}")
     from launch.study.run import format_plan, format_results, run_experiments
 
     if config.dry_run:
-        print(format_plan(files, overrides, config.work))
+        print(format_plan(files, overrides, config.work, only=config.only))
         return 0
     results = run_experiments(files, overrides, config.work, only=config.only, nproc_per_node=config.nproc_per_node,
                               slurm=config if config.slurm else None)

@@ -140,16 +140,19 @@ def run_experiments(files: list[str], overrides: list[str], work: str | Path, *,
     return results
 
 
-def format_plan(files: list[str], overrides: list[str], work: str | Path) -> str:
+def format_plan(files: list[str], overrides: list[str], work: str | Path, only: list[str] | None = None) -> str:
     """Each experiment's stages, artifact keys and paths, and whether they are done (``--dry-run``)."""
     work = Path(work).resolve()
-    lines = []
+    lines, stages = [], set()
     for file in files:
         experiment = load_experiment(file, overrides)
         lines.append(f"{experiment.name} ({experiment.paper or file})")
         for step in plan(experiment, work):
             state = "done" if step.done(work) else "to do"
             lines.append(f"  {step.stage:<14}{step.key:<18}{state:<7}{step.directory(work)}")
+            stages.add(step.stage)
+    if unknown := sorted(set(only or ()) - stages):
+        raise StudyError(f"--only {unknown[0]}: not a stage of these experiments (they have {', '.join(sorted(stages))})")
     return "\n".join(lines)
 
 
