@@ -232,8 +232,9 @@ class DocQAConfig(ModelOptions, OutputOptions):
                                 number_error("--min-pixels", self.min_pixels, ge=1), *self.output_option_errors()])
         if self.max_pixels < self.min_pixels:
             errors.append(f"--max-pixels {self.max_pixels} must be >= --min-pixels {self.min_pixels}")
-        if self.pdf_dir is not None and not Path(self.pdf_dir).is_dir():
-            errors.append(f"--pdf-dir {self.pdf_dir}: no such folder")
+        for option, folder in (("--pdf-dir", self.pdf_dir), ("--image-dir", self.image_dir)):
+            if folder is not None and not Path(folder).is_dir():
+                errors.append(f"{option} {folder}: no such folder")
         if errors:
             raise EvalError("; ".join(errors))
 
