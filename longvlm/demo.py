@@ -87,11 +87,12 @@ def compare_exported(hf_dir: Path, ckpt_dir: Path) -> float:
 
 def run_demo(config: DemoConfig) -> list[StageRecord]:
     """Run every stage; returns one record per stage (printed as a table by the CLI)."""
+    from megatron_vlm.models.tiny import save_tiny_checkpoint
+
     from checkpoint_tools import engine
     from checkpoint_tools.config import HFToMegatronConfig, MegatronToHFConfig, VerifyConfig
     from checkpoint_tools.verify import verify
-    from megatron_vlm.models.tiny import save_tiny_checkpoint
-    from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
+    from megatron_vlm.tokenizer import write_offline_tokenizer
     from preprocess.dataset.config import BuildConfig, check_token_budget
     from preprocess.dataset.run import build as build_dataset
     from preprocess.dataset.stats_cli import StatsConfig
@@ -121,7 +122,7 @@ def run_demo(config: DemoConfig) -> list[StageRecord]:
     stage("synth", lambda: run_synth(SynthConfig(pool=str(out / "pool"), output=str(out / "tasks.jsonl"),
                                                   per_doc=1, seed=config.seed, progress=False)),
           lambda r: f"{r.accepted} instances, {r.rejected} rejected (see tasks.summary.json)")
-    tokenizer = write_offline_qwen_tokenizer(out / "tokenizer")
+    tokenizer = write_offline_tokenizer(out / "tokenizer")
     build = stage("build", lambda: build_dataset(BuildConfig(
         tasks=[str(out / "tasks.jsonl")], pool=str(out / "pool"), tokenizer=str(tokenizer),
         output=str(out / "data" / "longpt"), max_seq_len=config.max_seq_len, token_budget=config.token_budget,

@@ -71,14 +71,14 @@ def main() -> None:
     from megatron_vlm.data.dataset import BuiltDataset
     from megatron_vlm.data.loader import build_data_loader
     from megatron_vlm.data.vision import image_to_patches
-    from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
+    from megatron_vlm.tokenizer import write_offline_tokenizer
     from preprocess.dataset.cli import format_report
     from preprocess.dataset.run import open_pool
 
     pool = open_pool(args.pool)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        tok = str(write_offline_qwen_tokenizer(tmp / "tokenizer"))
+        tok = str(write_offline_tokenizer(tmp / "tokenizer"))
         # a throughput benchmark on 12 PDFs: it repeats samples far past the recipe's limit on purpose
         common = dict(pool=args.pool, tokenizer=tok, max_seq_len=args.max_seq_len, max_repeats=1e9)
         result, wall, cpu = timed_build(tasks=[str(write_tasks(pool, tmp / "tasks.jsonl"))], output=str(tmp / "mix"),

@@ -45,9 +45,9 @@ def real_pdfs(pdf_dir) -> list[Path]:
 @pytest.fixture(scope="session")
 def qwen_tokenizer_dir(tmp_path_factory) -> Path:
     """A Hugging Face tokenizer directory: real Qwen BPE vocabulary, Qwen2.5-VL chat template."""
-    from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
+    from megatron_vlm.tokenizer import write_offline_tokenizer
 
-    return write_offline_qwen_tokenizer(tmp_path_factory.mktemp("qwen_tokenizer"))
+    return write_offline_tokenizer(tmp_path_factory.mktemp("qwen_tokenizer"))
 
 
 @pytest.fixture(scope="session")
@@ -78,9 +78,9 @@ def convert_to_megatron(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_hf_checkpoint(tmp_path_factory) -> Path:
     """A tiny random Qwen2.5-VL checkpoint (fp32, sharded safetensors + index), built from a config."""
-    from megatron_vlm.models.tiny import save_tiny_checkpoint
+    from megatron_vlm.models.registry import get_family
 
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_qwen25vl"), seed=0, max_shard_size="20MB")
+    return get_family("qwen2_5_vl").save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_qwen25vl"), seed=0, max_shard_size="20MB")
 
 
 @pytest.fixture(scope="session")

@@ -125,8 +125,8 @@ def _sgd_step_in_transformers(hf_dir: Path, inputs: dict, labels: torch.Tensor, 
 def _sgd_step_in_megatron(ckpt: Path, out: Path, inputs: dict, labels: torch.Tensor, lr: float) -> None:
     """Load ``ckpt`` into the Megatron model, take the same SGD step, save it as training does."""
     from megatron_vlm.formats.checkpoint import MegatronCheckpoint, load_into_model, save_model
-    from megatron_vlm.models.config import qwen25vl_config_from_hf
-    from megatron_vlm.models.qwen25vl import Qwen25VLModel
+    from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
+    from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
     from megatron_vlm.runtime import process_group
 
     with process_group():
@@ -166,9 +166,9 @@ def test_export_of_a_trained_checkpoint_gives_transformers_the_trained_model(pro
     (2, dict(num_heads=4, num_kv_heads=4, dtype="bfloat16")),  # MHA: a group per head
 ])
 def test_tied_embeddings_and_other_gqa_round_trip_in_bf16(tmp_path, tp, overrides):
-    from megatron_vlm.models.tiny import save_tiny_checkpoint
+    from megatron_vlm.models.registry import get_family
 
-    src = save_tiny_checkpoint(tmp_path / "src", **overrides)
+    src = get_family("qwen2_5_vl").save_tiny_checkpoint(tmp_path / "src", **overrides)
     api.convert("hf-to-megatron", hf=str(src), out=str(tmp_path / "meg"), tp=tp)
     meg = megatron_tensors(tmp_path / "meg")
     assert {t.dtype for t in meg.values()} == {torch.bfloat16}

@@ -24,7 +24,7 @@ def _save(path, seed: int = 0, **overrides):
     from transformers import Qwen2_5_VLForConditionalGeneration
     from vlm_inputs import randomize_weights_
 
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
     model = Qwen2_5_VLForConditionalGeneration(tiny_qwen25vl_config(**overrides)).eval()
     randomize_weights_(model, seed)  # O(1) activations: outputs depend on every input token and pixel

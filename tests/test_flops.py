@@ -10,10 +10,10 @@ from vlm_inputs import make_row
 
 from megatron_vlm import runtime
 from megatron_vlm.flops import causal_pairs, model_flops, window_pairs
-from megatron_vlm.models.config import qwen25vl_config_from_hf
-from megatron_vlm.models.qwen25vl import Qwen25VLModel
-from megatron_vlm.models.tiny import tiny_qwen25vl_config
-from megatron_vlm.models.vision import window_layout
+from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
+from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
+from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
+from megatron_vlm.models.qwen25vl.vision import window_layout
 
 
 @pytest.fixture(scope="module")

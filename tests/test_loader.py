@@ -36,7 +36,7 @@ def test_pixel_values_equal_qwen2vl_image_processor(built):
 def _hf_rope_index(input_ids: np.ndarray, grids: np.ndarray) -> np.ndarray:
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
 
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
     model = Qwen2_5_VLModel(tiny_qwen25vl_config(num_layers=1, vision_depth=1, fullatt_block_indexes=(0,)))
     ids = torch.as_tensor(input_ids, dtype=torch.long)[None]

@@ -23,9 +23,9 @@ BF16_FACTOR, BF16_SLACK, BF16_CAP = 1.5, 2e-3, 3e-2
 
 
 def _model(backend: str, dtype: torch.dtype, device, hf_config=None):
-    from megatron_vlm.models.config import qwen25vl_config_from_hf
-    from megatron_vlm.models.qwen25vl import Qwen25VLModel
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+    from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
+    from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
+    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
     hf_config = hf_config or tiny_qwen25vl_config()
     cfg = qwen25vl_config_from_hf(hf_config.to_dict(), attention_backend=backend, params_dtype=dtype)
@@ -58,7 +58,7 @@ def bf16_errors(backend: str, device: torch.device, tmp_path) -> dict[str, float
     The ``te`` model gets its weights from the ``torch`` one through a dist checkpoint."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
     hf_config = tiny_qwen25vl_config()
     hf = Qwen2_5_VLForConditionalGeneration(hf_config).eval()

@@ -19,7 +19,7 @@ TOL = 1e-5  # relative (max|x - ref| / max|ref|), fp32, O(1) weights; measured <
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("qwen25vl_parallel")
-    run_distributed("tests/workers/qwen25vl_parallel.py", 2, ["--out", out], timeout=400)
+    run_distributed("tests/workers/vlm_parallel.py", 2, ["--out", out], timeout=400)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
@@ -86,7 +86,7 @@ def test_tp2_cp2_with_sequence_parallel_on_4_processes(tmp_path):
     """TP x CP x SP together (4 gloo processes): logits, loss and gradients equal the unsplit model,
     also with a loss_mask that leaves one CP rank's TP pair no masked token."""
     layouts = ["tp2_cp2_sp", "tp2_cp2_sp_masked"]
-    run_distributed("tests/workers/qwen25vl_parallel.py", 4, ["--out", tmp_path, "--layouts", *layouts], timeout=400)
+    run_distributed("tests/workers/vlm_parallel.py", 4, ["--out", tmp_path, "--layouts", *layouts], timeout=400)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)]
     for layout in layouts:
         _check(results, layout, ["logits", "loss", "grads"])

@@ -27,9 +27,9 @@ CONFIGS = {
 def _pair(name: str, seed: int = 0):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from megatron_vlm.models.config import qwen25vl_config_from_hf
-    from megatron_vlm.models.qwen25vl import Qwen25VLModel
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+    from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
+    from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
+    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
     hf_config = tiny_qwen25vl_config(**CONFIGS[name])
     hf = Qwen2_5_VLForConditionalGeneration(hf_config).eval()
@@ -187,7 +187,7 @@ def test_image_token_count_mismatch_is_a_clear_error(megatron_single):
 def test_window_layout_matches_transformers():
     from transformers.vision_utils import get_vision_window_index
 
-    from megatron_vlm.models.vision import window_layout
+    from megatron_vlm.models.qwen25vl.vision import window_layout
 
     grids = torch.tensor([[1, 4, 20], [1, 16, 8], [1, 10, 14], [2, 8, 8], [1, 2, 2]])
     for window in (56, 112, 224):
@@ -250,7 +250,8 @@ def test_ntk_base_matches_transformers_dynamic_rope():
 def test_config_from_hub_style_config_json(tmp_path):
     """The hub's flat config.json (7B shapes): rope base modes, GQA, vision geometry, export of the base."""
     from megatron_vlm.errors import ConfigError
-    from megatron_vlm.models.config import RopeSettings, qwen25vl_config_from_hf
+    from megatron_vlm.models.config import RopeSettings
+    from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
 
     hub = {
         "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
@@ -284,9 +285,9 @@ def test_config_from_hub_style_config_json(tmp_path):
 
 def test_te_backend_fails_clearly_without_cuda(megatron_single):
     """No GPU, or (on a GPU machine) the CPU pinned as in this suite: the te backend refuses."""
-    from megatron_vlm.models.config import qwen25vl_config_from_hf
-    from megatron_vlm.models.qwen25vl import Qwen25VLModel
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+    from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
+    from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
+    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
     cfg = qwen25vl_config_from_hf(tiny_qwen25vl_config().to_dict(), attention_backend="te")
     with pytest.raises(RuntimeError, match="'te' needs a CUDA GPU"):
@@ -295,9 +296,9 @@ def test_te_backend_fails_clearly_without_cuda(megatron_single):
 
 def test_checkpoint_keys_follow_docs_checkpoints_md(megatron_single):
     """Sharded-state-dict keys (what dist checkpoints and the converter use) are the documented names."""
-    from megatron_vlm.models.config import qwen25vl_config_from_hf
-    from megatron_vlm.models.qwen25vl import Qwen25VLModel
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+    from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
+    from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
+    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
     model = Qwen25VLModel(qwen25vl_config_from_hf(tiny_qwen25vl_config().to_dict()))
     keys = {v.key for k, v in model.sharded_state_dict().items() if not k.endswith("_extra_state")}

@@ -89,7 +89,7 @@ step's model FLOPs are those of the same samples."""
 
     from megatron_vlm.data.loader import build_data_loader
     from megatron_vlm.flops import model_flops
-    from megatron_vlm.models.hf_config import Qwen25VLArch
+    from megatron_vlm.models.qwen25vl.arch import Qwen25VLArch
 
     arch = Qwen25VLArch.from_hf(setup["hf"])
     _, recs = reference
@@ -356,9 +356,9 @@ def test_dataset_of_another_tokenizer_is_refused(setup, tmp_path, capsys, qwen_t
 def test_vision_parameters_get_a_gradient_without_images(megatron_single):
     """A text-only micro-batch still gives every trainable vision parameter a (zero) gradient, so gradient
     buckets that wait for every parameter are complete."""
-    from megatron_vlm.models.config import qwen25vl_config_from_hf
-    from megatron_vlm.models.qwen25vl import Qwen25VLModel
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+    from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
+    from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
+    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
     model = Qwen25VLModel(qwen25vl_config_from_hf(tiny_qwen25vl_config().to_dict()))
     ids = torch.randint(0, 1000, (1, 16))

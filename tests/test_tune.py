@@ -16,7 +16,7 @@ from longvlm import api
 from longvlm.cli import main
 from megatron_vlm.flops import model_flops
 from megatron_vlm.hardware import GPUS
-from megatron_vlm.models.hf_config import Qwen25VLArch
+from megatron_vlm.models.qwen25vl.arch import Qwen25VLArch
 
 SEVEN_B = Qwen25VLArch.from_hf(MODELS["qwen2.5-vl-7b"])
 

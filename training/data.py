@@ -16,7 +16,7 @@ from megatron.core import parallel_state as ps
 from megatron_vlm.data.image_share import ImageShare
 from megatron_vlm.data.loader import build_data_loader
 from megatron_vlm.formats.dataset import DatasetFormatError, open_dataset
-from megatron_vlm.models.hf_config import Qwen25VLArch
+from megatron_vlm.models.hf_config import VLArch
 from megatron_vlm.parallel import ParallelLayout
 from training.config import RecipeError, TrainConfig
 
@@ -44,7 +44,7 @@ def _tokenizer_hashes(directory: str | None) -> dict[str, str]:
     return {n: sha256_file(Path(directory) / n) for n in TOKENIZER_FILES if (Path(directory) / n).is_file()}
 
 
-def plan_data(config: TrainConfig, arch: Qwen25VLArch, model_max_length: int, tokenizer_dir: str | None) -> DataPlan:
+def plan_data(config: TrainConfig, arch: VLArch, model_max_length: int, tokenizer_dir: str | None) -> DataPlan:
     """Check the datasets against the model and the layout (before any work); the run's plan."""
     metas = {}
     for key, prefix in [(f"data.train[{i}].prefix", s.prefix) for i, s in enumerate(config.data.train)] + \

@@ -21,7 +21,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron_vlm.data.image_share import ImageShare, gather_pixels
 from megatron_vlm.flops import model_flops
 from megatron_vlm.models.context_parallel import cp_slice
-from megatron_vlm.models.hf_config import Qwen25VLArch
+from megatron_vlm.models.hf_config import VLArch as Qwen25VLArch  # any family's arch
 from megatron_vlm.runtime import device
 
 _MODEL_INPUTS = ("input_ids", "position_ids", "cu_seqlens", "labels", "loss_mask")

@@ -34,7 +34,7 @@ class MegatronBackend:
 
         from megatron_vlm import runtime
         from megatron_vlm.formats.checkpoint import CheckpointError, MegatronCheckpoint, load_into_model
-        from megatron_vlm.models.config import qwen25vl_config_from_hf
+        from megatron_vlm.models.registry import read_arch
         from training.model import build_chunks
 
         env = runtime.read_dist_env()
@@ -48,9 +48,10 @@ class MegatronBackend:
             dtype = "bfloat16" if gpu else "float32"
         self.dtype = getattr(torch, dtype)
         runtime.initialize_distributed(layout, seed=1234)
-        cfg = qwen25vl_config_from_hf(ckpt.meta["hf_config"], layout=layout, attention_backend=attention_backend,
-                                      params_dtype=self.dtype, calculate_per_token_loss=True,
-                                      **rope.megatron_kwargs())
+        family = read_arch(ckpt.meta["hf_config"], name=str(ckpt.iter_dir)).family
+        cfg = family.config_from_hf(ckpt.meta["hf_config"], layout=layout, attention_backend=attention_backend,
+                                    params_dtype=self.dtype, calculate_per_token_loss=True,
+                                    **rope.megatron_kwargs())
         self.chunks = build_chunks(cfg)
         load_into_model(self.chunks, ckpt)
         for chunk in self.chunks:

@@ -24,7 +24,7 @@ from launch.tune.layout import Layout
 from launch.tune.workload import Row
 from megatron_vlm.flops import patch_dim
 from megatron_vlm.models.context_parallel import split_images_by_cost
-from megatron_vlm.models.hf_config import Qwen25VLArch
+from megatron_vlm.models.hf_config import VLArch as Qwen25VLArch  # any family's arch
 
 GIB = 2 ** 30
 PIXEL_BYTES = 4  # the loader's pixel_values are float32

@@ -20,7 +20,7 @@ from launch.tune.memory import ModelStates, Setup, activations, model_states, st
 from launch.tune.workload import Row
 from megatron_vlm.flops import FlopCount
 from megatron_vlm.hardware import GpuSpec
-from megatron_vlm.models.hf_config import Qwen25VLArch
+from megatron_vlm.models.hf_config import VLArch as Qwen25VLArch  # any family's arch
 
 
 @dataclass(frozen=True)

@@ -168,8 +168,8 @@ def checkpoint_meta(hf_config: dict[str, Any], *, dtype: str, layout: ParallelLa
 
 
 def model_meta(model: torch.nn.Module, source: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``checkpoint_meta`` of a ``Qwen25VLModel`` as it is now: the HF config it was built from with
-    the RoPE base and length it is set up for (``Qwen25VLConfig.to_hf_config``)."""
+    """``checkpoint_meta`` of a family's model as it is now: the HF config it was built from with
+    the RoPE base and length it is set up for (``VLModelConfig.to_hf_config``)."""
     config = model.model_config
     return checkpoint_meta(config.to_hf_config(), dtype=str(config.language.params_dtype).removeprefix("torch."),
                            layout=config.layout, vocab_size=config.vocab_size,
@@ -225,7 +225,7 @@ def save_sharded(sharded_state_dict: dict[str, Any], root: str | Path, iteration
 
 
 def save_model(model: torch.nn.Module, root: str | Path, iteration: int, source: dict[str, Any] | None = None) -> Path:
-    """Save a Megatron ``Qwen25VLModel`` (weights only) as a checkpoint that ``load_into_model`` and
+    """Save a Megatron model of any family (weights only) as a checkpoint that ``load_into_model`` and
     ``megatron-to-hf`` read; call on every rank. ``source``: the HF directory record of the
     checkpoint it was loaded from (``MegatronCheckpoint.meta["source"]``)."""
     return save_sharded(model.sharded_state_dict(), root, iteration, model_meta(model, source))

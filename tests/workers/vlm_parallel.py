@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (vlm_inpu
 from vlm_inputs import make_row, randomize_weights_  # noqa: E402
 
 from megatron_vlm import runtime  # noqa: E402
-from megatron_vlm.models.config import qwen25vl_config_from_hf  # noqa: E402
-from megatron_vlm.models.qwen25vl import Qwen25VLModel  # noqa: E402
-from megatron_vlm.models.tiny import tiny_qwen25vl_config  # noqa: E402
+from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf  # noqa: E402
+from megatron_vlm.models.qwen25vl.model import Qwen25VLModel  # noqa: E402
+from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config  # noqa: E402
 from megatron_vlm.parallel import ParallelLayout  # noqa: E402
 
 TP2, TP2_SP, CP2 = ParallelLayout(tp=2), ParallelLayout(tp=2, sp=True), ParallelLayout(cp=2)

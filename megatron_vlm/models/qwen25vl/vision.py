@@ -16,7 +16,7 @@ from megatron.core.transformer.spec_utils import build_module
 from megatron.core.transformer.transformer_block import TransformerBlock, TransformerBlockSubmodules
 
 from megatron_vlm.models.attention import AttentionSegments
-from megatron_vlm.models.config import Qwen25VisionTransformerConfig
+from megatron_vlm.models.qwen25vl.config import Qwen25VisionTransformerConfig
 
 
 def _grids(grid_thw) -> list[tuple[int, int, int]]:
