@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from megatron.core import tensor_parallel
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import build_module
+from megatron.core.transformer.utils import sharded_state_dict_default
 
 from megatron_vlm.models.config import VisionTransformerConfig
 
@@ -80,6 +81,17 @@ class PatchMerger(MegatronModule):
         x, _ = self.linear_fc1(x)
         x, _ = self.linear_fc2(F.gelu(x))
         return x[:, 0]
+
+
+class ShardedModuleList(torch.nn.ModuleList):
+    """A ``ModuleList`` whose sharded state dict is its members' (so their tensor-parallel splits are kept:
+    megatron-core saves any other child as replicated)."""
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: dict | None = None):
+        out = {}
+        for i, module in enumerate(self):
+            out.update(sharded_state_dict_default(module, f"{prefix}{i}.", sharded_offsets, metadata))
+        return out
 
 
 def rotary_embedding(grid_thw, merge: int, inv_freq: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:

@@ -20,6 +20,7 @@ from megatron_vlm.models.qwen3vl.config import Qwen3VisionTransformerConfig
 from megatron_vlm.models.vision_tower import (
     PatchEmbed,
     PatchMerger,
+    ShardedModuleList,
     frame_cu_seqlens,
     grids,
     rotary_embedding,
@@ -67,7 +68,7 @@ class Qwen3VisionModel(MegatronModule):
         self.side = int(config.num_position_embeddings ** 0.5)
         self.decoder = TransformerBlock(config=config, spec=spec, post_layer_norm=False)
         self.merger = PatchMerger(config, norm)
-        self.deepstack_mergers = torch.nn.ModuleList(
+        self.deepstack_mergers = ShardedModuleList(
             [PatchMerger(config, norm, postshuffle=True) for _ in config.deepstack_visual_indexes])
         self.register_buffer("inv_freq", vision_inv_freq(config), persistent=False)
 
