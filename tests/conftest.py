@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random Qwen2.5-VL checkpoint, the offline tokenizer, the real PDFs, a
+"""Shared fixtures: tiny random Qwen2.5-VL and Qwen3-VL checkpoints, the offline tokenizers, the real PDFs, a
 small built dataset.
 
 Every test computes on the CPU (gloo, fp32: the tolerances are set for it), also on a machine with
@@ -51,6 +51,14 @@ def qwen_tokenizer_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def qwen3vl_tokenizer_dir(tmp_path_factory) -> Path:
+    """Qwen3-VL's tokenizer directory: the same vocabulary with all of Qwen3's added tokens, Qwen3-VL's template."""
+    from megatron_vlm.tokenizer import write_offline_tokenizer
+
+    return write_offline_tokenizer(tmp_path_factory.mktemp("qwen3vl_tokenizer"), "qwen3_vl")
+
+
+@pytest.fixture(scope="session")
 def qwen_tokenizer(qwen_tokenizer_dir):
     from transformers import AutoTokenizer
 
@@ -81,6 +89,22 @@ def tiny_hf_checkpoint(tmp_path_factory) -> Path:
     from megatron_vlm.models.registry import get_family
 
     return get_family("qwen2_5_vl").save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_qwen25vl"), seed=0, max_shard_size="20MB")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3vl_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random Qwen3-VL checkpoint (fp32, O(1) weights so a mapping error moves the logits; 3 language
+    layers, DeepStack into layers 0 and 1; sharded safetensors + index), built from a config."""
+    from transformers import Qwen3VLForConditionalGeneration
+    from vlm_inputs import randomize_weights_
+
+    from megatron_vlm.models.qwen3vl.tiny import tiny_qwen3vl_config
+
+    model = Qwen3VLForConditionalGeneration(tiny_qwen3vl_config(num_layers=3)).eval()
+    randomize_weights_(model, seed=5)
+    out = tmp_path_factory.mktemp("tiny_qwen3vl") / "hf"
+    model.save_pretrained(out, max_shard_size="20MB")
+    return out
 
 
 @pytest.fixture(scope="session")

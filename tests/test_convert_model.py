@@ -60,8 +60,9 @@ def reference(hf_dir, qwen_tokenizer_dir, tmp_path_factory):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from checkpoint_tools.verify import build_probe
+    from megatron_vlm.models.registry import read_arch
 
-    inputs = build_probe(qwen_tokenizer_dir)
+    inputs = build_probe(qwen_tokenizer_dir, read_arch(hf_dir))
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         logits = model(**inputs).logits
