@@ -182,6 +182,21 @@ def built(tmp_path_factory, qwen_tokenizer_dir):
 
 
 @pytest.fixture(scope="session")
+def built_qwen3vl(built, qwen3vl_tokenizer_dir):
+    """``built``'s tasks and pool (pages rendered for Qwen2.5-VL's 28-pixel grid) built for Qwen3-VL with its
+    tokenizer: pages are resized to its 32-pixel grid at load time. Returns ``(prefix, pool)``."""
+    from preprocess.dataset.config import BuildConfig
+    from preprocess.dataset.run import build
+
+    prefix, pool, _ = built
+    cfg = BuildConfig(tasks=[str(prefix.parent / "tasks.jsonl")], pool=str(prefix.parent / "pool"),
+                      tokenizer=str(qwen3vl_tokenizer_dir), output=str(prefix.parent / "data_qwen3vl"),
+                      family="qwen3_vl", max_seq_len=512, token_budget=12000, progress=False, max_repeats=1000)
+    build(cfg, pool=pool)
+    return prefix.parent / "data_qwen3vl", pool
+
+
+@pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """A real one-node SLURM cluster for the session (``tests/slurm_cluster.py``); ``SLURM_CONF`` points at it."""
     from slurm_cluster import SlurmCluster, missing_binaries

@@ -315,7 +315,7 @@ BAD_CONFIGS = [  # (overrides, world size, message)
     ({"parallel.tp": 4}, 2, "world size 2 is not a multiple of tp*pp*cp = 4*1*1 = 4"),
     ({"model.rope.target_length": 256}, 1, "longer than the model's 256"),
     ({"train.seq_length": 256}, 1, "shorter than the datasets' rows"),
-    ({"model.checkpoint": "/nonexistent/model"}, 1, "neither an HF Qwen2.5-VL directory"),
+    ({"model.checkpoint": "/nonexistent/model"}, 1, "neither an HF model directory"),
     ({"train.precision": "bf16"}, 1, "train.precision=bf16 needs a GPU"),
     ({"train.precision": "fp8"}, 1, "train.precision=fp8 needs a GPU"),
     ({"model.attention_backend": "te"}, 1, "model.attention_backend=te needs Transformer Engine"),
@@ -351,6 +351,17 @@ def test_dataset_of_another_tokenizer_is_refused(setup, tmp_path, capsys, qwen_t
                  *overrides(setup, **{"model.checkpoint": model})]) == 2
     err = capsys.readouterr().err
     assert "built with another tokenizer than the model's (merges.txt differ" in err
+
+
+def test_dataset_built_for_another_family_is_refused(setup, tiny_qwen3vl_checkpoint, capsys):
+    """A Qwen3-VL model with a dataset built for Qwen2.5-VL: refused before any work, saying how to rebuild."""
+    from longvlm.cli import main
+
+    assert main(["train", "tiny-cpu", "-o", str(setup["tmp"] / "other_family"),
+                 *overrides(setup, **{"model.checkpoint": tiny_qwen3vl_checkpoint})]) == 2
+    err = capsys.readouterr().err
+    assert "the dataset was built for qwen2_5_vl, the model is qwen3_vl" in err
+    assert "longvlm build --family qwen3_vl" in err and not (setup["tmp"] / "other_family").exists()
 
 
 def test_vision_parameters_get_a_gradient_without_images(megatron_single):

@@ -15,7 +15,7 @@ from megatron.core import parallel_state as ps
 
 from megatron_vlm.data.image_share import ImageShare
 from megatron_vlm.data.loader import build_data_loader
-from megatron_vlm.formats.dataset import DatasetFormatError, open_dataset
+from megatron_vlm.formats.dataset import DatasetFormatError, dataset_family, open_dataset
 from megatron_vlm.models.hf_config import VLArch
 from megatron_vlm.parallel import ParallelLayout
 from training.config import RecipeError, TrainConfig
@@ -56,6 +56,10 @@ def plan_data(config: TrainConfig, arch: VLArch, model_max_length: int, tokenize
     model_tokens = _tokenizer_hashes(tokenizer_dir)
     longest = 0
     for key, meta in metas.items():
+        if dataset_family(meta) != arch.model_type:
+            raise RecipeError(f"{key}: the dataset was built for {dataset_family(meta)}, the model is {arch.model_type} "
+                              f"({arch.family.name}); rebuild it with 'longvlm build --family {arch.model_type} "
+                              "--tokenizer MODEL_TOKENIZER ...' (the same pool works)")
         built = meta["inputs"]["tokenizer"]["sha256"]
         differ = sorted(n for n in set(built) & set(model_tokens) if built[n] != model_tokens[n])
         if differ:
