@@ -34,8 +34,8 @@ class ModelSettings:
     rope: RopeSettings = field(default_factory=RopeSettings)
     attention_backend: str = "torch"  # torch (SDPA; CPU and GPU) | te (Transformer Engine; GPU)
     recompute: str = "none"  # activation recomputation: none | selective | full
-    train_vision: bool = True  # the vision tower's transformer and patch embedding
-    train_merger: bool = True  # the 2x2 patch merger (vision -> language projection)
+    train_vision: bool = True  # the vision tower: patch (and learned position) embeddings, its layers
+    train_merger: bool = True  # the 2x2 patch merger(s) (vision -> language projection; DeepStack's too)
     train_language: bool = True  # the language model
 
 

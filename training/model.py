@@ -59,14 +59,16 @@ def model_config(config: TrainConfig, arch: VLArch) -> VLModelConfig:
 
 
 def _freeze(model: VisionLanguageModel, config: TrainConfig) -> None:
-    parts = {"language_model": config.model.train_language}
-    if model.vision_model is not None:
-        parts.update({"vision_model.merger": config.model.train_merger,
-                      "vision_model.patch_embed": config.model.train_vision,
-                      "vision_model.decoder": config.model.train_vision})
+    """``model.train_language`` / ``train_merger`` (the patch mergers, DeepStack's included) / ``train_vision``
+    (the rest of the tower: patch and position embeddings, layers) set which parameters train."""
     for name, param in model.named_parameters():
-        part = next(p for p in parts if name.startswith(p + ".") or name == p)
-        param.requires_grad_(parts[part])
+        if name.startswith("language_model."):
+            train = config.model.train_language
+        elif name.startswith(("vision_model.merger.", "vision_model.deepstack_mergers.")):
+            train = config.model.train_merger
+        else:
+            train = config.model.train_vision
+        param.requires_grad_(train)
 
 
 def build_chunks(cfg: VLModelConfig) -> list[VisionLanguageModel]:
