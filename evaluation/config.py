@@ -77,7 +77,9 @@ class ModelOptions(ChatClientOptions):
     layout: ParallelLayout = field(default_factory=ParallelLayout, metadata={
         "group": _MEGATRON, "fields": ("tp", "pp", "cp", "sp"), "help": "the model's split over the processes"})
     attention_backend: str = field(default="torch", metadata={"group": _MEGATRON, "choices": ("torch", "te"), "help": (
-        "megatron: torch (SDPA per segment; CPU and GPU) or te (Transformer Engine; GPU)")})
+        "megatron: core attention: torch (SDPA per segment; CPU and GPU) or te (Transformer Engine; GPU)")})
+    transformer_impl: str = field(default="local", metadata={"group": _MEGATRON, "choices": ("local", "te"), "help": (
+        "megatron: the layers' linears and norms: local (Megatron-Core's) or te (Transformer Engine; GPU)")})
     rope_base: float | None = field(default=None, metadata={"group": _ROPE, "help": (
         "use this RoPE base (rope_theta) instead of the checkpoint's")})
     rope_ntk_length: str | None = field(default=None, metadata={"group": _ROPE, "metavar": "LENGTH", "help": (

@@ -25,7 +25,6 @@ from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_fr
 
 MARKER = ".longvlm-demo"
 DEMO_PDFS = Path(__file__).resolve().parent / "demo_pdfs"  # shipped with the package (SOURCES.md there)
-TINY_RECIPES = {"qwen2_5_vl": "tiny-cpu", "qwen3_vl": "tiny-qwen3vl-cpu"}  # each family's tiny CPU recipe
 
 
 class DemoError(LongVLMError):
@@ -67,12 +66,13 @@ def _prepare_output(path: Path) -> None:
 def train(megatron_dir: Path, data_prefix: Path, run_dir: Path, steps: int, seed: int,
           family: str = DEFAULT_FAMILY) -> list[float]:
     """``longvlm train`` with the family's tiny CPU recipe on the demo's checkpoint and dataset; the step losses."""
+    from megatron_vlm.models.registry import get_family
     from training.cli import recipe_path
     from training.config import load_recipe
     from training.metrics import read_metrics
     from training.trainer import train as run_training
 
-    config = load_recipe(recipe_path(TINY_RECIPES[family]), [
+    config = load_recipe(recipe_path(get_family(family).tiny_recipe), [
         f"model.checkpoint={megatron_dir}", f"data.train=[{{prefix: {data_prefix}}}]",
         f"train.train_steps={steps}", f"train.seed={seed}"])
     run_training(config, run_dir)

@@ -12,6 +12,26 @@ from dataclasses import dataclass, field
 
 from megatron_vlm.errors import ConfigError
 
+# Transformer Engine's context-parallel communication (Megatron's --cp-comm-type): a ring of K/V
+# exchanges overlapped with attention, all-to-all over heads, or all-gathered K/V.
+CP_COMM_TYPES = ("p2p", "a2a", "all_gather")
+FP8_TOKEN_MULTIPLE = 16  # Transformer Engine's FP8 GEMMs want token counts divisible by this
+
+
+@dataclass(frozen=True)
+class TokenPadding:
+    """How a micro-batch's packed stream is padded: each sample to a multiple of ``sample``, the whole
+    stream to a multiple of ``stream`` (the padding goes to its last sample)."""
+
+    sample: int = 1
+    stream: int = 1
+
+    def pad(self, length: int) -> int:
+        return -(-length // self.sample) * self.sample
+
+
+NO_PADDING = TokenPadding()
+
 
 @dataclass(frozen=True)
 class ParallelLayout:
@@ -20,7 +40,11 @@ class ParallelLayout:
     tp: int = field(default=1, metadata={"help": "tensor-parallel size (Megatron's tensor_model_parallel_size)"})
     pp: int = field(default=1, metadata={"help": "pipeline-parallel size (pipeline_model_parallel_size)"})
     cp: int = field(default=1, metadata={
-        "help": "context-parallel size: each rank holds 2 of 2*cp load-balanced chunks of every row"})
+        "help": "context-parallel size: each rank holds 2 of 2*cp load-balanced chunks of every packed sample"})
+    cp_comm_type: str | None = field(default=None, metadata={
+        "help": "context-parallel communication of the te attention backend: p2p (K/V ring overlapped with "
+                "compute), a2a (all-to-all over heads), all_gather; None: p2p with te, all_gather (the only "
+                "one) with the torch backend"})
     sp: bool = field(default=False, metadata={
         "help": "sequence parallelism: norms and dropout on a 1/tp slice of the sequence (needs tp > 1)"})
     vpp: int | None = field(default=None, metadata={
@@ -34,6 +58,8 @@ class ParallelLayout:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"parallel.{name} must be a positive integer, got {value!r}")
+        if self.cp_comm_type is not None and self.cp_comm_type not in CP_COMM_TYPES:
+            raise ConfigError(f"parallel.cp_comm_type={self.cp_comm_type!r} is not one of {', '.join(CP_COMM_TYPES)}")
         if self.sp and self.tp == 1:
             raise ConfigError("parallel.sp (sequence parallelism) needs parallel.tp > 1")
         if self.vpp is not None and (self.vpp < 1 or self.pp == 1):
@@ -53,11 +79,18 @@ class ParallelLayout:
                               f"= {self.model_parallel_size}; launch a multiple of it, or change parallel.*")
         return world_size // self.model_parallel_size
 
-    @property
-    def sequence_multiple(self) -> int:
-        """Every row length must be a multiple of this: 2*cp load-balanced chunks (cp > 1), and each
-        rank's part divisible by tp under sequence parallelism."""
-        return math.lcm(2 * self.cp if self.cp > 1 else 1, self.cp * self.tp if self.sp else 1)
+    def cp_comm_type_for(self, attention_backend: str) -> str:
+        """The CP communication actually used with ``attention_backend`` (the torch backend all-gathers K/V)."""
+        if self.cp_comm_type is not None:
+            return self.cp_comm_type
+        return "p2p" if attention_backend == "te" else "all_gather"
+
+    def token_padding(self, fp8: bool = False) -> TokenPadding:
+        """Samples padded to 2*cp (cp > 1: each splits into 2*cp chunks); the stream so that each rank's part
+        divides over tp under sequence parallelism and, with FP8, into FP8 GEMMs' token multiple."""
+        sample = 2 * self.cp if self.cp > 1 else 1
+        per_rank = math.lcm(self.tp if self.sp else 1, FP8_TOKEN_MULTIPLE if fp8 else 1)
+        return TokenPadding(sample, math.lcm(sample, self.cp * per_rank))
 
     def check_model(self, num_layers: int, num_heads: int, num_query_groups: int, vision_heads: int) -> None:
         """Raise a ``ConfigError`` listing every way the model cannot be split this way."""
@@ -78,18 +111,3 @@ class ParallelLayout:
                             "(set parallel.first_stage_layers for an uneven split)")
         if problems:
             raise ConfigError(f"parallel layout tp={self.tp} pp={self.pp} cp={self.cp}: " + "; ".join(problems))
-
-    def check_sequence_length(self, seq_len: int, model_max_length: int | None = None) -> None:
-        """A packed row length works with this layout and the model's RoPE length, else a ``ConfigError``."""
-        if model_max_length is not None and seq_len > model_max_length:
-            raise ConfigError(f"rows of {seq_len:,} tokens are longer than the model's {model_max_length:,} "
-                              "(its RoPE target length); raise it (recipe key model.rope.target_length, with model.rope.mode=ntk "
-                              "for the base) or build shorter rows")
-        if seq_len % self.sequence_multiple:
-            raise ConfigError(f"sequence length {seq_len:,} is not a multiple of {self.sequence_multiple} "
-                              f"(2*cp={2 * self.cp} chunks{', times tp under sequence parallelism' if self.sp else ''})")
-
-    def pad_length(self, length: int) -> int:
-        """The smallest row length >= ``length`` that this layout accepts (padding costs compute)."""
-        m = self.sequence_multiple
-        return -(-length // m) * m

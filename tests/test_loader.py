@@ -73,33 +73,43 @@ def _hf_rope_index(input_ids: np.ndarray, grids: np.ndarray) -> np.ndarray:
 
 
 def test_micro_batch_matches_transformers_and_targets(built, qwen_tokenizer):
+    """Two rows become one stream: each sample padded to a multiple of 4 (CP=2), the stream to 8; real
+    boundaries in cu_seqlens, padded ones in cu_seqlens_padded; positions as transformers computes them."""
+    from megatron_vlm.formats.dataset import PAD_ID
+    from megatron_vlm.parallel import TokenPadding
+
     prefix, pool, rows = built
-    loader = build_data_loader(prefix, 2, pool=pool, num_workers=0, total_samples=2, shuffle=False, pad_multiple=8)
+    loader = build_data_loader(prefix, 2, pool=pool, num_workers=0, total_samples=2, shuffle=False,
+                               padding=TokenPadding(sample=4, stream=8))
     (batch,) = list(loader)
-    b, s = batch["input_ids"].shape
-    lengths = [len(BuiltDataset(prefix, pool=pool).read_pack(k)["tokens"]) for k in (0, 1)]
-    assert s == -(-max(lengths) // 8) * 8 < 512  # the longest row rounded to the multiple, not max_seq_len
-    assert batch["real_tokens"] == sum(lengths) and batch["position_ids"].shape == (3, b, s)
+    packs = [BuiltDataset(prefix, pool=pool).read_pack(k) for k in (0, 1)]
+    lengths = np.concatenate([p["sample_lengths"] for p in packs])
+    padded = [-(-n // 4) * 4 for n in lengths]
+    t = -(-sum(padded) // 8) * 8
+    assert batch["input_ids"].shape == (1, t) and batch["position_ids"].shape == (3, 1, t)
+    assert batch["real_tokens"] == sum(lengths) < t < 2 * 512  # no padding between rows, not max_seq_len
+    assert batch["cu_seqlens"].tolist() == [0, *np.cumsum(lengths).tolist()]
+    starts = [0, *np.cumsum(padded).tolist()]
+    assert batch["cu_seqlens_padded"].tolist() == starts[:-1] + [t]
     assert batch["pixel_values"].shape == (int(batch["image_grid_thw"].prod(1).sum()), 1176)
-    cu = batch["cu_seqlens"].numpy()
-    assert cu[0] == 0 and cu[-1] == b * s and np.all(np.diff(cu) > 0)
-    ids = batch["input_ids"].reshape(-1).numpy()
-    labels = batch["labels"].reshape(-1).numpy()
-    mask = batch["loss_mask"].reshape(-1).numpy()
-    pos = batch["position_ids"].reshape(3, -1).numpy()
+    ids = batch["input_ids"][0].numpy()
+    labels = batch["labels"][0].numpy()
+    mask = batch["loss_mask"][0].numpy()
+    pos = batch["position_ids"][:, 0].numpy()
     grids = batch["image_grid_thw"].numpy()
+    tokens = np.concatenate([p["tokens"] for p in packs])
     used = 0
     answers = []
-    for lo, hi in zip(cu[:-1], cu[1:]):
+    for k, (lo, n) in enumerate(zip(starts[:-1], lengths)):
+        hi = lo + n
         sample = ids[lo:hi]
+        np.testing.assert_array_equal(sample, tokens[sum(lengths[:k]):sum(lengths[:k + 1])])
+        end = batch["cu_seqlens_padded"][k + 1].item()
+        assert (ids[hi:end] == PAD_ID).all() and not mask[hi - 1:end].any()  # padding: no targets
         n_img = len(np.flatnonzero(np.diff(np.concatenate([[0], sample == IMAGE_PAD])) == 1))
-        if n_img == 0:  # row padding
-            assert not mask[lo:hi].any()
-            continue
         np.testing.assert_array_equal(pos[:, lo:hi], _hf_rope_index(sample, grids[used:used + n_img]))
         used += n_img
         np.testing.assert_array_equal(labels[lo:hi - 1], sample[1:])  # next token within the sample
-        assert mask[hi - 1] == 0
         answers.append(qwen_tokenizer.decode(labels[lo:hi][mask[lo:hi] == 1]))
     assert used == len(grids)
     expected = {r["answer"] + "<|im_end|>" for r in rows}
@@ -136,7 +146,7 @@ def test_blended_stream_follows_the_weights():
 
 def test_worker_processes_give_the_same_batches(built):
     prefix, pool, _ = built
-    kw = dict(pool=pool, seed=3, total_samples=4, consumed_samples=2, seq_length=None)
+    kw = dict(pool=pool, seed=3, total_samples=4, consumed_samples=2)
     serial = list(build_data_loader(prefix, 1, num_workers=0, **kw))
     parallel = list(build_data_loader(prefix, 1, num_workers=2, **kw))
     assert len(serial) == len(parallel) == 2

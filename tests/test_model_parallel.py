@@ -15,6 +15,9 @@ from distributed import run_distributed
 pytestmark = pytest.mark.slow
 
 TOL = 1e-5  # relative (max|x - ref| / max|ref|), fp32, O(1) weights; measured <= 2e-6
+# Gradients of a loss on a few answer tokens reach the vision tower through sums that largely cancel:
+# the fp32 reference itself is 3e-6 off a float64 run there (measured), CP2 1.1e-5.
+TOL_MASKED_GRADS = 3e-5
 BOTH = ["qwen2_5_vl", "qwen3_vl"]
 
 
@@ -26,7 +29,7 @@ def results(tmp_path_factory):
 
 
 def _check(results, case, keys, ranks=None):
-    """Each rank in ``ranks`` (default: all) reported every metric of ``keys``, each within TOL; a
+    """Each rank in ``ranks`` (default: all) reported every metric of ``keys``, each within its bound; a
     metric a worker did not report fails."""
     for rank in range(len(results)) if ranks is None else ranks:
         got = results[rank][case]
@@ -34,7 +37,8 @@ def _check(results, case, keys, ranks=None):
         missing = [key for key in keys if key not in got]
         assert not missing, f"{case} rank {rank} did not report {missing}: {got}"
         for key in keys:
-            assert got[key] <= TOL, f"{case} rank {rank}: {key} differs by {got[key]} ({got})"
+            bound = TOL_MASKED_GRADS if key == "grads" and case.endswith("_masked") else TOL
+            assert got[key] <= bound, f"{case} rank {rank}: {key} differs by {got[key]} ({got})"
 
 
 @pytest.mark.parametrize("family", BOTH)
@@ -93,10 +97,11 @@ def test_loss_mask_with_cp2_equals_masked_unsplit(results):
     _check(results, "qwen2_5_vl:cp2_masked", ["loss", "grads"])
 
 
-def test_tp2_cp2_with_sequence_parallel_on_4_processes(tmp_path):
-    """TP x CP x SP together (4 gloo processes), both families: logits, loss and gradients equal the unsplit
-    model, also with a loss_mask that leaves one CP rank's TP pair no masked token."""
-    cases = ["qwen2_5_vl:tp2_cp2_sp", "qwen2_5_vl:tp2_cp2_sp_masked", "qwen3_vl:tp2_cp2_sp"]
+def test_four_process_layouts(tmp_path):
+    """One 4-process run (gloo), both families: TP x CP x SP together, also with a loss_mask that leaves one
+    CP rank's TP pair no masked token; and CP=4 over samples padded to multiples of 8 (Transformer Engine's
+    THD layout), at the real tokens: logits, loss and gradients equal the unsplit model."""
+    cases = ["qwen2_5_vl:tp2_cp2_sp", "qwen2_5_vl:tp2_cp2_sp_masked", "qwen2_5_vl:cp4_padded", "qwen3_vl:tp2_cp2_sp"]
     run_distributed("tests/workers/vlm_parallel.py", 4, ["--out", tmp_path, "--cases", *cases], timeout=600)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)]
     for case in cases:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from hf_to_megatron import load_hf_weights, megatron_state_dict
@@ -212,36 +213,94 @@ def test_window_layout_matches_transformers():
         assert cu.tolist() == ref_cu.tolist()
 
 
+def _te_thd_partition(cu_padded: list[int], cp_size: int, rank: int) -> list[int]:
+    """Transformer Engine's ``thd_partition_indices_kernel`` restated token by token: for local token
+    ``i``, find its sequence in ``cu / cp_size`` and take it from the sequence's first half chunk
+    ``rank`` or second half chunk ``2 * cp_size - 1 - rank`` (TE common/fused_attn/context_parallel.cu)."""
+    import bisect
+
+    cu_s = [c // cp_size for c in cu_padded]
+    out = []
+    for token in range(cu_padded[-1] // cp_size):
+        seq = bisect.bisect_right(cu_s, token) - 1
+        seq_len = cu_s[seq + 1] - cu_s[seq]
+        index = token - cu_s[seq]
+        offset = rank if index < seq_len // 2 else (cp_size - 1) * 2 - rank
+        out.append(index + cu_s[seq] * cp_size + seq_len // 2 * offset)
+    return out
+
+
+def test_cp_split_is_transformer_engines_thd_partition():
+    """The per-sample zig-zag split both backends use is TE's THD partition (and Megatron's one-sequence
+    split when the stream is one sample); the ranks' parts tile the stream; gather_order inverts them."""
+    from megatron_vlm.models.context_parallel import CPSplit
+
+    rng = np.random.default_rng(0)
+    for cp_size in (2, 3, 4, 8):
+        for _ in range(5):
+            lengths = rng.integers(1, 6, size=rng.integers(1, 7)) * 2 * cp_size
+            cu = [0, *np.cumsum(lengths).tolist()]
+            split = CPSplit.of(cu, cp_size, 0)
+            parts = []
+            for rank in range(cp_size):
+                got = split.rank(rank).indices().tolist()
+                assert got == _te_thd_partition(cu, cp_size, rank), (cu, cp_size, rank)
+                parts += got
+            assert sorted(parts) == list(range(cu[-1]))
+            assert torch.equal(torch.tensor(parts)[split.gather_order()], torch.arange(cu[-1]))
+    one = CPSplit.of([0, 16], 2, 1).indices().tolist()
+    assert one == list(range(4, 12))  # Megatron's get_batch_on_this_cp_rank: chunks 1 and 2 of 4
+    with pytest.raises(ValueError, match="multiple of 2 \\* cp = 4"):
+        CPSplit.of([0, 8, 14], 2, 0)
+
+
 def test_segmented_attention_matches_dense_mask():
-    """Per-segment SDPA (incl. context-parallel query chunks) == one SDPA with the dense boolean mask."""
+    """Per-segment SDPA == one SDPA with the dense boolean mask: rows of segments, grouped-query heads
+    (K/V not repeated), and the context-parallel query chunks of the per-sample split."""
     import torch.nn.functional as F
 
     from megatron_vlm.models.attention import attention_plan, segmented_attention
-    from megatron_vlm.models.context_parallel import cp_chunks, cp_token_indices
+    from megatron_vlm.models.context_parallel import CPSplit
 
     g = torch.Generator().manual_seed(0)
-    b, h, s, d = 2, 3, 24, 8
-    q, k, v = (torch.randn(b, h, s, d, generator=g) for _ in range(3))
+    b, h, groups, s, d = 2, 6, 2, 24, 8
+    q = torch.randn(b, h, s, d, generator=g)
+    k, v = (torch.randn(b, groups, s, d, generator=g) for _ in range(2))
     cu = [0, 5, 13, 24, 24 + 9, 24 + 10, 48]  # segments per row; no segment crosses a row
-    seg = torch.zeros(b * s, dtype=torch.long)
-    for i, (lo, hi) in enumerate(zip(cu[:-1], cu[1:])):
-        seg[lo:hi] = i
-    seg = seg.view(b, s)
-    pos = torch.arange(s)
-    for causal in (False, True):
+
+    def dense(q, k, v, seg, causal):
         allowed = seg[:, :, None] == seg[:, None, :]
         if causal:
+            pos = torch.arange(seg.shape[1])
             allowed = allowed & (pos[None, :, None] >= pos[None, None, :])
-        dense = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+        rep = q.shape[1] // k.shape[1]
+        return F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1),
+                                              attn_mask=allowed[:, None])
+
+    def segment_ids(cu, n):
+        seg = torch.zeros(n, dtype=torch.long)
+        for i, (lo, hi) in enumerate(zip(cu[:-1], cu[1:])):
+            seg[lo:hi] = i
+        return seg
+
+    seg = segment_ids(cu, b * s).view(b, s)
+    for causal in (False, True):
+        ref = dense(q, k, v, seg, causal)
         out = segmented_attention(q, k, v, attention_plan(cu, b, s, s, None, causal), causal=causal)
-        assert (out - dense).abs().max() < 1e-5
-        if causal:
-            for cp_size in (2, 3):
-                for rank in range(cp_size):
-                    idx = cp_token_indices(s, cp_size, rank)
-                    plan = attention_plan(cu, b, len(idx), s, cp_chunks(s, cp_size, rank), True)
-                    part = segmented_attention(q[:, :, idx], k, v, plan, causal=True)
-                    assert (part - dense[:, :, idx]).abs().max() < 1e-5
+        assert (out - ref).abs().max() < 1e-5
+    for cp_size in (2, 3, 4):
+        lengths = [2 * cp_size * n for n in (3, 1, 5, 2)]
+        stream = [0, *np.cumsum(lengths).tolist()]
+        n = stream[-1]
+        qs = torch.randn(1, h, n, d, generator=g)
+        ks, vs = (torch.randn(1, groups, n, d, generator=g) for _ in range(2))
+        ref = dense(qs, ks, vs, segment_ids(stream, n)[None], True)
+        for rank in range(cp_size):
+            split = CPSplit.of(stream, cp_size, rank)
+            idx = torch.tensor(_te_thd_partition(stream, cp_size, rank))
+            plan = attention_plan(stream, 1, len(idx), n, split.chunks, True)
+            part = segmented_attention(qs[:, :, idx], ks, vs, plan, causal=True)
+            assert (part - ref[:, :, idx]).abs().max() < 1e-5
 
 
 # -- config ---------------------------------------------------------------------------------------
@@ -298,14 +357,16 @@ def test_config_from_hub_style_config_json(tmp_path):
         qwen25vl_config_from_hf({k: v for k, v in hub.items() if k != "vision_config"})
 
 
-def test_te_backend_fails_clearly_without_cuda(megatron_single):
-    """No GPU, or (on a GPU machine) the CPU pinned as in this suite: the te backend refuses."""
+@pytest.mark.parametrize("impl,attention", [("te", "torch"), ("local", "te"), ("te", "te")])
+def test_te_parts_fail_clearly_without_cuda(megatron_single, impl, attention):
+    """No GPU, or (on a GPU machine) the CPU pinned as in this suite: TE linears and TE attention refuse."""
     from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
     from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
     from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
-    cfg = qwen25vl_config_from_hf(tiny_qwen25vl_config().to_dict(), attention_backend="te")
-    with pytest.raises(RuntimeError, match="'te' needs a CUDA GPU"):
+    cfg = qwen25vl_config_from_hf(tiny_qwen25vl_config().to_dict(), attention_backend=attention, transformer_impl=impl)
+    key = "transformer_impl" if impl == "te" else "attention_backend"
+    with pytest.raises(RuntimeError, match=f"model.{key}=te needs a CUDA GPU and Transformer Engine"):
         Qwen25VLModel(cfg)
 
 

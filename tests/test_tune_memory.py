@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from distributed import read_rank_results, run_distributed
 
-from launch.tune.layout import Layout
+from launch.tune.layout import SELECTIVE_SETS, Layout
 from launch.tune.memory import (
     Param,
     Setup,
@@ -25,7 +25,6 @@ from launch.tune.memory import (
     transient_bytes,
 )
 from launch.tune.workload import Row
-from megatron_vlm.models.config import RECOMPUTE_MODES
 from megatron_vlm.models.qwen25vl.arch import Qwen25VLArch
 from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
 
@@ -96,20 +95,21 @@ def runtime_single():
     runtime.destroy()
 
 
-@pytest.mark.parametrize("recompute", RECOMPUTE_MODES)
-def test_activations_and_peak_of_a_cpu_step(runtime_single, recompute):
+@pytest.mark.parametrize("recompute,modules", [("none", ()), ("full", ()), *(("selective", m) for m in SELECTIVE_SETS)])
+def test_activations_and_peak_of_a_cpu_step(runtime_single, recompute, modules):
     """The tiny model on a packed row of two samples with three images: the bytes autograd saves are the
     predicted activations (within 1%), the peak of forward + backward above the model states the predicted
-    activations plus backward temporaries (within 5%)."""
+    activations plus backward temporaries (within 5%), under every recompute mode and module set."""
     from launch.tune.measure import measure_step, row_batch
     from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
     from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
-    config = qwen25vl_config_from_hf(tiny_qwen25vl_config(num_layers=2).to_dict(), recompute=recompute)
+    config = qwen25vl_config_from_hf(tiny_qwen25vl_config(num_layers=2).to_dict(), recompute=recompute,
+                                     recompute_modules=modules)
     row = Row((140, 116), ((1, 8, 12), (1, 16, 8), (1, 8, 12)), 16)
     got = measure_step(Qwen25VLModel(config), row_batch(row, config.arch), repeats=0)
     setup = Setup(precision="fp32", distributed_optimizer=False, overlap_grad_reduce=False)
-    layout = Layout.make(recompute=recompute)
+    layout = Layout.make(recompute=recompute, recompute_modules=modules)
     acts = activations(config.arch, layout, setup, row, 0)
     kept = acts.total - acts.inputs
     assert kept == pytest.approx(got.saved, rel=0.01)

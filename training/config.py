@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from megatron_vlm.errors import ConfigError
-from megatron_vlm.models.config import ATTENTION_BACKENDS, RECOMPUTE_MODES, RopeSettings
+from megatron_vlm.models.config import (
+    ATTENTION_BACKENDS,
+    RECOMPUTE_MODES,
+    RECOMPUTE_MODULES,
+    TRANSFORMER_IMPLS,
+    RopeSettings,
+    backend_problems,
+)
 from megatron_vlm.parallel import ParallelLayout
 
 PRECISIONS = ("fp32", "bf16", "fp8")
@@ -30,10 +37,13 @@ class RecipeError(ConfigError):
 class ModelSettings:
     """What to train: the starting checkpoint and how the model is set up."""
 
-    checkpoint: str = ""  # an HF Qwen2.5-VL directory (converted once into RUN_DIR/init) or a Megatron checkpoint
+    checkpoint: str = ""  # an HF model directory of a registered family (converted once into RUN_DIR/init) or a Megatron checkpoint
     rope: RopeSettings = field(default_factory=RopeSettings)
-    attention_backend: str = "torch"  # torch (SDPA; CPU and GPU) | te (Transformer Engine; GPU)
-    recompute: str = "none"  # activation recomputation: none | selective | full
+    transformer_impl: str = "local"  # the layers' linears and norms: local (Megatron-Core's) | te (Transformer Engine; FP8)
+    attention_backend: str = "torch"  # core attention: torch (SDPA; CPU and GPU) | te (Transformer Engine; GPU)
+    recompute: str = "none"  # activation recomputation: none | selective (recompute_modules) | full
+    # selective: core_attn (attention core), layernorm (norm outputs), act (the MLP activation), mlp (whole MLP)
+    recompute_modules: list[str] = field(default_factory=lambda: ["core_attn"])
     train_vision: bool = True  # the vision tower: patch (and learned position) embeddings, its layers
     train_merger: bool = True  # the 2x2 patch merger(s) (vision -> language projection; DeepStack's too)
     train_language: bool = True  # the language model
@@ -125,11 +135,17 @@ class TrainConfig:
     def check(self) -> None:
         """Checks that need no files and no processes; a :class:`RecipeError` naming the key."""
         _choice("model.attention_backend", self.model.attention_backend, ATTENTION_BACKENDS)
+        _choice("model.transformer_impl", self.model.transformer_impl, TRANSFORMER_IMPLS)
         _choice("model.recompute", self.model.recompute, RECOMPUTE_MODES)
+        for module in self.model.recompute_modules:
+            _choice("model.recompute_modules", module, RECOMPUTE_MODULES)
         _choice("train.precision", self.train.precision, PRECISIONS)
         _choice("optimizer.schedule", self.optimizer.schedule, SCHEDULES)
         _choice("guard.on_nan", self.guard.on_nan, ON_BAD_LOSS)
         _choice("guard.on_spike", self.guard.on_spike, ON_BAD_LOSS)
+        problems = self.backend_problems()
+        if problems:
+            raise RecipeError("; ".join(problems))
         if not self.model.checkpoint:
             raise RecipeError("model.checkpoint is not set: give an HF Qwen2.5-VL directory or a Megatron checkpoint")
         if not (self.model.train_vision or self.model.train_merger or self.model.train_language):
@@ -172,6 +188,17 @@ class TrainConfig:
         for name in self.checkpoint.exit_signals:
             if not hasattr(signal, name):
                 raise RecipeError(f"checkpoint.exit_signals: unknown signal {name!r} (e.g. SIGTERM, SIGUSR1)")
+
+    def backend_problems(self, arch=None, te_version: str | None = None) -> list[str]:
+        """Why the model settings, layout and precision cannot run together (``megatron_vlm.models.config``)."""
+        m = self.model
+        return backend_problems(m.transformer_impl, m.attention_backend, self.parallel,
+                                fp8=self.train.precision == "fp8", recompute=m.recompute,
+                                recompute_modules=m.recompute_modules, arch=arch, te_version=te_version)
+
+    def seq_length(self, longest_row: int) -> int:
+        """The run's row length: ``train.seq_length``, else the datasets' longest row."""
+        return self.train.seq_length or longest_row
 
     def steps(self, seq_length: int) -> int:
         """Optimizer steps of the run: ``train_steps``, else the token budget in global batches of ``seq_length`` rows."""
@@ -243,4 +270,5 @@ def differences(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[Any, Any]
 # Keys a resumed run may change: how it runs, not what it computes.
 RESUMABLE_CHANGES = ("parallel.", "train.micro_batch_size", "train.train_steps", "train.train_tokens",
                      "data.num_workers", "data.prefetch", "data.pool_dir", "checkpoint.", "logging.", "guard.",
-                     "model.attention_backend", "model.recompute", "optimizer.distributed_optimizer")
+                     "model.attention_backend", "model.transformer_impl", "model.recompute", "model.recompute_modules",
+                     "optimizer.distributed_optimizer")

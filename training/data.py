@@ -15,9 +15,14 @@ from megatron.core import parallel_state as ps
 
 from megatron_vlm.data.image_share import ImageShare
 from megatron_vlm.data.loader import build_data_loader
-from megatron_vlm.formats.dataset import DatasetFormatError, dataset_family, open_dataset
+from megatron_vlm.formats.dataset import (
+    DatasetFormatError,
+    dataset_family,
+    max_samples_per_pack,
+    open_dataset,
+)
 from megatron_vlm.models.hf_config import VLArch
-from megatron_vlm.parallel import ParallelLayout
+from megatron_vlm.parallel import ParallelLayout, TokenPadding
 from training.config import RecipeError, TrainConfig
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")
@@ -30,6 +35,7 @@ class DataPlan:
     seq_length: int
     steps: int
     global_batch_size: int
+    max_samples_per_row: int = 1
 
     @property
     def total_samples(self) -> int:
@@ -46,9 +52,9 @@ def _tokenizer_hashes(directory: str | None) -> dict[str, str]:
 
 def plan_data(config: TrainConfig, arch: VLArch, model_max_length: int, tokenizer_dir: str | None) -> DataPlan:
     """Check the datasets against the model and the layout (before any work); the run's plan."""
-    metas = {}
-    for key, prefix in [(f"data.train[{i}].prefix", s.prefix) for i, s in enumerate(config.data.train)] + \
-            ([("data.valid", config.data.valid)] if config.data.valid else []):
+    metas, prefixes = {}, dict([(f"data.train[{i}].prefix", s.prefix) for i, s in enumerate(config.data.train)]
+                               + ([("data.valid", config.data.valid)] if config.data.valid else []))
+    for key, prefix in prefixes.items():
         try:
             metas[key] = open_dataset(prefix)  # every file checked (sizes, counts, checksums)
         except DatasetFormatError as err:
@@ -67,22 +73,38 @@ def plan_data(config: TrainConfig, arch: VLArch, model_max_length: int, tokenize
                               f"({', '.join(differ)} differ from {tokenizer_dir}); rebuild it with "
                               f"'longvlm build --tokenizer {tokenizer_dir}'")
         longest = max(longest, int(meta["config"]["max_seq_len"]))
-    layout: ParallelLayout = config.parallel
-    seq_length = config.train.seq_length or layout.pad_length(longest)
+    seq_length = config.seq_length(longest)
     if longest > seq_length:
         raise RecipeError(f"train.seq_length={seq_length:,} is shorter than the datasets' rows (up to {longest:,} "
                           "tokens); raise it or leave it unset")
-    try:
-        layout.check_sequence_length(seq_length, model_max_length)
-    except Exception as err:
-        raise RecipeError(f"train.seq_length / data: {err}") from None
-    return DataPlan(seq_length, config.steps(seq_length), config.train.global_batch_size)
+    if seq_length > model_max_length:
+        raise RecipeError(f"train.seq_length / data: rows of {seq_length:,} tokens are longer than the model's "
+                          f"{model_max_length:,} (its RoPE target length); raise model.rope.target_length (with "
+                          "model.rope.mode=ntk for the base) or build shorter rows")
+    samples = max(max_samples_per_pack(prefixes[key], meta) for key, meta in metas.items())
+    return DataPlan(seq_length, config.steps(seq_length), config.train.global_batch_size, samples)
+
+
+def token_padding(config: TrainConfig) -> TokenPadding:
+    """How this run pads a micro-batch's stream (context parallelism, sequence parallelism, FP8)."""
+    return config.parallel.token_padding(fp8=config.train.precision == "fp8")
 
 
 def fixed_length(config: TrainConfig, plan: DataPlan) -> int | None:
     """``None``: each micro-batch at its own length. The interleaved pipeline schedule (``parallel.vpp``)
-    needs one length for all (its prefetching receives cannot learn a shape): ``train.seq_length``."""
-    return plan.seq_length if config.parallel.vpp else None
+    needs one length for all (its prefetching receives cannot learn a shape): the longest a micro-batch
+    can be, ``micro_batch_size`` rows of ``train.seq_length`` tokens with every sample padded."""
+    if not config.parallel.vpp:
+        return None
+    padding = token_padding(config)
+    rows = config.train.micro_batch_size
+    longest = rows * (plan.seq_length + plan.max_samples_per_row * (padding.sample - 1))
+    return -(-longest // padding.stream) * padding.stream
+
+
+def stream_length(config: TrainConfig, plan: DataPlan) -> int:
+    """The length of a micro-batch's stream: fixed (interleaved schedule), else the longest it can be."""
+    return fixed_length(config, plan) or config.train.micro_batch_size * plan.seq_length
 
 
 def image_share(layout: ParallelLayout) -> ImageShare:
@@ -96,8 +118,8 @@ def train_loader(config: TrainConfig, plan: DataPlan, consumed_samples: int) -> 
     """This rank's micro-batches of the rest of the run (from ``consumed_samples`` rows on)."""
     return build_data_loader(
         [s.prefix for s in config.data.train], config.train.micro_batch_size,
-        weights=[s.weight for s in config.data.train], seq_length=fixed_length(config, plan),
-        pad_multiple=config.parallel.sequence_multiple,
+        weights=[s.weight for s in config.data.train], padding=token_padding(config),
+        length=fixed_length(config, plan),
         dp_rank=ps.get_data_parallel_rank(), dp_size=ps.get_data_parallel_world_size(), seed=config.train.seed,
         consumed_samples=consumed_samples, total_samples=plan.total_samples, num_workers=config.data.num_workers,
         prefetch_factor=config.data.prefetch, share=image_share(config.parallel), pool_dir=config.data.pool_dir,
@@ -108,7 +130,7 @@ def valid_loader(config: TrainConfig, plan: DataPlan) -> torch.utils.data.DataLo
     """This rank's micro-batches of one validation pass (the same rows every time, in file order)."""
     rows = config.logging.eval_batches * config.train.micro_batch_size * ps.get_data_parallel_world_size()
     return build_data_loader(
-        config.data.valid, config.train.micro_batch_size, seq_length=fixed_length(config, plan),
-        pad_multiple=config.parallel.sequence_multiple,
+        config.data.valid, config.train.micro_batch_size, padding=token_padding(config),
+        length=fixed_length(config, plan),
         dp_rank=ps.get_data_parallel_rank(), dp_size=ps.get_data_parallel_world_size(), shuffle=False,
         total_samples=rows, num_workers=0, share=image_share(config.parallel), pool_dir=config.data.pool_dir)

@@ -52,10 +52,11 @@ def model_config(config: TrainConfig, arch: VLArch) -> VLModelConfig:
     extra = {}
     if config.train.precision == "fp8":
         extra.update(fp8="hybrid", fp8_recipe="delayed")
+    m = config.model
     return arch.family.config_from_hf(
-        arch, layout=config.parallel, attention_backend=config.model.attention_backend,
-        params_dtype=DTYPES[config.train.precision], rope=config.model.rope, recompute=config.model.recompute,
-        calculate_per_token_loss=True, **extra)
+        arch, layout=config.parallel, attention_backend=m.attention_backend, transformer_impl=m.transformer_impl,
+        params_dtype=DTYPES[config.train.precision], rope=m.rope, recompute=m.recompute,
+        recompute_modules=m.recompute_modules, calculate_per_token_loss=True, **extra)
 
 
 def _freeze(model: VisionLanguageModel, config: TrainConfig) -> None:

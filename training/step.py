@@ -20,11 +20,11 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_vlm.data.image_share import ImageShare, gather_pixels
 from megatron_vlm.flops import model_flops
-from megatron_vlm.models.context_parallel import cp_slice
+from megatron_vlm.models.context_parallel import cp_split
 from megatron_vlm.models.hf_config import VLArch as Qwen25VLArch  # any family's arch
 from megatron_vlm.runtime import device
 
-_MODEL_INPUTS = ("input_ids", "position_ids", "cu_seqlens", "labels", "loss_mask")
+_MODEL_INPUTS = ("input_ids", "position_ids", "labels", "loss_mask")
 
 
 def prepare_batch(batch: dict, share: ImageShare, pixel_dtype: torch.dtype = torch.float32) -> dict:
@@ -32,6 +32,10 @@ def prepare_batch(batch: dict, share: ImageShare, pixel_dtype: torch.dtype = tor
     from its TP ranks (first stage), or no pixels at all (a text-only micro-batch, later stages)."""
     dev = device()
     out = {k: batch[k].to(dev, non_blocking=True) for k in _MODEL_INPUTS}
+    out["cu_seqlens"], out["cu_seqlens_padded"] = batch["cu_seqlens"], batch["cu_seqlens_padded"]  # stay on the host
+    cp = ps.get_context_parallel_world_size()
+    split = cp_split(batch["cu_seqlens_padded"], batch["input_ids"].shape[1], cp, ps.get_context_parallel_rank())
+    out["local_loss_mask"] = out["loss_mask"] if split is None else split.select(out["loss_mask"], 1)
     grids = batch["image_grid_thw"]
     out["image_grid_thw"] = grids if len(grids) else None
     out["pixel_values"] = None
@@ -41,7 +45,7 @@ def prepare_batch(batch: dict, share: ImageShare, pixel_dtype: torch.dtype = tor
         out["pixel_values"] = gather_pixels(pixels, patches, share, ps.get_tensor_model_parallel_group())
     out["real_tokens"] = int(batch["real_tokens"])
     out["computed_tokens"] = batch["input_ids"].numel()
-    out["flop_shapes"] = (batch["sample_lengths"].tolist(), grids.tolist(), int(batch["loss_mask"].sum()))
+    out["flop_shapes"] = (torch.diff(batch["cu_seqlens"]).tolist(), grids.tolist(), int(batch["loss_mask"].sum()))
     return out
 
 
@@ -72,10 +76,9 @@ def forward_step(data_iterator: Iterator[dict], model, score: bool = False):
     batch = next(data_iterator)
     output = model(batch["input_ids"], position_ids=batch["position_ids"], pixel_values=batch["pixel_values"],
                    image_grid_thw=batch["image_grid_thw"], cu_seqlens=batch["cu_seqlens"],
-                   labels=batch["labels"], loss_mask=batch["loss_mask"], score=score)
-    cp = ps.get_context_parallel_world_size()
-    local_mask = cp_slice(batch["loss_mask"], 1, cp, ps.get_context_parallel_rank() if cp > 1 else 0)
-    return output, partial(loss_func, local_mask)
+                   cu_seqlens_padded=batch["cu_seqlens_padded"], labels=batch["labels"], loss_mask=batch["loss_mask"],
+                   score=score)
+    return output, partial(loss_func, batch["local_loss_mask"])
 
 
 @dataclass
@@ -142,10 +145,13 @@ def _sum_over_dp(*values: float) -> list[float]:
     return t.tolist()
 
 
-def run_schedule(chunks, loader_iter, num_microbatches: int, share: ImageShare, seq_length: int,
-                 micro_batch_size: int, forward_only: bool, score: bool = False,
+def run_schedule(chunks, loader_iter, num_microbatches: int, share: ImageShare, stream_length: int,
+                 forward_only: bool, score: bool = False,
                  arch: Qwen25VLArch | None = None) -> tuple[StepResult, list]:
     """Forward (and backward) of one global batch through Megatron-Core's schedule; no optimizer step.
+
+    Each micro-batch is one packed stream ``[1, T]`` (``megatron_vlm.data.collate``); ``stream_length``:
+    its length when fixed (the interleaved schedule's tensor shape), else the longest it can be.
 
     ``arch``: count the batch's model FLOPs (``StepResult.model_flops``) for that architecture.
 
@@ -158,7 +164,7 @@ def run_schedule(chunks, loader_iter, num_microbatches: int, share: ImageShare, 
     losses = get_forward_backward_func()(
         forward_step_func=partial(forward_step, score=score), data_iterator=iters if len(chunks) > 1 else iters[0],
         model=chunks if len(chunks) > 1 else chunks[0], num_microbatches=num_microbatches,
-        seq_length=seq_length, micro_batch_size=micro_batch_size, forward_only=forward_only)
+        seq_length=stream_length, micro_batch_size=1, forward_only=forward_only)
     loss, tokens, accuracy = _reduce_loss(losses)
     flops = sum(model_flops(arch, *shapes).total for shapes in batches.shapes) if arch is not None else 0.0
     real, computed, flops = _sum_over_dp(batches.real_tokens, batches.computed_tokens, flops)

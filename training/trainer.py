@@ -17,10 +17,10 @@ import torch
 from megatron_vlm import runtime
 from megatron_vlm.data.loader import stop_workers
 from megatron_vlm.formats.checkpoint import load_into_model
-from megatron_vlm.utils.transformer_engine import transformer_engine_error
+from megatron_vlm.utils.transformer_engine import transformer_engine_error, transformer_engine_version
 from training.checkpoint import Checkpointer, TrainState
 from training.config import RecipeError, TrainConfig, to_yaml
-from training.data import DataPlan, image_share, plan_data, train_loader, valid_loader
+from training.data import DataPlan, image_share, plan_data, stream_length, train_loader, valid_loader
 from training.guard import LossGuard, TrainingStopped
 from training.metrics import MetricsLogger, peak_flops, warn
 from training.model import ModelParts, build_model
@@ -63,14 +63,19 @@ def preflight(config: TrainConfig, run_dir: Path, world_size: int, rank: int = 0
     if config.train.precision != "fp32" and not gpu:
         raise RecipeError(f"train.precision={config.train.precision} needs a GPU (Megatron's mixed-precision "
                           "optimizers take CUDA tensors); use train.precision=fp32 on this machine")
-    if here and (config.train.precision == "fp8" or config.model.attention_backend == "te"):
-        problem = transformer_engine_error()
+    if here:
+        needs = [key for key, used in (("model.transformer_impl=te", config.model.transformer_impl == "te"),
+                                       ("model.attention_backend=te", config.model.attention_backend == "te")) if used]
+        problem = transformer_engine_error() if needs else None
         if problem:
-            key = "train.precision=fp8" if config.train.precision == "fp8" else "model.attention_backend=te"
-            raise RecipeError(f"{key} needs Transformer Engine ({problem}); install it with "
-                              "`pip install -e .[gpu]` or use attention_backend=torch and precision bf16")
+            raise RecipeError(f"{' and '.join(needs)} need{'s' if len(needs) == 1 else ''} Transformer Engine "
+                              f"({problem}); install it with `pip install -e .[gpu]`, or use model.transformer_impl=local, "
+                              "model.attention_backend=torch and train.precision bf16")
     start = start_point(config)
     arch = start.arch
+    problems = config.backend_problems(arch, transformer_engine_version() if here else None)
+    if problems:
+        raise RecipeError("; ".join(problems))
     try:
         layout.check_model(arch.num_layers, arch.num_heads, arch.num_query_groups, arch.vision_heads)
         model_max = config.model.rope.target_length or arch.max_position_embeddings
@@ -153,8 +158,8 @@ class Trainer:
                 for chunk in parts.chunks:
                     chunk.zero_grad_buffer()
                 optimizer.zero_grad()
-                result, _ = run_schedule(parts.chunks, batches, num_micro, share, plan.seq_length,
-                                         config.train.micro_batch_size, forward_only=False, arch=self.checked.start.arch)
+                result, _ = run_schedule(parts.chunks, batches, num_micro, share, stream_length(config, plan),
+                                         forward_only=False, arch=self.checked.start.arch)
                 verdict = guard.judge(result.loss)
                 note = None
                 if verdict is not None:
@@ -209,8 +214,7 @@ class Trainer:
         try:
             with torch.no_grad():
                 result, _ = run_schedule(parts.chunks, iter(valid_loader(config, plan)), config.logging.eval_batches, share,
-                                         plan.seq_length, config.train.micro_batch_size, forward_only=True,
-                                         score=True)
+                                         stream_length(config, plan), forward_only=True, score=True)
         finally:
             for chunk in parts.chunks:
                 chunk.train()

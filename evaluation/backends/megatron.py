@@ -29,7 +29,7 @@ class MegatronBackend:
     modes = ("teacher-forcing",)
 
     def __init__(self, checkpoint: str, layout: ParallelLayout, rope: RopeSetting, *, dtype: str = "auto",
-                 attention_backend: str = "torch", batch_size: int = 8):
+                 attention_backend: str = "torch", transformer_impl: str = "local", batch_size: int = 8):
         from megatron.core import parallel_state as ps
 
         from megatron_vlm import runtime
@@ -50,14 +50,14 @@ class MegatronBackend:
         runtime.initialize_distributed(layout, seed=1234)
         family = read_arch(ckpt.meta["hf_config"], name=str(ckpt.iter_dir)).family
         cfg = family.config_from_hf(ckpt.meta["hf_config"], layout=layout, attention_backend=attention_backend,
-                                    params_dtype=self.dtype, calculate_per_token_loss=True,
-                                    **rope.megatron_kwargs())
+                                    transformer_impl=transformer_impl, params_dtype=self.dtype,
+                                    calculate_per_token_loss=True, **rope.megatron_kwargs())
         self.chunks = build_chunks(cfg)
         load_into_model(self.chunks, ckpt)
         for chunk in self.chunks:
             chunk.eval()
         self.layout, self.checkpoint, self.batch_size = layout, str(ckpt.iter_dir), batch_size
-        self.attention_backend = attention_backend
+        self.attention_backend, self.transformer_impl = attention_backend, transformer_impl
         self.dp, self.dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
         self.reporter = (ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0
                          and ps.get_context_parallel_rank() == 0)
@@ -68,12 +68,14 @@ class MegatronBackend:
             raise EvalError("--backend megatron needs --checkpoint: a Megatron checkpoint directory "
                             "(e.g. RUN_DIR/checkpoints or the output of 'longvlm convert hf-to-megatron')")
         return cls(options.checkpoint, options.layout, rope, dtype=options.dtype,
-                   attention_backend=options.attention_backend, batch_size=options.batch_size)
+                   attention_backend=options.attention_backend, transformer_impl=options.transformer_impl,
+                   batch_size=options.batch_size)
 
     def describe(self) -> dict:
         return {"name": self.name, "checkpoint": self.checkpoint, "dtype": str(self.dtype).removeprefix("torch."),
                 "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "cp": self.layout.cp, "dp": self.dp},
-                "attention_backend": self.attention_backend, "scoring": "teacher-forcing",
+                "attention_backend": self.attention_backend, "transformer_impl": self.transformer_impl,
+                "scoring": "teacher-forcing",
                 "rope_applied_by": "megatron model config"}
 
     def run(self, requests: Sequence[Request], mode: str) -> Iterator[tuple[int, dict]]:
@@ -95,12 +97,12 @@ class MegatronBackend:
             for i in mine:
                 request = requests[i if i is not None else 0]
                 try:
-                    batches.append(collate_packs([request.pack_item()], pad_multiple=self.layout.sequence_multiple))
+                    batches.append(collate_packs([request.pack_item()], padding=self.layout.token_padding()))
                 except (ValueError, KeyError) as err:
                     raise EvalError(f"example {request.id}: cannot build its micro-batch ({err})") from None
             longest = max(b["input_ids"].shape[1] for b in batches)
             with torch.no_grad():
-                _, losses = run_schedule(self.chunks, iter(batches), len(batches), share, longest, 1,
+                _, losses = run_schedule(self.chunks, iter(batches), len(batches), share, longest,
                                          forward_only=True, score=True)
             found = [(i, item["rows"][0].tolist()) for i, item in zip(mine, losses) if i is not None] \
                 if self.reporter else []

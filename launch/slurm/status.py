@@ -62,7 +62,7 @@ def planned_steps(config) -> int | None:
         longest = max(int(read_meta(s.prefix)["config"]["max_seq_len"]) for s in config.data.train)
     except Exception:  # noqa: BLE001 - status shows what it can
         return None
-    return config.steps(config.train.seq_length or config.parallel.pad_length(longest))
+    return config.steps(config.seq_length(longest))
 
 
 def run_report(run_dir: Path) -> dict:

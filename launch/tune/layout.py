@@ -13,20 +13,38 @@ from dataclasses import asdict, dataclass
 
 from megatron_vlm.parallel import ParallelLayout
 
+# the selective recompute module sets the tuner weighs (model.recompute_modules): the attention core, the
+# element-wise parts (norm outputs, the SwiGLU's output: little compute), both
+SELECTIVE_SETS = (("core_attn",), ("layernorm", "act"), ("core_attn", "layernorm", "act"))
+_SHORT = {"core_attn": "attn", "layernorm": "norm", "act": "act", "mlp": "mlp"}
+
 
 @dataclass(frozen=True)
 class Layout:
     parallel: ParallelLayout
     dp: int = 1
     micro_batch: int = 1      # rows per micro-batch
-    recompute: str = "none"   # none | selective (core attention) | full (every layer)
+    recompute: str = "none"   # none | selective (recompute_modules) | full (every layer)
+    recompute_modules: tuple[str, ...] = ()  # selective: Megatron's core_attn, layernorm, mlp and act
 
     @classmethod
     def make(cls, tp: int = 1, pp: int = 1, cp: int = 1, dp: int = 1, micro_batch: int = 1, recompute: str = "none",
-             first_stage_layers: int | None = None) -> Layout:
+             first_stage_layers: int | None = None, recompute_modules: tuple[str, ...] = (),
+             cp_comm_type: str | None = None) -> Layout:
         """A layout with sequence parallelism on whenever TP > 1 (it only saves memory and traffic)."""
-        parallel = ParallelLayout(tp=tp, pp=pp, cp=cp, sp=tp > 1, first_stage_layers=first_stage_layers)
-        return cls(parallel, dp=dp, micro_batch=micro_batch, recompute=recompute)
+        parallel = ParallelLayout(tp=tp, pp=pp, cp=cp, sp=tp > 1, first_stage_layers=first_stage_layers,
+                                  cp_comm_type=cp_comm_type if cp > 1 else None)
+        if recompute == "selective" and not recompute_modules:
+            recompute_modules = ("core_attn",)
+        return cls(parallel, dp=dp, micro_batch=micro_batch, recompute=recompute,
+                   recompute_modules=tuple(recompute_modules) if recompute == "selective" else ())
+
+    @property
+    def recompute_label(self) -> str:
+        """``none``, ``full`` or the selective modules (``attn+norm+act``)."""
+        if self.recompute != "selective":
+            return self.recompute
+        return "+".join(_SHORT[m] for m in self.recompute_modules)
 
     @property
     def tp(self) -> int:
@@ -65,4 +83,5 @@ class Layout:
         return f"TP{self.tp} PP{self.pp} CP{self.cp} DP{self.dp}"
 
     def to_dict(self) -> dict:
-        return {**asdict(self.parallel), "dp": self.dp, "micro_batch": self.micro_batch, "recompute": self.recompute}
+        return {**asdict(self.parallel), "dp": self.dp, "micro_batch": self.micro_batch, "recompute": self.recompute,
+                "recompute_modules": list(self.recompute_modules)}

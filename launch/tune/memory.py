@@ -5,18 +5,20 @@ order Megatron-Core registers them, and laid out in Megatron DDP's gradient buff
 ``_ParamAndGradBuffer`` does (64-element aligned parameters and DP-divisible buckets under the
 distributed optimizer), so weights, gradients and the distributed optimizer's shard are exact.
 
-Activations are what backward keeps, tensor by tensor, for this stack's layers (``torch``
-attention backend: Qwen's fp32 RMSNorm, SDPA per packed sample with GQA K/V repeated to the query
-heads, K/V all-gathered to full length under CP, the gated MLP; ``docs/tune.md`` lists them),
-under each recompute mode, for the vision tower on the first stage (the CP rank's share of the
-images) and the answer-only logits on the last; plus the largest temporary buffers of backward.
+Activations are what backward keeps, tensor by tensor, for this stack's layers (the hand count of
+docs/model.md: RMSNorm keeping its input and rstd, the norm outputs kept by the next linear, RoPE's
+cos/sin, SDPA's Q/K/V/output/logsumexp with grouped K/V (all-gathered to the stream's length under
+CP with the ``torch`` backend, local with Transformer Engine's), the fused SwiGLU's input and output;
+Transformer Engine's FP8 copies of GEMM inputs), under each recompute mode and selective module
+set, for the vision tower on the first stage (the CP rank's share of the images) and the answer-only
+logits on the last; plus the largest temporary buffers of backward.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -36,6 +38,7 @@ class Setup:
 
     precision: str = "bf16"            # bf16 | fp8 (Transformer Engine GEMMs) | fp32 (CPU runs)
     attention_backend: str = "torch"   # torch | te
+    transformer_impl: str = "local"    # local | te (Transformer Engine's linears and fused norms)
     distributed_optimizer: bool = True
     overlap_grad_reduce: bool = True   # Megatron DDP buckets of max(40M, 1M x DP) elements
     bucket_size: int | None = None     # explicit DDP bucket size (elements); None: Megatron's default
@@ -47,6 +50,11 @@ class Setup:
     @property
     def act_bytes(self) -> int:
         return self.param_bytes
+
+    @property
+    def gemm_input_bytes(self) -> int:
+        """Bytes per element a linear layer keeps of its input (Transformer Engine keeps FP8 copies)."""
+        return 1 if self.precision == "fp8" else self.act_bytes
 
     @property
     def grad_bytes(self) -> int:
@@ -201,33 +209,40 @@ def model_states(arch: Qwen25VLArch, layout: Layout, setup: Setup, stage: int) -
 
 
 def layer_activation_bytes(*, hidden: int, heads: int, groups: int, head_dim: int, ffn: int, tokens: float,
-                           key_tokens: float, norm_tokens: float, runs: int, recompute: str, act: int,
-                           backend: str) -> float:
-    """Bytes one transformer layer keeps for backward.
+                           key_tokens: float, norm_tokens: float, runs: int, recompute: str, setup: Setup,
+                           modules: tuple[str, ...] = ()) -> float:
+    """Bytes one transformer layer keeps for backward (docs/model.md's hand count, tensor by tensor).
 
-    ``tokens``: query tokens on this GPU; ``key_tokens``: keys attended to (all of the sequence
-    under CP, where K/V are all-gathered); ``norm_tokens``: tokens the norms see (``tokens / TP``
-    with sequence parallelism); ``heads``/``groups``/``ffn``: this TP rank's share; ``runs``: SDPA
-    calls per layer (more than one adds a copy of the attention output); ``act``: bytes per element.
+    ``tokens``: query tokens on this GPU; ``key_tokens``: keys kept for backward (the whole stream under
+    CP with the torch backend, which all-gathers K/V; Transformer Engine keeps the local ones);
+    ``norm_tokens``: tokens the norms see (``tokens / TP`` with sequence parallelism; a linear keeps its
+    input at that length and gathers it again in backward); ``heads``/``groups``/``ffn``: this TP rank's
+    share; ``runs``: SDPA calls per layer (more than one adds a concatenated copy of the attention
+    output); ``modules``: the selective recompute modules.
     """
+    act, gemm_in = setup.act_bytes, setup.gemm_input_bytes
     q, kv = heads * head_dim, groups * head_dim
     if recompute == "full":
         return act * hidden * norm_tokens  # Megatron checkpoints each layer's input
-    if backend == "te":  # fused norm + linear saves input and normalized output; flash attention, native GQA
-        norms = 2 * (2 * act * hidden + 8) * norm_tokens
-        attention = act * (q + 2 * kv + q) * tokens + 4 * heads * tokens
-    else:  # Qwen's RMSNorm in fp32: the fp32 input, the normalized output and the weighted output
-        norms = 2 * (4 * hidden + 2 * act * hidden + 4) * norm_tokens
-        if heads != groups or key_tokens != tokens:  # repeated / gathered K, V at the keys' length
-            inputs = act * q * tokens + 2 * act * q * key_tokens
-        else:  # Q, K after rotary and the fused QKV output V is a view of
-            inputs = act * (2 * q + (q + 2 * kv)) * tokens
-        attention = inputs + act * q * tokens + 4 * heads * tokens + (act * q * tokens if runs > 1 else 0)
-    if recompute == "selective":  # core attention recomputed: its inputs and output stay
+    selective = set(modules) if recompute == "selective" else set()
+    norms = 2 * (act * hidden + 4) * norm_tokens  # each norm: its input and the fp32 rstd
+    norm_outputs = 0 if "layernorm" in selective else 2 * gemm_in * hidden * norm_tokens  # QKV's, fc1's input
+    rotary = 4 * act * head_dim * tokens  # Megatron's unfused RoPE: cos and sin for Q and for K
+    if "core_attn" in selective:  # the checkpoint keeps rotated Q, K and the fused QKV output V is a view of
         attention = act * (q + kv + (q + 2 * kv) + q) * tokens
-    rotary = 4 * act * head_dim * tokens  # cos and sin for Q and K
-    mlp = 5 * act * ffn * tokens  # fc1 output, the linear half + 0, SiLU, the product
-    return norms + attention + rotary + mlp
+    elif setup.attention_backend == "te":  # Q, K, V local (ring / gather again in backward), output, softmax stats
+        attention = act * (2 * q + 2 * kv) * tokens + 4 * heads * tokens
+    else:  # SDPA: Q, grouped K/V at the keys' length, output, logsumexp; a copy of the output if concatenated
+        attention = act * (2 * q * tokens + 2 * kv * key_tokens) + 4 * heads * tokens
+        attention += act * q * tokens if runs > 1 else 0
+    if gemm_in != act:
+        attention += gemm_in * q * tokens  # linear_proj's FP8 copy of its input
+    mlp = 2 * act * ffn * tokens  # the fused SwiGLU's input (linear_fc1's output)
+    if "act" not in selective:
+        mlp += gemm_in * ffn * tokens  # its output, linear_fc2's input
+    if "mlp" in selective:
+        mlp = 0.0  # the checkpoint keeps only the MLP's input (the pre-MLP norm output, counted above)
+    return norms + norm_outputs + rotary + attention + mlp
 
 
 def attention_runs(lengths: tuple[int, ...]) -> int:
@@ -261,16 +276,23 @@ class Activations:
         return sum(getattr(self, f.name) for f in fields(self))
 
 
-def _language_layer(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, recompute: str) -> float:
-    """:func:`layer_activation_bytes` of one language layer for a micro-batch of rows like ``row``."""
+def _language_layer(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, recompute: str,
+                    modules: tuple[str, ...] = ()) -> float:
+    """:func:`layer_activation_bytes` of one language layer for a micro-batch of rows like ``row`` (one stream)."""
     tp, cp = layout.tp, layout.cp
     seq = row.tokens * layout.micro_batch
     local = seq / cp
+    gathered = cp > 1 and setup.attention_backend == "torch"
+    runs = attention_runs(row.segments * layout.micro_batch) * (2 if cp > 1 else 1)  # CP: two chunks per sample
     return layer_activation_bytes(
         hidden=arch.hidden_size, heads=arch.num_heads // tp, groups=arch.num_query_groups // tp,
-        head_dim=arch.head_dim, ffn=arch.ffn_hidden_size // tp, tokens=local, key_tokens=seq if cp > 1 else local,
-        norm_tokens=local / tp if layout.sp else local, runs=attention_runs(row.segments) * layout.micro_batch,
-        recompute=recompute, act=setup.act_bytes, backend=setup.attention_backend)
+        head_dim=arch.head_dim, ffn=arch.ffn_hidden_size // tp, tokens=local, key_tokens=seq if gathered else local,
+        norm_tokens=local / tp if layout.sp else local, runs=runs, recompute=recompute, setup=setup, modules=modules)
+
+
+def vision_setup(setup: Setup) -> Setup:
+    """The vision tower's GEMMs stay in bf16 under FP8 (only the language model's config carries fp8)."""
+    return replace(setup, precision="bf16") if setup.precision == "fp8" else setup
 
 
 def cp_image_share(arch: Qwen25VLArch, layout: Layout, row: Row) -> tuple[tuple[int, int, int], ...]:
@@ -281,7 +303,8 @@ def cp_image_share(arch: Qwen25VLArch, layout: Layout, row: Row) -> tuple[tuple[
     return tuple(grids[a:e])
 
 
-def _vision_layers(arch: Qwen25VLArch, layout: Layout, setup: Setup, mine, recompute: str) -> tuple[float, float]:
+def _vision_layers(arch: Qwen25VLArch, layout: Layout, setup: Setup, mine, recompute: str,
+                   modules: tuple[str, ...] = ()) -> tuple[float, float]:
     """Activation bytes of all vision layers, and of the biggest one, for the images ``mine``."""
     tp = layout.tp
     patches = sum(t * h * w for t, h, w in mine)
@@ -293,7 +316,7 @@ def _vision_layers(arch: Qwen25VLArch, layout: Layout, setup: Setup, mine, recom
         one = layer_activation_bytes(
             hidden=arch.vision_hidden_size, heads=arch.vision_heads // tp, groups=arch.vision_heads // tp,
             head_dim=arch.vision_head_dim, ffn=arch.vision_ffn_hidden_size // tp, tokens=patches, key_tokens=patches,
-            norm_tokens=patches, runs=runs, recompute=recompute, act=setup.act_bytes, backend=setup.attention_backend)
+            norm_tokens=patches, runs=runs, recompute=recompute, setup=vision_setup(setup), modules=modules)
         total += count * one
         biggest = max(biggest, one if count else 0.0)
     return total, biggest
@@ -305,7 +328,9 @@ def activations(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, stag
     seq = row.tokens * b
     local = seq / cp
     norm_tokens = local / tp if layout.sp else local
-    language = _language_layer(arch, layout, setup, row, layout.recompute) * layout.stage_layers(arch.num_layers)[stage]
+    modules = layout.recompute_modules
+    language = (_language_layer(arch, layout, setup, row, layout.recompute, modules)
+                * layout.stage_layers(arch.num_layers)[stage])
     if layout.recompute == "full":
         language += 4 * arch.head_dim * local  # the fp32 rotary angles, kept for the recomputation
     vision = logits = 0.0
@@ -313,18 +338,18 @@ def activations(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, stag
     if stage == 0 and row.image_grids:
         mine = cp_image_share(arch, layout, row)
         patches = sum(t * h * w for t, h, w in mine)
-        vision, _ = _vision_layers(arch, layout, setup, mine, layout.recompute)
+        vision, _ = _vision_layers(arch, layout, setup, mine, layout.recompute, modules)
         hidden = arch.vision_hidden_size
         if layout.recompute == "full":
             vision += 4 * arch.vision_head_dim // 2 * patches  # fp32 2-D rotary angles
         if act != PIXEL_BYTES:
             vision += act * patch_dim(arch) * patches  # the patch embedding keeps its input in the model dtype
-        vision += (4 * hidden + 2 * act * hidden + 4) * patches  # merger RMSNorm
+        vision += (2 * act * hidden + 4) * patches  # merger RMSNorm: its input, rstd, its output (fc1's input)
         vision += 2 * act * hidden // tp * patches  # merger fc1 output and GELU output (one row per 4 patches)
         inputs += PIXEL_BYTES * patch_dim(arch) * patches  # this CP rank's images (gathered over its TP group)
     if stage == layout.pp - 1:
         answers = row.answer_tokens * b / cp
-        logits = (4 * arch.hidden_size + 2 * act * arch.hidden_size + 4) * norm_tokens  # final RMSNorm
+        logits = (act * arch.hidden_size + 4) * norm_tokens  # final RMSNorm: its input and rstd
         logits += answers * (act * arch.hidden_size + 4 * arch.vocab_size / tp)  # output-layer input, fp32 softmax
     return Activations(language=language, vision=vision, logits=logits, inputs=inputs)
 
@@ -362,13 +387,13 @@ def transient_bytes(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, 
     if layout.stage_layers(arch.num_layers)[stage]:
         local = row.tokens * b / cp
         candidates.append(layer(_language_layer(arch, layout, setup, row, "none"),
-                                _language_layer(arch, layout, setup, row, layout.recompute),
+                                _language_layer(arch, layout, setup, row, layout.recompute, layout.recompute_modules),
                                 arch.ffn_hidden_size, arch.num_heads * arch.head_dim, local))
     if stage == 0 and row.image_grids:
         mine = cp_image_share(arch, layout, row)
         patches = sum(t * h * w for t, h, w in mine)
         _, plain = _vision_layers(arch, layout, setup, mine, "none")
-        _, kept = _vision_layers(arch, layout, setup, mine, layout.recompute)
+        _, kept = _vision_layers(arch, layout, setup, mine, layout.recompute, layout.recompute_modules)
         candidates.append(layer(plain, kept, arch.vision_ffn_hidden_size, arch.vision_hidden_size, patches))
     return max(candidates)
 

@@ -1,21 +1,23 @@
-"""Micro-batch collation: packed items -> model-ready tensors (Megatron conventions).
+"""Micro-batch collation: packed items -> one model-ready stream (THD, Megatron's packed-sequence conventions).
 
-Per row ``r`` of the micro-batch (one packed sequence, right-padded to ``seq_length``, or, without
-it, to the longest row rounded up to ``pad_multiple``: rows train at their own length):
+The rows of a micro-batch are concatenated into ONE stream ``[1, T]`` of packed samples, so a
+micro-batch of several rows carries no padding between them. Each sample is padded at its end to a
+multiple of ``padding.sample`` (``2 * cp``: context parallelism splits every sample into ``2 * cp``
+chunks) and the stream to a multiple of ``padding.stream`` (the extra tokens join the last sample's
+padding), or to a fixed ``length`` (the interleaved pipeline schedule needs one shape):
 
-- ``input_ids`` ``[b, s]`` int64 (padding: ``<|endoftext|>``);
-- ``labels`` ``[b, s]``: the next token of the same sample (``<|endoftext|>`` at each sample's last
-  token and in padding); ``loss_mask`` ``[b, s]`` float32: 1 where ``labels`` is a target (answer
+- ``input_ids`` ``[1, T]`` int64 (padding: ``<|endoftext|>``);
+- ``labels`` ``[1, T]``: the next token of the same sample (``<|endoftext|>`` at each sample's last
+  token and in padding); ``loss_mask`` ``[1, T]`` float32: 1 where ``labels`` is a target (answer
   tokens and the closing ``<|im_end|>``);
-- ``position_ids`` ``[3, b, s]``: Qwen2.5-VL mRoPE positions restarting at every sample (padding
-  continues as a last pseudo-sample);
-- ``cu_seqlens`` ``[n + 1]`` int32: sample boundaries in the flattened ``b * s`` token stream (THD
-  layout); padding at a row end is its own segment, so no attention crosses samples or rows;
-- ``image_grid_thw`` ``[images, 3]``, images in row order; ``pixel_values`` ``[patches, 1176]`` of
+- ``position_ids`` ``[3, 1, T]``: Qwen2.5-VL mRoPE positions restarting at every sample (a sample's
+  padding continues it as text);
+- ``cu_seqlens`` ``[n + 1]`` int32: cumulative real sample lengths; ``cu_seqlens_padded`` ``[n + 1]``
+  int32: where each (padded) sample starts in the stream (Transformer Engine's THD pair);
+- ``image_grid_thw`` ``[images, 3]``, images in stream order; ``pixel_values`` ``[patches, 1176]`` of
   the decoded images (those whose ``pages`` entry is not ``None``: one contiguous range, see
   ``megatron_vlm.data.image_share``) and ``pixel_range`` ``[2]``, that ``[first, last)`` image range;
-- ``real_tokens``: the tokens of the packs (the rest of ``b * s`` is padding); ``sample_lengths``
-  ``[n]`` int64: the packed samples' lengths, rows in order, padding not included (model FLOPs).
+- ``real_tokens``: the samples' tokens (the rest of ``T`` is padding).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from megatron_vlm.data.positions import packed_mrope_position_ids
 from megatron_vlm.data.vision import PATCH_DIM, image_to_patches
 from megatron_vlm.formats.dataset import PAD_ID
+from megatron_vlm.parallel import NO_PADDING, TokenPadding
 
 
 def _pixel_values(pages: list, grids: np.ndarray) -> torch.Tensor:
@@ -55,42 +58,41 @@ def _pixel_values(pages: list, grids: np.ndarray) -> torch.Tensor:
     return out
 
 
-def collate_packs(items: list[dict], seq_length: int | None = None, pad_id: int = PAD_ID,
-                  pad_multiple: int = 1) -> dict:
-    """Stack the items of ``BuiltDataset`` into one micro-batch (``seq_length=None``: the longest row,
-    rounded up to ``pad_multiple``)."""
-    longest = max(len(it["input_ids"]) for it in items)
-    s = seq_length or -(-longest // pad_multiple) * pad_multiple
-    b = len(items)
-    input_ids = np.full((b, s), pad_id, dtype=np.int64)
-    labels = np.full((b, s), pad_id, dtype=np.int64)
-    loss_mask = np.zeros((b, s), dtype=np.float32)
-    position_ids = np.empty((3, b, s), dtype=np.int64)
-    cu = [0]
-    for r, it in enumerate(items):
+def collate_packs(items: list[dict], padding: TokenPadding = NO_PADDING, length: int | None = None,
+                  pad_id: int = PAD_ID) -> dict:
+    """The items of ``BuiltDataset`` as one stream (see the module docstring); ``length``: pad it to exactly that."""
+    lengths = np.concatenate([np.diff(it["cu_seqlens"]) for it in items]).astype(np.int64)
+    padded = -(-lengths // padding.sample) * padding.sample
+    starts = np.concatenate([[0], np.cumsum(padded)])
+    total = int(starts[-1])
+    t = -(-total // padding.stream) * padding.stream if length is None else length
+    if t < total or t % padding.stream:
+        raise ValueError(f"a micro-batch of {total} tokens (samples padded to multiples of {padding.sample}) does not "
+                         f"fit a stream of {t} tokens that is a multiple of {padding.stream}")
+    padded[-1] += t - total
+    starts[-1] = t
+    input_ids = np.full(t, pad_id, dtype=np.int64)
+    labels = np.full(t, pad_id, dtype=np.int64)
+    loss_mask = np.zeros(t, dtype=np.float32)
+    k = 0
+    for it in items:
         ids, targets, bounds = it["input_ids"], it["targets"], it["cu_seqlens"]
-        n = len(ids)
-        if n > s:
-            raise ValueError(f"a packed sequence of {n} tokens does not fit seq_length {s}")
-        input_ids[r, :n] = ids
-        same_sample = np.ones(n, dtype=bool)
-        same_sample[bounds[1:] - 1] = False  # the last token of each sample predicts nothing
-        nxt = np.flatnonzero(same_sample)
-        labels[r, nxt] = ids[nxt + 1]
-        loss_mask[r, nxt] = targets[nxt + 1]
-        position_ids[:, r] = packed_mrope_position_ids(input_ids[r], it["image_grid_thw"], bounds)
-        cu.extend(r * s + bounds[1:])
-        if n < s:
-            cu.append(r * s + s)
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            at = starts[k]
+            input_ids[at:at + hi - lo] = ids[lo:hi]
+            labels[at:at + hi - lo - 1] = ids[lo + 1:hi]  # the sample's last token predicts nothing
+            loss_mask[at:at + hi - lo - 1] = targets[lo + 1:hi]
+            k += 1
+    grids = np.concatenate([it["image_grid_thw"] for it in items]).reshape(-1, 3)
     batch = {
-        "input_ids": torch.from_numpy(input_ids),
-        "labels": torch.from_numpy(labels),
-        "loss_mask": torch.from_numpy(loss_mask),
-        "position_ids": torch.from_numpy(position_ids),
-        "cu_seqlens": torch.tensor(cu, dtype=torch.int32),
-        "image_grid_thw": torch.from_numpy(np.concatenate([it["image_grid_thw"] for it in items])),
-        "real_tokens": torch.tensor(sum(len(it["input_ids"]) for it in items)),
-        "sample_lengths": torch.from_numpy(np.concatenate([np.diff(it["cu_seqlens"]) for it in items]).astype(np.int64)),
+        "input_ids": torch.from_numpy(input_ids)[None],
+        "labels": torch.from_numpy(labels)[None],
+        "loss_mask": torch.from_numpy(loss_mask)[None],
+        "position_ids": torch.from_numpy(packed_mrope_position_ids(input_ids, grids, starts))[:, None],
+        "cu_seqlens": torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)),
+        "cu_seqlens_padded": torch.from_numpy(starts.astype(np.int32)),
+        "image_grid_thw": torch.from_numpy(grids),
+        "real_tokens": torch.tensor(int(lengths.sum())),
     }
     if all("pages" in it for it in items):
         pages = [page for it in items for page in it["pages"]]

@@ -22,6 +22,7 @@ from megatron_vlm.data.micro_batch import micro_batch
 from megatron_vlm.data.sampler import PackBatchSampler
 from megatron_vlm.data.stream import PackStream
 from megatron_vlm.formats.dataset import DatasetFormatError
+from megatron_vlm.parallel import NO_PADDING, TokenPadding
 
 
 class MicroBatchItems(torch.utils.data.Dataset):
@@ -66,7 +67,8 @@ def stop_workers(iterator) -> None:
 
 
 def build_data_loader(prefix: str | Path | Sequence[str | Path], micro_batch_size: int = 1, *,
-                      weights: Sequence[float] | None = None, seq_length: int | None = None, pad_multiple: int = 1,
+                      weights: Sequence[float] | None = None, padding: TokenPadding = NO_PADDING,
+                      length: int | None = None,
                       dp_rank: int = 0, dp_size: int = 1, seed: int = 1234, consumed_samples: int = 0,
                       total_samples: int | None = None, shuffle: bool = True, num_workers: int = 2,
                       prefetch_factor: int = 2, share: ImageShare | None = None, pool=None,
@@ -75,9 +77,9 @@ def build_data_loader(prefix: str | Path | Sequence[str | Path], micro_batch_siz
     """Micro-batches (see ``megatron_vlm.data.collate``) of this rank, in the seeded order, from
     ``consumed_samples`` on, up to ``total_samples`` rows of the global stream (``None``: endless).
 
-    ``prefix``: one built dataset or several (blended by ``weights``). ``seq_length`` pads every row
-    to a fixed length; by default each micro-batch is as long as its longest row, rounded up to
-    ``pad_multiple`` (``ParallelLayout.sequence_multiple``). ``worker_ignored_signals`` (e.g.
+    ``prefix``: one built dataset or several (blended by ``weights``). Each micro-batch is one stream of
+    its rows' samples padded by ``padding`` (``ParallelLayout.token_padding``), or to exactly ``length``
+    tokens (a fixed shape). ``worker_ignored_signals`` (e.g.
     ``["SIGTERM", "SIGUSR1"]``): signals the worker processes ignore, leaving them to the process that
     iterates (see :func:`_ignore_signals`; stop such workers with :func:`stop_workers`).
     """
@@ -96,4 +98,4 @@ def build_data_loader(prefix: str | Path | Sequence[str | Path], micro_batch_siz
                        worker_init_fn=functools.partial(_ignore_signals, tuple(worker_ignored_signals)))
     return torch.utils.data.DataLoader(MicroBatchItems(datasets, stream, share or ImageShare()), batch_sampler=sampler, **workers,
                                        collate_fn=functools.partial(micro_batch, geometry=datasets[0].geometry,
-                                                                    seq_length=seq_length, pad_multiple=pad_multiple))
+                                                                    padding=padding, length=length))

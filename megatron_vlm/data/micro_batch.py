@@ -40,12 +40,11 @@ def pixel_values(pages: list, grids: np.ndarray, geometry: ImageGeometry) -> tor
     return out
 
 
-def micro_batch(items: list[dict], geometry: ImageGeometry, seq_length: int | None = None,
-                pad_multiple: int = 1) -> dict:
-    """``collate_packs`` of the items' tokens, and, when the items carry ``pages``, their pixel values."""
+def micro_batch(items: list[dict], geometry: ImageGeometry, **collate_options) -> dict:
+    """``collate_packs`` of the items' tokens (``collate_options``: its padding / length), and, when the items
+    carry ``pages``, their pixel values."""
     pages = [page for it in items for page in it["pages"]] if all("pages" in it for it in items) else None
-    batch = collate_packs([{k: v for k, v in it.items() if k != "pages"} for it in items], seq_length=seq_length,
-                          pad_multiple=pad_multiple)
+    batch = collate_packs([{k: v for k, v in it.items() if k != "pages"} for it in items], **collate_options)
     if pages is not None:
         decoded = [k for k, page in enumerate(pages) if page is not None]
         first, last = (decoded[0], decoded[-1] + 1) if decoded else (0, 0)

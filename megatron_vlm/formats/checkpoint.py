@@ -28,6 +28,7 @@ import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_vlm.errors import LongVLMError
+from megatron_vlm.models.registry import DEFAULT_FAMILY
 from megatron_vlm.parallel import ParallelLayout
 from megatron_vlm.utils.atomic import atomic_write, write_json
 
@@ -35,8 +36,9 @@ from megatron_vlm.utils.atomic import atomic_write, write_json
 _READ_ERRORS = (Exception, CheckpointException)
 TRACKER_NAME = "latest_checkpointed_iteration.txt"
 META_NAME = "longvlm.json"
-META_FORMAT = "longvlm/qwen2_5_vl-megatron"
-META_VERSION = 1
+META_FORMAT = "longvlm/vlm-megatron"  # the model family is the recorded hf_config's model_type
+META_VERSION = 2
+READ_FORMATS = (META_FORMAT, f"longvlm/{DEFAULT_FAMILY}-megatron")  # version 1: before model families
 
 
 class CheckpointError(LongVLMError, RuntimeError):
@@ -264,7 +266,7 @@ class MegatronCheckpoint:
             meta = json.loads(meta_file.read_text())
         except json.JSONDecodeError as err:
             raise CheckpointError(f"{meta_file}: corrupt JSON ({err})") from None
-        if meta.get("format") != META_FORMAT:
+        if meta.get("format") not in READ_FORMATS:
             raise CheckpointError(f"{meta_file}: not a {META_FORMAT} checkpoint (format={meta.get('format')!r})")
         try:
             tensors = dist_checkpointing.load_tensors_metadata(str(iter_dir))

@@ -133,3 +133,10 @@ def open_indexed(prefix: str | os.PathLike, meta: dict, suffix: str):
     if not IndexedDataset.exists(path):
         raise DatasetFormatError(f"{path}.bin/.idx missing: {prefix} is incomplete")
     return IndexedDataset(path, mmap=True)
+
+
+def max_samples_per_pack(prefix: str | os.PathLike, meta: dict) -> int:
+    """The most samples any packed sequence of the dataset holds."""
+    tokens = open_indexed(prefix, meta, TOKENS)  # held while its memory-mapped index is read
+    docs = tokens.document_indices
+    return int(np.diff(docs).max()) if len(docs) > 1 else 0

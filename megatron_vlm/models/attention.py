@@ -4,12 +4,15 @@ It is the ``core_attention`` submodule of Megatron-Core's ``SelfAttention`` (sam
 as ``DotProductAttention``); the segment layout arrives as ``packed_seq_params``. Masks are never
 materialized as ``s x s``: attention runs per segment (a packed sample, an image, a vision
 window), with runs of consecutive equal-length segments batched into one SDPA call as views (no
-gather). With context parallelism K/V are all-gathered over the CP group (cheap with GQA) and each
-local query chunk attends to its segment's keys up to its own position.
+gather). Grouped-query attention runs on the grouped K/V (SDPA's ``enable_gqa``: no repeated
+heads). With context parallelism the K/V of the stream are all-gathered over the CP group at their
+grouped size and each local query chunk (the per-sample zig-zag split of
+:mod:`megatron_vlm.models.context_parallel`) attends to its sample's keys up to its own position.
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 import torch
@@ -20,24 +23,29 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from torch.nn.attention.bias import causal_lower_right
 
-from megatron_vlm.models.context_parallel import cp_chunks, gather_sequence_from_cp
+from megatron_vlm.models.context_parallel import CPSplit, gather_sequence_from_cp
 
 
 @dataclass
 class AttentionSegments(PackedSeqParams):
     """Which tokens attend to which; passed as ``packed_seq_params`` through Megatron-Core's blocks.
 
-    ``cu_seqlens`` are boundaries over the batch flattened row-major (``b * s`` tokens, full
-    sequence length when context parallel); a segment never crosses a row. Layers whose 0-based
-    index is in ``full_attention_layers`` use ``cu_seqlens``; the others use ``window_cu_seqlens``
-    when given (Qwen2.5-VL's vision windows). Plans are computed once and reused by every layer.
-    The tensors stay in ``sbhd`` layout (``qkv_format``), so megatron-core treats the attention as
+    ``cu_seqlens`` are segment boundaries over the batch flattened row-major (``b * s`` tokens, the
+    full stream when context parallel): packed samples each with its padding (Megatron's
+    ``cu_seqlens_padded``), images, windows; a segment never crosses a row. ``seqlens``: the real
+    (unpadded) length of each segment, its padding at its end (``None``: no padding). Layers whose
+    0-based index is in ``full_attention_layers`` use ``cu_seqlens``; the others use
+    ``window_cu_seqlens`` when given (Qwen2.5-VL's vision windows). ``cp``: this rank's part of the
+    stream under context parallelism. Plans are computed once and reused by every layer. The
+    tensors stay in ``sbhd`` layout (``qkv_format``), so megatron-core treats the attention as
     unpacked; the route (rather than ``attention_mask``) survives activation recomputation.
     """
 
     cu_seqlens: torch.Tensor | None = None
+    seqlens: torch.Tensor | None = None
     window_cu_seqlens: torch.Tensor | None = None
     full_attention_layers: frozenset[int] = field(default_factory=frozenset)
+    cp: CPSplit | None = None
     qkv_format: str = "sbhd"
     _plans: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -51,13 +59,23 @@ class AttentionSegments(PackedSeqParams):
             return self.cu_seqlens
         return self.window_cu_seqlens
 
-    def plan(self, layer_number: int, batch: int, s_q: int, s_k: int, chunks, causal: bool) -> AttentionPlan:
+    def plan(self, layer_number: int, batch: int, s_q: int, s_k: int, causal: bool) -> AttentionPlan:
         """The cached :func:`attention_plan` of layer ``layer_number``."""
         cu = self.for_layer(layer_number)
-        key = (id(cu), batch, s_q, s_k, tuple(chunks or ()), causal)
+        key = (id(cu), batch, s_q, s_k, causal)
         if key not in self._plans:
-            self._plans[key] = attention_plan([int(x) for x in cu.tolist()], batch, s_q, s_k, chunks, causal)
+            self._plans[key] = attention_plan([int(x) for x in cu.tolist()], batch, s_q, s_k,
+                                              self.cp.chunks if self.cp else None, causal)
         return self._plans[key]
+
+    def thd(self, layer_number: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Transformer Engine's THD description of layer ``layer_number``'s segments (host int32 tensors):
+        ``cu_seqlens`` of the real lengths, ``cu_seqlens_padded`` (positions in the stream), the longest segment."""
+        padded = self.for_layer(layer_number).to(torch.int32)
+        real = padded
+        if self.seqlens is not None and padded is self.cu_seqlens:
+            real = F.pad(self.seqlens.to(torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
+        return real, padded, int((padded[1:] - padded[:-1]).max())
 
 
 @dataclass
@@ -91,27 +109,33 @@ def attention_plan(cu: list[int], batch: int, s_q: int, s_k: int, chunks, causal
     """Cut ``batch`` rows into segments (``cu`` over the flattened ``batch * s_k`` keys) and group them.
 
     Query indices are local; ``chunks`` lists this rank's ``(local_start, global_start, length)``
-    pieces of every row (context parallel; default: the whole row). With ``causal`` each query
-    chunk sees its segment's keys up to its own last position.
+    pieces of the (one-row) stream under context parallelism (default: every query is local). With
+    ``causal`` each query chunk sees its segment's keys up to its own last position.
     """
-    chunks = chunks or [(0, 0, s_q)]
     if cu[0] != 0 or cu[-1] != batch * s_k:
         raise ValueError(f"cu_seqlens must span 0..{batch * s_k} (batch {batch} x seq {s_k}), got {cu[0]}..{cu[-1]}")
+    if chunks is None:
+        if s_q != s_k:
+            raise ValueError(f"{s_q} queries but {s_k} keys per row and no context-parallel chunks")
+        rows = set(range(0, batch * s_k + 1, s_k))
+        if not rows <= set(cu):
+            crossing = min(rows - set(cu))
+            raise ValueError(f"an attention segment crosses the batch row boundary at token {crossing} "
+                             f"(row length {s_k})")
+        chunks = [(0, 0, batch * s_q)]
+    elif batch != 1:
+        raise ValueError("context-parallel attention takes one packed stream (batch 1)")
     pieces = []
-    for a, e in zip(cu[:-1], cu[1:]):
-        if e <= a:
-            continue
-        row = a // s_k
-        if (e - 1) // s_k != row:
-            raise ValueError(f"attention segment [{a}, {e}) crosses a batch row boundary (row length {s_k})")
-        a_g, e_g = a - row * s_k, e - row * s_k
-        for local_start, global_start, length in chunks:
-            qa, qe = max(a_g, global_start), min(e_g, global_start + length)
+    for local_start, global_start, length in chunks:
+        end = global_start + length
+        i = bisect.bisect_right(cu, global_start) - 1
+        while i + 1 < len(cu) and cu[i] < end:
+            a, e = cu[i], cu[i + 1]
+            qa, qe = max(a, global_start), min(e, end)
             if qa < qe:
-                k_len = (qe if causal else e_g) - a_g
-                pieces.append((row * s_q + local_start + qa - global_start, row * s_k + a_g, qe - qa, k_len,
-                               causal and qe - qa != k_len))
-    pieces.sort()
+                k_len = (qe if causal else e) - a
+                pieces.append((local_start + qa - global_start, a, qe - qa, k_len, causal and qe - qa != k_len))
+            i += 1
     runs: list[list] = []
     covered = 0
     for q0, k0, q_len, k_len, lower_right in pieces:
@@ -131,16 +155,20 @@ def attention_plan(cu: list[int], batch: int, s_q: int, s_k: int, chunks, causal
 
 def segmented_attention(q, k, v, plan: AttentionPlan | None, *, causal: bool, dropout_p: float = 0.0,
                         scale: float | None = None) -> torch.Tensor:
-    """Attention of ``q [b, h, s_q, d]`` over ``k, v [b, h, s_k, d]`` within the ``plan``'s segments.
+    """Attention of ``q [b, h, s_q, d]`` over ``k, v [b, g, s_k, d]`` (``g`` divides ``h``: grouped-query
+    attention without repeating K/V) within the ``plan``'s segments.
 
     ``plan=None``: one (causal or full) segment per row, a single SDPA call.
     """
+    gqa = q.shape[1] != k.shape[1]
     if plan is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p, scale=scale,
+                                              enable_gqa=gqa)
     b, h, s_q, d = q.shape
+    g = k.shape[1]
     qf = q.transpose(0, 1).reshape(h, b * s_q, d)
-    kf = k.transpose(0, 1).reshape(h, -1, d)
-    vf = v.transpose(0, 1).reshape(h, -1, d)
+    kf = k.transpose(0, 1).reshape(g, -1, d)
+    vf = v.transpose(0, 1).reshape(g, -1, d)
     q_parts = torch.split(qf, [n * q_len for _, _, n, q_len, _, _ in plan.runs], dim=1)
     if plan.keys_tile and kf.shape[1] == sum(n * k_len for _, _, n, _, k_len, _ in plan.runs):
         sizes = [n * k_len for _, _, n, _, k_len, _ in plan.runs]
@@ -151,11 +179,11 @@ def segmented_attention(q, k, v, plan: AttentionPlan | None, *, causal: bool, dr
     outs = []
     for (_, _, n, q_len, k_len, lower_right), qq, kk, vv in zip(plan.runs, q_parts, k_parts, v_parts):
         qq = qq.reshape(h, n, q_len, d).transpose(0, 1)
-        kk = kk.reshape(h, n, k_len, d).transpose(0, 1)
-        vv = vv.reshape(h, n, k_len, d).transpose(0, 1)
+        kk = kk.reshape(g, n, k_len, d).transpose(0, 1)
+        vv = vv.reshape(g, n, k_len, d).transpose(0, 1)
         mask = causal_lower_right(q_len, k_len) if lower_right else None
         o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask, is_causal=plan.causal and not lower_right,
-                                           dropout_p=dropout_p, scale=scale)
+                                           dropout_p=dropout_p, scale=scale, enable_gqa=gqa)
         outs.append(o.transpose(0, 1).reshape(h, n * q_len, d))
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
     return out.reshape(h, b, s_q, d).transpose(0, 1)
@@ -187,20 +215,14 @@ class TorchDotProductAttention(MegatronModule):
                             f"got {type(packed_seq_params).__name__}")
         segments = packed_seq_params
         sq, b, nh, hd = query.shape
-        chunks = None
+        # Q, K, V that are views of the fused QKV output would keep all of it alive for backward.
+        query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
         if self.cp_group is not None:
-            key = gather_sequence_from_cp(key, self.cp_group)
-            value = gather_sequence_from_cp(value, self.cp_group)
-            chunks = cp_chunks(key.shape[0], self.cp_group.size(), self.cp_group.rank())
-        groups = key.shape[2]
-        if nh != groups:
-            key = key.repeat_interleave(nh // groups, dim=2)
-            value = value.repeat_interleave(nh // groups, dim=2)
-        plan = None
-        if segments is None and chunks is not None:
-            segments = AttentionSegments(cu_seqlens=torch.arange(0, b * key.shape[0] + 1, key.shape[0]))
-        if segments is not None:
-            plan = segments.plan(self.layer_number, b, sq, key.shape[0], chunks, self.causal)
+            if segments is None or segments.cp is None:
+                raise ValueError("context-parallel attention needs AttentionSegments with the stream's CP split")
+            key = gather_sequence_from_cp(key, self.cp_group, segments.cp)
+            value = gather_sequence_from_cp(value, self.cp_group, segments.cp)
+        plan = None if segments is None else segments.plan(self.layer_number, b, sq, key.shape[0], self.causal)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         out = segmented_attention(q, k, v, plan, causal=self.causal,
                                   dropout_p=self.dropout if self.training else 0.0, scale=self.softmax_scale)

@@ -64,6 +64,8 @@ class ModelFamily:
     model: str                 # the Megatron model class
     mapping: str               # the HF <-> Megatron rule table (tuple of mapping.Part)
     tiny: str                  # (**overrides) -> a tiny transformers config (tests, demo)
+    preset_configs: str        # {name: hub config.json} of its sizes (``longvlm tune --model`` presets)
+    tiny_recipe: str           # the built-in CPU training recipe of its tiny model (``longvlm demo``)
     # in-memory transformers name prefix -> the prefix save_pretrained writes on disk (Qwen2.5-VL's legacy layout)
     hf_disk_prefixes: tuple[tuple[str, str], ...] = ()
 
@@ -86,6 +88,10 @@ class ModelFamily:
     @cached_property
     def mapping_parts(self) -> tuple:
         return _load(self.mapping)
+
+    @cached_property
+    def presets(self) -> dict[str, dict]:
+        return _load(self.preset_configs)
 
     def tiny_config(self, **overrides):
         """A tiny random-weight ``transformers`` config of this family (every structural feature kept)."""

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from megatron_vlm.errors import ConfigError
+from megatron_vlm.models.config_json import load_hf_config
 from megatron_vlm.models.family import ModelFamily
-from megatron_vlm.models.hf_config import load_hf_config
 
 FAMILIES: dict[str, str] = {  # HF model_type -> the package defining its FAMILY
     "qwen2_5_vl": "megatron_vlm.models.qwen25vl",
@@ -24,6 +24,11 @@ DEFAULT_FAMILY = "qwen2_5_vl"  # where an option does not name one (the stack's 
 
 def family_names() -> tuple[str, ...]:
     return tuple(FAMILIES)
+
+
+def families() -> list[ModelFamily]:
+    """Every registered family, in registry order."""
+    return [get_family(model_type) for model_type in FAMILIES]
 
 
 def get_family(model_type: str) -> ModelFamily:

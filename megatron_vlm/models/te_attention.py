@@ -1,13 +1,16 @@
-"""The ``te`` attention backend: Transformer Engine attention fed with :class:`AttentionSegments`.
+"""The ``te`` core attention: Transformer Engine's fused attention over THD segments.
 
-Imported only when the ``te`` backend is chosen (it needs CUDA and Transformer Engine). Segments
-become THD ``PackedSeqParams`` per layer (vision windows vs. full-attention layers); without
-segments the call is TE's own ``sbhd`` path, which also does TE's context parallelism.
+Imported only when ``model.attention_backend=te`` (it needs CUDA and Transformer Engine). The
+segments of :class:`AttentionSegments` (packed samples, images, vision windows) become THD
+``PackedSeqParams`` per layer: ``cu_seqlens`` of the real lengths and ``cu_seqlens_padded`` of the
+positions in the stream, as Megatron-Core's ``get_thd_batch_on_this_cp_rank`` gives them. Under
+context parallelism the local tokens are already in TE's per-sample zig-zag order (the split of
+:mod:`megatron_vlm.models.context_parallel`, computed by code shared with the ``torch`` backend) and
+TE's own CP (``cp_comm_type``: p2p ring, a2a or all_gather) runs inside ``TEDotProductAttention``.
 """
 
 from __future__ import annotations
 
-import torch
 from megatron.core.extensions.transformer_engine import TEDotProductAttention
 from megatron.core.packed_seq_params import PackedSeqParams
 
@@ -22,15 +25,11 @@ class TESegmentedDotProductAttention(TEDotProductAttention):
         if not isinstance(packed_seq_params, AttentionSegments):
             return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias,
                                    packed_seq_params, num_splits)
-        if self.config.context_parallel_size > 1:
-            raise NotImplementedError("te backend: packed segments with context parallelism need TE's per-sample "
-                                      "THD CP layout; use attention_backend='torch' for packed rows with CP")
         sq, b = query.shape[:2]
-        cu = packed_seq_params.for_layer(self.layer_number)
-        max_len = int((cu[1:] - cu[:-1]).max())  # host-side: cu_seqlens stay on the CPU
-        cu = cu.to(device=query.device, dtype=torch.int32)
-        params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
-                                 max_seqlen_q=max_len, max_seqlen_kv=max_len)
+        real, padded, longest = packed_seq_params.thd(self.layer_number)  # host-side: no device syncs
+        real, padded = (t.to(device=query.device, non_blocking=True) for t in (real, padded))
+        params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=real, cu_seqlens_kv=real, cu_seqlens_q_padded=padded,
+                                 cu_seqlens_kv_padded=padded, max_seqlen_q=longest, max_seqlen_kv=longest)
 
         def thd(t):
             return t.transpose(0, 1).reshape(b * sq, *t.shape[2:])

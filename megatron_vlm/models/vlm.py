@@ -1,11 +1,13 @@
 """``VisionLanguageModel``: a native Megatron-Core VLM (vision tower + mRoPE ``GPTModel``), every family's base.
 
 A family's model (``<family>/model.py``) subclasses it with its vision tower, language layer spec
-and rotary embedding. Inputs are full-length rows; with context parallelism the model takes this rank's load-balanced
-part of the sequence itself (vision work is split across CP ranks by image, the image embeddings
-all-gathered) and returns the local part of the logits / per-token loss, in the order given by
-:func:`megatron_vlm.models.context_parallel.cp_slice`. With a ``loss_mask`` the output layer runs
-only on the masked tokens (:mod:`megatron_vlm.models.masked_loss`).
+and rotary embedding. Inputs are full-length rows, or one packed stream (``[1, T]`` with ``cu_seqlens`` /
+``cu_seqlens_padded``: THD). With context parallelism the input is one stream and the model takes
+this rank's part of it itself, 2 of the 2*CP chunks of every packed sample
+(:class:`megatron_vlm.models.context_parallel.CPSplit`, Transformer Engine's THD layout); vision work
+is split across CP ranks by image, the image embeddings all-gathered. It returns the local part of the
+logits / per-token loss, in the split's order. With a ``loss_mask`` the output layer runs only on the
+masked tokens (:mod:`megatron_vlm.models.masked_loss`).
 
 DeepStack (``config.deepstack_layers`` > 0, Qwen3-VL): the vision tower returns, per LLM token, the
 merged embedding followed by one feature per DeepStack layer; they travel with the hidden states as
@@ -25,10 +27,9 @@ from megatron.core.transformer.transformer_block import get_num_layers_to_build
 
 from megatron_vlm.models.attention import AttentionSegments
 from megatron_vlm.models.config import VLModelConfig
-from megatron_vlm.models.context_parallel import all_gather_varlen, cp_slice, split_images_by_cost
+from megatron_vlm.models.context_parallel import CPSplit, all_gather_varlen, cp_split, split_images_by_cost
 from megatron_vlm.models.deepstack import split_stream, stage_slots, stream_out
 from megatron_vlm.models.masked_loss import MaskedLossGPTModel
-from megatron_vlm.models.specs import block_spec, require_transformer_engine
 
 
 class VisionLanguageModel(MegatronModule):
@@ -42,18 +43,15 @@ class VisionLanguageModel(MegatronModule):
     def __init__(self, config: VLModelConfig, *, pre_process: bool = True, post_process: bool = True,
                  vp_stage: int | None = None):
         super().__init__(config=config.language)
-        if config.attention_backend == "te":
-            require_transformer_engine()
         self.model_config = config
         self.model_type = ModelType.encoder_or_decoder  # read by Megatron-Core's pipeline schedules
         self.pre_process, self.post_process = pre_process, post_process
         self.share_embeddings_and_output_weights = config.tie_word_embeddings
-        backend = config.attention_backend
-        self.vision_model = self.build_vision_model(config, backend) if pre_process else None
+        self.vision_model = self.build_vision_model(config) if pre_process else None
         self.language_model = MaskedLossGPTModel(
             config=config.language,
             transformer_layer_spec=self.language_block_spec(
-                config, backend, get_num_layers_to_build(config.language, vp_stage=vp_stage)),
+                config, get_num_layers_to_build(config.language, vp_stage=vp_stage)),
             vocab_size=config.vocab_size,
             max_sequence_length=config.max_sequence_length,
             pre_process=pre_process,
@@ -77,13 +75,13 @@ class VisionLanguageModel(MegatronModule):
 
     # -- family parts -----------------------------------------------------------------------------
 
-    def build_vision_model(self, config: VLModelConfig, backend: str) -> MegatronModule:
+    def build_vision_model(self, config: VLModelConfig) -> MegatronModule:
         """The vision tower: ``(pixel_values, grid_thw)`` -> ``[tokens, out_hidden * (1 + deepstack_layers)]``."""
         raise NotImplementedError
 
-    def language_block_spec(self, config: VLModelConfig, backend: str, num_layers: int):
+    def language_block_spec(self, config: VLModelConfig, num_layers: int):
         """The spec of this stage's ``num_layers`` language layers."""
-        return block_spec(backend, num_layers, causal=True)
+        return config.block_spec(num_layers, causal=True)
 
     def rotary_embedding(self, config: VLModelConfig):
         """A replacement for ``GPTModel``'s mRoPE module (``None``: keep it)."""
@@ -174,11 +172,12 @@ class VisionLanguageModel(MegatronModule):
             return x
         return x + (torch.stack([p.reshape(-1)[0] for p in params]).sum() * 0.0).to(x.dtype)
 
-    def embed(self, input_ids: torch.Tensor, pixel_values=None, image_grid_thw=None) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, pixel_values=None, image_grid_thw=None,
+              split: CPSplit | None = None) -> torch.Tensor:
         """Decoder input ``[s_local, b, h]``: word embeddings with image embeddings at ``<|image_pad|>``
         (``[s_local, b, h * (1 + deepstack_layers)]`` with DeepStack: the features at the image tokens, 0 elsewhere)."""
-        cp_size, cp_rank = self._cp()
-        emb = self.language_model.embedding(input_ids=cp_slice(input_ids, 1, cp_size, cp_rank), position_ids=None)
+        local = (lambda x: x) if split is None else (lambda x: split.select(x, 1))
+        emb = self.language_model.embedding(input_ids=local(input_ids), position_ids=None)
         if self.slots_in:
             emb = torch.cat([emb, emb.new_zeros((*emb.shape[:2], emb.shape[2] * self.slots_in))], dim=-1)
         mask = input_ids == self.model_config.image_token_id
@@ -191,7 +190,7 @@ class VisionLanguageModel(MegatronModule):
                 raise ValueError(f"image tokens and image embeddings differ: {n_tokens} <|image_pad|> tokens, "
                                  f"{images.shape[0]} embeddings from image_grid_thw")
             rows = (mask.flatten().cumsum(0) - 1).view(mask.shape)
-            mask_l, rows_l = cp_slice(mask, 1, cp_size, cp_rank), cp_slice(rows, 1, cp_size, cp_rank)
+            mask_l, rows_l = local(mask), local(rows)
             where = mask_l.t().nonzero(as_tuple=True)  # emb is [s, b, h]
             emb = emb.index_put(where, images[rows_l.t()[where]])
         else:
@@ -204,24 +203,40 @@ class VisionLanguageModel(MegatronModule):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, image_grid_thw=None, cu_seqlens=None,
-                labels: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
+                cu_seqlens_padded=None, labels: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
                 runtime_gather_output: bool | None = None, score: bool = False) -> torch.Tensor:
         """Logits ``[b, s_local, vocab / tp]``, or the per-token loss ``[b, s_local]`` when ``labels`` are given.
 
-        ``input_ids`` ``[b, s]``; ``position_ids`` ``[3, b, s]`` (computed when omitted);
-        ``pixel_values`` / ``image_grid_thw`` for all images of the batch in token order;
-        ``cu_seqlens`` packed-sample boundaries over the row-major flattened ``b * s`` tokens;
-        ``labels`` and ``loss_mask`` ``[b, s]`` full-length: with ``loss_mask`` the loss (and the output
-        layer) is computed only where it is nonzero and is exactly 0 elsewhere; ``score`` (with both)
-        returns ``[b, s_local, 2]``: that loss and whether each token is the argmax (evaluation).
+        ``input_ids`` ``[b, s]`` (``[1, T]``, one packed stream, under context parallelism); ``position_ids``
+        ``[3, b, s]`` (computed when omitted); ``pixel_values`` / ``image_grid_thw`` for all images of the
+        batch in token order; ``cu_seqlens_padded``: where each packed sample starts in the row-major
+        flattened ``b * s`` tokens (and ends: ``[0, ..., b * s]``), ``cu_seqlens`` the cumulative real sample
+        lengths when samples carry padding at their ends (Megatron's THD pair; only ``cu_seqlens``: samples
+        without padding, its boundaries); ``labels`` and ``loss_mask`` ``[b, s]`` full-length: with
+        ``loss_mask`` the loss (and the output layer) is computed only where it is nonzero and is exactly 0
+        elsewhere; ``score`` (with both) returns ``[b, s_local, 2]``: that loss and whether each token is
+        the argmax (evaluation).
         """
         cp_size, cp_rank = self._cp()
+        if cu_seqlens_padded is None:
+            cu_seqlens_padded, cu_seqlens = cu_seqlens, None
+        if cp_size > 1 and input_ids.shape[0] != 1:
+            raise ValueError(f"with context parallelism the micro-batch is one packed stream [1, T] (got {input_ids.shape[0]} "
+                             "rows): concatenate the rows' samples (megatron_vlm.data.collate_packs does)")
         if position_ids is None:
-            position_ids = self.position_ids(input_ids, image_grid_thw, cu_seqlens)
+            position_ids = self.position_ids(input_ids, image_grid_thw, cu_seqlens_padded)
+        split = cp_split(cu_seqlens_padded, input_ids.shape[1], cp_size, cp_rank)
         segments = None
-        if cu_seqlens is not None:
-            segments = AttentionSegments(cu_seqlens=torch.as_tensor(cu_seqlens).cpu())  # host-side plan, no syncs
-        decoder_input = self.embed(input_ids, pixel_values, image_grid_thw) if self.pre_process else None
+        if cu_seqlens_padded is not None or split is not None:
+            padded = torch.as_tensor(cu_seqlens_padded if cu_seqlens_padded is not None else split.cu_seqlens).cpu()
+            real = None if cu_seqlens is None else torch.diff(torch.as_tensor(cu_seqlens).cpu())
+            segments = AttentionSegments(cu_seqlens=padded, seqlens=real, cp=split)  # host-side plans, no syncs
+        tp = self.model_config.layout.tp
+        if split is not None and self.model_config.language.sequence_parallel and split.local_length % tp:
+            raise ValueError(f"sequence parallelism needs each CP rank's {split.local_length} tokens divisible by "
+                             f"tp={tp}: pad the stream (ParallelLayout.token_padding)")
+        local = (lambda x, dim: x) if split is None else split.select
+        decoder_input = self.embed(input_ids, pixel_values, image_grid_thw, split) if self.pre_process else None
         deepstack = None
         if self.slots_in:
             stream = decoder_input if self.pre_process else self._received
@@ -230,13 +245,13 @@ class VisionLanguageModel(MegatronModule):
                 decoder_input = None  # the decoder reads its input tensor
         self.language_model.score_answers = score
         output = self.language_model(
-            input_ids=cp_slice(input_ids, 1, cp_size, cp_rank),
-            position_ids=cp_slice(position_ids, 2, cp_size, cp_rank),
+            input_ids=local(input_ids, 1),
+            position_ids=local(position_ids, 2),
             attention_mask=None,
             packed_seq_params=segments,
             decoder_input=decoder_input,
-            labels=None if labels is None else cp_slice(labels, 1, cp_size, cp_rank),
-            loss_mask=None if loss_mask is None else cp_slice(loss_mask, 1, cp_size, cp_rank),
+            labels=None if labels is None else local(labels, 1),
+            loss_mask=None if loss_mask is None else local(loss_mask, 1),
             runtime_gather_output=runtime_gather_output,
             extra_block_kwargs=None if deepstack is None else {"context": deepstack},
         )

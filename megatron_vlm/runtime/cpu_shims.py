@@ -21,6 +21,9 @@ original (a test session that runs CPU-pinned tests and GPU tests in one process
    ``init_data("cuda")``), which on CPU are served by its ``gather_object`` exchange.
    ``LanguageModule.setup_embeddings_and_output_layer`` (tied embeddings with pipeline parallelism
    move the shared weight with ``.cuda()``) runs with ``Tensor.cuda`` returning the tensor itself.
+4. The element-wise functions Megatron-Core fuses with ``torch.compile`` (``jit_fuser``: the SwiGLU of
+   ``fused_bias_swiglu``) run eagerly: compiling them costs ~15 s per process and shape on a CPU, for no
+   memory difference (the autograd functions around them keep the same tensors either way).
 
 Everything else runs on CPU as on GPU: tensor, pipeline, data and context parallelism (with the
 ``torch`` attention backend), sequence parallelism, packed rows (``AttentionSegments``),
@@ -94,6 +97,8 @@ class _CpuTorch(types.ModuleType):
     def __getattr__(self, name):
         return getattr(torch, name)
 
+
+_JIT_FUSED_MODULES = ("megatron.core.fusions.fused_bias_swiglu",)
 
 # module -> why it needs the stand-in torch (kept in sync with docs/runtime.md)
 _CUDA_ASSUMING_MODULES = {
@@ -297,6 +302,12 @@ def apply_cpu_shims() -> None:
            exchange_utils.exchange_loaded_tensors_gather_object)
     _patch(LanguageModule, "setup_embeddings_and_output_layer",
            _without_cuda_moves(LanguageModule.setup_embeddings_and_output_layer))
+    for name in _JIT_FUSED_MODULES:
+        module = importlib.import_module(name)
+        for attribute, value in list(vars(module).items()):
+            eager = getattr(value, "_torchdynamo_orig_callable", None)
+            if eager is not None:
+                _patch(module, attribute, eager)
 
 
 def remove_cpu_shims() -> None:

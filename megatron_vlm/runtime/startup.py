@@ -11,6 +11,7 @@ import numpy
 import torch
 
 from megatron_vlm.parallel import ParallelLayout
+from megatron_vlm.runtime.compat import apply_megatron_compat
 from megatron_vlm.runtime.cpu_shims import apply_cpu_shims
 from megatron_vlm.runtime.launcher import DistEnv, read_dist_env
 from megatron_vlm.runtime.placement import settle_placement, unsettle_placement, use_cuda
@@ -41,6 +42,7 @@ def initialize_distributed(
     from megatron.core import parallel_state, tensor_parallel
 
     env = read_dist_env(environ)
+    apply_megatron_compat()
     backend = settle_placement(env, device).backend
     if torch.distributed.is_initialized() and torch.distributed.get_backend() != backend:
         raise RuntimeError(f"torch.distributed already runs {torch.distributed.get_backend()}, this process "

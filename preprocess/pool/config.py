@@ -24,7 +24,7 @@ class PoolConfig:
     family: str = field(default=DEFAULT_FAMILY, metadata={
         "choices": family_names(),
         "help": "model family whose image geometry pages are rendered for (sides multiples of its patch x merge: "
-                "28 px for qwen2_5_vl, 32 for qwen3_vl); a pool feeds any family (pages are resized at load time)"})
+                "28 px for Qwen2.5-VL, 32 for Qwen3-VL); a pool feeds any family (pages are resized at load time)"})
     dpi: int = field(default=144, metadata={"help": "render resolution before the family's resize"})
     min_pixels: int | None = field(default=None, metadata={
         "help": "smart_resize lower bound on page pixels (default: the family's preprocessor's)"})

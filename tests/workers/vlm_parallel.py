@@ -2,7 +2,7 @@
 
 Cases are ``FAMILY:LAYOUT`` (e.g. ``qwen3_vl:pp2``). Per family, first the reference: TP=PP=CP=1 (the two ranks are data-parallel replicas) with seeded random
 weights on a packed row of two samples with three images; logits, per-token loss and gradients
-are kept and the weights saved with ``dist_checkpointing``. Then for each ``--layouts`` entry the
+are kept and the weights saved with ``dist_checkpointing``. Then for each of its layouts the
 groups are rebuilt, the weights loaded (resharded by the sharded-state-dict keys of
 docs/checkpoints.md), the same row run forward and backward, and the largest differences
 recorded: logits, per-token loss and every parameter's gradient as a relative error
@@ -10,8 +10,10 @@ recorded: logits, per-token loss and every parameter's gradient as a relative er
 tokens only) and are compared with the unsplit model's full per-token loss times the mask and the
 gradients of that product's sum. Gradients of TP/PP layouts are compared by saving them as a checkpoint of the split
 model and loading that into the unsplit layout. CP ranks are compared with the reference's tokens
-at hand-written indices (``CP2_TOKENS``), not with the code's own ``cp_slice``. Each rank writes
-``rank{R}.json`` into ``--out``.
+at hand-written indices of the per-sample zig-zag split (``CP_TOKENS``), not with the code's own
+split. ``padded`` is the packed row as Transformer Engine's THD layout wants it for CP=4: each sample
+padded to a multiple of 8 (``cu_seqlens`` real, ``cu_seqlens_padded``), compared at its real tokens
+with the unpadded reference. Each rank writes ``rank{R}.json`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from megatron_vlm.parallel import ParallelLayout  # noqa: E402
 TP2, TP2_SP, CP2 = ParallelLayout(tp=2), ParallelLayout(tp=2, sp=True), ParallelLayout(cp=2)
 PP2 = ParallelLayout(pp=2, first_stage_layers=1)
 TP2_CP2_SP = ParallelLayout(tp=2, cp=2, sp=True)
+CP4 = ParallelLayout(cp=4)
 # name -> (layout, extra config fields, batch, loss mask or None)
 LAYOUTS = {
     "tp2": (TP2, {}, "packed", None),
@@ -52,18 +55,41 @@ LAYOUTS = {
     "tp2_sp_masked": (TP2_SP, {}, "packed", "answers"),
     "pp2_masked": (PP2, {}, "packed", "answers"),
     "cp2_masked": (CP2, {}, "packed", "answers"),
-    # 4 processes (not in the default 2-process run): --layouts tp2_cp2_sp tp2_cp2_sp_masked
+    # 4 processes (not in the default 2-process run): --cases FAMILY:tp2_cp2_sp ...
     "tp2_cp2_sp": (TP2_CP2_SP, {}, "packed", None),
     # no masked token on CP rank 0: its TP pair runs the output layer on 0 rows
     "tp2_cp2_sp_masked": (TP2_CP2_SP, {}, "packed", "one_rank"),
+    # 4 processes: samples padded for CP=4 (loss on the real tokens only)
+    "cp4_padded": (CP4, {}, "padded", "real"),
 }
 
 
-# The load-balanced CP=2 layout of docs/model.md written out by hand: the row cut into 2*CP = 4
-# chunks, rank 0 keeps the first and the last, rank 1 the two middle ones. Rows: "packed" (64 tokens),
-# "one_image" (44 tokens).
-CP2_TOKENS = {64: {0: [*range(0, 16), *range(48, 64)], 1: list(range(16, 48))},
-              44: {0: [*range(0, 11), *range(33, 44)], 1: list(range(11, 33))}}
+# The per-sample zig-zag split of docs/model.md written out by hand: every packed sample cut into
+# 2*CP chunks, rank r keeps chunks r and 2*CP-1-r of each. "packed": samples of 28 (chunks of 7) and
+# 36 tokens (chunks of 9); "one_image": one sample of 44 (chunks of 11); "padded" (CP=4): samples padded
+# to 32 (chunks of 4) and 40 (chunks of 5, from token 32).
+CP_TOKENS = {
+    ("packed", 2): {0: [*range(0, 7), *range(21, 28), *range(28, 37), *range(55, 64)],
+                    1: [*range(7, 21), *range(37, 55)]},
+    ("one_image", 2): {0: [*range(0, 11), *range(33, 44)], 1: list(range(11, 33))},
+    ("padded", 4): {0: [0, 1, 2, 3, 28, 29, 30, 31, 32, 33, 34, 35, 36, 67, 68, 69, 70, 71],
+                    1: [4, 5, 6, 7, 24, 25, 26, 27, 37, 38, 39, 40, 41, 62, 63, 64, 65, 66],
+                    2: [8, 9, 10, 11, 20, 21, 22, 23, 42, 43, 44, 45, 46, 57, 58, 59, 60, 61],
+                    3: [12, 13, 14, 15, 16, 17, 18, 19, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56]},
+}
+PADDED = {"lengths": (28, 36), "padded": (32, 40)}
+
+
+def reference_position(batch_name: str, position: int) -> int | None:
+    """The unpadded reference's token at ``position`` of the batch (``None``: padding)."""
+    if batch_name != "padded":
+        return position
+    (a, b), (pa, _) = PADDED["lengths"], PADDED["padded"]
+    if position < a:
+        return position
+    if pa <= position < pa + b:
+        return position - pa + a
+    return None
 
 
 # 3 language layers; Qwen3-VL's DeepStack feeds layers 0 and 1 (from vision layers 0 and 2), so PP2 with one
@@ -86,7 +112,18 @@ def make_row(parts, seed):
 
 def batch(name: str = "packed"):
     """``packed``: a row of two samples (28 + 36 tokens, three images of different shapes);
-    ``one_image``: 44 tokens, the image's tokens at 11..26. Returns the inputs and labels."""
+    ``one_image``: 44 tokens, the image's tokens at 11..26; ``padded``: ``packed`` with each sample padded
+    to a multiple of 8 (``PADDED``). Returns the inputs and labels."""
+    if name == "padded":
+        inputs, labels = batch("packed")
+        keep = torch.tensor([p for p in range(sum(PADDED["padded"])) if reference_position(name, p) is not None])
+        ids = torch.full((1, sum(PADDED["padded"])), 151643)
+        ids[0, keep] = inputs["input_ids"][0]
+        padded_labels = torch.zeros_like(ids)
+        padded_labels[0, keep] = labels[0]
+        inputs = dict(inputs, input_ids=ids, cu_seqlens=torch.tensor([0, 28, 64]),
+                      cu_seqlens_padded=torch.tensor([0, 32, 72]))
+        return inputs, padded_labels
     if name == "packed":
         a = make_row([4, (1, 8, 8), 6], seed=5)
         b = make_row([3, (1, 6, 10), 2, (1, 4, 4), 8], seed=6)
@@ -102,10 +139,15 @@ def batch(name: str = "packed"):
 
 def loss_mask(name: str, labels: torch.Tensor) -> torch.Tensor:
     """``answers``: tokens 20..23 (sample 1) and 58..62 (sample 2), on both CP ranks and both SP halves;
-    ``one_rank``: tokens 20..23 only (CP rank 1's chunks)."""
+    ``one_rank``: tokens 8..12 only (all in CP rank 1's chunks); ``real``: every token but the padding of
+    the ``padded`` batch."""
+    if name == "real":
+        return torch.tensor([[reference_position("padded", p) is not None for p in range(labels.shape[1])]]).long()
     mask = torch.zeros_like(labels)
-    mask[:, 20:24] = 1
-    if name == "answers":
+    if name == "one_rank":
+        mask[:, 8:13] = 1
+    else:
+        mask[:, 20:24] = 1
         mask[:, 58:63] = 1
     return mask
 
@@ -164,7 +206,8 @@ def reference(out: Path, cases) -> dict:
     randomize_weights_(model, seed=3)
     save(model, out / "weights")
     ref = {}
-    for name, mask_name in cases:
+    for key in cases:
+        name, mask_name = ("packed", None) if key[0] == "padded" else key  # the unpadded row is the reference
         model.zero_grad(set_to_none=True)
         inputs, labels = batch(name)
         with torch.no_grad():
@@ -173,7 +216,7 @@ def reference(out: Path, cases) -> dict:
         if mask_name:
             loss = loss * loss_mask(mask_name, labels)
         loss.sum().backward()
-        ref[name, mask_name] = (logits, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+        ref[key] = (logits, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
     return ref
 
 
@@ -250,10 +293,12 @@ def run_cp(name, layout, extra, out, ref, batch_name, mask_name):
     if ps.get_tensor_model_parallel_world_size() > 1:
         grads = grads_in_unsplit_layout(model, out / f"grads_{name}")
     grad_diff, worst = max_grad_diff(grads, ref_grads)
-    assert size == 2, "CP2_TOKENS is written for CP = 2"
-    mine = torch.tensor(CP2_TOKENS[inputs["input_ids"].shape[1]][rank])
-    return dict(logits=relative(logits, ref_logits[:, mine]), loss=relative(loss.detach(), ref_loss[:, mine]),
-                grads=grad_diff, worst_grad=worst)
+    tokens = CP_TOKENS[batch_name, size][rank]
+    real = [k for k, p in enumerate(tokens) if reference_position(batch_name, p) is not None]
+    mine = torch.tensor([reference_position(batch_name, tokens[k]) for k in real])
+    real = torch.tensor(real)
+    return dict(logits=relative(logits[:, real], ref_logits[:, mine]),
+                loss=relative(loss.detach()[:, real], ref_loss[:, mine]), grads=grad_diff, worst_grad=worst)
 
 
 DEFAULT_CASES = {  # the 2-process run; Qwen3-VL: TP with q/k norms, SP + recompute through DeepStack, a PP

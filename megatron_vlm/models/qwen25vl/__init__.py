@@ -23,5 +23,7 @@ FAMILY = ModelFamily(
     model="megatron_vlm.models.qwen25vl.model:Qwen25VLModel",
     mapping="megatron_vlm.models.qwen25vl.mapping:PARTS",
     tiny="megatron_vlm.models.qwen25vl.tiny:tiny_qwen25vl_config",
+    preset_configs="megatron_vlm.models.qwen25vl.presets:PRESETS",
+    tiny_recipe="tiny-cpu",
     hf_disk_prefixes=(("model.language_model.", "model."), ("model.visual.", "visual.")),
 )

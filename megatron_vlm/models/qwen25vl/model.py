@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from megatron_vlm.models.config import VLModelConfig
 from megatron_vlm.models.qwen25vl.vision import Qwen25VisionModel
-from megatron_vlm.models.specs import block_spec, norm_module
 from megatron_vlm.models.vlm import VisionLanguageModel
 
 
 class Qwen25VLModel(VisionLanguageModel):
-    """Qwen2.5-VL: language layers are the backend's GPT layers (QKV bias via the config)."""
+    """Qwen2.5-VL: language layers are the configured GPT layers (QKV bias via the config)."""
 
-    def build_vision_model(self, config: VLModelConfig, backend: str) -> Qwen25VisionModel:
-        return Qwen25VisionModel(config.vision, block_spec(backend, config.vision.num_layers, causal=False),
-                                 norm_module(backend))
+    def build_vision_model(self, config: VLModelConfig) -> Qwen25VisionModel:
+        return Qwen25VisionModel(config.vision, config.block_spec(config.vision.num_layers, causal=False),
+                                 config.norm_module())

@@ -26,4 +26,6 @@ FAMILY = ModelFamily(
     model="megatron_vlm.models.qwen3vl.model:Qwen3VLModel",
     mapping="megatron_vlm.models.qwen3vl.mapping:PARTS",
     tiny="megatron_vlm.models.qwen3vl.tiny:tiny_qwen3vl_config",
+    preset_configs="megatron_vlm.models.qwen3vl.presets:PRESETS",
+    tiny_recipe="tiny-qwen3vl-cpu",
 )

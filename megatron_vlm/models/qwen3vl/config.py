@@ -31,7 +31,9 @@ def qwen3vl_config_from_hf(source: str | Path | dict[str, Any] | Qwen3VLArch, **
 
     def vision(common: dict[str, Any]) -> Qwen3VisionTransformerConfig:
         return Qwen3VisionTransformerConfig(
-            **{**vision_kwargs(arch, common), "normalization": "LayerNorm", "gated_linear_unit": False},
+            # GELU (tanh) MLP: Megatron fuses only gelu and SwiGLU with their bias
+            **{**vision_kwargs(arch, common), "normalization": "LayerNorm", "gated_linear_unit": False,
+               "bias_activation_fusion": False},
             num_position_embeddings=arch.num_position_embeddings,
             deepstack_visual_indexes=arch.deepstack_visual_indexes)
 

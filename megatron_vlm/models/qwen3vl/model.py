@@ -13,7 +13,6 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron_vlm.models.config import VLModelConfig
 from megatron_vlm.models.deepstack import DeepStackTransformerLayer
 from megatron_vlm.models.qwen3vl.vision import Qwen3VisionModel
-from megatron_vlm.models.specs import block_spec, layer_spec, norm_module
 from megatron_vlm.models.vlm import VisionLanguageModel
 
 
@@ -43,23 +42,24 @@ class InterleavedMultimodalRotaryEmbedding(MultimodalRotaryEmbedding):
 class Qwen3VLModel(VisionLanguageModel):
     """Qwen3-VL: language layers with q/k RMSNorm that add DeepStack features, interleaved mRoPE."""
 
-    def build_vision_model(self, config: VLModelConfig, backend: str) -> Qwen3VisionModel:
-        norm = layer_norm_module(backend)
-        spec = layer_spec(backend, causal=False)
-        if backend == "torch":  # the torch spec's norms are RMSNorm; Qwen3-VL's vision tower uses LayerNorm
+    def build_vision_model(self, config: VLModelConfig) -> Qwen3VisionModel:
+        norm = layer_norm_module(config.transformer_impl)
+        block = config.block_spec(config.vision.num_layers, causal=False)
+        spec = copy.deepcopy(block.layer_specs[0])
+        if config.transformer_impl == "local":  # the local spec's norms are RMSNorm; this tower's are LayerNorm
             spec.submodules.input_layernorm = norm
             spec.submodules.pre_mlp_layernorm = norm
         layers = TransformerBlockSubmodules(layer_specs=[spec] * config.vision.num_layers, layer_norm=norm)
         return Qwen3VisionModel(config.vision, layers, norm)
 
-    def language_block_spec(self, config: VLModelConfig, backend: str, num_layers: int):
-        block = block_spec(backend, num_layers, causal=True)
-        spec = copy.deepcopy(block.layer_specs[0]) if block.layer_specs else None
-        if spec is not None:
-            attention = spec.submodules.self_attention.submodules
-            attention.q_layernorm = attention.k_layernorm = norm_module(backend)
-            spec = ModuleSpec(module=DeepStackTransformerLayer, submodules=spec.submodules,
-                              params={**spec.params, "deepstack_layers": config.deepstack_layers})
+    def language_block_spec(self, config: VLModelConfig, num_layers: int):
+        """The configured GPT layers with q/k RMSNorm, as DeepStack layers (``context`` carries the features)."""
+        block = config.block_spec(num_layers, causal=True, qk_layernorm=True)
+        if not block.layer_specs:
+            return block
+        spec = block.layer_specs[0]
+        spec = ModuleSpec(module=DeepStackTransformerLayer, submodules=spec.submodules,
+                          params={**spec.params, "deepstack_layers": config.deepstack_layers})
         return TransformerBlockSubmodules(layer_specs=[spec] * num_layers, layer_norm=block.layer_norm)
 
     def rotary_embedding(self, config: VLModelConfig):
@@ -70,12 +70,13 @@ class Qwen3VLModel(VisionLanguageModel):
                                                     rotary_base=config.rotary_base)
 
 
-def layer_norm_module(backend: str) -> type:
-    """The LayerNorm module of ``backend`` (the vision tower's norms): megatron-core's torch LayerNorm or TE's."""
-    if backend == "te":
+def layer_norm_module(transformer_impl: str) -> type:
+    """The LayerNorm module of ``transformer_impl`` (the vision tower's norms): megatron-core's torch LayerNorm
+    or TE's (both follow the config's ``normalization="LayerNorm"``)."""
+    if transformer_impl == "te":
         from megatron.core.extensions.transformer_engine import TENorm
 
-        return TENorm  # LayerNorm with the config's normalization="LayerNorm"
+        return TENorm
     from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
     return WrappedTorchNorm
