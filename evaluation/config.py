@@ -12,7 +12,6 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from megatron_vlm.data.vision import MAX_PIXELS, MIN_PIXELS
 from megatron_vlm.errors import LongVLMError
 from megatron_vlm.parallel import ParallelLayout
 from preprocess.synth.generators.chat_client import ChatClientOptions
@@ -176,8 +175,10 @@ class DocQAConfig(ModelOptions, OutputOptions):
     pdf_dir: str | None = field(default=None, metadata={"metavar": "DIR", "help": (
         "folder of the PDFs named by relative paths (default: the input file's folder)")})
     dpi: int = field(default=144, metadata={"help": "render resolution of PDF pages, as the pool renders them"})
-    min_pixels: int = field(default=MIN_PIXELS, metadata={"help": "smart_resize lower bound on page pixels"})
-    max_pixels: int = field(default=MAX_PIXELS, metadata={"help": "smart_resize upper bound on page pixels"})
+    min_pixels: int | None = field(default=None, metadata={
+        "help": "smart_resize lower bound on page pixels (default: the model family's preprocessor's)"})
+    max_pixels: int | None = field(default=None, metadata={
+        "help": "smart_resize upper bound on page pixels (default: the model family's preprocessor's)"})
     page_markers: bool = field(default=True, metadata={"help": (
         "put a 'Page N:' text marker before each page image, as in training (MMLongBench-Doc's reference "
         "prompt has none; results record which was used)")})
@@ -195,7 +196,8 @@ class DocQAConfig(ModelOptions, OutputOptions):
         errors = self.model_option_errors()
         if self.max_context is not None:
             parse_length(self.max_context, "max-context")
-        if self.dpi < 1 or self.min_pixels < 1 or self.max_pixels < self.min_pixels:
+        low, high = self.min_pixels, self.max_pixels
+        if self.dpi < 1 or (low is not None and low < 1) or (low is not None and high is not None and high < low):
             errors.append("--dpi and --min-pixels must be positive and --max-pixels >= --min-pixels")
         if errors:
             raise EvalError("; ".join(errors))

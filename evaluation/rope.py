@@ -79,6 +79,20 @@ def checkpoint_config(checkpoint: str) -> tuple[dict | str, str]:
     return checkpoint, f"--checkpoint {checkpoint}"
 
 
+def checkpoint_family(options: ModelOptions):
+    """The model family of ``--checkpoint`` (its ``config.json``'s ``model_type``); without one, the default
+    family (an API server's model)."""
+    from megatron_vlm.models.registry import DEFAULT_FAMILY, family_of, get_family
+
+    if not options.checkpoint:
+        return get_family(DEFAULT_FAMILY)
+    try:
+        source, name = checkpoint_config(options.checkpoint)
+        return family_of(source, name=name)
+    except LongVLMError as err:
+        raise EvalError(str(err)) from None
+
+
 def resolve_rope(options: ModelOptions) -> RopeSetting:
     """The run's RoPE base, against ``--checkpoint``'s ``config.json`` where there is one."""
     from megatron_vlm.models.registry import read_arch

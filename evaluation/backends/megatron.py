@@ -3,7 +3,7 @@
 The reference answer is scored, not generated: its log-likelihood (the sum of log p over the answer
 tokens and the closing ``<|im_end|>``, exactly the tokens ``loss_mask`` marks in training) and the
 share of those tokens that are the argmax. Each example is one micro-batch made by the training
-collation (``collate_packs``); the model chunks and the forward-only pass are the trainer's own
+collation (``micro_batch``); the model chunks and the forward-only pass are the trainer's own
 (``training.model.build_chunks``, ``training.step.run_schedule``), so this is what
 ``longvlm train`` logs as its validation. Start it like training: one process, or ``torchrun`` /
 ``srun`` with ``--tp/--pp/--cp``; examples are spread over the data-parallel ranks and rank 0
@@ -83,8 +83,8 @@ class MegatronBackend:
         every rank runs the same passes); rank 0 yields every example's fields."""
         from megatron.core import parallel_state as ps
 
-        from megatron_vlm.data.collate import collate_packs
         from megatron_vlm.data.image_share import ImageShare
+        from megatron_vlm.data.micro_batch import micro_batch
         from training.step import run_schedule
 
         per_round = self.batch_size * self.dp
@@ -97,7 +97,8 @@ class MegatronBackend:
             for i in mine:
                 request = requests[i if i is not None else 0]
                 try:
-                    batches.append(collate_packs([request.pack_item()], padding=self.layout.token_padding()))
+                    batches.append(micro_batch([request.pack_item()], request.builder.geometry,
+                                               padding=self.layout.token_padding()))
                 except (ValueError, KeyError) as err:
                     raise EvalError(f"example {request.id}: cannot build its micro-batch ({err})") from None
             longest = max(b["input_ids"].shape[1] for b in batches)
