@@ -303,6 +303,56 @@ def test_segmented_attention_matches_dense_mask():
             assert (part - ref[:, :, idx]).abs().max() < 1e-5
 
 
+def test_qwen3vl_position_interpolation_matches_transformers():
+    """Learned vision positions: bilinear taps (aligned corners) of a side x side table to each image's grid,
+    in merge-block order, frames repeating (transformers' ``get_vision_interpolation_indices_and_weights``)."""
+    from transformers.vision_utils import get_vision_interpolation_indices_and_weights
+
+    from megatron_vlm.models.qwen3vl.vision import position_interpolation
+
+    grids = torch.tensor([[1, 4, 20], [1, 16, 8], [2, 6, 6], [1, 2, 2], [1, 48, 2]])
+    for side in (3, 4, 48):
+        ref_index, ref_weight = get_vision_interpolation_indices_and_weights(
+            grids, num_grid_per_side=side, mode="bilinear", align_corners=True, spatial_merge_size=2)
+        index, weight = position_interpolation(grids, side, 2)
+        table = torch.randn(side * side, 5, generator=torch.Generator().manual_seed(side))
+        ours = (table[index] * weight[..., None]).sum(1)
+        ref = (table[ref_index] * ref_weight[..., None].float()).sum(1)
+        assert (ours - ref).abs().max() < 1e-6
+
+
+def test_qwen3vl_interleaved_mrope_matches_transformers(megatron_single):
+    """Interleaved mRoPE angles (height/width on every third frequency within their sections) == transformers'
+    ``Qwen3VLTextRotaryEmbedding`` on 3-D positions that differ per axis."""
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRotaryEmbedding
+
+    from megatron_vlm.models.qwen3vl.model import InterleavedMultimodalRotaryEmbedding
+    from megatron_vlm.models.qwen3vl.tiny import tiny_qwen3vl_config
+
+    for section in ((24, 20, 20), (2, 3, 3)):
+        head_dim = 2 * sum(section)
+        text = tiny_qwen3vl_config(hidden_size=head_dim * 2, num_heads=2, num_kv_heads=1, mrope_section=section).text_config
+        positions = torch.randint(0, 5000, (3, 2, 33), generator=torch.Generator().manual_seed(0))
+        cos, sin = Qwen3VLTextRotaryEmbedding(text)(torch.zeros(1, dtype=torch.float32), positions)
+        ours = InterleavedMultimodalRotaryEmbedding(kv_channels=head_dim, rotary_percent=1.0, rotary_base=5e6)(
+            positions, list(section))  # [s, b, 1, head_dim]
+        angles = ours[:, :, 0].transpose(0, 1)  # [b, s, head_dim]
+        assert torch.allclose(angles.cos(), cos, atol=1e-5) and torch.allclose(angles.sin(), sin, atol=1e-5)
+
+
+def test_qwen3vl_deepstack_features_reach_the_language_model(megatron_single):
+    """Guard against a vacuous DeepStack: zeroing the first tap's merger (added after language layer 0, read by
+    layer 1's attention) changes the logits of the text after the images."""
+    _, model = _pair("q3_base", seed=10)
+    ids, grids, pixels = _row(model, [3, (1, 8, 8), 5], seed=11)
+    with torch.no_grad():
+        before = model(ids[None], pixel_values=pixels, image_grid_thw=grids)
+        model.vision_model.deepstack_mergers[0].linear_fc2.weight.zero_()
+        model.vision_model.deepstack_mergers[0].linear_fc2.bias.zero_()
+        after = model(ids[None], pixel_values=pixels, image_grid_thw=grids)
+    assert (before[0, -1] - after[0, -1]).abs().max() > 100 * TOL * before.abs().max()
+
+
 # -- config ---------------------------------------------------------------------------------------
 
 def test_ntk_base_matches_transformers_dynamic_rope():
@@ -389,6 +439,27 @@ def test_checkpoint_keys_follow_docs_checkpoints_md(megatron_single):
                  "vision_model.merger.layer_norm.weight"}
     expected |= {f"vision_model.merger.linear_fc{i}.{k}" for i in (1, 2) for k in ("weight", "bias")}
     assert keys == expected
+
+
+def test_qwen3vl_config_from_hub_config_json():
+    """Qwen3-VL-8B's hub config (rope_scaling under text_config): shapes, DeepStack, q/k norm, no QKV bias,
+    LayerNorm GELU vision tower, the native 256K window; MoE and biased-attention configs are refused."""
+    from launch.tune.presets import MODELS
+    from megatron_vlm.errors import ConfigError
+    from megatron_vlm.models.qwen3vl.config import qwen3vl_config_from_hf
+
+    hub = MODELS["qwen3-vl-8b"]
+    cfg = qwen3vl_config_from_hf(hub)
+    lang, vis = cfg.language, cfg.vision
+    assert (lang.num_layers, lang.num_query_groups, lang.kv_channels, lang.mrope_section) == (36, 8, 128, [24, 20, 20])
+    assert lang.qk_layernorm and not lang.add_qkv_bias and cfg.deepstack_layers == 3 and cfg.arch.mrope_interleaved
+    assert (vis.normalization, vis.gated_linear_unit, vis.patch_size, vis.deepstack_visual_indexes) == (
+        "LayerNorm", False, 16, (8, 16, 24))
+    assert cfg.rotary_base == 5e6 and cfg.max_sequence_length == 262144 and cfg.arch.family.geometry.factor == 32
+    moe = json.loads(json.dumps(hub))
+    moe["text_config"]["num_experts"] = 128
+    with pytest.raises(ConfigError, match="MoE"):
+        qwen3vl_config_from_hf(moe)
 
 
 def test_images_split_over_context_parallel_ranks():

@@ -126,9 +126,18 @@ class HFBackend:
 
         from megatron_vlm.data.micro_batch import micro_batch
 
-        items = [r.pack_item() for r in requests]
-        batch = micro_batch(items, self.builder.geometry)
-        lengths = torch.tensor([len(it["input_ids"]) for it in items])
+        # one training micro-batch (a THD stream) per example, right-padded into the rows transformers takes
+        parts = [micro_batch([r.pack_item()], self.builder.geometry) for r in requests]
+        lengths = torch.tensor([p["input_ids"].shape[1] for p in parts])
+        width = int(lengths.max())
+
+        def rows(key, fill):
+            return torch.cat([torch.nn.functional.pad(p[key], (0, width - p[key].shape[1]), value=fill) for p in parts])
+
+        batch = {"input_ids": rows("input_ids", PAD_ID), "labels": rows("labels", PAD_ID),
+                 "loss_mask": rows("loss_mask", 0.0), "image_grid_thw": torch.cat([p["image_grid_thw"] for p in parts])}
+        if all("pixel_values" in p for p in parts):
+            batch["pixel_values"] = torch.cat([p["pixel_values"] for p in parts])
         input_ids = batch["input_ids"].to(self.device)
         attention = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long().to(self.device)
         keep = batch["loss_mask"].bool()
