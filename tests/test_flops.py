@@ -24,6 +24,18 @@ def tiny():
     runtime.destroy()
 
 
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def tiny_of_each_family(request):
+    """Each family's tiny model (Qwen3-VL: plain GELU vision MLP, DeepStack mergers, learned positions)."""
+    from megatron_vlm.models.registry import get_family
+
+    family = get_family(request.param)
+    runtime.initialize_distributed(seed=0)
+    config = family.config_from_hf(family.tiny_config().to_dict())
+    yield config, family.model_class(config)
+    runtime.destroy()
+
+
 def test_hand_count_on_the_tiny_config(tiny):
     """Tiny: LM hidden 64, 4 heads x 16 (2 KV groups), SwiGLU 128, 2 layers, vocab 151,936; vision hidden
     32, 2 heads x 16, SwiGLU 64, 4 layers (1 and 3 full attention), windows of 4 x 4 merge units."""
@@ -56,13 +68,14 @@ def test_window_pairs_match_the_models_window_layout():
     assert causal_pairs([3, 1]) == 6 + 1
 
 
-def test_counts_equal_torch_flop_counter_on_the_model(tiny):
+def test_counts_equal_torch_flop_counter_on_the_model(tiny_of_each_family):
     """Forward and backward through Qwen25VLModel (packed row, two images, loss mask) under torch's
     FlopCounterMode: its matmul + convolution FLOPs equal ours; with SDPA's math kernel the attention
     matmuls equal ours with causal samples counted as full squares (the math kernel masks, it does not skip)."""
-    config, model = tiny
-    a = make_row([12, (1, 8, 12), 6], seed=1)
-    b = make_row([5, (1, 4, 4), 9], seed=2)
+    config, model = tiny_of_each_family
+    patch_dim = config.arch.family.geometry.patch_dim
+    a = make_row([12, (1, 8, 12), 6], seed=1, patch_dim=patch_dim)
+    b = make_row([5, (1, 4, 4), 9], seed=2, patch_dim=patch_dim)
     ids = torch.cat([a[0], b[0]])[None]
     grids, pixels = torch.cat([a[1], b[1]]), torch.cat([a[2], b[2]])
     cu = torch.tensor([0, len(a[0]), ids.shape[1]])

@@ -52,6 +52,24 @@ def test_7b_on_64_h100s(capsys):
     assert "activations: vision tower" in text and "CP K/V all-gather" in text and "TP2 PP1 CP4" in text
 
 
+def test_qwen3vl_8b_is_planned_with_its_own_geometry_and_shapes():
+    """A Qwen3-VL preset: pages on its 32-pixel grid (A4 at 144 dpi: 1191 x 1684 px -> 1184 x 1696, 37 x 53 tokens),
+    its FLOPs (DeepStack mergers, plain vision MLP) and memory, feasible layouts ranked."""
+    from launch.tune.workload import page_grid
+    from megatron_vlm.models.registry import read_arch
+
+    arch = read_arch(MODELS["qwen3-vl-8b"])
+    geometry = arch.family.geometry
+    assert page_grid(144, geometry) == (1, 106, 74)  # 1696 / 16 rows, 1184 / 16 columns
+    workload = synthetic_workload(131072, geometry)
+    assert workload.peak_row.image_tokens == len(workload.peak_row.image_grids) * 53 * 37
+    plan = api.tune(model="qwen3-vl-8b", gpus=64, global_batch=32, gpu="h100", micro_batch=[1])
+    assert plan.ranked and plan.arch.deepstack_layers == 3
+    flops = model_flops(arch, [131072], [(1, 106, 74)]).forward
+    per_patch_mlp = 2 * 2 * 1152 * 4304  # fc1 and fc2, no gate
+    assert flops.vision_linear > 27 * 106 * 74 * per_patch_mlp
+
+
 def test_infeasible_request_says_why(capsys):
     assert main(["tune", "--model", "qwen2.5-vl-72b", "--gpus", "8", "--gpu", "a100", "--global-batch", "8",
                  "--micro-batch", "1"]) == 1
