@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -129,7 +130,11 @@ def main() -> None:
         if int(os.environ.get("RANK", "0")) == 0:
             print("RESULT " + json.dumps(out))
         return
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.cp}", "--master-port=0",
+    with socket.socket() as sock:  # a free port for the processes' rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.cp}", "--master-addr=127.0.0.1",
+           f"--master-port={port}",
            __file__, "--worker", "--tokens", str(args.tokens), "--samples", str(args.samples),
            "--dtype", *args.dtype, "--part", *args.part, "--recompute", *args.recompute]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LONGVLM_DEVICE": "cpu",

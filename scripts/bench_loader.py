@@ -113,7 +113,7 @@ def main() -> None:
             item = ds[i]
             stages["read_and_decode"] += time.process_time() - t
             t = time.process_time()
-            collate_packs([item], args.max_seq_len)
+            collate_packs([item])
             stages["collate"] += time.process_time() - t
             t = time.process_time()
             for page in item["pages"]:

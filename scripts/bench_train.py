@@ -4,7 +4,9 @@
     python scripts/bench_train.py data-wait    # share of the step spent waiting for the loader at 128K rows
     python scripts/bench_train.py checkpoint   # save / load time and size, tiny and ~100M configs
     python scripts/bench_train.py data-path    # decode CPU and host memory per rank: TP1 vs TP2 x CP2
-    python scripts/bench_train.py gpu          # one GPU, bf16: tokens/s, TFLOP/s, MFU, peak memory (tiny, 1b; 8K, 32K)
+    python scripts/bench_train.py padding      # computed / real tokens of micro-batches: sizes 1, 2, 4 x layouts
+    python scripts/bench_train.py gpu          # one GPU: tokens/s, TFLOP/s, MFU, peak memory (tiny, 1b; 8K, 32K),
+                                               # for every layer combination that runs there (TE linears/attention, FP8)
 
 Inputs (pools, datasets, checkpoints) are made once under --work (default /tmp/longvlm-bench).
 """
@@ -66,8 +68,8 @@ def bare_steps(model_dir: Path, data: Path, steps: int) -> list[float]:
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss = model(batch["input_ids"], position_ids=batch["position_ids"], pixel_values=batch["pixel_values"],
-                     image_grid_thw=batch["image_grid_thw"], cu_seqlens=batch["cu_seqlens"], labels=batch["labels"],
-                     loss_mask=batch["loss_mask"])
+                     image_grid_thw=batch["image_grid_thw"], cu_seqlens=batch["cu_seqlens"],
+                     cu_seqlens_padded=batch["cu_seqlens_padded"], labels=batch["labels"], loss_mask=batch["loss_mask"])
         (loss.sum() / batch["loss_mask"].sum()).backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
@@ -176,28 +178,83 @@ def _load(data: str, batches: str, cp_size: str, cp_rank: str, tp_size: str, tp_
     print(json.dumps([cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, pixels, images]))
 
 
+def padding(args) -> None:
+    """Computed / real tokens of the micro-batches of a built dataset (no pages decoded: collation only), at
+    micro-batch sizes 1, 2 and 4 for several layouts: samples padded for CP, streams for SP / FP8, and the
+    interleaved schedule's fixed length (``training.data.fixed_length``)."""
+    from megatron_vlm.data.collate import collate_packs
+    from megatron_vlm.data.dataset import BuiltDataset
+    from megatron_vlm.formats.dataset import max_samples_per_pack, open_dataset
+    from megatron_vlm.parallel import ParallelLayout
+
+    pool = make_pool(args.work / "pool144", 144)
+    data = make_dataset(pool, args.work / f"data144-{args.seq}", args.seq, 6e5 * args.seq / 8192)
+    ds = BuiltDataset(data, decode_images=False)
+    items = [ds.item(i) for i in range(len(ds))]
+    longest = max(len(it["input_ids"]) for it in items)
+    most = max_samples_per_pack(data, open_dataset(data))
+    layouts = {"TP1": (ParallelLayout(), False), "TP2+SP": (ParallelLayout(tp=2, sp=True), False),
+               "CP2": (ParallelLayout(cp=2), False), "TP2xCP2+SP": (ParallelLayout(tp=2, cp=2, sp=True), False),
+               "CP8": (ParallelLayout(cp=8), False), "TP4xCP8+SP fp8": (ParallelLayout(tp=4, cp=8, sp=True), True),
+               "PP2 VPP2": (ParallelLayout(pp=2, vpp=2), False)}
+    print(f"{data.name}: {len(items)} rows, {sum(len(it['cu_seqlens']) - 1 for it in items)} samples, "
+          f"longest row {longest:,} tokens; computed / real tokens over all micro-batches")
+    print(f"{'layout':<16}" + "".join(f"{'MB ' + str(mb):>9}" for mb in (1, 2, 4)))
+    for name, (layout, fp8) in layouts.items():
+        pad = layout.token_padding(fp8=fp8)
+        cells = []
+        for mb in (1, 2, 4):
+            fixed = None
+            if layout.vpp:  # training.data.fixed_length with train.seq_length = the longest row
+                bound = mb * (longest + most * (pad.sample - 1))
+                fixed = -(-bound // pad.stream) * pad.stream
+            computed = real = 0
+            for k in range(0, len(items) - mb + 1, mb):
+                batch = collate_packs(items[k:k + mb], pad, fixed)
+                computed += batch["input_ids"].numel()
+                real += int(batch["real_tokens"])
+            cells.append(computed / real)
+        print(f"{name:<16}" + "".join(f"{c:>9.3f}" for c in cells))
+
+
 def gpu(args) -> None:
-    """``longvlm train`` on one GPU in bf16 (Megatron's distributed optimizer, mixed precision) on real rows
-    of 144-dpi pages: throughput, model TFLOP/s, MFU against the GPU's preset and peak memory."""
+    """``longvlm train`` on one GPU (Megatron's distributed optimizer, mixed precision) on real rows of 144-dpi
+    pages: throughput, model TFLOP/s, MFU against the GPU's preset and peak memory, for every combination of
+    linears, core attention and precision this machine runs (Transformer Engine's only where it imports;
+    FP8 only on a GPU that has it)."""
     import torch
+
+    from megatron_vlm.utils.transformer_engine import transformer_engine_error, transformer_engine_version
 
     if not torch.cuda.is_available():
         sys.exit("gpu: needs a CUDA GPU")
     os.environ["LONGVLM_DEVICE"] = "cuda"
+    combos = [("local", "torch", "bf16")]
+    te_problem = transformer_engine_error()
+    if te_problem is None:
+        combos += [("te", "torch", "bf16"), ("local", "te", "bf16"), ("te", "te", "bf16")]
+        if torch.cuda.get_device_capability() >= (8, 9):
+            combos += [("te", "torch", "fp8"), ("te", "te", "fp8")]
     pool = make_pool(args.work / "pool144", 144)
-    print(f"{torch.cuda.get_device_name()}; median of steps 3..{args.steps}; one process, bf16")
+    print(f"{torch.cuda.get_device_name()}, driver {torch.cuda.driver_version() if hasattr(torch.cuda, 'driver_version') else '?'}, "
+          f"torch {torch.__version__}, CUDA {torch.version.cuda}, Transformer Engine "
+          f"{transformer_engine_version() or 'not installed'}{f' ({te_problem})' if te_problem else ''}; "
+          f"median of steps 3..{args.steps}; one process")
     for size in args.sizes.split(","):
         model = make_model(args.work / "models" / size, size)
         for seq in (8192, 32768):
             data = make_dataset(pool, args.work / f"data144-{seq}", seq, 3e5 * seq / 8192)
-            recs = train_run(args.work, f"gpu-{size}-{seq}", model, data, args.steps,
-                             **{"train.precision": "bf16", "data.num_workers": 2, "train.seq_length": seq})[2:]
-            med = {k: statistics.median(r[k] for r in recs) for k in ("tokens_per_s", "tflops_per_gpu", "step_time")}
-            mfu = statistics.median(r["mfu"] for r in recs) if all("mfu" in r for r in recs) else float("nan")
-            memory = max(r["max_memory_gib"] for r in recs)
-            print(f"  {size:5s} {seq // 1024:3d}K rows: {med['tokens_per_s']:9,.0f} tokens/s/GPU  "
-                  f"{med['tflops_per_gpu']:6.1f} TFLOP/s  MFU {mfu:6.1%}  peak memory {memory:5.1f} GiB  "
-                  f"({med['step_time']:.3f} s/step)")
+            for impl, attention, precision in combos:
+                recs = train_run(args.work, f"gpu-{size}-{seq}-{impl}-{attention}-{precision}", model, data,
+                                 args.steps, **{"train.precision": precision, "data.num_workers": 2,
+                                                "train.seq_length": seq, "model.transformer_impl": impl,
+                                                "model.attention_backend": attention})[2:]
+                med = {k: statistics.median(r[k] for r in recs) for k in ("tokens_per_s", "tflops_per_gpu", "step_time")}
+                mfu = statistics.median(r["mfu"] for r in recs) if all("mfu" in r for r in recs) else float("nan")
+                memory = max(r["max_memory_gib"] for r in recs)
+                print(f"  {size:5s} {seq // 1024:3d}K {impl:5s} linears {attention:5s} attention {precision:4s}: "
+                      f"{med['tokens_per_s']:9,.0f} tokens/s/GPU {med['tflops_per_gpu']:6.1f} TFLOP/s  MFU {mfu:6.1%}  "
+                      f"peak memory {memory:5.1f} GiB ({med['step_time']:.3f} s/step)", flush=True)
 
 
 def main() -> None:
@@ -205,7 +262,7 @@ def main() -> None:
         {"_load": _load, "_checkpoint_io": _checkpoint_io}[sys.argv[1]](*sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bench", choices=["overhead", "data-wait", "checkpoint", "data-path", "gpu"])
+    parser.add_argument("bench", choices=["overhead", "data-wait", "checkpoint", "data-path", "padding", "gpu"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/longvlm-bench"))
     parser.add_argument("--size", default="small", help="overhead: model size (tiny, small, 100m, 1b)")
     parser.add_argument("--dpi", type=int, default=72, help="overhead/checkpoint: page resolution of the pool")
@@ -217,7 +274,7 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     {"overhead": overhead, "data-wait": data_wait, "checkpoint": checkpoint, "data-path": data_path,
-     "gpu": gpu}[args.bench](args)
+     "padding": padding, "gpu": gpu}[args.bench](args)
 
 
 if __name__ == "__main__":

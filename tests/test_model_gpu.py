@@ -1,5 +1,8 @@
-"""GPU checks of Qwen25VLModel: bf16 parity with transformers (torch and te backends), bf16 vs fp32,
-te vs torch (same weights). Run on the process's GPU (the ``cuda`` fixture lifts the suite's CPU pin).
+"""GPU checks of Qwen25VLModel: bf16 parity with transformers for every combination of linears
+(``transformer_impl`` local / te) and core attention (``attention_backend`` torch / te), bf16 vs fp32,
+Transformer Engine's parts vs the local ones (same weights) on packed samples with THD padding, and
+(two GPUs) context parallelism over packed rows with TE's attention vs the torch backend. Run on the
+process's GPU (the ``cuda`` fixture lifts the suite's CPU pin).
 
 The bf16 tolerance, and why: bf16 keeps 8 significant bits (unit roundoff 2^-9, 0.2%), and every
 matmul, norm and softmax rounds its output once, so the logits of a model in bf16 carry a relative
@@ -22,22 +25,38 @@ pytestmark = pytest.mark.gpu
 BF16_FACTOR, BF16_SLACK, BF16_CAP = 1.5, 2e-3, 3e-2
 
 
-def _model(backend: str, dtype: torch.dtype, device, hf_config=None):
+COMBINATIONS = [("local", "torch"), ("te", "torch"), ("local", "te"), ("te", "te")]
+
+
+def _needs_te(impl: str, attention: str) -> None:
+    if "te" in (impl, attention):
+        pytest.importorskip("transformer_engine.pytorch")
+
+
+def _model(impl: str, attention: str, dtype: torch.dtype, device, hf_config=None):
     from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
     from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
     from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
     hf_config = hf_config or tiny_qwen25vl_config()
-    cfg = qwen25vl_config_from_hf(hf_config.to_dict(), attention_backend=backend, params_dtype=dtype)
+    cfg = qwen25vl_config_from_hf(hf_config.to_dict(), transformer_impl=impl, attention_backend=attention,
+                                  params_dtype=dtype)
     return Qwen25VLModel(cfg).to(device).eval()
 
 
-def _inputs(device):
+def _inputs(device, pad_to: int = 1):
+    """Two packed samples with three images; each sample padded at its end to a multiple of ``pad_to``
+    (``cu_seqlens`` real, ``cu_seqlens_padded`` in the stream, as the loader gives them)."""
     a = make_row([5, (1, 16, 12), 7, (1, 8, 28), 9], seed=1)
     b = make_row([4, (1, 10, 14), 20], seed=2)
-    ids = torch.cat([a[0], b[0]])[None].to(device)
-    return dict(input_ids=ids, pixel_values=torch.cat([a[2], b[2]]).to(device),
-                image_grid_thw=torch.cat([a[1], b[1]]), cu_seqlens=torch.tensor([0, len(a[0]), ids.shape[1]]))
+    pieces, starts = [], [0]
+    for ids in (a[0], b[0]):
+        padded = -(-len(ids) // pad_to) * pad_to
+        pieces.append(torch.cat([ids, torch.full((padded - len(ids),), 151643)]))
+        starts.append(starts[-1] + padded)
+    ids = torch.cat(pieces)[None].to(device)
+    return dict(input_ids=ids, pixel_values=torch.cat([a[2], b[2]]).to(device), image_grid_thw=torch.cat([a[1], b[1]]),
+                cu_seqlens=torch.tensor([0, len(a[0]), len(a[0]) + len(b[0])]), cu_seqlens_padded=torch.tensor(starts))
 
 
 def _transfer(src, dst, tmp_path):
@@ -52,10 +71,10 @@ def _relative(a: torch.Tensor, ref: torch.Tensor) -> float:
     return ((a.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
-def bf16_errors(backend: str, device: torch.device, tmp_path) -> dict[str, float]:
+def bf16_errors(impl: str, attention: str, device: torch.device, tmp_path) -> dict[str, float]:
     """Relative logit errors against transformers in fp32 (CPU): transformers in bf16 on ``device``,
     and our model in bf16 on ``device``, on one row of text and two images; and top-1 agreements.
-    The ``te`` model gets its weights from the ``torch`` one through a dist checkpoint."""
+    A model with Transformer Engine parts gets its weights from the local one through a dist checkpoint."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
@@ -63,10 +82,10 @@ def bf16_errors(backend: str, device: torch.device, tmp_path) -> dict[str, float
     hf_config = tiny_qwen25vl_config()
     hf = Qwen2_5_VLForConditionalGeneration(hf_config).eval()
     randomize_weights_(hf, seed=0)
-    ours = _model("torch", torch.bfloat16, device, hf_config)
+    ours = _model("local", "torch", torch.bfloat16, device, hf_config)
     load_hf_weights(ours, hf, ours.model_config)
-    if backend == "te":
-        te = _model("te", torch.bfloat16, device, hf_config)
+    if (impl, attention) != ("local", "torch"):
+        te = _model(impl, attention, torch.bfloat16, device, hf_config)
         _transfer(ours, te, tmp_path)
         ours = te
     ids, grids, pixels = make_row([6, (1, 8, 12), 9, (1, 16, 8), 5], seed=3)
@@ -85,11 +104,10 @@ def bf16_errors(backend: str, device: torch.device, tmp_path) -> dict[str, float
                 ours_top1=(got.argmax(-1) == top1).float().mean().item())
 
 
-@pytest.mark.parametrize("backend", ["torch", "te"])
-def test_bf16_logits_match_transformers(cuda, backend, tmp_path):
-    if backend == "te":
-        pytest.importorskip("transformer_engine.pytorch")
-    err = bf16_errors(backend, cuda, tmp_path)
+@pytest.mark.parametrize("impl, attention", COMBINATIONS)
+def test_bf16_logits_match_transformers(cuda, impl, attention, tmp_path):
+    _needs_te(impl, attention)
+    err = bf16_errors(impl, attention, cuda, tmp_path)
     bound = min(BF16_FACTOR * err["transformers"] + BF16_SLACK, BF16_CAP)
     assert err["ours"] <= bound, err
     assert err["ours_vs_transformers"] <= 2 * bound, err
@@ -97,9 +115,9 @@ def test_bf16_logits_match_transformers(cuda, backend, tmp_path):
 
 
 def test_torch_backend_bf16_close_to_fp32(cuda):
-    ref = _model("torch", torch.float32, cuda)
+    ref = _model("local", "torch", torch.float32, cuda)
     randomize_weights_(ref, seed=0)
-    low = _model("torch", torch.bfloat16, cuda)
+    low = _model("local", "torch", torch.bfloat16, cuda)
     low.load_state_dict({k: v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else v
                          for k, v in ref.state_dict().items()})
     inputs = _inputs(cuda)
@@ -110,17 +128,44 @@ def test_torch_backend_bf16_close_to_fp32(cuda):
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.9
 
 
-@pytest.mark.parametrize("with_images", [False, True])
-def test_te_backend_matches_torch(cuda, tmp_path, with_images):
-    pytest.importorskip("transformer_engine.pytorch")
-    ref = _model("torch", torch.bfloat16, cuda)
+@pytest.mark.parametrize("impl, attention", COMBINATIONS[1:])
+@pytest.mark.parametrize("inputs_name", ["text", "packed", "thd_padded"])
+def test_transformer_engine_parts_match_local(cuda, tmp_path, impl, attention, inputs_name):
+    """Same weights: TE linears and/or TE attention vs the local layer with torch attention, on rows of text,
+    packed samples with images, and packed samples each padded to a multiple of 8 (TE's THD padding: the
+    loss and logits at real tokens; padding excluded from attention by cu_seqlens vs cu_seqlens_padded)."""
+    _needs_te(impl, attention)
+    ref = _model("local", "torch", torch.bfloat16, cuda)
     randomize_weights_(ref, seed=0)
-    te = _model("te", torch.bfloat16, cuda)
-    _transfer(ref, te, tmp_path)
-    inputs = _inputs(cuda)
-    if not with_images:
-        inputs = dict(input_ids=torch.randint(0, 1000, (2, 64), device=cuda))
+    other = _model(impl, attention, torch.bfloat16, cuda)
+    _transfer(ref, other, tmp_path)
+    inputs = {"text": lambda: dict(input_ids=torch.randint(0, 1000, (2, 64), device=cuda)),
+              "packed": lambda: _inputs(cuda), "thd_padded": lambda: _inputs(cuda, pad_to=8)}[inputs_name]()
     with torch.no_grad():
-        a, b = ref(**inputs).float(), te(**inputs).float()
+        a, b = ref(**inputs).float(), other(**inputs).float()
+    if inputs_name == "thd_padded":
+        real = torch.cat([torch.arange(s, s + n) for s, n in zip(inputs["cu_seqlens_padded"][:-1].tolist(),
+                                                                  inputs["cu_seqlens"].diff().tolist())])
+        a, b = a[:, real], b[:, real]
     rel = _relative(b, a)
-    assert rel < 2e-2, f"te vs torch relative error {rel}"
+    assert rel < 2e-2, f"{impl} linears / {attention} attention vs local / torch: relative error {rel}"
+
+
+def test_context_parallel_over_packed_rows_te_attention_matches_torch(tmp_path):
+    """Two GPUs, CP=2: the te attention backend (Transformer Engine's THD context parallelism, each cp_comm_type)
+    and the torch backend on the same per-sample zig-zag split of padded packed samples: per-token loss and
+    gradients agree within bf16 tolerance (tests/workers/cp_backends_gpu.py)."""
+    pytest.importorskip("transformer_engine.pytorch")
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA GPUs (context parallelism over NCCL)")
+    import json
+
+    from distributed import run_distributed
+
+    run_distributed("tests/workers/cp_backends_gpu.py", 2, ["--out", tmp_path], timeout=600,
+                    env={"LONGVLM_DEVICE": "cuda"})
+    for rank in range(2):
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        for comm, got in result.items():
+            assert "error" not in got, f"{comm}: {got['error']}"
+            assert got["loss"] < 2e-2 and got["grads"] < 5e-2, (comm, got)

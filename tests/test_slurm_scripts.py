@@ -4,6 +4,7 @@ The scripts' behaviour on a real scheduler is tested in test_slurm.py."""
 
 from __future__ import annotations
 
+import copy
 import os
 import shlex
 import signal
@@ -89,6 +90,59 @@ def test_bad_training_jobs_are_refused_before_anything_is_written(train_inputs, 
         api.slurm("train", recipe="tiny-cpu", overrides=train_overrides(train_inputs, 5, **bad),
                   run_dir=str(tmp_path / "run"), **options)
     assert not (tmp_path / "run").exists()
+
+
+def _expected_refusal(impl: str, attention: str, precision: str, cp: int, comm: str | None) -> str | None:
+    """What training must refuse for a GPU machine (the tiny model: 4 heads, 2 KV groups), or None."""
+    if precision == "fp8" and impl != "te":
+        return "train.precision=fp8 needs model.transformer_impl=te"
+    if cp > 1 and attention == "torch" and comm in ("p2p", "a2a"):
+        return f"parallel.cp_comm_type={comm} is Transformer Engine's"
+    if cp > 1 and attention == "te" and comm == "a2a":
+        return "2 KV heads per TP rank do not divide by cp=4"
+    return None
+
+
+COMBINATIONS = [(impl, attention, precision, cp, comm) for impl in ("local", "te") for attention in ("torch", "te")
+                for precision in ("bf16", "fp8") for cp, comms in ((1, [None]), (4, [None, "p2p", "a2a", "all_gather"]))
+                for comm in comms]
+
+
+def test_every_layer_combination_runs_or_is_refused_for_the_gpu_machine(train_inputs, tmp_path):
+    """Every combination of linears, core attention, precision and CP communication is either accepted for the
+    GPU machine or refused naming the key and what works (the checks `longvlm train` and `longvlm slurm train`
+    run); two of them end to end through `longvlm slurm train` on this machine (no GPU, no Transformer
+    Engine), which checks the recipe for the 8-GPU nodes it will run on and writes nothing when it refuses."""
+    from megatron_vlm.models.qwen25vl.arch import Qwen25VLArch
+
+    arch = Qwen25VLArch.from_hf(train_inputs["hf"])
+    base = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", train_overrides(train_inputs, 5))
+    for impl, attention, precision, cp, comm in COMBINATIONS:
+        config = copy.deepcopy(base)
+        config.model.transformer_impl, config.model.attention_backend = impl, attention
+        config.train.precision = precision
+        config.parallel = type(config.parallel)(cp=cp, cp_comm_type=comm)
+        problems = config.backend_problems(arch)
+        refusal = _expected_refusal(impl, attention, precision, cp, comm)
+        case = (impl, attention, precision, cp, comm)
+        if refusal is None:
+            assert problems == [], case
+        else:
+            assert any(refusal in p for p in problems), (case, problems)
+            assert all(" use " in p or " set " in p for p in problems), problems  # each says what works
+    for overrides, refusal in (({"model.transformer_impl": "te", "model.attention_backend": "te", "parallel.cp": 4,
+                                 "train.precision": "fp8"}, None),
+                                ({"parallel.cp": 4, "parallel.cp_comm_type": "p2p"}, "is Transformer Engine's")):
+        run_dir = tmp_path / f"run{refusal is None}"
+        call = dict(recipe="tiny-cpu", run_dir=str(run_dir), gpus_per_node=8,
+                    overrides=train_overrides(train_inputs, 5, **overrides, **{"train.global_batch_size": 8}))
+        if refusal is None:
+            api.slurm("train", **call)
+            assert load_recipe(run_dir / "config.yaml").model.transformer_impl == "te"
+        else:
+            with pytest.raises(RecipeError, match=refusal):
+                api.slurm("train", **call)
+            assert not run_dir.exists()
 
 
 def test_stage_scripts_shard_the_command_line_and_merge(tmp_path, capsys):

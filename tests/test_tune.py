@@ -4,6 +4,7 @@ recipes, built datasets), outputs (table, --explain, --json, --write-recipe) and
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -79,8 +80,8 @@ def test_infeasible_request_says_why(capsys):
     assert main(["tune", "--model", "qwen2.5-vl-7b", "--gpus", "8", "--gpu", "a100", "--global-batch", "8",
                  "--micro-batch", "1", "--recompute", "none", "--tp", "1", "--cp", "8"]) == 1
     out = capsys.readouterr().out
-    assert "smallest is TP1 PP1 CP8 DP1 MB1 recompute=none at 387.5 GiB (stage 0); activations 296 GiB" in out
-    assert "recompute=full would bring it to 78.4 GiB" in out
+    assert "smallest is TP1 PP1 CP8 DP1 MB1 recompute=none at 237.3 GiB (stage 0); activations 160 GiB" in out
+    assert "recompute=full would bring it to 74.4 GiB" in out
 
 
 def test_the_cost_model_knows_the_vlm():
@@ -173,7 +174,7 @@ def test_host_memory_warning(capsys):
     (["--model", "qwen2.5-vl-7b", "--gpus", "8"], "give --global-batch"),
     (["--model", "qwen2.5-vl-7b", "--gpus", "12", "--global-batch", "8"], "not a whole number of nodes"),
     (["--model", "qwen2.5-vl-7b", "--gpus", "8", "--global-batch", "8", "--precision", "fp8"],
-     "precision fp8 needs --attention-backend te"),
+     "precision fp8 needs --transformer-impl te"),
     (["--model", "qwen2.5-vl-7b", "--gpus", "8", "--global-batch", "8", "--gpu", "a100", "--precision", "fp8",
       "--attention-backend", "te"], "fp8 peak of 0 TFLOP/s"),
 ])
@@ -181,3 +182,28 @@ def test_bad_input_is_a_clear_error(argv, message, capsys):
     assert main(["tune", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("longvlm tune: error: ") and message in err
+
+
+def test_the_shipped_128k_recipe_runs_on_the_machine_it_names():
+    """recipes/mmprolong-7b-128k.yaml: every layer setting is one training accepts for Qwen2.5-VL-7B on GPUs, and
+    the tuner predicts its layout fits 80 GB GPUs (64 of them, 8 per node, the recipe's comment) at 128K rows."""
+    from launch.tune.search import Planner, Request
+    from megatron_vlm.hardware import GPUS
+    from megatron_vlm.models.qwen25vl.arch import Qwen25VLArch
+    from training.config import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "mmprolong-7b-128k.yaml")
+    arch = Qwen25VLArch.from_hf(MODELS["qwen2.5-vl-7b"])
+    assert recipe.backend_problems(arch, te_version="2.18") == []
+    layout = recipe.parallel
+    layout.check_model(arch.num_layers, arch.num_heads, arch.num_query_groups, arch.vision_heads)
+    dp = 64 // layout.model_parallel_size
+    setup = Setup(precision=recipe.train.precision, attention_backend=recipe.model.attention_backend,
+                  transformer_impl=recipe.model.transformer_impl)
+    request = Request(gpus=64, gpus_per_node=8, global_batch=recipe.train.global_batch_size, gpu=GPUS["h100"],
+                      setup=setup)
+    planner = Planner(arch, synthetic_workload(recipe.train.seq_length), request)
+    candidate = planner.evaluate(Layout(layout, dp=dp, micro_batch=recipe.train.micro_batch_size,
+                                        recompute=recipe.model.recompute,
+                                        recompute_modules=tuple(recipe.model.recompute_modules)))
+    assert candidate.fits, f"{candidate.peak.total / 2**30:.1f} GiB"

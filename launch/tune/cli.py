@@ -18,7 +18,7 @@ from pathlib import Path
 from launch.tune.presets import MODELS
 from megatron_vlm.errors import ConfigError, LongVLMError, OutputExistsError
 from megatron_vlm.hardware import GPUS
-from megatron_vlm.models.config import ATTENTION_BACKENDS, RECOMPUTE_MODES
+from megatron_vlm.models.config import ATTENTION_BACKENDS, RECOMPUTE_MODES, TRANSFORMER_IMPLS
 from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_from_args
 
 GPU_CHOICES = (*GPUS, "cpu")
@@ -54,10 +54,13 @@ class TuneConfig:
     host_memory_gib: float | None = field(default=None, metadata={"help": "override: CPU memory per node (GiB)"})
     precision: str | None = field(default=None, metadata={
         "choices": PRECISIONS, "help": "training precision (default: the recipe's, else bf16; fp32 with --gpu cpu); "
-        "fp8 needs --attention-backend te"})
+        "fp8 needs --transformer-impl te"})
+    transformer_impl: str | None = field(default=None, metadata={
+        "choices": TRANSFORMER_IMPLS, "help": "the layers' linears and norms: local (Megatron-Core's) or te "
+        "(Transformer Engine; FP8) (default: the recipe's, else local)"})
     attention_backend: str | None = field(default=None, metadata={
-        "choices": ATTENTION_BACKENDS, "help": "the model's attention backend (default: the recipe's, else torch); "
-        "te cannot run packed rows with CP > 1 (docs/model.md)"})
+        "choices": ATTENTION_BACKENDS, "help": "the core attention: torch (SDPA; CP all-gathers K/V) or te (Transformer "
+        "Engine; CP as a p2p ring, a2a or all_gather, each weighed) (default: the recipe's, else torch)"})
     distributed_optimizer: bool | None = field(default=None, metadata={
         "help": "Megatron's distributed optimizer: optimizer state sharded over DP x CP (default: the recipe's, "
                 "else on; off with --gpu cpu, as training runs there)"})
@@ -72,7 +75,8 @@ class TuneConfig:
     micro_batch: list[int] = field(default_factory=lambda: [1, 2], metadata={
         "help": "micro-batch sizes (rows) to consider"})
     recompute: list[str] = field(default_factory=lambda: list(RECOMPUTE_MODES), metadata={
-        "choices": RECOMPUTE_MODES, "help": "activation recompute modes to consider"})
+        "choices": RECOMPUTE_MODES, "help": "activation recompute modes to consider; selective is weighed with each "
+        "module set: attn (core attention), norm+act (norm outputs and the MLP activation: element-wise), both"})
     tp: list[int] | None = field(default=None, metadata={"help": "only these tensor-parallel sizes"})
     pp: list[int] | None = field(default=None, metadata={"help": "only these pipeline-parallel sizes"})
     cp: list[int] | None = field(default=None, metadata={"help": "only these context-parallel sizes"})
@@ -195,11 +199,15 @@ def run(config: TuneConfig):
                              network_gbps=config.network_gbps, host_memory_gib=config.host_memory_gib)
     precision = _first(config.precision, train and train.precision, "fp32" if config.gpu == "cpu" else "bf16")
     backend = _first(config.attention_backend, recipe and recipe.model.attention_backend, "torch")
-    if precision == "fp8" and (backend != "te" or gpu.fp8_tflops <= 0):
-        raise ConfigError(f"precision fp8 needs --attention-backend te (Transformer Engine) and a GPU with fp8 "
-                          f"(the {gpu.name} preset has an fp8 peak of {gpu.fp8_tflops:g} TFLOP/s)")
+    impl = _first(config.transformer_impl, recipe and recipe.model.transformer_impl, "local")
+    if precision == "fp8" and (impl != "te" or gpu.fp8_tflops <= 0):
+        raise ConfigError(f"precision fp8 needs --transformer-impl te (Transformer Engine's linears) and a GPU with "
+                          f"fp8 (the {gpu.name} preset has an fp8 peak of {gpu.fp8_tflops:g} TFLOP/s)")
     cpu = config.gpu == "cpu"  # training on CPUs runs without the distributed optimizer and overlap
-    setup = Setup(precision=precision, attention_backend=backend, overlap_grad_reduce=not cpu,
+    if cpu and "te" in (impl, backend):
+        raise ConfigError("--gpu cpu measures this machine, which runs neither Transformer Engine's linears nor its "
+                          "attention: use --transformer-impl local --attention-backend torch")
+    setup = Setup(precision=precision, attention_backend=backend, transformer_impl=impl, overlap_grad_reduce=not cpu,
                   distributed_optimizer=not cpu and _first(config.distributed_optimizer,
                                                            recipe and recipe.optimizer.distributed_optimizer, True))
     request = Request(gpus=config.gpus, gpus_per_node=min(config.gpus_per_node, config.gpus), global_batch=rows,
@@ -232,14 +240,20 @@ def write_recipe(result, candidate, config: TuneConfig) -> Path:
     layout, setup = candidate.layout, result.request.setup
     recipe.parallel = layout.parallel
     recipe.model.recompute = layout.recompute
+    if layout.recompute == "selective":
+        recipe.model.recompute_modules = list(layout.recompute_modules)
     recipe.model.attention_backend = setup.attention_backend
+    recipe.model.transformer_impl = setup.transformer_impl
     recipe.train.micro_batch_size = layout.micro_batch
     recipe.train.global_batch_size = result.request.global_batch
     recipe.train.seq_length = result.workload.seq_len
     recipe.train.precision = setup.precision
     recipe.optimizer.distributed_optimizer = setup.distributed_optimizer
+    problems = recipe.backend_problems(result.arch)
+    if problems:  # the search proposes only what runs; a recipe it cannot write is a bug
+        raise AssertionError(f"the tuner chose a combination training refuses: {'; '.join(problems)}")
     header = (f"# written by `longvlm tune` for {result.request.gpus} x {result.request.gpu.name}: {layout.label()}, "
-              f"micro-batch {layout.micro_batch}, recompute {layout.recompute}; predicted "
+              f"micro-batch {layout.micro_batch}, recompute {layout.recompute_label}; predicted "
               f"{candidate.peak.total / 2 ** 30:.1f} GiB peak per GPU, {candidate.time.step:.2f} s per step\n")
     missing = [k for k, v in (("model.checkpoint", recipe.model.checkpoint), ("data.train", recipe.data.train)) if not v]
     if missing:
@@ -270,5 +284,5 @@ def main(args: argparse.Namespace) -> int:
             print()
             print(explain(chosen, result, layers))
     if result.written_recipe and not config.json and chosen is not None:
-        print(f"\nwrote {result.written_recipe} ({chosen.layout.label()}, recompute {chosen.layout.recompute})")
+        print(f"\nwrote {result.written_recipe} ({chosen.layout.label()}, recompute {chosen.layout.recompute_label})")
     return 0 if result.ranked else 1

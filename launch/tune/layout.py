@@ -80,7 +80,8 @@ class Layout:
         return [first] + [(num_layers - first) // (pp - 1)] * (pp - 1)
 
     def label(self) -> str:
-        return f"TP{self.tp} PP{self.pp} CP{self.cp} DP{self.dp}"
+        comm = f"({self.parallel.cp_comm_type})" if self.cp > 1 and self.parallel.cp_comm_type else ""
+        return f"TP{self.tp} PP{self.pp} CP{self.cp}{comm} DP{self.dp}"
 
     def to_dict(self) -> dict:
         return {**asdict(self.parallel), "dp": self.dp, "micro_batch": self.micro_batch, "recompute": self.recompute,

@@ -72,17 +72,20 @@ def format_table(plan: Plan, num_layers: int, top: int) -> str:
     req = plan.request
     head = (f"{req.gpus} x {req.gpu.name} ({req.gpus_per_node} per node), {plan.workload.describe()}; "
             f"global batch {req.global_batch} rows; {req.setup.precision}, attention backend "
-            f"{req.setup.attention_backend}{', distributed optimizer' if req.setup.distributed_optimizer else ''}")
+            f"{req.setup.attention_backend}, {req.setup.transformer_impl} linears"
+            f"{', distributed optimizer' if req.setup.distributed_optimizer else ''}")
     lines = [head, ""]
     if not plan.ranked:
         return "\n".join(lines + [infeasible_reason(plan)] + [f"warning: {w}" for w in warnings(plan)])
-    cols = f"{'#':>3} {'TP':>3} {'PP':>3} {'CP':>3} {'DP':>4} {'SP':>3} {'MB':>3} {'recompute':<10}{'stage layers':<14}" \
+    cols = f"{'#':>3} {'TP':>3} {'PP':>3} {'CP':>3} {'CP comm':<11}{'DP':>4} {'SP':>3} {'MB':>3} {'recompute':<14}" \
+           f"{'stage layers':<14}" \
            f"{'mem GiB':>8} {'step s':>8} {'tok/s/GPU':>10} {'MFU':>6}"
     lines.append(cols)
     for i, c in enumerate(plan.ranked[:top], 1):
         lo = c.layout
-        lines.append(f"{i:>3} {lo.tp:>3} {lo.pp:>3} {lo.cp:>3} {lo.dp:>4} {'on' if lo.sp else '-':>3} "
-                     f"{lo.micro_batch:>3} {lo.recompute:<10}{_layers(c, num_layers):<14}"
+        comm = lo.parallel.cp_comm_type_for(req.setup.attention_backend) if lo.cp > 1 else "-"
+        lines.append(f"{i:>3} {lo.tp:>3} {lo.pp:>3} {lo.cp:>3} {comm:<11}{lo.dp:>4} {'on' if lo.sp else '-':>3} "
+                     f"{lo.micro_batch:>3} {lo.recompute_label:<14}{_layers(c, num_layers):<14}"
                      f"{c.peak.total / GIB:>8.1f} {c.time.step:>8.2f} {c.time.tokens_per_gpu:>10,.0f} "
                      f"{c.time.mfu:>6.1%}")
     if len(plan.ranked) > top:
@@ -94,7 +97,7 @@ def format_table(plan: Plan, num_layers: int, top: int) -> str:
 def explain(c: Candidate, plan: Plan, num_layers: int) -> str:
     """One layout, part by part: memory of every stage, time of one step."""
     lo = c.layout
-    lines = [f"{lo.label()}, SP {'on' if lo.sp else 'off'}, micro-batch {lo.micro_batch}, recompute {lo.recompute}, "
+    lines = [f"{lo.label()}, SP {'on' if lo.sp else 'off'}, micro-batch {lo.micro_batch}, recompute {lo.recompute_label}, "
              f"language layers per stage {_layers(c, num_layers)}; "
              f"{plan.request.global_batch // (lo.dp * lo.micro_batch)} micro-batches per step", ""]
     names = [("weights", "weights"), ("gradients", "gradient buffer (fp32)"),
@@ -114,7 +117,7 @@ def explain(c: Candidate, plan: Plan, num_layers: int) -> str:
     lines += ["", f"step time {c.time.step:.2f} s (slowest stage, summed over the step's micro-batches):"]
     labels = {"gemm": "matmuls (linear layers, logits)", "attention": "attention (real segment lengths)",
               "recompute": "recomputation", "memory": "activation memory traffic", "tp_comm": "TP communication",
-              "cp_comm": "CP K/V all-gather + reduce", "pp_comm": "pipeline send/receive",
+              "cp_comm": "CP communication (exposed)", "pp_comm": "pipeline send/receive",
               "bubble": "pipeline bubble (fill + drain)", "dp_comm": "DP x CP gradient reduce / gather (exposed)",
               "optimizer": "optimizer step"}
     for key, label in labels.items():
@@ -133,7 +136,7 @@ def infeasible_reason(plan: Plan) -> str:
     acts = p["activations_language"] + p["activations_vision"] + p["logits"] + p["backward_temporaries"]
     states = p["weights"] + p["gradients"] + p["optimizer"]
     text = (f"does not fit in {gpu.memory_gib:.1f} GiB ({gpu.name}) at any layout: smallest is "
-            f"{s.layout.label()} MB{s.layout.micro_batch} recompute={s.layout.recompute} at {s.peak.total / GIB:.1f} GiB "
+            f"{s.layout.label()} MB{s.layout.micro_batch} recompute={s.layout.recompute_label} at {s.peak.total / GIB:.1f} GiB "
             f"(stage {s.peak.stage}); activations {acts:.0f} GiB, model states {states:.0f} GiB")
     full = plan.smallest_full_recompute
     if full is not None:

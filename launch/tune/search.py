@@ -3,9 +3,12 @@
 A layout can run when Megatron-Core can build it: TP divides the attention heads and KV groups of
 both towers, both MLP widths and the vocabulary; the language layers split over the pipeline
 stages with the chosen first-stage count (``ParallelLayout.check_model``); the global batch splits
-into DP x micro-batch; the ``te`` backend is not asked for packed rows with CP. It fits when its most loaded GPU's predicted peak is within
-the GPU memory. The first stage's layer count is chosen per layout to balance the vision tower
-against the language layers (fastest that fits). Feasible layouts are ranked by step time.
+into DP x micro-batch; the layer choices, CP communication and recompute modules run together
+(``megatron_vlm.models.config.backend_problems``: what ``longvlm train`` refuses is never proposed). It
+fits when its most loaded GPU's predicted peak is within the GPU memory. The first stage's layer count
+is chosen per layout to balance the vision tower against the language layers (fastest that fits);
+with the ``te`` attention backend and CP each of Transformer Engine's CP communications is weighed.
+Feasible layouts are ranked by step time.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import inspect
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from launch.tune.layout import Layout
+from launch.tune.layout import SELECTIVE_SETS, Layout
 from launch.tune.memory import (
     GIB,
     Allowances,
@@ -28,8 +31,9 @@ from launch.tune.timing import Efficiency, TimeEstimate, estimate_time
 from launch.tune.workload import Workload
 from megatron_vlm.errors import ConfigError
 from megatron_vlm.hardware import GpuSpec
-from megatron_vlm.models.config import RECOMPUTE_MODES
+from megatron_vlm.models.config import RECOMPUTE_MODES, backend_problems
 from megatron_vlm.models.hf_config import VLArch
+from megatron_vlm.parallel import CP_COMM_TYPES
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,6 @@ class Planner:
 
         out = []
         max_tp = req.max_tp or req.gpus_per_node
-        packed = any(len(r.segments) > 1 for r in self.workload.rows)
         for tp in _divisors(req.gpus):
             if tp > max_tp or (req.only_tp and tp not in req.only_tp):
                 continue
@@ -196,25 +199,47 @@ class Planner:
                     dp = req.gpus // (tp * pp * cp)
                     if req.global_batch % dp:
                         reject(f"DP {dp} does not divide --global-batch {req.global_batch}")
-                    elif cp > 1 and packed and req.setup.attention_backend == "te":
-                        reject("CP > 1 with packed rows needs the torch attention backend (te: not implemented)")
                     else:
                         out.append((tp, pp, cp, dp))
         return out, rejected
 
+    def recompute_options(self) -> list[tuple[str, tuple[str, ...]]]:
+        """``(mode, modules)`` to weigh: the requested modes, selective as each module set that does something
+        with these layer choices (no ``layernorm`` with Transformer Engine's fused norms, no ``act`` under FP8)."""
+        setup, out = self.request.setup, []
+        for mode in self.request.recompute:
+            if mode != "selective":
+                out.append((mode, ()))
+                continue
+            for modules in SELECTIVE_SETS:
+                kept = tuple(m for m in modules if not (m == "layernorm" and setup.transformer_impl == "te")
+                             and not (m == "act" and setup.precision == "fp8"))
+                if kept and (mode, kept) not in out:
+                    out.append((mode, kept))
+        return out
+
+    def cp_comm_types(self, cp: int, tp: int) -> list[str | None]:
+        """The CP communications to weigh: Transformer Engine's three with the te backend, else the gather."""
+        if cp == 1 or self.request.setup.attention_backend != "te":
+            return [None]
+        return [c for c in CP_COMM_TYPES if not backend_problems(
+            self.request.setup.transformer_impl, "te", Layout.make(tp=tp, cp=cp, cp_comm_type=c).parallel,
+            fp8=self.request.setup.precision == "fp8", arch=self.arch)]
+
     def best_for_split(self, tp: int, pp: int, cp: int, dp: int) -> list[Candidate]:
-        """One candidate per (micro-batch, recompute): the first-stage layer count that is fastest
+        """One candidate per (micro-batch, recompute, CP communication): the first-stage layer count that is fastest
         among those that fit (or the least memory if none fits)."""
         req = self.request
         out = []
         for mb in req.micro_batches:
             if req.global_batch % (dp * mb):
                 continue
-            for recompute in req.recompute:
+            for (recompute, modules), comm in ((r, c) for r in self.recompute_options()
+                                               for c in self.cp_comm_types(cp, tp)):
                 options = []
                 for k in first_stage_options(self.arch.num_layers, pp):
                     layout = Layout.make(tp=tp, pp=pp, cp=cp, dp=dp, micro_batch=mb, recompute=recompute,
-                                         first_stage_layers=k)
+                                         recompute_modules=modules, first_stage_layers=k, cp_comm_type=comm)
                     try:
                         layout.parallel.check_model(self.arch.num_layers, self.arch.num_heads,
                                                     self.arch.num_query_groups, self.arch.vision_heads)
@@ -239,7 +264,7 @@ def plan(arch: VLArch, workload: Workload, request: Request) -> Plan:
     if not ranked and candidates:
         smallest = min(candidates, key=lambda c: c.peak.total)
         if smallest.layout.recompute != "full":  # what full recomputation would save, searched or not
-            smallest_full = planner.evaluate(replace(smallest.layout, recompute="full"))
+            smallest_full = planner.evaluate(replace(smallest.layout, recompute="full", recompute_modules=()))
     host = host_memory(workload, request, ranked[0].layout if ranked else None, arch.family.geometry.patch_dim)
     return Plan(arch=arch, request=request, workload=workload, ranked=ranked, smallest=smallest,
                 smallest_full_recompute=smallest_full, rejected=rejected, host=host)

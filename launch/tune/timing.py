@@ -3,10 +3,14 @@
 Per micro-batch and pipeline stage: the model FLOPs of the stage's share (``megatron_vlm.flops``:
 attention at the packed samples' real lengths, the vision tower on stage 0 split over CP ranks by
 image, answer-only logits on the last stage), divided by TP x CP, at the dense matmul peak times an
-achievable efficiency; activation traffic at the memory bandwidth; TP (sequence-parallel
-all-gathers / reduce-scatters, the vision tower's all-reduces), CP (K/V all-gather and gradient
-reduce) and pipeline messages at the bandwidth of the link the group spans (NVLink inside a node,
-the network across nodes). The 1F1B pipeline runs ``m`` micro-batches in
+achievable efficiency; activation traffic at the memory bandwidth; recomputation by module (the
+attention core's FLOPs, the MLP's GEMMs, the element-wise norms and activation as memory traffic);
+TP (sequence-parallel all-gathers / reduce-scatters, the vision tower's all-reduces), CP and pipeline
+messages at the bandwidth of the link the group spans (NVLink inside a node, the network across
+nodes). CP by communication: the torch backend's K/V all-gather (forward) and gradient reduce
+(backward) are exposed; Transformer Engine's p2p ring exchanges the same K/V blocks (and their
+gradients) while attention computes, so only what attention does not hide is exposed; its all_gather
+gathers again in backward; a2a exchanges Q, K, V and the output over heads, exposed. The 1F1B pipeline runs ``m`` micro-batches in
 ``(m - 1) * slowest stage + sum of stages``; gradient reduce-scatter and parameter all-gather over
 DP x CP overlap with the last backward / first forward; the Adam step streams the optimizer shard.
 """
@@ -66,17 +70,25 @@ def stage_micro_batch_time(arch: Qwen25VLArch, layout: Layout, setup: Setup, row
     linear = share * (f.language_linear + bw.language_linear)
     attention = share * (f.language_attention + bw.language_attention)
     recompute_linear = recompute_attention = 0.0
+    modules = set(layout.recompute_modules)
     if layout.recompute == "full":
         recompute_linear, recompute_attention = share * f.language_linear, share * f.language_attention
-    elif layout.recompute == "selective":
+    if "core_attn" in modules:
         recompute_attention = share * f.language_attention
+    if "mlp" in modules:
+        recompute_linear = share * f.language_linear * mlp_share(arch.hidden_size, arch.num_heads * arch.head_dim,
+                                                                   arch.num_query_groups * arch.head_dim,
+                                                                   arch.ffn_hidden_size)
     if stage == 0:
         linear += f.vision_linear + bw.vision_linear
         attention += f.vision_attention + bw.vision_attention
         if layout.recompute == "full":
             recompute_linear += f.vision_linear
-        if layout.recompute in ("full", "selective"):
+        if layout.recompute == "full" or "core_attn" in modules:
             recompute_attention += f.vision_attention
+        if "mlp" in modules:
+            hidden = arch.vision_hidden_size
+            recompute_linear += f.vision_linear * mlp_share(hidden, hidden, hidden, arch.vision_ffn_hidden_size)
     if stage == layout.pp - 1:
         linear += f.output_layer + bw.output_layer
     split = tp * cp / b  # flops are per row; a micro-batch holds b rows
@@ -87,10 +99,11 @@ def stage_micro_batch_time(arch: Qwen25VLArch, layout: Layout, setup: Setup, row
         "attention": attention / split / attn_rate,
         "recompute": (recompute_linear / gemm_rate + recompute_attention / attn_rate) / split,
     }
-    plain = activations(arch, replace(layout, recompute="none"), setup, row, stage)
+    plain = activations(arch, replace(layout, recompute="none", recompute_modules=()), setup, row, stage)
     traffic = eff.traffic * (plain.total - plain.inputs)
-    if layout.recompute == "full":
-        traffic += plain.language + plain.vision  # written again by the recomputation
+    if layout.recompute != "none":  # what recomputation writes again
+        kept = activations(arch, layout, setup, row, stage)
+        traffic += max(0.0, plain.language + plain.vision - kept.language - kept.vision)
     # each weight gradient is written in the model dtype, then added into the fp32 gradient buffer
     params = sum(p.numel for p in stage_parameters(arch, layout, stage))
     traffic += params * (2 * setup.act_bytes + 2 * setup.grad_bytes)
@@ -99,7 +112,8 @@ def stage_micro_batch_time(arch: Qwen25VLArch, layout: Layout, setup: Setup, row
     act, seq = setup.act_bytes, row.tokens * b
     local = seq / cp
     tp_bw = _link(tp, gpus_per_node, gpu, eff)
-    collectives = 8 + (4 if layout.recompute == "full" else 0)  # SP: 2 all-gathers + 2 reduce-scatters per pass
+    # SP: 2 all-gathers + 2 reduce-scatters per pass; recomputed layers (MLPs) gather (and reduce) again
+    collectives = 8 + (4 if layout.recompute == "full" else 2 if "mlp" in modules else 0)
     tp_time = layers * collectives * _ring(act * arch.hidden_size * local, tp, tp_bw)
     if stage == 0 and row.image_grids and tp > 1:
         patches = row.patches * b / cp
@@ -109,9 +123,8 @@ def stage_micro_batch_time(arch: Qwen25VLArch, layout: Layout, setup: Setup, row
     cp_time = 0.0
     if cp > 1:
         cp_bw = _link(tp * cp, gpus_per_node, gpu, eff)
-        kv_full = 2 * act * arch.num_query_groups // tp * arch.head_dim * seq  # K and V of the whole sequence
-        passes = 2 + (1 if layout.recompute == "full" else 0)  # gather forward, reduce backward
-        cp_time = layers * passes * _ring(kv_full, cp, cp_bw)
+        layer_attention = (out["attention"] / layers) if layers else 0.0  # one layer's, forward + backward
+        cp_time = layers * cp_layer_time(arch, layout, setup, seq, cp_bw, layer_attention)
         if stage == 0:
             cp_time += 2 * _ring(act * arch.hidden_size * row.image_tokens * b, cp, cp_bw)  # image embeddings
     out["cp_comm"] = cp_time
@@ -123,6 +136,29 @@ def stage_micro_batch_time(arch: Qwen25VLArch, layout: Layout, setup: Setup, row
     else:
         out["pp_comm"] = 0.0
     return out
+
+
+def mlp_share(hidden: int, q: int, kv: int, ffn: int) -> float:
+    """The MLP's share of a layer's linear FLOPs (gated: three ``hidden x ffn`` GEMMs)."""
+    mlp = 3 * hidden * ffn
+    return mlp / (mlp + hidden * (q + 2 * kv) + q * hidden)
+
+
+def cp_layer_time(arch: Qwen25VLArch, layout: Layout, setup: Setup, seq: float, bandwidth: float,
+                  attention_seconds: float) -> float:
+    """Exposed seconds of one language layer's context-parallel communication (forward + backward)."""
+    tp, cp, act = layout.tp, layout.cp, setup.act_bytes
+    comm = layout.parallel.cp_comm_type_for(setup.attention_backend)
+    kv_full = 2 * act * arch.num_query_groups // tp * arch.head_dim * seq  # K and V of the whole stream
+    refresh = 1 if layout.recompute == "full" or "core_attn" in layout.recompute_modules else 0
+    if comm == "p2p":  # forward ring of K/V, backward ring of K/V and of their gradients, under attention
+        ring = (1 + refresh + 2) * _ring(kv_full, cp, bandwidth)
+        return max(0.0, ring - attention_seconds * (1 + refresh / 3))
+    if comm == "a2a":  # Q, K, V in and the output back, forward and backward
+        q = act * arch.num_heads // tp * arch.head_dim * seq
+        return (2 + refresh) * (cp - 1) / cp * (2 * q + kv_full) / cp / bandwidth
+    gathers = 1 + refresh + (1 if setup.attention_backend == "te" else 0)  # TE gathers again in backward
+    return (gathers + 1) * _ring(kv_full, cp, bandwidth)  # and the gradients' reduce
 
 
 def estimate_time(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, flops: FlopCount, *,
