@@ -85,7 +85,7 @@ def test_infeasible_request_says_why(capsys):
 
 
 def test_the_cost_model_knows_the_vlm():
-    setup, row = Setup(), synthetic_workload(131072).rows[0]
+    setup, row = Setup(), synthetic_workload(131072, SEVEN_B.family.geometry).rows[0]
     # context parallelism splits the images: the busiest CP rank's vision activations halve
     one, two = (activations(SEVEN_B, Layout.make(cp=cp), setup, row, 0).vision for cp in (1, 2))
     assert two == pytest.approx(one / 2, rel=0.05)
@@ -184,16 +184,19 @@ def test_bad_input_is_a_clear_error(argv, message, capsys):
     assert err.startswith("longvlm tune: error: ") and message in err
 
 
-def test_the_shipped_128k_recipe_runs_on_the_machine_it_names():
-    """recipes/mmprolong-7b-128k.yaml: every layer setting is one training accepts for Qwen2.5-VL-7B on GPUs, and
-    the tuner predicts its layout fits 80 GB GPUs (64 of them, 8 per node, the recipe's comment) at 128K rows."""
+@pytest.mark.parametrize("name,preset", [("mmprolong-7b-128k", "qwen2.5-vl-7b"),
+                                         ("mmprolong-qwen3vl-8b", "qwen3-vl-8b")])
+def test_the_shipped_128k_recipe_runs_on_the_machine_it_names(name, preset):
+    """recipes/mmprolong-7b-128k.yaml (Qwen2.5-VL-7B) and mmprolong-qwen3vl-8b.yaml (Qwen3-VL-8B): every layer
+    setting is one training accepts for the model on GPUs, and the tuner predicts its layout fits 80 GB GPUs (64
+    of them, 8 per node, the recipe's comment) at 128K rows."""
     from launch.tune.search import Planner, Request
     from megatron_vlm.hardware import GPUS
-    from megatron_vlm.models.qwen25vl.arch import Qwen25VLArch
+    from megatron_vlm.models.registry import read_arch
     from training.config import load_recipe
 
-    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "mmprolong-7b-128k.yaml")
-    arch = Qwen25VLArch.from_hf(MODELS["qwen2.5-vl-7b"])
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / f"{name}.yaml")
+    arch = read_arch(MODELS[preset])
     assert recipe.backend_problems(arch, te_version="2.18") == []
     layout = recipe.parallel
     layout.check_model(arch.num_layers, arch.num_heads, arch.num_query_groups, arch.vision_heads)
@@ -202,7 +205,7 @@ def test_the_shipped_128k_recipe_runs_on_the_machine_it_names():
                   transformer_impl=recipe.model.transformer_impl)
     request = Request(gpus=64, gpus_per_node=8, global_batch=recipe.train.global_batch_size, gpu=GPUS["h100"],
                       setup=setup)
-    planner = Planner(arch, synthetic_workload(recipe.train.seq_length), request)
+    planner = Planner(arch, synthetic_workload(recipe.train.seq_length, arch.family.geometry), request)
     candidate = planner.evaluate(Layout(layout, dp=dp, micro_batch=recipe.train.micro_batch_size,
                                         recompute=recipe.model.recompute,
                                         recompute_modules=tuple(recipe.model.recompute_modules)))
