@@ -17,7 +17,7 @@ def tiny_qwen3vl_config(
     *,
     vocab_size: int = QWEN3VL_VOCAB_SIZE,
     hidden_size: int = 64,
-    num_layers: int = 2,
+    num_layers: int = 3,  # DeepStack feeds layers 0 and 1: a layer after them (as in every real size)
     num_heads: int = 4,
     num_kv_heads: int = 2,
     intermediate_size: int = 128,
