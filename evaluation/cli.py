@@ -1,4 +1,4 @@
-"""``longvlm eval TASK``: ``score`` (existing predictions), ``niah`` and ``docqa`` (run a model)."""
+"""``longvlm eval TASK``: ``score`` (existing predictions), ``niah``, ``docqa`` and ``mmniah`` (run a model)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import json
 
 from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_from_args
 
-DESCRIPTION = ("Measure long-context ability: needle-in-a-haystack in real documents (niah) and long-document "
-               "VQA scored with the MMLongBench-Doc rules (docqa), on a Hugging Face checkpoint in process "
+DESCRIPTION = ("Measure long-context ability: needle-in-a-haystack in real documents (niah), long-document VQA "
+               "(docqa: MMLongBench-Doc, LongDocURL, SlideVQA, each scored by its own rules, at one or several "
+               "context lengths) and MM-NIAH from its own files (mmniah), on a Hugging Face checkpoint in process "
                "(--backend hf) or on any OpenAI-compatible server (--backend openai, e.g. vLLM for 256K-512K); "
                "or score existing predictions (score). See docs/eval.md.")
 

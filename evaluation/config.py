@@ -18,7 +18,7 @@ from preprocess.synth.generators.chat_client import ChatClientOptions
 
 SCORING_MODES = ("generate", "teacher-forcing")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-INPUT_FORMATS = ("auto", "jsonl", "tasks", "mmlongbench")
+INPUT_FORMATS = ("auto", "jsonl", "tasks", "mmlongbench", "slidevqa", "longdocurl")
 TRUNCATE_SIDES = ("end", "middle")
 NEEDLE_MODES = ("image", "text")
 DEFAULT_LENGTHS = ("32K", "64K", "128K", "256K", "512K")
@@ -141,8 +141,9 @@ class NiahConfig(ModelOptions, OutputOptions):
         "needle depths: the share of the document tokens before the needle (0 = first, 1 = last)")})
     needle_modes: list[str] = field(default_factory=lambda: list(NEEDLE_MODES), metadata={"help": (
         "image: the needle is text drawn onto a page image; text: a text line between two pages")})
-    samples: int = field(default=1, metadata={"help": (
-        "needles per (length, depth, mode) cell, each in another haystack with another key and value")})
+    samples: int = field(default=5, metadata={"help": (
+        "needles per (length, depth, mode) cell, each in another haystack with another key and value "
+        "(one sample makes a cell a 0/1 coin; five give steps of 0.2)")})
     seed: int = field(default=0, metadata={"help": "seeds the haystack documents, needle keys and values"})
     page_markers: bool = field(default=True, metadata={"help": (
         "put a 'Page N:' text marker before each page image, as in training")})
@@ -166,14 +167,18 @@ class NiahConfig(ModelOptions, OutputOptions):
 class DocQAConfig(ModelOptions, OutputOptions):
     input: str = field(metadata={"positional": True, "metavar": "INPUT", "help": (
         "questions: a JSONL of {doc, question, answer, answer_format, evidence_pages}, a TASKS.jsonl "
-        "of 'longvlm synth' (with --pool), or MMLongBench-Doc's samples.json (with --pdf-dir)")})
+        "of 'longvlm synth' (with --pool), MMLongBench-Doc's samples.json or LongDocURL's LongDocURL.jsonl "
+        "(with --pdf-dir), or a SlideVQA annotation JSONL (with --image-dir)")})
     input_format: str = field(default="auto", metadata={"choices": INPUT_FORMATS, "help": (
-        "auto: by content (a JSON list = mmlongbench; lines with 'task' and 'doc_id' = tasks; lines with "
-        "'doc' = jsonl)")})
+        "auto: by content (a JSON list = mmlongbench; lines with 'task' and 'doc_id' = tasks; 'deck_name' = "
+        "slidevqa; 'doc_no' = longdocurl; 'doc' = jsonl)")})
     pool: str | None = field(default=None, metadata={"metavar": "POOL_DIR", "help": (
         "pool holding the documents named by doc id")})
     pdf_dir: str | None = field(default=None, metadata={"metavar": "DIR", "help": (
         "folder of the PDFs named by relative paths (default: the input file's folder)")})
+    image_dir: str | None = field(default=None, metadata={"metavar": "DIR", "help": (
+        "slidevqa: the folder holding one subfolder of slide images per deck (DIR/DECK_NAME/*.jpg, as "
+        "SlideVQA's download script writes them; default: the input file's folder)")})
     dpi: int = field(default=144, metadata={"help": "render resolution of PDF pages, as the pool renders them"})
     min_pixels: int | None = field(default=None, metadata={
         "help": "smart_resize lower bound on page pixels (default: the model family's preprocessor's)"})
@@ -185,6 +190,10 @@ class DocQAConfig(ModelOptions, OutputOptions):
     max_context: str | None = field(default=None, metadata={"metavar": "LENGTH", "help": (
         "truncate documents whose prompt exceeds LENGTH tokens (e.g. 128K) by dropping pages; dropped "
         "pages and evidence are recorded per example")})
+    context_lengths: list[str] | None = field(default=None, metadata={"metavar": "LENGTH", "help": (
+        "run every question at each of these context lengths (the paper's columns: 64K 128K 256K 512K), "
+        "truncating as --max-context does; rows record the target and the prompt tokens actually used, "
+        "the summary gives Acc/F1 per length")})
     truncate: str = field(default="end", metadata={"choices": TRUNCATE_SIDES, "help": (
         "with --max-context: drop pages from the end, or from the middle (keeping the first and last ones); "
         "kept pages keep their page numbers")})
@@ -196,6 +205,10 @@ class DocQAConfig(ModelOptions, OutputOptions):
         errors = self.model_option_errors()
         if self.max_context is not None:
             parse_length(self.max_context, "max-context")
+        for value in self.context_lengths or []:
+            parse_length(value, "context-lengths")
+        if self.max_context is not None and self.context_lengths:
+            errors.append("--max-context and --context-lengths exclude each other")
         low, high = self.min_pixels, self.max_pixels
         if self.dpi < 1 or (low is not None and low < 1) or (low is not None and high is not None and high < low):
             errors.append("--dpi and --min-pixels must be positive and --max-pixels >= --min-pixels")
@@ -211,3 +224,26 @@ class ScoreConfig:
     json: bool = field(default=False, metadata={"help": "print the summary as one JSON object"})
     output: str | None = field(default=None, metadata={"flag": "-o", "metavar": "SCORED.jsonl", "help": (
         "also write the rows with their score")})
+
+
+@dataclass
+class MMNiahConfig(ModelOptions, OutputOptions):
+    input: list[str] = field(metadata={"positional": True, "metavar": "TASK.jsonl", "help": (
+        "MM-NIAH files, one per task as the benchmark names them (retrieval-text.jsonl, counting-image.jsonl, "
+        "reasoning-image.jsonl, ...)")})
+    image_dir: str | None = field(default=None, metadata={"metavar": "DIR", "help": (
+        "folder the images_list / choices_image_path paths are relative to (default: the first file's folder)")})
+    min_pixels: int | None = field(default=None, metadata={
+        "help": "smart_resize lower bound on image pixels (default: the model family's preprocessor's)"})
+    max_pixels: int | None = field(default=None, metadata={
+        "help": "smart_resize upper bound on image pixels (default: the model family's preprocessor's)"})
+    page_markers: bool = field(default=False, metadata={"help": (
+        "put a 'Page N:' marker before each image (MM-NIAH's prompt has none)")})
+
+    def __post_init__(self) -> None:
+        errors = self.model_option_errors()
+        low, high = self.min_pixels, self.max_pixels
+        if (low is not None and low < 1) or (low is not None and high is not None and high < low):
+            errors.append("--min-pixels must be positive and --max-pixels >= --min-pixels")
+        if errors:
+            raise EvalError("; ".join(errors))

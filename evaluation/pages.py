@@ -9,6 +9,8 @@ pool pages) and encoded bytes (for API backends):
   family's grid if the pool was rendered for another);
 - :class:`PdfPage`: a PDF page rendered like the pool renders (``dpi``, then smart_resize in one
   rasterization, ``preprocess.pool.render``);
+- :class:`ImagePage`: an image file (a slide of a SlideVQA deck, an MM-NIAH image) resized as the
+  model family's processor resizes it (``smart_resize``, bicubic);
 - :class:`EditedPage`: another page cut to its top-left part and/or with a needle drawn onto it.
 """
 
@@ -138,6 +140,40 @@ class PdfPage(Page):
 
     def describe(self) -> dict:
         return {"pdf": self.path, "page": self.page_number}
+
+
+@dataclass(frozen=True, eq=False)
+class ImagePage(Page):
+    path: str
+    height: int
+    width: int
+    geometry: ImageGeometry
+
+    @classmethod
+    def of(cls, path: str | Path, geometry: ImageGeometry, min_pixels: int | None = None,
+           max_pixels: int | None = None) -> ImagePage:
+        """The image at its size for the family ``geometry``; ValueError names an unreadable image or a bad
+        aspect ratio."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as image:
+                height, width = geometry.smart_resize(image.height, image.width, min_pixels=min_pixels,
+                                                      max_pixels=max_pixels)
+        except (OSError, UnidentifiedImageError) as err:
+            raise ValueError(f"{path}: not a readable image ({err})") from None
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+        return cls(str(path), height, width, geometry)
+
+    def pixels(self) -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(self.path) as image:
+            return np.asarray(image.convert("RGB").resize((self.width, self.height), Image.BICUBIC))
+
+    def describe(self) -> dict:
+        return {"image": self.path}
 
 
 @dataclass(frozen=True)

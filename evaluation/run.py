@@ -24,7 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from evaluation.backends import backend_class, make_backend
-from evaluation.config import DocQAConfig, EvalError, NiahConfig, identity
+from evaluation.config import DocQAConfig, EvalError, MMNiahConfig, NiahConfig, identity
 from evaluation.prompt import PromptBuilder
 from evaluation.results import ResultStore
 from evaluation.rope import checkpoint_family, resolve_rope
@@ -42,8 +42,10 @@ class TaskSpec:
 TASKS = {
     "niah": TaskSpec("niah", "Multimodal needle-in-a-haystack in pool documents at 32K-512K tokens.",
                      NiahConfig, "evaluation.niah"),
-    "docqa": TaskSpec("docqa", "Long-document VQA (MMLongBench-Doc style) on PDFs or pool documents.",
+    "docqa": TaskSpec("docqa", "Long-document VQA: MMLongBench-Doc, LongDocURL, SlideVQA, synth tasks, own JSONL.",
                       DocQAConfig, "evaluation.docqa"),
+    "mmniah": TaskSpec("mmniah", "MM-NIAH (retrieval, counting, reasoning; text and image needles) from its files.",
+                       MMNiahConfig, "evaluation.mmniah"),
 }
 
 

@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 
 from evaluation.config import EvalError, ScoreConfig
-from evaluation.scoring import ANSWER_FORMATS, score_answer, summarize
+from evaluation.scoring import ANSWER_FORMATS, parse_list, score_answer, summarize
 from megatron_vlm.utils.atomic import atomic_write
 from megatron_vlm.utils.jsonl import read_jsonl_objects
 
 REQUIRED = ("question", "answer", "answer_format", "prediction")
 _GROUP_TITLES = {"by_answer_format": "answer format", "by_evidence": "evidence", "by_evidence_pages":
                  "evidence pages", "by_evidence_source": "evidence source", "by_doc_type": "document type",
-                 "by_task": "task"}
+                 "by_task": "task", "by_context_length": "context length"}
 
 
 def read_predictions(path: str | Path) -> list[dict]:
@@ -32,6 +32,17 @@ def read_predictions(path: str | Path) -> list[dict]:
                             f"{', '.join(ANSWER_FORMATS)}")
         if row["prediction"] is not None and not isinstance(row["prediction"], str):
             raise EvalError(f"{where}: 'prediction' must be a string (the model's output)")
+        for key in ("evidence_pages", "evidence_sources"):  # MMLongBench-Doc writes them as "[3, 5]"
+            if isinstance(row.get(key), str):
+                items = parse_list(row[key]) if row[key].strip() else []
+                if items is None:
+                    raise EvalError(f"{where}: '{key}' must be a list such as [3, 5], got {row[key]!r}")
+                row[key] = items
+        if isinstance(row.get("evidence_pages"), list):
+            try:
+                row["evidence_pages"] = [int(p) for p in row["evidence_pages"]]
+            except (TypeError, ValueError):
+                raise EvalError(f"{where}: 'evidence_pages' must hold page numbers, got {row['evidence_pages']!r}") from None
         rows.append(row)
     return rows
 
@@ -48,6 +59,8 @@ def format_summary(summary: dict) -> str:
                  f"{_num(summary.get('answer_token_accuracy'))}"]
     else:
         lines = [f"Acc {summary['acc']:.4f}  F1 {summary['f1']:.4f}  over {summary['n']} questions", ""]
+        if "slidevqa" in summary:
+            lines[1:1] = [f"SlideVQA QA: F1 {summary['slidevqa']['f1']:.4f}  EM {summary['slidevqa']['exact_match']:.4f}"]
         for key, title in _GROUP_TITLES.items():
             groups = summary.get(key)
             if not groups:

@@ -258,11 +258,14 @@ def acc_f1(rows: list[dict]) -> tuple[float, float]:
     return acc, f1
 
 
-def evidence_class(row: dict) -> str:
-    """MMLongBench-Doc's question classes: ``single-page``, ``cross-page``, ``unanswerable``."""
-    if str(row["answer"]) == NOT_ANSWERABLE:
-        return "unanswerable"
-    return "single-page" if len(row.get("evidence_pages") or []) == 1 else "cross-page"
+def evidence_classes(row: dict) -> list[str]:
+    """MMLongBench-Doc's question groups as its scorer (``show_results``) forms them: ``single-page``
+    (one evidence page, whatever the answer), ``cross-page`` (not one page, answerable) and
+    ``unanswerable``; an unanswerable question with one evidence page is in two groups."""
+    unanswerable = str(row["answer"]) == NOT_ANSWERABLE
+    single = len(row.get("evidence_pages") or []) == 1
+    return (["single-page"] if single else [] if unanswerable else ["cross-page"]) + \
+        (["unanswerable"] if unanswerable else [])
 
 
 def _groups(rows: list[dict], key, order: tuple[str, ...] = ()) -> dict[str, dict]:
@@ -286,13 +289,13 @@ def summarize(rows: Iterable[dict]) -> dict:
     acc, f1 = acc_f1(rows)
     summary = {"n": len(rows), "acc": acc, "f1": f1,
                "by_answer_format": _groups(rows, lambda r: [r["answer_format"]], ANSWER_FORMATS),
-               "by_evidence": _groups(rows, lambda r: [evidence_class(r)],
+               "by_evidence": _groups(rows, evidence_classes,
                                       ("single-page", "cross-page", "unanswerable")),
                "by_evidence_pages": _groups(rows, lambda r: [min(len(r.get("evidence_pages") or []), 4)])}
     if "4" in summary["by_evidence_pages"]:
         summary["by_evidence_pages"]["4+"] = summary["by_evidence_pages"].pop("4")
     for field, name in (("evidence_sources", "by_evidence_source"), ("doc_type", "by_doc_type"),
-                        ("task", "by_task")):
+                        ("task", "by_task"), ("context_length", "by_context_length")):
         if any(r.get(field) for r in rows):
             summary[name] = _groups(rows, lambda r, f=field: (r.get(f) if isinstance(r.get(f), list)
                                                              else [r.get(f) or "-"]))

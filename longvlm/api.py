@@ -49,11 +49,13 @@ def build(**options: Any):
     return run_build(dataclass_from_options(BuildConfig, options))
 
 
-def stats(**options: Any) -> dict:
-    """``longvlm stats``: ``prefix`` (and ``plot``: a PNG path) -> the statistics dict
-    (what ``--json`` prints)."""
+def stats(**options: Any) -> dict | list[dict]:
+    """``longvlm stats``: ``prefix`` (one dataset, or a list to compare several) and ``plot`` (a PNG
+    path) -> the statistics dict, or a list of them (what ``--json`` prints)."""
     from preprocess.dataset.stats_cli import StatsConfig, run
 
+    if isinstance(options.get("prefix"), str):
+        options["prefix"] = [options["prefix"]]
     return run(dataclass_from_options(StatsConfig, options))
 
 
@@ -136,7 +138,7 @@ def slurm(action: str, **options: Any) -> Any:
 
 
 def evaluate(task: str, **options: Any):
-    """``longvlm eval TASK``: ``task`` is ``"niah"``, ``"docqa"`` or ``"score"``; ``options`` are that
+    """``longvlm eval TASK``: ``task`` is ``"niah"``, ``"docqa"``, ``"mmniah"`` or ``"score"``; ``options`` are that
     task's CLI options as keywords::
 
         result = api.evaluate("niah", pool="pool", checkpoint="hf_ckpt", output="niah_out", lengths=["32K"])
@@ -159,6 +161,32 @@ def evaluate(task: str, **options: Any):
     if task not in TASKS:
         raise ValueError(f"unknown eval task {task!r}; choose one of score, {', '.join(TASKS)}")
     return run_task(task, TASKS[task].config(**options))
+
+
+def study(action: str, files: list[str], overrides: list[str] | tuple[str, ...] = (), **options: Any) -> Any:
+    """``longvlm study run|report``: ``files`` are experiment files (``recipes/study/*.yaml``), ``overrides``
+    ``key=value`` items applied to each (``inputs.pool=/data/pool``)::
+
+        steps = api.study("run", ["recipes/study/length-pool-native.yaml"], ["inputs.pool=pool", ...], work="study")
+        result = api.study("report", [...], [...], work="study", output="study/report")
+
+    ``run`` returns one ``launch.study.run.StepResult`` per stage (``ran`` or ``reused``); ``report`` a dict
+    with the table and the written files (``markdown``, ``csv``, ``figure``). Bad files or options raise
+    ``launch.study.experiment.StudyError`` before anything runs.
+    """
+    from launch.study.cli import ACTIONS
+
+    if action not in ACTIONS:
+        raise ValueError(f"unknown study action {action!r}; choose one of {sorted(ACTIONS)}")
+    config = dataclass_from_options(ACTIONS[action][0], {"args": [*files, *overrides], **options})
+    if action == "report":
+        from launch.study.report import report
+
+        return report(list(files), list(overrides), config.work, config.output)
+    from launch.study.run import run_experiments
+
+    return run_experiments(list(files), list(overrides), config.work, only=config.only,
+                           nproc_per_node=config.nproc_per_node, slurm=config if config.slurm else None)
 
 
 def demo(**options: Any):

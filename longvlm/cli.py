@@ -44,7 +44,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("build", "preprocess.dataset.cli",
             "Tokenize, length-control, mix and pack tasks into Megatron indexed datasets."),
     Command("stats", "preprocess.dataset.stats_cli",
-            "Report per-task tokens, length histogram and packing fill of a built dataset."),
+            "Per-task examples, tokens and length percentiles of built datasets; length plots; comparisons."),
     Command("convert", "checkpoint_tools.cli",
             "Convert Qwen2.5-VL checkpoints Hugging Face <-> Megatron, reshard, verify."),
     Command("train", "training.cli", "Continue-pretrain Qwen2.5-VL with Megatron-Core (TP/PP/CP/DP/SP)."),
@@ -53,7 +53,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("slurm", "launch.slurm.cli",
             "Training and sharded preprocessing on a SLURM cluster (sbatch, job arrays, status); local runs."),
     Command("eval", "evaluation.cli",
-            "Needle-in-a-haystack and long-document VQA at 32K-512K; scoring of predictions."),
+            "Needle-in-a-haystack, long-document VQA and MM-NIAH at 32K-512K; scoring of predictions."),
+    Command("study", "launch.study.cli",
+            "The paper's experiments as files: run what each needs (shared, resumable); report them side by side."),
     Command("demo", "longvlm.demo", "The whole pipeline in miniature on one CPU (a few minutes)."),
 )
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from megatron_vlm.errors import LongVLMError
@@ -41,10 +41,30 @@ class DemoConfig:
         "help": "folder of PDFs for the pool (12 real manuals shipped with longvlm, see its demo_pdfs/SOURCES.md)"})
     dpi: int = field(default=36, metadata={
         "help": "page render resolution (the recipe uses 144; 36 keeps CPU rows short)"})
-    max_seq_len: int = field(default=8192, metadata={"help": "packed sequence length of the dataset"})
-    token_budget: float = field(default=1.2e5, metadata={"help": "tokens in the built dataset"})
-    train_steps: int = field(default=24, metadata={"help": "optimizer steps of the tiny-cpu recipe"})
+    max_seq_len: int | None = field(default=None, metadata={"help": (
+        "packed sequence length of the dataset (default: 8192; --study: 4096)")})
+    token_budget: float | None = field(default=None, metadata={"help": (
+        "tokens in the built dataset (default: 1.2e5; --study: 4e4 per experiment)")})
+    train_steps: int | None = field(default=None, metadata={"help": (
+        "optimizer steps of the tiny-cpu recipe (default: 24; --study: 8 per experiment)")})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
+    study: list[str] | None = field(default=None, metadata={"metavar": "NAME", "help": (
+        "instead of the pipeline: run these experiments of the paper's study (recipes/study/NAME.yaml, e.g. "
+        "length-pool-native length-long-biased) in miniature with 'longvlm study', and write their report "
+        "to OUTPUT/study/report.md/.csv/.png (docs/study.md)")})
+    pool: str | None = field(default=None, metadata={"metavar": "POOL_DIR", "help": (
+        "use this pool (written by 'longvlm pool') instead of pooling --pdfs")})
+
+
+# The scale of the pipeline demo and of an experiment in miniature (--study: several trainings, so smaller).
+SCALE = {False: {"max_seq_len": 8192, "token_budget": 1.2e5, "train_steps": 24},
+         True: {"max_seq_len": 4096, "token_budget": 4e4, "train_steps": 8}}
+
+
+def scaled(config: DemoConfig) -> DemoConfig:
+    """``config`` with the scale options it leaves unset filled in for its mode (pipeline or --study)."""
+    defaults = SCALE[bool(config.study)]
+    return replace(config, **{k: v for k, v in defaults.items() if getattr(config, k) is None})
 
 
 @dataclass
@@ -91,8 +111,83 @@ def compare_exported(hf_dir: Path, ckpt_dir: Path) -> float:
     return result.max_abs_diff
 
 
+def _stage_runner(records: list[StageRecord]):
+    def stage(name: str, fn, describe):
+        print(f"\n== {name}", flush=True)
+        start = time.perf_counter()
+        value = fn()
+        records.append(StageRecord(name, time.perf_counter() - start, describe(value)))
+        print(f"   {records[-1].result}", flush=True)
+        return value
+    return stage
+
+
+def _pool(config: DemoConfig, out: Path, stage) -> Path:
+    """The demo's pool: --pool as given, else the --pdfs pooled at --dpi into OUTPUT/pool."""
+    from preprocess.pool.config import PoolConfig
+    from preprocess.pool.run import run as run_pool
+
+    if config.pool:
+        return Path(config.pool)
+    stage("pool", lambda: run_pool(PoolConfig(inputs=[config.pdfs], output=str(out / "pool"), min_pages=0,
+                                              max_pages=0, dpi=config.dpi, family=config.family, progress=False)),
+          lambda r: f"{r.accepted} documents, {r.pages} pages, {r.image_tokens:,} image tokens")
+    return out / "pool"
+
+
+def run_study_demo(config: DemoConfig) -> list[StageRecord]:
+    """``--study NAME...``: the experiments in miniature through ``longvlm study``, then their report."""
+    from launch.study.miniature import experiment_file, miniature_file, write_short_data
+    from launch.study.report import report
+    from launch.study.run import run_experiments
+    from megatron_vlm.formats.tasks import TASK_KINDS
+    from megatron_vlm.models.registry import get_family
+    from megatron_vlm.tokenizer import write_offline_tokenizer
+    from preprocess.dataset.config import check_token_budget
+    from preprocess.synth import SynthConfig, run_synth
+
+    out = Path(config.output)
+    check_token_budget(config.token_budget)
+    for name in config.study:
+        experiment_file(name)  # an unknown name fails before anything is written
+    if config.pool is not None and not (Path(config.pool) / "manifest.jsonl").is_file():
+        raise DemoError(f"--pool {config.pool}: not a pool (no manifest.jsonl); make one with 'longvlm pool'")
+    if config.pool is None and not Path(config.pdfs).is_dir():
+        raise DemoError(f"--pdfs {config.pdfs}: no such folder; pass a folder of PDFs")
+    _prepare_output(out)
+    records: list[StageRecord] = []
+    stage = _stage_runner(records)
+    pool = _pool(config, out, stage)
+    tokenizer = write_offline_tokenizer(out / "tokenizer", config.family)
+    hf = get_family(config.family).save_tiny_checkpoint(out / "hf_tiny", seed=config.seed)
+    for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copyfile(tokenizer / name, hf / name)
+    short = stage("short data", lambda: write_short_data(pool, out / "short_data"),
+                  lambda p: f"LLaVA-style instruction data from the pool's pages in {p.relative_to(out)}")
+    questions = out / "eval_tasks.jsonl"
+    single_page = next(k.name for k in TASK_KINDS.values() if k.category == "vqa" and k.evidence_pages == (1, 1))
+    stage("eval questions", lambda: run_synth(SynthConfig(pool=str(pool), output=str(questions), tasks=single_page,
+                                                          per_task=2, seed=config.seed + 1, progress=False)),
+          lambda r: f"{r.accepted} held-out questions (docqa by teacher forcing)")
+    inputs = {"pool": str(Path(pool).resolve()), "tokenizer": str(tokenizer.resolve()), "base_model": str(hf.resolve()),
+              "data": {"short_instruct": str(short.resolve())}}
+    files = [str(miniature_file(name, out / "study" / "experiments", inputs=inputs, eval_tasks=questions.resolve(),
+                                max_seq_len=config.max_seq_len, token_budget=config.token_budget,
+                                train_steps=config.train_steps, seed=config.seed)) for name in config.study]
+    for result in run_experiments(files, [], out / "study", log=lambda line: print(line, flush=True)):
+        records.append(StageRecord(f"{result.experiment}: {result.stage}", result.seconds,
+                                   f"{result.status} artifact {result.key}"))
+    table = stage("study report", lambda: report(files, [], out / "study", out / "study" / "report"),
+                  lambda r: "study/report.md, study/report.csv, study/report.png")
+    print("\n" + table["files"]["markdown"].read_text(), flush=True)
+    return records
+
+
 def run_demo(config: DemoConfig) -> list[StageRecord]:
     """Run every stage; returns one record per stage (printed as a table by the CLI)."""
+    config = scaled(config)
+    if config.study:
+        return run_study_demo(config)
     from checkpoint_tools import engine
     from checkpoint_tools.config import HFToMegatronConfig, MegatronToHFConfig, VerifyConfig
     from checkpoint_tools.verify import verify
@@ -102,41 +197,28 @@ def run_demo(config: DemoConfig) -> list[StageRecord]:
     from preprocess.dataset.run import build as build_dataset
     from preprocess.dataset.stats_cli import StatsConfig
     from preprocess.dataset.stats_cli import run as run_stats
-    from preprocess.pool.config import PoolConfig
-    from preprocess.pool.run import run as run_pool
     from preprocess.synth import SynthConfig, run_synth
 
     out = Path(config.output)
     check_token_budget(config.token_budget)  # before any stage runs, not after pool and synth
-    if not Path(config.pdfs).is_dir():
+    if config.pool is None and not Path(config.pdfs).is_dir():
         raise DemoError(f"--pdfs {config.pdfs}: no such folder; pass a folder of PDFs")
     _prepare_output(out)
     records: list[StageRecord] = []
-
-    def stage(name: str, fn, describe):
-        print(f"\n== {name}", flush=True)
-        start = time.perf_counter()
-        value = fn()
-        records.append(StageRecord(name, time.perf_counter() - start, describe(value)))
-        print(f"   {records[-1].result}", flush=True)
-        return value
-
     family = get_family(config.family)
-    stage("pool", lambda: run_pool(PoolConfig(inputs=[config.pdfs], output=str(out / "pool"), min_pages=0,
-                                              max_pages=0, dpi=config.dpi, family=family.model_type,
-                                              progress=False)),
-                 lambda r: f"{r.accepted} documents, {r.pages} pages, {r.image_tokens:,} image tokens")
-    stage("synth", lambda: run_synth(SynthConfig(pool=str(out / "pool"), output=str(out / "tasks.jsonl"),
+    stage = _stage_runner(records)
+    pool = _pool(config, out, stage)
+    stage("synth", lambda: run_synth(SynthConfig(pool=str(pool), output=str(out / "tasks.jsonl"),
                                                   per_doc=1, seed=config.seed, progress=False)),
           lambda r: f"{r.accepted} instances, {r.rejected} rejected (see tasks.summary.json)")
     tokenizer = write_offline_tokenizer(out / "tokenizer", family.model_type)
     build = stage("build", lambda: build_dataset(BuildConfig(
-        tasks=[str(out / "tasks.jsonl")], pool=str(out / "pool"), tokenizer=str(tokenizer),
+        tasks=[str(out / "tasks.jsonl")], pool=str(pool), tokenizer=str(tokenizer), family=family.model_type,
         output=str(out / "data" / "longpt"), max_seq_len=config.max_seq_len, token_budget=config.token_budget,
         seed=config.seed, progress=False)),
                   lambda r: f"{r.report['packing']['packs']} packed sequences of {r.report['packing']['samples']} samples, fill "
                             f"{r.report['packing']['fill_ratio']:.1%}")
-    stage("stats", lambda: run_stats(StatsConfig(prefix=str(build.prefix), plot=str(out / "lengths.png"))),
+    stage("stats", lambda: run_stats(StatsConfig(prefix=[str(build.prefix)], plot=str(out / "lengths.png"))),
           lambda s: f"{s['total_tokens']:,} tokens, histogram plot in lengths.png")
     hf = stage("tiny model", lambda: family.save_tiny_checkpoint(out / "hf_tiny", seed=config.seed),
                lambda p: f"random tiny {family.name} written to {p.name}/ (from a config, no download)")
@@ -179,7 +261,7 @@ def interrupted(args: argparse.Namespace) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    config = dataclass_from_args(DemoConfig, args)
+    config = scaled(dataclass_from_args(DemoConfig, args))
     print("longvlm demo: " + ", ".join(f"{k}={v}" for k, v in asdict(config).items()))
     records = run_demo(config)
     print("\n" + format_records(records))

@@ -12,13 +12,13 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from longvlm.cli import main as cli_main
 from megatron_vlm.formats.dataset import data_prefix, read_meta
+from megatron_vlm.formats.tasks import TASK_NAMES
 from preprocess.dataset.config import BuildConfig
 from preprocess.dataset.errors import BuildError
 from preprocess.dataset.lengths import LengthTarget, load_length_target
 from preprocess.dataset.mixture import parse_mixture, select_samples
 from preprocess.dataset.packing import fill_ratio, fill_upper_bound, pack
 from preprocess.dataset.run import build
-from preprocess.dataset.tasks import TASK_NAMES
 
 VQA = ("extract-single", "extract-multi", "reasoning")
 

@@ -25,7 +25,7 @@ def pool(real_pdfs):
 @pytest.fixture(scope="module")
 def requests(pool, qwen_tokenizer, qwen_tokenizer_dir, tmp_path_factory):
     config = NiahConfig(pool="unused", output=str(tmp_path_factory.mktemp("niah")), backend="openai", model="m",
-                        tokenizer=str(qwen_tokenizer_dir), depths=DEPTHS)
+                        tokenizer=str(qwen_tokenizer_dir), depths=DEPTHS, samples=1)
     return niah.requests(config, PromptBuilder(qwen_tokenizer), pool)
 
 

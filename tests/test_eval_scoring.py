@@ -149,3 +149,30 @@ def test_eval_score_cli(tmp_path, capsys):
     assert cli.main(["eval", "score", str(predictions)]) == 2
     err = capsys.readouterr().err
     assert f"{predictions}:1: answer_format 'Integer'" in err and "Traceback" not in err
+
+
+def test_eval_score_reads_mmlongbench_string_lists_and_groups_as_its_scorer(tmp_path, capsys):
+    """MMLongBench-Doc's samples.json keeps evidence_pages as strings ("[3, 5]"); its show_results puts
+    every one-page question in single-page (unanswerable ones too), and cross-page is answerable only."""
+    rows = [{"question": "q1", "answer": "7", "answer_format": "Int", "prediction": "7",
+             "evidence_pages": "[12]", "evidence_sources": "['Table']"},
+            {"question": "q2", "answer": "x y", "answer_format": "Str", "prediction": "x y",
+             "evidence_pages": "[3, 10]", "evidence_sources": "['Pure-text (Plain-text)', 'Chart']"},
+            {"question": "q3", "answer": "Not answerable", "answer_format": "None", "prediction": "Not answerable",
+             "evidence_pages": "[4]", "evidence_sources": "[]"},
+            {"question": "q4", "answer": "Not answerable", "answer_format": "None", "prediction": "no",
+             "evidence_pages": "[]", "evidence_sources": "[]"}]
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert cli.main(["eval", "score", str(predictions), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    # by hand: single-page = q1 (1) and q3 (1); cross-page = q2 (1); unanswerable = q3 (1) and q4 (0)
+    assert s["by_evidence"] == {"single-page": {"n": 2, "acc": 1.0, "f1": pytest.approx(s["by_evidence"]["single-page"]["f1"])},
+                                "cross-page": {"n": 1, "acc": 1.0, "f1": 1.0},
+                                "unanswerable": {"n": 2, "acc": 0.5, "f1": 0.0}}
+    assert {k: v["n"] for k, v in s["by_evidence_pages"].items()} == {"0": 1, "1": 2, "2": 1}  # not 4 and 7 chars
+    assert s["by_evidence_source"]["Table"]["n"] == 1 and s["by_evidence_source"]["Chart"]["n"] == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(dict(rows[0], evidence_pages="page twelve")) + "\n")
+    assert cli.main(["eval", "score", str(bad)]) == 2
+    assert "bad.jsonl:1: 'evidence_pages' must" in capsys.readouterr().err

@@ -222,3 +222,38 @@ def test_stats_from_files(built, tmp_path, capsys, qwen_tokenizer):
     assert main(["stats", str(prefix), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["total_tokens"] == stats["total_tokens"] and 0 < printed["image_token_share"] < 1
+
+
+def test_stats_table_figures_by_hand_and_two_datasets_compared(built, tmp_path, capsys, qwen_tokenizer_dir):
+    from longvlm import api
+    from longvlm.cli import main
+    from preprocess.dataset.config import BuildConfig
+    from preprocess.dataset.run import build
+
+    prefix, pool, _ = built
+    ds = BuiltDataset(prefix, pool=pool, decode_images=False)
+    lengths = np.sort(np.concatenate([ds.read_pack(i)["sample_lengths"] for i in range(len(ds))]))
+    stats = api.stats(prefix=str(prefix))
+    # bins follow the 512-token rows: the paper's 128K bins x 512/131072; long = 100,000 x 512/131072
+    assert [b["lo"] for b in stats["histogram"]] == [0, 32, 64, 128, 256, 391]
+    assert stats["long_threshold"] == 391 and stats["long_share"] == pytest.approx((lengths >= 391).mean())
+    assert stats["p50"] == lengths[int(np.ceil(0.5 * len(lengths))) - 1]  # the inverted-CDF percentile
+    assert stats["p90"] == lengths[int(np.ceil(0.9 * len(lengths))) - 1]
+    assert stats["mean_length"] == pytest.approx(lengths.mean())
+    assert sum(b["examples"] for b in stats["histogram"]) == len(lengths) > 0
+    assert sum(sum(t["histogram"]) for t in stats["tasks"].values()) == len(lengths)
+
+    median = int(np.median(lengths)) + 1
+    hist = tmp_path / "hist.json"  # nine in ten examples from the longer half
+    hist.write_text(json.dumps({"edges": [0, median, 513], "fractions": [0.1, 0.9]}))
+    cfg = BuildConfig(tasks=[str(prefix.parent / "tasks.jsonl")], pool=str(prefix.parent / "pool"),
+                      tokenizer=str(qwen_tokenizer_dir), output=str(tmp_path / "biased"), max_seq_len=512,
+                      token_budget=12000, progress=False, max_repeats=1000, length_dist=str(hist))
+    build(cfg, pool=pool)
+    native, biased = api.stats(prefix=[str(prefix), str(tmp_path / "biased")], plot=str(tmp_path / "both.png"))
+    assert biased["p50"] >= median > native["p50"] and biased["mean_length"] > native["mean_length"] + 10
+    assert all(b["target"] is None for b in biased["histogram"])  # its target has other bins than the table's
+    assert (tmp_path / "both.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["stats", str(prefix), str(tmp_path / "biased")]) == 0
+    table = capsys.readouterr().out
+    assert "biased" in table and f"{biased['p50'] / 1024:.1f}K" in table.split("p50 / p90 length")[1].splitlines()[0]

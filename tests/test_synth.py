@@ -211,3 +211,48 @@ def test_cli_reports_a_missing_pool_and_bad_options(tmp_path, capsys):
     assert cli_main(["synth", str(tmp_path), "-o", str(tmp_path / "t.jsonl"), "--generator", "openai"]) == 2
     assert "needs --model" in capsys.readouterr().err
     assert not (tmp_path / "t.jsonl").exists()
+
+
+# -- task kinds ------------------------------------------------------------------------------------
+def test_no_stage_tests_a_task_name_outside_the_registry():
+    """Task names are data of ``megatron_vlm.formats.tasks.TASK_KINDS``: the stages look kinds up; only
+    the offline generator's table of question makers is keyed by name."""
+    import ast
+    from pathlib import Path
+
+    from megatron_vlm.formats.tasks import TASK_KINDS
+
+    repo = Path(__file__).resolve().parents[1]
+    allowed = {repo / "megatron_vlm/formats/tasks.py", repo / "preprocess/synth/generators/offline.py"}
+    found = []
+    for package in ("preprocess", "evaluation", "training", "launch", "longvlm", "megatron_vlm"):
+        for path in sorted((repo / package).rglob("*.py")):
+            if path in allowed:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Constant) and node.value in TASK_KINDS:
+                    found.append(f"{path.relative_to(repo)}:{node.lineno} {node.value!r}")
+    assert not found, found
+
+
+def test_a_new_vqa_kind_is_one_registry_entry_and_its_prompt_file(tmp_path, monkeypatch):
+    from megatron_vlm.formats import tasks
+    from preprocess.synth import prompts
+
+    kind = tasks.TaskKind("compare-pages", "vqa", "comparison of two pages", (2, 2), "segment", "compare-pages")
+    monkeypatch.setitem(tasks.TASK_KINDS, kind.name, kind)
+    monkeypatch.setattr(prompts, "PROMPT_DIR", tmp_path)
+    (tmp_path / "common.v1.txt").write_text((prompts.Path(prompts.__file__).parent / "prompts" / "common.v1.txt")
+                                            .read_text())
+    (tmp_path / "compare-pages.v1.txt").write_text("Compare two pages.")
+    prompts._load.cache_clear()
+    try:
+        segment = Segment(3, 10, ["Results"], "sections")
+        text = prompts.render_prompt("compare-pages", segment)
+        assert "comparison of two pages" in text and "Compare two pages." in text
+        qa = {"question": "On pages 4 and 5, which is longer?", "answer": "page 4", "evidence_pages": [4, 5]}
+        assert check_qa("compare-pages", qa, segment)["evidence_pages"] == [4, 5]
+        with pytest.raises(Rejected, match="wrong_evidence_count"):
+            check_qa("compare-pages", dict(qa, evidence_pages=[4]), segment)
+    finally:
+        prompts._load.cache_clear()

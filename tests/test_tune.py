@@ -50,7 +50,7 @@ def test_7b_on_64_h100s(capsys):
     assert main(["tune", "--model", "qwen2.5-vl-7b", "--gpus", "64", "--global-batch", "32", "--micro-batch", "1",
                  "--tp", "2", "--cp", "4", "--explain", "1"]) == 0
     text = capsys.readouterr().out
-    assert "activations: vision tower" in text and "CP K/V all-gather" in text and "TP2 PP1 CP4" in text
+    assert "activations: vision tower" in text and "CP communication (exposed)" in text and "TP2 PP1 CP4" in text
 
 
 def test_qwen3vl_8b_is_planned_with_its_own_geometry_and_shapes():
@@ -158,6 +158,16 @@ def test_model_from_checkpoints_and_recipe(tmp_path, tiny_hf_checkpoint, convert
     assert written.model.recompute == chosen.recompute and written.data.train[0].prefix == built_data
     with pytest.raises(FileExistsError, match="tuned.yaml exists"):
         api.tune(model=str(recipe), gpus=4, write_recipe=str(tuned))
+    # Transformer Engine's linears and attention in FP8: the written recipe names the chosen CP communication
+    # and selective modules, and training accepts it for the GPU machine
+    te = tmp_path / "te.yaml"
+    plan = api.tune(model=str(recipe), write_recipe=str(te), transformer_impl="te", attention_backend="te",
+                    precision="fp8", cp=[2], **{**common, "recompute": ["selective"]})
+    written, chosen = load_recipe(te), plan.ranked[0].layout
+    assert written.parallel.cp_comm_type == chosen.parallel.cp_comm_type in ("p2p", "a2a", "all_gather")
+    assert written.model.recompute == "selective" and tuple(written.model.recompute_modules) == chosen.recompute_modules
+    assert "act" not in chosen.recompute_modules and "layernorm" not in chosen.recompute_modules  # FP8 / TE norms
+    assert written.model.transformer_impl == "te" and written.backend_problems(plan.arch) == []
 
 
 def test_host_memory_warning(capsys):

@@ -38,7 +38,8 @@ class BuiltDataset(torch.utils.data.Dataset):
     ``image_grid_thw`` ``[n, 3]`` and ``pages`` (the decoded ``HxWx3`` uint8 page images, in order;
     the collation turns them into ``pixel_values`` in place, see ``megatron_vlm.data.collate``).
 
-    Pages come from the pool's page store (``pool``: an opened ``Pool`` or ``None`` to open the pool
+    Short-data images (``--short-data``) come from ``DATA_PREFIX_pages``; pages come from the pool's
+    page store (``pool``: an opened ``Pool`` or ``None`` to open the pool
     recorded in the dataset, or ``pool_dir`` to point at a moved pool) or, for datasets built with
     ``--copy-pages``, from ``DATA_PREFIX_pages``. Files are opened lazily in each (worker) process.
     """
@@ -69,7 +70,8 @@ class BuiltDataset(torch.utils.data.Dataset):
 
     def _open(self) -> dict[str, IndexedDataset]:
         if self._files is None:
-            self._files = {s: open_indexed(self.prefix, self.meta, s) for s in fmt.suffixes(self.copied)}
+            self._files = {s: open_indexed(self.prefix, self.meta, s)
+                           for s in fmt.suffixes(fmt.has_pages_file(self.meta))}
         return self._files
 
     @property
@@ -95,7 +97,7 @@ class BuiltDataset(torch.utils.data.Dataset):
     def page_pixels(self, record: np.ndarray) -> np.ndarray:
         """The ``HxWx3`` uint8 pixels of one image record (``fmt.IMAGE_FIELDS``)."""
         ordinal, page_number, page_index = (int(v) for v in record[:3])
-        if self.copied:
+        if self.copied or ordinal == fmt.SHORT_IMAGE:
             data = self._open()[fmt.PAGES][page_index].tobytes()
         else:
             data = self.pool.page_bytes(self.pool.documents[ordinal]["doc_id"], page_number)
@@ -132,7 +134,7 @@ class BuiltDataset(torch.utils.data.Dataset):
             if n not in wanted:
                 pages.append(None)
                 continue
-            key = int(record[2])
+            key = (int(record[0]) == fmt.SHORT_IMAGE, int(record[2]))
             if key not in cache:
                 pixels = self.page_pixels(record)
                 if not self.geometry.same_patches(self.stored) and not (

@@ -31,10 +31,12 @@ TOKENS = "_tokens"        # int32 token ids, image placeholders expanded (one <|
 TARGETS = "_targets"      # uint8, 1 where the token is a loss target (answer tokens + closing <|im_end|>)
 IMAGES = "_images"        # int32, IMAGE_FIELDS per image of the sample, in context order
 SAMPLES = "_samples"      # int64, SAMPLE_FIELDS per sample
-PAGES = "_pages"          # uint8 encoded page images (only with --copy-pages), one sequence per page
+PAGES = "_pages"          # uint8 encoded images, one sequence per image: the pages (--copy-pages) and the
+                          # short-data images (--short-data; image records with doc_ordinal SHORT_IMAGE)
 DATASETS = {TOKENS: np.int32, TARGETS: np.uint8, IMAGES: np.int32, SAMPLES: np.int64}
 
 IMAGE_FIELDS = ("doc_ordinal", "page_number", "page_index", "grid_h", "grid_w")
+SHORT_IMAGE = -1  # doc_ordinal of a short-data image: page_number = its number in the sample, page_index in _pages
 SAMPLE_FIELDS = ("task", "tasks_file", "line_number", "image_tokens", "target_tokens")
 
 # Loader conventions.
@@ -70,9 +72,14 @@ def meta_path(prefix: str | os.PathLike) -> Path:
     return Path(f"{prefix}.json")
 
 
-def suffixes(copy_pages: bool) -> list[str]:
-    """The dataset's IndexedDataset suffixes."""
-    return list(DATASETS) + ([PAGES] if copy_pages else [])
+def has_pages_file(meta: dict) -> bool:
+    """Whether the dataset has ``_pages``: built with ``--copy-pages``, or holding short-data images."""
+    return meta["pages"] == "copied" or meta["counts"]["pages"] > 0
+
+
+def suffixes(pages_file: bool) -> list[str]:
+    """The dataset's IndexedDataset suffixes (``pages_file``: :func:`has_pages_file`)."""
+    return list(DATASETS) + ([PAGES] if pages_file else [])
 
 
 def data_prefix(prefix: str | os.PathLike, meta: dict) -> str:
@@ -110,7 +117,7 @@ def check_dataset(prefix: str | os.PathLike, meta: dict) -> None:
     for name, record in meta["files"].items():
         check_file(base.parent / name, record, DatasetFormatError)
     counts = meta["counts"]
-    for suffix in suffixes(meta["pages"] == "copied"):
+    for suffix in suffixes(has_pages_file(meta)):
         expected = (counts["pages"], counts["pages"]) if suffix == PAGES else (counts["samples"], counts["packs"])
         found = indexed_counts(f"{base}{suffix}", DatasetFormatError)
         if found != expected:

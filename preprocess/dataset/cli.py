@@ -29,7 +29,7 @@ def format_report(report: dict) -> str:
     lines.append(f"{'bin':<14}{'target':>8}{'achieved':>10}{'examples':>10}{'candidates':>12}")
     for b in length["bins"]:
         lines.append(f"{b['bin']:<14}{b['target']:>8.1%}{b['achieved']:>10.1%}{b['examples']:>10}{b['candidates']:>12}")
-    lines.append(f"examples >= 100K tokens: {length['achieved_long_share']:.1%}")
+    lines.append(f"examples >= {length['long_threshold']:,} tokens: {length['achieved_long_share']:.1%}")
     lines.append(f"\npacking: {packing['samples']} samples into {packing['packs']} sequences of "
                  f"{packing['max_seq_len']:,}; fill {packing['fill_ratio']:.2%} (no packing of these "
                  f"lengths can exceed {packing['fill_upper_bound']:.2%})")
@@ -38,6 +38,11 @@ def format_report(report: dict) -> str:
         lines.append(f"DROPPED (longer than {drop['max_seq_len']:,} tokens): "
                      + ", ".join(f"{k}: {v}" for k, v in drop["per_task"].items())
                      + f"; e.g. {', '.join(drop['examples'][:3])}")
+    short = report.get("short_data")
+    if short:
+        lines.append(f"short data: {short['usable']} of {short['records']} records usable, token share "
+                     f"{short['achieved_share']:.2%} (target {short['target_share']:.2%}), {short['samples']} samples"
+                     + "".join(f"; skipped {n} {reason}" for reason, n in short["skipped"].items()))
     for reason, n in report["skipped"].items():
         lines.append(f"skipped {n} records: {reason}")
     for task, bins in report["mixture"]["length_bins_without_candidates"].items():

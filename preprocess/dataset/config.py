@@ -45,7 +45,20 @@ class BuildConfig:
     length_dist: str = field(default="pool-native", metadata={
         "metavar": "pool-native|long-biased|FILE",
         "help": "target histogram of sample lengths: the pool's own, the paper's long-biased "
-                "(83.9%% of examples >= 100K tokens), or a JSON file {edges, fractions}"})
+                "(83.9%% of examples >= 100K tokens; its bins scaled by --max-seq-len / 128K), or a JSON "
+                "file {edges, fractions}"})
+    short_data: list[str] | None = field(default=None, metadata={
+        "metavar": "FILE",
+        "help": "short-context instruction data mixed in at --short-share: LLaVA-style .json/.jsonl "
+                "(conversations with <image> placeholders, image paths) or Hugging Face datasets saved as "
+                ".parquet with embedded images (LLaVA-OneVision-Data's layout); bad records are skipped and "
+                "counted by reason"})
+    short_share: float = field(default=0.0, metadata={
+        "help": "token share of the short data in the dataset (0-1; the long tasks share the rest by "
+                "--mixture; 1: short data only, e.g. an SFT stage); needs --short-data"})
+    short_image_dir: str | None = field(default=None, metadata={
+        "metavar": "DIR", "help": "folder the image paths of LLaVA JSON/JSONL files are relative to "
+                                  "(default: each file's folder)"})
     page_markers: bool = field(default=True, metadata={
         "help": "put a 'Page N:' text marker before each page image (needed for page-anchored questions)"})
     seed: int = field(default=1234, metadata={"help": "seed of the sample selection and order"})
@@ -67,6 +80,14 @@ class BuildConfig:
             raise BuildError(f"--workers must be >= 1, got {self.workers}")
         if not self.tasks:
             raise BuildError("no tasks files given")
+        if not (math.isfinite(self.short_share) and 0 <= self.short_share <= 1):
+            raise BuildError(f"--short-share must be in [0, 1], got {self.short_share}")
+        if bool(self.short_share) != bool(self.short_data):
+            raise BuildError("--short-share and --short-data go together: give both (a share > 0 and the files) "
+                             "or neither")
+        for path in self.short_data or []:
+            if not Path(path).is_file():
+                raise BuildError(f"--short-data {path}: file not found")
         for path in self.tasks:
             if not Path(path).is_file():
                 raise BuildError(f"{path}: tasks file not found")

@@ -6,6 +6,10 @@ least 100K tokens") over token-length bins ``[edges[i], edges[i+1])``:
 - ``pool-native``: the natural distribution of the candidate samples (no length reweighting);
 - ``long-biased``: 83.9% of examples >= 100K tokens (the paper's long-biased variant, Table 11);
 - ``FILE``: a JSON file ``{"edges": [0, 32768, ...], "fractions": [...]}`` (one fraction per bin).
+
+The built-in bins are the paper's at its 128K sequence length; a dataset of another ``--max-seq-len``
+uses them scaled by ``max_seq_len / 131072`` (:func:`scaled_edges`), so "long-biased" means the same
+share of near-maximum-length examples at any scale (the 8K-token demo's long bin starts at 6.1K).
 """
 
 from __future__ import annotations
@@ -23,6 +27,18 @@ K = 1024
 DEFAULT_EDGES = (0, 8 * K, 16 * K, 32 * K, 64 * K, 100_000, 1 << 62)
 LONG_BIASED_FRACTIONS = (0.0, 0.01, 0.03, 0.05, 0.071, 0.839)
 LONG_THRESHOLD = 100_000
+PAPER_SEQ_LEN = 128 * K
+
+
+def scaled_edges(max_seq_len: int = PAPER_SEQ_LEN) -> tuple[int, ...]:
+    """:data:`DEFAULT_EDGES` scaled from the paper's 128K to ``max_seq_len`` (the last edge stays open)."""
+    scale = max_seq_len / PAPER_SEQ_LEN
+    return tuple(round(e * scale) for e in DEFAULT_EDGES[:-1]) + (DEFAULT_EDGES[-1],)
+
+
+def long_threshold(max_seq_len: int = PAPER_SEQ_LEN) -> int:
+    """The paper's "long" example (>= 100K of 128K tokens), scaled to ``max_seq_len``."""
+    return scaled_edges(max_seq_len)[-2]
 
 
 @dataclass(frozen=True)
@@ -40,12 +56,12 @@ class LengthTarget:
         return idx
 
 
-def load_length_target(spec: str) -> LengthTarget:
-    """``pool-native``, ``long-biased`` or the path of a JSON histogram file."""
+def load_length_target(spec: str, max_seq_len: int = PAPER_SEQ_LEN) -> LengthTarget:
+    """``pool-native``, ``long-biased`` (bins scaled to ``max_seq_len``) or the path of a JSON histogram file."""
     if spec == "pool-native":
-        return LengthTarget(spec, DEFAULT_EDGES, None)
+        return LengthTarget(spec, scaled_edges(max_seq_len), None)
     if spec == "long-biased":
-        return LengthTarget(spec, DEFAULT_EDGES, LONG_BIASED_FRACTIONS)
+        return LengthTarget(spec, scaled_edges(max_seq_len), LONG_BIASED_FRACTIONS)
     path = Path(spec)
     if not path.is_file():
         raise BuildError(f"--length-dist {spec}: not 'pool-native', 'long-biased' or an existing JSON file")
@@ -73,12 +89,14 @@ def histogram(lengths: np.ndarray, edges: tuple[int, ...]) -> np.ndarray:
 
 def bin_label(lo: int, hi: int) -> str:
     def fmt(v: int) -> str:
-        return f"{v // K}K" if v % K == 0 else f"{v / 1000:g}k"
+        return str(v) if v < 1000 else f"{v // K}K" if v % K == 0 else f"{v / 1000:g}k"
     return f">= {fmt(lo)}" if hi >= 1 << 62 else f"{fmt(lo)}-{fmt(hi)}"
 
 
-def length_report(target: LengthTarget, candidate_lengths: np.ndarray, selected_lengths: np.ndarray) -> dict:
-    """Target vs achieved example shares per bin, and the share of examples >= 100K tokens."""
+def length_report(target: LengthTarget, candidate_lengths: np.ndarray, selected_lengths: np.ndarray,
+                  max_seq_len: int = PAPER_SEQ_LEN) -> dict:
+    """Target vs achieved example shares per bin, and the share of long examples (>= 100K tokens at
+    128K, scaled to ``max_seq_len``)."""
     edges = target.edges
     cand = histogram(candidate_lengths, edges)
     got = histogram(selected_lengths, edges)
@@ -93,5 +111,6 @@ def length_report(target: LengthTarget, candidate_lengths: np.ndarray, selected_
         "name": target.name,
         "bins": bins,
         "max_abs_error": float(max(abs(b["target"] - b["achieved"]) for b in bins)),
-        "achieved_long_share": float((selected >= LONG_THRESHOLD).mean()) if len(selected) else 0.0,
+        "long_threshold": long_threshold(max_seq_len),
+        "achieved_long_share": float((selected >= long_threshold(max_seq_len)).mean()) if len(selected) else 0.0,
     }

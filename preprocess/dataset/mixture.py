@@ -7,6 +7,7 @@ permutation of its candidates, re-permuted on every pass, so a task whose budget
 candidates repeats (upsamples) them as evenly as possible, and one with more candidates than budget
 takes a random subset. A task stops at the sample count that brings its tokens closest to its
 budget, so shares and budget land within half a sample of their targets. Deterministic by seed.
+Tasks named in ``own_lengths`` (short-context data) keep their own length distribution.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from megatron_vlm.formats.tasks import SYNTH_TASKS
 from preprocess.dataset.errors import BuildError
 from preprocess.dataset.lengths import LengthTarget
-from preprocess.dataset.tasks import TASK_NAMES
 
 # The paper's final recipe: retrieval-heavy (single- and multi-page extraction) with modest
 # reasoning, long-document VQA only (OCR transcription is the weaker supervision).
@@ -30,8 +31,8 @@ def parse_mixture(spec: str) -> dict[str, float]:
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, sep, value = part.partition("=")
         name = name.strip()
-        if not sep or name not in TASK_NAMES:
-            raise BuildError(f"--mixture: '{part}' is not TASK=WEIGHT with TASK one of {', '.join(TASK_NAMES)}")
+        if not sep or name not in SYNTH_TASKS:
+            raise BuildError(f"--mixture: '{part}' is not TASK=WEIGHT with TASK one of {', '.join(SYNTH_TASKS)}")
         try:
             weight = float(value)
         except ValueError:
@@ -94,6 +95,10 @@ def _select_task(lengths: np.ndarray, members: np.ndarray, bins: np.ndarray, wan
         tokens += length
 
 
+def _target_of(name: str, target: LengthTarget, own_lengths: frozenset[str]) -> LengthTarget:
+    return LengthTarget("own", target.edges, None) if name in own_lengths else target
+
+
 def _candidates(lengths: np.ndarray, task_codes: np.ndarray, code: int, target: LengthTarget):
     members = np.flatnonzero(task_codes == code)
     bins = target.bin_of(lengths[members]) if len(members) else np.zeros(0, dtype=np.int64)
@@ -101,11 +106,13 @@ def _candidates(lengths: np.ndarray, task_codes: np.ndarray, code: int, target: 
 
 
 def check_repeats(lengths: np.ndarray, task_codes: np.ndarray, task_names: list[str], weights: dict[str, float],
-                  target: LengthTarget, budget: float, max_repeats: float) -> None:
+                  target: LengthTarget, budget: float, max_repeats: float,
+                  own_lengths: frozenset[str] = frozenset()) -> None:
     """Refuse a budget that needs each sample of some task used more than ``max_repeats`` times on
     average (a recipe mistake, not a default), naming the unique tokens available and the factor."""
     lengths = np.asarray(lengths, dtype=np.int64)
-    unique = {name: int(lengths[_candidates(lengths, task_codes, task_names.index(name), target)[0]].sum())
+    unique = {name: int(lengths[_candidates(lengths, task_codes, task_names.index(name),
+                                            _target_of(name, target, own_lengths))[0]].sum())
               for name in weights}
     unique = {name: tokens for name, tokens in unique.items() if tokens}  # none at all: select_samples says so
     problems = [f"{name} has {tokens:,} unique tokens for {weights[name] * budget:,.0f} "
@@ -119,7 +126,8 @@ def check_repeats(lengths: np.ndarray, task_codes: np.ndarray, task_names: list[
 
 
 def select_samples(lengths: np.ndarray, task_codes: np.ndarray, task_names: list[str],
-                   weights: dict[str, float], target: LengthTarget, budget: int, seed: int) -> Selection:
+                   weights: dict[str, float], target: LengthTarget, budget: int, seed: int,
+                   own_lengths: frozenset[str] = frozenset()) -> Selection:
     """Pick sample indices (with repeats) meeting the task token shares, the length target and the budget."""
     lengths = np.asarray(lengths, dtype=np.int64)
     chosen: list[int] = []
@@ -127,13 +135,14 @@ def select_samples(lengths: np.ndarray, task_codes: np.ndarray, task_names: list
     missing_bins: dict[str, list[int]] = {}
     for name, weight in weights.items():
         code = task_names.index(name) if name in task_names else -1
-        members, bins = _candidates(lengths, task_codes, code, target)
+        task_target = _target_of(name, target, own_lengths)
+        members, bins = _candidates(lengths, task_codes, code, task_target)
         if not len(members):
             raise BuildError(f"--mixture asks for {name} (weight {weight:.3f}) but the tasks files have no "
                              f"usable {name} samples within the length bins")
-        want = _bin_targets(target, bins)
-        if target.fractions is not None:
-            empty = [i for i, f in enumerate(target.fractions) if f > 0 and want[i] == 0]
+        want = _bin_targets(task_target, bins)
+        if task_target.fractions is not None:
+            empty = [i for i, f in enumerate(task_target.fractions) if f > 0 and want[i] == 0]
             if empty:
                 missing_bins[name] = empty
         picked = _select_task(lengths, members, bins, want, weight * budget, seed, code)

@@ -117,6 +117,32 @@ class SampleRenderer:
         self._check_pages(ids, num_pages)
         return ids, targets
 
+    def render_conversation(self, messages: list[dict], num_images: int) -> tuple[np.ndarray, np.ndarray]:
+        """Compact ids and targets of a multi-turn chat (short-context instruction data): every
+        assistant turn's text and its closing ``<|im_end|>`` are targets. ``messages`` are chat
+        messages whose content is a string or a list of text / image parts."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        spans, cursor = [], 0
+        for message in messages:
+            if message["role"] != "assistant":
+                continue
+            turn = f"<|im_start|>assistant\n{message['content']}{IM_END}"
+            at = text.find(turn, cursor)
+            if at < 0:
+                raise ValueError("the tokenizer's chat template does not render an assistant turn as "
+                                 "'<|im_start|>assistant\\nTEXT<|im_end|>' (not a Qwen2.5-VL template?)")
+            start = at + len("<|im_start|>assistant\n")
+            spans.append((start, at + len(turn)))
+            cursor = at + len(turn)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = np.asarray(enc["input_ids"], dtype=np.int32)
+        offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        targets = np.zeros(len(ids), dtype=np.uint8)
+        for start, end in spans:
+            targets |= ((offsets[:, 1] > start) & (offsets[:, 0] < end)).astype(np.uint8)
+        self._check_pages(ids, num_images)
+        return ids, targets
+
     def prompt_text(self, question: str, num_pages: int, **layout) -> str:
         """The prompt alone as text: the sample up to and including ``<|im_start|>assistant\\n``."""
         text = self.tokenizer.apply_chat_template(

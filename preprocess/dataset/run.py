@@ -22,6 +22,7 @@ from tqdm import tqdm
 from megatron_vlm.data.vision import ImageGeometry
 from megatron_vlm.formats import dataset as fmt
 from megatron_vlm.formats.pool import pool_fingerprint
+from megatron_vlm.formats.tasks import TASK_NAMES, TaskRecord, kinds_of, read_tasks
 from megatron_vlm.models.registry import get_family
 from megatron_vlm.utils.hashing import sha256_file
 from megatron_vlm.utils.processes import children_ignore_sigint
@@ -31,9 +32,10 @@ from preprocess.dataset.lengths import length_report, load_length_target
 from preprocess.dataset.mixture import check_repeats, parse_mixture, select_samples
 from preprocess.dataset.packing import fill_ratio, fill_upper_bound, pack
 from preprocess.dataset.render_sample import IMAGE_PAD, CompactSample, SampleRenderer, chat_messages
-from preprocess.dataset.tasks import TASK_NAMES, TaskRecord, read_tasks
+from preprocess.dataset.short_data import SKIP_REASONS, ShortData, ShortSample, encode_images, read_short_data
 from preprocess.dataset.writer import DatasetWriter
 
+SHORT = kinds_of("instruction")[0]  # the task kind of --short-data samples
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "chat_template.jinja", "chat_template.json")
 
@@ -114,6 +116,7 @@ def input_hashes(config: BuildConfig) -> dict:
         "pool": {"path": str(Path(config.pool).absolute()), "fingerprint": pool_fingerprint(config.pool)},
         "tokenizer": {"path": str(tok.absolute()),
                       "sha256": {n: sha256_file(tok / n) for n in TOKENIZER_FILES if (tok / n).exists()}},
+        "short_data": [{"path": str(Path(p).absolute()), "sha256": sha256_file(p)} for p in config.short_data or []],
     }
 
 
@@ -122,7 +125,7 @@ def input_hashes(config: BuildConfig) -> dict:
 def _load_records(config: BuildConfig, docs: dict[str, tuple[int, dict]], renderer: SampleRenderer):
     records: list[TaskRecord] = []
     skipped: Counter = Counter()
-    for rec in read_tasks(config.tasks):
+    for rec in read_tasks(config.tasks, BuildError):
         if rec.doc_id not in docs:
             raise BuildError(f"{config.tasks[rec.file_index]}:{rec.line_number}: doc_id {rec.doc_id} "
                              f"is not in the pool {config.pool}")
@@ -151,32 +154,43 @@ def page_grids(doc: dict, pool, geometry: ImageGeometry, pool_dir: str) -> np.nd
 
 
 def _write(config: BuildConfig, pool, docs: dict, grids: dict[str, np.ndarray], records: list[TaskRecord],
-           samples: list[CompactSample], task_codes: np.ndarray, chosen: np.ndarray, packs: list[list[int]],
-           meta: dict) -> list[Path]:
-    """Expand and write every pack (docs/formats.md "Built dataset"), then commit the files."""
-    with DatasetWriter(config.output, config.copy_pages) as writer:
+           short: list[ShortSample], samples: list[CompactSample], task_codes: np.ndarray, chosen: np.ndarray,
+           packs: list[list[int]], geometry: ImageGeometry, meta: dict) -> list[Path]:
+    """Expand and write every pack (docs/formats.md "Built dataset"), then commit the files. Samples
+    ``0..len(records)-1`` are the tasks' records, the rest the short-data samples."""
+    with DatasetWriter(config.output, config.copy_pages or bool(short)) as writer:
+        wanted = {short[i - len(records)].key: short[i - len(records)].sizes
+                  for i in set(chosen.tolist()) if i >= len(records)}
+        short_images = encode_images(config.short_data or [], config.short_image_dir, wanted, writer.add_page)
         copied: dict[int, int] = {}  # pool page index -> index in DATA_PREFIX_pages
         for members in tqdm(packs, desc="write", unit="pack", disable=not config.progress):
             parts: dict[str, list[np.ndarray]] = {"tokens": [], "targets": [], "images": [], "samples": []}
             for pos in members:
                 i = int(chosen[pos])
-                rec, sample = records[i], samples[i]
-                ordinal, doc = docs[rec.doc_id]
+                sample = samples[i]
                 ids, tg = sample.expand()
                 images = []
-                for n, grid in enumerate(grids[rec.doc_id], start=1):
-                    index = doc["page_start"] + n - 1
-                    if config.copy_pages:
-                        if index not in copied:
-                            copied[index] = writer.add_page(pool.page_bytes(rec.doc_id, n))
-                        index = copied[index]
-                    images.append((ordinal, n, index, grid[0], grid[1]))
+                if i >= len(records):
+                    rec = short[i - len(records)]
+                    origin = (len(config.tasks) + rec.key[0], rec.key[1])
+                    for n, (index, (h, w)) in enumerate(zip(short_images[rec.key], rec.sizes), start=1):
+                        images.append((fmt.SHORT_IMAGE, n, index, *geometry.grid_thw(h, w)[1:]))
+                else:
+                    rec = records[i]
+                    origin = (rec.file_index, rec.line_number)
+                    ordinal, doc = docs[rec.doc_id]
+                    for n, grid in enumerate(grids[rec.doc_id], start=1):
+                        index = doc["page_start"] + n - 1
+                        if config.copy_pages:
+                            if index not in copied:
+                                copied[index] = writer.add_page(pool.page_bytes(rec.doc_id, n))
+                            index = copied[index]
+                        images.append((ordinal, n, index, grid[0], grid[1]))
                 parts["tokens"].append(ids)
                 parts["targets"].append(tg)
                 parts["images"].append(np.asarray(images, dtype=np.int32).reshape(-1))
                 parts["samples"].append(np.asarray(
-                    [task_codes[i], rec.file_index, rec.line_number, sample.image_tokens.sum(),
-                     sample.target_tokens], dtype=np.int64))
+                    [task_codes[i], *origin, sample.image_tokens.sum(), sample.target_tokens], dtype=np.int64))
             writer.add_pack(parts["tokens"], parts["targets"], parts["images"], parts["samples"])
         return writer.commit(meta)
 
@@ -198,13 +212,14 @@ def _check_lengths(config: BuildConfig, lengths: np.ndarray, task_codes: np.ndar
 def disk_bytes(config: BuildConfig, records: list[TaskRecord], page_tokens: list[np.ndarray],
                chosen: np.ndarray, tokens: int, packs: int, docs: dict) -> int:
     """Bytes the dataset will take: the four IndexedDatasets (``.bin`` and ``.idx``), plus the copied
-    pages with --copy-pages (``docs``: doc_id -> (ordinal, manifest entry))."""
+    pages with --copy-pages (``docs``: doc_id -> (ordinal, manifest entry)); short-data images (their
+    encoded size is known only once they are encoded) are not counted."""
     samples = len(chosen)
     images = int(sum(len(page_tokens[i]) for i in chosen))
     data = tokens * (4 + 1) + images * len(fmt.IMAGE_FIELDS) * 4 + samples * len(fmt.SAMPLE_FIELDS) * 8
     index = len(fmt.DATASETS) * (34 + 12 * samples + 8 * (packs + 1))
     if config.copy_pages:
-        used = {records[i].doc_id for i in chosen}
+        used = {records[i].doc_id for i in chosen if i < len(records)}
         pages = [p["bytes"] for d in used for p in docs[d][1]["pages"]]
         index += 34 + 20 * len(pages) + 8
         data += sum(pages)
@@ -221,11 +236,25 @@ def plan_line(config: BuildConfig, records, page_tokens, selection, chosen_lengt
             f"{size / 1e9:.3f} GB on disk -> {config.output}")
 
 
+def _short_report(config: BuildConfig, short: ShortData, mixture: dict) -> dict | None:
+    """Records read, used and skipped (by reason) of --short-data, and its target and achieved token share."""
+    if not config.short_data:
+        return None
+    task = mixture["tasks"][SHORT]
+    return {"files": list(config.short_data), "records": short.records, "usable": len(short.samples),
+            "skipped": {r: short.skipped[r] for r in SKIP_REASONS if short.skipped[r]},
+            "target_share": config.short_share, "achieved_share": task["achieved_share"],
+            "samples": task["samples"], "unique_samples": task["unique_samples"]}
+
+
 def build(config: BuildConfig, pool=None) -> BuildResult:
     """Run the build; ``pool`` overrides opening ``config.pool`` (an object with the Pool interface)."""
     config.validate()
     weights = parse_mixture(config.mixture)
-    target = load_length_target(config.length_dist)
+    if config.short_share:
+        weights = {name: w * (1 - config.short_share) for name, w in weights.items() if config.short_share < 1}
+        weights[SHORT] = config.short_share
+    target = load_length_target(config.length_dist, config.max_seq_len)
     pool = pool if pool is not None else open_pool(config.pool)
     family = get_family(config.family or pool.family)
     config.family = family.model_type
@@ -242,21 +271,33 @@ def build(config: BuildConfig, pool=None) -> BuildResult:
     rendered = tokenize_all([(r.question, r.answer, len(t)) for r, t in zip(records, page_tokens)],
                             config.tokenizer, config.page_markers, config.workers, config.progress)
     samples = [CompactSample(ids, tg, pt) for (ids, tg), pt in zip(rendered, page_tokens)]
+    short = (read_short_data(config.short_data, config.short_image_dir, renderer, config.max_seq_len, family.geometry)
+             if config.short_data else ShortData([], 0))
+    if config.short_data and not short.samples:
+        raise BuildError(f"--short-data: no usable record in {', '.join(config.short_data)} "
+                         f"(skipped: {dict(short.skipped)})")
+    samples += [CompactSample(s.ids, s.targets, s.image_tokens) for s in short.samples]
+    page_tokens += [s.image_tokens for s in short.samples]
     lengths = np.asarray([s.num_tokens for s in samples], dtype=np.int64)
-    task_codes = np.asarray([TASK_NAMES.index(r.task) for r in records], dtype=np.int64)
+    task_codes = np.asarray([TASK_NAMES.index(r.task) for r in records]
+                            + [TASK_NAMES.index(SHORT)] * len(short.samples), dtype=np.int64)
 
     too_long = lengths > config.max_seq_len
     _check_lengths(config, lengths, task_codes, too_long, weights)
     dropped = {name: int((too_long & (task_codes == c)).sum()) for c, name in enumerate(TASK_NAMES)
                if (too_long & (task_codes == c)).any()}
     fit_codes = np.where(too_long, -1, task_codes)
-    check_repeats(lengths, fit_codes, list(TASK_NAMES), weights, target, config.token_budget, config.max_repeats)
+    own = frozenset({SHORT})  # short data keeps its own lengths; --length-dist shapes the long tasks
+    check_repeats(lengths, fit_codes, list(TASK_NAMES), weights, target, config.token_budget, config.max_repeats,
+                  own)
     selection = select_samples(lengths, fit_codes, list(TASK_NAMES), weights, target,
-                               int(config.token_budget), config.seed)
+                               int(config.token_budget), config.seed, own)
     if not len(selection.indices):
         raise BuildError(f"--token-budget {config.token_budget:g} is smaller than half of any sample: nothing selected")
     chosen_lengths = lengths[selection.indices]
-    usable = ~too_long & np.isin(task_codes, [TASK_NAMES.index(n) for n in weights])
+    long_codes = [TASK_NAMES.index(n) for n in weights if n != SHORT]
+    usable = ~too_long & np.isin(task_codes, long_codes)
+    chosen_long = chosen_lengths[np.isin(task_codes[selection.indices], long_codes)]
     packs = pack(chosen_lengths, config.max_seq_len, config.pack_window)
     print(plan_line(config, records, page_tokens, selection, chosen_lengths, packs, docs), file=sys.stderr,
           flush=True)
@@ -267,7 +308,8 @@ def build(config: BuildConfig, pool=None) -> BuildResult:
         "dropped_too_long": {"max_seq_len": config.max_seq_len, "per_task": dropped,
                              "examples": [records[i].id for i in np.flatnonzero(too_long)[:10]]},
         "mixture": selection.report,
-        "length": length_report(target, lengths[usable], chosen_lengths),
+        "length": length_report(target, lengths[usable], chosen_long, config.max_seq_len),
+        "short_data": _short_report(config, short, selection.report),
         "packing": {"packs": len(packs), "samples": int(len(chosen_lengths)), "max_seq_len": config.max_seq_len,
                     "tokens": int(chosen_lengths.sum()), "window": config.pack_window,
                     "fill_ratio": fill_ratio(chosen_lengths, packs, config.max_seq_len),
@@ -285,5 +327,6 @@ def build(config: BuildConfig, pool=None) -> BuildResult:
         "pages": "copied" if config.copy_pages else "pool",
         "report": report,
     }
-    files = _write(config, pool, docs, grids, records, samples, task_codes, selection.indices, packs, meta)
+    files = _write(config, pool, docs, grids, records, short.samples, samples, task_codes, selection.indices, packs,
+                   family.geometry, meta)
     return BuildResult(Path(config.output), files, report)

@@ -1,4 +1,6 @@
-"""``longvlm stats DATA_PREFIX``: per-task tokens, length histogram, packing fill of a built dataset."""
+"""``longvlm stats DATA_PREFIX [DATA_PREFIX ...]``: the paper's data table of a built dataset (per task:
+examples, tokens, mean and percentile lengths, share of long examples), its length distribution
+beside the build's target; with several datasets, one comparison table and one figure."""
 
 from __future__ import annotations
 
@@ -11,30 +13,37 @@ from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_fr
 
 @dataclass
 class StatsConfig:
-    prefix: str = field(metadata={"positional": True, "metavar": "DATA_PREFIX",
-                                  "help": "a dataset written by 'longvlm build -o DATA_PREFIX'"})
-    json: bool = field(default=False, metadata={"help": "print one JSON object instead of tables"})
+    prefix: list[str] = field(metadata={
+        "positional": True, "metavar": "DATA_PREFIX",
+        "help": "datasets written by 'longvlm build -o DATA_PREFIX'; several are compared side by side"})
+    json: bool = field(default=False, metadata={"help": "print JSON (one object, or a list for several datasets)"})
     plot: str | None = field(default=None, metadata={
-        "metavar": "PNG", "help": "also write the length histogram as a PNG to this path"})
+        "metavar": "PNG", "help": "also write the length distributions (target beside achieved, one colour "
+                                  "per task; one panel per dataset) as a PNG to this path"})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(parser, StatsConfig)
 
 
-def run(config: StatsConfig) -> dict:
-    from preprocess.dataset.stats import dataset_stats, plot_histogram
+def run(config: StatsConfig) -> dict | list[dict]:
+    """The statistics of the dataset (a list of them for several), and the plot if asked."""
+    from preprocess.dataset.stats import dataset_stats, plot_lengths
 
-    stats = dataset_stats(config.prefix)
+    prefixes = [config.prefix] if isinstance(config.prefix, str) else config.prefix
+    many = [dataset_stats(p) for p in prefixes]
     if config.plot:
-        plot_histogram(stats, config.plot)
-    return stats
+        plot_lengths(many, config.plot)
+    return many[0] if len(many) == 1 else many
 
 
 def main(args: argparse.Namespace) -> int:
-    from preprocess.dataset.stats import format_stats
+    from preprocess.dataset.stats import format_comparison, format_stats
 
     config = dataclass_from_args(StatsConfig, args)
     stats = run(config)
-    print(json.dumps(stats) if config.json else format_stats(stats))
+    if config.json:
+        print(json.dumps(stats))
+    else:
+        print(format_stats(stats) if isinstance(stats, dict) else format_comparison(stats))
     return 0

@@ -1,15 +1,15 @@
-"""The options of ``longvlm synth`` (one typed dataclass, also the CLI) and the task rules."""
+"""The options of ``longvlm synth`` (one typed dataclass, also the CLI); the task kinds are
+``megatron_vlm.formats.tasks.TASK_KINDS``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from megatron_vlm.errors import LongVLMError
+from megatron_vlm.formats.tasks import SYNTH_TASKS
 from preprocess.synth.generators.chat_client import ChatClientOptions
 
-VQA_TASKS = ("extract-single", "extract-multi", "reasoning")
-OCR_TASKS = ("ocr-full", "ocr-needle")
-ALL_TASKS = VQA_TASKS + OCR_TASKS
+ALL_TASKS = SYNTH_TASKS
 CONTENT_OPTIONS = ("tasks", "generator", "per_doc", "per_task", "seed", "segment_pages", "needle_pages", "model",
                    "temperature", "max_tokens")
 

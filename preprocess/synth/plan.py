@@ -13,7 +13,8 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from preprocess.synth.config import VQA_TASKS, SynthConfig, SynthError, parse_range
+from megatron_vlm.formats.tasks import task_kind
+from preprocess.synth.config import SynthConfig, SynthError, parse_range
 from preprocess.synth.segments import Segment, sample_segment
 
 
@@ -23,7 +24,7 @@ class Job:
     doc: dict
     sample: int  # index of this instance among the document's instances of this task
     seed: int
-    segment: Segment | None  # VQA tasks only
+    segment: Segment | None  # kinds planned by "segment" (VQA) only
 
 
 def job_seed(seed: int, doc_id: str, task: str, sample: int) -> int:
@@ -35,7 +36,8 @@ def plan_keys(docs: list[dict], config: SynthConfig) -> Iterator[tuple[int, str,
     """``(document index, task, sample)`` of every instance to attempt by all shards, in output order
     (per document, or per task with ``--per-task``).
 
-    ``ocr-full`` has one possible instance per document, so it is planned once per document.
+    A kind planned per ``document`` (``ocr-full``) has one possible instance per document, so it is
+    planned once per document.
     """
     tasks = config.task_list()
     if config.per_task is None:
@@ -44,7 +46,7 @@ def plan_keys(docs: list[dict], config: SynthConfig) -> Iterator[tuple[int, str,
         orders = {t: sorted(range(len(docs)), key=lambda d, t=t: job_seed(config.seed, docs[d]["doc_id"], t, -1))
                   for t in tasks}
         keys = ((orders[task][i % len(docs)], task, i // len(docs)) for task in tasks for i in range(config.per_task))
-    return ((d, task, k) for d, task, k in keys if not (task == "ocr-full" and k > 0))
+    return ((d, task, k) for d, task, k in keys if not (k > 0 and task_kind(task).planner == "document"))
 
 
 def shard_of(doc_index: int, num_shards: int) -> int:
@@ -64,14 +66,14 @@ def plan(docs: list[dict], config: SynthConfig) -> Iterator[Job]:
     for d, task, k in own_keys(docs, config):
         doc = docs[d]
         seed = job_seed(config.seed, doc["doc_id"], task, k)
-        segment = sample_segment(doc, random.Random(seed), low, high) if task in VQA_TASKS else None
+        segment = sample_segment(doc, random.Random(seed), low, high) if task_kind(task).planner == "segment" else None
         yield Job(task, doc, k, seed, segment)
 
 
 def plan_size(num_docs: int, config: SynthConfig) -> int:
     """``len(list(plan(...)))`` of an unsharded run without sampling anything."""
     per_task = config.per_doc * num_docs if config.per_task is None else config.per_task
-    return sum(min(per_task, num_docs) if t == "ocr-full" else per_task for t in config.task_list())
+    return sum(min(per_task, num_docs) if task_kind(t).planner == "document" else per_task for t in config.task_list())
 
 
 def open_pool(path: str):

@@ -1,4 +1,4 @@
-"""The versioned generator prompts in ``prompts/`` (``common.v1.txt`` + one file per VQA task).
+"""The versioned generator prompts in ``prompts/`` (``common.v1.txt`` + the file a VQA task kind names).
 
 Changing a prompt's wording means adding a new version file and bumping :data:`PROMPT_VERSION`, so
 instances record exactly which prompt made them (and the response cache never mixes versions).
@@ -10,12 +10,11 @@ from functools import cache
 from pathlib import Path
 from string import Template
 
+from megatron_vlm.formats.tasks import task_kind
 from preprocess.synth.segments import Segment
 
 PROMPT_VERSION = "v1"
 PROMPT_DIR = Path(__file__).parent / "prompts"
-TASK_TITLES = {"extract-single": "single-page extraction", "extract-multi": "multi-page extraction",
-               "reasoning": "reasoning over extracted facts"}
 
 
 @cache
@@ -29,8 +28,9 @@ def prompt_version(task: str, version: str = PROMPT_VERSION) -> str:
 
 def render_prompt(task: str, segment: Segment, version: str = PROMPT_VERSION) -> str:
     """The instruction text for one VQA request about ``segment``."""
+    kind = task_kind(task)
     titles = "; ".join(f"'{t}'" for t in segment.sections)
     return Template(_load("common", version)).substitute(
         first_page=segment.first_page, last_page=segment.last_page,
         sections_note=f", made of the section(s) {titles}" if titles else "",
-        task=task, task_title=TASK_TITLES[task], task_rules=_load(task, version))
+        task=task, task_title=kind.title, task_rules=_load(kind.prompt, version))

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from megatron_vlm.formats.tasks import task_kind
 from megatron_vlm.utils.atomic import atomic_write
 from megatron_vlm.utils.stop_points import stop_point
-from preprocess.synth.config import VQA_TASKS, SynthConfig, SynthError, parse_range
+from preprocess.synth.config import SynthConfig, SynthError, parse_range
 from preprocess.synth.generators import QARequest, make_generator
 from preprocess.synth.merge import merge_shards
 from preprocess.synth.ocr import PROMPT_VERSION as OCR_PROMPT_VERSION
@@ -47,14 +48,15 @@ def run_synth(config: SynthConfig, pool=None) -> SynthResult:
         raise SynthError(f"pool {config.pool} has no documents")
     tasks = config.task_list()
     needle = parse_range(config.needle_pages, "needle-pages")
-    generator = make_generator(config) if any(t in VQA_TASKS for t in tasks) else None
+    generator = make_generator(config) if any(task_kind(t).category == "vqa" for t in tasks) else None
+    makers = {  # planner of the task kind -> what makes one instance
+        "document": lambda job: ocr_full(pool, job.doc),
+        "pages": lambda job: ocr_needle(pool, job.doc, random.Random(job.seed), *needle),
+        "segment": lambda job: generator.generate(pool, QARequest(job.task, job.doc, job.segment, job.seed)),
+    }
 
     def work(job: Job) -> dict:
-        if job.task == "ocr-full":
-            return ocr_full(pool, job.doc)
-        if job.task == "ocr-needle":
-            return ocr_needle(pool, job.doc, random.Random(job.seed), *needle)
-        return generator.generate(pool, QARequest(job.task, job.doc, job.segment, job.seed))
+        return makers[task_kind(job.task).planner](job)
 
     def attempt(job: Job):
         try:
@@ -78,7 +80,7 @@ def run_synth(config: SynthConfig, pool=None) -> SynthResult:
             try:
                 if rejection is not None:
                     raise rejection
-                info = generator.info(job.task) if job.task in VQA_TASKS else OCR_GENERATOR
+                info = generator.info(job.task) if task_kind(job.task).category == "vqa" else OCR_GENERATOR
                 record = _accept(job, result, dedup, info)
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 summary.accept(job.task)
@@ -115,7 +117,7 @@ def _cancel_on_error(executor: ThreadPoolExecutor) -> Iterator[None]:
 
 def _accept(job: Job, result: dict, dedup: DuplicateFilter, generator_info: dict) -> dict:
     """Validate one result -> the output record."""
-    if job.task in VQA_TASKS:
+    if task_kind(job.task).category == "vqa":
         qa = check_qa(job.task, result, job.segment)
         segment = job.segment.to_json()
     else:

@@ -2,20 +2,19 @@
 
 Reasons: ``malformed`` (not the JSON object asked for), ``empty_answer``, ``evidence_outside_segment``,
 ``no_anchor`` (no explicit segment anchor in the question), ``anchor_outside_segment`` (the question
-names pages outside the segment), ``wrong_evidence_count`` (single: 1 page; multi: >= 2; reasoning:
->= 1; ocr-needle: the needle range), ``duplicate_question`` (same document, same normalized question).
+names pages outside the segment), ``wrong_evidence_count`` (outside the task kind's
+``evidence_pages``), ``duplicate_question`` (same document, same normalized question).
 """
 
 from __future__ import annotations
 
 import re
 
+from megatron_vlm.formats.tasks import task_kind
 from preprocess.synth.segments import Segment
 
 REASONS = ("malformed", "empty_answer", "evidence_outside_segment", "no_anchor", "anchor_outside_segment",
            "wrong_evidence_count", "duplicate_question", "no_content", "request_failed")
-
-_EVIDENCE_COUNT = {"extract-single": (1, 1), "extract-multi": (2, None), "reasoning": (1, None)}
 
 # "page 12", "pages 20-25", "pages 3, 5 and 9", "p. 4", "pp. 4-6"
 _PAGE_ANCHOR = re.compile(r"\b(?:pages?|pp?\.)\s*(\d+(?:\s*(?:-|–|—|to|,|and|&|,\s*and)\s*\d+)*)", re.I)
@@ -76,7 +75,7 @@ def check_qa(task: str, output: object, segment: Segment) -> dict:
     if outside:
         raise Rejected("evidence_outside_segment",
                        f"pages {outside} not in {segment.first_page}-{segment.last_page}")
-    low, high = _EVIDENCE_COUNT[task]
+    low, high = task_kind(task).evidence_pages
     if len(pages) < low or (high is not None and len(pages) > high):
         raise Rejected("wrong_evidence_count", f"{task} needs {low}{'' if high else '+'} page(s), got {pages}")
     named = anchor_pages(question)

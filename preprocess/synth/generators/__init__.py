@@ -19,6 +19,11 @@ def make_generator(config) -> Generator:
         from preprocess.synth.generators.openai import OpenAIGenerator
 
         return OpenAIGenerator.from_config(config)
-    from preprocess.synth.generators.offline import OfflineGenerator
+    from megatron_vlm.formats.tasks import task_kind
+    from preprocess.synth.config import SynthError
+    from preprocess.synth.generators.offline import QUESTION_MAKERS, OfflineGenerator
 
+    missing = [t for t in config.task_list() if task_kind(t).category == "vqa" and t not in QUESTION_MAKERS]
+    if missing:
+        raise SynthError(f"--generator offline has no question makers for {', '.join(missing)}; use --generator openai")
     return OfflineGenerator()

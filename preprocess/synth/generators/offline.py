@@ -27,6 +27,12 @@ _ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'“])")
 _CAPTION = re.compile(r"^\S+\s*[\dIVX]+(\.\d+)*[.:]\s")  # "Figure 3: ...", "Table 2.1. ..."
 MAX_COUNT = 10  # reasoning counts at most this many items (a sub-range of the segment otherwise)
+# VQA task kind -> its question makers (methods of OfflineGenerator), tried in a seeded order.
+QUESTION_MAKERS = {
+    "extract-single": ("_single_row", "_single_caption", "_single_heading", "_single_sentence"),
+    "extract-multi": ("_multi_headings", "_multi_captions", "_multi_sentences"),
+    "reasoning": ("_count_headings", "_count_captions", "_compare_cells"),
+}
 
 
 def _short(text: str, limit: int = 400) -> str:
@@ -133,14 +139,10 @@ class OfflineGenerator:
         rng = random.Random(request.seed)
         doc_id = request.doc["doc_id"]
         pages = [_Page(p, pool.page_blocks(doc_id, p)) for p in request.segment.pages]
-        makers = {"extract-single": (self._single_row, self._single_caption, self._single_heading,
-                                     self._single_sentence),
-                  "extract-multi": (self._multi_headings, self._multi_captions, self._multi_sentences),
-                  "reasoning": (self._count_headings, self._count_captions, self._compare_cells)}[request.task]
-        makers = list(makers)
+        makers = list(QUESTION_MAKERS[request.task])
         rng.shuffle(makers)
         for make in makers:
-            qa = make(rng, request, pages)
+            qa = getattr(self, make)(rng, request, pages)
             if qa is not None:
                 return qa
         raise Rejected("no_content", f"nothing to ask about on pages {request.segment.first_page}-"
