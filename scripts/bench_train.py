@@ -50,22 +50,24 @@ def train_run(work: Path, name: str, model: Path, data: Path, steps: int, **extr
     return [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("split", "train") == "train"]
 
 
-def bare_steps(model_dir: Path, data: Path, steps: int) -> list[float]:
-    """The same model, rows and loss with nothing around them: fwd, bwd, AdamW step (seconds each)."""
+def bare_steps(model_dir: Path, data: Path, steps: int, workers: int) -> list[float]:
+    """The same model, rows and loss with nothing around them: fwd, bwd, AdamW step (seconds each), the
+    batches read from the same loader (same workers) inside the timed step, as the trainer reads them."""
     import torch
 
     from megatron_vlm import runtime
-    from megatron_vlm.data.loader import build_data_loader
+    from megatron_vlm.data.loader import build_data_loader, stop_workers
     from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
     from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
 
     runtime.initialize_distributed(seed=1234)
     model = Qwen25VLModel(qwen25vl_config_from_hf(model_dir))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
-    batches = list(build_data_loader(data, 1, seed=1234, total_samples=steps, num_workers=0))
+    batches = iter(build_data_loader(data, 1, seed=1234, total_samples=steps, num_workers=workers))
     times = []
-    for batch in batches:
+    for _ in range(steps):
         start = time.perf_counter()
+        batch = next(batches)
         optimizer.zero_grad(set_to_none=True)
         loss = model(batch["input_ids"], position_ids=batch["position_ids"], pixel_values=batch["pixel_values"],
                      image_grid_thw=batch["image_grid_thw"], cu_seqlens=batch["cu_seqlens"],
@@ -73,22 +75,54 @@ def bare_steps(model_dir: Path, data: Path, steps: int) -> list[float]:
         (loss.sum() / batch["loss_mask"].sum()).backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
+    stop_workers(batches)
     runtime.destroy()
     return times
 
 
+def loader_cpu(data: Path, steps: int) -> float:
+    """CPU seconds the loader spends per micro-batch (read, decode, patch, collate), in this process."""
+    from megatron_vlm.data.loader import build_data_loader
+
+    start = time.process_time()
+    for _ in build_data_loader(data, 1, seed=1234, total_samples=steps, num_workers=0):
+        pass
+    return (time.process_time() - start) / steps
+
+
 def overhead(args) -> None:
+    """``longvlm train`` against a bare loop, A and B alternated ``--rounds`` times over the same rows (the same
+    seeded order, one loader worker on both sides, batches read inside the step on both sides); the trainer
+    with and without gradient clipping, to say where the time goes. Per round: median step time of steps 3..N
+    of each side; reported: the median of the rounds' ratios, their spread, and the machine's load."""
     pool = make_pool(args.work / f"pool{args.dpi}", args.dpi)
     data = make_dataset(pool, args.work / f"data{args.dpi}-{args.seq}", args.seq, 4e5)
     model = make_model(args.work / "models" / args.size, args.size)
-    steps = args.steps
-    bare = bare_steps(model, data, steps)
-    recs = train_run(args.work, "overhead", model, data, steps, **{"data.num_workers": 1})
-    skip = 2  # the first steps warm up allocators and caches
-    b, t = statistics.median(bare[skip:]), statistics.median(r["step_time"] for r in recs[skip:])
-    tokens = statistics.median(r["tokens"] for r in recs)
-    print(f"model {args.size}, rows of ~{tokens:,.0f} tokens ({args.dpi} dpi), median of steps {skip + 1}..{steps}")
-    print(f"  bare fwd+bwd+AdamW: {b:.3f} s/step; longvlm train: {t:.3f} s/step; overhead {t / b - 1:+.1%}")
+    steps, skip = args.steps, 2  # the first steps warm up allocators and caches
+    sides = {"bare fwd+bwd+AdamW": lambda: bare_steps(model, data, steps, 1),
+             "longvlm train, clip 0": lambda: [r["step_time"] for r in train_run(
+                 args.work, "overhead", model, data, steps, **{"data.num_workers": 1, "optimizer.clip_grad": 0.0})],
+             "longvlm train": lambda: [r["step_time"] for r in train_run(
+                 args.work, "overhead", model, data, steps, **{"data.num_workers": 1})]}
+    medians: dict[str, list[float]] = {name: [] for name in sides}
+    loads = [os.getloadavg()[0]]
+    for _ in range(args.rounds):
+        for name, run in sides.items():
+            medians[name].append(statistics.median(run()[skip:]))
+            loads.append(os.getloadavg()[0])
+    bare = medians["bare fwd+bwd+AdamW"]
+    tokens = statistics.median(r["tokens"] for r in train_run(args.work, "overhead", model, data, 1))
+    print(f"model {args.size}, rows of ~{tokens:,.0f} tokens ({args.dpi} dpi); {args.rounds} rounds of the three "
+          f"sides in turn, median of steps {skip + 1}..{steps} each; load average {min(loads):.1f}-{max(loads):.1f}")
+    for name, values in medians.items():
+        ratios = [v / b - 1 for v, b in zip(values, bare)]
+        line = f"  {name:24s} {statistics.median(values):7.3f} s/step"
+        if values is not bare:
+            line += (f"  vs bare: {statistics.median(ratios):+.1%} (rounds {min(ratios):+.1%} .. {max(ratios):+.1%})")
+        print(line)
+    cpu = loader_cpu(data, steps)
+    print(f"  the loader's CPU per micro-batch (one process, no workers): {cpu:.3f} s "
+          f"({cpu / statistics.median(bare):.1%} of a bare step; its worker shares the machine's cores)")
 
 
 def data_wait(args) -> None:
@@ -268,6 +302,7 @@ def main() -> None:
     parser.add_argument("--dpi", type=int, default=72, help="overhead/checkpoint: page resolution of the pool")
     parser.add_argument("--seq", type=int, default=8192, help="overhead/checkpoint: longest row")
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="overhead: times the sides alternate")
     parser.add_argument("--workers", type=int, default=2, help="data-wait: loader processes")
     parser.add_argument("--batches", type=int, default=4, help="data-path: micro-batches per rank")
     parser.add_argument("--sizes", default="tiny,1b", help="gpu: model sizes")

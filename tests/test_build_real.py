@@ -144,12 +144,13 @@ def test_synth_tasks_build_and_load(real_inputs, qwen_tokenizer_dir, qwen_tokeni
               progress=False)
     assert_mixture(tmp / "synth", 3e6, {"extract-single": 0.3, "extract-multi": 0.3, "reasoning": 0.2,
                                         "ocr-full": 0.1, "ocr-needle": 0.1})
-    answers = {r["answer"] + "<|im_end|>" for r in rows}
+    # as the tokenizer gives them back: its NFC normalization maps e.g. U+2329 to U+3008 (mathtools' OCR text)
+    answers = {qwen_tokenizer.decode(qwen_tokenizer.encode(r["answer"] + "<|im_end|>")) for r in rows}
     loader = build_data_loader(tmp / "synth", 2, num_workers=2, total_samples=4, seed=1)
     seen = 0
     for batch in loader:
         labels, mask = batch["labels"].reshape(-1), batch["loss_mask"].reshape(-1)
-        cu = batch["cu_seqlens"].tolist()
+        cu = batch["cu_seqlens_padded"].tolist()
         for lo, hi in zip(cu[:-1], cu[1:]):
             if mask[lo:hi].any():
                 assert qwen_tokenizer.decode(labels[lo:hi][mask[lo:hi] == 1]) in answers

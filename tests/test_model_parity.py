@@ -470,3 +470,18 @@ def test_images_split_over_context_parallel_ranks():
     assert split_images_by_cost([100, 1, 1], 2) == [(0, 1), (1, 3)]
     assert split_images_by_cost([5], 2) == [(0, 1), (1, 1)]
     assert split_images_by_cost([1, 1, 1, 1, 1, 1, 1, 1], 4) == [(0, 2), (2, 4), (4, 6), (6, 8)]
+
+
+def test_thd_description_for_transformer_engine():
+    """What the te core attention hands Transformer Engine: cu_seqlens of the real lengths, cu_seqlens_padded of
+    the stream positions, the longest padded segment; window layers have no padding."""
+    from megatron_vlm.models.attention import AttentionSegments
+
+    seg = AttentionSegments(cu_seqlens=torch.tensor([0, 8, 20, 24]), seqlens=torch.tensor([7, 10, 4]),
+                            window_cu_seqlens=torch.tensor([0, 4, 8, 12, 16, 20, 24]),
+                            full_attention_layers=frozenset({0}))
+    real, padded, longest = seg.thd(1)  # layer 1 (index 0) attends over the samples
+    assert real.tolist() == [0, 7, 17, 21] and padded.tolist() == [0, 8, 20, 24] and longest == 12
+    assert real.dtype == padded.dtype == torch.int32
+    real, padded, longest = seg.thd(2)  # a window layer
+    assert real.tolist() == padded.tolist() == [0, 4, 8, 12, 16, 20, 24] and longest == 4

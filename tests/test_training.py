@@ -286,6 +286,10 @@ def test_progress_line_tflops_and_mfu(tmp_path, capsys):
     line = capsys.readouterr().out
     assert "MFU 40.0%" in line and "peak mem 61.2 GiB" in line and "65,536 tok/s" in line
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["mfu"] == pytest.approx(0.4)
+    (tmp_path / "cpu").mkdir()
+    cpu = MetricsLogger(tmp_path / "cpu", 2, enabled=True, tensorboard=False, log_interval=1, device="process")
+    cpu.step({k: v for k, v in record.items() if k not in ("mfu", "tflops_per_gpu", "max_memory_gib")})
+    assert "TFLOP/s/process" in capsys.readouterr().out  # no GPU peak: TFLOP/s, per process on CPUs
 
 
 def test_mfu_peak_of_the_gpu_by_its_name():

@@ -35,9 +35,12 @@ class MetricsLogger:
     """Progress lines, ``metrics.jsonl`` and TensorBoard events of one run (rank 0 only)."""
 
     def __init__(self, run_dir: str | Path, total_steps: int, *, enabled: bool, tensorboard: bool,
-                 log_interval: int, resume_from: int = 0, world_size: int = 1, peak_flops: float | None = None):
-        """``peak_flops``: one GPU's dense peak FLOP/s (:func:`peak_flops`); ``None``: no MFU."""
+                 log_interval: int, resume_from: int = 0, world_size: int = 1, peak_flops: float | None = None,
+                 device: str = "GPU"):
+        """``peak_flops``: one GPU's dense peak FLOP/s (:func:`peak_flops`); ``None``: no MFU. ``device``: what one
+        rank computes on, as the progress line names it (``GPU``, or ``process`` on CPUs)."""
         self.run_dir, self.total, self.enabled = Path(run_dir), total_steps, enabled
+        self.device = device
         self.log_interval, self.world_size, self.peak_flops = log_interval, world_size, peak_flops
         self.path = self.run_dir / METRICS
         self.writer = None
@@ -95,7 +98,7 @@ class MetricsLogger:
         if last.get("mfu") is not None:
             parts.append(f"MFU {last['mfu']:.1%}")
         elif last.get("tflops_per_gpu") is not None:
-            parts.append(f"{last['tflops_per_gpu']:.3g} TFLOP/s/GPU")
+            parts.append(f"{last['tflops_per_gpu']:.3g} TFLOP/s/{self.device}")
         if last.get("max_memory_gib") is not None:
             parts.append(f"peak mem {last['max_memory_gib']:.1f} GiB")
         if last.get("note"):

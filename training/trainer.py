@@ -147,7 +147,8 @@ class Trainer:
         metrics = MetricsLogger(self.run_dir, plan.steps, enabled=self.rank0, tensorboard=config.logging.tensorboard,
                                 log_interval=config.logging.log_interval, resume_from=state.iteration,
                                 world_size=torch.distributed.get_world_size(),
-                                peak_flops=peak_flops(config.logging.peak_tflops, config.train.precision))
+                                peak_flops=peak_flops(config.logging.peak_tflops, config.train.precision),
+                                device="GPU" if runtime.use_cuda() else "process")
         guard = LossGuard(config.guard, state.recent_losses)
         self._say(f"training {plan.steps} steps of {plan.global_batch_size} rows (<= {plan.seq_length:,} tokens), "
                   f"from step {state.iteration}; run directory {self.run_dir}")

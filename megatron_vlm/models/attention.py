@@ -71,9 +71,10 @@ class AttentionSegments(PackedSeqParams):
     def thd(self, layer_number: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Transformer Engine's THD description of layer ``layer_number``'s segments (host int32 tensors):
         ``cu_seqlens`` of the real lengths, ``cu_seqlens_padded`` (positions in the stream), the longest segment."""
-        padded = self.for_layer(layer_number).to(torch.int32)
+        cu = self.for_layer(layer_number)
+        padded = cu.to(torch.int32)
         real = padded
-        if self.seqlens is not None and padded is self.cu_seqlens:
+        if self.seqlens is not None and cu is self.cu_seqlens:  # windows and frames carry no padding
             real = F.pad(self.seqlens.to(torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
         return real, padded, int((padded[1:] - padded[:-1]).max())
 
