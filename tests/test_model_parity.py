@@ -460,6 +460,11 @@ def test_qwen3vl_config_from_hub_config_json():
     moe["text_config"]["num_experts"] = 128
     with pytest.raises(ConfigError, match="MoE"):
         qwen3vl_config_from_hf(moe)
+    from megatron_vlm.parallel import ParallelLayout
+
+    with pytest.raises(ConfigError, match="DeepStack layers must sit in the first virtual stage"):
+        qwen3vl_config_from_hf(hub, layout=ParallelLayout(pp=4, vpp=9))  # chunks of 1 layer, 3 DeepStack layers
+    assert qwen3vl_config_from_hf(hub, layout=ParallelLayout(pp=4, vpp=3)).deepstack_layers == 3
 
 
 def test_images_split_over_context_parallel_ranks():

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from megatron_vlm.errors import ConfigError
 from megatron_vlm.models.config import (
     VisionTransformerConfig,
     VLModelConfig,
@@ -28,6 +29,12 @@ def qwen3vl_config_from_hf(source: str | Path | dict[str, Any] | Qwen3VLArch, **
     """The Megatron configs of Qwen3-VL from its Hugging Face config (dict, file, checkpoint dir or arch);
     ``kwargs`` are :func:`megatron_vlm.models.config.build_model_config`'s."""
     arch = source if isinstance(source, Qwen3VLArch) else Qwen3VLArch.from_hf(source)
+    layout = kwargs.get("layout")
+    if layout is not None and layout.vpp and arch.deepstack_layers > arch.num_layers // (layout.pp * layout.vpp):
+        raise ConfigError(f"parallel.vpp={layout.vpp}: the interleaved schedule passes fixed-shape activations, so all "
+                          f"{arch.deepstack_layers} DeepStack layers must sit in the first virtual stage "
+                          f"({arch.num_layers // (layout.pp * layout.vpp)} layers); use fewer virtual stages or "
+                          "parallel.vpp=null")
 
     def vision(common: dict[str, Any]) -> Qwen3VisionTransformerConfig:
         return Qwen3VisionTransformerConfig(
