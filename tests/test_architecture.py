@@ -113,9 +113,6 @@ def test_no_import_cycles():
 
 FAMILY_PACKAGES = ("megatron_vlm.models.qwen25vl", "megatron_vlm.models.qwen3vl")
 FAMILY_NAMES = re.compile(r"qwen2_5_vl|qwen3_vl|Qwen25VL|Qwen3VL|Qwen2_5_VL|qwen25vl|qwen3vl")
-# Modules whose type annotations still say ``Qwen25VLArch`` (an alias of ``VLArch`` on their import line)
-# until their owner renames them: the only names allowed there.
-ANNOTATION_ALIASES = {"launch.tune.memory", "launch.tune.timing", "training.step"}
 
 
 def test_no_stage_names_a_family():
@@ -140,8 +137,6 @@ def test_no_stage_names_a_family():
                         for m in FAMILY_NAMES.finditer(node.value)}
                        | {m.group() for node in ast.walk(tree) if isinstance(node, ast.Name | ast.Attribute)
                           for m in FAMILY_NAMES.finditer(node.id if isinstance(node, ast.Name) else node.attr)})
-        if module in ANNOTATION_ALIASES and named == ["Qwen25VL"]:
-            continue
         if imported or named:
             offenders.append(f"{module}: imports {imported}, names {named}")
     assert not offenders, "\n".join(offenders)

@@ -154,9 +154,3 @@ class ImageGeometry:
 
 
 _LUTS: dict[tuple, np.ndarray] = {}
-
-# Qwen2.5-VL's geometry under the module's old names, for megatron_vlm.data.collate's own pixel path
-# (the loader and evaluation build pixel values with the family's geometry: megatron_vlm.data.micro_batch).
-_DEFAULT = ImageGeometry(patch_size=14, min_pixels=3136, max_pixels=12845056)
-PATCH_DIM = _DEFAULT.patch_dim
-image_to_patches = _DEFAULT.image_to_patches
