@@ -1,1 +1,1 @@
-"""Qwen2.5-VL checkpoint conversion between Hugging Face and Megatron-Core."""
+"""Checkpoint conversion between Hugging Face and Megatron-Core, for every registered model family."""

@@ -9,7 +9,7 @@ from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_fr
 
 ACTIONS: dict[str, tuple[type, str]] = {
     "hf-to-megatron": (HFToMegatronConfig,
-                       "Hugging Face Qwen2.5-VL safetensors -> Megatron-Core torch_dist checkpoint."),
+                       "Hugging Face safetensors (any registered model family) -> Megatron-Core torch_dist checkpoint."),
     "megatron-to-hf": (MegatronToHFConfig,
                        "Megatron-Core torch_dist checkpoint -> Hugging Face directory (safetensors shards, "
                        "index, config with the trained RoPE settings, tokenizer and processor files)."),

@@ -18,7 +18,7 @@ _DTYPE_HELP = "cast every tensor to this dtype (default: keep the source dtype, 
 
 @dataclass
 class HFToMegatronConfig:
-    hf: str = field(metadata={"help": "Hugging Face Qwen2.5-VL directory (config.json, safetensors + index)"})
+    hf: str = field(metadata={"help": "Hugging Face model directory (config.json, safetensors + index) of a registered model family (docs/model.md)"})
     out: str = field(metadata={"help": "new Megatron checkpoint directory (must not exist)"})
     layout: ParallelLayout = field(default_factory=ParallelLayout, metadata={
         "fields": _LAYOUT_FIELDS, "help": "the layout the checkpoint is validated and vocabulary-padded for"})
@@ -92,7 +92,7 @@ class ReshardConfig:
 
 @dataclass
 class VerifyConfig:
-    hf: str = field(metadata={"help": "Hugging Face Qwen2.5-VL directory (the reference)"})
+    hf: str = field(metadata={"help": "Hugging Face model directory (the reference)"})
     ckpt: str = field(metadata={"help": "Megatron checkpoint directory to compare with it"})
     image: list[str] | None = field(default=None, metadata={
         "repeat": True, "metavar": "PATH",

@@ -1,4 +1,4 @@
-"""The one conversion engine: applies the mapping tables of ``checkpoint_tools.mapping`` in either
+"""The one conversion engine: applies the family's mapping table (``megatron_vlm.models.mapping``) in either
 direction, streaming tensor by tensor, writing atomically.
 
 - ``hf_to_megatron``: HF safetensors -> torch_dist checkpoint (global tensors + ``longvlm.json``).
@@ -31,16 +31,6 @@ from checkpoint_tools.hf_io import (
     expected_hf_shapes,
     parse_size,
 )
-from checkpoint_tools.mapping import (
-    MODEL_KEY_PREFIXES,
-    Dims,
-    Mapping,
-    MappingError,
-    check_coverage,
-    expand,
-    layer_pattern,
-    padded_vocab_size,
-)
 from megatron_vlm.errors import ConfigError
 from megatron_vlm.formats.checkpoint import (
     META_NAME,
@@ -51,7 +41,18 @@ from megatron_vlm.formats.checkpoint import (
     save_global_tensors,
     write_tracker,
 )
-from megatron_vlm.models.hf_config import Qwen25VLArch, rewrite_hf_config
+from megatron_vlm.models.hf_config import VLArch, rewrite_hf_config
+from megatron_vlm.models.mapping import (
+    MODEL_KEY_PREFIXES,
+    Dims,
+    Mapping,
+    MappingError,
+    check_coverage,
+    expand,
+    layer_pattern,
+    padded_vocab_size,
+)
+from megatron_vlm.models.registry import read_arch
 from megatron_vlm.parallel import ParallelLayout
 from megatron_vlm.runtime import process_group
 from megatron_vlm.utils.atomic import atomic_dir
@@ -149,13 +150,13 @@ def _write_megatron(out: Path, iteration: int | str, tensors: dict[str, torch.Te
 
 
 def hf_to_megatron(cfg: HFToMegatronConfig) -> ConversionResult:
-    """Convert an HF Qwen2.5-VL checkpoint into a torch_dist checkpoint at ``cfg.out``."""
+    """Convert an HF checkpoint (any registered family) into a torch_dist checkpoint at ``cfg.out``."""
     start = time.perf_counter()
     cfg.check()
     layout = cfg.layout
     src = HFCheckpoint.open(cfg.hf)
     dims = Dims.from_arch(src.arch, padded_vocab_size(src.arch.vocab_size, layout.tp, cfg.make_vocab_size_divisible_by))
-    mappings = expand(dims)
+    mappings = expand(dims, src.arch.family.mapping_parts)
     check_coverage(mappings, set(src.weight_map), "hf")
     meg_shapes = _megatron_shapes(mappings, src.shapes, dims)
     check_layout(mappings, meg_shapes, dims, layout)
@@ -176,22 +177,22 @@ def hf_to_megatron(cfg: HFToMegatronConfig) -> ConversionResult:
                             {"tp": layout.tp, "pp": layout.pp})
 
 
-def _open_megatron(ckpt: str, iteration: str | None) -> tuple[MegatronCheckpoint, Qwen25VLArch, Dims, list[Mapping]]:
+def _open_megatron(ckpt: str, iteration: str | None) -> tuple[MegatronCheckpoint, VLArch, Dims, list[Mapping]]:
     src = MegatronCheckpoint.open(ckpt, iteration)
     try:
-        arch = Qwen25VLArch.from_hf(src.meta["hf_config"], name=str(src.iter_dir / META_NAME))
+        arch = read_arch(src.meta["hf_config"], name=str(src.iter_dir / META_NAME))
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
     emb = "language_model.embedding.word_embeddings.weight"
     padded = src.shapes[emb][0] if emb in src.shapes else None
     dims = Dims.from_arch(arch, padded)
-    mappings = expand(dims)
+    mappings = expand(dims, arch.family.mapping_parts)
     check_coverage(mappings, {k for k in src.shapes if k.startswith(MODEL_KEY_PREFIXES)}, "megatron")
     return src, arch, dims, mappings
 
 
 def megatron_to_hf(cfg: MegatronToHFConfig) -> ConversionResult:
-    """Export a torch_dist checkpoint as an HF Qwen2.5-VL directory at ``cfg.out``."""
+    """Export a torch_dist checkpoint as an HF directory of its family at ``cfg.out``."""
     start = time.perf_counter()
     cfg.check()
     src, arch, dims, mappings = _open_megatron(cfg.ckpt, cfg.iteration)

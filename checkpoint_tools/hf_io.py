@@ -1,4 +1,4 @@
-"""Hugging Face Qwen2.5-VL checkpoints on disk: validated lazy reading and sharded writing.
+"""Hugging Face checkpoints of any registered family on disk: validated lazy reading and sharded writing.
 
 Reading follows ``model.safetensors.index.json`` (or a single ``model.safetensors``) and opens
 each shard with ``safe_open``, so tensors are read one at a time and only when asked for. Writing
@@ -19,7 +19,8 @@ import torch
 
 from megatron_vlm.errors import ConfigError
 from megatron_vlm.formats.checkpoint import CheckpointError
-from megatron_vlm.models.hf_config import Qwen25VLArch
+from megatron_vlm.models.hf_config import VLArch
+from megatron_vlm.models.registry import read_arch
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -28,17 +29,13 @@ _NOT_COPIED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack"
 _NOT_COPIED_NAMES = {"config.json", INDEX_NAME, "pytorch_model.bin.index.json"}
 
 
-def expected_hf_shapes(arch: Qwen25VLArch) -> dict[str, tuple[int, ...]]:
+def expected_hf_shapes(arch: VLArch) -> dict[str, tuple[int, ...]]:
     """On-disk name -> shape of every parameter ``transformers`` builds for ``arch`` (meta device)."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
+    family = arch.family
+    model_class = family.hf_model_class()
     with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig.from_dict(arch.raw))
-    shapes = {}
-    for name, tensor in model.state_dict().items():
-        name = name.replace("model.language_model.", "model.", 1).replace("model.visual.", "visual.", 1)
-        shapes[name] = tuple(tensor.shape)
-    return shapes
+        model = model_class(model_class.config_class.from_dict(arch.raw))
+    return {family.hf_disk_name(name): tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
 @dataclass
@@ -46,7 +43,7 @@ class HFCheckpoint:
     """A validated HF checkpoint directory; tensors are read lazily through :meth:`reader`."""
 
     path: Path
-    arch: Qwen25VLArch
+    arch: VLArch
     weight_map: dict[str, str]  # on-disk tensor name -> shard file name
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     dtypes: dict[str, str] = field(default_factory=dict)  # "bfloat16", ...
@@ -66,7 +63,7 @@ class HFCheckpoint:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CheckpointError(f"{config_file}: corrupt JSON ({err})") from None
         try:
-            arch = Qwen25VLArch.from_hf(raw, name=str(config_file))
+            arch = read_arch(raw, name=str(config_file))
         except ConfigError as err:
             raise CheckpointError(str(err)) from None
         index_file = path / INDEX_NAME

@@ -14,12 +14,14 @@ import torch
 
 from checkpoint_tools.config import VerifyConfig
 from checkpoint_tools.hf_io import CheckpointError, HFCheckpoint
+from megatron_vlm.errors import ConfigError
 from megatron_vlm.formats.checkpoint import MegatronCheckpoint
-from megatron_vlm.models.hf_config import Qwen25VLArch
+from megatron_vlm.models.hf_config import VLArch
+from megatron_vlm.models.registry import read_arch
 
 PROBE_PROMPT = "Describe each image, then read the page number in the footer."
-PROBE_SIZES = ((56, 56), (84, 140), (168, 112))  # (height, width) in pixels: 4, 15 and 24 LLM tokens
-PROBE_MAX_PIXELS = 28 * 28 * 256  # the probe checks the mapping, not the resolution: keep it cheap
+PROBE_SIZES = ((56, 56), (84, 140), (168, 112))  # (height, width) in pixels: 4, 15 and 24 LLM tokens at 28 px
+PROBE_MAX_TOKENS = 256  # per image: the probe checks the mapping, not the resolution: keep it cheap
 
 
 @dataclass
@@ -59,11 +61,16 @@ def builtin_images() -> list:
     return images
 
 
-def _vision_inputs(images: list | None) -> tuple[dict[str, Any], list[int]]:
-    """Pixel values and grids of the probe images, and the ``<|image_pad|>`` count of each."""
+def _vision_inputs(arch: VLArch, images: list | None) -> tuple[dict[str, Any], list[int]]:
+    """Pixel values and grids of the probe images (``transformers``' image processor with the family's
+    geometry), and the ``<|image_pad|>`` count of each."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    processor = Qwen2VLImageProcessorPil(max_pixels=PROBE_MAX_PIXELS)
+    geometry = arch.family.geometry
+    processor = Qwen2VLImageProcessorPil(
+        patch_size=geometry.patch_size, merge_size=geometry.merge_size, temporal_patch_size=geometry.temporal_patch_size,
+        image_mean=list(geometry.mean), image_std=list(geometry.std), min_pixels=geometry.factor ** 2 * 4,
+        max_pixels=geometry.factor ** 2 * PROBE_MAX_TOKENS)
     vision = processor(images=builtin_images() if images is None else images, return_tensors="pt")
     merge = processor.merge_size ** 2  # one <|image_pad|> per merged 2x2 patch group
     return vision, [int(grid.prod() // merge) for grid in vision["image_grid_thw"]]
@@ -74,13 +81,14 @@ def _probe(input_ids: torch.Tensor, vision: dict[str, Any], image_id: int) -> di
             "image_grid_thw": vision["image_grid_thw"], "mm_token_type_ids": (input_ids == image_id).int()}
 
 
-def build_probe(tokenizer_dir: str | Path, images: list | None = None, prompt: str | None = None) -> dict[str, Any]:
-    """Inputs for ``Qwen2_5_VLForConditionalGeneration.forward``: one chat turn with ``images`` then
+def build_probe(tokenizer_dir: str | Path, arch: VLArch, images: list | None = None,
+                prompt: str | None = None) -> dict[str, Any]:
+    """Inputs for the family's ``transformers`` model's ``forward``: one chat turn with ``images`` then
     ``prompt`` (``input_ids``, ``pixel_values``, ``image_grid_thw``, ``mm_token_type_ids``)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    vision, pads = _vision_inputs(images)
+    vision, pads = _vision_inputs(arch, images)
     content = [{"type": "image"} for _ in pads] + [{"type": "text", "text": prompt or PROBE_PROMPT}]
     text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                          add_generation_prompt=True)
@@ -94,11 +102,11 @@ def build_probe(tokenizer_dir: str | Path, images: list | None = None, prompt: s
 PROBE_TEXT_TOKENS = 12  # text tokens before and after the images in a probe built from token ids
 
 
-def config_probe(arch: Qwen25VLArch, images: list | None = None) -> dict[str, Any]:
+def config_probe(arch: VLArch, images: list | None = None) -> dict[str, Any]:
     """A probe built from the model config's own token ids, for a checkpoint without a tokenizer:
     seeded ordinary text ids, each image as ``<|vision_start|> <|image_pad|>*n <|vision_end|>``, more
-    text ids. Any Qwen2.5-VL checkpoint can be verified with it, whatever its vocabulary."""
-    vision, pads = _vision_inputs(images)
+    text ids. Any checkpoint can be verified with it, whatever its vocabulary."""
+    vision, pads = _vision_inputs(arch, images)
     special = (arch.vision_start_token_id, arch.vision_end_token_id, arch.image_token_id, arch.video_token_id)
     ordinary = np.arange(min(arch.vocab_size, *special))  # Qwen's special ids come last
     if len(ordinary) < 2:
@@ -111,7 +119,7 @@ def config_probe(arch: Qwen25VLArch, images: list | None = None) -> dict[str, An
     return _probe(torch.tensor([seq], dtype=torch.long), vision, arch.image_token_id)
 
 
-def tokenizer_misfits(tokenizer_dir: Path, arch: Qwen25VLArch, inputs: dict[str, Any]) -> list[str]:
+def tokenizer_misfits(tokenizer_dir: Path, arch: VLArch, inputs: dict[str, Any]) -> list[str]:
     """Why a tokenizer's ids are not the model's (another model's tokenizer); empty if it fits."""
     from transformers import AutoTokenizer
 
@@ -128,16 +136,16 @@ def tokenizer_misfits(tokenizer_dir: Path, arch: Qwen25VLArch, inputs: dict[str,
     return problems
 
 
-def probe_for(hf_dir: Path, arch: Qwen25VLArch, images: list | None, prompt: str | None) -> dict[str, Any]:
+def probe_for(hf_dir: Path, arch: VLArch, images: list | None, prompt: str | None) -> dict[str, Any]:
     """The probe: from the checkpoint's own tokenizer if it has one (refused if it does not fit the
     model); else from config.json's token ids; a ``prompt`` without a tokenizer of its own is
-    tokenized with the Qwen2.5-VL tokenizer if that fits the model."""
+    tokenized with the family's offline tokenizer if that fits the model."""
     import tempfile
 
-    from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
+    from megatron_vlm.tokenizer import write_offline_tokenizer
 
     if (hf_dir / "tokenizer_config.json").is_file():
-        inputs = build_probe(hf_dir, images, prompt)
+        inputs = build_probe(hf_dir, arch, images, prompt)
         if problems := tokenizer_misfits(hf_dir, arch, inputs):
             raise CheckpointError(f"{hf_dir}: its tokenizer does not fit the model ({'; '.join(problems)}); use the "
                                   "model's own tokenizer, or remove its tokenizer files to verify with a probe "
@@ -146,30 +154,27 @@ def probe_for(hf_dir: Path, arch: Qwen25VLArch, images: list | None, prompt: str
     if not prompt:
         return config_probe(arch, images)
     with tempfile.TemporaryDirectory(prefix="longvlm-verify-") as scratch:
-        qwen = write_offline_qwen_tokenizer(Path(scratch))
-        inputs = build_probe(qwen, images, prompt)
-        if problems := tokenizer_misfits(qwen, arch, inputs):
-            raise CheckpointError(f"--prompt needs a tokenizer: {hf_dir} has none, and the Qwen2.5-VL tokenizer "
+        offline = write_offline_tokenizer(Path(scratch), arch.model_type)
+        inputs = build_probe(offline, arch, images, prompt)
+        if problems := tokenizer_misfits(offline, arch, inputs):
+            raise CheckpointError(f"--prompt needs a tokenizer: {hf_dir} has none, and the {arch.family.name} tokenizer "
                                   f"does not fit this model ({'; '.join(problems)}); add the model's tokenizer "
                                   "or leave --prompt out")
     return inputs
 
 
 def megatron_logits(ckpt_root: str | Path, iteration: str | None, inputs: dict[str, Any]) -> torch.Tensor:
-    """Logits ``[b, s, vocab]`` of the Megatron ``Qwen25VLModel`` loaded from a converted checkpoint
+    """Logits ``[b, s, vocab]`` of the family's Megatron model loaded from a converted checkpoint
     (TP=1, PP=1 in this process; the checkpoint is global so this checks every tensor)."""
-    try:
-        from megatron_vlm.models.config import qwen25vl_config_from_hf
-        from megatron_vlm.models.qwen25vl import Qwen25VLModel
-    except ImportError as err:
-        raise CheckpointError(f"verify needs the Megatron model (megatron_vlm.models.qwen25vl): {err}") from None
     from megatron_vlm.formats.checkpoint import MegatronCheckpoint, load_into_model
     from megatron_vlm.runtime import initialize_distributed, process_group
 
     ckpt = MegatronCheckpoint.open(ckpt_root, iteration)
+    family = read_arch(ckpt.meta["hf_config"], name=str(ckpt.iter_dir)).family
     with process_group(device="cpu"):  # fp32 on the CPU, like the transformers reference, also on a GPU machine
         initialize_distributed(environ={}, device="cpu")
-        model = Qwen25VLModel(qwen25vl_config_from_hf(ckpt.meta["hf_config"], params_dtype=torch.float32)).eval()
+        config = family.config_from_hf(ckpt.meta["hf_config"], params_dtype=torch.float32)
+        model = family.model_class(config).eval()
         load_into_model(model, ckpt)
         with torch.no_grad():
             logits = model(inputs["input_ids"], pixel_values=inputs["pixel_values"],
@@ -181,7 +186,6 @@ def verify(cfg: VerifyConfig) -> VerifyResult:
     """The logits comparison, on a probe from the checkpoint's own tokenizer, or from config.json's
     token ids where it has none. ``passed`` false (exit 1) means the logits differ, nothing else."""
     from PIL import Image
-    from transformers import Qwen2_5_VLForConditionalGeneration
 
     cfg.check()
     hf_dir = Path(cfg.hf)
@@ -195,9 +199,13 @@ def verify(cfg: VerifyConfig) -> VerifyResult:
                 images.append(Image.open(path).convert("RGB"))
             except (OSError, ValueError) as err:
                 raise CheckpointError(f"--image {path}: cannot read it ({err})") from None
-    inputs = probe_for(hf_dir, Qwen25VLArch.from_hf(hf_dir), images, cfg.prompt)
     try:
-        hf_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32).eval()
+        arch = read_arch(hf_dir)
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+    inputs = probe_for(hf_dir, arch, images, cfg.prompt)
+    try:
+        hf_model = arch.family.hf_model_class().from_pretrained(hf_dir, dtype=torch.float32).eval()
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{hf_dir}: transformers cannot load it ({err})") from None
     with torch.no_grad():

@@ -13,10 +13,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megatron_vlm.data.vision import MAX_DPI, MAX_PIXELS, MIN_PIXELS
 from megatron_vlm.errors import LongVLMError
 from megatron_vlm.parallel import ParallelLayout
-from megatron_vlm.utils.checks import MAX_SEQ_LEN, number_error
+from megatron_vlm.utils.checks import MAX_DPI, MAX_SEQ_LEN, number_error
 from preprocess.synth.generators.chat_client import ChatClientOptions
 
 SCORING_MODES = ("generate", "teacher-forcing")
@@ -201,8 +200,10 @@ class DocQAConfig(ModelOptions, OutputOptions):
         "slidevqa: the folder holding one subfolder of slide images per deck (DIR/DECK_NAME/*.jpg, as "
         "SlideVQA's download script writes them; default: the input file's folder)")})
     dpi: int = field(default=144, metadata={"help": "render resolution of PDF pages, as the pool renders them"})
-    min_pixels: int = field(default=MIN_PIXELS, metadata={"help": "smart_resize lower bound on page pixels"})
-    max_pixels: int = field(default=MAX_PIXELS, metadata={"help": "smart_resize upper bound on page pixels"})
+    min_pixels: int | None = field(default=None, metadata={
+        "help": "smart_resize lower bound on page pixels (default: the model family's preprocessor's)"})
+    max_pixels: int | None = field(default=None, metadata={
+        "help": "smart_resize upper bound on page pixels (default: the model family's preprocessor's)"})
     page_markers: bool = field(default=True, metadata={"help": (
         "put a 'Page N:' text marker before each page image, as in training (MMLongBench-Doc's reference "
         "prompt has none; results record which was used)")})
@@ -228,10 +229,12 @@ class DocQAConfig(ModelOptions, OutputOptions):
             parse_length(value, "context-lengths")
         if self.max_context is not None and self.context_lengths:
             errors.append("--max-context and --context-lengths exclude each other")
+        low, high = self.min_pixels, self.max_pixels
         errors += filter(None, [number_error("--dpi", self.dpi, ge=1, le=MAX_DPI),
-                                number_error("--min-pixels", self.min_pixels, ge=1), *self.output_option_errors()])
-        if self.max_pixels < self.min_pixels:
-            errors.append(f"--max-pixels {self.max_pixels} must be >= --min-pixels {self.min_pixels}")
+                                number_error("--min-pixels", low, ge=1), number_error("--max-pixels", high, ge=1),
+                                *self.output_option_errors()])
+        if low is not None and high is not None and high < low:
+            errors.append(f"--max-pixels {high} must be >= --min-pixels {low}")
         for option, folder in (("--pdf-dir", self.pdf_dir), ("--image-dir", self.image_dir)):
             if folder is not None and not Path(folder).is_dir():
                 errors.append(f"{option} {folder}: no such folder")
@@ -256,14 +259,17 @@ class MMNiahConfig(ModelOptions, OutputOptions):
         "reasoning-image.jsonl, ...)")})
     image_dir: str | None = field(default=None, metadata={"metavar": "DIR", "help": (
         "folder the images_list / choices_image_path paths are relative to (default: the first file's folder)")})
-    min_pixels: int = field(default=MIN_PIXELS, metadata={"help": "smart_resize lower bound on image pixels"})
-    max_pixels: int = field(default=MAX_PIXELS, metadata={"help": "smart_resize upper bound on image pixels"})
+    min_pixels: int | None = field(default=None, metadata={
+        "help": "smart_resize lower bound on image pixels (default: the model family's preprocessor's)"})
+    max_pixels: int | None = field(default=None, metadata={
+        "help": "smart_resize upper bound on image pixels (default: the model family's preprocessor's)"})
     page_markers: bool = field(default=False, metadata={"help": (
         "put a 'Page N:' marker before each image (MM-NIAH's prompt has none)")})
 
     def __post_init__(self) -> None:
         errors = self.model_option_errors() + self.output_option_errors()
-        if self.min_pixels < 1 or self.max_pixels < self.min_pixels:
+        low, high = self.min_pixels, self.max_pixels
+        if (low is not None and low < 1) or (low is not None and high is not None and high < low):
             errors.append("--min-pixels must be positive and --max-pixels >= --min-pixels")
         if errors:
             raise EvalError("; ".join(errors))

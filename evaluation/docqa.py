@@ -171,8 +171,9 @@ def read_questions(path: str | Path, input_format: str = "auto") -> tuple[str, l
 class Documents:
     """Each document's pages (pool pages or rendered PDF pages), resolved once."""
 
-    def __init__(self, config: DocQAConfig, pool=None):
+    def __init__(self, config: DocQAConfig, geometry, pool=None):
         self.config = config
+        self.geometry = geometry  # the model family's
         self.pool = pool
         if pool is None and config.pool:
             from megatron_vlm.formats.pool import Pool, PoolFormatError
@@ -199,7 +200,7 @@ class Documents:
         if not images:
             raise EvalError(f"{q.where}: no slide images in {folder} (pass --image-dir, the folder of the decks)")
         try:
-            pages = [ImagePage.of(p, self.config.min_pixels, self.config.max_pixels) for p in images]
+            pages = [ImagePage.of(p, self.geometry, self.config.min_pixels, self.config.max_pixels) for p in images]
         except ValueError as err:
             raise EvalError(f"{q.where}: {err}") from None
         self.sources[q.doc] = str(folder)
@@ -220,14 +221,15 @@ class Documents:
         if self.pool is not None and q.doc in self.pool:
             doc = self.pool.get(q.doc)
             self.sources[q.doc] = f"pool:{q.doc}"
-            return [PoolPage.of(self.pool, doc, n) for n in range(1, doc["num_pages"] + 1)]
+            return [PoolPage.of(self.pool, doc, n, self.geometry) for n in range(1, doc["num_pages"] + 1)]
         path = self._pdf_path(q)
         if not path.is_file():
             hint = "" if self.pool is not None else " (a doc id needs --pool)"
             raise EvalError(f"{q.where}: document {q.doc!r} is neither a doc id of the pool nor a PDF "
                             f"({path} not found){hint}")
         try:
-            pages = PdfPage.document(path, self.config.dpi, self.config.min_pixels, self.config.max_pixels)
+            pages = PdfPage.document(path, self.config.dpi, self.geometry, self.config.min_pixels,
+                                     self.config.max_pixels)
         except ValueError as err:
             raise EvalError(f"{q.where}: {err}") from None
         except RuntimeError as err:  # PyMuPDF: not a PDF, damaged
@@ -273,7 +275,7 @@ def instruction_of(config: DocQAConfig, input_format: str) -> str:
 def requests(config: DocQAConfig, builder: PromptBuilder, pool=None) -> list[Request]:
     fmt, questions = read_questions(config.input, config.input_format)
     instruction = instruction_of(config, fmt)
-    docs = Documents(config, pool)
+    docs = Documents(config, builder.geometry, pool)
     if config.context_lengths:  # every question at each length (the paper's columns)
         limits = [(parse_length(v, "context-lengths"), str(v)) for v in config.context_lengths]
     else:

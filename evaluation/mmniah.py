@@ -102,7 +102,7 @@ def requests(config: MMNiahConfig, builder: PromptBuilder, pool=None) -> list[Re
         text, images = prompt_parts(item, where)
         segments = text.split(PLACEHOLDER)
         try:
-            pages = [ImagePage.of(image_dir / p, config.min_pixels, config.max_pixels) for p in images]
+            pages = [ImagePage.of(image_dir / p, builder.geometry, config.min_pixels, config.max_pixels) for p in images]
         except ValueError as err:
             raise EvalError(f"{where}: {err}") from None
         lines = {i: s.strip("\n") for i, s in enumerate(segments[:-1]) if s.strip()}

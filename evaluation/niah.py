@@ -28,7 +28,6 @@ from evaluation.config import EvalError, NiahConfig, parse_length
 from evaluation.pages import EditedPage, Needle, Page, PoolPage, needle_box, needle_fits
 from evaluation.prompt import Context, PromptBuilder, Request
 from evaluation.scoring import needle_exact, needle_score
-from megatron_vlm.data.vision import FACTOR, MIN_PIXELS
 
 KEYS = ("amber", "basalt", "cedar", "delta", "ember", "falcon", "garnet", "harbor", "indigo", "juniper",
         "kestrel", "lantern", "meadow", "nickel", "orchid", "pepper", "quartz", "raven", "saffron", "tundra",
@@ -48,10 +47,11 @@ def needle_of(seed: int, sample: int) -> tuple[str, str]:
 class Haystack:
     """The pool's pages in a seeded document order, materialized as far as they are read."""
 
-    def __init__(self, pool, seed: int, sample: int):
+    def __init__(self, pool, seed: int, sample: int, geometry):
         docs = list(pool.documents)
         random.Random(f"niah-haystack:{seed}:{sample}").shuffle(docs)
-        self._iter: Iterator[Page] = (PoolPage.of(pool, d, n) for d in docs for n in range(1, d["num_pages"] + 1))
+        self._iter: Iterator[Page] = (PoolPage.of(pool, d, n, geometry)
+                                      for d in docs for n in range(1, d["num_pages"] + 1))
         self.pages: list[Page] = []
         self.total_pages = sum(d["num_pages"] for d in docs)
         self.total_tokens = sum(int(d.get("total_image_tokens", 0)) for d in docs)
@@ -66,11 +66,12 @@ class Haystack:
 
 
 def cut_shapes(page: Page, limit: int) -> list[tuple[int, int]]:
-    """``(rows, columns)`` of 28-px cells of the top-left part of ``page`` holding at most ``limit``
-    tokens, largest first (full width preferred); only shapes Qwen2.5-VL accepts (>= MIN_PIXELS,
-    aspect ratio <= 200)."""
-    rows, cols = page.height // FACTOR, page.width // FACTOR
-    least = -(-MIN_PIXELS // (FACTOR * FACTOR))
+    """``(rows, columns)`` of token cells (factor x factor pixels) of the top-left part of ``page`` holding at
+    most ``limit`` tokens, largest first (full width preferred); only shapes the model family accepts
+    (>= its min_pixels, aspect ratio <= 200)."""
+    factor = page.geometry.factor
+    rows, cols = page.height // factor, page.width // factor
+    least = -(-page.geometry.min_pixels // (factor * factor))
     shapes = [(r, c) for r in range(1, rows + 1) for c in range(1, cols + 1)
               if least <= r * c <= limit and max(r, c) <= 200 * min(r, c)]
     return sorted(shapes, key=lambda rc: (-rc[0] * rc[1], -rc[1]))
@@ -109,9 +110,10 @@ def fit_context(builder: PromptBuilder, question: str, haystack: Haystack, targe
         smallest = cut_shapes(page, page.tokens)[-1:]
         if smallest:  # the text a partial page adds: measured with the smallest one
             r, c = smallest[0]
-            text = count(pages + [EditedPage(page, r * FACTOR, c * FACTOR)]) - total - r * c
+            factor = page.geometry.factor
+            text = count(pages + [EditedPage(page, r * factor, c * factor)]) - total - r * c
             for r, c in cut_shapes(page, budget - total - text):
-                cut = pages + [EditedPage(page, r * FACTOR, c * FACTOR)]
+                cut = pages + [EditedPage(page, r * factor, c * factor)]
                 if count(cut) <= budget:
                     pages = cut
                     break
@@ -178,16 +180,17 @@ def needle_font_size(page: Page) -> int:
 def place_image(builder: PromptBuilder, question: str, context: Context, needle: str, depth: float
                 ) -> tuple[Context, float, int, int]:
     """``context`` with ``needle`` drawn on the page row whose tokens sit nearest to ``depth``; the
-    measured depth, the page (0-based) and its row (of 28 px)."""
+    measured depth, the page (0-based) and its row (of factor pixels)."""
     text, index, start, end = _span(builder, question, context)
     starts = _image_starts(text, index, len(context.pages))
     goal = start + depth * (end - start)
     best = None
     for k, (page, first) in enumerate(zip(context.pages, starts)):
         font = needle_font_size(page)
-        _, box = needle_box(needle, page.width, font)
-        rows, cols = page.height // FACTOR, page.width // FACTOR
-        free = rows - box // FACTOR  # last row the box can start on
+        factor = page.geometry.factor
+        _, box = needle_box(needle, page.width, font, factor)
+        rows, cols = page.height // factor, page.width // factor
+        free = rows - box // factor  # last row the box can start on
         if not needle_fits(needle, page.width, font):
             continue
         if free < 0:
@@ -201,9 +204,10 @@ def place_image(builder: PromptBuilder, question: str, context: Context, needle:
     _, k, row, box, font = best
     page = context.pages[k]
     pages = list(context.pages)
-    pages[k] = EditedPage(_base(page), page.height, page.width, Needle(needle, row * FACTOR, box, font))
+    factor = page.geometry.factor
+    pages[k] = EditedPage(_base(page), page.height, page.width, Needle(needle, row * factor, box, font))
     placed = Context(pages, context.page_numbers, dict(context.lines))
-    at = starts[k] + row * (page.width // FACTOR)
+    at = starts[k] + row * (page.width // factor)
     return placed, (at - start) / (end - start), k, row
 
 
@@ -221,7 +225,7 @@ def requests(config: NiahConfig, builder: PromptBuilder, pool=None) -> list[Requ
     for sample in range(config.samples):
         key, value = needle_of(config.seed, sample)
         needle, question = NEEDLE.format(key=key, value=value), QUESTION.format(key=key)
-        haystack = Haystack(pool, config.seed, sample)
+        haystack = Haystack(pool, config.seed, sample, builder.geometry)
         for length in lengths:
             for mode in config.needle_modes:
                 line = needle if mode == "text" else None

@@ -1,10 +1,12 @@
 """Page images of an evaluation context, loaded only when a backend needs them.
 
-Every page has its Qwen2.5-VL size up front (``height``, ``width``: multiples of 28, so the prompt
-can be built and measured without decoding anything) and gives, on demand, its pixels (``HxWx3``
-uint8, decoded as the training loader decodes pool pages) and encoded bytes (for API backends):
+Every page has its size for the model family up front (``height``, ``width``: multiples of the
+family geometry's factor, 28 or 32 pixels, so the prompt can be built and measured without decoding
+anything) and gives, on demand, its pixels (``HxWx3`` uint8, decoded as the training loader decodes
+pool pages) and encoded bytes (for API backends):
 
-- :class:`PoolPage`: a page of the document pool, exactly as training sees it;
+- :class:`PoolPage`: a page of the document pool, exactly as training sees it (resized to the
+  family's grid if the pool was rendered for another);
 - :class:`PdfPage`: a PDF page rendered like the pool renders (``dpi``, then smart_resize in one
   rasterization, ``preprocess.pool.render``);
 - :class:`ImagePage`: an image file (a slide of a SlideVQA deck, an MM-NIAH image) resized as the
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_vlm.data.vision import FACTOR
+from megatron_vlm.data.vision import ImageGeometry
 
 # PyMuPDF is not thread-safe: one lock around opening and rendering documents.
 _PDF_LOCK = threading.RLock()
@@ -40,11 +42,12 @@ def encode_png(pixels: np.ndarray) -> bytes:
 class Page:
     height: int
     width: int
+    geometry: ImageGeometry  # the model family's: the page's size is a multiple of its factor
 
     @property
     def tokens(self) -> int:
-        """LLM tokens of the page (one per 28x28 pixels)."""
-        return (self.height // FACTOR) * (self.width // FACTOR)
+        """LLM tokens of the page (one per factor x factor pixels)."""
+        return (self.height // self.geometry.factor) * (self.width // self.geometry.factor)
 
     def pixels(self) -> np.ndarray:
         raise NotImplementedError
@@ -64,18 +67,26 @@ class PoolPage(Page):
     page_number: int
     height: int
     width: int
+    geometry: ImageGeometry
 
     @classmethod
-    def of(cls, pool, doc: dict, page_number: int) -> PoolPage:
+    def of(cls, pool, doc: dict, page_number: int, geometry: ImageGeometry) -> PoolPage:
+        """Page ``page_number`` of ``doc`` at ``geometry`` (its stored size, or where the pool was rendered for
+        another family the size it is resized to within the pool's pixel bounds, as ``longvlm build`` does)."""
         entry = doc["pages"][page_number - 1]
-        return cls(pool, doc["doc_id"], page_number, int(entry["height"]), int(entry["width"]))
+        height, width = geometry.fit_size(int(entry["height"]), int(entry["width"]), *pool.pixel_bounds)
+        return cls(pool, doc["doc_id"], page_number, height, width, geometry)
 
     def pixels(self) -> np.ndarray:
         from megatron_vlm.data.dataset import decode_page
 
-        return decode_page(self.pool.page_bytes(self.doc_id, self.page_number))
+        pixels = decode_page(self.pool.page_bytes(self.doc_id, self.page_number))
+        return self.geometry.fit(pixels, self.height, self.width)
 
     def encoded(self) -> bytes:
+        stored = self.pool.get(self.doc_id)["pages"][self.page_number - 1]
+        if (stored["height"], stored["width"]) != (self.height, self.width):
+            return super().encoded()  # resized for the family
         return self.pool.page_bytes(self.doc_id, self.page_number)
 
     def describe(self) -> dict:
@@ -95,10 +106,15 @@ class PdfPage(Page):
     page_number: int  # 1-based
     height: int
     width: int
+    geometry: ImageGeometry
 
     @classmethod
-    def document(cls, path: str | Path, dpi: int, min_pixels: int, max_pixels: int) -> list[PdfPage]:
-        """Every page of a PDF at its Qwen2.5-VL size for ``dpi``; ValueError names a bad page."""
+    def document(cls, path: str | Path, dpi: int, geometry: ImageGeometry, min_pixels: int | None = None,
+                 max_pixels: int | None = None) -> list[PdfPage]:
+        """Every page of a PDF at its size for ``dpi`` and the family ``geometry`` (``min/max_pixels``: its
+        smart_resize bounds, default the family's); ValueError names a bad page."""
+        min_pixels = geometry.min_pixels if min_pixels is None else min_pixels
+        max_pixels = geometry.max_pixels if max_pixels is None else max_pixels
         from preprocess.pool.render import Rejected, page_geometry
 
         path = str(path)
@@ -107,17 +123,19 @@ class PdfPage(Page):
             pages = []
             for index, page in enumerate(doc):
                 try:
-                    geo = page_geometry(page.rect, dpi, min_pixels, max_pixels, index + 1)
+                    geo = page_geometry(page.rect, dpi, geometry, min_pixels, max_pixels, index + 1)
                 except Rejected as err:
                     raise ValueError(f"{path}: {err.detail}") from None
-                pages.append(cls(path, index + 1, geo.height, geo.width))
+                pages.append(cls(path, index + 1, geo.height, geo.width, geometry))
         return pages
 
     def pixels(self) -> np.ndarray:
         from preprocess.pool.render import PageGeometry, render_page
 
         with _PDF_LOCK:
-            raster = render_page(_open_pdf(self.path)[self.page_number - 1], PageGeometry(self.width, self.height))
+            geo = PageGeometry(self.width, self.height, list(self.geometry.grid_thw(self.height, self.width)[1:]),
+                               self.tokens)
+            raster = render_page(_open_pdf(self.path)[self.page_number - 1], geo)
             return raster.rgb.copy()
 
     def describe(self) -> dict:
@@ -129,22 +147,24 @@ class ImagePage(Page):
     path: str
     height: int
     width: int
+    geometry: ImageGeometry
 
     @classmethod
-    def of(cls, path: str | Path, min_pixels: int, max_pixels: int) -> ImagePage:
-        """The image at its Qwen2.5-VL size; ValueError names an unreadable image or a bad aspect ratio."""
+    def of(cls, path: str | Path, geometry: ImageGeometry, min_pixels: int | None = None,
+           max_pixels: int | None = None) -> ImagePage:
+        """The image at its size for the family ``geometry``; ValueError names an unreadable image or a bad
+        aspect ratio."""
         from PIL import Image, UnidentifiedImageError
-
-        from megatron_vlm.data.vision import smart_resize
 
         try:
             with Image.open(path) as image:
-                height, width = smart_resize(image.height, image.width, min_pixels=min_pixels, max_pixels=max_pixels)
+                height, width = geometry.smart_resize(image.height, image.width, min_pixels=min_pixels,
+                                                      max_pixels=max_pixels)
         except (OSError, UnidentifiedImageError) as err:
             raise ValueError(f"{path}: not a readable image ({err})") from None
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
-        return cls(str(path), height, width)
+        return cls(str(path), height, width, geometry)
 
     def pixels(self) -> np.ndarray:
         from PIL import Image
@@ -158,11 +178,11 @@ class ImagePage(Page):
 
 @dataclass(frozen=True)
 class Needle:
-    """Text drawn in a white box across a page, its top at pixel row ``top`` (a multiple of 28)."""
+    """Text drawn in a white box across a page, its top at pixel row ``top`` (a multiple of the factor)."""
 
     text: str
     top: int
-    height: int  # pixels of the box (a multiple of 28)
+    height: int  # pixels of the box (a multiple of the factor)
     font_size: int
 
 
@@ -183,14 +203,14 @@ def wrap(text: str, font, width: int) -> list[str]:
     return lines
 
 
-def needle_box(text: str, page_width: int, font_size: int) -> tuple[list[str], int]:
-    """The lines of the needle on a page of ``page_width`` pixels and the box height (rows of 28 px)."""
+def needle_box(text: str, page_width: int, font_size: int, factor: int) -> tuple[list[str], int]:
+    """The lines of the needle on a page of ``page_width`` pixels and the box height (rows of ``factor`` px)."""
     font = needle_font(font_size)
     margin = font_size
     lines = wrap(text, font, max(page_width - 2 * margin, font_size))
     line_height = int(font_size * 1.3)
     height = len(lines) * line_height + 2 * margin
-    return lines, -(-height // FACTOR) * FACTOR
+    return lines, -(-height // factor) * factor
 
 
 def needle_fits(text: str, page_width: int, font_size: int) -> bool:
@@ -206,7 +226,7 @@ def draw_needle(pixels: np.ndarray, needle: Needle) -> np.ndarray:
     image = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
     draw = ImageDraw.Draw(image)
     font = needle_font(needle.font_size)
-    lines, _ = needle_box(needle.text, image.width, needle.font_size)
+    lines, _ = needle_box(needle.text, image.width, needle.font_size, 1)
     draw.rectangle([0, needle.top, image.width - 1, needle.top + needle.height - 1], fill=(255, 255, 255))
     y = needle.top + needle.font_size
     for line in lines:
@@ -225,10 +245,15 @@ class EditedPage(Page):
     width: int
     needle: Needle | None = None
 
+    @property
+    def geometry(self) -> ImageGeometry:
+        return self.base.geometry
+
     def __post_init__(self) -> None:
+        factor = self.geometry.factor
         for name, size, limit in (("height", self.height, self.base.height), ("width", self.width, self.base.width)):
-            if size % FACTOR or not 0 < size <= limit:
-                raise ValueError(f"a page cut to {name} {size} px must be a multiple of {FACTOR} in 1..{limit}")
+            if size % factor or not 0 < size <= limit:
+                raise ValueError(f"a page cut to {name} {size} px must be a multiple of {factor} in 1..{limit}")
 
     def pixels(self) -> np.ndarray:
         pixels = self.base.pixels()[: self.height, : self.width]
@@ -237,7 +262,7 @@ class EditedPage(Page):
     def describe(self) -> dict:
         out = dict(self.base.describe())
         if (self.height, self.width) != (self.base.height, self.base.width):
-            out["cut"] = [self.height // FACTOR, self.width // FACTOR]  # rows, columns of 28 px
+            out["cut"] = [self.height // self.geometry.factor, self.width // self.geometry.factor]  # rows, columns
         if self.needle is not None:
-            out["needle_row"] = self.needle.top // FACTOR
+            out["needle_row"] = self.needle.top // self.geometry.factor
         return out

@@ -14,7 +14,7 @@ A ``Request`` offers each backend the form it needs:
   chat template renders the same text);
 - ``pack_item()``: prompt + reference answer as one item of the training loader's dataset
   (``input_ids``, ``targets``, ``cu_seqlens``, ``image_grid_thw``, ``pages``), so that
-  ``megatron_vlm.data.collate.collate_packs([...])`` makes the exact micro-batch a training step
+  ``megatron_vlm.data.micro_batch.micro_batch([...], geometry)`` makes the exact micro-batch a training step
   takes, with ``loss_mask`` on the answer tokens and the closing ``<|im_end|>`` (teacher forcing).
 """
 
@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from evaluation.pages import Page
+from megatron_vlm.data.vision import ImageGeometry
+from megatron_vlm.models.registry import DEFAULT_FAMILY, get_family
 from preprocess.dataset.render_sample import IMAGE_PAD_ID, CompactSample, SampleRenderer, chat_messages
 
 
@@ -88,10 +90,11 @@ class Request:
 class PromptBuilder:
     """Renders questions over contexts with a tokenizer and the training sample layout."""
 
-    def __init__(self, tokenizer, page_markers: bool = True):
+    def __init__(self, tokenizer, page_markers: bool = True, geometry: ImageGeometry | None = None):
         self.renderer = SampleRenderer(tokenizer, page_markers)
         self.tokenizer = tokenizer
         self.page_markers = page_markers
+        self.geometry = geometry or get_family(DEFAULT_FAMILY).geometry  # the model family's: pages are made at it
 
     def has_special_text(self, text: str) -> bool:
         return self.renderer.has_special_text(text)
@@ -129,7 +132,7 @@ class PromptBuilder:
         ctx = request.context
         ids, targets = self.renderer.render_text(request.question, request.answer, len(ctx.pages), **ctx.layout())
         full_ids, full_targets = CompactSample(ids, targets, ctx.image_tokens).expand()
-        grids = np.asarray([[1, p.height // 14, p.width // 14] for p in ctx.pages], dtype=np.int64).reshape(-1, 3)
+        grids = np.asarray([p.geometry.grid_thw(p.height, p.width) for p in ctx.pages], dtype=np.int64).reshape(-1, 3)
         return {"input_ids": full_ids.astype(np.int64), "targets": full_targets,
                 "cu_seqlens": np.asarray([0, len(full_ids)], dtype=np.int32), "image_grid_thw": grids,
                 "pages": [p.pixels() for p in ctx.pages]}

@@ -2,10 +2,10 @@
 
 The flags describe a ``megatron_vlm.models.config.RopeSettings`` (the one home of the RoPE rule,
 which training uses); it is resolved once per run against the checkpoint's ``config.json``
-(``Qwen25VLArch``) into a :class:`RopeSetting`, which every backend applies the same way:
+(its family's arch) into a :class:`RopeSetting`, which every backend applies the same way:
 
 - ``hf``: :meth:`RopeSetting.apply_to_hf_config` sets ``rope_theta`` on the loaded config;
-- ``megatron``: :meth:`RopeSetting.megatron_kwargs` for ``qwen25vl_config_from_hf``;
+- ``megatron``: :meth:`RopeSetting.megatron_kwargs` for the family's ``config_from_hf``;
 - ``openai``: a server cannot be changed from the client; the server must serve the same base
   (:meth:`RopeSetting.server_hint` says how), and the results record that it was the server's job.
 """
@@ -36,7 +36,7 @@ class RopeSetting:
         return asdict(self)
 
     def apply_to_hf_config(self, config) -> None:
-        """Set the base on a transformers Qwen2.5-VL config (its text config's ``rope_parameters``)."""
+        """Set the base on a transformers VLM config (its text config's ``rope_parameters``)."""
         if not self.overridden:
             return
         text = getattr(config, "text_config", config)
@@ -45,7 +45,7 @@ class RopeSetting:
         text.rope_parameters = params
 
     def megatron_kwargs(self) -> dict:
-        """Keywords of ``megatron_vlm.models.config.qwen25vl_config_from_hf`` that apply this base."""
+        """Keywords of a family's ``config_from_hf`` that apply this base."""
         from megatron_vlm.models.config import RopeSettings
 
         return {"rope": RopeSettings(mode="explicit", base=self.base)} if self.overridden else {}
@@ -79,9 +79,23 @@ def checkpoint_config(checkpoint: str) -> tuple[dict | str, str]:
     return checkpoint, f"--checkpoint {checkpoint}"
 
 
+def checkpoint_family(options: ModelOptions):
+    """The model family of ``--checkpoint`` (its ``config.json``'s ``model_type``); without one, the default
+    family (an API server's model)."""
+    from megatron_vlm.models.registry import DEFAULT_FAMILY, family_of, get_family
+
+    if not options.checkpoint:
+        return get_family(DEFAULT_FAMILY)
+    try:
+        source, name = checkpoint_config(options.checkpoint)
+        return family_of(source, name=name)
+    except LongVLMError as err:
+        raise EvalError(str(err)) from None
+
+
 def resolve_rope(options: ModelOptions) -> RopeSetting:
     """The run's RoPE base, against ``--checkpoint``'s ``config.json`` where there is one."""
-    from megatron_vlm.models.hf_config import Qwen25VLArch
+    from megatron_vlm.models.registry import read_arch
 
     rope = rope_settings(options)
     if not options.checkpoint:
@@ -91,7 +105,7 @@ def resolve_rope(options: ModelOptions) -> RopeSetting:
         return RopeSetting(rope.mode, rope.base, None, None)
     try:
         source, name = checkpoint_config(options.checkpoint)
-        arch = Qwen25VLArch.from_hf(source, name=name)
+        arch = read_arch(source, name=name)
         base = rope.resolve(arch.rope_theta, arch.head_dim)
     except LongVLMError as err:  # no or a bad config.json, a bad RoPE setting
         raise EvalError(str(err)) from None

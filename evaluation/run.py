@@ -27,7 +27,7 @@ from evaluation.backends import backend_class, make_backend
 from evaluation.config import DocQAConfig, EvalError, MMNiahConfig, NiahConfig, identity
 from evaluation.prompt import PromptBuilder
 from evaluation.results import ResultStore, check_directory
-from evaluation.rope import resolve_rope
+from evaluation.rope import checkpoint_family, resolve_rope
 from megatron_vlm import __version__
 
 
@@ -62,7 +62,7 @@ class EvalResult:
 
 def load_tokenizer(options):
     """The tokenizer prompts are built and measured with (``--tokenizer``, else the checkpoint's own),
-    checked as ``longvlm build`` checks it (a Qwen2.5-VL chat template that renders images)."""
+    checked as ``longvlm build`` checks it (a chat template that renders images)."""
     from preprocess.dataset.run import load_tokenizer as load_checked
 
     path = options.tokenizer or options.checkpoint
@@ -72,7 +72,7 @@ def load_tokenizer(options):
         path = checkpoint_tokenizer(options.checkpoint)
         if path is None:
             raise EvalError(f"--checkpoint {options.checkpoint}: the HF directory it was converted from is gone; "
-                            "pass --tokenizer DIR (the model's Qwen2.5-VL tokenizer)")
+                            "pass --tokenizer DIR (the model's own tokenizer)")
     return load_checked(path)
 
 
@@ -113,7 +113,7 @@ def run_task(name: str, config, pool=None, backend=None) -> EvalResult:
         raise EvalError(f"{config.input}: {'a folder, not the' if Path(config.input).is_dir() else 'no such'} "
                         "input file")
     rope = resolve_rope(config)
-    builder = PromptBuilder(load_tokenizer(config), config.page_markers)
+    builder = PromptBuilder(load_tokenizer(config), config.page_markers, checkpoint_family(config).geometry)
     requests = task.requests(config, builder, pool)
     if config.limit is not None:
         requests = requests[: config.limit]

@@ -69,7 +69,7 @@ def convert(action: str, **options: Any) -> Any:
 
     Returns a ``checkpoint_tools.engine.ConversionResult`` (verify: a
     ``checkpoint_tools.verify.VerifyResult`` with ``passed``). Errors in the inputs raise
-    ``megatron_vlm.formats.checkpoint.CheckpointError`` / ``checkpoint_tools.mapping.MappingError`` and
+    ``megatron_vlm.formats.checkpoint.CheckpointError`` / ``megatron_vlm.models.mapping.MappingError`` and
     write nothing.
     """
     from checkpoint_tools.cli import ACTIONS

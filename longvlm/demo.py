@@ -1,8 +1,9 @@
 """``longvlm demo``: the whole LongPT pipeline in miniature on one CPU, in a few minutes.
 
 pool (real PDFs) -> synth (offline generator, all five tasks) -> build (packed, mixed dataset)
--> stats -> a tiny random Qwen2.5-VL checkpoint -> convert hf-to-megatron + verify -> ``longvlm
-train`` with the ``tiny-cpu`` recipe (run directory ``train/``: metrics, loss curve, checkpoints)
+-> stats -> a tiny random checkpoint of the model family (``--family``: Qwen2.5-VL by default, or
+Qwen3-VL) -> convert hf-to-megatron + verify -> ``longvlm train`` with the family's tiny CPU recipe
+(``tiny-cpu`` / ``tiny-qwen3vl-cpu``; run directory ``train/``: metrics, loss curve, checkpoints)
 -> convert megatron-to-hf -> the exported checkpoint loads in ``transformers`` and gives the trained
 Megatron model's logits.
 
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from megatron_vlm.errors import LongVLMError
+from megatron_vlm.models.registry import DEFAULT_FAMILY, family_names
 from megatron_vlm.utils.config_args import add_dataclass_arguments, dataclass_from_args
 
 MARKER = ".longvlm-demo"
@@ -33,6 +35,8 @@ class DemoError(LongVLMError):
 
 @dataclass
 class DemoConfig:
+    family: str = field(default=DEFAULT_FAMILY, metadata={
+        "choices": family_names(), "help": "the model family the pipeline is run for (pool geometry, tokenizer, model)"})
     output: str = field(default="demo_out", metadata={
         "flag": "-o", "help": "working directory; a previous demo's directory there is replaced"})
     pdfs: str = field(default=str(DEMO_PDFS), metadata={
@@ -55,9 +59,8 @@ class DemoConfig:
 
     def check(self) -> None:
         """Every option (after ``scaled``), before any stage runs (a bad one is not found after pool and synth)."""
-        from megatron_vlm.data.vision import MAX_DPI
         from megatron_vlm.utils.atomic import check_creatable
-        from megatron_vlm.utils.checks import MAX_SEQ_LEN, check_number
+        from megatron_vlm.utils.checks import MAX_DPI, MAX_SEQ_LEN, check_number
         from preprocess.dataset.config import check_token_budget
 
         check_number("--dpi", self.dpi, ge=1, le=MAX_DPI, error=DemoError)
@@ -102,14 +105,16 @@ def _prepare_output(path: Path) -> None:
     (path / MARKER).write_text("written by longvlm demo; safe to delete\n")
 
 
-def train(megatron_dir: Path, data_prefix: Path, run_dir: Path, steps: int, seed: int) -> list[float]:
-    """``longvlm train tiny-cpu`` on the demo's checkpoint and dataset; the step losses."""
+def train(megatron_dir: Path, data_prefix: Path, run_dir: Path, steps: int, seed: int,
+          family: str = DEFAULT_FAMILY) -> list[float]:
+    """``longvlm train`` with the family's tiny CPU recipe on the demo's checkpoint and dataset; the step losses."""
+    from megatron_vlm.models.registry import get_family
     from training.cli import recipe_path
     from training.config import load_recipe
     from training.metrics import read_metrics
     from training.trainer import train as run_training
 
-    config = load_recipe(recipe_path("tiny-cpu"), [
+    config = load_recipe(recipe_path(get_family(family).tiny_recipe), [
         f"model.checkpoint={megatron_dir}", f"data.train=[{{prefix: {data_prefix}}}]",
         f"train.train_steps={steps}", f"train.seed={seed}"])
     run_training(config, run_dir)
@@ -147,7 +152,7 @@ def _pool(config: DemoConfig, out: Path, stage) -> Path:
     if config.pool:
         return Path(config.pool)
     stage("pool", lambda: run_pool(PoolConfig(inputs=[config.pdfs], output=str(out / "pool"), min_pages=0,
-                                              max_pages=0, dpi=config.dpi, progress=False)),
+                                              max_pages=0, dpi=config.dpi, family=config.family, progress=False)),
           lambda r: f"{r.accepted} documents, {r.pages} pages, {r.image_tokens:,} image tokens")
     return out / "pool"
 
@@ -158,8 +163,8 @@ def run_study_demo(config: DemoConfig) -> list[StageRecord]:
     from launch.study.report import report
     from launch.study.run import run_experiments
     from megatron_vlm.formats.tasks import TASK_KINDS
-    from megatron_vlm.models.tiny import save_tiny_checkpoint
-    from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
+    from megatron_vlm.models.registry import get_family
+    from megatron_vlm.tokenizer import write_offline_tokenizer
     from preprocess.synth import SynthConfig, run_synth
 
     out = Path(config.output)
@@ -170,8 +175,8 @@ def run_study_demo(config: DemoConfig) -> list[StageRecord]:
     records: list[StageRecord] = []
     stage = _stage_runner(records)
     pool = _pool(config, out, stage)
-    tokenizer = write_offline_qwen_tokenizer(out / "tokenizer")
-    hf = save_tiny_checkpoint(out / "hf_tiny", seed=config.seed)
+    tokenizer = write_offline_tokenizer(out / "tokenizer", config.family)
+    hf = get_family(config.family).save_tiny_checkpoint(out / "hf_tiny", seed=config.seed)
     for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
         shutil.copyfile(tokenizer / name, hf / name)
     short = stage("short data", lambda: write_short_data(pool, out / "short_data"),
@@ -203,8 +208,8 @@ def run_demo(config: DemoConfig) -> list[StageRecord]:
     from checkpoint_tools import engine
     from checkpoint_tools.config import HFToMegatronConfig, MegatronToHFConfig, VerifyConfig
     from checkpoint_tools.verify import verify
-    from megatron_vlm.models.tiny import save_tiny_checkpoint
-    from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
+    from megatron_vlm.models.registry import get_family
+    from megatron_vlm.tokenizer import write_offline_tokenizer
     from preprocess.dataset.config import BuildConfig
     from preprocess.dataset.run import build as build_dataset
     from preprocess.dataset.stats_cli import StatsConfig
@@ -215,29 +220,31 @@ def run_demo(config: DemoConfig) -> list[StageRecord]:
     config.check()
     _prepare_output(out)
     records: list[StageRecord] = []
+    family = get_family(config.family)
     stage = _stage_runner(records)
     pool = _pool(config, out, stage)
     stage("synth", lambda: run_synth(SynthConfig(pool=str(pool), output=str(out / "tasks.jsonl"),
                                                   per_doc=1, seed=config.seed, progress=False)),
           lambda r: f"{r.accepted} instances, {r.rejected} rejected (see tasks.summary.json)")
-    tokenizer = write_offline_qwen_tokenizer(out / "tokenizer")
+    tokenizer = write_offline_tokenizer(out / "tokenizer", family.model_type)
     build = stage("build", lambda: build_dataset(BuildConfig(
-        tasks=[str(out / "tasks.jsonl")], pool=str(pool), tokenizer=str(tokenizer),
+        tasks=[str(out / "tasks.jsonl")], pool=str(pool), tokenizer=str(tokenizer), family=family.model_type,
         output=str(out / "data" / "longpt"), max_seq_len=config.max_seq_len, token_budget=config.token_budget,
         seed=config.seed, progress=False)),
                   lambda r: f"{r.report['packing']['packs']} packed sequences of {r.report['packing']['samples']} samples, fill "
                             f"{r.report['packing']['fill_ratio']:.1%}")
     stage("stats", lambda: run_stats(StatsConfig(prefix=[str(build.prefix)], plot=str(out / "lengths.png"))),
           lambda s: f"{s['total_tokens']:,} tokens, histogram plot in lengths.png")
-    hf = stage("tiny model", lambda: save_tiny_checkpoint(out / "hf_tiny", seed=config.seed),
-               lambda p: f"random tiny Qwen2.5-VL written to {p.name}/ (from a config, no download)")
+    hf = stage("tiny model", lambda: family.save_tiny_checkpoint(out / "hf_tiny", seed=config.seed),
+               lambda p: f"random tiny {family.name} written to {p.name}/ (from a config, no download)")
     for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
         shutil.copyfile(tokenizer / name, hf / name)
     stage("convert hf-to-megatron", lambda: engine.hf_to_megatron(HFToMegatronConfig(hf=str(hf), out=str(out / "megatron"))),
           lambda r: r.summary())
     stage("convert verify", lambda: verify(VerifyConfig(hf=str(hf), ckpt=str(out / "megatron"))),
           lambda r: r.summary())
-    stage("train", lambda: train(out / "megatron", build.prefix, out / "train", config.train_steps, config.seed),
+    stage("train", lambda: train(out / "megatron", build.prefix, out / "train", config.train_steps, config.seed,
+                                 family.model_type),
           lambda losses: f"{len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f} "
                          "(train/metrics.jsonl, train/loss.png, train/checkpoints)")
     stage("convert megatron-to-hf", lambda: engine.megatron_to_hf(MegatronToHFConfig(
@@ -258,7 +265,7 @@ def format_records(records: list[StageRecord]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Run the whole LongPT pipeline in miniature on one CPU: pool -> synth -> build -> stats -> "
-        "convert -> longvlm train (tiny-cpu recipe) -> export to Hugging Face. Takes a few minutes; outputs "
+        "convert -> longvlm train (the family's tiny CPU recipe) -> export to Hugging Face. Takes a few minutes; outputs "
         "stay in -o for inspection (see docs/demo.md).")
     add_dataclass_arguments(parser, DemoConfig)
 

@@ -1,4 +1,4 @@
-"""Model FLOPs of Qwen2.5-VL for one training step: the number ``longvlm tune`` plans with and MFU uses.
+"""Model FLOPs of a VLM (any family) for one training step: the number ``longvlm tune`` plans with and MFU uses.
 
 Counted as matrix-multiply FLOPs (2 per multiply-add; bias adds, norms, activations and softmax are
 not counted, as in Megatron's and PaLM's MFU). What is specific to this model and its data:
@@ -6,15 +6,17 @@ not counted, as in Megatron's and PaLM's MFU). What is specific to this model an
 - attention is counted at each packed sample's **real** length (causal: ``L (L + 1) / 2`` query-key
   pairs per sample), not at the row length: a 128K row of four 32K samples costs a quarter of the
   attention of one 128K sample;
-- the vision tower is counted per image: its window layers attend within Qwen2.5-VL's windows
-  (``window_size`` pixels square, ragged at the right and bottom edges), its full-attention layers
-  within each frame; plus the patch embedding and the 2x2 patch merger;
+- the vision tower is counted per image: window layers (Qwen2.5-VL) attend within their windows
+  (``window_size`` pixels square, ragged at the right and bottom edges), full-attention layers
+  within each frame; plus the patch embedding and the 2x2 patch merger(s) (Qwen3-VL's DeepStack
+  mergers too);
 - the output layer runs only on the answer tokens (``loss_mask``; ``docs/model.md``), so the logits
   cost ``2 * hidden * vocab`` per answer token, not per token.
 
 Backward is twice the forward (input and weight gradients) except for the patch embedding, whose
 input (the pixels) needs no gradient. Activation recomputation is not model work and not counted.
-Shapes come from :class:`~megatron_vlm.models.hf_config.Qwen25VLArch` (both towers' MLPs are SwiGLU).
+Shapes come from the family's arch (:class:`~megatron_vlm.models.hf_config.VLArch`): the language MLP is
+SwiGLU, the vision MLP has ``arch.vision_mlp_matrices`` matrices (3: SwiGLU, 2: plain).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 
-from megatron_vlm.models.hf_config import Qwen25VLArch
+from megatron_vlm.models.hf_config import VLArch
 
 
 @dataclass(frozen=True)
@@ -83,17 +85,17 @@ def window_pairs(grid: Sequence[int], *, merge: int, units_per_window: int) -> i
     return t * merge ** 4 * sum(r * r for r in rows) * sum(c * c for c in cols)
 
 
-def _linear_flops_per_token(hidden: int, q_size: int, kv_size: int, ffn: int) -> int:
-    """QKV, output projection and the SwiGLU MLP (gate, up, down) of one layer, per token."""
-    return 2 * hidden * (q_size + 2 * kv_size) + 2 * q_size * hidden + 3 * 2 * hidden * ffn
+def _linear_flops_per_token(hidden: int, q_size: int, kv_size: int, ffn: int, mlp_matrices: int = 3) -> int:
+    """QKV, output projection and the MLP (SwiGLU: gate, up, down; plain: fc1, fc2) of one layer, per token."""
+    return 2 * hidden * (q_size + 2 * kv_size) + 2 * q_size * hidden + mlp_matrices * 2 * hidden * ffn
 
 
-def patch_dim(arch: Qwen25VLArch) -> int:
+def patch_dim(arch: VLArch) -> int:
     """Values per patch: channels x frames x patch x patch (1,176)."""
     return arch.in_channels * arch.temporal_patch_size * arch.patch_size ** 2
 
 
-def language_flops(arch: Qwen25VLArch, segments: Sequence[int], answer_tokens: int | None = None) -> FlopParts:
+def language_flops(arch: VLArch, segments: Sequence[int], answer_tokens: int | None = None) -> FlopParts:
     """Forward FLOPs of the language model over packed samples of lengths ``segments``."""
     tokens = sum(segments)
     q_size, kv_size = arch.num_heads * arch.head_dim, arch.num_query_groups * arch.head_dim
@@ -106,16 +108,16 @@ def language_flops(arch: Qwen25VLArch, segments: Sequence[int], answer_tokens: i
     )
 
 
-def vision_flops(arch: Qwen25VLArch, image_grids: Iterable[Sequence[int]]) -> FlopParts:
+def vision_flops(arch: VLArch, image_grids: Iterable[Sequence[int]]) -> FlopParts:
     """Forward FLOPs of the vision tower (patch embedding, layers, merger) over images ``(t, h, w)``."""
     grids = [tuple(int(x) for x in g) for g in image_grids]
     if not grids:
         return FlopParts()
     merge, hidden = arch.spatial_merge_size, arch.vision_hidden_size
     patches = sum(t * h * w for t, h, w in grids)
-    per_patch = _linear_flops_per_token(hidden, hidden, hidden, arch.vision_ffn_hidden_size)
+    per_patch = _linear_flops_per_token(hidden, hidden, hidden, arch.vision_ffn_hidden_size, arch.vision_mlp_matrices)
     width = hidden * merge ** 2
-    merger = 2 * width * width + 2 * width * arch.out_hidden_size
+    merger = (1 + arch.deepstack_layers) * (2 * width * width + 2 * width * arch.out_hidden_size)
     full_layers = len(set(arch.fullatt_block_indexes) & set(range(arch.vision_layers)))
     units = arch.window_size // merge // arch.patch_size
     full_pairs = sum(t * (h * w) ** 2 for t, h, w in grids)
@@ -128,9 +130,9 @@ def vision_flops(arch: Qwen25VLArch, image_grids: Iterable[Sequence[int]]) -> Fl
     )
 
 
-def model_flops(arch: Qwen25VLArch, segments: Sequence[int], image_grids: Iterable[Sequence[int]] = (),
+def model_flops(arch: VLArch, segments: Sequence[int], image_grids: Iterable[Sequence[int]] = (),
                 answer_tokens: int | None = None) -> FlopCount:
-    """FLOPs of one forward and backward pass of Qwen2.5-VL over a batch.
+    """FLOPs of one forward and backward pass of the model over a batch.
 
     ``segments``: the packed samples' lengths in tokens, all rows of the batch together (their sum
     is the batch's token count); ``image_grids``: ``(t, h, w)`` in patches of every image of the

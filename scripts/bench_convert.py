@@ -50,7 +50,7 @@ SHARD_BYTES = 4 * 10**9
 
 def model_bytes(config: dict) -> int:
     from checkpoint_tools.hf_io import expected_hf_shapes
-    from megatron_vlm.models.hf_config import Qwen25VLArch
+    from megatron_vlm.models.qwen25vl.arch import Qwen25VLArch
 
     shapes = expected_hf_shapes(Qwen25VLArch.from_hf(config))
     return sum(torch.Size(s).numel() * 2 for s in shapes.values())
@@ -59,7 +59,7 @@ def model_bytes(config: dict) -> int:
 def write_synthetic(out: Path, config: dict) -> int:
     """A bf16 HF checkpoint with ``config``'s shapes, written tensor by tensor into 4 GB shards."""
     from checkpoint_tools.hf_io import ShardedSafetensorsWriter, expected_hf_shapes
-    from megatron_vlm.models.hf_config import Qwen25VLArch
+    from megatron_vlm.models.qwen25vl.arch import Qwen25VLArch
 
     out.mkdir(parents=True)
     shapes = expected_hf_shapes(Qwen25VLArch.from_hf(config))

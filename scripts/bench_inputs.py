@@ -51,11 +51,11 @@ def make_dataset(pool_dir: Path, out: Path, max_seq_len: int, token_budget: floa
     """A built dataset of page-anchored tasks over every document that fits ``max_seq_len``."""
     from longvlm import api
     from megatron_vlm.formats.pool import Pool
-    from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
+    from megatron_vlm.tokenizer import write_offline_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     if not Path(f"{out / 'data'}.json").exists():
-        tokenizer = write_offline_qwen_tokenizer(out / "tokenizer")
+        tokenizer = write_offline_tokenizer(out / "tokenizer")
         tasks = write_tasks(Pool.open(pool_dir), out / "tasks.jsonl")
         api.build(tasks=[str(tasks)], pool=str(pool_dir), tokenizer=str(tokenizer), output=str(out / "data"),
                   max_seq_len=max_seq_len, token_budget=token_budget, max_repeats=1e9, progress=False)
@@ -66,12 +66,12 @@ def make_model(out: Path, size: str) -> Path:
     """A random HF Qwen2.5-VL checkpoint of one of the ``MODELS`` sizes (with the offline tokenizer)."""
     import shutil
 
-    from megatron_vlm.models.tiny import save_tiny_checkpoint
-    from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
+    from megatron_vlm.models.registry import get_family
+    from megatron_vlm.tokenizer import write_offline_tokenizer
 
     if not (out / "config.json").exists():
-        save_tiny_checkpoint(out, seed=0, **MODELS[size])
-        tok = write_offline_qwen_tokenizer(out.parent / f"{out.name}-tokenizer")
+        get_family("qwen2_5_vl").save_tiny_checkpoint(out, seed=0, **MODELS[size])
+        tok = write_offline_tokenizer(out.parent / f"{out.name}-tokenizer")
         for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
             shutil.copyfile(tok / name, out / name)
     return out

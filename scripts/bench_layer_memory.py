@@ -33,7 +33,7 @@ RECOMPUTE = {"none": ("none", ()), "attn": ("selective", ("core_attn",)), "norm+
 
 
 def qwen25vl_7b() -> dict:
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
     return tiny_qwen25vl_config(num_layers=1, hidden_size=3584, intermediate_size=18944, num_heads=28, num_kv_heads=4,
                                 mrope_section=(16, 24, 24), vision_depth=1, vision_hidden_size=1280,
@@ -48,8 +48,8 @@ def measure(part: str, dtype: str, tokens: int, samples: int, recompute: str) ->
     from launch.tune.memory import Setup, layer_activation_bytes
     from megatron_vlm import runtime
     from megatron_vlm.models.attention import AttentionSegments
-    from megatron_vlm.models.config import qwen25vl_config_from_hf
     from megatron_vlm.models.context_parallel import cp_split
+    from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
     from megatron_vlm.parallel import ParallelLayout
 
     cp = int(os.environ.get("WORLD_SIZE", "1"))

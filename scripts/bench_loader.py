@@ -67,18 +67,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    from megatron_vlm.data.collate import collate_packs
     from megatron_vlm.data.dataset import BuiltDataset
     from megatron_vlm.data.loader import build_data_loader
-    from megatron_vlm.data.vision import image_to_patches
-    from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
+    from megatron_vlm.data.micro_batch import micro_batch
+    from megatron_vlm.tokenizer import write_offline_tokenizer
     from preprocess.dataset.cli import format_report
     from preprocess.dataset.run import open_pool
 
     pool = open_pool(args.pool)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        tok = str(write_offline_qwen_tokenizer(tmp / "tokenizer"))
+        tok = str(write_offline_tokenizer(tmp / "tokenizer"))
         # a throughput benchmark on 12 PDFs: it repeats samples far past the recipe's limit on purpose
         common = dict(pool=args.pool, tokenizer=tok, max_seq_len=args.max_seq_len, max_repeats=1e9)
         result, wall, cpu = timed_build(tasks=[str(write_tasks(pool, tmp / "tasks.jsonl"))], output=str(tmp / "mix"),
@@ -113,11 +112,11 @@ def main() -> None:
             item = ds[i]
             stages["read_and_decode"] += time.process_time() - t
             t = time.process_time()
-            collate_packs([item])
+            micro_batch([item], ds.geometry)
             stages["collate"] += time.process_time() - t
             t = time.process_time()
             for page in item["pages"]:
-                image_to_patches(page)
+                ds.geometry.image_to_patches(page)
             stages["of_which_patches"] += time.process_time() - t
         print("  CPU s per sequence: " + ", ".join(f"{k} {v / n:.3f}" for k, v in stages.items()))
 

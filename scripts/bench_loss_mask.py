@@ -19,9 +19,9 @@ def run(seq: int, answer: int, masked: bool, repeats: int) -> tuple[float, float
     import torch
 
     from megatron_vlm import runtime
-    from megatron_vlm.models.config import qwen25vl_config_from_hf
-    from megatron_vlm.models.qwen25vl import Qwen25VLModel
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+    from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
+    from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
+    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
     runtime.initialize_distributed(seed=1)
     model = Qwen25VLModel(qwen25vl_config_from_hf(tiny_qwen25vl_config().to_dict()))

@@ -66,9 +66,9 @@ def bench_attention(name: str, cu: list[int], s: int, heads: int, dim: int, caus
 
 def bench_model(repeats: int) -> None:
     from megatron_vlm import runtime
-    from megatron_vlm.models.config import qwen25vl_config_from_hf
-    from megatron_vlm.models.qwen25vl import Qwen25VLModel
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+    from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
+    from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
+    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
     runtime.initialize_distributed(seed=0)
     hf = tiny_qwen25vl_config(hidden_size=256, num_heads=4, num_kv_heads=2, mrope_section=(8, 12, 12),

@@ -71,13 +71,16 @@ FORMATS = {
 
 
 def sample_pages(pdf_dir: Path, dpi: int, every: int) -> tuple[list[np.ndarray], float]:
-    """Rendered RGB pages and the render rate (pages/s, CPU time)."""
+    """Rendered RGB pages (at the default family's geometry) and the render rate (pages/s, CPU time)."""
+    from megatron_vlm.models.registry import DEFAULT_FAMILY, get_family
+
+    geometry = get_family(DEFAULT_FAMILY).geometry
     pages, cpu = [], 0.0
     for path in sorted(pdf_dir.glob("*.pdf")):
         doc = pymupdf.open(path)
         for i in range(0, doc.page_count, every):
             page = doc[i]
-            geo = page_geometry(page.rect, dpi, 3136, 12845056, i + 1)
+            geo = page_geometry(page.rect, dpi, geometry, geometry.min_pixels, geometry.max_pixels, i + 1)
             t = time.process_time()
             raster = render_page(page, geo)
             cpu += time.process_time() - t

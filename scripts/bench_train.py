@@ -57,8 +57,8 @@ def bare_steps(model_dir: Path, data: Path, steps: int, workers: int) -> list[fl
 
     from megatron_vlm import runtime
     from megatron_vlm.data.loader import build_data_loader, stop_workers
-    from megatron_vlm.models.config import qwen25vl_config_from_hf
-    from megatron_vlm.models.qwen25vl import Qwen25VLModel
+    from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
+    from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
 
     runtime.initialize_distributed(seed=1234)
     model = Qwen25VLModel(qwen25vl_config_from_hf(model_dir))

@@ -46,9 +46,9 @@ def run(seq: int, recompute: str, repeats: int) -> dict:
     from launch.tune.timing import estimate_time
     from megatron_vlm import runtime
     from megatron_vlm.flops import model_flops
-    from megatron_vlm.models.config import qwen25vl_config_from_hf
-    from megatron_vlm.models.qwen25vl import Qwen25VLModel
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+    from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
+    from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
+    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
     gpu, eff = cpu_preset()
     runtime.initialize_distributed(seed=0)

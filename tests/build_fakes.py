@@ -18,6 +18,8 @@ class FakePool:
     """
 
     encoding = "png"
+    family = "qwen2_5_vl"  # pages at Qwen2.5-VL's geometry (28-pixel multiples), its default pixel bounds
+    pixel_bounds = (3136, 12845056)
 
     def __init__(self, pool_dir: Path, page_sizes: dict[str, list[tuple[int, int]]]):
         self.pool_dir = Path(pool_dir)

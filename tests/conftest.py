@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random Qwen2.5-VL checkpoint, the offline tokenizer, the real PDFs, a
+"""Shared fixtures: tiny random Qwen2.5-VL and Qwen3-VL checkpoints, the offline tokenizers, the real PDFs, a
 small built dataset.
 
 Every test computes on the CPU (gloo, fp32: the tolerances are set for it), also on a machine with
@@ -45,9 +45,17 @@ def real_pdfs(pdf_dir) -> list[Path]:
 @pytest.fixture(scope="session")
 def qwen_tokenizer_dir(tmp_path_factory) -> Path:
     """A Hugging Face tokenizer directory: real Qwen BPE vocabulary, Qwen2.5-VL chat template."""
-    from megatron_vlm.tokenizer import write_offline_qwen_tokenizer
+    from megatron_vlm.tokenizer import write_offline_tokenizer
 
-    return write_offline_qwen_tokenizer(tmp_path_factory.mktemp("qwen_tokenizer"))
+    return write_offline_tokenizer(tmp_path_factory.mktemp("qwen_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def qwen3vl_tokenizer_dir(tmp_path_factory) -> Path:
+    """Qwen3-VL's tokenizer directory: the same vocabulary with all of Qwen3's added tokens, Qwen3-VL's template."""
+    from megatron_vlm.tokenizer import write_offline_tokenizer
+
+    return write_offline_tokenizer(tmp_path_factory.mktemp("qwen3vl_tokenizer"), "qwen3_vl")
 
 
 @pytest.fixture(scope="session")
@@ -78,9 +86,25 @@ def convert_to_megatron(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_hf_checkpoint(tmp_path_factory) -> Path:
     """A tiny random Qwen2.5-VL checkpoint (fp32, sharded safetensors + index), built from a config."""
-    from megatron_vlm.models.tiny import save_tiny_checkpoint
+    from megatron_vlm.models.registry import get_family
 
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_qwen25vl"), seed=0, max_shard_size="20MB")
+    return get_family("qwen2_5_vl").save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_qwen25vl"), seed=0, max_shard_size="20MB")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3vl_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random Qwen3-VL checkpoint (fp32, O(1) weights so a mapping error moves the logits; 3 language
+    layers, DeepStack into layers 0 and 1; sharded safetensors + index), built from a config."""
+    from transformers import Qwen3VLForConditionalGeneration
+    from vlm_inputs import randomize_weights_
+
+    from megatron_vlm.models.qwen3vl.tiny import tiny_qwen3vl_config
+
+    model = Qwen3VLForConditionalGeneration(tiny_qwen3vl_config(num_layers=3)).eval()
+    randomize_weights_(model, seed=5)
+    out = tmp_path_factory.mktemp("tiny_qwen3vl") / "hf"
+    model.save_pretrained(out, max_shard_size="20MB")
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -155,6 +179,21 @@ def built(tmp_path_factory, qwen_tokenizer_dir):
                       max_repeats=1000)
     build(cfg, pool=pool)
     return tmp / "data", pool, rows
+
+
+@pytest.fixture(scope="session")
+def built_qwen3vl(built, qwen3vl_tokenizer_dir):
+    """``built``'s tasks and pool (pages rendered for Qwen2.5-VL's 28-pixel grid) built for Qwen3-VL with its
+    tokenizer: pages are resized to its 32-pixel grid at load time. Returns ``(prefix, pool)``."""
+    from preprocess.dataset.config import BuildConfig
+    from preprocess.dataset.run import build
+
+    prefix, pool, _ = built
+    cfg = BuildConfig(tasks=[str(prefix.parent / "tasks.jsonl")], pool=str(prefix.parent / "pool"),
+                      tokenizer=str(qwen3vl_tokenizer_dir), output=str(prefix.parent / "data_qwen3vl"),
+                      family="qwen3_vl", max_seq_len=512, token_budget=12000, progress=False, max_repeats=1000)
+    build(cfg, pool=pool)
+    return prefix.parent / "data_qwen3vl", pool
 
 
 @pytest.fixture(scope="session")

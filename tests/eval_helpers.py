@@ -12,11 +12,15 @@ class PdfPool:
     sizes at ``dpi`` (the pool's own geometry code), pages are rendered only when read."""
 
     encoding = "png"
+    family = "qwen2_5_vl"
+    pixel_bounds = (3136, 12845056)
 
     def __init__(self, pdfs: list[Path], dpi: int = 144):
+        from megatron_vlm.models.registry import get_family
+
         self.documents, self._pages = [], {}
         for i, path in enumerate(pdfs):
-            pages = PdfPage.document(path, dpi, 3136, 12845056)
+            pages = PdfPage.document(path, dpi, get_family(self.family).geometry, *self.pixel_bounds)
             doc_id = f"{i:064x}"
             self.documents.append({
                 "doc_id": doc_id, "source": str(path), "num_pages": len(pages),

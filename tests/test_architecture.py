@@ -7,6 +7,7 @@ the directions they may import in are listed in ``ALLOWED`` (docs/architecture.m
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,6 +109,37 @@ def test_no_import_cycles():
         if v not in index:
             visit(v)
     assert not cycles, f"import cycles: {cycles}"
+
+
+FAMILY_PACKAGES = ("megatron_vlm.models.qwen25vl", "megatron_vlm.models.qwen3vl")
+FAMILY_NAMES = re.compile(r"qwen2_5_vl|qwen3_vl|Qwen25VL|Qwen3VL|Qwen2_5_VL|qwen25vl|qwen3vl")
+
+
+def test_no_stage_names_a_family():
+    """Stages find a model's family in the registry (``megatron_vlm.models.registry``) instead of naming one: no
+    module outside the family folders and the registry imports a family package or spells a family's
+    ``model_type`` or class names in code (docstrings and comments may say which families exist)."""
+    from megatron_vlm.models.registry import FAMILIES
+
+    assert set(FAMILY_PACKAGES) == set(FAMILIES.values()), "list every registered family here"
+    offenders = []
+    for module, path in project_modules().items():
+        if module.startswith(FAMILY_PACKAGES) or module == "megatron_vlm.models.registry":
+            continue
+        imported = [t for t in imports_of(path, module, project_modules()) if t.startswith(FAMILY_PACKAGES)]
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)
+                      and isinstance(node.body[0].value, ast.Constant)}
+        named = sorted({m.group() for node in ast.walk(tree)
+                        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                        for m in FAMILY_NAMES.finditer(node.value)}
+                       | {m.group() for node in ast.walk(tree) if isinstance(node, ast.Name | ast.Attribute)
+                          for m in FAMILY_NAMES.finditer(node.id if isinstance(node, ast.Name) else node.attr)})
+        if imported or named:
+            offenders.append(f"{module}: imports {imported}, names {named}")
+    assert not offenders, "\n".join(offenders)
 
 
 def test_the_check_sees_imports():

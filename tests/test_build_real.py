@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from longvlm import api
-from megatron_vlm.data.collate import collate_packs
 from megatron_vlm.data.dataset import BuiltDataset
+from megatron_vlm.data.micro_batch import micro_batch
 from preprocess.dataset.lengths import histogram
 
 PDFS = ("float", "booktabs", "camlidl-1.04.doc", "beamerexample-conference-talk", "microtype", "mathtools",
@@ -123,7 +123,7 @@ def test_real_pool_mixture_lengths_and_round_trip(real_inputs, qwen_tokenizer_di
         return {pool.documents[o]["pages"][n - 1]["format"] for o, n in ds.read_pack(k)["images"][:, :2]}
 
     k = max(range(len(ds)), key=lambda k: len(formats(k)))
-    batch = collate_packs([ds[k]])
+    batch = micro_batch([ds[k]], ds.geometry)
     pages = [pool.page_image(pool.documents[o]["doc_id"], int(n)) for o, n in ds.read_pack(k)["images"][:, :2]]
     expected = Qwen2VLImageProcessorPil()(images=pages, return_tensors="np")
     np.testing.assert_array_equal(batch["image_grid_thw"].numpy(), expected["image_grid_thw"])

@@ -95,10 +95,11 @@ def test_megatron_layout_matches_a_hand_computation(converted, tiny_hf_checkpoin
 
 
 @pytest.fixture(scope="module")
-def probe_inputs(qwen_tokenizer_dir):
+def probe_inputs(qwen_tokenizer_dir, tiny_hf_checkpoint):
     from checkpoint_tools.verify import build_probe
+    from megatron_vlm.models.registry import read_arch
 
-    return build_probe(qwen_tokenizer_dir)
+    return build_probe(qwen_tokenizer_dir, read_arch(tiny_hf_checkpoint))
 
 
 def hf_logits(path: Path, inputs: dict) -> torch.Tensor:
@@ -125,8 +126,8 @@ def _sgd_step_in_transformers(hf_dir: Path, inputs: dict, labels: torch.Tensor, 
 def _sgd_step_in_megatron(ckpt: Path, out: Path, inputs: dict, labels: torch.Tensor, lr: float) -> None:
     """Load ``ckpt`` into the Megatron model, take the same SGD step, save it as training does."""
     from megatron_vlm.formats.checkpoint import MegatronCheckpoint, load_into_model, save_model
-    from megatron_vlm.models.config import qwen25vl_config_from_hf
-    from megatron_vlm.models.qwen25vl import Qwen25VLModel
+    from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
+    from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
     from megatron_vlm.runtime import process_group
 
     with process_group():
@@ -166,9 +167,9 @@ def test_export_of_a_trained_checkpoint_gives_transformers_the_trained_model(pro
     (2, dict(num_heads=4, num_kv_heads=4, dtype="bfloat16")),  # MHA: a group per head
 ])
 def test_tied_embeddings_and_other_gqa_round_trip_in_bf16(tmp_path, tp, overrides):
-    from megatron_vlm.models.tiny import save_tiny_checkpoint
+    from megatron_vlm.models.registry import get_family
 
-    src = save_tiny_checkpoint(tmp_path / "src", **overrides)
+    src = get_family("qwen2_5_vl").save_tiny_checkpoint(tmp_path / "src", **overrides)
     api.convert("hf-to-megatron", hf=str(src), out=str(tmp_path / "meg"), tp=tp)
     meg = megatron_tensors(tmp_path / "meg")
     assert {t.dtype for t in meg.values()} == {torch.bfloat16}
@@ -227,6 +228,53 @@ def test_flat_transformers4_config_keeps_its_layout():
     assert out["rope_theta"] == 4e6 and out["max_position_embeddings"] == 131072
     assert out["rope_scaling"] == {"type": "mrope", "mrope_section": [16, 24, 24], "rope_type": "yarn", "factor": 4.0}
     assert "text_config" not in out and flat["rope_theta"] == 1e6
+
+
+# -- Qwen3-VL -------------------------------------------------------------------------------------------
+
+
+def test_qwen3vl_round_trip_at_tp2_pp2_is_bit_exact(tiny_qwen3vl_checkpoint, convert_to_megatron, tmp_path):
+    """Every Qwen3-VL tensor (q/k norms, LayerNorm biases, learned positions, DeepStack mergers) HF ->
+    Megatron (TP2, PP2) -> HF unchanged, config included; spot-checked against a hand computation."""
+    ckpt = convert_to_megatron(tiny_qwen3vl_checkpoint, 2, 2)
+    hf, meg = hf_tensors(tiny_qwen3vl_checkpoint), megatron_tensors(ckpt)
+    lm, vis = "model.language_model.layers.1.", "model.visual."
+    assert torch.equal(meg["language_model.decoder.layers.1.self_attention.k_layernorm.weight"],
+                       hf[lm + "self_attn.k_norm.weight"])
+    assert "language_model.decoder.layers.1.self_attention.linear_qkv.bias" not in meg  # no QKV bias
+    assert torch.equal(meg["vision_model.deepstack_mergers.1.layer_norm.bias"],
+                       hf[vis + "deepstack_merger_list.1.norm.bias"])
+    assert torch.equal(meg["vision_model.decoder.layers.3.mlp.linear_fc1.layer_norm_bias"], hf[vis + "blocks.3.norm2.bias"])
+    assert torch.equal(meg["vision_model.pos_embed.weight"], hf[vis + "pos_embed.weight"])
+    out = tmp_path / "hf"
+    api.convert("megatron-to-hf", ckpt=str(ckpt), out=str(out), max_shard_size="20MB")
+    assert_bit_exact(hf, hf_tensors(out))
+    assert json.loads((out / "config.json").read_text()) == json.loads((tiny_qwen3vl_checkpoint / "config.json").read_text())
+
+
+def test_qwen3vl_verify_and_an_export_with_extended_rope_that_transformers_loads(
+        tiny_qwen3vl_checkpoint, convert_to_megatron, qwen3vl_tokenizer_dir, tmp_path, capsys):
+    """``verify`` passes on Qwen3-VL (probe from config.json's ids, and from its offline tokenizer);
+    the export with a raised RoPE base and window keeps interleaved mRoPE and loads in transformers."""
+    from transformers import AutoConfig, Qwen3VLForConditionalGeneration
+
+    ckpt = convert_to_megatron(tiny_qwen3vl_checkpoint, 1, 1)
+    assert main(["convert", "verify", "--hf", str(tiny_qwen3vl_checkpoint), "--ckpt", str(ckpt), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["passed"] and result["images"] == 3 and result["top1_agreement"] == 1.0
+    with_tokenizer = broken_copy(tiny_qwen3vl_checkpoint, tmp_path / "with_tokenizer")
+    for f in qwen3vl_tokenizer_dir.iterdir():
+        shutil.copy(f, with_tokenizer / f.name)
+    assert main(["convert", "verify", "--hf", str(with_tokenizer), "--ckpt", str(ckpt), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["passed"]
+    out = tmp_path / "extended"
+    main(["convert", "megatron-to-hf", "--ckpt", str(ckpt), "--out", str(out), "--rope-theta", "2e7",
+          "--max-position-embeddings", "524288"])
+    rope = AutoConfig.from_pretrained(out).text_config.rope_parameters
+    assert rope["rope_theta"] == 2e7 and rope["mrope_interleaved"] and rope["mrope_section"] == [2, 3, 3]
+    assert AutoConfig.from_pretrained(out).text_config.max_position_embeddings == 524288
+    model = Qwen3VLForConditionalGeneration.from_pretrained(out, dtype=torch.float32)
+    assert torch.equal(model.model.visual.pos_embed.weight, hf_tensors(tiny_qwen3vl_checkpoint)["model.visual.pos_embed.weight"])
 
 
 # -- bad inputs: a clear message, exit status 2, nothing written ------------------------------------

@@ -19,7 +19,7 @@ def random_checkpoint(path, seed: int):
     """A tiny Qwen2.5-VL with O(1) activations (so a mapping error moves the logits visibly)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
     model = Qwen2_5_VLForConditionalGeneration(tiny_qwen25vl_config(num_layers=4)).eval()
     randomize_weights_(model, seed=seed)
@@ -60,8 +60,9 @@ def reference(hf_dir, qwen_tokenizer_dir, tmp_path_factory):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from checkpoint_tools.verify import build_probe
+    from megatron_vlm.models.registry import read_arch
 
-    inputs = build_probe(qwen_tokenizer_dir)
+    inputs = build_probe(qwen_tokenizer_dir, read_arch(hf_dir))
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         logits = model(**inputs).logits
@@ -141,7 +142,7 @@ def small_vocab(tmp_path_factory):
     """A custom Qwen2.5-VL of 512 token ids (special ids 500-503), without a tokenizer of its own."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
     config = tiny_qwen25vl_config(vocab_size=512)
     config.vision_start_token_id, config.vision_end_token_id = 500, 501

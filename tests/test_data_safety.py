@@ -297,7 +297,7 @@ def test_text_only_chat_template_is_refused(build_inputs, tmp_path, capsys):
         (tok / extra).unlink(missing_ok=True)
     assert main(build_args(dict(build_inputs, tokenizer=str(tok)), tmp_path / "d")) == 2
     err = capsys.readouterr().err
-    assert "chat template cannot render images" in err and "Qwen2.5-VL tokenizer" in err
+    assert "chat template cannot render images" in err and "vision-language model's own tokenizer" in err
 
 
 # --- synth ------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""``longvlm demo`` end to end: every stage runs, training changes the model and lowers the loss, and the
-trained model survives the HF export."""
+"""``longvlm demo`` end to end, for each model family: every stage runs, training changes the model and lowers
+the loss, and the trained model survives the HF export."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ pytestmark = pytest.mark.slow
 STEPS = 6
 
 
-def test_demo_trains_and_the_export_reproduces_the_trained_model(pdf_dir, tmp_path):
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_demo_trains_and_the_export_reproduces_the_trained_model(pdf_dir, tmp_path, family):
+    from megatron_vlm.models.registry import get_family
     from training.metrics import read_metrics
 
     pdfs = tmp_path / "pdfs"
@@ -26,7 +28,8 @@ def test_demo_trains_and_the_export_reproduces_the_trained_model(pdf_dir, tmp_pa
     for name in ("float.pdf", "booktabs.pdf", "camlidl-1.04.doc.pdf"):
         shutil.copy(pdf_dir / name, pdfs / name)
     out = tmp_path / "demo"
-    records = api.demo(output=str(out), pdfs=str(pdfs), train_steps=STEPS, token_budget=5e4)  # 3 PDFs: < 4 repeats
+    records = api.demo(output=str(out), pdfs=str(pdfs), train_steps=STEPS, token_budget=5e4,  # 3 PDFs: < 4 repeats
+                       family=family)
     assert [r.name for r in records] == [
         "pool", "synth", "build", "stats", "tiny model", "convert hf-to-megatron", "convert verify",
         "train", "convert megatron-to-hf", "exported == trained"]
@@ -54,10 +57,16 @@ def test_demo_trains_and_the_export_reproduces_the_trained_model(pdf_dir, tmp_pa
     assert exported.keys() == initial.keys()
     assert all((exported[n] - initial[n]).abs().max() > 0 for n in exported)
     assert json.loads((out / "hf_trained" / "config.json").read_text())["architectures"] == [
-        "Qwen2_5_VLForConditionalGeneration"]
+        get_family(family).hf_class]
+    pool_options = json.loads((out / "pool" / "pool.json").read_text())["settings"]["options"]
+    factor = get_family(family).geometry.factor  # the pool was rendered for the family
+    assert pool_options["family"] == family and all(
+        p["width"] % factor == 0 == p["height"] % factor for d in manifest for p in d["pages"])
     assert float(records[-1].result.rsplit(" ", 1)[1]) <= 1e-4
 
     # a rerun replaces its own directory; a directory that is not the demo's is refused
+    if family != "qwen2_5_vl":
+        return
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "keep.txt").write_text("x")
     assert main(["demo", "-o", str(tmp_path / "mine"), "--pdfs", str(pdfs)]) == 2

@@ -97,7 +97,7 @@ def test_runnable_pages_are_found():
 
 def test_vocabulary_padding_figures_in_checkpoints_md():
     """docs/checkpoints.md: the 7B's 152,064 rows need no padding up to TP=4 and pad to 152,576 at TP=8."""
-    from checkpoint_tools.mapping import padded_vocab_size
+    from megatron_vlm.models.mapping import padded_vocab_size
 
     text = (REPO / "docs" / "checkpoints.md").read_text()
     assert "no padding up to TP=4" in text and "152,576" in text

@@ -90,7 +90,7 @@ def test_truncation_keeps_page_numbers_and_reports_dropped_evidence(tmp_path, po
         assert r.meta["evidence_dropped"] == ([17] if side == "end" else [2] if 2 not in numbers else [])
         # maximal: one more kept page would not fit
         more = docqa.keep_pages(18, 6, side)
-        bigger = docqa.Context([docqa.PoolPage.of(pool, pool.documents[1], i + 1) for i in more], [i + 1 for i in more])
+        bigger = docqa.Context([docqa.PoolPage.of(pool, pool.documents[1], i + 1, builder.geometry) for i in more], [i + 1 for i in more])
         assert builder.count(r.question, bigger) > limit
 
 

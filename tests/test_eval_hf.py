@@ -24,7 +24,7 @@ def _save(path, seed: int = 0, **overrides):
     from transformers import Qwen2_5_VLForConditionalGeneration
     from vlm_inputs import randomize_weights_
 
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
     model = Qwen2_5_VLForConditionalGeneration(tiny_qwen25vl_config(**overrides)).eval()
     randomize_weights_(model, seed)  # O(1) activations: outputs depend on every input token and pixel
@@ -92,7 +92,8 @@ def answer_logprob(model, inputs: dict, tokenizer, answer: str) -> tuple[float, 
 
 def _niah_options(small_pool, checkpoint, qwen_tokenizer_dir, out, **kw):
     return dict(pool=str(small_pool), checkpoint=str(checkpoint), tokenizer=str(qwen_tokenizer_dir), output=str(out),
-                lengths=["600", "1000"], depths=[0.5], max_new_tokens=MAX_NEW, batch_size=3, progress=False, **kw)
+                lengths=["600", "1000"], depths=[0.5], max_new_tokens=MAX_NEW, batch_size=3, progress=False, samples=1,
+                **kw)
 
 
 @pytest.mark.slow
@@ -102,7 +103,7 @@ def test_niah_end_to_end_matches_reference_and_resumes(tmp_path, small_pool, che
     opts = _niah_options(small_pool, checkpoint, qwen_tokenizer_dir, out)
     argv = ["eval", "niah", "--pool", opts["pool"], "--checkpoint", opts["checkpoint"], "--tokenizer",
             opts["tokenizer"], "-o", str(out), "--lengths", "600", "1000", "--depths", "0.5", "--max-new-tokens",
-            str(MAX_NEW), "--batch-size", "3", "--no-progress"]
+            str(MAX_NEW), "--batch-size", "3", "--samples", "1", "--no-progress"]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "needle: image" in printed and "needle: text" in printed and "heatmap.png" in printed

@@ -11,7 +11,7 @@ from evaluation import niah
 from evaluation.config import DEFAULT_LENGTHS, NiahConfig, parse_length
 from evaluation.pages import EditedPage
 from evaluation.prompt import PromptBuilder
-from megatron_vlm.data.vision import smart_resize
+from megatron_vlm.models.registry import get_family
 
 DEPTHS = [0.0, 0.1, 0.5, 0.9, 1.0]
 IM_START, IMAGE_PAD, VISION_START = 151644, 151655, 151652
@@ -61,7 +61,7 @@ def test_lengths_within_one_percent_of_the_targets(requests, pool, qwen_tokenize
         assert count == r.num_tokens == len(r.expanded_ids())
         assert abs(count - r.meta["length"]) <= 0.01 * r.meta["length"], r.id
         # every page (the cut last one too) has a size Qwen2.5-VL keeps as it is
-        assert all(smart_resize(h, w) == (h, w) for h, w in sizes)
+        assert all(get_family("qwen2_5_vl").geometry.smart_resize(h, w) == (h, w) for h, w in sizes)
     # the haystack is whole pool pages in order, then one partial page
     r = next(r for r in requests if r.meta["length"] == 32768 and r.meta["mode"] == "image")
     assert all(not isinstance(p, EditedPage) or p.needle is not None for p in r.pages[:-1])

@@ -10,10 +10,10 @@ from vlm_inputs import make_row
 
 from megatron_vlm import runtime
 from megatron_vlm.flops import causal_pairs, model_flops, window_pairs
-from megatron_vlm.models.config import qwen25vl_config_from_hf
-from megatron_vlm.models.qwen25vl import Qwen25VLModel
-from megatron_vlm.models.tiny import tiny_qwen25vl_config
-from megatron_vlm.models.vision import window_layout
+from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
+from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
+from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
+from megatron_vlm.models.qwen25vl.vision import window_layout
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +21,18 @@ def tiny():
     runtime.initialize_distributed(seed=0)
     config = qwen25vl_config_from_hf(tiny_qwen25vl_config().to_dict())
     yield config, Qwen25VLModel(config)
+    runtime.destroy()
+
+
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def tiny_of_each_family(request):
+    """Each family's tiny model (Qwen3-VL: plain GELU vision MLP, DeepStack mergers, learned positions)."""
+    from megatron_vlm.models.registry import get_family
+
+    family = get_family(request.param)
+    runtime.initialize_distributed(seed=0)
+    config = family.config_from_hf(family.tiny_config().to_dict())
+    yield config, family.model_class(config)
     runtime.destroy()
 
 
@@ -56,13 +68,14 @@ def test_window_pairs_match_the_models_window_layout():
     assert causal_pairs([3, 1]) == 6 + 1
 
 
-def test_counts_equal_torch_flop_counter_on_the_model(tiny):
+def test_counts_equal_torch_flop_counter_on_the_model(tiny_of_each_family):
     """Forward and backward through Qwen25VLModel (packed row, two images, loss mask) under torch's
     FlopCounterMode: its matmul + convolution FLOPs equal ours; with SDPA's math kernel the attention
     matmuls equal ours with causal samples counted as full squares (the math kernel masks, it does not skip)."""
-    config, model = tiny
-    a = make_row([12, (1, 8, 12), 6], seed=1)
-    b = make_row([5, (1, 4, 4), 9], seed=2)
+    config, model = tiny_of_each_family
+    patch_dim = config.arch.family.geometry.patch_dim
+    a = make_row([12, (1, 8, 12), 6], seed=1, patch_dim=patch_dim)
+    b = make_row([5, (1, 4, 4), 9], seed=2, patch_dim=patch_dim)
     ids = torch.cat([a[0], b[0]])[None]
     grids, pixels = torch.cat([a[1], b[1]]), torch.cat([a[2], b[2]])
     cu = torch.tensor([0, len(a[0]), ids.shape[1]])

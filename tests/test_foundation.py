@@ -68,6 +68,29 @@ def test_offline_tokenizer_has_qwen25vl_chat_template(qwen_tokenizer):
                     "<|vision_start|><|image_pad|><|vision_end|>Q?<|im_end|>\n<|im_start|>assistant\n")
 
 
+def test_offline_qwen3vl_tokenizer_has_all_qwen3_tokens_and_qwen3vls_template(qwen3vl_tokenizer_dir):
+    """Qwen3-VL keeps every added token of Qwen3's (<think> is one token, 151667); its Instruct template adds
+    no default system prompt, renders a system turn, images, an assistant answer and tool calls as Qwen3's."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(qwen3vl_tokenizer_dir)
+    assert len(tok) == 151669 and tok("<think>").input_ids == [151667]
+    assert tok("Hello world").input_ids == [9707, 1879]
+    image_then_text = [{"type": "image"}, {"type": "text", "text": "Q?"}]
+    assert tok.apply_chat_template([{"role": "user", "content": image_then_text}], tokenize=False,
+                                   add_generation_prompt=True) == (
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Q?<|im_end|>\n<|im_start|>assistant\n")
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": image_then_text},
+            {"role": "assistant", "content": "A.", "tool_calls": [{"function": {"name": "f", "arguments": {"x": 1}}}]}]
+    assert tok.apply_chat_template(chat, tokenize=False) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Q?"
+        "<|im_end|>\n<|im_start|>assistant\nA.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n"
+        "</tool_call><|im_end|>\n")
+    numbered = tok.apply_chat_template([{"role": "user", "content": image_then_text * 2}], tokenize=False,
+                                       add_vision_id=True)
+    assert "Picture 1: <|vision_start|>" in numbered and "Picture 2: <|vision_start|>" in numbered
+
+
 def test_tiny_checkpoint_loads_in_transformers(tiny_hf_checkpoint):
     from transformers import Qwen2_5_VLForConditionalGeneration
 

@@ -120,9 +120,9 @@ def _load_recipe(path):
 
 
 def _hf_config(path):
-    from megatron_vlm.models.hf_config import Qwen25VLArch
+    from megatron_vlm.models.registry import read_arch
 
-    return Qwen25VLArch.from_hf(path.parent)
+    return read_arch(path.parent)
 
 
 def _tokenizer(path):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_vlm.data.collate import collate_packs
 from megatron_vlm.data.dataset import BuiltDataset
 from megatron_vlm.data.loader import build_data_loader
+from megatron_vlm.data.micro_batch import micro_batch
 from megatron_vlm.data.sampler import PackBatchSampler
 from megatron_vlm.data.stream import PackStream
 from megatron_vlm.formats.dataset import DatasetFormatError
@@ -23,7 +23,7 @@ def test_pixel_values_equal_qwen2vl_image_processor(built):
 
     prefix, pool, _ = built
     ds = BuiltDataset(prefix, pool=pool)
-    batch, raw = collate_packs([ds[0], ds[1]]), [ds.read_pack(0), ds.read_pack(1)]
+    batch, raw = micro_batch([ds[0], ds[1]], ds.geometry), [ds.read_pack(0), ds.read_pack(1)]
     processor = Qwen2VLImageProcessorPil(min_pixels=3136, max_pixels=12845056)
     records = np.concatenate([r["images"] for r in raw])
     assert len({int(k) for k in records[:, 2]}) < len(records)  # repeated pages are in the test
@@ -33,10 +33,37 @@ def test_pixel_values_equal_qwen2vl_image_processor(built):
     np.testing.assert_allclose(batch["pixel_values"].numpy(), expected["pixel_values"], rtol=0, atol=2e-6)
 
 
+def test_qwen3vl_dataset_of_a_qwen25vl_pool_resizes_pages_like_its_processor(built_qwen3vl):
+    """A pool rendered for Qwen2.5-VL (28-pixel multiples) feeds Qwen3-VL: each page is resized at load time to
+    what Qwen3-VL's image processor (patch 16, mean = std = 0.5) makes of the stored page, within the pool's
+    pixel bounds; the dataset's token counts follow its 32-pixel grid."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    prefix, pool = built_qwen3vl
+    ds = BuiltDataset(prefix, pool=pool)
+    assert ds.family == "qwen3_vl" and ds.geometry.patch_size == 16
+    batch = micro_batch([ds[0], ds[1]], ds.geometry)
+    records = np.concatenate([ds.read_pack(k)["images"] for k in (0, 1)])
+    images = [pool.page_image(pool.documents[o]["doc_id"], int(n)) for o, n in records[:, :2]]
+    assert any(image.size[0] % 32 or image.size[1] % 32 for image in images)  # resizing is exercised
+    processor = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+                                         min_pixels=3136, max_pixels=12845056)
+    expected = processor(images=images, return_tensors="np")
+    np.testing.assert_array_equal(batch["image_grid_thw"].numpy(), expected["image_grid_thw"])
+    np.testing.assert_allclose(batch["pixel_values"].numpy(), expected["pixel_values"], rtol=0, atol=2e-6)
+    ids = batch["input_ids"].numpy()
+    assert (ids == IMAGE_PAD).sum() == expected["image_grid_thw"].prod(1).sum() // 4
+
+
+def test_datasets_of_different_families_are_not_blended(built, built_qwen3vl):
+    with pytest.raises(DatasetFormatError, match="different model families"):
+        build_data_loader([built[0], built_qwen3vl[0]], 1, pool=built[1], num_workers=0)
+
+
 def _hf_rope_index(input_ids: np.ndarray, grids: np.ndarray) -> np.ndarray:
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
 
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
     model = Qwen2_5_VLModel(tiny_qwen25vl_config(num_layers=1, vision_depth=1, fullatt_block_indexes=(0,)))
     ids = torch.as_tensor(input_ids, dtype=torch.long)[None]

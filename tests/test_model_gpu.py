@@ -1,5 +1,6 @@
-"""GPU checks of Qwen25VLModel: bf16 parity with transformers for every combination of linears
-(``transformer_impl`` local / te) and core attention (``attention_backend`` torch / te), bf16 vs fp32,
+"""GPU checks of the models: bf16 parity with transformers (both families: Qwen3-VL's TE LayerNorm tower and
+q/k TE norms included) for every combination of linears (``transformer_impl`` local / te) and core attention
+(``attention_backend`` torch / te), bf16 vs fp32,
 Transformer Engine's parts vs the local ones (same weights) on packed samples with THD padding, and
 (two GPUs) context parallelism over packed rows with TE's attention vs the torch backend. Run on the
 process's GPU (the ``cuda`` fixture lifts the suite's CPU pin).
@@ -33,15 +34,14 @@ def _needs_te(impl: str, attention: str) -> None:
         pytest.importorskip("transformer_engine.pytorch")
 
 
-def _model(impl: str, attention: str, dtype: torch.dtype, device, hf_config=None):
-    from megatron_vlm.models.config import qwen25vl_config_from_hf
-    from megatron_vlm.models.qwen25vl import Qwen25VLModel
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+def _model(impl: str, attention: str, dtype: torch.dtype, device, hf_config=None, family: str = "qwen2_5_vl"):
+    from megatron_vlm.models.registry import get_family
 
-    hf_config = hf_config or tiny_qwen25vl_config()
-    cfg = qwen25vl_config_from_hf(hf_config.to_dict(), transformer_impl=impl, attention_backend=attention,
-                                  params_dtype=dtype)
-    return Qwen25VLModel(cfg).to(device).eval()
+    family = get_family(family)
+    hf_config = hf_config or family.tiny_config()
+    cfg = family.config_from_hf(hf_config.to_dict(), transformer_impl=impl, attention_backend=attention,
+                                params_dtype=dtype)
+    return family.model_class(cfg).to(device).eval()
 
 
 def _inputs(device, pad_to: int = 1):
@@ -71,24 +71,23 @@ def _relative(a: torch.Tensor, ref: torch.Tensor) -> float:
     return ((a.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
-def bf16_errors(impl: str, attention: str, device: torch.device, tmp_path) -> dict[str, float]:
+def bf16_errors(impl: str, attention: str, device: torch.device, tmp_path, family: str = "qwen2_5_vl") -> dict[str, float]:
     """Relative logit errors against transformers in fp32 (CPU): transformers in bf16 on ``device``,
     and our model in bf16 on ``device``, on one row of text and two images; and top-1 agreements.
     A model with Transformer Engine parts gets its weights from the local one through a dist checkpoint."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    from megatron_vlm.models.registry import get_family
 
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
-
-    hf_config = tiny_qwen25vl_config()
-    hf = Qwen2_5_VLForConditionalGeneration(hf_config).eval()
+    hf_config = get_family(family).tiny_config()
+    hf = get_family(family).hf_model_class()(hf_config).eval()
     randomize_weights_(hf, seed=0)
-    ours = _model("local", "torch", torch.bfloat16, device, hf_config)
+    ours = _model("local", "torch", torch.bfloat16, device, hf_config, family)
     load_hf_weights(ours, hf, ours.model_config)
     if (impl, attention) != ("local", "torch"):
-        te = _model(impl, attention, torch.bfloat16, device, hf_config)
+        te = _model(impl, attention, torch.bfloat16, device, hf_config, family)
         _transfer(ours, te, tmp_path)
         ours = te
-    ids, grids, pixels = make_row([6, (1, 8, 12), 9, (1, 16, 8), 5], seed=3)
+    ids, grids, pixels = make_row([6, (1, 8, 12), 9, (1, 16, 8), 5], seed=3,
+                                  patch_dim=get_family(family).geometry.patch_dim)
     kwargs = dict(input_ids=ids[None], pixel_values=pixels, image_grid_thw=grids,
                   mm_token_type_ids=(ids[None] == IMAGE_PAD).int())
     with torch.no_grad():
@@ -104,10 +103,11 @@ def bf16_errors(impl: str, attention: str, device: torch.device, tmp_path) -> di
                 ours_top1=(got.argmax(-1) == top1).float().mean().item())
 
 
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
 @pytest.mark.parametrize("impl, attention", COMBINATIONS)
-def test_bf16_logits_match_transformers(cuda, impl, attention, tmp_path):
+def test_bf16_logits_match_transformers(cuda, impl, attention, tmp_path, family):
     _needs_te(impl, attention)
-    err = bf16_errors(impl, attention, cuda, tmp_path)
+    err = bf16_errors(impl, attention, cuda, tmp_path, family)
     bound = min(BF16_FACTOR * err["transformers"] + BF16_SLACK, BF16_CAP)
     assert err["ours"] <= bound, err
     assert err["ours_vs_transformers"] <= 2 * bound, err

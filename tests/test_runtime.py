@@ -148,8 +148,8 @@ def test_the_decision_drives_shims_device_init_and_te_check(fake_gpus, monkeypat
     initialized on the device; CPU -> shims, cpu device, CPU initialization, the te backend refused."""
     from megatron.core.tensor_parallel import layers
 
-    from megatron_vlm.models.config import qwen25vl_config_from_hf
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+    from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
+    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
     from megatron_vlm.runtime import placement
     from megatron_vlm.utils.transformer_engine import transformer_engine_error
 

@@ -113,7 +113,7 @@ def test_every_layer_combination_runs_or_is_refused_for_the_gpu_machine(train_in
     GPU machine or refused naming the key and what works (the checks `longvlm train` and `longvlm slurm train`
     run); two of them end to end through `longvlm slurm train` on this machine (no GPU, no Transformer
     Engine), which checks the recipe for the 8-GPU nodes it will run on and writes nothing when it refuses."""
-    from megatron_vlm.models.hf_config import Qwen25VLArch
+    from megatron_vlm.models.qwen25vl.arch import Qwen25VLArch
 
     arch = Qwen25VLArch.from_hf(train_inputs["hf"])
     base = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", train_overrides(train_inputs, 5))

@@ -89,7 +89,7 @@ step's model FLOPs are those of the same samples."""
 
     from megatron_vlm.data.loader import build_data_loader
     from megatron_vlm.flops import model_flops
-    from megatron_vlm.models.hf_config import Qwen25VLArch
+    from megatron_vlm.models.qwen25vl.arch import Qwen25VLArch
 
     arch = Qwen25VLArch.from_hf(setup["hf"])
     _, recs = reference
@@ -391,12 +391,23 @@ def test_model_without_tokenizer_files_is_checked_against_the_recorded_tokenizer
     assert not (tmp_path / "run").exists()
 
 
+def test_dataset_built_for_another_family_is_refused(setup, tiny_qwen3vl_checkpoint, capsys):
+    """A Qwen3-VL model with a dataset built for Qwen2.5-VL: refused before any work, saying how to rebuild."""
+    from longvlm.cli import main
+
+    assert main(["train", "tiny-cpu", "-o", str(setup["tmp"] / "other_family"),
+                 *overrides(setup, **{"model.checkpoint": tiny_qwen3vl_checkpoint})]) == 2
+    err = capsys.readouterr().err
+    assert "the dataset was built for qwen2_5_vl, the model is qwen3_vl" in err
+    assert "longvlm build --family qwen3_vl" in err and not (setup["tmp"] / "other_family").exists()
+
+
 def test_vision_parameters_get_a_gradient_without_images(megatron_single):
     """A text-only micro-batch still gives every trainable vision parameter a (zero) gradient, so gradient
     buckets that wait for every parameter are complete."""
-    from megatron_vlm.models.config import qwen25vl_config_from_hf
-    from megatron_vlm.models.qwen25vl import Qwen25VLModel
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+    from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
+    from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
+    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
     model = Qwen25VLModel(qwen25vl_config_from_hf(tiny_qwen25vl_config().to_dict()))
     ids = torch.randint(0, 1000, (1, 16))

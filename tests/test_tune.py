@@ -17,7 +17,7 @@ from longvlm import api
 from longvlm.cli import main
 from megatron_vlm.flops import model_flops
 from megatron_vlm.hardware import GPUS
-from megatron_vlm.models.hf_config import Qwen25VLArch
+from megatron_vlm.models.qwen25vl.arch import Qwen25VLArch
 
 SEVEN_B = Qwen25VLArch.from_hf(MODELS["qwen2.5-vl-7b"])
 
@@ -53,6 +53,24 @@ def test_7b_on_64_h100s(capsys):
     assert "activations: vision tower" in text and "CP communication (exposed)" in text and "TP2 PP1 CP4" in text
 
 
+def test_qwen3vl_8b_is_planned_with_its_own_geometry_and_shapes():
+    """A Qwen3-VL preset: pages on its 32-pixel grid (A4 at 144 dpi: 1191 x 1684 px -> 1184 x 1696, 37 x 53 tokens),
+    its FLOPs (DeepStack mergers, plain vision MLP) and memory, feasible layouts ranked."""
+    from launch.tune.workload import page_grid
+    from megatron_vlm.models.registry import read_arch
+
+    arch = read_arch(MODELS["qwen3-vl-8b"])
+    geometry = arch.family.geometry
+    assert page_grid(144, geometry) == (1, 106, 74)  # 1696 / 16 rows, 1184 / 16 columns
+    workload = synthetic_workload(131072, geometry)
+    assert workload.peak_row.image_tokens == len(workload.peak_row.image_grids) * 53 * 37
+    plan = api.tune(model="qwen3-vl-8b", gpus=64, global_batch=32, gpu="h100", micro_batch=[1])
+    assert plan.ranked and plan.arch.deepstack_layers == 3
+    flops = model_flops(arch, [131072], [(1, 106, 74)]).forward
+    per_patch_mlp = 2 * 2 * 1152 * 4304  # fc1 and fc2, no gate
+    assert flops.vision_linear > 27 * 106 * 74 * per_patch_mlp
+
+
 def test_infeasible_request_says_why(capsys):
     assert main(["tune", "--model", "qwen2.5-vl-72b", "--gpus", "8", "--gpu", "a100", "--global-batch", "8",
                  "--micro-batch", "1"]) == 1
@@ -67,7 +85,7 @@ def test_infeasible_request_says_why(capsys):
 
 
 def test_the_cost_model_knows_the_vlm():
-    setup, row = Setup(), synthetic_workload(131072).rows[0]
+    setup, row = Setup(), synthetic_workload(131072, SEVEN_B.family.geometry).rows[0]
     # context parallelism splits the images: the busiest CP rank's vision activations halve
     one, two = (activations(SEVEN_B, Layout.make(cp=cp), setup, row, 0).vision for cp in (1, 2))
     assert two == pytest.approx(one / 2, rel=0.05)
@@ -176,16 +194,19 @@ def test_bad_input_is_a_clear_error(argv, message, capsys):
     assert err.startswith("longvlm tune: error: ") and message in err
 
 
-def test_the_shipped_128k_recipe_runs_on_the_machine_it_names():
-    """recipes/mmprolong-7b-128k.yaml: every layer setting is one training accepts for Qwen2.5-VL-7B on GPUs, and
-    the tuner predicts its layout fits 80 GB GPUs (64 of them, 8 per node, the recipe's comment) at 128K rows."""
+@pytest.mark.parametrize("name,preset", [("mmprolong-7b-128k", "qwen2.5-vl-7b"),
+                                         ("mmprolong-qwen3vl-8b", "qwen3-vl-8b")])
+def test_the_shipped_128k_recipe_runs_on_the_machine_it_names(name, preset):
+    """recipes/mmprolong-7b-128k.yaml (Qwen2.5-VL-7B) and mmprolong-qwen3vl-8b.yaml (Qwen3-VL-8B): every layer
+    setting is one training accepts for the model on GPUs, and the tuner predicts its layout fits 80 GB GPUs (64
+    of them, 8 per node, the recipe's comment) at 128K rows."""
     from launch.tune.search import Planner, Request
     from megatron_vlm.hardware import GPUS
-    from megatron_vlm.models.hf_config import Qwen25VLArch
+    from megatron_vlm.models.registry import read_arch
     from training.config import load_recipe
 
-    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "mmprolong-7b-128k.yaml")
-    arch = Qwen25VLArch.from_hf(MODELS["qwen2.5-vl-7b"])
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / f"{name}.yaml")
+    arch = read_arch(MODELS[preset])
     assert recipe.backend_problems(arch, te_version="2.18") == []
     layout = recipe.parallel
     layout.check_model(arch.num_layers, arch.num_heads, arch.num_query_groups, arch.vision_heads)
@@ -194,7 +215,7 @@ def test_the_shipped_128k_recipe_runs_on_the_machine_it_names():
                   transformer_impl=recipe.model.transformer_impl)
     request = Request(gpus=64, gpus_per_node=8, global_batch=recipe.train.global_batch_size, gpu=GPUS["h100"],
                       setup=setup)
-    planner = Planner(arch, synthetic_workload(recipe.train.seq_length), request)
+    planner = Planner(arch, synthetic_workload(recipe.train.seq_length, arch.family.geometry), request)
     candidate = planner.evaluate(Layout(layout, dp=dp, micro_batch=recipe.train.micro_batch_size,
                                         recompute=recipe.model.recompute,
                                         recompute_modules=tuple(recipe.model.recompute_modules)))

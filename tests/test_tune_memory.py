@@ -25,8 +25,8 @@ from launch.tune.memory import (
     transient_bytes,
 )
 from launch.tune.workload import Row
-from megatron_vlm.models.config import qwen25vl_config_from_hf
-from megatron_vlm.models.hf_config import Qwen25VLArch
+from megatron_vlm.models.qwen25vl.arch import Qwen25VLArch
+from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
 
 sys.path.insert(0, str(Path(__file__).parent / "workers"))
 from tune_model_states import LAYOUTS, MODELS, hf_config  # noqa: E402
@@ -36,7 +36,7 @@ from tune_model_states import LAYOUTS, MODELS, hf_config  # noqa: E402
 def test_parameter_count_equals_transformers(name):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
     hf = Qwen2_5_VLForConditionalGeneration(tiny_qwen25vl_config(**MODELS[name][0]))
     arch = Qwen25VLArch.from_hf(hf_config(name))
@@ -101,8 +101,8 @@ def test_activations_and_peak_of_a_cpu_step(runtime_single, recompute, modules):
     predicted activations (within 1%), the peak of forward + backward above the model states the predicted
     activations plus backward temporaries (within 5%), under every recompute mode and module set."""
     from launch.tune.measure import measure_step, row_batch
-    from megatron_vlm.models.qwen25vl import Qwen25VLModel
-    from megatron_vlm.models.tiny import tiny_qwen25vl_config
+    from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
+    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
     config = qwen25vl_config_from_hf(tiny_qwen25vl_config(num_layers=2).to_dict(), recompute=recompute,
                                      recompute_modules=modules)

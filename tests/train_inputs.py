@@ -11,11 +11,11 @@ from build_fakes import FakePool, write_tasks
 
 def make_train_inputs(tmp: Path, tokenizer_dir: Path) -> dict:
     """``{"hf": HF_DIR, "data": DATA_PREFIX, "tmp": tmp}`` under ``tmp``."""
-    from megatron_vlm.models.tiny import save_tiny_checkpoint
+    from megatron_vlm.models.registry import get_family
     from preprocess.dataset.config import BuildConfig
     from preprocess.dataset.run import build
 
-    hf = save_tiny_checkpoint(tmp / "hf", seed=3, num_layers=4)
+    hf = get_family("qwen2_5_vl").save_tiny_checkpoint(tmp / "hf", seed=3, num_layers=4)
     sizes = {f"{i:064x}": [(56 * (1 + (i + p) % 3), 28 * (2 + p % 2)) for p in range(2 + i % 3)] for i in range(8)}
     pool = FakePool(tmp / "pool", sizes).register()
     rows = []

@@ -1,4 +1,4 @@
-"""Test inputs for the Qwen2.5-VL model tests: well-scaled random weights, interleaved text/image rows."""
+"""Test inputs for the model tests (both families): well-scaled random weights, interleaved text/image rows."""
 
 from __future__ import annotations
 
@@ -30,10 +30,11 @@ def randomize_weights_(model: torch.nn.Module, seed: int = 0) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
 
 
-def make_row(parts, *, seed: int = 0, text_vocab: int = 1000):
+def make_row(parts, *, seed: int = 0, text_vocab: int = 1000, patch_dim: int = 1176):
     """``parts``: ints (that many random text tokens) and ``(t, h, w)`` image grids (in patches).
 
-    Returns ``input_ids [s]``, ``image_grid_thw [n, 3]``, ``pixel_values [sum(t*h*w), 1176]``.
+    Returns ``input_ids [s]``, ``image_grid_thw [n, 3]``, ``pixel_values [sum(t*h*w), patch_dim]``
+    (1176: Qwen2.5-VL's 14 px patches; 1536: Qwen3-VL's 16 px).
     """
     g = torch.Generator().manual_seed(seed)
     ids, grids = [], []
@@ -45,7 +46,7 @@ def make_row(parts, *, seed: int = 0, text_vocab: int = 1000):
             grids.append(list(p))
             ids += [VISION_START] + [IMAGE_PAD] * (t * h * w // 4) + [VISION_END]
     grids_t = torch.tensor(grids, dtype=torch.long).reshape(-1, 3)
-    pixels = torch.randn(int(grids_t.prod(1).sum()), 1176, generator=g)
+    pixels = torch.randn(int(grids_t.prod(1).sum()), patch_dim, generator=g)
     return torch.tensor(ids), grids_t, pixels
 
 

@@ -39,15 +39,15 @@ class RecipeError(ConfigError):
 class ModelSettings:
     """What to train: the starting checkpoint and how the model is set up."""
 
-    checkpoint: str = ""  # an HF Qwen2.5-VL directory (converted once into RUN_DIR/init) or a Megatron checkpoint
+    checkpoint: str = ""  # an HF model directory of a registered family (converted once into RUN_DIR/init) or a Megatron checkpoint
     rope: RopeSettings = field(default_factory=RopeSettings)
     transformer_impl: str = "local"  # the layers' linears and norms: local (Megatron-Core's) | te (Transformer Engine; FP8)
     attention_backend: str = "torch"  # core attention: torch (SDPA; CPU and GPU) | te (Transformer Engine; GPU)
     recompute: str = "none"  # activation recomputation: none | selective (recompute_modules) | full
     # selective: core_attn (attention core), layernorm (norm outputs), act (the MLP activation), mlp (whole MLP)
     recompute_modules: list[str] = field(default_factory=lambda: ["core_attn"])
-    train_vision: bool = True  # the vision tower's transformer and patch embedding
-    train_merger: bool = True  # the 2x2 patch merger (vision -> language projection)
+    train_vision: bool = True  # the vision tower: patch (and learned position) embeddings, its layers
+    train_merger: bool = True  # the 2x2 patch merger(s) (vision -> language projection; DeepStack's too)
     train_language: bool = True  # the language model
 
 

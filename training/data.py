@@ -17,8 +17,8 @@ from megatron_vlm.data.dataset import BuiltDataset
 from megatron_vlm.data.image_share import ImageShare
 from megatron_vlm.data.loader import build_data_loader
 from megatron_vlm.errors import LongVLMError
-from megatron_vlm.formats.dataset import max_samples_per_pack
-from megatron_vlm.models.hf_config import Qwen25VLArch
+from megatron_vlm.formats.dataset import dataset_family, max_samples_per_pack
+from megatron_vlm.models.hf_config import VLArch
 from megatron_vlm.parallel import ParallelLayout, TokenPadding
 from training.config import RecipeError, TrainConfig
 
@@ -47,7 +47,7 @@ def _tokenizer_hashes(directory: str | None) -> dict[str, str]:
     return {n: sha256_file(Path(directory) / n) for n in TOKENIZER_FILES if (Path(directory) / n).is_file()}
 
 
-def check_vocabulary(key: str, built: dict, arch: Qwen25VLArch) -> None:
+def check_vocabulary(key: str, built: dict, arch: VLArch) -> None:
     """A model without tokenizer files of its own: the tokenizer the dataset recorded (``inputs.tokenizer``:
     its folder and the files' hashes) must still be there and fit the model's config.json: its vocabulary
     within the embedding, and the vision tokens at the ids the model uses."""
@@ -74,7 +74,7 @@ def check_vocabulary(key: str, built: dict, arch: Qwen25VLArch) -> None:
                           f"({problem}); rebuild it with the model's tokenizer")
 
 
-def plan_data(config: TrainConfig, arch: Qwen25VLArch, model_max_length: int, tokenizer_dir: str | None) -> DataPlan:
+def plan_data(config: TrainConfig, arch: VLArch, model_max_length: int, tokenizer_dir: str | None) -> DataPlan:
     """Check the datasets against the model and the layout (before any work); the run's plan."""
     if config.data.pool_dir is not None and not Path(config.data.pool_dir).is_dir():
         raise RecipeError(f"data.pool_dir={config.data.pool_dir}: no such folder")
@@ -88,6 +88,10 @@ def plan_data(config: TrainConfig, arch: Qwen25VLArch, model_max_length: int, to
     model_tokens = _tokenizer_hashes(tokenizer_dir)
     longest = 0
     for key, meta in metas.items():
+        if dataset_family(meta) != arch.model_type:
+            raise RecipeError(f"{key}: the dataset was built for {dataset_family(meta)}, the model is {arch.model_type} "
+                              f"({arch.family.name}); rebuild it with 'longvlm build --family {arch.model_type} "
+                              "--tokenizer MODEL_TOKENIZER ...' (the same pool works)")
         built = meta["inputs"]["tokenizer"]
         if model_tokens:
             differ = sorted(n for n in set(built["sha256"]) & set(model_tokens) if built["sha256"][n] != model_tokens[n])

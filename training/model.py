@@ -1,4 +1,4 @@
-"""The model of a training run: this rank's chunk(s) of ``Qwen25VLModel``, frozen parts, Megatron DDP.
+"""The model of a training run: this rank's chunk(s) of the family's model, frozen parts, Megatron DDP.
 
 Each pipeline rank builds its stage (one chunk, or ``vpp`` chunks for the interleaved schedule); the
 first stage also holds the vision tower. Parts that do not train are frozen before wrapping, so
@@ -19,9 +19,9 @@ from megatron.core.distributed import (
     finalize_model_grads,
 )
 
-from megatron_vlm.models.config import Qwen25VLConfig, qwen25vl_config_from_hf
-from megatron_vlm.models.hf_config import Qwen25VLArch
-from megatron_vlm.models.qwen25vl import Qwen25VLModel
+from megatron_vlm.models.config import VLModelConfig
+from megatron_vlm.models.hf_config import VLArch
+from megatron_vlm.models.vlm import VisionLanguageModel
 from megatron_vlm.runtime import device, use_cuda
 from training.config import TrainConfig
 
@@ -33,7 +33,7 @@ class ModelParts:
     """This rank's model chunks (DDP-wrapped) and the config they were built from."""
 
     chunks: list[DistributedDataParallel]
-    config: Qwen25VLConfig
+    config: VLModelConfig
 
     @property
     def first_stage(self) -> bool:
@@ -43,45 +43,48 @@ class ModelParts:
     def last_stage(self) -> bool:
         return ps.is_pipeline_last_stage(ignore_virtual=True)
 
-    def unwrapped(self) -> list[Qwen25VLModel]:
+    def unwrapped(self) -> list[VisionLanguageModel]:
         return [chunk.module for chunk in self.chunks]
 
 
-def model_config(config: TrainConfig, arch: Qwen25VLArch) -> Qwen25VLConfig:
-    """The Megatron configs of the run's model (shapes from ``arch``, split from ``config.parallel``)."""
+def model_config(config: TrainConfig, arch: VLArch) -> VLModelConfig:
+    """The Megatron configs of the run's model (its family's, shapes from ``arch``, split from ``config.parallel``)."""
     extra = {}
     if config.train.precision == "fp8":
         extra.update(fp8="hybrid", fp8_recipe="delayed")
     m = config.model
-    return qwen25vl_config_from_hf(
+    return arch.family.config_from_hf(
         arch, layout=config.parallel, attention_backend=m.attention_backend, transformer_impl=m.transformer_impl,
         params_dtype=DTYPES[config.train.precision], rope=m.rope, recompute=m.recompute,
         recompute_modules=m.recompute_modules, calculate_per_token_loss=True, **extra)
 
 
-def _freeze(model: Qwen25VLModel, config: TrainConfig) -> None:
-    parts = {"language_model": config.model.train_language}
-    if model.vision_model is not None:
-        parts.update({"vision_model.merger": config.model.train_merger,
-                      "vision_model.patch_embed": config.model.train_vision,
-                      "vision_model.decoder": config.model.train_vision})
+def _freeze(model: VisionLanguageModel, config: TrainConfig) -> None:
+    """``model.train_language`` / ``train_merger`` (the patch mergers, DeepStack's included) / ``train_vision``
+    (the rest of the tower: patch and position embeddings, layers) set which parameters train."""
     for name, param in model.named_parameters():
-        part = next(p for p in parts if name.startswith(p + ".") or name == p)
-        param.requires_grad_(parts[part])
+        if name.startswith("language_model."):
+            train = config.model.train_language
+        elif name.startswith(("vision_model.merger.", "vision_model.deepstack_mergers.")):
+            train = config.model.train_merger
+        else:
+            train = config.model.train_vision
+        param.requires_grad_(train)
 
 
-def build_chunks(cfg: Qwen25VLConfig) -> list[Qwen25VLModel]:
+def build_chunks(cfg: VLModelConfig) -> list[VisionLanguageModel]:
     """This pipeline rank's model chunks on its device: one, or ``vpp`` for the interleaved schedule."""
     vpp = cfg.layout.vpp
     chunks = []
     for vp_stage in range(vpp) if vpp else [None]:
         first = ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
         last = ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
-        chunks.append(Qwen25VLModel(cfg, pre_process=first, post_process=last, vp_stage=vp_stage).to(device()))
+        chunks.append(cfg.arch.family.model_class(cfg, pre_process=first, post_process=last,
+                                                  vp_stage=vp_stage).to(device()))
     return chunks
 
 
-def build_model(config: TrainConfig, arch: Qwen25VLArch) -> ModelParts:
+def build_model(config: TrainConfig, arch: VLArch) -> ModelParts:
     """Build, freeze and wrap this rank's chunks; set the schedule hooks on the language config."""
     cfg = model_config(config, arch)
     chunks = build_chunks(cfg)

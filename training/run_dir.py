@@ -16,7 +16,8 @@ from pathlib import Path
 
 from checkpoint_tools.hf_io import HFCheckpoint
 from megatron_vlm.formats.checkpoint import TRACKER_NAME, MegatronCheckpoint
-from megatron_vlm.models.hf_config import Qwen25VLArch
+from megatron_vlm.models.hf_config import VLArch
+from megatron_vlm.models.registry import read_arch
 from megatron_vlm.utils.atomic import check_creatable
 from training.config import RESUMABLE_CHANGES, RecipeError, TrainConfig, differences, load_recipe, to_yaml
 
@@ -30,7 +31,7 @@ class StartPoint:
 
     path: Path
     kind: str  # "hf" or "megatron"
-    arch: Qwen25VLArch
+    arch: VLArch
     tokenizer_dir: str | None  # the model's own tokenizer files, if it has them
     source: dict  # the HF directory record exports copy side files from
 
@@ -48,7 +49,7 @@ def start_point(config: TrainConfig) -> StartPoint:
             ckpt = MegatronCheckpoint.open(path)
             source = ckpt.meta.get("source", {})
             hf_dir = source.get("hf_dir")
-            arch = Qwen25VLArch.from_hf(ckpt.meta["hf_config"], name=str(ckpt.iter_dir / "longvlm.json"))
+            arch = read_arch(ckpt.meta["hf_config"], name=str(ckpt.iter_dir / "longvlm.json"))
             return StartPoint(path, "megatron", arch, hf_dir if hf_dir and Path(hf_dir).is_dir() else None, source)
         if (path / "config.json").is_file():  # every shard's header read: a damaged one is named before any work
             arch = HFCheckpoint.open(path).arch
@@ -57,7 +58,7 @@ def start_point(config: TrainConfig) -> StartPoint:
         raise
     except Exception as err:  # CheckpointError / ConfigError name the file
         raise RecipeError(f"model.checkpoint: {err}") from None
-    raise RecipeError(f"model.checkpoint={path}: neither an HF Qwen2.5-VL directory (config.json) nor a Megatron "
+    raise RecipeError(f"model.checkpoint={path}: neither an HF model directory (config.json) nor a Megatron "
                       f"checkpoint ({TRACKER_NAME}); convert one with 'longvlm convert hf-to-megatron'")
 
 

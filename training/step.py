@@ -21,7 +21,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron_vlm.data.image_share import ImageShare, gather_pixels
 from megatron_vlm.flops import model_flops
 from megatron_vlm.models.context_parallel import cp_split
-from megatron_vlm.models.hf_config import Qwen25VLArch
+from megatron_vlm.models.hf_config import VLArch
 from megatron_vlm.runtime import device
 
 _MODEL_INPUTS = ("input_ids", "position_ids", "labels", "loss_mask")
@@ -147,7 +147,7 @@ def _sum_over_dp(*values: float) -> list[float]:
 
 def run_schedule(chunks, loader_iter, num_microbatches: int, share: ImageShare, stream_length: int,
                  forward_only: bool, score: bool = False,
-                 arch: Qwen25VLArch | None = None) -> tuple[StepResult, list]:
+                 arch: VLArch | None = None) -> tuple[StepResult, list]:
     """Forward (and backward) of one global batch through Megatron-Core's schedule; no optimizer step.
 
     Each micro-batch is one packed stream ``[1, T]`` (``megatron_vlm.data.collate``); ``stream_length``:

@@ -21,7 +21,7 @@ chosen) with this interface::
   ``server_prompt_tokens``);
 - mode ``teacher-forcing``: ``{"answer_logprob": float (sum of log p over the answer tokens and the
   closing <|im_end|>), "answer_tokens": int, "answer_token_accuracy": float (share of those tokens
-  that are the argmax)}``, computed on ``collate_packs([r.pack_item() for r in batch])`` (labels and
+  that are the argmax)}``, computed on ``micro_batch([r.pack_item() for r in batch], geometry)`` (labels and
   ``loss_mask`` exactly as in training);
 - on a failure of one request: ``{"error": str}`` (the row is written and retried by a rerun).
 

@@ -1,11 +1,11 @@
-"""``--backend hf``: transformers' Qwen2.5-VL in this process, greedy decoding, batched by length.
+"""``--backend hf``: the checkpoint's family's transformers model in this process, greedy decoding, batched by length.
 
 Inputs come from the :class:`~evaluation.prompt.Request` as the training loader would make them:
-the expanded token ids, pixel values by ``megatron_vlm.data.vision.image_to_patches`` (the
-loader's patching, not transformers' processor) and ``mm_token_type_ids`` (without them
+the expanded token ids, pixel values by the family geometry's ``image_to_patches`` (the loader's
+patching, not transformers' processor) and ``mm_token_type_ids`` (without them
 transformers silently falls back to 1-D positions). Prompts are sorted by length and cut into
 batches of at most ``--batch-size`` rows and ``--max-batch-tokens`` padded tokens; generation
-left-pads, teacher forcing right-pads the loader's own micro-batch (``collate_packs``) and
+left-pads, teacher forcing right-pads the loader's own micro-batch (``micro_batch``) and
 projects only the answer positions onto the vocabulary.
 """
 
@@ -18,11 +18,8 @@ import numpy as np
 from evaluation.config import EvalError
 from evaluation.prompt import PromptBuilder, Request
 from evaluation.rope import RopeSetting
-from megatron_vlm.data.vision import PATCH_SIZE, image_to_patches
 from megatron_vlm.formats.dataset import PAD_ID
 from preprocess.dataset.render_sample import IMAGE_PAD_ID
-
-IM_END_ID = 151645
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
@@ -48,8 +45,9 @@ class HFBackend:
                  device: str | None = None, attn_implementation: str = "sdpa", batch_size: int = 8,
                  max_batch_tokens: int = 65536, max_new_tokens: int = 64):
         import torch
-        from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+        from transformers import AutoConfig
 
+        from megatron_vlm.models.registry import family_of
         from megatron_vlm.runtime import use_cuda
 
         self.device = torch.device(device or ("cuda" if use_cuda() else "cpu"))
@@ -59,7 +57,9 @@ class HFBackend:
         try:
             config = AutoConfig.from_pretrained(checkpoint)
             rope.apply_to_hf_config(config)
-            self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            family = family_of(checkpoint)
+            self.im_end = family.tokens.im_end
+            self.model = family.hf_model_class().from_pretrained(
                 checkpoint, config=config, dtype=self.dtype, attn_implementation=attn_implementation)
         except (OSError, ValueError) as err:
             raise EvalError(f"--checkpoint {checkpoint}: transformers cannot load it ({err})") from None
@@ -91,8 +91,8 @@ class HFBackend:
         pages = [p for r in requests for p in r.pages]
         if not pages:
             return {}
-        grids = torch.tensor([[1, p.height // PATCH_SIZE, p.width // PATCH_SIZE] for p in pages])
-        pixels = np.concatenate([image_to_patches(p.pixels())[0] for p in pages])
+        grids = torch.tensor([p.geometry.grid_thw(p.height, p.width) for p in pages])
+        pixels = np.concatenate([p.geometry.image_to_patches(p.pixels())[0] for p in pages])
         return {"pixel_values": torch.from_numpy(pixels).to(self.device, self.dtype),
                 "image_grid_thw": grids.to(self.device)}
 
@@ -109,14 +109,14 @@ class HFBackend:
             mask[i, width - len(x):] = 1
         input_ids = torch.from_numpy(ids).to(self.device)
         config = GenerationConfig(do_sample=False, max_new_tokens=self.max_new_tokens, num_beams=1,
-                                  eos_token_id=[IM_END_ID, PAD_ID], pad_token_id=PAD_ID, repetition_penalty=1.0)
+                                  eos_token_id=[self.im_end, PAD_ID], pad_token_id=PAD_ID, repetition_penalty=1.0)
         with torch.no_grad():
             out = self.model.generate(input_ids=input_ids, attention_mask=torch.from_numpy(mask).to(self.device),
                                       mm_token_type_ids=(input_ids == IMAGE_PAD_ID).int(),
                                       generation_config=config, **self._vision(requests))
         results = []
         for new in out[:, width:].tolist():
-            stop = next((k for k, t in enumerate(new) if t in (IM_END_ID, PAD_ID)), len(new))
+            stop = next((k for k, t in enumerate(new) if t in (self.im_end, PAD_ID)), len(new))
             results.append({"prediction": self.tokenizer.decode(new[:stop], skip_special_tokens=True),
                             "generated_tokens": stop})
         return results
@@ -124,11 +124,20 @@ class HFBackend:
     def _teacher_force(self, requests: Sequence[Request]) -> list[dict]:
         import torch
 
-        from megatron_vlm.data.collate import collate_packs
+        from megatron_vlm.data.micro_batch import micro_batch
 
-        items = [r.pack_item() for r in requests]
-        batch = collate_packs(items)
-        lengths = torch.tensor([len(it["input_ids"]) for it in items])
+        # one training micro-batch (a THD stream) per example, right-padded into the rows transformers takes
+        parts = [micro_batch([r.pack_item()], self.builder.geometry) for r in requests]
+        lengths = torch.tensor([p["input_ids"].shape[1] for p in parts])
+        width = int(lengths.max())
+
+        def rows(key, fill):
+            return torch.cat([torch.nn.functional.pad(p[key], (0, width - p[key].shape[1]), value=fill) for p in parts])
+
+        batch = {"input_ids": rows("input_ids", PAD_ID), "labels": rows("labels", PAD_ID),
+                 "loss_mask": rows("loss_mask", 0.0), "image_grid_thw": torch.cat([p["image_grid_thw"] for p in parts])}
+        if all("pixel_values" in p for p in parts):
+            batch["pixel_values"] = torch.cat([p["pixel_values"] for p in parts])
         input_ids = batch["input_ids"].to(self.device)
         attention = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long().to(self.device)
         keep = batch["loss_mask"].bool()

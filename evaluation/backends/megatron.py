@@ -3,7 +3,7 @@
 The reference answer is scored, not generated: its log-likelihood (the sum of log p over the answer
 tokens and the closing ``<|im_end|>``, exactly the tokens ``loss_mask`` marks in training) and the
 share of those tokens that are the argmax. Each example is one micro-batch made by the training
-collation (``collate_packs``); the model chunks and the forward-only pass are the trainer's own
+collation (``micro_batch``); the model chunks and the forward-only pass are the trainer's own
 (``training.model.build_chunks``, ``training.step.run_schedule``), so this is what
 ``longvlm train`` logs as its validation. Start it like training: one process, or ``torchrun`` /
 ``srun`` with ``--tp/--pp/--cp``; examples are spread over the data-parallel ranks and rank 0
@@ -34,7 +34,7 @@ class MegatronBackend:
 
         from megatron_vlm import runtime
         from megatron_vlm.formats.checkpoint import CheckpointError, MegatronCheckpoint, load_into_model
-        from megatron_vlm.models.config import qwen25vl_config_from_hf
+        from megatron_vlm.models.registry import read_arch
         from training.model import build_chunks
 
         env = runtime.read_dist_env()
@@ -48,9 +48,10 @@ class MegatronBackend:
             dtype = "bfloat16" if gpu else "float32"
         self.dtype = getattr(torch, dtype)
         runtime.initialize_distributed(layout, seed=1234)
-        cfg = qwen25vl_config_from_hf(ckpt.meta["hf_config"], layout=layout, attention_backend=attention_backend,
-                                      transformer_impl=transformer_impl, params_dtype=self.dtype, calculate_per_token_loss=True,
-                                      **rope.megatron_kwargs())
+        family = read_arch(ckpt.meta["hf_config"], name=str(ckpt.iter_dir)).family
+        cfg = family.config_from_hf(ckpt.meta["hf_config"], layout=layout, attention_backend=attention_backend,
+                                    transformer_impl=transformer_impl, params_dtype=self.dtype,
+                                    calculate_per_token_loss=True, **rope.megatron_kwargs())
         self.chunks = build_chunks(cfg)
         load_into_model(self.chunks, ckpt)
         for chunk in self.chunks:
@@ -82,8 +83,8 @@ class MegatronBackend:
         every rank runs the same passes); rank 0 yields every example's fields."""
         from megatron.core import parallel_state as ps
 
-        from megatron_vlm.data.collate import collate_packs
         from megatron_vlm.data.image_share import ImageShare
+        from megatron_vlm.data.micro_batch import micro_batch
         from training.step import run_schedule
 
         per_round = self.batch_size * self.dp
@@ -96,7 +97,8 @@ class MegatronBackend:
             for i in mine:
                 request = requests[i if i is not None else 0]
                 try:
-                    batches.append(collate_packs([request.pack_item()], padding=self.layout.token_padding()))
+                    batches.append(micro_batch([request.pack_item()], request.builder.geometry,
+                                               padding=self.layout.token_padding()))
                 except (ValueError, KeyError) as err:
                     raise EvalError(f"example {request.id}: cannot build its micro-batch ({err})") from None
             longest = max(b["input_ids"].shape[1] for b in batches)

@@ -119,13 +119,13 @@ def _is_recipe(model: str) -> Path | None:
 
 
 def load_model(model: str):
-    """``(Qwen25VLArch, recipe or None)`` of ``--model``: a preset, an HF checkpoint or config.json, a
+    """``(arch, recipe or None)`` of ``--model`` (any registered family): a preset, an HF checkpoint or config.json, a
     Megatron checkpoint (its ``longvlm.json``) or a training recipe (its ``model.checkpoint``)."""
     from megatron_vlm.formats.checkpoint import TRACKER_NAME, MegatronCheckpoint
-    from megatron_vlm.models.hf_config import Qwen25VLArch
+    from megatron_vlm.models.registry import read_arch
 
     if model in MODELS:
-        return Qwen25VLArch.from_hf(MODELS[model], name=f"preset {model}"), None
+        return read_arch(MODELS[model], name=f"preset {model}"), None
     recipe = None
     if (path := _is_recipe(model)) is not None:
         from training.config import load_recipe
@@ -137,9 +137,9 @@ def load_model(model: str):
         source = f"--model {model}"
     root = Path(model)
     if (root / TRACKER_NAME).is_file():
-        return Qwen25VLArch.from_hf(MegatronCheckpoint.open(root).meta["hf_config"], name=source), recipe
+        return read_arch(MegatronCheckpoint.open(root).meta["hf_config"], name=source), recipe
     if root.is_file() or (root / "config.json").is_file():
-        return Qwen25VLArch.from_hf(root, name=source), recipe
+        return read_arch(root, name=source), recipe
     if recipe is not None:
         raise ConfigError(f"{source} is not here (no config.json, no {TRACKER_NAME}): run tune where the checkpoint "
                           "is, or pass --model a preset or checkpoint and the recipe's settings as options")
@@ -203,7 +203,7 @@ def run(config: TuneConfig):
         workload = dataset_workload(prefixes, _first(config.seq_len, train and train.seq_length))
     else:
         workload = synthetic_workload(_first(config.seq_len, train and train.seq_length, DEFAULT_SEQ_LEN),
-                                      sample_tokens=config.sample_tokens, dpi=config.dpi,
+                                      arch.family.geometry, sample_tokens=config.sample_tokens, dpi=config.dpi,
                                       image_share=config.image_share, answer_tokens=config.answer_tokens)
     seq_len = workload.seq_len
     rows = _first(config.global_batch,

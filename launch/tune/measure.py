@@ -1,6 +1,6 @@
 """Measure a real training step on this machine, to check the cost model against it.
 
-Builds ``Qwen25VLModel`` in one process (TP = PP = CP = 1) under Megatron DDP with Megatron's Adam,
+Builds the family's model in one process (TP = PP = CP = 1) under Megatron DDP with Megatron's Adam,
 feeds it a micro-batch laid out like a :class:`~launch.tune.workload.Row` (packed samples, page
 images, answer tokens at the end of each sample), and records what backward keeps (every tensor
 autograd saves, by storage), the peak memory of forward + backward above what existed before it
@@ -20,9 +20,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from launch.tune.workload import Row
-from megatron_vlm.data.vision import PATCH_DIM
-from megatron_vlm.models.hf_config import Qwen25VLArch
-from megatron_vlm.models.qwen25vl import Qwen25VLModel
+from megatron_vlm.models.hf_config import VLArch
+from megatron_vlm.models.vlm import VisionLanguageModel
 
 
 @dataclass(frozen=True)
@@ -33,13 +32,13 @@ class StepMeasurement:
     step_times: list[float]
 
 
-def row_batch(row: Row, arch: Qwen25VLArch, *, seed: int = 0) -> dict:
+def row_batch(row: Row, arch: VLArch, *, seed: int = 0) -> dict:
     """A micro-batch of one row shaped like ``row``: each sample is text, its share of the images
     (``<|vision_start|>``, the image pads, ``<|vision_end|>``) and text, with the sample's last
     ``answer_tokens / samples`` tokens under the loss mask; the last segment is padding if the row has one
     more segment than images can be spread over. Keys are the model's (``docs/model.md``)."""
     g = np.random.default_rng(seed)
-    vision_end = arch.raw.get("vision_end_token_id", 151653)
+    vision_end = arch.vision_end_token_id
     samples = list(row.segments)
     per_sample = np.array_split(np.arange(len(row.image_grids)), len(samples))
     ids, loss_mask = [], []
@@ -48,7 +47,7 @@ def row_batch(row: Row, arch: Qwen25VLArch, *, seed: int = 0) -> dict:
         body = []
         for i in images:
             t, h, w = row.image_grids[i]
-            body += [arch.vision_start_token_id] + [arch.image_token_id] * (t * h * w // 4) + [vision_end]
+            body += [arch.vision_start_token_id] + [arch.image_token_id] * (t * h * w // row.merge_size ** 2) + [vision_end]
         text = n - len(body)
         if text < 0:
             raise ValueError(f"a sample of {n} tokens cannot hold {len(images)} of the row's images")
@@ -67,7 +66,7 @@ def row_batch(row: Row, arch: Qwen25VLArch, *, seed: int = 0) -> dict:
     }
     if len(grids):
         batch["image_grid_thw"] = grids
-        batch["pixel_values"] = torch.from_numpy(g.standard_normal((int(grids.prod(1).sum()), PATCH_DIM),
+        batch["pixel_values"] = torch.from_numpy(g.standard_normal((int(grids.prod(1).sum()), arch.family.geometry.patch_dim),
                                                                    dtype=np.float32))
     return batch
 
@@ -124,7 +123,7 @@ def saved_storages(forward, excluded: set[int] = frozenset()) -> dict:
     return storages
 
 
-def measure_step(model: Qwen25VLModel, batch: dict, *, repeats: int = 3) -> StepMeasurement:
+def measure_step(model: VisionLanguageModel, batch: dict, *, repeats: int = 3) -> StepMeasurement:
     """Saved activations, peak memory and step time of ``model`` (TP = PP = CP = 1) on ``batch``."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer

@@ -26,7 +26,7 @@ from launch.tune.layout import Layout
 from launch.tune.workload import Row
 from megatron_vlm.flops import patch_dim
 from megatron_vlm.models.context_parallel import split_images_by_cost
-from megatron_vlm.models.hf_config import Qwen25VLArch
+from megatron_vlm.models.hf_config import VLArch
 
 GIB = 2 ** 30
 PIXEL_BYTES = 4  # the loader's pixel_values are float32
@@ -102,7 +102,7 @@ def _layer_params(prefix: str, hidden: int, q_size: int, kv_size: int, ffn: int,
     return out
 
 
-def stage_parameters(arch: Qwen25VLArch, layout: Layout, stage: int) -> list[Param]:
+def stage_parameters(arch: VLArch, layout: Layout, stage: int) -> list[Param]:
     """The parameters one GPU of pipeline ``stage`` holds (TP-local sizes), in registration order."""
     tp = layout.tp
     first, last = stage == 0, stage == layout.pp - 1
@@ -191,7 +191,7 @@ class ModelStates:
         return self.weights + self.gradients + self.optimizer
 
 
-def model_states(arch: Qwen25VLArch, layout: Layout, setup: Setup, stage: int) -> ModelStates:
+def model_states(arch: VLArch, layout: Layout, setup: Setup, stage: int) -> ModelStates:
     """Weights, gradient buffer and optimizer state of one GPU of ``stage`` (DP x CP shard the optimizer)."""
     params = stage_parameters(arch, layout, stage)
     dp_cp = layout.dp * layout.cp
@@ -276,7 +276,7 @@ class Activations:
         return sum(getattr(self, f.name) for f in fields(self))
 
 
-def _language_layer(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, recompute: str,
+def _language_layer(arch: VLArch, layout: Layout, setup: Setup, row: Row, recompute: str,
                     modules: tuple[str, ...] = ()) -> float:
     """:func:`layer_activation_bytes` of one language layer for a micro-batch of rows like ``row`` (one stream)."""
     tp, cp = layout.tp, layout.cp
@@ -295,7 +295,7 @@ def vision_setup(setup: Setup) -> Setup:
     return replace(setup, precision="bf16") if setup.precision == "fp8" else setup
 
 
-def cp_image_share(arch: Qwen25VLArch, layout: Layout, row: Row) -> tuple[tuple[int, int, int], ...]:
+def cp_image_share(arch: VLArch, layout: Layout, row: Row) -> tuple[tuple[int, int, int], ...]:
     """The images the busiest CP rank encodes (the model's own split by patch count)."""
     grids = list(row.image_grids) * layout.micro_batch
     costs = [t * h * w for t, h, w in grids]
@@ -303,7 +303,7 @@ def cp_image_share(arch: Qwen25VLArch, layout: Layout, row: Row) -> tuple[tuple[
     return tuple(grids[a:e])
 
 
-def _vision_layers(arch: Qwen25VLArch, layout: Layout, setup: Setup, mine, recompute: str,
+def _vision_layers(arch: VLArch, layout: Layout, setup: Setup, mine, recompute: str,
                    modules: tuple[str, ...] = ()) -> tuple[float, float]:
     """Activation bytes of all vision layers, and of the biggest one, for the images ``mine``."""
     tp = layout.tp
@@ -322,7 +322,7 @@ def _vision_layers(arch: Qwen25VLArch, layout: Layout, setup: Setup, mine, recom
     return total, biggest
 
 
-def activations(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, stage: int) -> Activations:
+def activations(arch: VLArch, layout: Layout, setup: Setup, row: Row, stage: int) -> Activations:
     """What one micro-batch of ``layout.micro_batch`` rows like ``row`` keeps on one GPU of ``stage``."""
     tp, cp, b, act = layout.tp, layout.cp, layout.micro_batch, setup.act_bytes
     seq = row.tokens * b
@@ -357,7 +357,7 @@ def activations(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, stag
 # -- the whole GPU ------------------------------------------------------------------------------
 
 
-def transient_bytes(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, stage: int) -> float:
+def transient_bytes(arch: VLArch, layout: Layout, setup: Setup, row: Row, stage: int) -> float:
     """The largest temporary memory of backward on top of the kept activations.
 
     The biggest of: the output layer's backward (its weight gradient in the model dtype, before it
@@ -398,7 +398,7 @@ def transient_bytes(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, 
     return max(candidates)
 
 
-def comm_buffer_bytes(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row) -> float:
+def comm_buffer_bytes(arch: VLArch, layout: Layout, setup: Setup, row: Row) -> float:
     """Communication buffers: the sequence-parallel all-gather buffer, the gathered K/V before they are
     repeated to the query heads (CP), the pipeline's send and receive buffers."""
     act, hidden = setup.act_bytes, arch.hidden_size
@@ -446,7 +446,7 @@ class MemoryEstimate:
                 + self.fragmentation + self.reserved)
 
 
-def estimate_memory(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, stage: int,
+def estimate_memory(arch: VLArch, layout: Layout, setup: Setup, row: Row, stage: int,
                     num_microbatches: int, allowances: Allowances = Allowances(),
                     states: ModelStates | None = None) -> MemoryEstimate:
     """Peak memory of one GPU of ``stage`` under the 1F1B schedule (stage ``i`` keeps the activations

@@ -30,11 +30,10 @@ from launch.tune.memory import (
 )
 from launch.tune.timing import Efficiency, TimeEstimate, estimate_time
 from launch.tune.workload import Workload
-from megatron_vlm.data.vision import PATCH_DIM
 from megatron_vlm.errors import ConfigError
 from megatron_vlm.hardware import GpuSpec
 from megatron_vlm.models.config import RECOMPUTE_MODES, backend_problems
-from megatron_vlm.models.hf_config import Qwen25VLArch
+from megatron_vlm.models.hf_config import VLArch
 from megatron_vlm.parallel import CP_COMM_TYPES
 
 
@@ -94,7 +93,7 @@ class HostMemory:
 class Plan:
     """The ranked feasible layouts (fastest first), or why none fits."""
 
-    arch: Qwen25VLArch
+    arch: VLArch
     request: Request
     workload: Workload
     ranked: list[Candidate]
@@ -112,7 +111,7 @@ def _divisors(n: int) -> list[int]:
     return sorted({*small, *(n // d for d in small)})
 
 
-def tp_constraints(arch: Qwen25VLArch) -> dict[str, int]:
+def tp_constraints(arch: VLArch) -> dict[str, int]:
     """Sizes TP must divide for Megatron-Core to build both towers (its parallel linears split them evenly)."""
     return {
         "language attention heads": arch.num_heads,
@@ -131,7 +130,7 @@ def first_stage_options(num_layers: int, pp: int) -> list[int | None]:
     return [k for k in range(1, num_layers + 1) if (num_layers - k) % (pp - 1) == 0 and num_layers - k >= pp - 1]
 
 
-def host_memory(workload: Workload, request: Request, layout: Layout | None = None) -> HostMemory:
+def host_memory(workload: Workload, request: Request, layout: Layout | None = None, patch_dim: int = 1176) -> HostMemory:
     """Loader micro-batches in flight per GPU process: ``workers x prefetch + 1`` micro-batches of
     float32 pixel values and int64 token arrays. Each process runs its own loader; a first-stage rank
     decodes its 1/(TP x CP) share of the pages (``megatron_vlm.data.image_share``). Planned for a node
@@ -144,7 +143,7 @@ def host_memory(workload: Workload, request: Request, layout: Layout | None = No
     row = workload.peak_row
     share = layout.tp * layout.cp if layout else 1
     micro_batch = layout.micro_batch if layout else max(request.micro_batches)
-    per_row = 4 * PATCH_DIM * row.patches / share + 44 * row.tokens
+    per_row = 4 * patch_dim * row.patches / share + 44 * row.tokens
     per_gpu = (workers * prefetch + 1) * per_row * micro_batch
     return HostMemory(per_gpu=per_gpu, per_node=per_gpu * request.gpus_per_node,
                       capacity=request.gpu.host_memory_gib * GIB)
@@ -153,7 +152,7 @@ def host_memory(workload: Workload, request: Request, layout: Layout | None = No
 class Planner:
     """Evaluates layouts of one model, workload and cluster (model states are cached per split)."""
 
-    def __init__(self, arch: Qwen25VLArch, workload: Workload, request: Request):
+    def __init__(self, arch: VLArch, workload: Workload, request: Request):
         self.arch, self.workload, self.request = arch, workload, request
         self.flops = workload.mean_flops(arch)
         self._states: dict[tuple, ModelStates] = {}
@@ -257,7 +256,7 @@ class Planner:
         return out
 
 
-def plan(arch: Qwen25VLArch, workload: Workload, request: Request) -> Plan:
+def plan(arch: VLArch, workload: Workload, request: Request) -> Plan:
     """Every buildable layout, predicted; the ones that fit ranked by step time."""
     planner = Planner(arch, workload, request)
     splits, rejected = planner.splits()
@@ -268,6 +267,6 @@ def plan(arch: Qwen25VLArch, workload: Workload, request: Request) -> Plan:
         smallest = min(candidates, key=lambda c: c.peak.total)
         if smallest.layout.recompute != "full":  # what full recomputation would save, searched or not
             smallest_full = planner.evaluate(replace(smallest.layout, recompute="full", recompute_modules=()))
-    host = host_memory(workload, request, ranked[0].layout if ranked else None)
+    host = host_memory(workload, request, ranked[0].layout if ranked else None, arch.family.geometry.patch_dim)
     return Plan(arch=arch, request=request, workload=workload, ranked=ranked, smallest=smallest,
                 smallest_full_recompute=smallest_full, rejected=rejected, host=host)

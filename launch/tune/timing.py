@@ -24,7 +24,7 @@ from launch.tune.memory import ModelStates, Setup, activations, model_states, st
 from launch.tune.workload import Row
 from megatron_vlm.flops import FlopCount
 from megatron_vlm.hardware import GpuSpec
-from megatron_vlm.models.hf_config import Qwen25VLArch
+from megatron_vlm.models.hf_config import VLArch
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def _link(span: int, gpus_per_node: int, gpu: GpuSpec, eff: Efficiency) -> float
     return 1e9 * eff.network * (gpu.nvlink_gbps if span <= gpus_per_node else gpu.network_gbps)
 
 
-def stage_micro_batch_time(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, flops: FlopCount,
+def stage_micro_batch_time(arch: VLArch, layout: Layout, setup: Setup, row: Row, flops: FlopCount,
                            stage: int, gpu: GpuSpec, gpus_per_node: int, eff: Efficiency) -> dict[str, float]:
     """Seconds one GPU of ``stage`` spends on one micro-batch (forward + backward), by cause."""
     tp, cp, b = layout.tp, layout.cp, layout.micro_batch
@@ -144,7 +144,7 @@ def mlp_share(hidden: int, q: int, kv: int, ffn: int) -> float:
     return mlp / (mlp + hidden * (q + 2 * kv) + q * hidden)
 
 
-def cp_layer_time(arch: Qwen25VLArch, layout: Layout, setup: Setup, seq: float, bandwidth: float,
+def cp_layer_time(arch: VLArch, layout: Layout, setup: Setup, seq: float, bandwidth: float,
                   attention_seconds: float) -> float:
     """Exposed seconds of one language layer's context-parallel communication (forward + backward)."""
     tp, cp, act = layout.tp, layout.cp, setup.act_bytes
@@ -161,7 +161,7 @@ def cp_layer_time(arch: Qwen25VLArch, layout: Layout, setup: Setup, seq: float, 
     return (gathers + 1) * _ring(kv_full, cp, bandwidth)  # and the gradients' reduce
 
 
-def estimate_time(arch: Qwen25VLArch, layout: Layout, setup: Setup, row: Row, flops: FlopCount, *,
+def estimate_time(arch: VLArch, layout: Layout, setup: Setup, row: Row, flops: FlopCount, *,
                   global_batch: int, gpu: GpuSpec, gpus_per_node: int, eff: Efficiency = Efficiency(),
                   states: list[ModelStates] | None = None) -> TimeEstimate:
     """Step time of ``global_batch`` rows (``flops``: the model FLOPs of one row, e.g. a workload's mean;

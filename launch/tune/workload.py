@@ -14,10 +14,10 @@ from functools import cached_property
 
 import numpy as np
 
-from megatron_vlm.data.vision import MERGE_SIZE, grid_thw, smart_resize
+from megatron_vlm.data.vision import ImageGeometry
 from megatron_vlm.errors import ConfigError
 from megatron_vlm.flops import FlopCount, model_flops
-from megatron_vlm.models.hf_config import Qwen25VLArch
+from megatron_vlm.models.hf_config import VLArch
 
 A4_POINTS = (595, 842)  # page size in PostScript points (1/72 inch)
 
@@ -29,6 +29,7 @@ class Row:
     segments: tuple[int, ...]
     image_grids: tuple[tuple[int, int, int], ...]
     answer_tokens: int
+    merge_size: int = 2  # the model family's spatial merge: image tokens = patches / merge^2
 
     @property
     def tokens(self) -> int:
@@ -40,7 +41,7 @@ class Row:
 
     @property
     def image_tokens(self) -> int:
-        return self.patches // MERGE_SIZE ** 2
+        return self.patches // self.merge_size ** 2
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Workload:
         image patches and the most answer tokens of any row."""
         longest = max(self.rows, key=lambda r: (r.tokens, len(r.segments)))
         images = max(self.rows, key=lambda r: r.patches)
-        return Row(longest.segments, images.image_grids, max(r.answer_tokens for r in self.rows))
+        return Row(longest.segments, images.image_grids, max(r.answer_tokens for r in self.rows), images.merge_size)
 
     @cached_property
     def mean_row(self) -> Row:
@@ -70,7 +71,7 @@ class Workload:
     def mean_tokens(self) -> float:
         return sum(r.tokens for r in self.rows) / len(self.rows)
 
-    def mean_flops(self, arch: Qwen25VLArch) -> FlopCount:
+    def mean_flops(self, arch: VLArch) -> FlopCount:
         """Model FLOPs of one row, averaged over the rows."""
         total = None
         for row in self.rows:
@@ -86,27 +87,28 @@ class Workload:
                 f"{r.answer_tokens:,} answer tokens")
 
 
-def page_grid(dpi: float, page_points: tuple[int, int] = A4_POINTS) -> tuple[int, int, int]:
-    """The ``(t, h, w)`` patch grid of a page rendered at ``dpi`` (Qwen2.5-VL's smart_resize)."""
+def page_grid(dpi: float, geometry: ImageGeometry, page_points: tuple[int, int] = A4_POINTS) -> tuple[int, int, int]:
+    """The ``(t, h, w)`` patch grid of a page rendered at ``dpi`` (the family ``geometry``'s smart_resize)."""
     width, height = (round(p * dpi / 72) for p in page_points)
-    return grid_thw(*smart_resize(height, width))
+    return geometry.grid_thw(*geometry.smart_resize(height, width))
 
 
-def synthetic_workload(seq_len: int, *, sample_tokens: int | None = None, dpi: float = 144.0,
+def synthetic_workload(seq_len: int, geometry: ImageGeometry, *, sample_tokens: int | None = None, dpi: float = 144.0,
                        image_share: float = 0.9, answer_tokens: int = 1024) -> Workload:
     """Rows packed with ``seq_len // sample_tokens`` samples (rest: padding), each sample
-    ``image_share`` page images of A4 pages at ``dpi``; ``answer_tokens`` loss tokens per row."""
+    ``image_share`` page images of A4 pages at ``dpi`` (at the model family's ``geometry``); ``answer_tokens``
+    loss tokens per row."""
     sample = sample_tokens or seq_len
     if not 0 < sample <= seq_len:
         raise ConfigError(f"--sample-tokens {sample} must be in 1..--seq-len ({seq_len})")
     if not 0 <= image_share < 1:
         raise ConfigError(f"--image-share {image_share} must be in [0, 1)")
-    grid = page_grid(dpi)
-    page_tokens = grid[0] * grid[1] * grid[2] // MERGE_SIZE ** 2
+    grid = page_grid(dpi, geometry)
+    page_tokens = grid[0] * grid[1] * grid[2] // geometry.merge_size ** 2
     pages = int(sample * image_share) // page_tokens
     samples = seq_len // sample
     segments = [sample] * samples + ([seq_len - samples * sample] if seq_len % sample else [])
-    row = Row(tuple(segments), (grid,) * (pages * samples), min(answer_tokens, seq_len))
+    row = Row(tuple(segments), (grid,) * (pages * samples), min(answer_tokens, seq_len), geometry.merge_size)
     return Workload(seq_len, (row,), f"synthetic ({samples} x {sample:,}-token samples, {pages} pages of "
                                      f"{page_tokens:,} tokens each at {dpi:g} dpi)")
 
@@ -134,7 +136,7 @@ def dataset_workload(prefixes: list[str], seq_len: int | None = None, *, max_row
             item = data[int(i)]
             rows.append(Row(tuple(int(n) for n in np.diff(item["cu_seqlens"])),
                             tuple(tuple(int(x) for x in g) for g in item["image_grid_thw"]),
-                            int(np.asarray(item["targets"]).sum())))
+                            int(np.asarray(item["targets"]).sum()), data.geometry.merge_size))
     return Workload(seq_len, tuple(rows), f"{', '.join(prefixes)} ({len(rows)} rows read)")
 
 

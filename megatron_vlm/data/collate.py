@@ -14,9 +14,8 @@ padding), or to a fixed ``length`` (the interleaved pipeline schedule needs one 
   padding continues it as text);
 - ``cu_seqlens`` ``[n + 1]`` int32: cumulative real sample lengths; ``cu_seqlens_padded`` ``[n + 1]``
   int32: where each (padded) sample starts in the stream (Transformer Engine's THD pair);
-- ``image_grid_thw`` ``[images, 3]``, images in stream order; ``pixel_values`` ``[patches, 1176]`` of
-  the decoded images (those whose ``pages`` entry is not ``None``: one contiguous range, see
-  ``megatron_vlm.data.image_share``) and ``pixel_range`` ``[2]``, that ``[first, last)`` image range;
+- ``image_grid_thw`` ``[images, 3]``, images in stream order (the pixel values, patched with a family's
+  geometry, are added by ``megatron_vlm.data.micro_batch``);
 - ``real_tokens``: the samples' tokens (the rest of ``T`` is padding).
 """
 
@@ -26,36 +25,8 @@ import numpy as np
 import torch
 
 from megatron_vlm.data.positions import packed_mrope_position_ids
-from megatron_vlm.data.vision import PATCH_DIM, image_to_patches
 from megatron_vlm.formats.dataset import PAD_ID
 from megatron_vlm.parallel import NO_PADDING, TokenPadding
-
-
-def _pixel_values(pages: list, grids: np.ndarray) -> torch.Tensor:
-    """The given pages patched straight into one ``[patches, 1176]`` float32 tensor.
-
-    At 128K tokens this is ~2.4 GB, so it is written once: in a worker process it is allocated in
-    shared memory (as torch's default collation does), so handing it to the trainer copies nothing.
-    """
-    sizes = grids.prod(axis=1)
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    n = int(offsets[-1])
-    if torch.utils.data.get_worker_info() is None:
-        out = torch.empty((n, PATCH_DIM), dtype=torch.float32)
-    else:
-        storage = torch.UntypedStorage._new_shared(n * PATCH_DIM * 4)
-        out = torch.empty(0, dtype=torch.float32).set_(storage, 0, (n, PATCH_DIM))
-    view = out.numpy()
-    done: dict[int, int] = {}  # id(page array) -> its first slice: a repeated page is copied, not redone
-    for k, page in enumerate(pages):
-        lo, hi = offsets[k], offsets[k + 1]
-        if id(page) in done:
-            j = done[id(page)]
-            view[lo:hi] = view[offsets[j]:offsets[j + 1]]
-        else:
-            image_to_patches(page, out=view[lo:hi])
-            done[id(page)] = k
-    return out
 
 
 def collate_packs(items: list[dict], padding: TokenPadding = NO_PADDING, length: int | None = None,
@@ -94,12 +65,4 @@ def collate_packs(items: list[dict], padding: TokenPadding = NO_PADDING, length:
         "image_grid_thw": torch.from_numpy(grids),
         "real_tokens": torch.tensor(int(lengths.sum())),
     }
-    if all("pages" in it for it in items):
-        pages = [page for it in items for page in it["pages"]]
-        decoded = [k for k, page in enumerate(pages) if page is not None]
-        first, last = (decoded[0], decoded[-1] + 1) if decoded else (0, 0)
-        if decoded != list(range(first, last)):
-            raise ValueError("the decoded images of a micro-batch must be one contiguous range")
-        batch["pixel_values"] = _pixel_values(pages[first:last], batch["image_grid_thw"].numpy()[first:last])
-        batch["pixel_range"] = torch.tensor([first, last])
     return batch

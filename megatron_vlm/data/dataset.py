@@ -9,9 +9,15 @@ import numpy as np
 import torch
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from megatron_vlm.data.vision import grid_thw
 from megatron_vlm.formats import dataset as fmt
-from megatron_vlm.formats.dataset import DatasetFormatError, open_dataset, open_indexed
+from megatron_vlm.formats.dataset import (
+    DatasetFormatError,
+    dataset_family,
+    dataset_geometry,
+    open_dataset,
+    open_indexed,
+    pages_geometry,
+)
 from megatron_vlm.formats.pool import Pool, pool_fingerprint
 
 
@@ -42,6 +48,9 @@ class BuiltDataset(torch.utils.data.Dataset):
                  check_pool: bool = True, decode_images: bool = True):
         self.prefix = str(prefix)
         self.meta = open_dataset(prefix)  # every file checked now, not at some item mid-training
+        self.family = dataset_family(self.meta)
+        self.geometry = dataset_geometry(self.meta)
+        self.stored = pages_geometry(self.meta)  # pages resized at load time where it differs
         self.copied = self.meta["pages"] == "copied"
         self.pool_dir = str(pool_dir or self.meta["inputs"]["pool"]["path"])
         self.decode_images = decode_images
@@ -115,8 +124,9 @@ class BuiltDataset(torch.utils.data.Dataset):
         }
 
     def decode_pages(self, item: dict, images) -> list[np.ndarray | None]:
-        """The ``HxWx3`` uint8 pixels of the item's images numbered in ``images`` (``None`` for the others);
-        a page repeated within the pack (several tasks of one document) is decoded once."""
+        """The ``HxWx3`` uint8 pixels of the item's images numbered in ``images`` (``None`` for the others),
+        at the dataset's geometry (a page stored for another family's geometry is resized to its recorded
+        grid); a page repeated within the pack (several tasks of one document) is decoded once."""
         wanted = set(images)
         cache: dict[int, np.ndarray] = {}
         pages = []
@@ -127,7 +137,11 @@ class BuiltDataset(torch.utils.data.Dataset):
             key = (int(record[0]) == fmt.SHORT_IMAGE, int(record[2]))
             if key not in cache:
                 pixels = self.page_pixels(record)
-                if grid_thw(*pixels.shape[:2]) != tuple(grid):
+                if not self.geometry.same_patches(self.stored) and not (
+                        pixels.shape[0] % self.stored.factor or pixels.shape[1] % self.stored.factor):
+                    patch = self.geometry.patch_size
+                    pixels = self.geometry.fit(pixels, int(grid[1]) * patch, int(grid[2]) * patch)
+                if self.geometry.grid_thw(*pixels.shape[:2]) != tuple(grid):
                     raise DatasetFormatError(f"{self.prefix}: page {record[:2].tolist()} decodes to "
                                              f"{pixels.shape[:2]} pixels, the dataset records grid {grid.tolist()}")
                 cache[key] = pixels

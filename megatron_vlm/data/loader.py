@@ -2,7 +2,8 @@
 
 Rows come from the global stream (``megatron_vlm.data.stream``: several datasets blended by weight),
 this data-parallel rank's positions of it (``megatron_vlm.data.sampler``); each micro-batch is
-collated at its own length (``megatron_vlm.data.collate``) and only this rank's share of its pages
+collated at its own length with its pages patched at the datasets' family geometry
+(``megatron_vlm.data.micro_batch``), and only this rank's share of its pages
 is decoded (``megatron_vlm.data.image_share``), in ``num_workers`` processes.
 """
 
@@ -15,11 +16,12 @@ from pathlib import Path
 
 import torch
 
-from megatron_vlm.data.collate import collate_packs
 from megatron_vlm.data.dataset import BuiltDataset
 from megatron_vlm.data.image_share import ImageShare
+from megatron_vlm.data.micro_batch import micro_batch
 from megatron_vlm.data.sampler import PackBatchSampler
 from megatron_vlm.data.stream import PackStream
+from megatron_vlm.formats.dataset import DatasetFormatError
 from megatron_vlm.parallel import NO_PADDING, TokenPadding
 
 
@@ -83,6 +85,10 @@ def build_data_loader(prefix: str | Path | Sequence[str | Path], micro_batch_siz
     """
     prefixes = [prefix] if isinstance(prefix, (str, Path)) else list(prefix)
     datasets = [BuiltDataset(p, pool=pool, pool_dir=pool_dir) for p in prefixes]
+    families = {d.family for d in datasets}
+    if len(families) > 1:
+        raise DatasetFormatError(f"the datasets were built for different model families ({', '.join(sorted(families))}); "
+                                 "rebuild them for the model's with 'longvlm build --family FAMILY'")
     stream = PackStream([len(d) for d in datasets], weights, seed=seed, shuffle=shuffle, total=total_samples)
     sampler = PackBatchSampler(micro_batch_size, dp_rank=dp_rank, dp_size=dp_size,
                                consumed_samples=consumed_samples, total_samples=total_samples)
@@ -91,4 +97,5 @@ def build_data_loader(prefix: str | Path | Sequence[str | Path], micro_batch_siz
         workers.update(prefetch_factor=prefetch_factor,
                        worker_init_fn=functools.partial(_ignore_signals, tuple(worker_ignored_signals)))
     return torch.utils.data.DataLoader(MicroBatchItems(datasets, stream, share or ImageShare()), batch_sampler=sampler, **workers,
-                                       collate_fn=functools.partial(collate_packs, padding=padding, length=length))
+                                       collate_fn=functools.partial(micro_batch, geometry=datasets[0].geometry,
+                                                                    padding=padding, length=length))

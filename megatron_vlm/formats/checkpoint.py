@@ -27,6 +27,7 @@ import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
 from megatron_vlm.errors import LongVLMError
+from megatron_vlm.models.registry import DEFAULT_FAMILY
 from megatron_vlm.parallel import ParallelLayout
 from megatron_vlm.utils.atomic import atomic_write, write_json
 from megatron_vlm.utils.jsonl import read_json
@@ -35,8 +36,9 @@ from megatron_vlm.utils.jsonl import read_json
 _READ_ERRORS = (Exception, CheckpointException)
 TRACKER_NAME = "latest_checkpointed_iteration.txt"
 META_NAME = "longvlm.json"
-META_FORMAT = "longvlm/qwen2_5_vl-megatron"
-META_VERSION = 1
+META_FORMAT = "longvlm/vlm-megatron"  # the model family is the recorded hf_config's model_type
+META_VERSION = 2
+READ_FORMATS = (META_FORMAT, f"longvlm/{DEFAULT_FAMILY}-megatron")  # version 1: before model families
 
 
 class CheckpointError(LongVLMError, RuntimeError):
@@ -168,8 +170,8 @@ def checkpoint_meta(hf_config: dict[str, Any], *, dtype: str, layout: ParallelLa
 
 
 def model_meta(model: torch.nn.Module, source: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``checkpoint_meta`` of a ``Qwen25VLModel`` as it is now: the HF config it was built from with
-    the RoPE base and length it is set up for (``Qwen25VLConfig.to_hf_config``)."""
+    """``checkpoint_meta`` of a family's model as it is now: the HF config it was built from with
+    the RoPE base and length it is set up for (``VLModelConfig.to_hf_config``)."""
     config = model.model_config
     return checkpoint_meta(config.to_hf_config(), dtype=str(config.language.params_dtype).removeprefix("torch."),
                            layout=config.layout, vocab_size=config.vocab_size,
@@ -225,7 +227,7 @@ def save_sharded(sharded_state_dict: dict[str, Any], root: str | Path, iteration
 
 
 def save_model(model: torch.nn.Module, root: str | Path, iteration: int, source: dict[str, Any] | None = None) -> Path:
-    """Save a Megatron ``Qwen25VLModel`` (weights only) as a checkpoint that ``load_into_model`` and
+    """Save a Megatron model of any family (weights only) as a checkpoint that ``load_into_model`` and
     ``megatron-to-hf`` read; call on every rank. ``source``: the HF directory record of the
     checkpoint it was loaded from (``MegatronCheckpoint.meta["source"]``)."""
     return save_sharded(model.sharded_state_dict(), root, iteration, model_meta(model, source))
@@ -261,7 +263,7 @@ class MegatronCheckpoint:
             raise CheckpointError(f"{iter_dir}: no {META_NAME} (the HF config and layout this converter records); "
                                   "write it with `longvlm convert hf-to-megatron` or copy it from the initial checkpoint")
         meta = read_json(meta_file, CheckpointError)
-        if meta.get("format") != META_FORMAT:
+        if meta.get("format") not in READ_FORMATS:
             raise CheckpointError(f"{meta_file}: not a {META_FORMAT} checkpoint (format={meta.get('format')!r})")
         try:
             tensors = dist_checkpointing.load_tensors_metadata(str(iter_dir))

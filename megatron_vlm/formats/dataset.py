@@ -43,6 +43,29 @@ SAMPLE_FIELDS = ("task", "tasks_file", "line_number", "image_tokens", "target_to
 PAD_ID = 151643  # <|endoftext|>: the padding token, and the label where there is nothing to predict
 
 
+def dataset_family(meta: dict) -> str:
+    """The model family (``model_type``) a dataset was built for (datasets of before families: Qwen2.5-VL's)."""
+    from megatron_vlm.models.registry import DEFAULT_FAMILY
+
+    return meta.get("model", {}).get("family", DEFAULT_FAMILY)
+
+
+def dataset_geometry(meta: dict):
+    """The ``ImageGeometry`` a dataset's image grids are in (what the loader patches its pages with)."""
+    from megatron_vlm.data.vision import ImageGeometry
+    from megatron_vlm.models.registry import get_family
+
+    recorded = meta.get("model", {}).get("geometry")
+    return ImageGeometry.from_json(recorded) if recorded else get_family(dataset_family(meta)).geometry
+
+
+def pages_geometry(meta: dict):
+    """The ``ImageGeometry`` the dataset's source pages are stored at (its pool's family's)."""
+    from megatron_vlm.models.registry import get_family
+
+    return get_family(meta.get("model", {}).get("pages_family", dataset_family(meta))).geometry
+
+
 def meta_path(prefix: str | os.PathLike) -> Path:
     """``DATA_PREFIX.json``: format version, config, input hashes, the build report, and the pointer
     to the files (``files_dir``) with their sizes and checksums."""

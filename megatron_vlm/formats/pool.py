@@ -117,6 +117,23 @@ class Pool:
                                       f"of {expected[1]} documents: the pool is damaged; rebuild it")
         return cls(root, info, documents)
 
+    @property
+    def family(self) -> str:
+        """The model family (``model_type``) whose geometry the pages were rendered for (pools of
+        before families rendered for Qwen2.5-VL)."""
+        from megatron_vlm.models.registry import DEFAULT_FAMILY
+
+        return self.info.get("settings", {}).get("options", {}).get("family", DEFAULT_FAMILY)
+
+    @property
+    def pixel_bounds(self) -> tuple[int, int]:
+        """The ``(min_pixels, max_pixels)`` pages were rendered within."""
+        from megatron_vlm.models.registry import get_family
+
+        options = self.info.get("settings", {}).get("options", {})
+        geometry = get_family(self.family).geometry
+        return int(options.get("min_pixels") or geometry.min_pixels), int(options.get("max_pixels") or geometry.max_pixels)
+
     def __len__(self) -> int:
         return len(self.documents)
 

@@ -1,14 +1,18 @@
-"""Megatron-Core ``TransformerConfig``s of Qwen2.5-VL from its Hugging Face config, and the RoPE base choice.
+"""Megatron-Core ``TransformerConfig``s of a vision-language model from its Hugging Face config, and the RoPE base.
 
-The shapes come from :class:`~megatron_vlm.models.hf_config.Qwen25VLArch` (any Qwen2.5-VL size),
-the split from a :class:`~megatron_vlm.parallel.ParallelLayout`, the RoPE base from
-:class:`RopeSettings` (the paper raises it by the NTK rule for 128K).
+What every family shares lives here: the ``TransformerConfig`` keywords that are not the model's
+(fusions, dropout, dtype, parallel sizes, recompute, ...: :func:`transformer_kwargs`), the
+language model's (:func:`language_kwargs`), the RoPE base (:class:`RopeSettings`; the paper raises it
+by the NTK rule for 128K) and the model config record (:class:`VLModelConfig`). A family's
+``config.py`` adds its own layer choices and vision config through :func:`build_model_config`. The
+shapes come from the family's arch (``megatron_vlm.models.hf_config.VLArch``), the split from a
+:class:`~megatron_vlm.parallel.ParallelLayout`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +20,7 @@ import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_vlm.errors import ConfigError
-from megatron_vlm.models.hf_config import Qwen25VLArch, rewrite_hf_config
+from megatron_vlm.models.hf_config import VLArch, rewrite_hf_config
 from megatron_vlm.models.specs import ATTENTION_BACKENDS, TRANSFORMER_IMPLS, block_spec, norm_module
 from megatron_vlm.parallel import ParallelLayout
 from megatron_vlm.runtime.placement import use_cuda
@@ -28,15 +32,13 @@ RECOMPUTE_MODULES = ("core_attn", "layernorm", "mlp", "act")
 
 
 @dataclass
-class Qwen25VisionTransformerConfig(TransformerConfig):
-    """``TransformerConfig`` of the vision tower plus its image geometry."""
+class VisionTransformerConfig(TransformerConfig):
+    """``TransformerConfig`` of a vision tower plus the image geometry every family has (families add theirs)."""
 
     patch_size: int = 14
     temporal_patch_size: int = 2
     in_channels: int = 3
     spatial_merge_size: int = 2
-    window_size: int = 112
-    fullatt_block_indexes: tuple[int, ...] = ()
     out_hidden_size: int = 0
     vision_rope_theta: float = 10000.0
 
@@ -67,23 +69,24 @@ class RopeSettings:
 
 
 @dataclass
-class Qwen25VLConfig:
-    """Everything needed to build ``Qwen25VLModel``: the two transformer configs and the model-level fields."""
+class VLModelConfig:
+    """Everything needed to build a family's model: the two transformer configs and the model-level fields."""
 
-    arch: Qwen25VLArch
+    arch: VLArch
     layout: ParallelLayout
     language: TransformerConfig
-    vision: Qwen25VisionTransformerConfig
+    vision: TransformerConfig  # the family's vision config (a TransformerConfig plus its image geometry)
     rotary_base: float
     max_sequence_length: int  # the longest row the model is set up for (its RoPE target length)
     attention_backend: str = "torch"
     transformer_impl: str = "local"
     recompute_activation: bool = False  # selective recompute of the MLPs' activation (module ``act``)
 
-    def block_spec(self, num_layers: int, *, causal: bool):
-        """The transformer-block spec of ``num_layers`` language (``causal``) or vision layers."""
+    def block_spec(self, num_layers: int, *, causal: bool, **layer_options):
+        """The transformer-block spec of ``num_layers`` language (``causal``) or vision layers (``layer_options``:
+        a family's choices, e.g. ``qk_layernorm``)."""
         return block_spec(self.transformer_impl, self.attention_backend, num_layers, causal=causal,
-                          recompute_activation=self.recompute_activation)
+                          recompute_activation=self.recompute_activation, **layer_options)
 
     def norm_module(self) -> type:
         return norm_module(self.transformer_impl)
@@ -100,6 +103,11 @@ class Qwen25VLConfig:
     def image_token_id(self) -> int:
         return self.arch.image_token_id
 
+    @property
+    def deepstack_layers(self) -> int:
+        """Language layers that add DeepStack visual features to their output (0: none)."""
+        return self.arch.deepstack_layers
+
     def to_hf_config(self) -> dict[str, Any]:
         """The source ``config.json`` with the RoPE base and length actually used (what a checkpoint records)."""
         longest = max(self.max_sequence_length, self.arch.max_position_embeddings)
@@ -112,7 +120,7 @@ TE_THD_CP_MIN_VERSION = {"p2p": "1.10", "a2a": "2.11", "all_gather": "2.18"}
 
 
 def backend_problems(transformer_impl: str, attention_backend: str, layout: ParallelLayout, *, fp8: bool,
-                     recompute: str = "none", recompute_modules=("core_attn",), arch: Qwen25VLArch | None = None,
+                     recompute: str = "none", recompute_modules=("core_attn",), arch: VLArch | None = None,
                      te_version: str | None = None) -> list[str]:
     """Why these layer choices cannot run (empty: they can), each reason with the recipe key and what works.
 
@@ -172,53 +180,27 @@ def ntk_rope_base(base: float, head_dim: int, target_length: int, original_lengt
     return float(base * scale ** (head_dim / (head_dim - 2)))
 
 
-def _activation(name: str):
+def activation(name: str):
     table = {"silu": F.silu, "gelu": F.gelu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
     if name not in table:
         raise ConfigError(f"config.json: unsupported hidden_act {name!r}")
     return table[name]
 
 
-def qwen25vl_config_from_hf(
-    source: str | Path | dict[str, Any] | Qwen25VLArch,
-    *,
-    layout: ParallelLayout | None = None,
-    attention_backend: str = "torch",
-    transformer_impl: str = "local",
-    params_dtype: torch.dtype = torch.float32,
-    rope: RopeSettings | None = None,
-    recompute: str = "none",
-    recompute_modules: tuple[str, ...] | list[str] = ("core_attn",),
-    use_cpu_initialization: bool | None = None,
-    **language_overrides: Any,
-) -> Qwen25VLConfig:
-    """Build the Megatron configs of Qwen2.5-VL from its Hugging Face config (dict, file, checkpoint dir or arch).
+def transformer_kwargs(layout: ParallelLayout, *, params_dtype: torch.dtype = torch.float32, recompute: str = "none",
+                       recompute_modules: tuple[str, ...] | list[str] = ("core_attn",),
+                       use_cpu_initialization: bool | None = None) -> dict[str, Any]:
+    """The ``TransformerConfig`` keywords both towers of every family share (everything but shapes and layer choices).
 
-    ``transformer_impl``: the layers' linears and norms (``local`` or ``te``); ``attention_backend``: their
-    core attention (``torch`` or ``te``); see :mod:`megatron_vlm.models.specs`. ``recompute``: ``none``,
-    ``selective`` (the ``recompute_modules``: ``core_attn``, ``layernorm``, ``mlp``, ``act``) or ``full``
-    (every layer, uniform). ``language_overrides`` are extra ``TransformerConfig`` fields of the language model.
+    ``recompute``: ``none``, ``selective`` (the ``recompute_modules``: ``core_attn``, ``layernorm``, ``mlp``,
+    ``act``) or ``full`` (every layer, uniform).
     """
-    for key, value, choices in (("attention backend", attention_backend, ATTENTION_BACKENDS),
-                                ("transformer_impl", transformer_impl, TRANSFORMER_IMPLS),
-                                ("recompute mode", recompute, RECOMPUTE_MODES)):
-        if value not in choices:
-            raise ConfigError(f"unknown {key} {value!r}; choose one of {choices}")
-    unknown = sorted(set(recompute_modules) - set(RECOMPUTE_MODULES))
-    if unknown:
-        raise ConfigError(f"unknown recompute module(s) {unknown}; choose from {RECOMPUTE_MODULES}")
-    arch = source if isinstance(source, Qwen25VLArch) else Qwen25VLArch.from_hf(source)
-    layout = layout or ParallelLayout()
-    rope = rope or RopeSettings()
-    layout.check_model(arch.num_layers, arch.num_heads, arch.num_query_groups, arch.vision_heads)
-    base = rope.resolve(arch.rope_theta, arch.head_dim)
     if use_cpu_initialization is None:  # weights where this process computes (runtime.placement)
         use_cpu_initialization = not use_cuda()
     granularity = None if recompute == "none" else recompute
     common = dict(
         normalization="RMSNorm",
         gated_linear_unit=True,
-        add_qkv_bias=True,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         bias_activation_fusion=True,  # SwiGLU as one autograd function that keeps only its input
@@ -238,7 +220,13 @@ def qwen25vl_config_from_hf(
         recompute_num_layers=1 if recompute == "full" else None,
         recompute_modules=[m for m in recompute_modules if m != "act"] if recompute == "selective" else None,
     )
-    language_kwargs = dict(
+    return common
+
+
+def language_kwargs(arch: VLArch, layout: ParallelLayout, common: dict[str, Any],
+                    attention_backend: str = "torch") -> dict[str, Any]:
+    """The language model's ``TransformerConfig`` keywords every family shares: shapes, mRoPE, the split."""
+    return dict(
         common,
         num_layers=arch.num_layers,
         hidden_size=arch.hidden_size,
@@ -247,7 +235,7 @@ def qwen25vl_config_from_hf(
         kv_channels=arch.head_dim,
         ffn_hidden_size=arch.ffn_hidden_size,
         layernorm_epsilon=arch.rms_norm_eps,
-        activation_func=_activation(arch.hidden_act),
+        activation_func=activation(arch.hidden_act),
         add_bias_linear=False,
         mrope_section=list(arch.mrope_section),
         rotary_interleaved=False,
@@ -267,10 +255,13 @@ def qwen25vl_config_from_hf(
         # the interleaved schedule's activation and gradient cross; NCCL batches them correctly
         batch_p2p_comm=torch.cuda.is_available(),
     )
-    language_kwargs.update(language_overrides)
-    language = TransformerConfig(**language_kwargs)
-    vision = Qwen25VisionTransformerConfig(
-        **common,
+
+
+def vision_kwargs(arch: VLArch, common: dict[str, Any]) -> dict[str, Any]:
+    """The vision tower's :class:`VisionTransformerConfig` keywords every family shares: shapes and geometry
+    (no SP, CP or PP)."""
+    return dict(
+        common,
         num_layers=arch.vision_layers,
         hidden_size=arch.vision_hidden_size,
         num_attention_heads=arch.vision_heads,
@@ -278,22 +269,63 @@ def qwen25vl_config_from_hf(
         kv_channels=arch.vision_head_dim,
         ffn_hidden_size=arch.vision_ffn_hidden_size,
         layernorm_epsilon=1e-6,
-        activation_func=_activation(arch.vision_hidden_act),
+        activation_func=activation(arch.vision_hidden_act),
         add_bias_linear=True,
+        add_qkv_bias=True,
         patch_size=arch.patch_size,
         temporal_patch_size=arch.temporal_patch_size,
         in_channels=arch.in_channels,
         spatial_merge_size=arch.spatial_merge_size,
-        window_size=arch.window_size,
-        fullatt_block_indexes=arch.fullatt_block_indexes,
         out_hidden_size=arch.out_hidden_size,
         vision_rope_theta=arch.vision_rope_theta,
     )
-    return Qwen25VLConfig(
+
+
+def build_model_config(
+    arch: VLArch,
+    vision: Callable[[dict[str, Any]], TransformerConfig],
+    language_fields: dict[str, Any],
+    *,
+    layout: ParallelLayout | None = None,
+    attention_backend: str = "torch",
+    transformer_impl: str = "local",
+    params_dtype: torch.dtype = torch.float32,
+    rope: RopeSettings | None = None,
+    recompute: str = "none",
+    recompute_modules: tuple[str, ...] | list[str] = ("core_attn",),
+    use_cpu_initialization: bool | None = None,
+    **language_overrides: Any,
+) -> VLModelConfig:
+    """A family's model config: ``vision(common keywords)`` builds its vision config, ``language_fields`` are
+    its language-layer choices (e.g. QKV bias, q/k norm); ``language_overrides`` extra ``TransformerConfig``
+    fields of the language model. Checks the layout against the shapes first (``ParallelLayout.check_model``).
+
+    ``transformer_impl``: the layers' linears and norms (``local`` or ``te``); ``attention_backend``: their
+    core attention (``torch`` or ``te``); see :mod:`megatron_vlm.models.specs`. ``recompute``: ``none``,
+    ``selective`` (the ``recompute_modules``: ``core_attn``, ``layernorm``, ``mlp``, ``act``) or ``full``
+    (every layer, uniform).
+    """
+    for key, value, choices in (("attention backend", attention_backend, ATTENTION_BACKENDS),
+                                ("transformer_impl", transformer_impl, TRANSFORMER_IMPLS),
+                                ("recompute mode", recompute, RECOMPUTE_MODES)):
+        if value not in choices:
+            raise ConfigError(f"unknown {key} {value!r}; choose one of {choices}")
+    unknown = sorted(set(recompute_modules) - set(RECOMPUTE_MODULES))
+    if unknown:
+        raise ConfigError(f"unknown recompute module(s) {unknown}; choose from {RECOMPUTE_MODULES}")
+    layout = layout or ParallelLayout()
+    rope = rope or RopeSettings()
+    layout.check_model(arch.num_layers, arch.num_heads, arch.num_query_groups, arch.vision_heads)
+    base = rope.resolve(arch.rope_theta, arch.head_dim)
+    common = transformer_kwargs(layout, params_dtype=params_dtype, recompute=recompute,
+                                recompute_modules=recompute_modules, use_cpu_initialization=use_cpu_initialization)
+    language = TransformerConfig(**{**language_kwargs(arch, layout, common, attention_backend), **language_fields,
+                                    **language_overrides})
+    return VLModelConfig(
         arch=arch,
         layout=layout,
         language=language,
-        vision=vision,
+        vision=vision(common),
         rotary_base=base,
         max_sequence_length=rope.target_length or arch.max_position_embeddings,
         attention_backend=attention_backend,
@@ -303,6 +335,7 @@ def qwen25vl_config_from_hf(
 
 
 __all__ = [
-    "ATTENTION_BACKENDS", "RECOMPUTE_MODULES", "TRANSFORMER_IMPLS", "Qwen25VLConfig", "backend_problems", "Qwen25VisionTransformerConfig", "RopeSettings", "ntk_rope_base",
-    "qwen25vl_config_from_hf",
+    "ATTENTION_BACKENDS", "RECOMPUTE_MODULES", "TRANSFORMER_IMPLS", "RopeSettings", "VLModelConfig",
+    "VisionTransformerConfig", "backend_problems", "build_model_config", "language_kwargs", "ntk_rope_base",
+    "transformer_kwargs", "vision_kwargs",
 ]

@@ -1,11 +1,12 @@
-"""A Hugging Face Qwen2.5-VL ``config.json``, read once: every shape the stack needs, and its rewrite.
+"""A Hugging Face ``config.json``, read once: every shape the stack needs, and its rewrite.
 
 Both layouts of the file are read: the hub's flat one (language fields at the top level,
 ``rope_theta`` and ``rope_scaling.mrope_section``) and transformers 5's nested one
-(``text_config``, ``rope_parameters``). The model config (``megatron_vlm.models.config``), the
-converter's mapping, the FLOP count and the tuner all take a :class:`Qwen25VLArch`; nothing else
-parses ``config.json``. :func:`rewrite_hf_config` is the one way to write it back with the RoPE
-settings a model was trained with.
+(``text_config``, ``rope_parameters``). :class:`VLArch` holds what every family has; each family's
+``arch.py`` subclasses it (``megatron_vlm.models.registry.read_arch`` picks the family by
+``model_type``). The model config, the converter's mapping, the FLOP count and the tuner all take
+an arch; nothing else parses ``config.json``. :func:`rewrite_hf_config` is the one way to write it
+back with the RoPE settings a model was trained with.
 """
 
 from __future__ import annotations
@@ -16,36 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from megatron_vlm.errors import ConfigError
-from megatron_vlm.utils.jsonl import read_json
-
-MODEL_TYPE = "qwen2_5_vl"
-ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
+from megatron_vlm.models.config_json import load_hf_config
+from megatron_vlm.models.config_json import require as _require
 
 
-def load_hf_config(source: str | Path | dict[str, Any]) -> dict[str, Any]:
-    """A config dict from a dict, a transformers config, a ``config.json`` path or a checkpoint directory."""
-    if isinstance(source, dict):
-        return source
-    if hasattr(source, "to_dict"):  # a transformers PretrainedConfig
-        return source.to_dict()
-    path = Path(source)
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{path}: no Hugging Face config.json there")
-    return read_json(path, ConfigError)
+@dataclass(frozen=True, kw_only=True)
+class VLArch:
+    """The shapes and constants every family's ``config.json`` gives (``<family>/arch.py`` adds its own).
 
+    ``from_hf`` of a family's subclass parses the file; ``family`` is its registry entry."""
 
-def _require(section: dict[str, Any], key: str, where: str, source: str) -> Any:
-    if key not in section:
-        raise ConfigError(f"{source}: missing '{key}' in {where}")
-    return section[key]
-
-
-@dataclass(frozen=True)
-class Qwen25VLArch:
-    """The shapes and constants of one Qwen2.5-VL model, from its ``config.json``."""
-
+    model_type = ""  # the subclass's HF model_type
     # language model
     num_layers: int
     hidden_size: int
@@ -70,8 +52,6 @@ class Qwen25VLArch:
     temporal_patch_size: int
     in_channels: int
     spatial_merge_size: int
-    window_size: int
-    fullatt_block_indexes: tuple[int, ...]
     out_hidden_size: int
     vision_rope_theta: float
     # special tokens
@@ -85,37 +65,48 @@ class Qwen25VLArch:
     def vision_head_dim(self) -> int:
         return self.vision_hidden_size // self.vision_heads
 
-    @classmethod
-    def from_hf(cls, source: str | Path | dict[str, Any], *, name: str | None = None) -> Qwen25VLArch:
-        """Parse a ``config.json`` (dict, file or checkpoint dir); errors name ``name`` (default: the source)."""
-        raw = load_hf_config(source)
-        where = name or (str(source) if not isinstance(source, dict) else "config.json")
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{where}: a config.json is a JSON object, got {type(raw).__name__}")
-        try:
-            arch = cls._parse(raw, where)
-        except ConfigError:
-            raise
-        except (TypeError, ValueError, AttributeError, KeyError, OverflowError, ZeroDivisionError) as err:
-            raise ConfigError(f"{where}: a value has the wrong type or range ({type(err).__name__}: {err})") from None
-        sizes = ("num_layers", "hidden_size", "num_heads", "num_query_groups", "head_dim", "ffn_hidden_size",
-                 "vocab_size", "vision_layers", "vision_hidden_size", "vision_heads", "vision_ffn_hidden_size",
-                 "patch_size", "temporal_patch_size", "in_channels", "spatial_merge_size", "out_hidden_size")
-        if bad := [n for n in sizes if getattr(arch, n) < 1]:
-            raise ConfigError(f"{where}: {', '.join(bad)} must be positive")
-        return arch
+    @property
+    def family(self):
+        from megatron_vlm.models.registry import get_family
+
+        return get_family(self.model_type)
+
+    @property
+    def deepstack_layers(self) -> int:
+        """Language layers that receive DeepStack visual features (0: none)."""
+        return 0
 
     @classmethod
-    def _parse(cls, raw: dict[str, Any], where: str) -> Qwen25VLArch:
+    def sections(cls, source: str | Path | dict[str, Any], name: str | None = None,
+                 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any], str]:
+        """``(raw, text config, vision config, RoPE parameters, where)`` of a ``config.json`` of this family;
+        a ``ConfigError`` names a file of another architecture."""
+        raw = load_hf_config(source)
+        where = name or (str(source) if not isinstance(source, dict) else "config.json")
         archs = raw.get("architectures") or []
-        if raw.get("model_type", MODEL_TYPE) != MODEL_TYPE or (archs and ARCHITECTURE not in archs):
+        architecture = cls.family_architecture()
+        if raw.get("model_type", cls.model_type) != cls.model_type or (archs and architecture not in archs):
             raise ConfigError(f"{where}: wrong architecture: model_type={raw.get('model_type')!r}, "
-                              f"architectures={archs}; this stack handles {MODEL_TYPE!r} ({ARCHITECTURE}) only")
+                              f"architectures={archs}; expected {cls.model_type!r} ({architecture})")
         text = raw.get("text_config") or raw
         vis = _require(raw, "vision_config", "the top level", where)
-        params = text.get("rope_parameters") or {}
-        scaling = text.get("rope_scaling") or raw.get("rope_scaling") or {}
-        section = params.get("mrope_section") or scaling.get("mrope_section")
+        params = dict(text.get("rope_scaling") or raw.get("rope_scaling") or {})
+        params.update(text.get("rope_parameters") or {})
+        return raw, text, vis, params, where
+
+    @classmethod
+    def family_architecture(cls) -> str:
+        from megatron_vlm.models.registry import get_family
+
+        return get_family(cls.model_type).hf_class
+
+    @classmethod
+    def common_fields(cls, raw: dict[str, Any], text: dict[str, Any], vis: dict[str, Any], params: dict[str, Any],
+                      where: str, defaults: dict[str, Any]) -> dict[str, Any]:
+        """The :class:`VLArch` fields of a parsed ``config.json`` (``defaults``: the family's, for keys a
+        file may leave out: ``rope_theta``, ``max_position_embeddings``, ``vision_hidden_act``,
+        ``patch_size``, ``vision_rope_theta``)."""
+        section = params.get("mrope_section")
         if section is None:
             raise ConfigError(f"{where}: no mrope_section (looked in rope_parameters and rope_scaling)")
         hidden = int(_require(text, "hidden_size", "the text config", where))
@@ -123,8 +114,7 @@ class Qwen25VLArch:
         head_dim = int(text.get("head_dim") or hidden // heads)
         if 2 * sum(section) != head_dim:
             raise ConfigError(f"{where}: mrope_section {list(section)} must sum to head_dim/2 = {head_dim // 2}")
-        v_heads = int(_require(vis, "num_heads", "vision_config", where))
-        return cls(
+        return dict(
             num_layers=int(_require(text, "num_hidden_layers", "the text config", where)),
             hidden_size=hidden,
             num_heads=heads,
@@ -134,23 +124,21 @@ class Qwen25VLArch:
             vocab_size=int(_require(text, "vocab_size", "the text config", where)),
             rms_norm_eps=float(text.get("rms_norm_eps", 1e-6)),
             hidden_act=text.get("hidden_act", "silu"),
-            rope_theta=float(params.get("rope_theta", text.get("rope_theta", 1_000_000.0))),
+            rope_theta=float(params.get("rope_theta", text.get("rope_theta", defaults["rope_theta"]))),
             mrope_section=tuple(int(x) for x in section),
-            max_position_embeddings=int(text.get("max_position_embeddings", 32768)),
+            max_position_embeddings=int(text.get("max_position_embeddings", defaults["max_position_embeddings"])),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
             vision_layers=int(_require(vis, "depth", "vision_config", where)),
             vision_hidden_size=int(_require(vis, "hidden_size", "vision_config", where)),
-            vision_heads=v_heads,
+            vision_heads=int(_require(vis, "num_heads", "vision_config", where)),
             vision_ffn_hidden_size=int(_require(vis, "intermediate_size", "vision_config", where)),
-            vision_hidden_act=vis.get("hidden_act", "silu"),
-            patch_size=int(vis.get("patch_size", 14)),
+            vision_hidden_act=vis.get("hidden_act", defaults["vision_hidden_act"]),
+            patch_size=int(vis.get("patch_size", defaults["patch_size"])),
             temporal_patch_size=int(vis.get("temporal_patch_size", 2)),
             in_channels=int(vis.get("in_channels", vis.get("in_chans", 3))),
             spatial_merge_size=int(vis.get("spatial_merge_size", 2)),
-            window_size=int(vis.get("window_size", 112)),
-            fullatt_block_indexes=tuple(int(i) for i in vis.get("fullatt_block_indexes", ())),
             out_hidden_size=int(vis.get("out_hidden_size", hidden)),
-            vision_rope_theta=float((vis.get("rope_parameters") or {}).get("rope_theta", 10000.0)),
+            vision_rope_theta=float((vis.get("rope_parameters") or {}).get("rope_theta", defaults["vision_rope_theta"])),
             image_token_id=int(raw.get("image_token_id", 151655)),
             video_token_id=int(raw.get("video_token_id", 151656)),
             vision_start_token_id=int(raw.get("vision_start_token_id", 151652)),

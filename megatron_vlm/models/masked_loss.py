@@ -20,7 +20,7 @@ from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 class MaskedLossGPTModel(GPTModel):
     """``GPTModel``; with ``labels`` and ``loss_mask`` the per-token loss is computed on the masked tokens only."""
 
-    score_answers = False  # set by Qwen25VLModel.forward(score=True)
+    score_answers = False  # set by VisionLanguageModel.forward(score=True)
 
     def _postprocess(self, hidden_states, labels=None, loss_mask=None, **kwargs):
         if not self.post_process or labels is None or loss_mask is None:

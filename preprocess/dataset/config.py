@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megatron_vlm.models.registry import family_names
 from megatron_vlm.utils.atomic import check_creatable
 from megatron_vlm.utils.checks import MAX_SEQ_LEN, MAX_WORKERS, check_number
 from preprocess.dataset.errors import BuildError
@@ -25,10 +26,14 @@ class BuildConfig:
         "help": "tasks files written by 'longvlm synth' (docs/formats.md 'Tasks')"})
     pool: str = field(metadata={"help": "the document pool the tasks were made from (POOL_DIR)"})
     tokenizer: str = field(metadata={
-        "help": "Hugging Face tokenizer directory with the Qwen2.5-VL chat template (the model's own)"})
+        "help": "Hugging Face tokenizer directory with the model's chat template (the model's own)"})
     output: str = field(metadata={
         "flag": "-o", "metavar": "DATA_PREFIX",
         "help": "output prefix: writes DATA_PREFIX_{tokens,targets,images,samples}.bin/.idx and DATA_PREFIX.json"})
+    family: str | None = field(default=None, metadata={
+        "choices": family_names(),
+        "help": "model family the dataset is built for: its image geometry (pages of a pool rendered for "
+                "another family are resized) and token ids (default: the pool's family)"})
     max_seq_len: int = field(default=131072, metadata={
         "help": "packed sequence length; longer samples are dropped and counted"})
     token_budget: float = field(default=5e9, metadata={

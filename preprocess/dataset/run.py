@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from megatron_vlm.data.vision import grid_thw
+from megatron_vlm.data.vision import ImageGeometry
 from megatron_vlm.formats import dataset as fmt
 from megatron_vlm.formats.pool import pool_fingerprint
 from megatron_vlm.formats.tasks import TASK_NAMES, TaskRecord, kinds_of, read_tasks
+from megatron_vlm.models.registry import get_family
 from megatron_vlm.utils.hashing import sha256_file
 from megatron_vlm.utils.processes import children_ignore_sigint
 from preprocess.dataset.config import BuildConfig
@@ -67,14 +68,14 @@ def load_tokenizer(path: str):
     except Exception as err:  # damaged files raise whatever transformers and tokenizers meet first
         raise BuildError(f"--tokenizer {path}: cannot load a tokenizer ({type(err).__name__}: {err})") from None
     if not tokenizer.chat_template:
-        raise BuildError(f"--tokenizer {path}: has no chat template (use the Qwen2.5-VL tokenizer)")
+        raise BuildError(f"--tokenizer {path}: has no chat template (use the model's own tokenizer)")
     try:
         probe = tokenizer.apply_chat_template(chat_messages("?", "!", 1, False), tokenize=False)
     except Exception as err:  # a template raises whatever its Jinja code raises on image content
         probe = f"{type(err).__name__}: {err}"
     if not isinstance(probe, str) or IMAGE_PAD not in probe:
         raise BuildError(f"--tokenizer {path}: its chat template cannot render images (a text-only "
-                         "model's template?); use a Qwen2.5-VL tokenizer (the model's own)")
+                         "model's template?); use the vision-language model's own tokenizer")
     return tokenizer
 
 
@@ -135,18 +136,26 @@ def _load_records(config: BuildConfig, docs: dict[str, tuple[int, dict]], render
     return records, skipped
 
 
-def _page_tokens(doc: dict, pool_dir: str) -> np.ndarray:
-    tokens = np.asarray([p["tokens"] for p in doc["pages"]], dtype=np.int64)
+def page_grids(doc: dict, pool, geometry: ImageGeometry, pool_dir: str) -> np.ndarray:
+    """``[pages, 2]`` patch grids of a document's pages at ``geometry``: the pool's own where it was rendered
+    for the same patches, else the size each stored page is resized to at load time
+    (``ImageGeometry.fit_size`` within the pool's pixel bounds)."""
+    pool_geometry = get_family(pool.family).geometry
     grids = np.asarray([p["grid"] for p in doc["pages"]], dtype=np.int64).reshape(-1, 2)
-    if not np.array_equal(tokens * 4, grids[:, 0] * grids[:, 1]):
+    tokens = np.asarray([p["tokens"] for p in doc["pages"]], dtype=np.int64)
+    if not np.array_equal(tokens * pool_geometry.merge_size ** 2, grids[:, 0] * grids[:, 1]):
         raise BuildError(f"{pool_dir}/manifest.jsonl: document {doc['doc_id']} has page token counts that "
-                         "are not grid_h*grid_w/4")
-    return tokens
+                         f"are not grid_h*grid_w/{pool_geometry.merge_size ** 2}")
+    if geometry.same_patches(pool_geometry):
+        return grids
+    fitted = [geometry.fit_size(int(h) * pool_geometry.patch_size, int(w) * pool_geometry.patch_size, *pool.pixel_bounds)
+              for h, w in grids]
+    return np.asarray([geometry.grid_thw(h, w)[1:] for h, w in fitted], dtype=np.int64).reshape(-1, 2)
 
 
-def _write(config: BuildConfig, pool, docs: dict, records: list[TaskRecord], short: list[ShortSample],
-           samples: list[CompactSample], task_codes: np.ndarray, chosen: np.ndarray, packs: list[list[int]],
-           meta: dict) -> list[Path]:
+def _write(config: BuildConfig, pool, docs: dict, grids: dict[str, np.ndarray], records: list[TaskRecord],
+           short: list[ShortSample], samples: list[CompactSample], task_codes: np.ndarray, chosen: np.ndarray,
+           packs: list[list[int]], geometry: ImageGeometry, meta: dict) -> list[Path]:
     """Expand and write every pack (docs/formats.md "Built dataset"), then commit the files. Samples
     ``0..len(records)-1`` are the tasks' records, the rest the short-data samples."""
     with DatasetWriter(config.output, config.copy_pages or bool(short)) as writer:
@@ -165,18 +174,18 @@ def _write(config: BuildConfig, pool, docs: dict, records: list[TaskRecord], sho
                     rec = short[i - len(records)]
                     origin = (len(config.tasks) + rec.key[0], rec.key[1])
                     for n, (index, (h, w)) in enumerate(zip(short_images[rec.key], rec.sizes), start=1):
-                        images.append((fmt.SHORT_IMAGE, n, index, *grid_thw(h, w)[1:]))
+                        images.append((fmt.SHORT_IMAGE, n, index, *geometry.grid_thw(h, w)[1:]))
                 else:
                     rec = records[i]
                     origin = (rec.file_index, rec.line_number)
                     ordinal, doc = docs[rec.doc_id]
-                    for n, page in enumerate(doc["pages"], start=1):
+                    for n, grid in enumerate(grids[rec.doc_id], start=1):
                         index = doc["page_start"] + n - 1
                         if config.copy_pages:
                             if index not in copied:
                                 copied[index] = writer.add_page(pool.page_bytes(rec.doc_id, n))
                             index = copied[index]
-                        images.append((ordinal, n, index, page["grid"][0], page["grid"][1]))
+                        images.append((ordinal, n, index, grid[0], grid[1]))
                 parts["tokens"].append(ids)
                 parts["targets"].append(tg)
                 parts["images"].append(np.asarray(images, dtype=np.int32).reshape(-1))
@@ -247,6 +256,8 @@ def build(config: BuildConfig, pool=None) -> BuildResult:
         weights[SHORT] = config.short_share
     target = load_length_target(config.length_dist, config.max_seq_len)
     pool = pool if pool is not None else open_pool(config.pool)
+    family = get_family(config.family or pool.family)
+    config.family = family.model_type
     docs = {d["doc_id"]: (i, d) for i, d in enumerate(pool.documents)}
     renderer = SampleRenderer(load_tokenizer(config.tokenizer), config.page_markers)
     hashes = input_hashes(config)
@@ -254,12 +265,13 @@ def build(config: BuildConfig, pool=None) -> BuildResult:
     records, skipped = _load_records(config, docs, renderer)
     if not records:
         raise BuildError(f"no usable samples in {', '.join(config.tasks)}")
-    doc_tokens = {d: _page_tokens(docs[d][1], config.pool) for d in {r.doc_id for r in records}}
-    page_tokens = [doc_tokens[r.doc_id] for r in records]
+    grids = {d: page_grids(docs[d][1], pool, family.geometry, config.pool) for d in {r.doc_id for r in records}}
+    merge = family.geometry.merge_size ** 2
+    page_tokens = [grids[r.doc_id].prod(axis=1) // merge for r in records]
     rendered = tokenize_all([(r.question, r.answer, len(t)) for r, t in zip(records, page_tokens)],
                             config.tokenizer, config.page_markers, config.workers, config.progress)
     samples = [CompactSample(ids, tg, pt) for (ids, tg), pt in zip(rendered, page_tokens)]
-    short = (read_short_data(config.short_data, config.short_image_dir, renderer, config.max_seq_len)
+    short = (read_short_data(config.short_data, config.short_image_dir, renderer, config.max_seq_len, family.geometry)
              if config.short_data else ShortData([], 0))
     if config.short_data and not short.samples:
         raise BuildError(f"--short-data: no usable record in {', '.join(config.short_data)} "
@@ -308,11 +320,13 @@ def build(config: BuildConfig, pool=None) -> BuildResult:
         "kind": fmt.KIND,
         "config": dataclasses.asdict(config),
         "inputs": hashes,
+        "model": {"family": family.model_type, "geometry": family.geometry.to_json(), "pages_family": pool.family},
         "task_names": list(TASK_NAMES),
         "image_fields": list(fmt.IMAGE_FIELDS),
         "sample_fields": list(fmt.SAMPLE_FIELDS),
         "pages": "copied" if config.copy_pages else "pool",
         "report": report,
     }
-    files = _write(config, pool, docs, records, short.samples, samples, task_codes, selection.indices, packs, meta)
+    files = _write(config, pool, docs, grids, records, short.samples, samples, task_codes, selection.indices, packs,
+                   family.geometry, meta)
     return BuildResult(Path(config.output), files, report)

@@ -12,7 +12,7 @@
   file is never loaded whole.
 
 Every ``<image>`` placeholder of a human turn is one image, in order. Images are resized as the model
-family's processor does (``megatron_vlm.data.vision.smart_resize``, bicubic) and take
+family's processor does (its ``ImageGeometry.smart_resize``, bicubic) and take its
 ``llm_tokens(h, w)`` tokens. Records that cannot be used are skipped with a counted reason
 (:data:`SKIP_REASONS`), never silently. The build reads the files twice: once to measure every
 record, and once to encode the images of the records it selected (:func:`encode_images`).
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_vlm.data.vision import llm_tokens, smart_resize
+from megatron_vlm.data.vision import ImageGeometry
 from megatron_vlm.utils.jsonl import read_jsonl_objects
 from preprocess.dataset.errors import BuildError
 
@@ -65,10 +65,7 @@ class ShortSample:
     ids: np.ndarray
     targets: np.ndarray
     sizes: list[tuple[int, int]]  # smart-resized (height, width) of each image, in order
-
-    @property
-    def image_tokens(self) -> np.ndarray:
-        return np.asarray([llm_tokens(h, w) for h, w in self.sizes], dtype=np.int64)
+    image_tokens: np.ndarray  # int64, LLM tokens of each image at the family's geometry
 
 
 @dataclass
@@ -202,14 +199,14 @@ def open_image(data: bytes, where: str):
     return image
 
 
-def resized_size(image, where: str) -> tuple[int, int]:
+def resized_size(image, where: str, geometry: ImageGeometry) -> tuple[int, int]:
     try:
-        return smart_resize(image.height, image.width)
+        return geometry.smart_resize(image.height, image.width)
     except ValueError as err:
         raise Skip("unreadable_image", f"{where}: {err}") from None
 
 
-def _measure(raw: RawRecord, render) -> ShortSample:
+def _measure(raw: RawRecord, render, geometry: ImageGeometry) -> ShortSample:
     messages = chat_messages(raw.turns)
     placeholders = sum(1 for m in messages if isinstance(m["content"], list)
                        for part in m["content"] if part["type"] == "image")
@@ -217,13 +214,16 @@ def _measure(raw: RawRecord, render) -> ShortSample:
         raise Skip("missing_image", f"{placeholders} placeholders and no image")
     if placeholders != len(raw.images):
         raise Skip("placeholder_mismatch", f"{placeholders} placeholders, {len(raw.images)} images")
-    sizes = [resized_size(open_image(load(), raw.where), raw.where) for load in raw.images]
+    sizes = [resized_size(open_image(load(), raw.where), raw.where, geometry) for load in raw.images]
     ids, targets = render(messages, len(sizes))
-    return ShortSample(raw.key, raw.where, ids, targets, sizes)
+    tokens = np.asarray([geometry.llm_tokens(h, w) for h, w in sizes], dtype=np.int64)
+    return ShortSample(raw.key, raw.where, ids, targets, sizes, tokens)
 
 
-def read_short_data(paths: list[str], image_dir: str | None, renderer, max_seq_len: int) -> ShortData:
-    """Measure every record (the images decoded, not kept); skipped ones counted by reason."""
+def read_short_data(paths: list[str], image_dir: str | None, renderer, max_seq_len: int,
+                    geometry: ImageGeometry) -> ShortData:
+    """Measure every record (the images decoded, not kept) at the model family's ``geometry``; skipped ones
+    counted by reason."""
     out = ShortData([], 0)
     texts = renderer.has_special_text
 
@@ -237,7 +237,7 @@ def read_short_data(paths: list[str], image_dir: str | None, renderer, max_seq_l
     for raw in raw_records(paths, image_dir):
         out.records += 1
         try:
-            sample = _measure(raw, render)
+            sample = _measure(raw, render, geometry)
             length = len(sample.ids) - len(sample.sizes) + int(sample.image_tokens.sum())
             if length > max_seq_len:
                 raise Skip("too_long", f"{length} tokens")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from megatron_vlm.data.vision import MAX_DPI, MAX_PIXELS, MIN_PIXELS
 from megatron_vlm.errors import ConfigError
-from megatron_vlm.utils.checks import MAX_WAIT_S, MAX_WORKERS, check_number
+from megatron_vlm.models.registry import DEFAULT_FAMILY, family_names, get_family
+from megatron_vlm.utils.checks import MAX_DPI, MAX_WAIT_S, MAX_WORKERS, check_number
 
 ENCODINGS = ("auto", "png", "jpeg")
 
@@ -22,11 +22,15 @@ class PoolConfig:
         "help": "reject documents with fewer pages (the paper keeps 32-50 pages; 0 = no limit)"})
     max_pages: int = field(default=50, metadata={
         "help": "reject documents with more pages (0 = no limit)"})
-    dpi: int = field(default=144, metadata={"help": "render resolution before the Qwen2.5-VL resize"})
-    min_pixels: int = field(default=MIN_PIXELS, metadata={
-        "help": "smart_resize lower bound on page pixels (factor 28)"})
-    max_pixels: int = field(default=MAX_PIXELS, metadata={
-        "help": "smart_resize upper bound on page pixels (factor 28)"})
+    family: str = field(default=DEFAULT_FAMILY, metadata={
+        "choices": family_names(),
+        "help": "model family whose image geometry pages are rendered for (sides multiples of its patch x merge: "
+                "28 px for Qwen2.5-VL, 32 for Qwen3-VL); a pool feeds any family (pages are resized at load time)"})
+    dpi: int = field(default=144, metadata={"help": "render resolution before the family's resize"})
+    min_pixels: int | None = field(default=None, metadata={
+        "help": "smart_resize lower bound on page pixels (default: the family's preprocessor's)"})
+    max_pixels: int | None = field(default=None, metadata={
+        "help": "smart_resize upper bound on page pixels (default: the family's preprocessor's)"})
     exclude_hashes: str | None = field(default=None, metadata={
         "metavar": "FILE",
         "help": "file of SHA-256 hex digests (one per line, '#' comments) of PDFs to reject as "
@@ -65,6 +69,9 @@ class PoolConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
+        geometry = get_family(self.family).geometry
+        self.min_pixels = geometry.min_pixels if self.min_pixels is None else self.min_pixels
+        self.max_pixels = geometry.max_pixels if self.max_pixels is None else self.max_pixels
         for name in ("min_pages", "max_pages", "min_pixels", "max_pixels", "shard"):
             check_number(f"--{name.replace('_', '-')}", getattr(self, name), ge=0)
         for name in ("workers", "chunk_docs", "num_shards"):

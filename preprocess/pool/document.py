@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import pymupdf
 
+from megatron_vlm.models.registry import get_family
 from preprocess.pool.config import PoolConfig
 from preprocess.pool.encode import encode_page
 from preprocess.pool.layout import label_document, page_blocks
@@ -90,7 +91,8 @@ def _process(doc, path, doc_id, config, beat) -> DocumentResult:
     num_pages = doc.page_count
     check_page_count(num_pages, config)
     try:
-        geometries = [page_geometry(doc[i].rect, config.dpi, config.min_pixels, config.max_pixels, i + 1)
+        geometry = get_family(config.family).geometry
+        geometries = [page_geometry(doc[i].rect, config.dpi, geometry, config.min_pixels, config.max_pixels, i + 1)
                       for i in range(num_pages)]
     except Rejected:
         raise

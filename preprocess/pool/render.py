@@ -1,9 +1,9 @@
-"""Page rendering: PDF page -> an RGB raster of exactly the Qwen2.5-VL size.
+"""Page rendering: PDF page -> an RGB raster of exactly the size a model family takes it at.
 
-A page is rendered with PyMuPDF at ``dpi`` and resized to the Qwen2.5-VL grid with
-``smart_resize`` (sides multiples of 28, within min/max pixels). Both happen in one step: the page
-is rasterized directly at the target size (an anisotropic scale of at most half a 28-pixel cell
-per side), which is sharper and faster than rendering and then resampling.
+A page is rendered with PyMuPDF at ``dpi`` and resized to the family's grid with its
+``smart_resize`` (sides multiples of patch x merge: 28 or 32 pixels, within min/max pixels). Both
+happen in one step: the page is rasterized directly at the target size (an anisotropic scale of at
+most half a cell per side), which is sharper and faster than rendering and then resampling.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import pymupdf
 from PIL import Image
 
-from megatron_vlm.data.vision import FACTOR, PATCH_SIZE, smart_resize
+from megatron_vlm.data.vision import ImageGeometry
 
 # ISO 32000 (Annex C): a page side is at most 14,400 user units (200 inches); below 1 pt is absurd.
 MIN_PAGE_POINTS = 1.0
@@ -34,19 +34,13 @@ class Rejected(Exception):
 class PageGeometry:
     width: int  # pixels after smart_resize
     height: int
-
-    @property
-    def grid(self) -> list[int]:
-        return [self.height // PATCH_SIZE, self.width // PATCH_SIZE]
-
-    @property
-    def tokens(self) -> int:
-        return self.height * self.width // (FACTOR * FACTOR)
+    grid: list[int]  # [rows, columns] of vision patches
+    tokens: int  # LLM tokens
 
 
-def page_geometry(rect: pymupdf.Rect, dpi: int, min_pixels: int, max_pixels: int,
+def page_geometry(rect: pymupdf.Rect, dpi: int, geometry: ImageGeometry, min_pixels: int, max_pixels: int,
                   page_number: int) -> PageGeometry:
-    """The Qwen2.5-VL size of a page rendered at ``dpi``; Rejected for absurd sizes or aspect ratios."""
+    """The size ``geometry`` takes a page rendered at ``dpi``; Rejected for absurd sizes or aspect ratios."""
     w_pt, h_pt = rect.width, rect.height
     if not (MIN_PAGE_POINTS <= w_pt <= MAX_PAGE_POINTS and MIN_PAGE_POINTS <= h_pt <= MAX_PAGE_POINTS):
         raise Rejected("page_size", f"page {page_number} is {w_pt:.1f} x {h_pt:.1f} pt "
@@ -55,11 +49,12 @@ def page_geometry(rect: pymupdf.Rect, dpi: int, min_pixels: int, max_pixels: int
     irect = (rect * pymupdf.Matrix(zoom, zoom)).irect  # the same rounding as get_pixmap(dpi=...)
     rw, rh = irect.width, irect.height
     try:
-        h, w = smart_resize(rh, rw, factor=FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
+        h, w = geometry.smart_resize(rh, rw, min_pixels=min_pixels, max_pixels=max_pixels)
     except ValueError as err:
         reason = "aspect_ratio" if "aspect ratio" in str(err) else "page_size"
         raise Rejected(reason, f"page {page_number} ({rw}x{rh} px at {dpi} dpi): {err}") from None
-    return PageGeometry(w, h)
+    _, rows, cols = geometry.grid_thw(h, w)
+    return PageGeometry(w, h, [rows, cols], geometry.llm_tokens(h, w))
 
 
 class Raster:

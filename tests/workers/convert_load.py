@@ -22,8 +22,8 @@ from megatron_vlm.parallel import ParallelLayout
 
 
 def main() -> None:
-    from megatron_vlm.models.config import qwen25vl_config_from_hf
-    from megatron_vlm.models.qwen25vl import Qwen25VLModel
+    from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
+    from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--ckpt", type=Path, required=True)

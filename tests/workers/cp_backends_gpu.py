@@ -26,9 +26,9 @@ from test_model_gpu import _inputs  # noqa: E402
 from vlm_inputs import randomize_weights_  # noqa: E402
 
 from megatron_vlm import runtime  # noqa: E402
-from megatron_vlm.models.config import qwen25vl_config_from_hf  # noqa: E402
-from megatron_vlm.models.qwen25vl import Qwen25VLModel  # noqa: E402
-from megatron_vlm.models.tiny import tiny_qwen25vl_config  # noqa: E402
+from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf  # noqa: E402
+from megatron_vlm.models.qwen25vl.model import Qwen25VLModel  # noqa: E402
+from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config  # noqa: E402
 from megatron_vlm.parallel import ParallelLayout  # noqa: E402
 
 

@@ -23,9 +23,9 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
 from megatron_vlm import runtime
-from megatron_vlm.models.config import qwen25vl_config_from_hf
-from megatron_vlm.models.qwen25vl import Qwen25VLModel
-from megatron_vlm.models.tiny import tiny_qwen25vl_config
+from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
+from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
+from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 from megatron_vlm.parallel import ParallelLayout
 
 # name -> (Hugging Face config, language layers on the first stage at PP 2)

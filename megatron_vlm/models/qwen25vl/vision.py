@@ -10,35 +10,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from megatron.core import tensor_parallel
 from megatron.core.transformer.module import MegatronModule
-from megatron.core.transformer.spec_utils import build_module
 from megatron.core.transformer.transformer_block import TransformerBlock, TransformerBlockSubmodules
 
 from megatron_vlm.models.attention import AttentionSegments
-from megatron_vlm.models.config import Qwen25VisionTransformerConfig
-
-
-def _grids(grid_thw) -> list[tuple[int, int, int]]:
-    return [tuple(int(x) for x in row) for row in torch.as_tensor(grid_thw).reshape(-1, 3).tolist()]
-
-
-def frame_cu_seqlens(grid_thw) -> torch.Tensor:
-    """Boundaries of the full-attention segments: one per frame of every image, in patches."""
-    lengths = [h * w for t, h, w in _grids(grid_thw) for _ in range(t)]
-    return F.pad(torch.tensor(lengths, dtype=torch.int64).cumsum(0), (1, 0))
-
-
-def rotary_positions(grid_thw, merge: int) -> torch.Tensor:
-    """``[n_patches, 2]`` (row, column) of every patch, in the merge-block-major patch order."""
-    out = []
-    for t, h, w in _grids(grid_thw):
-        hh, ww = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        shape = (h // merge, merge, w // merge, merge)
-        hh = hh.reshape(shape).transpose(1, 2).flatten()
-        ww = ww.reshape(shape).transpose(1, 2).flatten()
-        out.append(torch.stack([hh, ww], dim=-1).repeat(t, 1))
-    return torch.cat(out)
+from megatron_vlm.models.qwen25vl.config import Qwen25VisionTransformerConfig
+from megatron_vlm.models.vision_tower import (
+    PatchEmbed,
+    PatchMerger,
+    frame_cu_seqlens,
+    grids,
+    rotary_embedding,
+    vision_inv_freq,
+)
 
 
 def window_layout(grid_thw, merge: int, window_size: int, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +34,7 @@ def window_layout(grid_thw, merge: int, window_size: int, patch_size: int) -> tu
     """
     units_per_window = window_size // merge // patch_size
     index, lengths, offset = [], [], 0
-    for t, h, w in _grids(grid_thw):
+    for t, h, w in grids(grid_thw):
         gh, gw = h // merge, w // merge
         ids = torch.arange(t * gh * gw).reshape(t, gh, gw)
         ph, pw = -gh % units_per_window, -gw % units_per_window
@@ -66,42 +50,6 @@ def window_layout(grid_thw, merge: int, window_size: int, patch_size: int) -> tu
     return torch.cat(index), cu
 
 
-class PatchEmbed(torch.nn.Module):
-    """``pixel_values [n, C * T * P * P]`` -> ``[n, hidden]`` with a stride-equals-kernel Conv3d."""
-
-    def __init__(self, config: Qwen25VisionTransformerConfig):
-        super().__init__()
-        self.shape = (config.in_channels, config.temporal_patch_size, config.patch_size, config.patch_size)
-        self.proj = torch.nn.Conv3d(config.in_channels, config.hidden_size, kernel_size=self.shape[1:],
-                                    stride=self.shape[1:], bias=False, dtype=config.params_dtype)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        x = pixel_values.to(self.proj.weight.dtype).view(-1, *self.shape)
-        return self.proj(x).view(x.shape[0], -1)
-
-
-class PatchMerger(MegatronModule):
-    """RMSNorm, then each 2 x 2 block of patches -> one LLM token (column- then row-parallel MLP)."""
-
-    def __init__(self, config: Qwen25VisionTransformerConfig, norm: type):
-        super().__init__(config=config)
-        width = config.hidden_size * config.spatial_merge_size ** 2
-        self.layer_norm = build_module(norm, config=config, hidden_size=config.hidden_size, eps=1e-6)
-        self.linear_fc1 = tensor_parallel.ColumnParallelLinear(
-            width, width, config=config, init_method=config.init_method, bias=True, gather_output=False)
-        self.linear_fc2 = tensor_parallel.RowParallelLinear(
-            width, config.out_hidden_size, config=config, init_method=config.output_layer_init_method,
-            bias=True, input_is_parallel=True, skip_bias_add=False)
-        self.width = width
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[n, 1, hidden]`` -> ``[n / merge^2, out_hidden]``."""
-        x = self.layer_norm(x).reshape(-1, 1, self.width)
-        x, _ = self.linear_fc1(x)
-        x, _ = self.linear_fc2(F.gelu(x))
-        return x[:, 0]
-
-
 class Qwen25VisionModel(MegatronModule):
     """Qwen2.5-VL's vision transformer: ``(pixel_values, grid_thw)`` -> one LLM embedding per 2x2 patches."""
 
@@ -113,9 +61,7 @@ class Qwen25VisionModel(MegatronModule):
         self.patch_embed = PatchEmbed(config)
         self.decoder = TransformerBlock(config=config, spec=spec, post_layer_norm=False)
         self.merger = PatchMerger(config, norm)
-        half = config.kv_channels // 2
-        inv_freq = 1.0 / (config.vision_rope_theta ** (torch.arange(0, half, 2, dtype=torch.float) / half))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", vision_inv_freq(config), persistent=False)
 
     def forward(self, pixel_values: torch.Tensor, grid_thw) -> torch.Tensor:
         cfg = self.config
@@ -124,9 +70,7 @@ class Qwen25VisionModel(MegatronModule):
         window_index, cu_window = window_layout(grid_thw, merge, cfg.window_size, cfg.patch_size)
         perm = (window_index[:, None] * unit + torch.arange(unit)).flatten().to(device)
         x = self.patch_embed(pixel_values)[perm]
-        pos = rotary_positions(grid_thw, merge).to(device)[perm]
-        freqs = (pos[..., None].float() * self.inv_freq.to(device)).reshape(pos.shape[0], -1)
-        rotary = torch.cat([freqs, freqs], dim=-1)[:, None, None, :]
+        rotary = rotary_embedding(grid_thw, merge, self.inv_freq.to(device), perm)
         segments = AttentionSegments(cu_seqlens=frame_cu_seqlens(grid_thw), window_cu_seqlens=cu_window,
                                      full_attention_layers=frozenset(cfg.fullatt_block_indexes))
         x = self.decoder(hidden_states=x[:, None, :], attention_mask=None, rotary_pos_emb=rotary,

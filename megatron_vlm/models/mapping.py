@@ -1,10 +1,10 @@
-"""The declarative HF <-> Megatron name mapping of Qwen2.5-VL, one table per model part.
+"""The machinery of the declarative HF <-> Megatron name mappings; each family's ``mapping.py`` holds its table.
 
-Each :class:`Rule` pairs one Megatron key pattern with the Hugging Face on-disk name pattern(s)
+A family's table is its ``PARTS``: per model part, a tuple of rules. Each :class:`Rule` pairs one Megatron key pattern with the Hugging Face on-disk name pattern(s)
 it is built from and the :class:`Transform` between them; ``{i}`` is the (global) layer index.
-The tables are the single source of truth for both directions (``docs/checkpoints.md`` shows the
-same table): the conversion engine (``checkpoint_tools.engine``) expands and applies them, and
-never names a parameter itself.
+The tables are the single source of truth for both directions (``docs/checkpoints.md`` shows
+them): the conversion engine (``checkpoint_tools.engine``) expands and applies them, and never
+names a parameter itself.
 
 Megatron tensors are stored as GLOBAL tensors (megatron-core ``dist_checkpointing`` keeps each
 tensor's global shape and every rank's offsets), so a rule's ``tp_dim`` says along which dimension
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from megatron_vlm.errors import LongVLMError
-from megatron_vlm.models.hf_config import Qwen25VLArch
+from megatron_vlm.models.hf_config import VLArch
 
 
 class MappingError(LongVLMError, ValueError):
@@ -29,7 +29,7 @@ class MappingError(LongVLMError, ValueError):
 
 @dataclass(frozen=True)
 class Dims:
-    """The sizes the transforms need, read from a Qwen2.5-VL config."""
+    """The sizes the transforms need, read from a model's config."""
 
     lm_layers: int
     lm_heads: int
@@ -41,9 +41,10 @@ class Dims:
     vision_heads: int
     vision_head_dim: int
     tie_word_embeddings: bool
+    deepstack_layers: int = 0  # DeepStack feature mergers (Qwen3-VL)
 
     @classmethod
-    def from_arch(cls, arch: Qwen25VLArch, padded_vocab_size: int | None = None) -> Dims:
+    def from_arch(cls, arch: VLArch, padded_vocab_size: int | None = None) -> Dims:
         return cls(
             lm_layers=arch.num_layers,
             lm_heads=arch.num_heads,
@@ -55,6 +56,7 @@ class Dims:
             vision_heads=arch.vision_heads,
             vision_head_dim=arch.vision_head_dim,
             tie_word_embeddings=arch.tie_word_embeddings,
+            deepstack_layers=arch.deepstack_layers,
         )
 
 
@@ -192,69 +194,21 @@ class Rule:
     untied_only: bool = False  # absent when tie_word_embeddings
 
 
-def _lm_layer(meg: str, hf: str | tuple[str, ...], transform: Transform = IDENTITY,
-              tp_dim: int | None = None) -> Rule:
+def layer_rule(megatron_prefix: str, hf_prefix: str, meg: str, hf: str | tuple[str, ...],
+               transform: Transform = IDENTITY, tp_dim: int | None = None) -> Rule:
+    """A per-layer rule: ``{megatron_prefix}.{i}.{meg}`` <- ``{hf_prefix}.{i}.{h}`` for each ``h`` of ``hf``."""
     hf = (hf,) if isinstance(hf, str) else hf
-    return Rule(f"language_model.decoder.layers.{{i}}.{meg}", tuple(f"model.layers.{{i}}.{h}" for h in hf),
-                transform, tp_dim)
+    return Rule(f"{megatron_prefix}.{{i}}.{meg}", tuple(f"{hf_prefix}.{{i}}.{h}" for h in hf), transform, tp_dim)
 
 
-def _vision_layer(meg: str, hf: str | tuple[str, ...], transform: Transform = IDENTITY,
-                  tp_dim: int | None = None) -> Rule:
-    hf = (hf,) if isinstance(hf, str) else hf
-    return Rule(f"vision_model.decoder.layers.{{i}}.{meg}", tuple(f"visual.blocks.{{i}}.{h}" for h in hf),
-                transform, tp_dim)
+@dataclass(frozen=True)
+class Part:
+    """One part of a model's table: its rules and the ``Dims`` field counting its layers (per-layer rules)."""
 
+    name: str
+    rules: tuple[Rule, ...]
+    layers: str = "lm_layers"
 
-def _qkv(suffix: str) -> tuple[str, ...]:
-    return tuple(f"self_attn.{p}_proj.{suffix}" for p in "qkv")
-
-
-def _gate_up(suffix: str) -> tuple[str, ...]:
-    return (f"mlp.gate_proj.{suffix}", f"mlp.up_proj.{suffix}")
-
-
-LANGUAGE_MODEL_RULES: tuple[Rule, ...] = (
-    Rule("language_model.embedding.word_embeddings.weight", ("model.embed_tokens.weight",), VOCAB, 0),
-    _lm_layer("self_attention.linear_qkv.layer_norm_weight", "input_layernorm.weight"),
-    _lm_layer("self_attention.linear_qkv.weight", _qkv("weight"), LM_QKV, 0),
-    _lm_layer("self_attention.linear_qkv.bias", _qkv("bias"), LM_QKV, 0),
-    _lm_layer("self_attention.linear_proj.weight", "self_attn.o_proj.weight", tp_dim=1),
-    _lm_layer("mlp.linear_fc1.layer_norm_weight", "post_attention_layernorm.weight"),
-    _lm_layer("mlp.linear_fc1.weight", _gate_up("weight"), GATED, 0),
-    _lm_layer("mlp.linear_fc2.weight", "mlp.down_proj.weight", tp_dim=1),
-    Rule("language_model.decoder.final_layernorm.weight", ("model.norm.weight",)),
-    Rule("language_model.output_layer.weight", ("lm_head.weight",), VOCAB, 0, untied_only=True),
-)
-
-VISION_TOWER_RULES: tuple[Rule, ...] = (
-    Rule("vision_model.patch_embed.proj.weight", ("visual.patch_embed.proj.weight",)),
-    _vision_layer("self_attention.linear_qkv.layer_norm_weight", "norm1.weight"),
-    _vision_layer("self_attention.linear_qkv.weight", "attn.qkv.weight", VISION_QKV, 0),
-    _vision_layer("self_attention.linear_qkv.bias", "attn.qkv.bias", VISION_QKV, 0),
-    _vision_layer("self_attention.linear_proj.weight", "attn.proj.weight", tp_dim=1),
-    _vision_layer("self_attention.linear_proj.bias", "attn.proj.bias"),
-    _vision_layer("mlp.linear_fc1.layer_norm_weight", "norm2.weight"),
-    _vision_layer("mlp.linear_fc1.weight", _gate_up("weight"), GATED, 0),
-    _vision_layer("mlp.linear_fc1.bias", _gate_up("bias"), GATED, 0),
-    _vision_layer("mlp.linear_fc2.weight", "mlp.down_proj.weight", tp_dim=1),
-    _vision_layer("mlp.linear_fc2.bias", "mlp.down_proj.bias"),
-)
-
-MERGER_RULES: tuple[Rule, ...] = (
-    Rule("vision_model.merger.layer_norm.weight", ("visual.merger.ln_q.weight",)),
-    Rule("vision_model.merger.linear_fc1.weight", ("visual.merger.mlp.0.weight",), tp_dim=0),
-    Rule("vision_model.merger.linear_fc1.bias", ("visual.merger.mlp.0.bias",), tp_dim=0),
-    Rule("vision_model.merger.linear_fc2.weight", ("visual.merger.mlp.2.weight",), tp_dim=1),
-    Rule("vision_model.merger.linear_fc2.bias", ("visual.merger.mlp.2.bias",)),
-)
-
-# (part name, rules, layer count field of Dims)
-PARTS: tuple[tuple[str, tuple[Rule, ...], str], ...] = (
-    ("language model", LANGUAGE_MODEL_RULES, "lm_layers"),
-    ("vision tower", VISION_TOWER_RULES, "vision_layers"),
-    ("merger", MERGER_RULES, "vision_layers"),
-)
 
 MODEL_KEY_PREFIXES = ("language_model.", "vision_model.")
 
@@ -269,15 +223,15 @@ class Mapping:
     tp_dim: int | None
 
 
-def expand(dims: Dims) -> list[Mapping]:
-    """All concrete mappings of a model, in HF checkpoint order (language model, then vision; the
-    per-layer rules of a part layer by layer)."""
+def expand(dims: Dims, parts: tuple[Part, ...]) -> list[Mapping]:
+    """All concrete mappings of a model from its family's ``parts``, in HF checkpoint order (the parts in
+    order; the per-layer rules of a part layer by layer)."""
     out: list[Mapping] = []
-    for _, rules, layers_field in PARTS:
-        rules = [r for r in rules if not (r.untied_only and dims.tie_word_embeddings)]
+    for part in parts:
+        rules = [r for r in part.rules if not (r.untied_only and dims.tie_word_embeddings)]
         for per_layer, run in itertools.groupby(rules, key=lambda r: "{i}" in r.megatron):
             run = list(run)
-            for i in range(getattr(dims, layers_field)) if per_layer else [None]:
+            for i in range(getattr(dims, part.layers)) if per_layer else [None]:
                 out.extend(Mapping(r.megatron.format(i=i), tuple(h.format(i=i) for h in r.hf), r.transform,
                                    r.tp_dim) for r in run)
     return out
@@ -290,7 +244,7 @@ def check_coverage(mappings: list[Mapping], present: set[str], side: str) -> Non
     missing, unused = sorted(needed - present), sorted(present - needed)
     problems = []
     if missing:
-        problems.append(f"{len(missing)} tensor(s) the Qwen2.5-VL mapping needs are missing: {_names(missing)}")
+        problems.append(f"{len(missing)} tensor(s) the model's mapping needs are missing: {_names(missing)}")
     if unused:
         problems.append(f"{len(unused)} tensor(s) are not mapped by any rule: {_names(unused)}")
     if problems:

@@ -1,12 +1,19 @@
-"""``Qwen25VLModel``: the native Megatron-Core Qwen2.5-VL (vision tower + mRoPE ``GPTModel``).
+"""``VisionLanguageModel``: a native Megatron-Core VLM (vision tower + mRoPE ``GPTModel``), every family's base.
 
-Inputs are full-length rows, or one packed stream (``[1, T]`` with ``cu_seqlens`` /
+A family's model (``<family>/model.py``) subclasses it with its vision tower, language layer spec
+and rotary embedding. Inputs are full-length rows, or one packed stream (``[1, T]`` with ``cu_seqlens`` /
 ``cu_seqlens_padded``: THD). With context parallelism the input is one stream and the model takes
 this rank's part of it itself, 2 of the 2*CP chunks of every packed sample
 (:class:`megatron_vlm.models.context_parallel.CPSplit`, Transformer Engine's THD layout); vision work
 is split across CP ranks by image, the image embeddings all-gathered. It returns the local part of the
 logits / per-token loss, in the split's order. With a ``loss_mask`` the output layer runs only on the
 masked tokens (:mod:`megatron_vlm.models.masked_loss`).
+
+DeepStack (``config.deepstack_layers`` > 0, Qwen3-VL): the vision tower returns, per LLM token, the
+merged embedding followed by one feature per DeepStack layer; they travel with the hidden states as
+extra columns of one *stream* ``[s, b, h * (1 + slots)]`` (:mod:`megatron_vlm.models.deepstack`), so
+context and sequence parallelism cut them like the tokens and pipeline stages pass them on to the
+stage holding their layer.
 """
 
 from __future__ import annotations
@@ -19,33 +26,32 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_block import get_num_layers_to_build
 
 from megatron_vlm.models.attention import AttentionSegments
-from megatron_vlm.models.config import Qwen25VLConfig
+from megatron_vlm.models.config import VLModelConfig
 from megatron_vlm.models.context_parallel import CPSplit, all_gather_varlen, cp_split, split_images_by_cost
+from megatron_vlm.models.deepstack import split_stream, stage_slots, stream_out
 from megatron_vlm.models.masked_loss import MaskedLossGPTModel
-from megatron_vlm.models.vision import Qwen25VisionModel
 
 
-class Qwen25VLModel(MegatronModule):
+class VisionLanguageModel(MegatronModule):
     """Children ``vision_model`` (first pipeline stage only) and ``language_model`` (a ``MaskedLossGPTModel``).
 
     ``vp_stage``: the virtual pipeline stage this chunk is (interleaved schedule), as in ``GPTModel``.
+    Subclasses give :meth:`build_vision_model` and may change :meth:`language_block_spec` and
+    :meth:`rotary_embedding`.
     """
 
-    def __init__(self, config: Qwen25VLConfig, *, pre_process: bool = True, post_process: bool = True,
+    def __init__(self, config: VLModelConfig, *, pre_process: bool = True, post_process: bool = True,
                  vp_stage: int | None = None):
         super().__init__(config=config.language)
         self.model_config = config
         self.model_type = ModelType.encoder_or_decoder  # read by Megatron-Core's pipeline schedules
         self.pre_process, self.post_process = pre_process, post_process
         self.share_embeddings_and_output_weights = config.tie_word_embeddings
-        self.vision_model = None
-        if pre_process:
-            self.vision_model = Qwen25VisionModel(
-                config.vision, config.block_spec(config.vision.num_layers, causal=False), config.norm_module())
+        self.vision_model = self.build_vision_model(config) if pre_process else None
         self.language_model = MaskedLossGPTModel(
             config=config.language,
-            transformer_layer_spec=config.block_spec(get_num_layers_to_build(config.language, vp_stage=vp_stage),
-                                                     causal=True),
+            transformer_layer_spec=self.language_block_spec(
+                config, get_num_layers_to_build(config.language, vp_stage=vp_stage)),
             vocab_size=config.vocab_size,
             max_sequence_length=config.max_sequence_length,
             pre_process=pre_process,
@@ -57,12 +63,40 @@ class Qwen25VLModel(MegatronModule):
             vp_stage=vp_stage,
         )
         self.vp_stage = vp_stage
+        rotary = self.rotary_embedding(config)
+        if rotary is not None:
+            self.language_model.rotary_pos_emb = rotary
         # Position ids reach the rotary embedding already cut to this CP rank's tokens.
         self.language_model.rotary_pos_emb.cp_group = None
+        layers = self.language_model.decoder.layers
+        first = layers[0].layer_number - 1 if len(layers) else config.language.num_layers
+        self.slots_in, self.slots_out = stage_slots(config.deepstack_layers, first, len(layers))
+        self._received = None
+
+    # -- family parts -----------------------------------------------------------------------------
+
+    def build_vision_model(self, config: VLModelConfig) -> MegatronModule:
+        """The vision tower: ``(pixel_values, grid_thw)`` -> ``[tokens, out_hidden * (1 + deepstack_layers)]``."""
+        raise NotImplementedError
+
+    def language_block_spec(self, config: VLModelConfig, num_layers: int):
+        """The spec of this stage's ``num_layers`` language layers."""
+        return config.block_spec(num_layers, causal=True)
+
+    def rotary_embedding(self, config: VLModelConfig):
+        """A replacement for ``GPTModel``'s mRoPE module (``None``: keep it)."""
+        return None
+
+    # -- pipeline ---------------------------------------------------------------------------------
 
     def set_input_tensor(self, input_tensor) -> None:
-        """Pipeline stages after the first get their input from the previous stage."""
-        self.language_model.set_input_tensor(input_tensor)
+        """Pipeline stages after the first get their input from the previous stage (the hidden states, and
+        the DeepStack features of this and later stages' layers as extra columns)."""
+        tensor = input_tensor[0] if isinstance(input_tensor, list) else input_tensor
+        self._received = tensor if self.slots_in else None
+        if tensor is not None and self.slots_in:
+            tensor = split_stream(tensor, self.slots_in)[0]
+        self.language_model.set_input_tensor(tensor)
 
     def shared_embedding_or_output_weight(self):
         return self.language_model.shared_embedding_or_output_weight()
@@ -123,8 +157,8 @@ class Qwen25VLModel(MegatronModule):
         if last > first:
             local = self.vision_model(pixel_values, grids[first:last])
         else:  # fewer images than CP ranks: this rank joins the gather (and its backward) with none
-            local = self._touch_vision(pixel_values.new_zeros(
-                (0, self.model_config.vision.out_hidden_size), dtype=self.model_config.vision.params_dtype))
+            width = self.model_config.vision.out_hidden_size * (1 + self.model_config.deepstack_layers)
+            local = self._touch_vision(pixel_values.new_zeros((0, width), dtype=self.model_config.vision.params_dtype))
         return all_gather_varlen(local, sizes, parallel_state.get_context_parallel_group())
 
     def _touch_vision(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,9 +174,12 @@ class Qwen25VLModel(MegatronModule):
 
     def embed(self, input_ids: torch.Tensor, pixel_values=None, image_grid_thw=None,
               split: CPSplit | None = None) -> torch.Tensor:
-        """Decoder input ``[s_local, b, h]``: word embeddings with image embeddings at ``<|image_pad|>``."""
+        """Decoder input ``[s_local, b, h]``: word embeddings with image embeddings at ``<|image_pad|>``
+        (``[s_local, b, h * (1 + deepstack_layers)]`` with DeepStack: the features at the image tokens, 0 elsewhere)."""
         local = (lambda x: x) if split is None else (lambda x: split.select(x, 1))
         emb = self.language_model.embedding(input_ids=local(input_ids), position_ids=None)
+        if self.slots_in:
+            emb = torch.cat([emb, emb.new_zeros((*emb.shape[:2], emb.shape[2] * self.slots_in))], dim=-1)
         mask = input_ids == self.model_config.image_token_id
         n_tokens = int(mask.sum())
         if n_tokens or pixel_values is not None:
@@ -200,8 +237,14 @@ class Qwen25VLModel(MegatronModule):
                              f"tp={tp}: pad the stream (ParallelLayout.token_padding)")
         local = (lambda x, dim: x) if split is None else split.select
         decoder_input = self.embed(input_ids, pixel_values, image_grid_thw, split) if self.pre_process else None
+        deepstack = None
+        if self.slots_in:
+            stream = decoder_input if self.pre_process else self._received
+            decoder_input, deepstack = split_stream(stream, self.slots_in)
+            if not self.pre_process:
+                decoder_input = None  # the decoder reads its input tensor
         self.language_model.score_answers = score
-        return self.language_model(
+        output = self.language_model(
             input_ids=local(input_ids, 1),
             position_ids=local(position_ids, 2),
             attention_mask=None,
@@ -210,4 +253,6 @@ class Qwen25VLModel(MegatronModule):
             labels=None if labels is None else local(labels, 1),
             loss_mask=None if loss_mask is None else local(loss_mask, 1),
             runtime_gather_output=runtime_gather_output,
+            extra_block_kwargs=None if deepstack is None else {"context": deepstack},
         )
+        return stream_out(output, deepstack, self.slots_in, self.slots_out) if not self.post_process else output

@@ -1,8 +1,8 @@
-"""Worker for tests/test_model_parallel.py: split Qwen25VLModel layouts vs the unsplit model (2 ranks).
+"""Worker for tests/test_model_parallel.py: split layouts of each family's model vs the unsplit model (2 ranks).
 
-First the reference: TP=PP=CP=1 (the two ranks are data-parallel replicas) with seeded random
+Cases are ``FAMILY:LAYOUT`` (e.g. ``qwen3_vl:pp2``). Per family, first the reference: TP=PP=CP=1 (the two ranks are data-parallel replicas) with seeded random
 weights on a packed row of two samples with three images; logits, per-token loss and gradients
-are kept and the weights saved with ``dist_checkpointing``. Then for each ``--layouts`` entry the
+are kept and the weights saved with ``dist_checkpointing``. Then for each of its layouts the
 groups are rebuilt, the weights loaded (resharded by the sharded-state-dict keys of
 docs/checkpoints.md), the same row run forward and backward, and the largest differences
 recorded: logits, per-token loss and every parameter's gradient as a relative error
@@ -31,12 +31,11 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (vlm_inputs)
 
-from vlm_inputs import make_row, randomize_weights_  # noqa: E402
+import vlm_inputs  # noqa: E402
+from vlm_inputs import randomize_weights_  # noqa: E402
 
 from megatron_vlm import runtime  # noqa: E402
-from megatron_vlm.models.config import qwen25vl_config_from_hf  # noqa: E402
-from megatron_vlm.models.qwen25vl import Qwen25VLModel  # noqa: E402
-from megatron_vlm.models.tiny import tiny_qwen25vl_config  # noqa: E402
+from megatron_vlm.models.registry import get_family  # noqa: E402
 from megatron_vlm.parallel import ParallelLayout  # noqa: E402
 
 TP2, TP2_SP, CP2 = ParallelLayout(tp=2), ParallelLayout(tp=2, sp=True), ParallelLayout(cp=2)
@@ -56,7 +55,7 @@ LAYOUTS = {
     "tp2_sp_masked": (TP2_SP, {}, "packed", "answers"),
     "pp2_masked": (PP2, {}, "packed", "answers"),
     "cp2_masked": (CP2, {}, "packed", "answers"),
-    # 4 processes (not in the default 2-process run): --layouts tp2_cp2_sp tp2_cp2_sp_masked
+    # 4 processes (not in the default 2-process run): --cases FAMILY:tp2_cp2_sp ...
     "tp2_cp2_sp": (TP2_CP2_SP, {}, "packed", None),
     # no masked token on CP rank 0: its TP pair runs the output layer on 0 rows
     "tp2_cp2_sp_masked": (TP2_CP2_SP, {}, "packed", "one_rank"),
@@ -93,9 +92,22 @@ def reference_position(batch_name: str, position: int) -> int | None:
     return None
 
 
+# 3 language layers; Qwen3-VL's DeepStack feeds layers 0 and 1 (from vision layers 0 and 2), so PP2 with one
+# layer on the first stage puts a stage boundary between the two DeepStack layers.
+FAMILY = get_family("qwen2_5_vl")
+
+
 def config(layout=None, **extra):
-    hf = tiny_qwen25vl_config(num_layers=3).to_dict()
-    return qwen25vl_config_from_hf(hf, layout=layout, **extra)
+    hf = FAMILY.tiny_config(num_layers=3).to_dict()
+    return FAMILY.config_from_hf(hf, layout=layout, **extra)
+
+
+def build(cfg, **kwargs):
+    return FAMILY.model_class(cfg, **kwargs)
+
+
+def make_row(parts, seed):
+    return vlm_inputs.make_row(parts, seed=seed, patch_dim=FAMILY.geometry.patch_dim)
 
 
 def batch(name: str = "packed"):
@@ -158,9 +170,17 @@ def grads_in_unsplit_layout(model, path: Path) -> dict[str, torch.Tensor]:
             p.copy_(p.grad if p.grad is not None else torch.zeros_like(p))
     save(model, path)
     runtime.initialize_distributed(seed=1)
-    full = Qwen25VLModel(config())
+    full = build(config())
     load(full, path)
     return {n: p.detach() for n, p in full.named_parameters()}
+
+
+def tp_summed(name: str, param, model) -> bool:
+    """Whether megatron-core's ``finalize_model_grads`` sums this parameter's gradient over TP: norms marked
+    sequence-parallel (under SP), and q/k norms (``qk_layernorm``), whose heads are split over TP."""
+    config = model.model_config.language
+    return (config.sequence_parallel and getattr(param, "sequence_parallel", False)) or \
+        (config.qk_layernorm and ("q_layernorm" in name or "k_layernorm" in name))
 
 
 def relative(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -182,7 +202,7 @@ def reference(out: Path, cases) -> dict:
     """Unsplit model: saved weights, and per (batch, mask) case the logits, per-token loss (times the mask)
     and gradients of its sum."""
     runtime.initialize_distributed(seed=1)
-    model = Qwen25VLModel(config())
+    model = build(config())
     randomize_weights_(model, seed=3)
     save(model, out / "weights")
     ref = {}
@@ -203,15 +223,15 @@ def reference(out: Path, cases) -> dict:
 def run_tp(name, layout, extra, out, ref, mask_name):
     ref_logits, ref_loss, ref_grads = ref
     runtime.initialize_distributed(layout, seed=1)
-    model = Qwen25VLModel(config(layout, **extra))
+    model = build(config(layout, **extra))
     load(model, out / "weights")
     inputs, labels = batch()
     with torch.no_grad():
         logits = tensor_parallel.gather_from_tensor_model_parallel_region(model(**inputs))
     loss = model(**inputs, labels=labels, loss_mask=mask_name and loss_mask(mask_name, labels))
     loss.sum().backward()
-    for p in model.parameters():  # what finalize_model_grads does for sequence-parallel norms
-        if getattr(p, "sequence_parallel", False) and p.grad is not None:
+    for n, p in model.named_parameters():  # what finalize_model_grads does for sequence-parallel and q/k norms
+        if tp_summed(n, p, model) and p.grad is not None:
             torch.distributed.all_reduce(p.grad, group=ps.get_tensor_model_parallel_group())
     grad_diff, worst = max_grad_diff(grads_in_unsplit_layout(model, out / f"grads_{name}"), ref_grads)
     return dict(logits=relative(logits, ref_logits), loss=relative(loss.detach(), ref_loss),
@@ -222,7 +242,7 @@ def run_pp(name, layout, extra, out, ref, mask_name):
     ref_logits, ref_loss, ref_grads = ref
     runtime.initialize_distributed(layout, seed=1)
     first, last = ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage()
-    model = Qwen25VLModel(config(layout, **extra), pre_process=first, post_process=last)
+    model = build(config(layout, **extra), pre_process=first, post_process=last)
     load(model, out / "weights")
     inputs, labels = batch()
 
@@ -255,7 +275,7 @@ def run_pp(name, layout, extra, out, ref, mask_name):
 def run_cp(name, layout, extra, out, ref, batch_name, mask_name):
     ref_logits, ref_loss, ref_grads = ref
     runtime.initialize_distributed(layout, seed=1)
-    model = Qwen25VLModel(config(layout, **extra))
+    model = build(config(layout, **extra))
     load(model, out / "weights")
     rank, size = ps.get_context_parallel_rank(), ps.get_context_parallel_world_size()
     inputs, labels = batch(batch_name)
@@ -267,7 +287,7 @@ def run_cp(name, layout, extra, out, ref, batch_name, mask_name):
     for n, p in model.named_parameters():  # what the data-parallel (incl. CP) grad reduction does
         grads[n] = p.grad if p.grad is not None else torch.zeros_like(p)  # no image on this rank
         torch.distributed.all_reduce(grads[n], group=ps.get_context_parallel_group())
-        if getattr(p, "sequence_parallel", False):
+        if tp_summed(n, p, model) and ps.get_tensor_model_parallel_world_size() > 1:
             torch.distributed.all_reduce(grads[n], group=ps.get_tensor_model_parallel_group())
         p.grad = grads[n]
     if ps.get_tensor_model_parallel_world_size() > 1:
@@ -281,27 +301,40 @@ def run_cp(name, layout, extra, out, ref, batch_name, mask_name):
                 loss=relative(loss.detach()[:, real], ref_loss[:, mine]), grads=grad_diff, worst_grad=worst)
 
 
+DEFAULT_CASES = {  # the 2-process run; Qwen3-VL: TP with q/k norms, SP + recompute through DeepStack, a PP
+    # boundary between the DeepStack layers, CP with features at each rank's image tokens
+    "qwen2_5_vl": [n for n, (layout, *_) in LAYOUTS.items() if layout.model_parallel_size <= 2],
+    "qwen3_vl": ["tp2", "tp2_sp_recompute", "pp2", "pp2_masked", "cp2", "cp2_one_image"],
+}
+
+
 def main() -> None:
+    global FAMILY
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--layouts", nargs="+", help="default: every layout of at most 2 processes",
-                        default=[n for n, (layout, *_) in LAYOUTS.items() if layout.model_parallel_size <= 2])
+    parser.add_argument("--cases", nargs="+", help="FAMILY:LAYOUT; default: DEFAULT_CASES",
+                        default=[f"{f}:{n}" for f, names in DEFAULT_CASES.items() for n in names])
     args = parser.parse_args()
-    runtime.initialize_distributed(seed=1)
-    ref = reference(args.out, sorted({tuple(LAYOUTS[n][2:]) for n in args.layouts}, key=str))
     results = {}
-    for name in args.layouts:
-        layout, extra, batch_name, mask_name = LAYOUTS[name]
-        case = ref[batch_name, mask_name]
-        try:
-            if layout.cp > 1:
-                results[name] = run_cp(name, layout, extra, args.out, case, batch_name, mask_name)
-            elif layout.pp > 1:
-                results[name] = run_pp(name, layout, extra, args.out, case, mask_name)
-            else:
-                results[name] = run_tp(name, layout, extra, args.out, case, mask_name)
-        except Exception:
-            results[name] = {"error": traceback.format_exc()}
+    for family in dict.fromkeys(case.split(":")[0] for case in args.cases):
+        FAMILY = get_family(family)
+        names = [case.split(":")[1] for case in args.cases if case.split(":")[0] == family]
+        out = args.out / family
+        runtime.initialize_distributed(seed=1)
+        ref = reference(out, sorted({tuple(LAYOUTS[n][2:]) for n in names}, key=str))
+        for name in names:
+            layout, extra, batch_name, mask_name = LAYOUTS[name]
+            case = ref[batch_name, mask_name]
+            try:
+                if layout.cp > 1:
+                    result = run_cp(name, layout, extra, out, case, batch_name, mask_name)
+                elif layout.pp > 1:
+                    result = run_pp(name, layout, extra, out, case, mask_name)
+                else:
+                    result = run_tp(name, layout, extra, out, case, mask_name)
+            except Exception:
+                result = {"error": traceback.format_exc()}
+            results[f"{family}:{name}"] = result
     rank = torch.distributed.get_rank()
     (args.out / f"rank{rank}.json").write_text(json.dumps(results, indent=1))
     runtime.destroy()

@@ -3,12 +3,11 @@
 The shapes keep every structural feature of the 7B: GQA, QKV bias, mRoPE sections, untied output
 layer, vision window attention with full-attention layers, the 2x2 patch merger. Token ids are the
 real Qwen2.5-VL ids (the offline tokenizer in ``megatron_vlm.tokenizer`` uses the real vocabulary),
-so a tiny model, the tokenizer and built datasets fit together.
+so a tiny model, the tokenizer and built datasets fit together. ``ModelFamily.save_tiny_checkpoint`` writes one.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 QWEN25VL_VOCAB_SIZE = 151936  # the 3B's embedding size; covers the 151,669 tokenizer ids
@@ -75,18 +74,3 @@ def tiny_qwen25vl_config(
         vision_start_token_id=151652,
         vision_end_token_id=151653,
     )
-
-
-def save_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, dtype: str = "float32",
-                         max_shard_size: str | None = None, **config_overrides: Any) -> Path:
-    """Write a random tiny Qwen2.5-VL Hugging Face checkpoint to ``out_dir`` and return its path."""
-    import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    config = tiny_qwen25vl_config(**config_overrides)
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).to(getattr(torch, dtype)).eval()
-    out_dir = Path(out_dir)
-    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
-    model.save_pretrained(out_dir, **kwargs)
-    return out_dir
