@@ -15,7 +15,7 @@ from pathlib import Path
 
 from megatron_vlm.errors import LongVLMError
 from megatron_vlm.parallel import ParallelLayout
-from megatron_vlm.utils.checks import MAX_DPI, MAX_SEQ_LEN, number_error
+from megatron_vlm.utils.checks import MAX_DPI, MAX_IMAGE_PIXELS, MAX_SEQ_LEN, number_error
 from preprocess.synth.generators.chat_client import ChatClientOptions
 
 SCORING_MODES = ("generate", "teacher-forcing")
@@ -36,6 +36,16 @@ _MEGATRON = "megatron backend (start it like training: torchrun / srun for TP/PP
 
 class EvalError(LongVLMError, ValueError):
     """A bad input or option of ``longvlm eval``: the message names the file/line or option and the reason."""
+
+
+def pixel_errors(low: int | None, high: int | None) -> list[str]:
+    """What is wrong with ``--min-pixels`` / ``--max-pixels`` (unset: the model family's): a lower bound scales
+    every image up to it, so it is at most ``MAX_IMAGE_PIXELS``."""
+    errors = list(filter(None, [number_error("--min-pixels", low, ge=1, le=MAX_IMAGE_PIXELS),
+                                number_error("--max-pixels", high, ge=1)]))
+    if not errors and low is not None and high is not None and high < low:
+        errors.append(f"--max-pixels {high} must be >= --min-pixels {low}")
+    return errors
 
 
 def parse_length(text: str | int, option: str) -> int:
@@ -229,12 +239,8 @@ class DocQAConfig(ModelOptions, OutputOptions):
             parse_length(value, "context-lengths")
         if self.max_context is not None and self.context_lengths:
             errors.append("--max-context and --context-lengths exclude each other")
-        low, high = self.min_pixels, self.max_pixels
-        errors += filter(None, [number_error("--dpi", self.dpi, ge=1, le=MAX_DPI),
-                                number_error("--min-pixels", low, ge=1), number_error("--max-pixels", high, ge=1),
-                                *self.output_option_errors()])
-        if low is not None and high is not None and high < low:
-            errors.append(f"--max-pixels {high} must be >= --min-pixels {low}")
+        errors += filter(None, [number_error("--dpi", self.dpi, ge=1, le=MAX_DPI), *self.output_option_errors()])
+        errors += pixel_errors(self.min_pixels, self.max_pixels)
         for option, folder in (("--pdf-dir", self.pdf_dir), ("--image-dir", self.image_dir)):
             if folder is not None and not Path(folder).is_dir():
                 errors.append(f"{option} {folder}: no such folder")
@@ -267,9 +273,6 @@ class MMNiahConfig(ModelOptions, OutputOptions):
         "put a 'Page N:' marker before each image (MM-NIAH's prompt has none)")})
 
     def __post_init__(self) -> None:
-        errors = self.model_option_errors() + self.output_option_errors()
-        low, high = self.min_pixels, self.max_pixels
-        if (low is not None and low < 1) or (low is not None and high is not None and high < low):
-            errors.append("--min-pixels must be positive and --max-pixels >= --min-pixels")
+        errors = self.model_option_errors() + self.output_option_errors() + pixel_errors(self.min_pixels, self.max_pixels)
         if errors:
             raise EvalError("; ".join(errors))

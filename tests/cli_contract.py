@@ -243,6 +243,22 @@ def time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
+@contextlib.contextmanager
+def memory_limit(extra_gib: float = 8):
+    """At most ``extra_gib`` more address space for this process (and what it starts) while a case runs: a value
+    that makes a command allocate without bound fails the case with ``MemoryError`` instead of bringing the
+    out-of-memory killer onto a shared machine."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = psutil.Process().memory_info().vms + int(extra_gib * 2 ** 30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 @dataclass
 class Outcome:
     code: int | None
@@ -264,7 +280,7 @@ def run_cli(argv: list[str], cwd: Path, seconds: float) -> Outcome:
     old = os.getcwd()
     os.chdir(cwd)
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), time_limit(seconds):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), time_limit(seconds), memory_limit():
             try:
                 code = main(argv)
             except SystemExit as stop:  # argparse
@@ -309,7 +325,7 @@ def run_api(function, cwd: Path, seconds: float) -> tuple[BaseException | None, 
     os.chdir(cwd)
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-                time_limit(seconds):
+                time_limit(seconds), memory_limit():
             function()
     except CaseTimeout:
         return None, True

@@ -14,6 +14,7 @@ from megatron_vlm.errors import ConfigError, LongVLMError
 MAX_GPUS = 2 ** 20  # processes of one job (and so any TP, PP, CP or DP size): more than any cluster has
 MAX_WORKERS = 1024  # processes or threads one command starts: more than any node has cores
 MAX_SEQ_LEN = 2 ** 24  # the longest packed row any stage takes: 16M tokens, 32x the paper's longest
+MAX_IMAGE_PIXELS = 2 ** 26  # a lower bound on an image's pixels scales every image up to it: 8K x 8K at most
 MAX_DPI = 1200  # a page rendered finer is only shrunk again to the model's largest image (A4 at 1200 dpi: 140M pixels)
 MAX_WAIT_S = 86400.0  # a timeout or back-off of more than a day is a typo
 

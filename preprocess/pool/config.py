@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 from megatron_vlm.errors import ConfigError
 from megatron_vlm.models.registry import DEFAULT_FAMILY, family_names, get_family
-from megatron_vlm.utils.checks import MAX_DPI, MAX_WAIT_S, MAX_WORKERS, check_number
+from megatron_vlm.utils.checks import MAX_DPI, MAX_IMAGE_PIXELS, MAX_WAIT_S, MAX_WORKERS, check_number
 
 ENCODINGS = ("auto", "png", "jpeg")
 
@@ -78,6 +78,7 @@ class PoolConfig:
             check_number(f"--{name.replace('_', '-')}", getattr(self, name), ge=1,
                          le=MAX_WORKERS if name == "workers" else None)
         check_number("--dpi", self.dpi, ge=1, le=MAX_DPI)
+        check_number("--min-pixels", self.min_pixels, le=MAX_IMAGE_PIXELS)
         check_number("--min-psnr", self.min_psnr, ge=0, le=100)
         check_number("--page-timeout", self.page_timeout, ge=0, le=MAX_WAIT_S)
         if self.max_pages and self.min_pages > self.max_pages:
