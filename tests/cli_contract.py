@@ -129,7 +129,7 @@ def recipe_keys(cls: type | None = None, prefix: str = "") -> list[tuple[str, ty
 
 @dataclass(frozen=True)
 class Case:
-    """One bad input: ``leaf``'s baseline with ``option`` set to ``value`` (``key`` is the table key)."""
+    """One bad input: ``leaf``'s baseline with ``option`` set to ``value``."""
 
     leaf: str
     option: str  # --gpus, a positional's dest, or a recipe key (optimizer.lr)
@@ -141,11 +141,7 @@ class Case:
 
     @property
     def id(self) -> str:
-        return f"{self.leaf} {self.option}={self.label}"
-
-    @property
-    def key(self) -> str:
-        """The tables' spelling: ``tune --gpus=0``, ``train optimizer.lr=nan``, ``pool -o=existing``."""
+        """The test id and the tables' spelling: ``tune --gpus=0``, ``train optimizer.lr=nan``, ``pool --output=existing``."""
         return f"{self.leaf} {self.option}={self.label}"
 
 
@@ -153,16 +149,14 @@ def numeric_values(tp) -> tuple[str, ...]:
     return INT_VALUES if tp is int else FLOAT_VALUES
 
 
-def generate(leaves_: list[Leaf], path_kind, skip, recipe_leaves: tuple[str, ...]) -> list[Case]:
-    """The cases of every option of every leaf. ``path_kind(leaf, action)``: a kind of ``PATH_CASES``,
-    ``"text"`` (free text: no generic bad value) or ``None`` (unclassified: the caller's guard fails).
-    ``skip(leaf, option)``: a reason not to try the option at all, or ``None``."""
+def generate(leaves_: list[Leaf], path_kind, recipe_leaves: tuple[str, ...]) -> list[Case]:
+    """The cases of every option of every leaf, and of every recipe key for ``recipe_leaves``.
+    ``path_kind(leaf, option)``: a kind of ``PATH_CASES``, ``"choice"``, ``"text"`` (free text: its bad
+    value, if any, comes from the caller's table) or ``None`` (unclassified: the caller's guard fails)."""
     cases = []
     for leaf in leaves_:
         for action in leaf.options():
             option = action_name(action)
-            if skip(leaf.name, option):
-                continue
             # the option as given, or as a setting (``tp=3`` in a layout message), or a positional's metavar
             names = (*action.option_strings, f"{action.dest}=") if action.option_strings \
                 else (action.dest, str(action.metavar))
@@ -176,8 +170,6 @@ def generate(leaves_: list[Leaf], path_kind, skip, recipe_leaves: tuple[str, ...
                     cases.append(Case(leaf.name, option, label, value, (*names, "{value}")))
         if leaf.name in recipe_leaves:
             for key, tp in recipe_keys():
-                if skip(leaf.name, key):
-                    continue
                 if tp in (int, float):
                     cases += [Case(leaf.name, key, v, v, (key,), recipe_key=True) for v in numeric_values(tp)]
                 elif tp is bool:
