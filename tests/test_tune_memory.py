@@ -26,7 +26,6 @@ from launch.tune.memory import (
 )
 from launch.tune.workload import Row
 from megatron_vlm.models.qwen25vl.arch import Qwen25VLArch
-from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
 
 sys.path.insert(0, str(Path(__file__).parent / "workers"))
 from tune_model_states import LAYOUTS, MODELS, hf_config  # noqa: E402
@@ -95,19 +94,20 @@ def runtime_single():
     runtime.destroy()
 
 
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
 @pytest.mark.parametrize("recompute,modules", [("none", ()), ("full", ()), *(("selective", m) for m in SELECTIVE_SETS)])
-def test_activations_and_peak_of_a_cpu_step(runtime_single, recompute, modules):
-    """The tiny model on a packed row of two samples with three images: the bytes autograd saves are the
-    predicted activations (within 1%), the peak of forward + backward above the model states the predicted
-    activations plus backward temporaries (within 5%), under every recompute mode and module set."""
+def test_activations_and_peak_of_a_cpu_step(runtime_single, family, recompute, modules):
+    """Each family's tiny model on a packed row of two samples with three images: the bytes autograd saves
+    are the predicted activations (within 1%), the peak of forward + backward above the model states the
+    predicted activations plus backward temporaries (within 5%), under every recompute mode and module set."""
     from launch.tune.measure import measure_step, row_batch
-    from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
-    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
+    from megatron_vlm.models.registry import get_family
 
-    config = qwen25vl_config_from_hf(tiny_qwen25vl_config(num_layers=2).to_dict(), recompute=recompute,
-                                     recompute_modules=modules)
+    fam = get_family(family)
+    config = fam.config_from_hf(fam.tiny_config(num_layers=2).to_dict(), recompute=recompute,
+                                recompute_modules=modules)
     row = Row((140, 116), ((1, 8, 12), (1, 16, 8), (1, 8, 12)), 16)
-    got = measure_step(Qwen25VLModel(config), row_batch(row, config.arch), repeats=0)
+    got = measure_step(fam.model_class(config), row_batch(row, config.arch), repeats=0)
     setup = Setup(precision="fp32", distributed_optimizer=False, overlap_grad_reduce=False)
     layout = Layout.make(recompute=recompute, recompute_modules=modules)
     acts = activations(config.arch, layout, setup, row, 0)

@@ -208,9 +208,13 @@ def model_states(arch: VLArch, layout: Layout, setup: Setup, stage: int) -> Mode
 # -- activations --------------------------------------------------------------------------------
 
 
+NORM_STATS = {"rmsnorm": 4, "layernorm": 8}  # fp32 bytes per token a norm keeps: rstd; mean and rstd
+
+
 def layer_activation_bytes(*, hidden: int, heads: int, groups: int, head_dim: int, ffn: int, tokens: float,
                            key_tokens: float, norm_tokens: float, runs: int, recompute: str, setup: Setup,
-                           modules: tuple[str, ...] = ()) -> float:
+                           modules: tuple[str, ...] = (), norm: str = "rmsnorm", gated: bool = True,
+                           qk_norm: bool = False) -> float:
     """Bytes one transformer layer keeps for backward (docs/model.md's hand count, tensor by tensor).
 
     ``tokens``: query tokens on this GPU; ``key_tokens``: keys kept for backward (the whole stream under
@@ -218,18 +222,23 @@ def layer_activation_bytes(*, hidden: int, heads: int, groups: int, head_dim: in
     ``norm_tokens``: tokens the norms see (``tokens / TP`` with sequence parallelism; a linear keeps its
     input at that length and gathers it again in backward); ``heads``/``groups``/``ffn``: this TP rank's
     share; ``runs``: SDPA calls per layer (more than one adds a concatenated copy of the attention
-    output); ``modules``: the selective recompute modules.
+    output); ``modules``: the selective recompute modules; ``norm``, ``gated`` (a SwiGLU MLP, else a plain
+    one whose activation keeps its input) and ``qk_norm`` (RMSNorm on Q and K): the family's layer.
     """
     act, gemm_in = setup.act_bytes, setup.gemm_input_bytes
     q, kv = heads * head_dim, groups * head_dim
     if recompute == "full":
         return act * hidden * norm_tokens  # Megatron checkpoints each layer's input
     selective = set(modules) if recompute == "selective" else set()
-    norms = 2 * (act * hidden + 4) * norm_tokens  # each norm: its input and the fp32 rstd
+    # each norm: its input and fp32 statistics (recomputed norms keep only the input, the checkpoint's)
+    norms = 2 * (act * hidden + (0 if "layernorm" in selective else NORM_STATS[norm])) * norm_tokens
     norm_outputs = 0 if "layernorm" in selective else 2 * gemm_in * hidden * norm_tokens  # QKV's, fc1's input
     rotary = 4 * act * head_dim * tokens  # Megatron's unfused RoPE: cos and sin for Q and for K
+    if qk_norm:  # Q before its RMSNorm (a copy), the fused QKV output K's is a view of, their rstd
+        rotary += (act * (2 * heads + 2 * groups) * head_dim + 4 * (heads + groups)) * tokens
     if "core_attn" in selective:  # the checkpoint keeps rotated Q, K and the fused QKV output V is a view of
-        attention = act * (q + kv + (q + 2 * kv) + q) * tokens
+        # (with q/k norms that output is kept already, by K's norm)
+        attention = act * (q + kv + (0 if qk_norm else q + 2 * kv) + q) * tokens
     elif setup.attention_backend == "te":  # Q, K, V local (ring / gather again in backward), output, softmax stats
         attention = act * (2 * q + 2 * kv) * tokens + 4 * heads * tokens
     else:  # SDPA: Q, grouped K/V at the keys' length, output, logsumexp; a copy of the output if concatenated
@@ -237,7 +246,7 @@ def layer_activation_bytes(*, hidden: int, heads: int, groups: int, head_dim: in
         attention += act * q * tokens if runs > 1 else 0
     if gemm_in != act:
         attention += gemm_in * q * tokens  # linear_proj's FP8 copy of its input
-    mlp = 2 * act * ffn * tokens  # the fused SwiGLU's input (linear_fc1's output)
+    mlp = (2 if gated else 1) * act * ffn * tokens  # the activation's input (linear_fc1's output)
     if "act" not in selective:
         mlp += gemm_in * ffn * tokens  # its output, linear_fc2's input
     if "mlp" in selective:
@@ -287,7 +296,8 @@ def _language_layer(arch: VLArch, layout: Layout, setup: Setup, row: Row, recomp
     return layer_activation_bytes(
         hidden=arch.hidden_size, heads=arch.num_heads // tp, groups=arch.num_query_groups // tp,
         head_dim=arch.head_dim, ffn=arch.ffn_hidden_size // tp, tokens=local, key_tokens=seq if gathered else local,
-        norm_tokens=local / tp if layout.sp else local, runs=runs, recompute=recompute, setup=setup, modules=modules)
+        norm_tokens=local / tp if layout.sp else local, runs=runs, recompute=recompute, setup=setup, modules=modules,
+        qk_norm=arch.qk_layernorm)
 
 
 def vision_setup(setup: Setup) -> Setup:
@@ -316,7 +326,8 @@ def _vision_layers(arch: VLArch, layout: Layout, setup: Setup, mine, recompute: 
         one = layer_activation_bytes(
             hidden=arch.vision_hidden_size, heads=arch.vision_heads // tp, groups=arch.vision_heads // tp,
             head_dim=arch.vision_head_dim, ffn=arch.vision_ffn_hidden_size // tp, tokens=patches, key_tokens=patches,
-            norm_tokens=patches, runs=runs, recompute=recompute, setup=vision_setup(setup), modules=modules)
+            norm_tokens=patches, runs=runs, recompute=recompute, setup=vision_setup(setup), modules=modules,
+            norm=arch.vision_norm, gated=arch.vision_mlp_matrices == 3)
         total += count * one
         biggest = max(biggest, one if count else 0.0)
     return total, biggest
@@ -329,8 +340,11 @@ def activations(arch: VLArch, layout: Layout, setup: Setup, row: Row, stage: int
     local = seq / cp
     norm_tokens = local / tp if layout.sp else local
     modules = layout.recompute_modules
-    language = (_language_layer(arch, layout, setup, row, layout.recompute, modules)
-                * layout.stage_layers(arch.num_layers)[stage])
+    stage_layers = layout.stage_layers(arch.num_layers)
+    language = _language_layer(arch, layout, setup, row, layout.recompute, modules) * stage_layers[stage]
+    slots = min(stage_layers[stage], max(0, arch.deepstack_layers - sum(stage_layers[:stage])))
+    if slots:  # DeepStack features ride as extra columns of the stage's input, which its first layer keeps whole
+        language += act * arch.hidden_size * slots * norm_tokens
     if layout.recompute == "full":
         language += 4 * arch.head_dim * local  # the fp32 rotary angles, kept for the recomputation
     vision = logits = 0.0
@@ -344,8 +358,13 @@ def activations(arch: VLArch, layout: Layout, setup: Setup, row: Row, stage: int
             vision += 4 * arch.vision_head_dim // 2 * patches  # fp32 2-D rotary angles
         if act != PIXEL_BYTES:
             vision += act * patch_dim(arch) * patches  # the patch embedding keeps its input in the model dtype
-        vision += (2 * act * hidden + 4) * patches  # merger RMSNorm: its input, rstd, its output (fc1's input)
+        stats = NORM_STATS[arch.vision_norm]
+        vision += (2 * act * hidden + stats) * patches  # merger norm: its input, statistics, output (fc1's input)
         vision += 2 * act * hidden // tp * patches  # merger fc1 output and GELU output (one row per 4 patches)
+        # DeepStack mergers (norm over 4 patches' width: input shared with the next layer's, output, statistics)
+        vision += arch.deepstack_layers * (act * hidden + 2 * act * hidden // tp + stats / 4) * patches
+        if arch.vision_position_table:  # interpolation: 4 int64 indices and 4 fp32 weights per patch
+            vision += 48 * patches
         inputs += PIXEL_BYTES * patch_dim(arch) * patches  # this CP rank's images (gathered over its TP group)
     if stage == layout.pp - 1:
         answers = row.answer_tokens * b / cp

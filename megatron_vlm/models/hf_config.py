@@ -76,6 +76,22 @@ class VLArch:
         """Language layers that receive DeepStack visual features (0: none)."""
         return 0
 
+    # What the tuner's memory and FLOP counts need to know of a family's layers (launch/tune/memory.py).
+    @property
+    def qk_layernorm(self) -> bool:
+        """RMSNorm on each attention head's Q and K in the language model."""
+        return False
+
+    @property
+    def vision_norm(self) -> str:
+        """The vision tower's norms: ``rmsnorm`` or ``layernorm``."""
+        return "rmsnorm"
+
+    @property
+    def vision_position_table(self) -> int:
+        """Entries of a learned vision position table interpolated per image (0: none)."""
+        return 0
+
     @classmethod
     def sections(cls, source: str | Path | dict[str, Any], name: str | None = None,
                  ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any], str]:

@@ -32,6 +32,18 @@ class Qwen3VLArch(VLArch):
         """Matrices of a vision MLP (plain: fc1, fc2)."""
         return 2
 
+    @property
+    def qk_layernorm(self) -> bool:
+        return True
+
+    @property
+    def vision_norm(self) -> str:
+        return "layernorm"
+
+    @property
+    def vision_position_table(self) -> int:
+        return self.num_position_embeddings
+
     # The windowed view the tuner's memory model reads (launch/tune/memory.py): no windows, every
     # vision layer attends to its whole frame (a "window" wider than any image).
     @property
