@@ -75,7 +75,7 @@ def _options(server, small_pool, qwen_tokenizer_dir, out, **kw):
     return {"pool": str(small_pool), "backend": "openai", "model": "vlm-test", "tokenizer": str(qwen_tokenizer_dir),
             "endpoint": server.http.endpoint, "output": str(out), "lengths": ["600", "1000"], "depths": [0.0, 0.5, 1.0],
             "concurrency": 3, "retry_backoff": 0.01, "max_retries": 3, "timeout": 30, "api_key_env": "EVAL_TEST_KEY",
-            "cache_dir": str(out.parent / "cache"), "progress": False, **kw}
+            "cache_dir": str(out.parent / "cache"), "progress": False, "samples": 1, **kw}
 
 
 def test_niah_through_a_server(tmp_path, server, small_pool, qwen_tokenizer, qwen_tokenizer_dir, monkeypatch):
@@ -125,7 +125,7 @@ def test_niah_through_a_server(tmp_path, server, small_pool, qwen_tokenizer, qwe
     assert cli.main(["eval", "niah", "--pool", opts["pool"], "--backend", "openai", "--model", "vlm-test",
                      "--tokenizer", opts["tokenizer"], "--endpoint", opts["endpoint"], "-o", str(out),
                      "--lengths", "600", "1000", "--depths", "0", "0.5", "1", "--cache-dir", opts["cache_dir"],
-                     "--no-progress"]) == 0
+                     "--samples", "1", "--no-progress"]) == 0
     assert server.http.calls == calls
     again = api.evaluate("niah", **{**opts, "output": str(tmp_path / "run2")})
     assert server.http.calls == calls
@@ -146,8 +146,8 @@ def test_failed_requests_are_recorded_and_retried_by_a_rerun(tmp_path, server, s
     server.refuse_first_line = False
     argv = ["eval", "niah", "--pool", opts["pool"], "--backend", "openai", "--model", "vlm-test", "--tokenizer",
             opts["tokenizer"], "--endpoint", opts["endpoint"], "-o", str(out), "--lengths", "600", "1000",
-            "--depths", "0", "1", "--needle-modes", "text", "--cache-dir", opts["cache_dir"], "--no-progress",
-            "--rope-base", "4e6"]
+            "--depths", "0", "1", "--needle-modes", "text", "--cache-dir", opts["cache_dir"], "--samples", "1",
+            "--no-progress", "--rope-base", "4e6"]
     assert cli.main(argv) == 2  # another RoPE base is another run: refused
     assert "holds results of another run (config.rope_base: None -> 4000000.0" in capsys.readouterr().err
     assert cli.main(argv[:-2]) == 0
