@@ -166,16 +166,12 @@ def probe_for(hf_dir: Path, arch: VLArch, images: list | None, prompt: str | Non
 def megatron_logits(ckpt_root: str | Path, iteration: str | None, inputs: dict[str, Any]) -> torch.Tensor:
     """Logits ``[b, s, vocab]`` of the family's Megatron model loaded from a converted checkpoint
     (TP=1, PP=1 in this process; the checkpoint is global so this checks every tensor)."""
-    from megatron_vlm.formats.checkpoint import MegatronCheckpoint, load_into_model
-    from megatron_vlm.runtime import initialize_distributed, process_group
+    from megatron_vlm.model_builder import build_vlm
+    from megatron_vlm.runtime import process_group
 
-    ckpt = MegatronCheckpoint.open(ckpt_root, iteration)
-    family = read_arch(ckpt.meta["hf_config"], name=str(ckpt.iter_dir)).family
     with process_group(device="cpu"):  # fp32 on the CPU, like the transformers reference, also on a GPU machine
-        initialize_distributed(environ={}, device="cpu")
-        config = family.config_from_hf(ckpt.meta["hf_config"], params_dtype=torch.float32)
-        model = family.model_class(config).eval()
-        load_into_model(model, ckpt)
+        model = build_vlm(checkpoint=ckpt_root, iteration=iteration, environ={}, device="cpu",
+                          params_dtype=torch.float32).model.eval()
         with torch.no_grad():
             logits = model(inputs["input_ids"], pixel_values=inputs["pixel_values"],
                            image_grid_thw=inputs["image_grid_thw"])

@@ -19,12 +19,10 @@ def run(seq: int, answer: int, masked: bool, repeats: int) -> tuple[float, float
     import torch
 
     from megatron_vlm import runtime
-    from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
-    from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
+    from megatron_vlm.model_builder import build_vlm
     from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
-    runtime.initialize_distributed(seed=1)
-    model = Qwen25VLModel(qwen25vl_config_from_hf(tiny_qwen25vl_config().to_dict()))
+    model = build_vlm(tiny_qwen25vl_config().to_dict(), seed=1).model
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 1000, (1, seq), generator=g)
     labels = torch.randint(0, 1000, (1, seq), generator=g)

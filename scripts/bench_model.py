@@ -66,18 +66,16 @@ def bench_attention(name: str, cu: list[int], s: int, heads: int, dim: int, caus
 
 def bench_model(repeats: int) -> None:
     from megatron_vlm import runtime
-    from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
-    from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
+    from megatron_vlm.model_builder import build_vlm
     from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
-    runtime.initialize_distributed(seed=0)
     hf = tiny_qwen25vl_config(hidden_size=256, num_heads=4, num_kv_heads=2, mrope_section=(8, 12, 12),
                               intermediate_size=768, num_layers=8, vision_depth=8, vision_hidden_size=128,
                               vision_heads=4, vision_intermediate_size=384, fullatt_block_indexes=(3, 7),
                               vocab_size=VOCAB).to_dict()
     # a small vocabulary (the 151,936-way output layer would dominate on a CPU): move the image ids into it
     hf.update(image_token_id=IMAGE, vision_start_token_id=IMAGE + 1, vision_end_token_id=IMAGE + 2)
-    model = Qwen25VLModel(qwen25vl_config_from_hf(hf))
+    model = build_vlm(hf, seed=0).model
     grids = torch.tensor([[1, 28, 20], [1, 16, 36], [1, 20, 28]])  # 392 x 280 px etc.: 140 + 144 + 140 tokens
     tokens_img = (grids.prod(1) // 4).tolist()
     ids = []

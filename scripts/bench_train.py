@@ -57,11 +57,9 @@ def bare_steps(model_dir: Path, data: Path, steps: int, workers: int) -> list[fl
 
     from megatron_vlm import runtime
     from megatron_vlm.data.loader import build_data_loader, stop_workers
-    from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
-    from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
+    from megatron_vlm.model_builder import build_vlm
 
-    runtime.initialize_distributed(seed=1234)
-    model = Qwen25VLModel(qwen25vl_config_from_hf(model_dir))
+    model = build_vlm(model_dir, seed=1234).model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     batches = iter(build_data_loader(data, 1, seed=1234, total_samples=steps, num_workers=workers))
     times = []
@@ -160,7 +158,6 @@ def checkpoint(args) -> None:
 
 
 def _checkpoint_io(run: str, size: str) -> None:
-    from megatron_vlm import runtime
     from training.checkpoint import Checkpointer
     from training.config import load_recipe
     from training.model import build_model
@@ -168,7 +165,6 @@ def _checkpoint_io(run: str, size: str) -> None:
     from training.run_dir import start_point
 
     config = load_recipe(Path(run) / "config.yaml")
-    runtime.initialize_distributed(config.parallel, seed=1)
     parts = build_model(config, start_point(config).arch)
     optimizer = build_optimizer(config.optimizer, parts, "fp32")
     scheduler = build_scheduler(config.optimizer, optimizer, 10)

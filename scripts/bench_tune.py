@@ -46,17 +46,15 @@ def run(seq: int, recompute: str, repeats: int) -> dict:
     from launch.tune.timing import estimate_time
     from megatron_vlm import runtime
     from megatron_vlm.flops import model_flops
-    from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
-    from megatron_vlm.models.qwen25vl.model import Qwen25VLModel
+    from megatron_vlm.model_builder import build_vlm
     from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
     gpu, eff = cpu_preset()
-    runtime.initialize_distributed(seed=0)
     hf = tiny_qwen25vl_config(**MODEL).to_dict()
     hf.update(VISION_IDS)
-    config = qwen25vl_config_from_hf(hf, recompute=recompute)
-    arch, row = config.arch, row_for(seq)
-    got = measure_step(Qwen25VLModel(config), row_batch(row, arch), repeats=repeats)
+    built = build_vlm(hf, seed=0, recompute=recompute)
+    arch, row = built.config.arch, row_for(seq)
+    got = measure_step(built.model, row_batch(row, arch), repeats=repeats)
     runtime.destroy()
     setup = Setup(precision="fp32", distributed_optimizer=False, overlap_grad_reduce=False)
     layout = Layout.make(recompute=recompute)

@@ -53,6 +53,12 @@ class TrainState:
     config_yaml: str = ""
 
 
+def latest_checkpoint(run_dir: str | Path) -> int | None:
+    """The iteration a run in ``run_dir`` resumes from (``None``: no complete checkpoint yet)."""
+    iteration = latest_iteration(Path(run_dir) / CHECKPOINTS)
+    return None if iteration in (None, "release") else int(iteration)
+
+
 def _rng_state() -> dict:
     state = {"random": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
              "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
@@ -140,8 +146,7 @@ class Checkpointer:
     # -- load -----------------------------------------------------------------------------------
 
     def latest(self) -> int | None:
-        iteration = latest_iteration(self.root)
-        return None if iteration in (None, "release") else int(iteration)
+        return latest_checkpoint(self.root.parent)
 
     def load(self, layout: dict) -> TrainState:
         """Restore the latest checkpoint into the model, optimizer and scheduler (any layout); the RNG

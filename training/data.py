@@ -74,8 +74,9 @@ def check_vocabulary(key: str, built: dict, arch: VLArch) -> None:
                           f"({problem}); rebuild it with the model's tokenizer")
 
 
-def plan_data(config: TrainConfig, arch: VLArch, model_max_length: int, tokenizer_dir: str | None) -> DataPlan:
-    """Check the datasets against the model and the layout (before any work); the run's plan."""
+def plan_data(config: TrainConfig, arch: VLArch, context_length: int, tokenizer_dir: str | None) -> DataPlan:
+    """Check the datasets against the model (its ``context_length``: ``RopeSettings.context_length``) and the
+    layout (before any work); the run's plan."""
     if config.data.pool_dir is not None and not Path(config.data.pool_dir).is_dir():
         raise RecipeError(f"data.pool_dir={config.data.pool_dir}: no such folder")
     metas, prefixes = {}, dict([(f"data.train[{i}].prefix", s.prefix) for i, s in enumerate(config.data.train)]
@@ -106,9 +107,10 @@ def plan_data(config: TrainConfig, arch: VLArch, model_max_length: int, tokenize
     if longest > seq_length:
         raise RecipeError(f"train.seq_length={seq_length:,} is shorter than the datasets' rows (up to {longest:,} "
                           "tokens); raise it or leave it unset")
-    if seq_length > model_max_length:
+    if seq_length > context_length:
         raise RecipeError(f"train.seq_length / data: rows of {seq_length:,} tokens are longer than the model's "
-                          f"{model_max_length:,} (its RoPE target length); raise model.rope.target_length (with "
+                          f"context length {context_length:,} (model.rope.target_length, else the checkpoint's "
+                          "max_position_embeddings); raise model.rope.target_length (with "
                           "model.rope.mode=ntk for the base) or build shorter rows")
     samples = max(max_samples_per_pack(prefixes[key], meta) for key, meta in metas.items())
     return DataPlan(seq_length, config.steps(seq_length), config.train.global_batch_size, samples)

@@ -10,6 +10,7 @@ per-token loss normalisation, variable sequence lengths under PP, the DDP hooks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from megatron.core import parallel_state as ps
@@ -19,10 +20,11 @@ from megatron.core.distributed import (
     finalize_model_grads,
 )
 
+from megatron_vlm.model_builder import build_vlm
 from megatron_vlm.models.config import VLModelConfig
 from megatron_vlm.models.hf_config import VLArch
 from megatron_vlm.models.vlm import VisionLanguageModel
-from megatron_vlm.runtime import device, use_cuda
+from megatron_vlm.runtime import use_cuda
 from training.config import TrainConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
@@ -47,16 +49,15 @@ class ModelParts:
         return [chunk.module for chunk in self.chunks]
 
 
-def model_config(config: TrainConfig, arch: VLArch) -> VLModelConfig:
-    """The Megatron configs of the run's model (its family's, shapes from ``arch``, split from ``config.parallel``)."""
+def model_options(config: TrainConfig) -> dict:
+    """The family config builder's keywords of the run's model (``megatron_vlm.model_builder.build_vlm``)."""
     extra = {}
     if config.train.precision == "fp8":
         extra.update(fp8="hybrid", fp8_recipe="delayed")
     m = config.model
-    return arch.family.config_from_hf(
-        arch, layout=config.parallel, attention_backend=m.attention_backend, transformer_impl=m.transformer_impl,
-        params_dtype=DTYPES[config.train.precision], rope=m.rope, recompute=m.recompute,
-        recompute_modules=m.recompute_modules, calculate_per_token_loss=True, **extra)
+    return dict(attention_backend=m.attention_backend, transformer_impl=m.transformer_impl,
+                params_dtype=DTYPES[config.train.precision], rope=m.rope, recompute=m.recompute,
+                recompute_modules=m.recompute_modules, calculate_per_token_loss=True, **extra)
 
 
 def _freeze(model: VisionLanguageModel, config: TrainConfig) -> None:
@@ -72,22 +73,12 @@ def _freeze(model: VisionLanguageModel, config: TrainConfig) -> None:
         param.requires_grad_(train)
 
 
-def build_chunks(cfg: VLModelConfig) -> list[VisionLanguageModel]:
-    """This pipeline rank's model chunks on its device: one, or ``vpp`` for the interleaved schedule."""
-    vpp = cfg.layout.vpp
-    chunks = []
-    for vp_stage in range(vpp) if vpp else [None]:
-        first = ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
-        last = ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
-        chunks.append(cfg.arch.family.model_class(cfg, pre_process=first, post_process=last,
-                                                  vp_stage=vp_stage).to(device()))
-    return chunks
-
-
-def build_model(config: TrainConfig, arch: VLArch) -> ModelParts:
-    """Build, freeze and wrap this rank's chunks; set the schedule hooks on the language config."""
-    cfg = model_config(config, arch)
-    chunks = build_chunks(cfg)
+def build_model(config: TrainConfig, arch: VLArch, load: str | Path | None = None) -> ModelParts:
+    """This rank's chunks of the run's model (``megatron_vlm.model_builder.build_vlm``: the runtime started with
+    ``config.parallel`` and ``train.seed``, the weights of the Megatron checkpoint ``load`` if given), frozen
+    and wrapped in Megatron DDP; the schedule hooks set on the language config."""
+    built = build_vlm(arch, config.parallel, checkpoint=load, seed=config.train.seed, **model_options(config))
+    cfg, chunks = built.config, built.chunks
     for model in chunks:
         _freeze(model, config)
     gpu = use_cuda()

@@ -16,9 +16,8 @@ import torch
 
 from megatron_vlm import runtime
 from megatron_vlm.data.loader import stop_workers
-from megatron_vlm.formats.checkpoint import load_into_model
 from megatron_vlm.utils.transformer_engine import transformer_engine_error, transformer_engine_version
-from training.checkpoint import Checkpointer, TrainState
+from training.checkpoint import Checkpointer, TrainState, latest_checkpoint
 from training.config import RecipeError, TrainConfig, to_yaml
 from training.data import DataPlan, image_share, plan_data, stream_length, train_loader, valid_loader
 from training.guard import LossGuard, TrainingStopped
@@ -79,13 +78,13 @@ def preflight(config: TrainConfig, run_dir: Path, world_size: int, rank: int = 0
         raise RecipeError("; ".join(problems))
     try:
         layout.check_model(arch.num_layers, arch.num_heads, arch.num_query_groups, arch.vision_heads)
-        model_max = config.model.rope.target_length or arch.max_position_embeddings
+        context = config.model.rope.context_length(arch)
         config.model.rope.resolve(arch.rope_theta, arch.head_dim)
     except RecipeError:
         raise
     except Exception as err:
         raise RecipeError(f"parallel / model: {err}") from None
-    plan = plan_data(config, arch, model_max, start.tokenizer_dir)
+    plan = plan_data(config, arch, context, start.tokenizer_dir)
     return Preflight(start, plan, dp, resume)
 
 
@@ -114,19 +113,20 @@ class Trainer:
             convert_start(checked.start, run_dir)
         runtime.initialize_distributed(config.parallel, seed=config.train.seed)
         torch.distributed.barrier()  # the run directory and init/ exist for everyone
-        parts = build_model(config, checked.start.arch)
+        resuming = latest_checkpoint(run_dir) is not None
+        # a fresh run starts from the weights of its starting point; a resumed one from its latest checkpoint
+        parts = build_model(config, checked.start.arch, load=None if resuming else checked.start.megatron_dir(run_dir))
         optimizer = build_optimizer(config.optimizer, parts, config.train.precision)
         plan = checked.plan
         scheduler = build_scheduler(config.optimizer, optimizer, plan.steps)
         checkpointer = Checkpointer(run_dir, parts, optimizer, scheduler, keep_last=config.checkpoint.keep_last,
                                     async_save=config.checkpoint.async_save, source=checked.start.source)
         layout_record = {"parallel": asdict(config.parallel), "world_size": torch.distributed.get_world_size()}
-        if checkpointer.latest() is not None:
+        if resuming:
             state = checkpointer.load(layout_record)
             self._say(f"resumed from {checkpointer.root} at step {state.iteration} "
                       f"({state.consumed_samples:,} rows consumed)")
         else:
-            load_into_model(parts.unwrapped(), checked.start.megatron_dir(run_dir))
             state = TrainState()
         state.layout, state.config_yaml = layout_record, to_yaml(config)
         try:

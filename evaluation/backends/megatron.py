@@ -4,7 +4,7 @@ The reference answer is scored, not generated: its log-likelihood (the sum of lo
 tokens and the closing ``<|im_end|>``, exactly the tokens ``loss_mask`` marks in training) and the
 share of those tokens that are the argmax. Each example is one micro-batch made by the training
 collation (``micro_batch``); the model chunks and the forward-only pass are the trainer's own
-(``training.model.build_chunks``, ``training.step.run_schedule``), so this is what
+(``megatron_vlm.model_builder.build_vlm``, ``training.step.run_schedule``), so this is what
 ``longvlm train`` logs as its validation. Start it like training: one process, or ``torchrun`` /
 ``srun`` with ``--tp/--pp/--cp``; examples are spread over the data-parallel ranks and rank 0
 writes the results.
@@ -33,9 +33,8 @@ class MegatronBackend:
         from megatron.core import parallel_state as ps
 
         from megatron_vlm import runtime
-        from megatron_vlm.formats.checkpoint import CheckpointError, MegatronCheckpoint, load_into_model
-        from megatron_vlm.models.registry import read_arch
-        from training.model import build_chunks
+        from megatron_vlm.formats.checkpoint import CheckpointError, MegatronCheckpoint
+        from megatron_vlm.model_builder import build_vlm
 
         env = runtime.read_dist_env()
         self.primary = env.rank == 0
@@ -43,17 +42,12 @@ class MegatronBackend:
             ckpt = MegatronCheckpoint.open(checkpoint)
         except CheckpointError as err:
             raise EvalError(f"--checkpoint {checkpoint}: {err}") from None
-        gpu = runtime.use_cuda()
         if dtype == "auto":
-            dtype = "bfloat16" if gpu else "float32"
+            dtype = "bfloat16" if runtime.use_cuda() else "float32"
         self.dtype = getattr(torch, dtype)
-        runtime.initialize_distributed(layout, seed=1234)
-        family = read_arch(ckpt.meta["hf_config"], name=str(ckpt.iter_dir)).family
-        cfg = family.config_from_hf(ckpt.meta["hf_config"], layout=layout, attention_backend=attention_backend,
-                                    transformer_impl=transformer_impl, params_dtype=self.dtype,
-                                    calculate_per_token_loss=True, **rope.megatron_kwargs())
-        self.chunks = build_chunks(cfg)
-        load_into_model(self.chunks, ckpt)
+        self.chunks = build_vlm(layout=layout, checkpoint=ckpt, seed=1234, attention_backend=attention_backend,
+                                transformer_impl=transformer_impl, params_dtype=self.dtype,
+                                calculate_per_token_loss=True, **rope.megatron_kwargs()).chunks
         for chunk in self.chunks:
             chunk.eval()
         self.layout, self.checkpoint, self.batch_size = layout, str(ckpt.iter_dir), batch_size

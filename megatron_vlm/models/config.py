@@ -67,6 +67,11 @@ class RopeSettings:
             return ntk_rope_base(base, head_dim, self.target_length, self.original_length)
         raise ConfigError(f"unknown rope.mode {self.mode!r}; choose one of {ROPE_BASE_MODES}")
 
+    def context_length(self, arch: VLArch) -> int:
+        """The model's context length, the longest row it is set up for: ``target_length``, else the
+        checkpoint's window (``max_position_embeddings``)."""
+        return self.target_length or arch.max_position_embeddings
+
 
 @dataclass
 class VLModelConfig:
@@ -77,7 +82,7 @@ class VLModelConfig:
     language: TransformerConfig
     vision: TransformerConfig  # the family's vision config (a TransformerConfig plus its image geometry)
     rotary_base: float
-    max_sequence_length: int  # the longest row the model is set up for (its RoPE target length)
+    max_sequence_length: int  # the model's context length (``RopeSettings.context_length``)
     attention_backend: str = "torch"
     transformer_impl: str = "local"
     recompute_activation: bool = False  # selective recompute of the MLPs' activation (module ``act``)
@@ -327,7 +332,7 @@ def build_model_config(
         language=language,
         vision=vision(common),
         rotary_base=base,
-        max_sequence_length=rope.target_length or arch.max_position_embeddings,
+        max_sequence_length=rope.context_length(arch),
         attention_backend=attention_backend,
         transformer_impl=transformer_impl,
         recompute_activation=recompute == "selective" and "act" in recompute_modules,
