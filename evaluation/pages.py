@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_vlm.data.vision import ImageGeometry
+from megatron_vlm.models.geometry import ImageGeometry
 
 # PyMuPDF is not thread-safe: one lock around opening and rendering documents.
 _PDF_LOCK = threading.RLock()

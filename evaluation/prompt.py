@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from evaluation.pages import Page
-from megatron_vlm.data.vision import ImageGeometry
+from megatron_vlm.models.geometry import ImageGeometry
 from megatron_vlm.models.registry import DEFAULT_FAMILY, get_family
 from preprocess.dataset.render_sample import IMAGE_PAD_ID, CompactSample, SampleRenderer, chat_messages
 

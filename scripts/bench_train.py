@@ -254,7 +254,7 @@ def gpu(args) -> None:
     FP8 only on a GPU that has it)."""
     import torch
 
-    from megatron_vlm.utils.transformer_engine import transformer_engine_error, transformer_engine_version
+    from megatron_vlm.runtime.transformer_engine import transformer_engine_error, transformer_engine_version
 
     if not torch.cuda.is_available():
         sys.exit("gpu: needs a CUDA GPU")

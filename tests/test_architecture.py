@@ -30,6 +30,31 @@ ALLOWED = {
 }
 
 
+# inside the core: sub-package (or top-level module) -> those it may import (besides itself and the
+# package's own ``__init__``); order = top to bottom, as docs/architecture.md draws it
+_BASE = {"megatron_vlm.errors", "megatron_vlm.utils"}
+CORE_ALLOWED = {
+    "megatron_vlm.model_builder": {"megatron_vlm.formats", "megatron_vlm.models", "megatron_vlm.runtime",
+                                   "megatron_vlm.parallel", *_BASE},
+    "megatron_vlm.data": {"megatron_vlm.formats", "megatron_vlm.models", "megatron_vlm.runtime", "megatron_vlm.parallel",
+                          *_BASE},
+    "megatron_vlm.formats": {"megatron_vlm.models", "megatron_vlm.parallel", *_BASE},
+    "megatron_vlm.tokenizer": {"megatron_vlm.models", *_BASE},
+    "megatron_vlm.flops": {"megatron_vlm.models", *_BASE},
+    "megatron_vlm.models": {"megatron_vlm.runtime", "megatron_vlm.parallel", *_BASE},
+    "megatron_vlm.runtime": {"megatron_vlm.parallel", *_BASE},
+    "megatron_vlm.hardware": set(_BASE),
+    "megatron_vlm.parallel": set(_BASE),
+    "megatron_vlm.utils": {"megatron_vlm.errors"},
+    "megatron_vlm.errors": set(),
+}
+
+
+def core_component(module: str) -> str:
+    """``megatron_vlm.models.qwen25vl.arch`` -> ``megatron_vlm.models``; ``megatron_vlm.flops`` -> itself."""
+    return ".".join(module.split(".")[:2])
+
+
 def component(module: str) -> str:
     parts = module.split(".")
     return ".".join(parts[:2]) if parts[0] == "preprocess" and len(parts) > 1 else parts[0]
@@ -78,6 +103,18 @@ def test_components_import_downward_only():
     wrong = sorted(f"{m} -> {t}" for m, targets in graph().items() for t in targets
                    if component(t) != component(m) and component(t) not in ALLOWED[component(m)])
     assert not wrong, "imports against the allowed directions:\n" + "\n".join(wrong)
+
+
+def test_core_subpackages_import_downward_only():
+    """Inside the core each sub-package has one direction: the loader (``data``) reads formats and asks the
+    models; formats ask the family registry; models use the runtime; nothing imports back up."""
+    modules = graph()
+    core = {core_component(m) for m in modules if m.startswith(CORE + ".")}
+    assert core == set(CORE_ALLOWED), f"list every part of the core in CORE_ALLOWED: {sorted(core ^ set(CORE_ALLOWED))}"
+    wrong = sorted(f"{m} -> {t}" for m, targets in modules.items() if m.startswith(CORE + ".") for t in targets
+                   if t != CORE and core_component(t) != core_component(m)
+                   and core_component(t) not in CORE_ALLOWED[core_component(m)])
+    assert not wrong, "core imports against the allowed directions:\n" + "\n".join(wrong)
 
 
 def test_no_import_cycles():
@@ -148,3 +185,18 @@ def test_the_check_sees_imports():
     assert "megatron_vlm.formats.pool" in edges["megatron_vlm.data.dataset"]
     assert "preprocess.pool.run" in edges["longvlm.api"]  # imported inside a function
     assert component("preprocess.pool.build") == "preprocess.pool"
+    assert "megatron_vlm.models.context_parallel" in edges["megatron_vlm.data.image_share"]
+    assert core_component("megatron_vlm.models.qwen25vl.arch") == "megatron_vlm.models"
+
+
+def test_the_core_check_sees_a_wrong_arrow(monkeypatch):
+    """An import against the core's directions is reported (the check is not vacuous)."""
+    real = graph()
+    monkeypatch.setitem(globals(), "graph", lambda: {**real, "megatron_vlm.models.vlm":
+                                                     real["megatron_vlm.models.vlm"] | {"megatron_vlm.data.loader"}})
+    try:
+        test_core_subpackages_import_downward_only()
+    except AssertionError as err:
+        assert "megatron_vlm.models.vlm -> megatron_vlm.data.loader" in str(err)
+    else:
+        raise AssertionError("a models -> data import went unnoticed")

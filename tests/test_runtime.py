@@ -151,7 +151,7 @@ def test_the_decision_drives_shims_device_init_and_te_check(fake_gpus, monkeypat
     from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf
     from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
     from megatron_vlm.runtime import placement
-    from megatron_vlm.utils.transformer_engine import transformer_engine_error
+    from megatron_vlm.runtime.transformer_engine import transformer_engine_error
 
     hf = tiny_qwen25vl_config().to_dict()
     chosen = fake_gpus(2)

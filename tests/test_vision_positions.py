@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_vlm.data.positions import IMAGE_TOKEN_ID, mrope_position_ids, packed_mrope_position_ids
+from megatron_vlm.models.positions import IMAGE_TOKEN_ID, mrope_position_ids, packed_mrope_position_ids
 from megatron_vlm.models.registry import get_family
 
 FAMILIES = ["qwen2_5_vl", "qwen3_vl"]

@@ -16,7 +16,7 @@ import torch
 
 from megatron_vlm import runtime
 from megatron_vlm.data.loader import stop_workers
-from megatron_vlm.utils.transformer_engine import transformer_engine_error, transformer_engine_version
+from megatron_vlm.runtime.transformer_engine import transformer_engine_error, transformer_engine_version
 from training.checkpoint import Checkpointer, TrainState, latest_checkpoint
 from training.config import RecipeError, TrainConfig, to_yaml
 from training.data import DataPlan, image_share, plan_data, stream_length, train_loader, valid_loader

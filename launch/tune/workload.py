@@ -14,9 +14,9 @@ from functools import cached_property
 
 import numpy as np
 
-from megatron_vlm.data.vision import ImageGeometry
 from megatron_vlm.errors import ConfigError
 from megatron_vlm.flops import FlopCount, model_flops
+from megatron_vlm.models.geometry import ImageGeometry
 from megatron_vlm.models.hf_config import VLArch
 
 A4_POINTS = (595, 842)  # page size in PostScript points (1/72 inch)

@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from megatron_vlm.data.positions import packed_mrope_position_ids
 from megatron_vlm.formats.dataset import PAD_ID
+from megatron_vlm.models.positions import packed_mrope_position_ids
 from megatron_vlm.parallel import NO_PADDING, TokenPadding
 
 

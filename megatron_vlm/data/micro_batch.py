@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from megatron_vlm.data.collate import collate_packs
-from megatron_vlm.data.vision import ImageGeometry
+from megatron_vlm.models.geometry import ImageGeometry
 
 
 def pixel_values(pages: list, grids: np.ndarray, geometry: ImageGeometry) -> torch.Tensor:

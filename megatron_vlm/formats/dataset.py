@@ -52,7 +52,7 @@ def dataset_family(meta: dict) -> str:
 
 def dataset_geometry(meta: dict):
     """The ``ImageGeometry`` a dataset's image grids are in (what the loader patches its pages with)."""
-    from megatron_vlm.data.vision import ImageGeometry
+    from megatron_vlm.models.geometry import ImageGeometry
     from megatron_vlm.models.registry import get_family
 
     recorded = meta.get("model", {}).get("geometry")

@@ -20,7 +20,7 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 
 from megatron_vlm.models.attention import TorchDotProductAttention
 from megatron_vlm.models.norm import RMSNorm
-from megatron_vlm.utils.transformer_engine import transformer_engine_error
+from megatron_vlm.runtime.transformer_engine import transformer_engine_error
 
 TRANSFORMER_IMPLS = ("local", "te")
 ATTENTION_BACKENDS = ("torch", "te")

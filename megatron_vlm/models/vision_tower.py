@@ -1,6 +1,6 @@
 """Parts every family's vision tower is built from: patch embedding, 2-D rotary positions, frame segments, merger.
 
-Patches arrive in the merge-block-major order of ``megatron_vlm.data.vision`` (each 2 x 2 group
+Patches arrive in the merge-block-major order of ``megatron_vlm.models.geometry`` (each 2 x 2 group
 contiguous); positions and segments here follow that order.
 """
 

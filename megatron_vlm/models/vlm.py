@@ -30,6 +30,7 @@ from megatron_vlm.models.config import VLModelConfig
 from megatron_vlm.models.context_parallel import CPSplit, all_gather_varlen, cp_split, split_images_by_cost
 from megatron_vlm.models.deepstack import split_stream, stage_slots, stream_out
 from megatron_vlm.models.masked_loss import MaskedLossGPTModel
+from megatron_vlm.models.positions import mrope_position_ids, packed_mrope_position_ids
 
 
 class VisionLanguageModel(MegatronModule):
@@ -109,8 +110,6 @@ class VisionLanguageModel(MegatronModule):
 
     def position_ids(self, input_ids: torch.Tensor, image_grid_thw=None, cu_seqlens=None) -> torch.Tensor:
         """mRoPE position ids ``[3, b, s]`` (``get_rope_index`` rules; restarting per packed sample)."""
-        from megatron_vlm.data.positions import mrope_position_ids, packed_mrope_position_ids
-
         cfg = self.model_config
         ids = input_ids.detach().cpu().numpy()
         grids = np.zeros((0, 3), np.int64) if image_grid_thw is None else \

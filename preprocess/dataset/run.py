@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from megatron_vlm.data.vision import ImageGeometry
 from megatron_vlm.formats import dataset as fmt
 from megatron_vlm.formats.pool import pool_fingerprint
 from megatron_vlm.formats.tasks import TASK_NAMES, TaskRecord, kinds_of, read_tasks
+from megatron_vlm.models.geometry import ImageGeometry
 from megatron_vlm.models.registry import get_family
 from megatron_vlm.utils.hashing import sha256_file
 from megatron_vlm.utils.processes import children_ignore_sigint

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_vlm.data.vision import ImageGeometry
+from megatron_vlm.models.geometry import ImageGeometry
 from megatron_vlm.utils.jsonl import read_jsonl_objects
 from preprocess.dataset.errors import BuildError
 

@@ -14,7 +14,7 @@ import numpy as np
 import pymupdf
 from PIL import Image
 
-from megatron_vlm.data.vision import ImageGeometry
+from megatron_vlm.models.geometry import ImageGeometry
 
 # ISO 32000 (Annex C): a page side is at most 14,400 user units (200 inches); below 1 pt is absurd.
 MIN_PAGE_POINTS = 1.0

@@ -4,8 +4,8 @@
 ``mapping`` (HF <-> Megatron rules), ``chat`` (token ids, chat template), ``tiny`` (test configs).
 """
 
-from megatron_vlm.data.vision import ImageGeometry
 from megatron_vlm.models.family import ModelFamily
+from megatron_vlm.models.geometry import ImageGeometry
 from megatron_vlm.models.qwen25vl.arch import Qwen25VLArch
 from megatron_vlm.models.qwen25vl.chat import CHAT
 

@@ -5,8 +5,8 @@ positions and DeepStack taps), ``model`` (q/k norm, DeepStack layers, interleave
 (HF <-> Megatron rules), ``chat`` (token ids, chat template), ``tiny`` (test configs).
 """
 
-from megatron_vlm.data.vision import ImageGeometry
 from megatron_vlm.models.family import ModelFamily
+from megatron_vlm.models.geometry import ImageGeometry
 from megatron_vlm.models.qwen3vl.arch import Qwen3VLArch
 from megatron_vlm.models.qwen3vl.chat import CHAT
 

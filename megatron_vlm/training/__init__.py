@@ -1,1 +1,0 @@
-"""Training entry point and loop."""
