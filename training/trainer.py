@@ -22,7 +22,7 @@ from training.config import RecipeError, TrainConfig, to_yaml
 from training.data import DataPlan, image_share, plan_data, stream_length, train_loader, valid_loader
 from training.guard import LossGuard, TrainingStopped
 from training.metrics import MetricsLogger, peak_flops, warn
-from training.model import ModelParts, build_model
+from training.model import build_model
 from training.optimizer import build_optimizer, build_scheduler
 from training.run_dir import StartPoint, check_run_dir, convert_start, start_point, write_config
 from training.signals import REQUEUE_EXIT, PreemptionHandler
@@ -89,7 +89,12 @@ def preflight(config: TrainConfig, run_dir: Path, world_size: int, rank: int = 0
 
 
 class Trainer:
-    """One training run in ``run_dir`` (call :meth:`run` on every rank)."""
+    """One training run in ``run_dir`` (call :meth:`run` on every rank).
+
+    As torchtitan's trainer: :meth:`run` assembles the components (model, optimizer and schedule,
+    checkpointer, loader, metrics, guard), :meth:`train` loops over the steps and decides after each whether
+    to save (:meth:`should_save`) or leave for a preemption, and :meth:`train_step` is one optimizer step.
+    """
 
     def __init__(self, config: TrainConfig, run_dir: str | Path):
         self.config, self.run_dir = config, Path(run_dir)
@@ -102,11 +107,16 @@ class Trainer:
         # from the start: a signal during start-up (SLURM signals the job's tasks) is saved on at the first step
         signals = PreemptionHandler(self.config.checkpoint.exit_signals)
         try:
-            return self._start_and_loop(signals)
+            self._start()
+            try:
+                return self.train(signals)
+            finally:
+                self.checkpointer.finalize(blocking=True)
         finally:
             signals.close()
 
-    def _start_and_loop(self, signals: PreemptionHandler) -> int:
+    def _start(self) -> None:
+        """Write the run directory, start the process groups, build the components; resume or start fresh."""
         config, run_dir, checked = self.config, self.run_dir, self.checked
         if self.rank0:
             write_config(run_dir, config)
@@ -115,84 +125,50 @@ class Trainer:
         torch.distributed.barrier()  # the run directory and init/ exist for everyone
         resuming = latest_checkpoint(run_dir) is not None
         # a fresh run starts from the weights of its starting point; a resumed one from its latest checkpoint
-        parts = build_model(config, checked.start.arch, load=None if resuming else checked.start.megatron_dir(run_dir))
-        optimizer = build_optimizer(config.optimizer, parts, config.train.precision)
-        plan = checked.plan
-        scheduler = build_scheduler(config.optimizer, optimizer, plan.steps)
-        checkpointer = Checkpointer(run_dir, parts, optimizer, scheduler, keep_last=config.checkpoint.keep_last,
-                                    async_save=config.checkpoint.async_save, source=checked.start.source)
+        self.parts = build_model(config, checked.start.arch,
+                                 load=None if resuming else checked.start.megatron_dir(run_dir))
+        self.optimizer = build_optimizer(config.optimizer, self.parts, config.train.precision)
+        self.plan = checked.plan
+        self.scheduler = build_scheduler(config.optimizer, self.optimizer, self.plan.steps)
+        self.checkpointer = Checkpointer(run_dir, self.parts, self.optimizer, self.scheduler,
+                                         keep_last=config.checkpoint.keep_last, async_save=config.checkpoint.async_save,
+                                         source=checked.start.source)
         layout_record = {"parallel": asdict(config.parallel), "world_size": torch.distributed.get_world_size()}
         if resuming:
-            state = checkpointer.load(layout_record)
-            self._say(f"resumed from {checkpointer.root} at step {state.iteration} "
-                      f"({state.consumed_samples:,} rows consumed)")
+            self.state = self.checkpointer.load(layout_record)
+            self._say(f"resumed from {self.checkpointer.root} at step {self.state.iteration} "
+                      f"({self.state.consumed_samples:,} rows consumed)")
         else:
-            state = TrainState()
-        state.layout, state.config_yaml = layout_record, to_yaml(config)
-        try:
-            return self._loop(parts, optimizer, scheduler, checkpointer, state, plan, signals)
-        finally:
-            checkpointer.finalize(blocking=True)
+            self.state = TrainState()
+        self.state.layout, self.state.config_yaml = layout_record, to_yaml(config)
+        self.share = image_share(config.parallel)
+        self.num_micro = self.plan.global_batch_size // (config.train.micro_batch_size * checked.dp)
+        self.guard = LossGuard(config.guard, self.state.recent_losses)
 
     def _say(self, message: str) -> None:
         if self.rank0:
             print(message, flush=True)
 
-    def _loop(self, parts: ModelParts, optimizer, scheduler, checkpointer: Checkpointer, state: TrainState,
-              plan: DataPlan, signals: PreemptionHandler) -> int:
-        config = self.config
-        share = image_share(config.parallel)
-        num_micro = plan.global_batch_size // (config.train.micro_batch_size * self.checked.dp)
-        loader = train_loader(config, plan, state.consumed_samples)
+    def train(self, signals: PreemptionHandler) -> int:
+        """Steps to the budget: each one trained, logged, validated at ``eval_interval`` and saved when
+        :meth:`should_save` says; after a preemption signal, saved and left with ``REQUEUE_EXIT``."""
+        config, plan, state, checkpointer = self.config, self.plan, self.state, self.checkpointer
+        self.loader = train_loader(config, plan, state.consumed_samples)
         metrics = MetricsLogger(self.run_dir, plan.steps, enabled=self.rank0, tensorboard=config.logging.tensorboard,
                                 log_interval=config.logging.log_interval, resume_from=state.iteration,
                                 world_size=torch.distributed.get_world_size(),
                                 peak_flops=peak_flops(config.logging.peak_tflops, config.train.precision),
                                 device="GPU" if runtime.use_cuda() else "process")
-        guard = LossGuard(config.guard, state.recent_losses)
         self._say(f"training {plan.steps} steps of {plan.global_batch_size} rows (<= {plan.seq_length:,} tokens), "
                   f"from step {state.iteration}; run directory {self.run_dir}")
-        batches = iter(loader)
+        batches = iter(self.loader)
         try:
             for step in range(state.iteration + 1, plan.steps + 1):
-                start = time.perf_counter()
-                for chunk in parts.chunks:
-                    chunk.zero_grad_buffer()
-                optimizer.zero_grad()
-                result, _ = run_schedule(parts.chunks, batches, num_micro, share, stream_length(config, plan),
-                                         forward_only=False, arch=self.checked.start.arch)
-                verdict = guard.judge(result.loss)
-                note = None
-                if verdict is not None:
-                    action, what = verdict
-                    note = f"step {step}: {what}; samples: {self._samples(loader, state)}"
-                    if action == "stop":
-                        raise TrainingStopped(f"{note} (guard: stop; set guard.on_nan/on_spike=skip to skip such steps)")
-                    warn(note + (" (update skipped)" if action == "skip" else ""))
-                grad_norm, lr = None, optimizer.param_groups[0]["lr"]
-                if verdict is None or verdict[0] == "warn":
-                    updated, grad_norm, _ = optimizer.step()
-                    if updated:
-                        scheduler.step(increment=1)
-                    if verdict is None:
-                        guard.accept(result.loss)
-                state.iteration, state.consumed_samples = step, state.consumed_samples + plan.global_batch_size
-                state.recent_losses = guard.recent
-                step_time = time.perf_counter() - start
-                metrics.step({
-                    "step": step, "loss": result.loss, "lr": lr,
-                    "grad_norm": grad_norm, "tokens": result.real_tokens, "answer_tokens": result.answer_tokens,
-                    "computed_tokens": result.computed_tokens, "padding_ratio": result.computed_tokens / max(1, result.real_tokens),
-                    "step_time": step_time, "tokens_per_s": result.real_tokens / step_time,
-                    "data_wait": result.data_wait, "model_flops": result.model_flops,
-                    "consumed_samples": state.consumed_samples,
-                    **({"max_memory_gib": torch.cuda.max_memory_allocated() / 2**30} if runtime.use_cuda() else {}),
-                    **({"note": "skipped" if verdict[0] == "skip" else "warned"} if verdict else {})})
+                metrics.step(self.train_step(step, batches))
                 if config.logging.eval_interval and step % config.logging.eval_interval == 0:
-                    metrics.valid(step, self._validate(parts, share, plan))
+                    metrics.valid(step, self._validate())
                 preempted = signals.agreed()
-                if preempted or step == plan.steps or (config.checkpoint.save_interval
-                                                       and step % config.checkpoint.save_interval == 0):
+                if self.should_save(step, preempted):
                     checkpointer.save(state)
                 checkpointer.finalize()
                 if preempted:
@@ -206,27 +182,70 @@ class Trainer:
             metrics.close()
         return 0
 
-    def _validate(self, parts: ModelParts, share, plan: DataPlan) -> dict:
+    def should_save(self, step: int, preempted: bool) -> bool:
+        """Save after a preemption signal, at the last step and every ``checkpoint.save_interval`` steps."""
+        interval = self.config.checkpoint.save_interval
+        return preempted or step == self.plan.steps or bool(interval and step % interval == 0)
+
+    def train_step(self, step: int, batches) -> dict:
+        """One optimizer step over a global batch of micro-batches from ``batches``: forward and backward, the
+        guard's verdict on the loss (stop, skip the update, or warn), the update and the schedule; the counters
+        advance. Returns the step's metrics record."""
+        config, state, guard, optimizer = self.config, self.state, self.guard, self.optimizer
+        start = time.perf_counter()
+        for chunk in self.parts.chunks:
+            chunk.zero_grad_buffer()
+        optimizer.zero_grad()
+        result, _ = run_schedule(self.parts.chunks, batches, self.num_micro, self.share,
+                                 stream_length(config, self.plan), forward_only=False, arch=self.checked.start.arch)
+        verdict = guard.judge(result.loss)
+        if verdict is not None:
+            action, what = verdict
+            note = f"step {step}: {what}; samples: {self._samples()}"
+            if action == "stop":
+                raise TrainingStopped(f"{note} (guard: stop; set guard.on_nan/on_spike=skip to skip such steps)")
+            warn(note + (" (update skipped)" if action == "skip" else ""))
+        grad_norm, lr = None, optimizer.param_groups[0]["lr"]
+        if verdict is None or verdict[0] == "warn":
+            updated, grad_norm, _ = optimizer.step()
+            if updated:
+                self.scheduler.step(increment=1)
+            if verdict is None:
+                guard.accept(result.loss)
+        state.iteration, state.consumed_samples = step, state.consumed_samples + self.plan.global_batch_size
+        state.recent_losses = guard.recent
+        step_time = time.perf_counter() - start
+        return {
+            "step": step, "loss": result.loss, "lr": lr,
+            "grad_norm": grad_norm, "tokens": result.real_tokens, "answer_tokens": result.answer_tokens,
+            "computed_tokens": result.computed_tokens, "padding_ratio": result.computed_tokens / max(1, result.real_tokens),
+            "step_time": step_time, "tokens_per_s": result.real_tokens / step_time,
+            "data_wait": result.data_wait, "model_flops": result.model_flops,
+            "consumed_samples": state.consumed_samples,
+            **({"max_memory_gib": torch.cuda.max_memory_allocated() / 2**30} if runtime.use_cuda() else {}),
+            **({"note": "skipped" if verdict[0] == "skip" else "warned"} if verdict else {})}
+
+    def _validate(self) -> dict:
         """Loss (mean over answer tokens) and token accuracy (argmax == answer) of ``eval_batches`` validation
         micro-batches per data-parallel rank: the teacher-forced scoring of ``longvlm eval --backend megatron``."""
-        config = self.config
-        for chunk in parts.chunks:
+        config, chunks = self.config, self.parts.chunks
+        for chunk in chunks:
             chunk.eval()
         try:
             with torch.no_grad():
-                result, _ = run_schedule(parts.chunks, iter(valid_loader(config, plan)), config.logging.eval_batches, share,
-                                         stream_length(config, plan), forward_only=True, score=True)
+                result, _ = run_schedule(chunks, iter(valid_loader(config, self.plan)), config.logging.eval_batches,
+                                         self.share, stream_length(config, self.plan), forward_only=True, score=True)
         finally:
-            for chunk in parts.chunks:
+            for chunk in chunks:
                 chunk.train()
         return {"loss": result.loss, "token_accuracy": result.accuracy, "answer_tokens": result.answer_tokens}
 
-    def _samples(self, loader, state: TrainState) -> str:
+    def _samples(self) -> str:
         """The task instances of the current global batch, as ``tasks-file:line`` (known to every rank)."""
-        items = loader.dataset
-        start = state.consumed_samples
+        items = self.loader.dataset
+        start = self.state.consumed_samples
         out = []
-        for position in range(start, start + self.checked.plan.global_batch_size):
+        for position in range(start, start + self.plan.global_batch_size):
             d, pack = items.stream(position)
             dataset = items.datasets[d]
             files = dataset.meta["config"]["tasks"]
