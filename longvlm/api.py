@@ -101,7 +101,7 @@ def train(recipe: str | dict, *, output: str | None = None, overrides: list[str]
 
 
 def tune(**options: Any):
-    """``longvlm tune``: options of ``launch.tune.cli.TuneConfig`` as keywords (``model`` and ``gpus``
+    """``longvlm tune``: options of ``launch.tune.config.TuneConfig`` as keywords (``model`` and ``gpus``
     required)::
 
         plan = api.tune(model="qwen2.5-vl-7b", gpus=64, global_batch=32, gpu="h100")
@@ -110,7 +110,8 @@ def tune(**options: Any):
     Returns a ``launch.tune.search.Plan``: feasible layouts fastest first (``ranked``), or, when none
     fits, ``smallest``; with ``write_recipe`` the chosen layout is written into a training recipe.
     """
-    from launch.tune.cli import TuneConfig, run
+    from launch.tune.config import TuneConfig
+    from launch.tune.run import run
 
     return run(dataclass_from_options(TuneConfig, options))
 
