@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from megatron_vlm.errors import ConfigError
 from megatron_vlm.parallel import ParallelLayout
@@ -16,19 +17,35 @@ MAX_VOCAB_MULTIPLE = 2 ** 16  # Megatron pads to 128 x TP; a multiple beyond thi
 _DTYPE_HELP = "cast every tensor to this dtype (default: keep the source dtype, e.g. bf16 in -> bf16 out)"
 
 
+def dtype_option() -> Any:
+    """``--dtype``: the one declaration of the option every writing action has."""
+    return field(default=None, metadata={"help": _DTYPE_HELP, "choices": DTYPES})
+
+
 @dataclass
-class HFToMegatronConfig:
-    hf: str = field(metadata={"help": "Hugging Face model directory (config.json, safetensors + index) of a registered model family (docs/model.md)"})
-    out: str = field(metadata={"help": "new Megatron checkpoint directory (must not exist)"})
+class MegatronTarget:
+    """The options of a Megatron checkpoint being written (``hf-to-megatron``, ``reshard``): the layout it is
+    validated and vocabulary-padded for."""
+
     layout: ParallelLayout = field(default_factory=ParallelLayout, metadata={
         "fields": _LAYOUT_FIELDS, "help": "the layout the checkpoint is validated and vocabulary-padded for"})
     make_vocab_size_divisible_by: int = field(default=128, metadata={
         "help": "pad the vocabulary to a multiple of this times TP (Megatron's --make-vocab-size-divisible-by)"})
-    dtype: str | None = field(default=None, metadata={"help": _DTYPE_HELP, "choices": DTYPES})
+
+    def check(self) -> None:
+        check_number("--make-vocab-size-divisible-by", self.make_vocab_size_divisible_by, ge=1, le=MAX_VOCAB_MULTIPLE)
+
+
+@dataclass
+class HFToMegatronConfig:
+    hf: str = field(metadata={"help": "Hugging Face model directory (config.json, safetensors + index) of a registered model family (docs/model.md)"})
+    out: str = field(metadata={"help": "new Megatron checkpoint directory (must not exist)"})
+    target: MegatronTarget = field(default_factory=MegatronTarget)
+    dtype: str | None = dtype_option()
 
     def check(self) -> None:
         """The options alone, before anything is read or written."""
-        check_number("--make-vocab-size-divisible-by", self.make_vocab_size_divisible_by, ge=1, le=MAX_VOCAB_MULTIPLE)
+        self.target.check()
         check_creatable(self.out, "--out")
 
 
@@ -41,7 +58,7 @@ class MegatronToHFConfig:
                 "(default: the source directory recorded at import, if it still exists)"})
     iteration: str | None = field(default=None, metadata={
         "help": "iteration to export, a number or 'release' (default: the one in latest_checkpointed_iteration.txt)"})
-    dtype: str | None = field(default=None, metadata={"help": _DTYPE_HELP, "choices": DTYPES})
+    dtype: str | None = dtype_option()
     max_shard_size: str = field(default="5GB", metadata={"help": "largest safetensors shard"})
     rope_theta: float | None = field(default=None, metadata={
         "help": "RoPE base the model was trained with (default: the one recorded in the checkpoint)"})
@@ -77,15 +94,12 @@ class MegatronToHFConfig:
 class ReshardConfig:
     ckpt: str = field(metadata={"help": "Megatron checkpoint directory to read"})
     out: str = field(metadata={"help": "new Megatron checkpoint directory (must not exist)"})
-    layout: ParallelLayout = field(default_factory=ParallelLayout, metadata={
-        "fields": _LAYOUT_FIELDS, "help": "the new layout to validate and vocabulary-pad for"})
-    make_vocab_size_divisible_by: int = field(default=128, metadata={
-        "help": "pad the vocabulary to a multiple of this times TP"})
+    target: MegatronTarget = field(default_factory=MegatronTarget)
     iteration: str | None = field(default=None, metadata={"help": "iteration to read (default: the latest)"})
-    dtype: str | None = field(default=None, metadata={"help": _DTYPE_HELP, "choices": DTYPES})
+    dtype: str | None = dtype_option()
 
     def check(self) -> None:
-        check_number("--make-vocab-size-divisible-by", self.make_vocab_size_divisible_by, ge=1, le=MAX_VOCAB_MULTIPLE)
+        self.target.check()
         check_iteration(self.iteration)
         check_creatable(self.out, "--out")
 

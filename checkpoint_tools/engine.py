@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from checkpoint_tools.config import HFToMegatronConfig, MegatronToHFConfig, ReshardConfig
+from checkpoint_tools.config import HFToMegatronConfig, MegatronTarget, MegatronToHFConfig, ReshardConfig
 from checkpoint_tools.hf_io import (
     HFCheckpoint,
     ShardedSafetensorsWriter,
@@ -92,18 +92,6 @@ def _dtype_name(dtypes: set[torch.dtype] | set[str]) -> str:
     return names[0] if len(names) == 1 else "mixed(" + ",".join(names) + ")"
 
 
-def _megatron_shapes(mappings: list[Mapping], hf_shapes: dict[str, tuple[int, ...]], dims: Dims) -> dict[str, tuple]:
-    """Megatron shapes of every mapping, computed on meta tensors (validates shapes, reads nothing)."""
-    out = {}
-    for m in mappings:
-        try:
-            meta = m.transform.to_megatron([torch.empty(hf_shapes[n], device="meta") for n in m.hf], dims)
-        except MappingError as err:
-            raise MappingError(f"{m.megatron} (from {', '.join(m.hf)}): {err}") from None
-        out[m.megatron] = tuple(meta.shape)
-    return out
-
-
 def check_layout(mappings: list[Mapping], shapes: dict[str, tuple], dims: Dims, layout: ParallelLayout) -> None:
     """Every TP-split tensor divides over its TP size and PP has a layer per stage, else one error listing all."""
     problems: dict[str, str] = {}
@@ -134,13 +122,6 @@ def _batches(mappings: list[Mapping], shapes: dict[str, tuple], dtypes: dict[str
         yield batch
 
 
-def _meta(hf_config: dict, source: dict, dtype: str, cfg: HFToMegatronConfig | ReshardConfig,
-          dims: Dims) -> dict[str, Any]:
-    return checkpoint_meta(hf_config, dtype=dtype, layout=cfg.layout, vocab_size=dims.vocab_size,
-                           padded_vocab_size=dims.padded_vocab_size, source=source,
-                           make_vocab_size_divisible_by=cfg.make_vocab_size_divisible_by)
-
-
 def _write_megatron(out: Path, iteration: int | str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     iter_dir = out / iteration_dir_name(iteration)
     save_global_tensors(tensors, iter_dir)
@@ -149,35 +130,65 @@ def _write_megatron(out: Path, iteration: int | str, tensors: dict[str, torch.Te
     stop_point("convert.publish")  # (test hook: everything written, the staging folder not yet renamed)
 
 
-def hf_to_megatron(cfg: HFToMegatronConfig) -> ConversionResult:
-    """Convert an HF checkpoint (any registered family) into a torch_dist checkpoint at ``cfg.out``."""
-    start = time.perf_counter()
-    cfg.check()
-    layout = cfg.layout
-    src = HFCheckpoint.open(cfg.hf)
-    dims = Dims.from_arch(src.arch, padded_vocab_size(src.arch.vocab_size, layout.tp, cfg.make_vocab_size_divisible_by))
-    mappings = expand(dims, src.arch.family.mapping_parts)
-    check_coverage(mappings, set(src.weight_map), "hf")
-    meg_shapes = _megatron_shapes(mappings, src.shapes, dims)
-    check_layout(mappings, meg_shapes, dims, layout)
+def _target_dims(arch: VLArch, vocab_size: int, mappings: list[Mapping], target: MegatronTarget,
+                 hf_side: Callable[[Mapping], list[torch.Tensor]]) -> Dims:
+    """The dims of the Megatron checkpoint to write for ``target`` (its vocabulary padded for the layout), every
+    tensor's shape computed on meta tensors from its ``hf_side`` and checked against the layout (reads nothing)."""
+    dims = Dims.from_arch(arch, padded_vocab_size(vocab_size, target.layout.tp, target.make_vocab_size_divisible_by))
+    shapes = {}
+    for m in mappings:
+        try:
+            shapes[m.megatron] = tuple(m.transform.to_megatron(hf_side(m), dims).shape)
+        except MappingError as err:
+            raise MappingError(f"{m.megatron} (from {', '.join(m.hf)}): {err}") from None
+    check_layout(mappings, shapes, dims, target.layout)
+    return dims
+
+
+def _write_target(action: str, cfg: HFToMegatronConfig | ReshardConfig, iteration: int | str,
+                  tensors: Iterator[tuple[str, torch.Tensor]], hf_config: dict, source: dict, dims: Dims,
+                  started: float) -> ConversionResult:
+    """Collect the converted ``tensors`` (cast to ``--dtype``) and write them as a Megatron checkpoint at ``--out``
+    (atomically, with its ``longvlm.json``); the tensors are made inside the process group the save needs."""
     cast = _dtype(cfg.dtype)
-    tensors: dict[str, torch.Tensor] = {}
-    out = Path(cfg.out)
+    out, layout = Path(cfg.out), cfg.target.layout
+    written: dict[str, torch.Tensor] = {}
     with atomic_dir(out) as tmp, process_group():
-        for m in tqdm(mappings, desc="hf -> megatron", unit="tensor", leave=False):
-            meg = m.transform.to_megatron([src.read(n) for n in m.hf], dims)
-            tensors[m.megatron] = meg.to(cast) if cast is not None else meg
-        dtype = _dtype_name({t.dtype for t in tensors.values()})
-        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
-        source = {"hf_dir": str(Path(cfg.hf).resolve()), "dtype": _dtype_name(set(src.dtypes.values()))}
-        _write_megatron(tmp, 0, tensors, _meta(src.arch.raw, source, dtype, cfg, dims))
-        n = len(tensors)
-        tensors.clear()
-    return ConversionResult("hf-to-megatron", out, n, nbytes, time.perf_counter() - start, dtype,
+        for name, t in tensors:
+            written[name] = t.to(cast) if cast is not None else t
+        dtype = _dtype_name({t.dtype for t in written.values()})
+        nbytes = sum(t.numel() * t.element_size() for t in written.values())
+        meta = checkpoint_meta(hf_config, dtype=dtype, layout=layout, vocab_size=dims.vocab_size,
+                               padded_vocab_size=dims.padded_vocab_size, source=source,
+                               make_vocab_size_divisible_by=cfg.target.make_vocab_size_divisible_by)
+        _write_megatron(tmp, iteration, written, meta)
+        n = len(written)
+        written.clear()
+    return ConversionResult(action, out, n, nbytes, time.perf_counter() - started, dtype,
                             {"tp": layout.tp, "pp": layout.pp})
 
 
+def hf_to_megatron(cfg: HFToMegatronConfig) -> ConversionResult:
+    """Convert an HF checkpoint (any registered family) into a torch_dist checkpoint at ``cfg.out``."""
+    started = time.perf_counter()
+    cfg.check()
+    src = HFCheckpoint.open(cfg.hf)
+    mappings = expand(Dims.from_arch(src.arch, None), src.arch.family.mapping_parts)
+    check_coverage(mappings, set(src.weight_map), "hf")
+    dims = _target_dims(src.arch, src.arch.vocab_size, mappings, cfg.target,
+                        lambda m: [torch.empty(src.shapes[n], device="meta") for n in m.hf])
+
+    def converted() -> Iterator[tuple[str, torch.Tensor]]:
+        for m in tqdm(mappings, desc="hf -> megatron", unit="tensor", leave=False):
+            yield m.megatron, m.transform.to_megatron([src.read(n) for n in m.hf], dims)
+
+    source = {"hf_dir": str(Path(cfg.hf).resolve()), "dtype": _dtype_name(set(src.dtypes.values()))}
+    return _write_target("hf-to-megatron", cfg, 0, converted(), src.arch.raw, source, dims, started)
+
+
 def _open_megatron(ckpt: str, iteration: str | None) -> tuple[MegatronCheckpoint, VLArch, Dims, list[Mapping]]:
+    """A Megatron checkpoint as a source: its family's arch, its dims (the stored vocabulary padding) and mappings,
+    every stored model tensor covered."""
     src = MegatronCheckpoint.open(ckpt, iteration)
     try:
         arch = read_arch(src.meta["hf_config"], name=str(src.iter_dir / META_NAME))
@@ -247,33 +258,21 @@ def megatron_to_hf(cfg: MegatronToHFConfig) -> ConversionResult:
 
 def reshard(cfg: ReshardConfig) -> ConversionResult:
     """Re-save a torch_dist checkpoint validated and vocabulary-padded for another TP/PP layout."""
-    start = time.perf_counter()
+    started = time.perf_counter()
     cfg.check()
-    layout = cfg.layout
     src, arch, src_dims, mappings = _open_megatron(cfg.ckpt, cfg.iteration)
-    dims = Dims.from_arch(arch, padded_vocab_size(src_dims.vocab_size, layout.tp, cfg.make_vocab_size_divisible_by))
-    new_shapes = {m.megatron: tuple(m.transform.to_megatron(m.transform.to_hf(
-        torch.empty(src.shapes[m.megatron], device="meta"), src_dims), dims).shape) for m in mappings}
-    check_layout(mappings, new_shapes, dims, layout)
-    cast = _dtype(cfg.dtype)
+    dims = _target_dims(arch, src_dims.vocab_size, mappings, cfg.target, lambda m: m.transform.to_hf(
+        torch.empty(src.shapes[m.megatron], device="meta"), src_dims))
     iteration = src.iter_dir.name.removeprefix("iter_")
     iteration = "release" if iteration == "release" else int(iteration)
-    tensors: dict[str, torch.Tensor] = {}
-    out = Path(cfg.out)
-    with atomic_dir(out) as tmp, process_group():
-        progress = tqdm(total=len(mappings), desc="reshard", unit="tensor", leave=False)
-        for batch in _batches(mappings, src.shapes, src.dtypes):
-            loaded = src.load([m.megatron for m in batch])
-            for m in batch:
-                t = m.transform.to_megatron(m.transform.to_hf(loaded.pop(m.megatron), src_dims), dims)
-                tensors[m.megatron] = t.to(cast) if cast is not None else t
-                progress.update()
-        progress.close()
-        dtype = _dtype_name({t.dtype for t in tensors.values()})
-        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
-        _write_megatron(tmp, iteration, tensors, _meta(src.meta["hf_config"], src.meta.get("source", {}),
-                                                       dtype, cfg, dims))
-        n = len(tensors)
-        tensors.clear()
-    return ConversionResult("reshard", out, n, nbytes, time.perf_counter() - start, dtype,
-                            {"tp": layout.tp, "pp": layout.pp})
+
+    def converted() -> Iterator[tuple[str, torch.Tensor]]:
+        with tqdm(total=len(mappings), desc="reshard", unit="tensor", leave=False) as progress:
+            for batch in _batches(mappings, src.shapes, src.dtypes):
+                loaded = src.load([m.megatron for m in batch])
+                for m in batch:
+                    yield m.megatron, m.transform.to_megatron(m.transform.to_hf(loaded.pop(m.megatron), src_dims), dims)
+                    progress.update()
+
+    return _write_target("reshard", cfg, iteration, converted(), src.meta["hf_config"], src.meta.get("source", {}),
+                         dims, started)

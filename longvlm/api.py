@@ -72,12 +72,11 @@ def convert(action: str, **options: Any) -> Any:
     ``megatron_vlm.formats.checkpoint.CheckpointError`` / ``megatron_vlm.models.mapping.MappingError`` and
     write nothing.
     """
-    from checkpoint_tools.cli import ACTIONS
-    from checkpoint_tools.run import run
+    from checkpoint_tools.run import ACTIONS, run
 
     if action not in ACTIONS:
         raise ValueError(f"unknown convert action {action!r}; choose one of {sorted(ACTIONS)}")
-    return run(action, dataclass_from_options(ACTIONS[action][0], options))
+    return run(action, dataclass_from_options(ACTIONS[action].config, options))
 
 
 def train(recipe: str | dict, *, output: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> int:
