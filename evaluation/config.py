@@ -66,7 +66,7 @@ class ModelOptions(ChatClientOptions):
         "Megatron checkpoint at any TP/PP/CP, teacher-forced; see evaluation/backends")})
     checkpoint: str | None = field(default=None, metadata={"group": _MODEL, "metavar": "DIR", "help": (
         "hf/openai: a Hugging Face Qwen2.5-VL directory (hf loads it; openai reads its config.json for "
-        "--rope-ntk-length, and its tokenizer); megatron: a Megatron checkpoint (RUN_DIR/checkpoints, or "
+        "--rope-target-length, and its tokenizer); megatron: a Megatron checkpoint (RUN_DIR/checkpoints, or "
         "'longvlm convert hf-to-megatron' output), whose source HF directory gives the tokenizer")})
     tokenizer: str | None = field(default=None, metadata={"group": _MODEL, "metavar": "DIR", "help": (
         "tokenizer directory with the Qwen2.5-VL chat template (default: --checkpoint's); prompts are "
@@ -95,22 +95,24 @@ class ModelOptions(ChatClientOptions):
         "megatron: the layers' linears and norms: local (Megatron-Core's) or te (Transformer Engine; GPU)")})
     rope_base: float | None = field(default=None, metadata={"group": _ROPE, "help": (
         "use this RoPE base (rope_theta) instead of the checkpoint's")})
-    rope_ntk_length: str | None = field(default=None, metadata={"group": _ROPE, "metavar": "LENGTH", "help": (
-        "NTK-aware base for a context of LENGTH tokens (e.g. 512K): base * (LENGTH / "
+    rope_target_length: str | None = field(default=None, metadata={
+        "group": _ROPE, "metavar": "LENGTH", "was": ("rope_ntk_length",), "help": (
+        "the context length to evaluate at with an NTK-aware base (e.g. 512K; training's model.rope.target_length): "
+        "base * (LENGTH / "
         "--rope-original-length)^(d/(d-2)), d = head dim (the base the paper trains 128K with)")})
     rope_original_length: str = field(default="32K", metadata={"group": _ROPE, "help": (
         "the context length the checkpoint's base was made for (Qwen2.5-VL: 32K)")})
 
     def model_option_errors(self) -> list[str]:
         errors = self.client_option_errors()
-        if self.rope_base is not None and self.rope_ntk_length is not None:
-            errors.append("--rope-base and --rope-ntk-length exclude each other")
+        if self.rope_base is not None and self.rope_target_length is not None:
+            errors.append("--rope-base and --rope-target-length exclude each other")
         errors += filter(None, [number_error("--rope-base", self.rope_base, gt=0),
                                 number_error("--max-new-tokens", self.max_new_tokens, ge=1, le=MAX_SEQ_LEN),
                                 number_error("--batch-size", self.batch_size, ge=1, le=MAX_BATCH),
                                 number_error("--max-batch-tokens", self.max_batch_tokens, ge=1)])
         for option, value in (("rope-original-length", self.rope_original_length),
-                              ("rope-ntk-length", self.rope_ntk_length)):
+                              ("rope-target-length", self.rope_target_length)):
             if value is not None:
                 try:
                     parse_length(value, option)

@@ -1,4 +1,4 @@
-"""The RoPE base a run evaluates with: the checkpoint's, ``--rope-base``, or NTK for ``--rope-ntk-length``.
+"""The RoPE base a run evaluates with: the checkpoint's, ``--rope-base``, or NTK for ``--rope-target-length``.
 
 The flags describe a ``megatron_vlm.models.config.RopeSettings`` (the one home of the RoPE rule,
 which training uses); it is resolved once per run against the checkpoint's ``config.json``
@@ -63,8 +63,8 @@ def rope_settings(options: ModelOptions):
 
     if options.rope_base is not None:
         return RopeSettings(mode="explicit", base=float(options.rope_base))
-    if options.rope_ntk_length is not None:
-        return RopeSettings(mode="ntk", target_length=parse_length(options.rope_ntk_length, "rope-ntk-length"),
+    if options.rope_target_length is not None:
+        return RopeSettings(mode="ntk", target_length=parse_length(options.rope_target_length, "rope-target-length"),
                             original_length=parse_length(options.rope_original_length, "rope-original-length"))
     return RopeSettings()
 
@@ -100,7 +100,7 @@ def resolve_rope(options: ModelOptions) -> RopeSetting:
     rope = rope_settings(options)
     if not options.checkpoint:
         if rope.mode == "ntk":
-            raise EvalError("--rope-ntk-length needs the checkpoint's config.json (its rope_theta and head dim): "
+            raise EvalError("--rope-target-length needs the checkpoint's config.json (its rope_theta and head dim): "
                             "pass --checkpoint HF_DIR")
         return RopeSetting(rope.mode, rope.base, None, None)
     try:

@@ -43,8 +43,8 @@ class DemoConfig:
         "help": "folder of PDFs for the pool (12 real manuals shipped with longvlm, see its demo_pdfs/SOURCES.md)"})
     dpi: int = field(default=36, metadata={
         "help": "page render resolution (the recipe uses 144; 36 keeps CPU rows short)"})
-    max_seq_len: int | None = field(default=None, metadata={"help": (
-        "packed sequence length of the dataset (default: 8192; --study: 4096)")})
+    seq_length: int | None = field(default=None, metadata={"was": ("max_seq_len",), "help": (
+        "packed row length of the dataset in tokens (default: 8192; --study: 4096)")})
     token_budget: float | None = field(default=None, metadata={"help": (
         "tokens in the built dataset (default: 1.2e5; --study: 4e4 per experiment)")})
     train_steps: int | None = field(default=None, metadata={"help": (
@@ -64,7 +64,7 @@ class DemoConfig:
         from preprocess.dataset.config import check_token_budget
 
         check_number("--dpi", self.dpi, ge=1, le=MAX_DPI, error=DemoError)
-        check_number("--max-seq-len", self.max_seq_len, ge=1, le=MAX_SEQ_LEN, error=DemoError)
+        check_number("--seq-length", self.seq_length, ge=1, le=MAX_SEQ_LEN, error=DemoError)
         check_token_budget(self.token_budget)
         check_number("--token-budget", self.token_budget, le=MAX_DEMO_TOKENS, error=DemoError)
         check_number("--train-steps", self.train_steps, ge=1, le=MAX_DEMO_STEPS, error=DemoError)
@@ -82,8 +82,8 @@ class DemoConfig:
 
 
 # The scale of the pipeline demo and of an experiment in miniature (--study: several trainings, so smaller).
-SCALE = {False: {"max_seq_len": 8192, "token_budget": 1.2e5, "train_steps": 24},
-         True: {"max_seq_len": 4096, "token_budget": 4e4, "train_steps": 8}}
+SCALE = {False: {"seq_length": 8192, "token_budget": 1.2e5, "train_steps": 24},
+         True: {"seq_length": 4096, "token_budget": 4e4, "train_steps": 8}}
 
 
 def scaled(config: DemoConfig) -> DemoConfig:
@@ -189,7 +189,7 @@ def run_study_demo(config: DemoConfig) -> list[StageRecord]:
     inputs = {"pool": str(Path(pool).resolve()), "tokenizer": str(tokenizer.resolve()), "base_model": str(hf.resolve()),
               "data": {"short_instruct": str(short.resolve())}}
     files = [str(miniature_file(name, out / "study" / "experiments", inputs=inputs, eval_tasks=questions.resolve(),
-                                max_seq_len=config.max_seq_len, token_budget=config.token_budget,
+                                seq_length=config.seq_length, token_budget=config.token_budget,
                                 train_steps=config.train_steps, seed=config.seed)) for name in config.study]
     for result in run_experiments(files, [], out / "study", log=lambda line: print(line, flush=True)):
         records.append(StageRecord(f"{result.experiment}: {result.stage}", result.seconds,
@@ -229,7 +229,7 @@ def run_demo(config: DemoConfig) -> list[StageRecord]:
     tokenizer = write_offline_tokenizer(out / "tokenizer", family.model_type)
     build = stage("build", lambda: build_dataset(BuildConfig(
         tasks=[str(out / "tasks.jsonl")], pool=str(pool), tokenizer=str(tokenizer), family=family.model_type,
-        output=str(out / "data" / "longpt"), max_seq_len=config.max_seq_len, token_budget=config.token_budget,
+        output=str(out / "data" / "longpt"), seq_length=config.seq_length, token_budget=config.token_budget,
         seed=config.seed, progress=False)),
                   lambda r: f"{r.report['packing']['packs']} packed sequences of {r.report['packing']['samples']} samples, fill "
                             f"{r.report['packing']['fill_ratio']:.1%}")

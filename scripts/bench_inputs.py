@@ -47,8 +47,8 @@ def make_pool(out: Path, dpi: int, pdfs: Path = DEMO_PDFS) -> Path:
     return out
 
 
-def make_dataset(pool_dir: Path, out: Path, max_seq_len: int, token_budget: float) -> Path:
-    """A built dataset of page-anchored tasks over every document that fits ``max_seq_len``."""
+def make_dataset(pool_dir: Path, out: Path, seq_length: int, token_budget: float) -> Path:
+    """A built dataset of page-anchored tasks over every document that fits ``seq_length``."""
     from longvlm import api
     from megatron_vlm.formats.pool import Pool
     from megatron_vlm.tokenizer import write_offline_tokenizer
@@ -58,7 +58,7 @@ def make_dataset(pool_dir: Path, out: Path, max_seq_len: int, token_budget: floa
         tokenizer = write_offline_tokenizer(out / "tokenizer")
         tasks = write_tasks(Pool.open(pool_dir), out / "tasks.jsonl")
         api.build(tasks=[str(tasks)], pool=str(pool_dir), tokenizer=str(tokenizer), output=str(out / "data"),
-                  max_seq_len=max_seq_len, token_budget=token_budget, max_repeats=1e9, progress=False)
+                  seq_length=seq_length, token_budget=token_budget, max_repeats=1e9, progress=False)
     return out / "data"
 
 

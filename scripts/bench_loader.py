@@ -2,7 +2,7 @@
 
 1. Build: page-anchored tasks written from the pool's layout blocks (3 VQA tasks x 2 per
    document; stand-ins for ``longvlm synth``), built with the default mixture, ``--length-dist``
-   and ``--token-budget`` at ``--max-seq-len``: prints the build report (mixture accuracy, length
+   and ``--token-budget`` at ``--seq-length``: prints the build report (mixture accuracy, length
    histogram, fill) and the build's wall and CPU time.
 2. Loader: a dataset of one sample per document (so no page is decoded twice by the per-pack page
    cache, as in a large build), read by ``build_data_loader`` with ``num_workers=0`` (all the work
@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from bench_inputs import write_tasks  # noqa: E402
 
 
-def packing_on_synthetic_lengths(max_seq_len: int, n: int = 20000) -> None:
+def packing_on_synthetic_lengths(seq_length: int, n: int = 20000) -> None:
     """Fill of the packer vs the best possible on length distributions of a large pool."""
     import numpy as np
 
@@ -36,15 +36,15 @@ def packing_on_synthetic_lengths(max_seq_len: int, n: int = 20000) -> None:
     rng = np.random.default_rng(0)
     cases = {
         "32-50 pages x N(2100, 300) tokens (the paper's pool)": np.minimum(
-            rng.integers(32, 51, n) * rng.normal(2100, 300, n), max_seq_len),
-        "uniform 32K-128K": rng.integers(32_000, max_seq_len + 1, n),
-        "lognormal, median 60K, sigma 0.5": np.clip(rng.lognormal(np.log(60_000), 0.5, n), 2_000, max_seq_len),
-        "uniform 8K-128K": rng.integers(8_000, max_seq_len + 1, n),
+            rng.integers(32, 51, n) * rng.normal(2100, 300, n), seq_length),
+        "uniform 32K-128K": rng.integers(32_000, seq_length + 1, n),
+        "lognormal, median 60K, sigma 0.5": np.clip(rng.lognormal(np.log(60_000), 0.5, n), 2_000, seq_length),
+        "uniform 8K-128K": rng.integers(8_000, seq_length + 1, n),
     }
     for name, lengths in cases.items():
         lengths = lengths.astype(np.int64)
-        fill = fill_ratio(lengths, pack(lengths, max_seq_len), max_seq_len)
-        print(f"packing {n:,} samples, {name}: fill {fill:.2%} (bound {fill_upper_bound(lengths, max_seq_len):.2%}, "
+        fill = fill_ratio(lengths, pack(lengths, seq_length), seq_length)
+        print(f"packing {n:,} samples, {name}: fill {fill:.2%} (bound {fill_upper_bound(lengths, seq_length):.2%}, "
               f"{(lengths >= 100_000).mean():.1%} of examples >= 100K)")
     print()
 
@@ -60,7 +60,7 @@ def timed_build(**options):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pool", required=True, help="a pool written by 'longvlm pool'")
-    parser.add_argument("--max-seq-len", type=int, default=131072)
+    parser.add_argument("--seq-length", type=int, default=131072)
     parser.add_argument("--token-budget", type=float, default=2e7, help="tokens of the build benchmark")
     parser.add_argument("--length-dist", default="pool-native", help="length target of the build benchmark")
     parser.add_argument("--batches", type=int, default=4, help="micro-batches (of one packed sequence) to time")
@@ -79,16 +79,16 @@ def main() -> None:
         tmp = Path(tmp)
         tok = str(write_offline_tokenizer(tmp / "tokenizer"))
         # a throughput benchmark on 12 PDFs: it repeats samples far past the recipe's limit on purpose
-        common = dict(pool=args.pool, tokenizer=tok, max_seq_len=args.max_seq_len, max_repeats=1e9)
+        common = dict(pool=args.pool, tokenizer=tok, seq_length=args.seq_length, max_repeats=1e9)
         result, wall, cpu = timed_build(tasks=[str(write_tasks(pool, tmp / "tasks.jsonl"))], output=str(tmp / "mix"),
                                         token_budget=args.token_budget, length_dist=args.length_dist, **common)
         print(format_report(result.report))
         tokens = result.report["packing"]["tokens"]
         print(f"build: {tokens:,} tokens in {wall:.1f} s wall, {cpu:.1f} s CPU ({tokens / cpu:,.0f} tokens/s)\n")
-        packing_on_synthetic_lengths(args.max_seq_len)
+        packing_on_synthetic_lengths(args.seq_length)
 
         one = write_tasks(pool, tmp / "one.jsonl", tasks=("extract-single",), pages_per_task=1)
-        fits = [d["total_image_tokens"] for d in pool.documents if d["total_image_tokens"] < args.max_seq_len - 2000]
+        fits = [d["total_image_tokens"] for d in pool.documents if d["total_image_tokens"] < args.seq_length - 2000]
         timed_build(tasks=[str(one)], output=str(tmp / "one"), token_budget=float(sum(fits)),
                     mixture="extract-single=1", **common)
         prefix = tmp / "one"
@@ -99,7 +99,7 @@ def main() -> None:
             tokens += batch["input_ids"].numel()
             real += int(batch["input_ids"].numel() - (batch["input_ids"] == 151643).sum())
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        print(f"loader: {n} micro-batches of 1 x {args.max_seq_len:,} tokens ({real:,} sample tokens): "
+        print(f"loader: {n} micro-batches of 1 x {args.seq_length:,} tokens ({real:,} sample tokens): "
               f"wall {wall:.2f} s, CPU {cpu:.2f} s")
         print(f"  {tokens / cpu:,.0f} tokens/s per core (CPU time), {tokens / wall:,.0f} tokens/s wall; "
               f"{real / cpu:,.0f} sample tokens/s per core")

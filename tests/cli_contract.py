@@ -75,10 +75,12 @@ class Leaf:
         return " ".join(self.words)
 
     def options(self) -> list[argparse.Action]:
-        """The actions that take a value (flags and --help have no bad value)."""
+        """The actions that take a value (flags and --help have no bad value; a renamed option's hidden old
+        spelling is refused whatever its value)."""
         return [a for a in self.parser._actions
                 if not isinstance(a, (argparse._HelpAction, argparse._VersionAction, argparse._StoreConstAction,
-                                      argparse.BooleanOptionalAction, argparse._SubParsersAction))]
+                                      argparse.BooleanOptionalAction, argparse._SubParsersAction))
+                and a.help != argparse.SUPPRESS]
 
 
 def action_name(action: argparse.Action) -> str:

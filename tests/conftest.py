@@ -175,7 +175,7 @@ def built(tmp_path_factory, qwen_tokenizer_dir):
             for i, d in enumerate(sizes) for t in ("extract-single", "extract-multi", "reasoning")]
     tasks = write_tasks(tmp / "tasks.jsonl", rows)
     cfg = BuildConfig(tasks=[str(tasks)], pool=str(tmp / "pool"), tokenizer=str(qwen_tokenizer_dir),
-                      output=str(tmp / "data"), max_seq_len=512, token_budget=12000, progress=False,
+                      output=str(tmp / "data"), seq_length=512, token_budget=12000, progress=False,
                       max_repeats=1000)
     build(cfg, pool=pool)
     return tmp / "data", pool, rows
@@ -191,7 +191,7 @@ def built_qwen3vl(built, qwen3vl_tokenizer_dir):
     prefix, pool, _ = built
     cfg = BuildConfig(tasks=[str(prefix.parent / "tasks.jsonl")], pool=str(prefix.parent / "pool"),
                       tokenizer=str(qwen3vl_tokenizer_dir), output=str(prefix.parent / "data_qwen3vl"),
-                      family="qwen3_vl", max_seq_len=512, token_budget=12000, progress=False, max_repeats=1000)
+                      family="qwen3_vl", seq_length=512, token_budget=12000, progress=False, max_repeats=1000)
     build(cfg, pool=pool)
     return prefix.parent / "data_qwen3vl", pool
 

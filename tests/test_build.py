@@ -34,7 +34,7 @@ def make_inputs(tmp_path: Path, n_docs: int = 6, pages=lambda i: 3 + i, size=lam
 
 def config(tmp_path, tasks, qwen_tokenizer_dir, **kw) -> BuildConfig:
     opts = dict(tasks=[str(tasks)], pool=str(tmp_path / "pool"), tokenizer=str(qwen_tokenizer_dir),
-                output=str(tmp_path / "out" / "data"), max_seq_len=400, token_budget=20000, progress=False,
+                output=str(tmp_path / "out" / "data"), seq_length=400, token_budget=20000, progress=False,
                 max_repeats=1000)  # tiny test inputs, heavily upsampled on purpose
     opts.update(kw)
     return BuildConfig(**opts)
@@ -91,7 +91,7 @@ def test_round_trip_and_megatron_reads_every_file(tmp_path, qwen_tokenizer_dir, 
         np.testing.assert_array_equal(img[:, 2], doc["page_start"] + np.arange(doc["num_pages"]))
         np.testing.assert_array_equal(img[:, 3:5], [p["grid"] for p in doc["pages"]])
     assert meta["inputs"]["pool"]["fingerprint"] and meta["inputs"]["tasks"][0]["sha256"]
-    assert meta["config"]["max_seq_len"] == 400
+    assert meta["config"]["seq_length"] == 400
 
 
 def test_page_markers_off_and_copied_pages(tmp_path, qwen_tokenizer_dir, qwen_tokenizer):
@@ -210,7 +210,7 @@ def test_packing_against_the_enumerated_optimum():
 def test_too_long_samples_are_dropped_and_reported(tmp_path, qwen_tokenizer_dir, capsys):
     pool, tasks, _ = make_inputs(tmp_path, pages=lambda i: 3 if i < 5 else 40)  # doc 5: ~1,700 tokens
     args = ["build", str(tasks), "--pool", str(tmp_path / "pool"), "--tokenizer", str(qwen_tokenizer_dir),
-            "-o", str(tmp_path / "out" / "d"), "--max-seq-len", "400", "--token-budget", "5000", "--no-progress"]
+            "-o", str(tmp_path / "out" / "d"), "--seq-length", "400", "--token-budget", "5000", "--no-progress"]
     pool.register()
     import preprocess.dataset.run as run_mod
 

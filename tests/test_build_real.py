@@ -69,7 +69,7 @@ def real_inputs(tmp_path_factory, pdf_dir):
 def test_real_pool_mixture_lengths_and_round_trip(real_inputs, qwen_tokenizer_dir, qwen_tokenizer):
     tmp, pool, tasks, rows = real_inputs
     common = dict(tasks=[str(tasks)], pool=str(tmp / "pool"), tokenizer=str(qwen_tokenizer_dir),
-                  max_seq_len=32768, token_budget=6e6, progress=False, max_repeats=100)
+                  seq_length=32768, token_budget=6e6, progress=False, max_repeats=100)
     native = api.build(output=str(tmp / "native"), **common)
     report = native.report
     # the 58-page document (~37K tokens at 72 dpi) does not fit 32K: dropped and reported, per task,
@@ -140,7 +140,7 @@ def test_synth_tasks_build_and_load(real_inputs, qwen_tokenizer_dir, qwen_tokeni
     rows = [json.loads(line) for line in (tmp / "synth.jsonl").read_text().splitlines()]
     mixture = "extract-single=0.3,extract-multi=0.3,reasoning=0.2,ocr-full=0.1,ocr-needle=0.1"
     api.build(tasks=[str(tmp / "synth.jsonl")], pool=str(tmp / "pool"), tokenizer=str(qwen_tokenizer_dir),
-              output=str(tmp / "synth"), max_seq_len=65536, token_budget=3e6, mixture=mixture, max_repeats=100,
+              output=str(tmp / "synth"), seq_length=65536, token_budget=3e6, mixture=mixture, max_repeats=100,
               progress=False)
     assert_mixture(tmp / "synth", 3e6, {"extract-single": 0.3, "extract-multi": 0.3, "reasoning": 0.2,
                                         "ocr-full": 0.1, "ocr-needle": 0.1})

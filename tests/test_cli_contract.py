@@ -98,7 +98,7 @@ TEXT = {
     "slurm pool stage_args": "--no-such-option", "slurm synth stage_args": "--no-such-option",
     "* --backend": "banana", "* --device": "banana", "* --attn-implementation": "no case: transformers checks it "
     "when the model loads, after the inputs are read (and it accepts custom kernels by name)",
-    "* --rope-ntk-length": "banana", "* --rope-original-length": "banana",
+    "* --rope-target-length": "banana", "* --rope-original-length": "banana",
     "eval niah --lengths": "banana", "eval niah --needle-modes": "banana", "eval docqa --max-context": "banana",
     "eval docqa --instruction": "no case: any text (or '') is an instruction",
     "eval docqa --context-lengths": "banana", "study run --only": "no-such-stage", "demo --study": "no-such-experiment",
@@ -227,14 +227,14 @@ BASELINES = {
     "pool": {"inputs": ["{pdf}"], "--output": "{scratch}/pool", "--min-pages": 0, "--progress": False},
     "synth": {"pool": "{pool}", "--output": "{scratch}/tasks.jsonl", "--progress": False},
     "build": {"tasks": ["{tasks}"], "--pool": "{pool}", "--tokenizer": "{tokenizer}", "--output": "{scratch}/data",
-              "--max-seq-len": 8192, "--token-budget": 8000, "--mixture": "extract-single=1", "--progress": False},
+              "--seq-length": 8192, "--token-budget": 8000, "--mixture": "extract-single=1", "--progress": False},
     "stats": {"prefix": "{data}"},
     "convert hf-to-megatron": {"--hf": "{hf}", "--out": "{scratch}/meg"},
     "convert megatron-to-hf": {"--ckpt": "{megatron}", "--out": "{scratch}/hf"},
     "convert reshard": {"--ckpt": "{megatron}", "--out": "{scratch}/meg"},
     "convert verify": {"--hf": "{hf}", "--ckpt": "{megatron}"},
     "train": {"recipe": "tiny-cpu", "overrides": TRAIN_OVERRIDES, "--output": "{scratch}/run"},
-    "tune": {"--model": "qwen2.5-vl-7b", "--gpus": 2, "--global-batch": 2, "--seq-len": 8192},
+    "tune": {"--model": "qwen2.5-vl-7b", "--gpus": 2, "--global-batch": 2, "--seq-length": 8192},
     "slurm train": {"recipe": "tiny-cpu", "overrides": TRAIN_OVERRIDES, "--run-dir": "{scratch}/run",
                     "--gpus-per-node": 0, "--tasks-per-node": 1},
     "slurm pool": {"--num-shards": 2, "stage_args": ["{pdf}", "-o", "{scratch}/pool"]},
@@ -276,7 +276,7 @@ def inputs(tmp_path_factory, train_inputs, qwen_tokenizer_dir, small_pool, conve
     tasks = root / "tasks.jsonl"
     api.synth(pool=str(small_pool), output=str(tasks), per_doc=1, progress=False, tasks="extract-single")
     api.build(tasks=[str(tasks)], pool=str(small_pool), tokenizer=str(qwen_tokenizer_dir), output=str(root / "pooldata"),
-              max_seq_len=8192, token_budget=8000, mixture="extract-single=1", progress=False)
+              seq_length=8192, token_budget=8000, mixture="extract-single=1", progress=False)
     predictions = root / "predictions.jsonl"
     predictions.write_text('{"question": "q", "answer": "4", "answer_format": "Int", "prediction": "4"}\n')
     questions = root / "questions.jsonl"

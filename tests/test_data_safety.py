@@ -165,7 +165,7 @@ def build_inputs(reference_pool, qwen_tokenizer_dir, tmp_path_factory) -> dict:
 
 def build_args(inputs: dict, prefix: Path, *extra: str) -> list[str]:
     return ["build", inputs["tasks"], "--pool", inputs["pool"], "--tokenizer", inputs["tokenizer"], "-o", str(prefix),
-            "--mixture", "extract-single=0.5,ocr-needle=0.5", "--max-seq-len", "2048", "--token-budget", "8000",
+            "--mixture", "extract-single=0.5,ocr-needle=0.5", "--seq-length", "2048", "--token-budget", "8000",
             "--no-progress", *extra]
 
 
@@ -277,9 +277,9 @@ def test_non_finite_token_budget_is_a_clear_error(build_inputs, tmp_path, capsys
 def test_every_sample_too_long_names_the_limit_not_the_mixture(build_inputs, tmp_path, capsys):
     from longvlm.cli import main
 
-    assert main(build_args(build_inputs, tmp_path / "d", "--max-seq-len", "100")) == 2
+    assert main(build_args(build_inputs, tmp_path / "d", "--seq-length", "100")) == 2
     err = capsys.readouterr().err
-    assert "every sample is longer than --max-seq-len 100 (the shortest has" in err and "--mixture" not in err
+    assert "every sample is longer than --seq-length 100 (the shortest has" in err and "--mixture" not in err
 
 
 def test_text_only_chat_template_is_refused(build_inputs, tmp_path, capsys):

@@ -116,7 +116,7 @@ def test_prompt_is_the_training_sample(tmp_path, pool, small_pool, builder, qwen
     items = [r.pack_item() for r in requests]
     lengths = [len(it["input_ids"]) for it in items]
     api.build(tasks=[str(tasks)], pool=str(small_pool), tokenizer=str(qwen_tokenizer_dir),
-              output=str(tmp_path / "data"), max_seq_len=max(lengths), token_budget=sum(lengths),
+              output=str(tmp_path / "data"), seq_length=max(lengths), token_budget=sum(lengths),
               mixture="extract-single=1", progress=False)
     dataset = BuiltDataset(tmp_path / "data")
     by_length = {len(dataset[i]["input_ids"]): dataset[i] for i in range(len(dataset))}

@@ -283,7 +283,7 @@ def test_rope_overrides_apply_to_the_model_and_are_recorded(tmp_path, small_pool
     from evaluation.rope import resolve_rope
 
     config = DocQAConfig(**_docqa_options(tmp_path, small_pool, checkpoint, qwen_tokenizer_dir, output="x",
-                                          rope_ntk_length="128K"))
+                                          rope_target_length="128K"))
     rope = resolve_rope(config)
     head_dim = 16  # tiny: hidden 64 / 4 heads
     assert rope.base == pytest.approx(1e6 * 4 ** (head_dim / (head_dim - 2)))

@@ -87,7 +87,7 @@ def test_micro_batch_matches_transformers_and_targets(built, qwen_tokenizer):
     padded = [-(-n // 4) * 4 for n in lengths]
     t = -(-sum(padded) // 8) * 8
     assert batch["input_ids"].shape == (1, t) and batch["position_ids"].shape == (3, 1, t)
-    assert batch["real_tokens"] == sum(lengths) < t < 2 * 512  # no padding between rows, not max_seq_len
+    assert batch["real_tokens"] == sum(lengths) < t < 2 * 512  # no padding between rows, not seq_length
     assert batch["cu_seqlens"].tolist() == [0, *np.cumsum(lengths).tolist()]
     starts = [0, *np.cumsum(padded).tolist()]
     assert batch["cu_seqlens_padded"].tolist() == starts[:-1] + [t]
@@ -247,7 +247,7 @@ def test_stats_table_figures_by_hand_and_two_datasets_compared(built, tmp_path, 
     hist = tmp_path / "hist.json"  # nine in ten examples from the longer half
     hist.write_text(json.dumps({"edges": [0, median, 513], "fractions": [0.1, 0.9]}))
     cfg = BuildConfig(tasks=[str(prefix.parent / "tasks.jsonl")], pool=str(prefix.parent / "pool"),
-                      tokenizer=str(qwen_tokenizer_dir), output=str(tmp_path / "biased"), max_seq_len=512,
+                      tokenizer=str(qwen_tokenizer_dir), output=str(tmp_path / "biased"), seq_length=512,
                       token_budget=12000, progress=False, max_repeats=1000, length_dist=str(hist))
     build(cfg, pool=pool)
     native, biased = api.stats(prefix=[str(prefix), str(tmp_path / "biased")], plot=str(tmp_path / "both.png"))

@@ -104,7 +104,7 @@ def long_inputs(tmp_path):
 
 def _build(tmp_path, pool, tasks, tokenizer, short, **kw):
     options = dict(tasks=[str(tasks)], pool=str(tmp_path / "pool"), tokenizer=str(tokenizer),
-                   output=str(tmp_path / "out" / "data"), max_seq_len=400, token_budget=20000, progress=False,
+                   output=str(tmp_path / "out" / "data"), seq_length=400, token_budget=20000, progress=False,
                    max_repeats=1000, short_data=[str(p) for p in short], short_share=0.2)
     options.update(kw)
     return build(BuildConfig(**options), pool=pool)

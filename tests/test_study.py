@@ -128,7 +128,7 @@ def test_two_contrasting_experiments_end_to_end(small_pool, tmp_path):
     data holding far more near-maximum-length examples; a rerun reuses every artifact; a lost step reruns."""
     out = tmp_path / "demo"
     records = api.demo(output=str(out), pool=str(small_pool), study=["length-pool-native", "length-long-biased"],
-                       max_seq_len=3584, token_budget=3e4, train_steps=2)
+                       seq_length=3584, token_budget=3e4, train_steps=2)
     status = {r.name: r.result.split()[0] for r in records if ": " in r.name}
     assert status["length-long-biased: synth"] == "reused"  # synthesized once for both
     assert all(v == "ran" for k, v in status.items() if k != "length-long-biased: synth")

@@ -117,7 +117,7 @@ def test_rows_of_a_built_dataset(built_data):
 
     workload = dataset_workload([built_data])
     data = BuiltDataset(built_data, check_pool=False, decode_images=False)
-    assert workload.seq_len == 512 and len(workload.rows) == len(data)
+    assert workload.seq_length == 512 and len(workload.rows) == len(data)
     for row, i in zip(workload.rows, range(len(data))):
         item = data[i]
         assert row.tokens == len(item["input_ids"]) and len(row.segments) == len(item["cu_seqlens"]) - 1
@@ -150,7 +150,7 @@ def test_model_from_checkpoints_and_recipe(tmp_path, tiny_hf_checkpoint, convert
         "train": {"seq_length": 512, "global_batch_size": 8, "precision": "bf16"}}))
     tuned = tmp_path / "tuned.yaml"
     from_recipe = api.tune(model=str(recipe), write_recipe=str(tuned), explain=2, **common)
-    assert from_recipe.request.global_batch == 8 and from_recipe.workload.seq_len == 512
+    assert from_recipe.request.global_batch == 8 and from_recipe.workload.seq_length == 512
     assert [c.layout for c in from_recipe.ranked] == [c.layout for c in hf.ranked]
     chosen = from_recipe.ranked[1].layout
     written = load_recipe(tuned)

@@ -25,7 +25,7 @@ def make_train_inputs(tmp: Path, tokenizer_dir: Path) -> dict:
                      "question": f"Question {i}: what is on page 1?", "answer": answer})
     tasks = write_tasks(tmp / "tasks.jsonl", rows)
     build(BuildConfig(tasks=[str(tasks)], pool=str(tmp / "pool"), tokenizer=str(tokenizer_dir),
-                      output=str(tmp / "data"), max_seq_len=512, token_budget=2500, copy_pages=True,
+                      output=str(tmp / "data"), seq_length=512, token_budget=2500, copy_pages=True,
                       mixture="extract-single=1,extract-multi=1", progress=False), pool=pool)
     return {"hf": hf, "data": tmp / "data", "tmp": tmp}
 

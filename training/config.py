@@ -70,7 +70,7 @@ class DataSettings:
 
 @dataclass
 class TrainSettings:
-    seq_length: int | None = None  # longest row; default: the datasets' max_seq_len. Rows train at their own length
+    seq_length: int | None = None  # longest row; default: the datasets' seq_length. Rows train at their own length
     micro_batch_size: int = 1  # rows per micro-batch on each data-parallel rank
     global_batch_size: int = 32  # rows per optimizer step (32 x 131,072 = the paper's 4M tokens)
     train_tokens: float | None = 5e9  # token budget (rows x seq_length); sets the steps unless train_steps does

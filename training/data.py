@@ -102,7 +102,7 @@ def plan_data(config: TrainConfig, arch: VLArch, context_length: int, tokenizer_
                                   f"'longvlm build --tokenizer {tokenizer_dir}'")
         else:
             check_vocabulary(key, built, arch)
-        longest = max(longest, int(meta["config"]["max_seq_len"]))
+        longest = max(longest, int(meta["config"]["seq_length"]))
     seq_length = config.seq_length(longest)
     if longest > seq_length:
         raise RecipeError(f"train.seq_length={seq_length:,} is shorter than the datasets' rows (up to {longest:,} "

@@ -59,7 +59,7 @@ def planned_steps(config) -> int | None:
     if config.train.train_steps is not None:
         return config.train.train_steps
     try:
-        longest = max(int(read_meta(s.prefix)["config"]["max_seq_len"]) for s in config.data.train)
+        longest = max(int(read_meta(s.prefix)["config"]["seq_length"]) for s in config.data.train)
     except Exception:  # noqa: BLE001 - status shows what it can
         return None
     return config.steps(config.seq_length(longest))

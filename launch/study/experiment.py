@@ -128,7 +128,7 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
 
 def check(experiment: Experiment) -> None:
     """Every stage option exists (checked against the stage's own dataclass), names are usable."""
-    from megatron_vlm.utils.config_args import option_names
+    from megatron_vlm.utils.config_args import option_names, renamed_options
     from preprocess.dataset.config import BuildConfig
     from preprocess.synth.config import SynthConfig
 
@@ -141,6 +141,10 @@ def check(experiment: Experiment) -> None:
         sections.append(("sft.build", experiment.sft.build, BuildConfig, OWNED["build"]))
     for section, options, cls, owned in sections:
         known = set(option_names(cls)) - set(owned)
+        renamed = renamed_options(cls)
+        if old := sorted(set(options) & set(renamed)):
+            raise StudyError(f"{where}: {section}.{old[0]} is now {section}.{renamed[old[0]]}: rename the key "
+                             "(the same value)")
         unknown = sorted(set(options) - known)
         if unknown:
             raise StudyError(f"{where}: {section}.{unknown[0]} is not an option of longvlm {section.split('.')[-1]} "

@@ -3,7 +3,7 @@ with the scale changed so it runs on one CPU in minutes.
 
 Kept from the experiment: which tasks, the mixture, the length distribution, short data and its
 share, page markers, the training overrides (e.g. the RoPE base), whether an SFT phase follows.
-Changed: the offline QA generator (no model server), rows of ``max_seq_len`` tokens (the built-in
+Changed: the offline QA generator (no model server), rows of ``seq_length`` tokens (the built-in
 length bins scale with it, so "long-biased" still means near-maximum-length rows), a small token
 budget, the tiny model with the ``tiny-cpu`` recipe, and the evaluation: docqa by teacher forcing on
 held-out synthesized questions at two context lengths (the benchmarks need their own files and a
@@ -57,13 +57,13 @@ def write_short_data(pool_dir: str | Path, out: Path, pages_per_doc: int = 4) ->
     return path
 
 
-def miniature_file(name: str, out: Path, *, inputs: dict, eval_tasks: Path, max_seq_len: int, token_budget: float,
+def miniature_file(name: str, out: Path, *, inputs: dict, eval_tasks: Path, seq_length: int, token_budget: float,
                    train_steps: int, seed: int) -> Path:
     """Write ``out/NAME.yaml``: experiment NAME at the demo's scale (see the module docstring)."""
     source = experiment_file(name)
     original = raw_experiment(source)
     overrides = lambda key: list(OmegaConf.select(original, key, default=None) or [])  # noqa: E731
-    scale = {"max_seq_len": max_seq_len, "token_budget": token_budget, "max_repeats": 1000.0, "workers": 1}
+    scale = {"seq_length": seq_length, "token_budget": token_budget, "max_repeats": 1000.0, "workers": 1}
     steps = [f"train.train_steps={train_steps}", f"train.seed={seed}"]
     mini = {
         "inherit": str(source), "name": original.name, "inputs": inputs,
@@ -72,7 +72,7 @@ def miniature_file(name: str, out: Path, *, inputs: dict, eval_tasks: Path, max_
         "train": {"recipe": "tiny-cpu", "overrides": [*overrides("train.overrides"), *steps]},
         "eval": [{"name": "docqa", "task": "docqa", "options": {
             "input": str(eval_tasks), "pool": inputs["pool"], "backend": "hf", "scoring": "teacher-forcing",
-            "device": "cpu", "context_lengths": [str(max_seq_len // 2), str(max_seq_len)]}}],
+            "device": "cpu", "context_lengths": [str(seq_length // 2), str(seq_length)]}}],
     }
     if OmegaConf.select(original, "sft", default=None) is not None:
         mini["sft"] = {"build": {**scale, "token_budget": min(token_budget, 3e4), "seed": seed},

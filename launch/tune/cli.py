@@ -1,6 +1,6 @@
 """``longvlm tune``: rank the parallel layouts of a training run (any registered model family) by predicted speed.
 
-    longvlm tune --model qwen2.5-vl-7b --seq-len 131072 --gpus 64 --gpus-per-node 8 --gpu h100 \\
+    longvlm tune --model qwen2.5-vl-7b --seq-length 131072 --gpus 64 --gpus-per-node 8 --gpu h100 \\
         --global-batch 32 [--data DATA_PREFIX] [--explain 1] [--json] [--write-recipe OUT.yaml]
 
 ``--model`` is a preset, a Hugging Face checkpoint, a Megatron checkpoint or a training recipe; a

@@ -13,7 +13,7 @@ from megatron_vlm.utils.checks import MAX_GPUS, check_number
 
 GPU_CHOICES = (*GPUS, "cpu")
 PRECISIONS = ("fp32", "bf16", "fp8")
-DEFAULT_SEQ_LEN = 131072
+DEFAULT_SEQ_LENGTH = 131072
 MAX_SEQ_LEN = 2 ** 24  # 16M tokens, 32x the paper's longest: a synthetic row lists its pages one by one
 
 
@@ -24,13 +24,13 @@ class TuneConfig:
         "config.json, a Megatron checkpoint ('longvlm convert' or training), or a training recipe (YAML file or "
         "built-in name) whose settings become the defaults below"})
     gpus: int = field(metadata={"help": "GPUs in the job"})
-    seq_len: int | None = field(default=None, metadata={
-        "help": f"longest packed row in tokens (default: the recipe's train.seq_length, the datasets' "
-                f"max_seq_len, else {DEFAULT_SEQ_LEN})"})
+    seq_length: int | None = field(default=None, metadata={"was": ("seq_len",), "help": (
+        f"packed row length in tokens (default: the recipe's train.seq_length, the datasets' seq_length, else "
+        f"{DEFAULT_SEQ_LENGTH})")})
     global_batch: int | None = field(default=None, metadata={
         "metavar": "ROWS", "help": "rows per optimizer step (default: the recipe's train.global_batch_size)"})
     global_batch_tokens: int | None = field(default=None, metadata={
-        "metavar": "TOKENS", "help": "instead of --global-batch: tokens per step, in rows of --seq-len (rounded down)"})
+        "metavar": "TOKENS", "help": "instead of --global-batch: tokens per step, in rows of --seq-length (rounded down)"})
     gpus_per_node: int = field(default=8, metadata={"help": "GPUs per node (NVLink domain)"})
     gpu: str = field(default="h100", metadata={
         "choices": GPU_CHOICES, "help": "GPU preset (docs/tune.md lists the figures); 'cpu' measures this machine"})
@@ -97,7 +97,7 @@ class TuneConfig:
         for name in ("top", "global_batch", "global_batch_tokens", "sample_tokens",
                      "answer_tokens", "prefetch_factor", "explain"):
             check_number(f"--{name.replace('_', '-')}", getattr(self, name), ge=1)
-        check_number("--seq-len", self.seq_len, ge=1, le=MAX_SEQ_LEN)
+        check_number("--seq-length", self.seq_length, ge=1, le=MAX_SEQ_LEN)
         check_number("--loader-workers", self.loader_workers, ge=0)
         for name in ("gpu_memory_gib", "peak_tflops", "hbm_gbps", "nvlink_gbps", "network_gbps", "host_memory_gib",
                      "dpi"):

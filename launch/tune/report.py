@@ -142,7 +142,7 @@ def infeasible_reason(plan: Plan) -> str:
     if full is not None:
         text += f"; recompute=full would bring it to {full.peak.total / GIB:.1f} GiB"
     hint = "more GPUs (DP x CP shards the optimizer, CP the activations)" if states > acts else \
-        "more context parallelism (--gpus), a shorter --seq-len, or fewer answer tokens"
+        "more context parallelism (--gpus), a shorter --seq-length, or fewer answer tokens"
     return text + f". Try {hint}."
 
 

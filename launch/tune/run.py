@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from launch.tune.config import DEFAULT_SEQ_LEN, TuneConfig
+from launch.tune.config import DEFAULT_SEQ_LENGTH, TuneConfig
 from launch.tune.presets import MODELS
 from megatron_vlm.errors import ConfigError, LongVLMError
 from megatron_vlm.hardware import GPUS
@@ -63,20 +63,20 @@ def run(config: TuneConfig):
     train = recipe.train if recipe else None
     prefixes = config.data or ([s.prefix for s in recipe.data.train] if recipe else None)
     if prefixes:
-        workload = dataset_workload(prefixes, _first(config.seq_len, train and train.seq_length))
+        workload = dataset_workload(prefixes, _first(config.seq_length, train and train.seq_length))
     else:
-        workload = synthetic_workload(_first(config.seq_len, train and train.seq_length, DEFAULT_SEQ_LEN),
+        workload = synthetic_workload(_first(config.seq_length, train and train.seq_length, DEFAULT_SEQ_LENGTH),
                                       arch.family.geometry, sample_tokens=config.sample_tokens, dpi=config.dpi,
                                       image_share=config.image_share, answer_tokens=config.answer_tokens)
-    seq_len = workload.seq_len
+    seq_length = workload.seq_length
     rows = _first(config.global_batch,
-                  config.global_batch_tokens // seq_len if config.global_batch_tokens is not None else None,
+                  config.global_batch_tokens // seq_length if config.global_batch_tokens is not None else None,
                   train and train.global_batch_size)
     if rows is None:
         raise ConfigError("give --global-batch (rows per step) or --global-batch-tokens, or a recipe that has one")
     if rows <= 0:
-        raise ConfigError(f"--global-batch-tokens {config.global_batch_tokens:,} is less than one row of --seq-len "
-                          f"{seq_len:,} tokens")
+        raise ConfigError(f"--global-batch-tokens {config.global_batch_tokens:,} is less than one row of --seq-length "
+                          f"{seq_length:,} tokens")
     if too_big := [m for m in config.micro_batch if m > rows]:
         raise ConfigError(f"--micro-batch {' '.join(map(str, too_big))} exceeds the global batch of {rows} rows")
     efficiency = Efficiency(gemm=config.gemm_efficiency, attention=config.attention_efficiency)
@@ -141,7 +141,7 @@ def write_recipe(result, candidate, config: TuneConfig) -> Path:
     recipe.model.transformer_impl = setup.transformer_impl
     recipe.train.micro_batch_size = layout.micro_batch
     recipe.train.global_batch_size = result.request.global_batch
-    recipe.train.seq_length = result.workload.seq_len
+    recipe.train.seq_length = result.workload.seq_length
     recipe.train.precision = setup.precision
     recipe.optimizer.distributed_optimizer = setup.distributed_optimizer
     problems = recipe.backend_problems(result.arch)

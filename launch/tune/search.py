@@ -43,7 +43,7 @@ class Request:
 
     gpus: int
     gpus_per_node: int
-    global_batch: int                  # rows of workload.seq_len tokens per optimizer step
+    global_batch: int                  # rows of workload.seq_length tokens per optimizer step
     gpu: GpuSpec
     setup: Setup = Setup()
     efficiency: Efficiency = Efficiency()

@@ -46,9 +46,9 @@ class Row:
 
 @dataclass(frozen=True)
 class Workload:
-    """Rows of ``seq_len`` tokens; ``source`` says where they come from (shown in reports)."""
+    """Rows of ``seq_length`` tokens; ``source`` says where they come from (shown in reports)."""
 
-    seq_len: int
+    seq_length: int
     rows: tuple[Row, ...]
     source: str
 
@@ -82,7 +82,7 @@ class Workload:
 
     def describe(self) -> str:
         r = self.peak_row
-        return (f"{self.source}: rows of up to {self.seq_len:,} tokens (mean {self.mean_tokens:,.0f}); heaviest: "
+        return (f"{self.source}: rows of up to {self.seq_length:,} tokens (mean {self.mean_tokens:,.0f}); heaviest: "
                 f"{len(r.segments)} samples, {len(r.image_grids)} images ({r.image_tokens:,} image tokens), "
                 f"{r.answer_tokens:,} answer tokens")
 
@@ -93,42 +93,42 @@ def page_grid(dpi: float, geometry: ImageGeometry, page_points: tuple[int, int] 
     return geometry.grid_thw(*geometry.smart_resize(height, width))
 
 
-def synthetic_workload(seq_len: int, geometry: ImageGeometry, *, sample_tokens: int | None = None, dpi: float = 144.0,
+def synthetic_workload(seq_length: int, geometry: ImageGeometry, *, sample_tokens: int | None = None, dpi: float = 144.0,
                        image_share: float = 0.9, answer_tokens: int = 1024) -> Workload:
-    """Rows packed with ``seq_len // sample_tokens`` samples (rest: padding), each sample
+    """Rows packed with ``seq_length // sample_tokens`` samples (rest: padding), each sample
     ``image_share`` page images of A4 pages at ``dpi`` (at the model family's ``geometry``); ``answer_tokens``
     loss tokens per row."""
-    sample = sample_tokens or seq_len
-    if not 0 < sample <= seq_len:
-        raise ConfigError(f"--sample-tokens {sample} must be in 1..--seq-len ({seq_len})")
+    sample = sample_tokens or seq_length
+    if not 0 < sample <= seq_length:
+        raise ConfigError(f"--sample-tokens {sample} must be in 1..--seq-length ({seq_length})")
     if not 0 <= image_share < 1:
         raise ConfigError(f"--image-share {image_share} must be in [0, 1)")
     grid = page_grid(dpi, geometry)
     page_tokens = grid[0] * grid[1] * grid[2] // geometry.merge_size ** 2
     pages = int(sample * image_share) // page_tokens
-    samples = seq_len // sample
-    segments = [sample] * samples + ([seq_len - samples * sample] if seq_len % sample else [])
-    row = Row(tuple(segments), (grid,) * (pages * samples), min(answer_tokens, seq_len), geometry.merge_size)
-    return Workload(seq_len, (row,), f"synthetic ({samples} x {sample:,}-token samples, {pages} pages of "
+    samples = seq_length // sample
+    segments = [sample] * samples + ([seq_length - samples * sample] if seq_length % sample else [])
+    row = Row(tuple(segments), (grid,) * (pages * samples), min(answer_tokens, seq_length), geometry.merge_size)
+    return Workload(seq_length, (row,), f"synthetic ({samples} x {sample:,}-token samples, {pages} pages of "
                                      f"{page_tokens:,} tokens each at {dpi:g} dpi)")
 
 
-def dataset_workload(prefixes: list[str], seq_len: int | None = None, *, max_rows: int = 2000) -> Workload:
+def dataset_workload(prefixes: list[str], seq_length: int | None = None, *, max_rows: int = 2000) -> Workload:
     """Rows of built datasets (``longvlm build -o PREFIX``), evenly spaced, at most ``max_rows`` in all.
 
     Rows train at their own length (the loader pads a micro-batch only to its longest row), so a row is
-    its packed samples; ``seq_len`` (default: the datasets' ``max_seq_len``) is the longest allowed.
+    its packed samples; ``seq_length`` (default: the datasets' ``seq_length``) is the longest allowed.
     """
     from megatron_vlm.data.dataset import BuiltDataset
 
     datasets = [(p, BuiltDataset(p, check_pool=False, decode_images=False)) for p in prefixes]
-    longest = max(int(d.meta["config"]["max_seq_len"]) for _, d in datasets)
-    seq_len = seq_len or longest
+    longest = max(int(d.meta["config"]["seq_length"]) for _, d in datasets)
+    seq_length = seq_length or longest
     rows = []
     for prefix, data in datasets:
-        if int(data.meta["config"]["max_seq_len"]) > seq_len:
-            raise ConfigError(f"dataset {prefix} was packed to {int(data.meta['config']['max_seq_len']):,} tokens, "
-                              f"longer than --seq-len {seq_len:,}")
+        if int(data.meta["config"]["seq_length"]) > seq_length:
+            raise ConfigError(f"dataset {prefix} was packed to {int(data.meta['config']['seq_length']):,} tokens, "
+                              f"longer than --seq-length {seq_length:,}")
         if len(data) == 0:
             raise ConfigError(f"dataset {prefix} holds no packed rows")
         count = max(1, max_rows // len(datasets))
@@ -137,7 +137,7 @@ def dataset_workload(prefixes: list[str], seq_len: int | None = None, *, max_row
             rows.append(Row(tuple(int(n) for n in np.diff(item["cu_seqlens"])),
                             tuple(tuple(int(x) for x in g) for g in item["image_grid_thw"]),
                             int(np.asarray(item["targets"]).sum()), data.geometry.merge_size))
-    return Workload(seq_len, tuple(rows), f"{', '.join(prefixes)} ({len(rows)} rows read)")
+    return Workload(seq_length, tuple(rows), f"{', '.join(prefixes)} ({len(rows)} rows read)")
 
 
 __all__ = ["Row", "Workload", "dataset_workload", "page_grid", "synthetic_workload"]

@@ -104,6 +104,9 @@ def read_meta(prefix: str | os.PathLike) -> dict:
             if meta.get("kind") == KIND and meta.get("format_version") == 1 else ""
         raise DatasetFormatError(f"{path}: kind {meta.get('kind')!r} version {meta.get('format_version')!r}; "
                                  f"this reader reads {KIND!r} version {FORMAT_VERSION}{hint}")
+    config = meta.get("config")
+    if isinstance(config, dict) and "seq_length" not in config and "max_seq_len" in config:
+        config["seq_length"] = config.pop("max_seq_len")  # built before `longvlm build --max-seq-len` became --seq-length
     missing = [key for key, kind in _SHAPE if not isinstance(_get(meta, key), kind)]
     if missing:
         raise DatasetFormatError(f"{path}: {', '.join(missing)} missing or of the wrong type; the file is damaged: "
@@ -113,7 +116,7 @@ def read_meta(prefix: str | os.PathLike) -> dict:
 
 # what the readers take from DATA_PREFIX.json, and its type
 _SHAPE = (("files", dict), ("files_dir", str), ("pages", str), ("counts.samples", int), ("counts.packs", int),
-          ("counts.pages", int), ("config.max_seq_len", int), ("inputs.pool.path", str),
+          ("counts.pages", int), ("config.seq_length", int), ("inputs.pool.path", str),
           ("inputs.pool.fingerprint", str), ("inputs.tokenizer.sha256", dict), ("task_names", list))
 
 

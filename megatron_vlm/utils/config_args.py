@@ -12,7 +12,10 @@ A field becomes ``--field-name`` (underscores to dashes) with its default, its t
 - ``fields``: for a field whose type is itself a dataclass (e.g. a ``ParallelLayout``), which of its
   fields become options (default: all); they are declared by that dataclass, not repeated here;
 - ``group``: the title of an argument group the option is listed under in ``--help`` (options
-  shared by several commands, e.g. those of an OpenAI-compatible endpoint, come as one group).
+  shared by several commands, e.g. those of an OpenAI-compatible endpoint, come as one group);
+- ``was``: earlier names of the field (``("max_seq_len",)``): given on the command line or to the API,
+  they are refused with one line naming the new option (a script written for the old name is told
+  what to change instead of getting "unrecognized arguments").
 
 ``bool`` fields become ``--x/--no-x``; ``list[T]`` fields take one or more values; ``Optional[T]``
 fields default to ``None``.
@@ -54,6 +57,35 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, names: t
             add_dataclass_arguments(_group(parser, f.metadata.get("group")), tp, f.metadata.get("fields"))
         else:
             _add_field(parser, f, tp)
+        for old in f.metadata.get("was", ()):
+            parser.add_argument(_option(old), action=_Renamed, new=_option(f.name))
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+class _Renamed(argparse.Action):
+    """A renamed option's old spelling (hidden from ``--help``): refused with the new name."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest=argparse.SUPPRESS, nargs="?", help=argparse.SUPPRESS)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is now {self.new}: give {self.new} instead (the same value)")
+
+
+def renamed_options(cls: type, names: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Old field names -> current ones (the ``was`` metadata), nested dataclasses flattened."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in _selected_fields(cls, names):
+        tp = _unwrap_optional(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            out.update(renamed_options(tp, f.metadata.get("fields")))
+        out.update({old: f.name for old in f.metadata.get("was", ())})
+    return out
 
 
 def _group(parser: argparse.ArgumentParser, title: str | None):
@@ -88,7 +120,7 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp: Any) -
         kwargs["metavar"] = f.metadata.get("metavar", f.name.upper())
         parser.add_argument(f.name, **kwargs)
         return
-    names = ["--" + f.name.replace("_", "-")]
+    names = [_option(f.name)]
     if "flag" in f.metadata:
         names.insert(0, f.metadata["flag"])
     if tp is bool:
@@ -141,6 +173,9 @@ def dataclass_from_options(cls: type[T], options: dict[str, Any]) -> T:
     or not among the option's choices a ``ConfigError`` naming the option (what argparse checks on the
     command line)."""
     known = option_names(cls)
+    renamed = renamed_options(cls)
+    if old := sorted(set(options) & set(renamed)):
+        raise TypeError(f"{old[0]} is now {renamed[old[0]]} (option of {cls.__name__}): give {renamed[old[0]]} instead")
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise TypeError(f"unknown option(s) {', '.join(unknown)} for {cls.__name__}; known: {', '.join(known)}")

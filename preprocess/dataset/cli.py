@@ -31,11 +31,11 @@ def format_report(report: dict) -> str:
         lines.append(f"{b['bin']:<14}{b['target']:>8.1%}{b['achieved']:>10.1%}{b['examples']:>10}{b['candidates']:>12}")
     lines.append(f"examples >= {length['long_threshold']:,} tokens: {length['achieved_long_share']:.1%}")
     lines.append(f"\npacking: {packing['samples']} samples into {packing['packs']} sequences of "
-                 f"{packing['max_seq_len']:,}; fill {packing['fill_ratio']:.2%} (no packing of these "
+                 f"{packing['seq_length']:,}; fill {packing['fill_ratio']:.2%} (no packing of these "
                  f"lengths can exceed {packing['fill_upper_bound']:.2%})")
     drop = report["dropped_too_long"]
     if drop["per_task"]:
-        lines.append(f"DROPPED (longer than {drop['max_seq_len']:,} tokens): "
+        lines.append(f"DROPPED (longer than {drop['seq_length']:,} tokens): "
                      + ", ".join(f"{k}: {v}" for k, v in drop["per_task"].items())
                      + f"; e.g. {', '.join(drop['examples'][:3])}")
     short = report.get("short_data")

@@ -34,8 +34,8 @@ class BuildConfig:
         "choices": family_names(),
         "help": "model family the dataset is built for: its image geometry (pages of a pool rendered for "
                 "another family are resized) and token ids (default: the pool's family)"})
-    max_seq_len: int = field(default=131072, metadata={
-        "help": "packed sequence length; longer samples are dropped and counted"})
+    seq_length: int = field(default=131072, metadata={"was": ("max_seq_len",), "help": (
+        "packed row length in tokens (the run's train.seq_length); longer samples are dropped and counted")})
     token_budget: float = field(default=5e9, metadata={
         "help": "total sample tokens in the dataset (samples are repeated or subsampled to meet it within 1%%)"})
     max_repeats: float = field(default=4.0, metadata={
@@ -47,7 +47,7 @@ class BuildConfig:
     length_dist: str = field(default="pool-native", metadata={
         "metavar": "pool-native|long-biased|FILE",
         "help": "target histogram of sample lengths: the pool's own, the paper's long-biased "
-                "(83.9%% of examples >= 100K tokens; its bins scaled by --max-seq-len / 128K), or a JSON "
+                "(83.9%% of examples >= 100K tokens; its bins scaled by --seq-length / 128K), or a JSON "
                 "file {edges, fractions}"})
     short_data: list[str] | None = field(default=None, metadata={
         "metavar": "FILE",
@@ -73,7 +73,7 @@ class BuildConfig:
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
     def validate(self) -> None:
-        check_number("--max-seq-len", self.max_seq_len, ge=1, le=MAX_SEQ_LEN, error=BuildError)
+        check_number("--seq-length", self.seq_length, ge=1, le=MAX_SEQ_LEN, error=BuildError)
         check_token_budget(self.token_budget)
         check_number("--max-repeats", self.max_repeats, ge=1, error=BuildError)
         check_number("--workers", self.workers, ge=1, le=MAX_WORKERS, error=BuildError)

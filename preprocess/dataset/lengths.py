@@ -7,8 +7,8 @@ least 100K tokens") over token-length bins ``[edges[i], edges[i+1])``:
 - ``long-biased``: 83.9% of examples >= 100K tokens (the paper's long-biased variant, Table 11);
 - ``FILE``: a JSON file ``{"edges": [0, 32768, ...], "fractions": [...]}`` (one fraction per bin).
 
-The built-in bins are the paper's at its 128K sequence length; a dataset of another ``--max-seq-len``
-uses them scaled by ``max_seq_len / 131072`` (:func:`scaled_edges`), so "long-biased" means the same
+The built-in bins are the paper's at its 128K sequence length; a dataset of another ``--seq-length``
+uses them scaled by ``seq_length / 131072`` (:func:`scaled_edges`), so "long-biased" means the same
 share of near-maximum-length examples at any scale (the 8K-token demo's long bin starts at 6.1K).
 """
 
@@ -31,15 +31,15 @@ LONG_THRESHOLD = 100_000
 PAPER_SEQ_LEN = 128 * K
 
 
-def scaled_edges(max_seq_len: int = PAPER_SEQ_LEN) -> tuple[int, ...]:
-    """:data:`DEFAULT_EDGES` scaled from the paper's 128K to ``max_seq_len`` (the last edge stays open)."""
-    scale = max_seq_len / PAPER_SEQ_LEN
+def scaled_edges(seq_length: int = PAPER_SEQ_LEN) -> tuple[int, ...]:
+    """:data:`DEFAULT_EDGES` scaled from the paper's 128K to ``seq_length`` (the last edge stays open)."""
+    scale = seq_length / PAPER_SEQ_LEN
     return tuple(round(e * scale) for e in DEFAULT_EDGES[:-1]) + (DEFAULT_EDGES[-1],)
 
 
-def long_threshold(max_seq_len: int = PAPER_SEQ_LEN) -> int:
-    """The paper's "long" example (>= 100K of 128K tokens), scaled to ``max_seq_len``."""
-    return scaled_edges(max_seq_len)[-2]
+def long_threshold(seq_length: int = PAPER_SEQ_LEN) -> int:
+    """The paper's "long" example (>= 100K of 128K tokens), scaled to ``seq_length``."""
+    return scaled_edges(seq_length)[-2]
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,12 @@ class LengthTarget:
         return idx
 
 
-def load_length_target(spec: str, max_seq_len: int = PAPER_SEQ_LEN) -> LengthTarget:
-    """``pool-native``, ``long-biased`` (bins scaled to ``max_seq_len``) or the path of a JSON histogram file."""
+def load_length_target(spec: str, seq_length: int = PAPER_SEQ_LEN) -> LengthTarget:
+    """``pool-native``, ``long-biased`` (bins scaled to ``seq_length``) or the path of a JSON histogram file."""
     if spec == "pool-native":
-        return LengthTarget(spec, scaled_edges(max_seq_len), None)
+        return LengthTarget(spec, scaled_edges(seq_length), None)
     if spec == "long-biased":
-        return LengthTarget(spec, scaled_edges(max_seq_len), LONG_BIASED_FRACTIONS)
+        return LengthTarget(spec, scaled_edges(seq_length), LONG_BIASED_FRACTIONS)
     path = Path(spec)
     if not path.is_file():
         raise BuildError(f"--length-dist {spec}: not 'pool-native', 'long-biased' or an existing JSON file")
@@ -97,9 +97,9 @@ def bin_label(lo: int, hi: int) -> str:
 
 
 def length_report(target: LengthTarget, candidate_lengths: np.ndarray, selected_lengths: np.ndarray,
-                  max_seq_len: int = PAPER_SEQ_LEN) -> dict:
+                  seq_length: int = PAPER_SEQ_LEN) -> dict:
     """Target vs achieved example shares per bin, and the share of long examples (>= 100K tokens at
-    128K, scaled to ``max_seq_len``)."""
+    128K, scaled to ``seq_length``)."""
     edges = target.edges
     cand = histogram(candidate_lengths, edges)
     got = histogram(selected_lengths, edges)
@@ -114,6 +114,6 @@ def length_report(target: LengthTarget, candidate_lengths: np.ndarray, selected_
         "name": target.name,
         "bins": bins,
         "max_abs_error": float(max(abs(b["target"] - b["achieved"]) for b in bins)),
-        "long_threshold": long_threshold(max_seq_len),
-        "achieved_long_share": float((selected >= long_threshold(max_seq_len)).mean()) if len(selected) else 0.0,
+        "long_threshold": long_threshold(seq_length),
+        "achieved_long_share": float((selected >= long_threshold(seq_length)).mean()) if len(selected) else 0.0,
     }

@@ -1,4 +1,4 @@
-"""Packing samples into sequences of at most ``max_seq_len`` tokens, never splitting a sample.
+"""Packing samples into sequences of at most ``seq_length`` tokens, never splitting a sample.
 
 Best-fit decreasing over windows: the (already shuffled) samples are cut into windows of
 ``window`` samples; within a window the samples are placed longest first, each into the open
@@ -13,14 +13,14 @@ import bisect
 import numpy as np
 
 
-def pack(lengths: np.ndarray, max_seq_len: int, window: int = 20000) -> list[list[int]]:
-    """Positions into ``lengths`` grouped into packs; each pack's total is <= ``max_seq_len``.
+def pack(lengths: np.ndarray, seq_length: int, window: int = 20000) -> list[list[int]]:
+    """Positions into ``lengths`` grouped into packs; each pack's total is <= ``seq_length``.
 
-    Every length must be <= ``max_seq_len`` (drop longer samples before packing).
+    Every length must be <= ``seq_length`` (drop longer samples before packing).
     """
     lengths = np.asarray(lengths, dtype=np.int64)
-    if len(lengths) and lengths.max() > max_seq_len:
-        raise ValueError(f"a sample of {lengths.max()} tokens exceeds max_seq_len {max_seq_len}")
+    if len(lengths) and lengths.max() > seq_length:
+        raise ValueError(f"a sample of {lengths.max()} tokens exceeds seq_length {seq_length}")
     packs: list[list[int]] = []
     window = max(1, window)
     for start in range(0, len(lengths), window):
@@ -33,25 +33,25 @@ def pack(lengths: np.ndarray, max_seq_len: int, window: int = 20000) -> list[lis
             if k < len(room):
                 free, p = room.pop(k)
             else:
-                free, p = max_seq_len, len(packs)
+                free, p = seq_length, len(packs)
                 packs.append([])
             packs[p].append(int(i))
             bisect.insort(room, (free - need, p))
     return packs
 
 
-def fill_ratio(lengths: np.ndarray, packs: list[list[int]], max_seq_len: int) -> float:
-    """Tokens in packs / (packs x max_seq_len)."""
+def fill_ratio(lengths: np.ndarray, packs: list[list[int]], seq_length: int) -> float:
+    """Tokens in packs / (packs x seq_length)."""
     if not packs:
         return 0.0
-    return float(np.asarray(lengths, dtype=np.int64).sum() / (len(packs) * max_seq_len))
+    return float(np.asarray(lengths, dtype=np.int64).sum() / (len(packs) * seq_length))
 
 
-def fill_upper_bound(lengths: np.ndarray, max_seq_len: int) -> float:
+def fill_upper_bound(lengths: np.ndarray, seq_length: int) -> float:
     """The best fill any packing can reach: every sample longer than half a sequence needs its own
-    sequence, and no sequence holds more than ``max_seq_len`` (the L1 bound of bin packing)."""
+    sequence, and no sequence holds more than ``seq_length`` (the L1 bound of bin packing)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     if not len(lengths):
         return 0.0
-    min_packs = max(int(np.ceil(lengths.sum() / max_seq_len)), int((2 * lengths > max_seq_len).sum()))
-    return float(lengths.sum() / (min_packs * max_seq_len))
+    min_packs = max(int(np.ceil(lengths.sum() / seq_length)), int((2 * lengths > seq_length).sum()))
+    return float(lengths.sum() / (min_packs * seq_length))

@@ -1,7 +1,7 @@
 """``longvlm build``: tasks + pool + tokenizer -> a packed, mixed, length-controlled dataset.
 
 Steps: read and validate the tasks; render and tokenize every sample (exact counts, worker
-processes); drop samples longer than ``max_seq_len``; select samples for the mixture, length target
+processes); drop samples longer than ``seq_length``; select samples for the mixture, length target
 and budget; pack; write every file atomically with the config, input hashes and report in
 ``DATA_PREFIX.json``.
 """
@@ -197,16 +197,16 @@ def _write(config: BuildConfig, pool, docs: dict, grids: dict[str, np.ndarray], 
 
 def _check_lengths(config: BuildConfig, lengths: np.ndarray, task_codes: np.ndarray, too_long: np.ndarray,
                    weights: dict[str, float]) -> None:
-    """Every sample longer than --max-seq-len (or every sample of a task the mixture asks for): say so."""
+    """Every sample longer than --seq-length (or every sample of a task the mixture asks for): say so."""
     if too_long.all():
-        raise BuildError(f"every sample is longer than --max-seq-len {config.max_seq_len:,} (the shortest has "
-                         f"{lengths.min():,} tokens); raise --max-seq-len, or build the pool at a lower --dpi")
+        raise BuildError(f"every sample is longer than --seq-length {config.seq_length:,} (the shortest has "
+                         f"{lengths.min():,} tokens); raise --seq-length, or build the pool at a lower --dpi")
     for name in weights:
         task = task_codes == TASK_NAMES.index(name)
         if task.any() and too_long[task].all():
             raise BuildError(f"--mixture asks for {name}, but all its {int(task.sum())} samples are longer than "
-                             f"--max-seq-len {config.max_seq_len:,} (the shortest has {lengths[task].min():,} "
-                             f"tokens); raise --max-seq-len or leave {name} out of --mixture")
+                             f"--seq-length {config.seq_length:,} (the shortest has {lengths[task].min():,} "
+                             f"tokens); raise --seq-length or leave {name} out of --mixture")
 
 
 def disk_bytes(config: BuildConfig, records: list[TaskRecord], page_tokens: list[np.ndarray],
@@ -231,7 +231,7 @@ def plan_line(config: BuildConfig, records, page_tokens, selection, chosen_lengt
     unique = len(set(selection.indices.tolist()))
     factor = max(t["mean_repeats"] for t in selection.report["tasks"].values())
     size = disk_bytes(config, records, page_tokens, selection.indices, int(chosen_lengths.sum()), len(packs), docs)
-    return (f"plan: {len(packs):,} packs of up to {config.max_seq_len:,} tokens, {int(chosen_lengths.sum()):,} "
+    return (f"plan: {len(packs):,} packs of up to {config.seq_length:,} tokens, {int(chosen_lengths.sum()):,} "
             f"tokens from {unique:,} unique samples (largest repeat factor x{factor:.2f}), "
             f"{size / 1e9:.3f} GB on disk -> {config.output}")
 
@@ -254,7 +254,7 @@ def build(config: BuildConfig, pool=None) -> BuildResult:
     if config.short_share:
         weights = {name: w * (1 - config.short_share) for name, w in weights.items() if config.short_share < 1}
         weights[SHORT] = config.short_share
-    target = load_length_target(config.length_dist, config.max_seq_len)
+    target = load_length_target(config.length_dist, config.seq_length)
     pool = pool if pool is not None else open_pool(config.pool)
     family = get_family(config.family or pool.family)
     config.family = family.model_type
@@ -271,7 +271,7 @@ def build(config: BuildConfig, pool=None) -> BuildResult:
     rendered = tokenize_all([(r.question, r.answer, len(t)) for r, t in zip(records, page_tokens)],
                             config.tokenizer, config.page_markers, config.workers, config.progress)
     samples = [CompactSample(ids, tg, pt) for (ids, tg), pt in zip(rendered, page_tokens)]
-    short = (read_short_data(config.short_data, config.short_image_dir, renderer, config.max_seq_len, family.geometry)
+    short = (read_short_data(config.short_data, config.short_image_dir, renderer, config.seq_length, family.geometry)
              if config.short_data else ShortData([], 0))
     if config.short_data and not short.samples:
         raise BuildError(f"--short-data: no usable record in {', '.join(config.short_data)} "
@@ -282,7 +282,7 @@ def build(config: BuildConfig, pool=None) -> BuildResult:
     task_codes = np.asarray([TASK_NAMES.index(r.task) for r in records]
                             + [TASK_NAMES.index(SHORT)] * len(short.samples), dtype=np.int64)
 
-    too_long = lengths > config.max_seq_len
+    too_long = lengths > config.seq_length
     _check_lengths(config, lengths, task_codes, too_long, weights)
     dropped = {name: int((too_long & (task_codes == c)).sum()) for c, name in enumerate(TASK_NAMES)
                if (too_long & (task_codes == c)).any()}
@@ -298,22 +298,22 @@ def build(config: BuildConfig, pool=None) -> BuildResult:
     long_codes = [TASK_NAMES.index(n) for n in weights if n != SHORT]
     usable = ~too_long & np.isin(task_codes, long_codes)
     chosen_long = chosen_lengths[np.isin(task_codes[selection.indices], long_codes)]
-    packs = pack(chosen_lengths, config.max_seq_len, config.pack_window)
+    packs = pack(chosen_lengths, config.seq_length, config.pack_window)
     print(plan_line(config, records, page_tokens, selection, chosen_lengths, packs, docs), file=sys.stderr,
           flush=True)
 
     report = {
         "records": len(records) + sum(skipped.values()),
         "skipped": dict(skipped),
-        "dropped_too_long": {"max_seq_len": config.max_seq_len, "per_task": dropped,
+        "dropped_too_long": {"seq_length": config.seq_length, "per_task": dropped,
                              "examples": [records[i].id for i in np.flatnonzero(too_long)[:10]]},
         "mixture": selection.report,
-        "length": length_report(target, lengths[usable], chosen_long, config.max_seq_len),
+        "length": length_report(target, lengths[usable], chosen_long, config.seq_length),
         "short_data": _short_report(config, short, selection.report),
-        "packing": {"packs": len(packs), "samples": int(len(chosen_lengths)), "max_seq_len": config.max_seq_len,
+        "packing": {"packs": len(packs), "samples": int(len(chosen_lengths)), "seq_length": config.seq_length,
                     "tokens": int(chosen_lengths.sum()), "window": config.pack_window,
-                    "fill_ratio": fill_ratio(chosen_lengths, packs, config.max_seq_len),
-                    "fill_upper_bound": fill_upper_bound(chosen_lengths, config.max_seq_len)},
+                    "fill_ratio": fill_ratio(chosen_lengths, packs, config.seq_length),
+                    "fill_upper_bound": fill_upper_bound(chosen_lengths, config.seq_length)},
     }
     meta = {
         "format_version": fmt.FORMAT_VERSION,

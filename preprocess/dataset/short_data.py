@@ -220,7 +220,7 @@ def _measure(raw: RawRecord, render, geometry: ImageGeometry) -> ShortSample:
     return ShortSample(raw.key, raw.where, ids, targets, sizes, tokens)
 
 
-def read_short_data(paths: list[str], image_dir: str | None, renderer, max_seq_len: int,
+def read_short_data(paths: list[str], image_dir: str | None, renderer, seq_length: int,
                     geometry: ImageGeometry) -> ShortData:
     """Measure every record (the images decoded, not kept) at the model family's ``geometry``; skipped ones
     counted by reason."""
@@ -239,7 +239,7 @@ def read_short_data(paths: list[str], image_dir: str | None, renderer, max_seq_l
         try:
             sample = _measure(raw, render, geometry)
             length = len(sample.ids) - len(sample.sizes) + int(sample.image_tokens.sum())
-            if length > max_seq_len:
+            if length > seq_length:
                 raise Skip("too_long", f"{length} tokens")
         except Skip as skip:
             out.skipped[skip.reason] += 1

@@ -3,7 +3,7 @@ the way the paper's data tables show them: per task, examples, tokens, mean and 
 and the share of long examples; and the length distribution, target beside achieved.
 
 Length bins follow the dataset's own range: the paper's bins at 128K scaled to the dataset's
-``max_seq_len`` (``preprocess.dataset.lengths.scaled_edges``), so an 8K-token demo dataset spreads
+``seq_length`` (``preprocess.dataset.lengths.scaled_edges``), so an 8K-token demo dataset spreads
 over six bins instead of falling into one.
 """
 
@@ -40,8 +40,8 @@ def dataset_stats(prefix: str | Path) -> dict:
         if len(samples_ds) else np.zeros((0, len(fmt.SAMPLE_FIELDS)), np.int64)
     task_col, img_col, tgt_col = (fmt.SAMPLE_FIELDS.index(k) for k in ("task", "image_tokens", "target_tokens"))
     names = meta["task_names"]
-    max_seq_len = int(meta["config"]["max_seq_len"])
-    edges, threshold = scaled_edges(max_seq_len), long_threshold(max_seq_len)
+    seq_length = int(meta["config"]["seq_length"])
+    edges, threshold = scaled_edges(seq_length), long_threshold(seq_length)
     total = int(lengths.sum())
     per_task = {}
     for code in np.unique(fields[:, task_col]):
@@ -75,8 +75,8 @@ def dataset_stats(prefix: str | Path) -> dict:
                        "share": float(c / max(counts.sum(), 1)), "target": target.get(bin_label(lo, hi))}
                       for lo, hi, c in zip(edges, edges[1:], counts)],
         "packs": packs,
-        "max_seq_len": max_seq_len,
-        "fill_ratio": total / (packs * max_seq_len) if packs else 0.0,
+        "seq_length": seq_length,
+        "fill_ratio": total / (packs * seq_length) if packs else 0.0,
     }
 
 
@@ -100,7 +100,7 @@ def format_stats(stats: dict) -> str:
     for b in stats["histogram"]:
         target = "-" if b["target"] is None else f"{b['target']:.1%}"
         lines.append(f"{b['bin']:<14}{b['examples']:>10}{b['share']:>8.1%}{target:>8}")
-    lines.append(f"\npacking: {stats['packs']} sequences of {stats['max_seq_len']:,}, fill {stats['fill_ratio']:.2%}")
+    lines.append(f"\npacking: {stats['packs']} sequences of {stats['seq_length']:,}, fill {stats['fill_ratio']:.2%}")
     lines.append(f"tokens: image {stats['image_token_share']:.1%}, text {stats['text_token_share']:.1%}")
     return "\n".join(lines)
 
