@@ -198,8 +198,10 @@ def test_without_output_drops_every_spelling_of_the_output_option():
 RANK = """
 import os, signal, sys, time
 rank = os.environ["RANK"]
-signal.signal(signal.SIGTERM, lambda s, f: (print(f"rank {rank} saved", flush=True), sys.exit(75)))
-print(f"rank {rank} of {os.environ['WORLD_SIZE']} at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}", flush=True)
+signal.signal(signal.SIGTERM, lambda s, f: (os.write(1, f"rank {rank} saved\\n".encode()), sys.exit(75)))
+# one write per line: under PYTHONUNBUFFERED print() writes the text and its newline apart, and two
+# ranks on one pipe would interleave them
+os.write(1, f"rank {rank} of {os.environ['WORLD_SIZE']} at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}\\n".encode())
 if rank == os.environ.get("FAIL_RANK"):
     sys.exit(3)
 time.sleep(120)
