@@ -311,6 +311,17 @@ def test_nan_loss_stops_with_the_step_and_its_samples(setup, capsys):
     assert "step 2: loss is nan" in err and "samples: tasks.jsonl:" in err and "guard.on_nan" in err
 
 
+def test_tiny_recipe_run_outside_the_demo_folder_says_where_it_looked(tmp_path, monkeypatch, capsys):
+    from longvlm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "tiny-cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"not found in {tmp_path} ({tmp_path}/demo_out/hf_tiny)" in err
+    assert "longvlm train tiny-cpu model.checkpoint=X/hf_tiny 'data.train=[{prefix: X/data/longpt}]'" in err
+    assert not (tmp_path / "runs").exists()
+
+
 BAD_CONFIGS = [  # (overrides, world size, message)
     ({"parallel.tp": 3}, 3, "4 attention heads / 2 query groups do not divide over tp=3"),
     ({"parallel.pp": 3}, 3, "4 language-model layers do not divide over pp*vpp=3 stages"),

@@ -40,6 +40,25 @@ def main(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(config), end="")
         return 0
+    check_demo_paths(path, config)
     from training.trainer import train
 
     return train(config, args.output or Path("runs") / path.stem)
+
+
+def check_demo_paths(path: Path, config) -> None:
+    """A tiny demo recipe reads ``longvlm demo``'s output by relative paths: run elsewhere, say where it
+    looked and how to point it at a demo written with ``-o X``."""
+    from megatron_vlm.models.registry import families
+    from training.config import RecipeError
+
+    if path.parent != RECIPES or path.stem not in {f.tiny_recipe for f in families()}:
+        return
+    checkpoint = Path(config.model.checkpoint)
+    if checkpoint.is_absolute() or checkpoint.exists():
+        return
+    raise RecipeError(
+        f"model.checkpoint={checkpoint}: not found in {Path.cwd()} ({checkpoint.resolve()}). The {path.stem} recipe "
+        f"reads the output of 'longvlm demo' by paths relative to the folder the demo ran in: run it there, or for "
+        f"'longvlm demo -o X' give: longvlm train {path.stem} model.checkpoint=X/hf_tiny "
+        f"'data.train=[{{prefix: X/data/longpt}}]'")

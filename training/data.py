@@ -17,7 +17,7 @@ from megatron_vlm.data.dataset import BuiltDataset
 from megatron_vlm.data.image_share import ImageShare
 from megatron_vlm.data.loader import build_data_loader
 from megatron_vlm.errors import LongVLMError
-from megatron_vlm.formats.dataset import dataset_family, max_samples_per_pack
+from megatron_vlm.formats.dataset import dataset_family, max_samples_per_pack, row_length
 from megatron_vlm.models.hf_config import VLArch
 from megatron_vlm.parallel import ParallelLayout, TokenPadding
 from training.config import RecipeError, TrainConfig
@@ -102,7 +102,7 @@ def plan_data(config: TrainConfig, arch: VLArch, context_length: int, tokenizer_
                                   f"'longvlm build --tokenizer {tokenizer_dir}'")
         else:
             check_vocabulary(key, built, arch)
-        longest = max(longest, int(meta["config"]["seq_length"]))
+        longest = max(longest, row_length(meta))
     seq_length = config.seq_length(longest)
     if longest > seq_length:
         raise RecipeError(f"train.seq_length={seq_length:,} is shorter than the datasets' rows (up to {longest:,} "

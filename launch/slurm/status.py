@@ -54,12 +54,12 @@ def _jobs(directory: Path) -> tuple[list[dict], str | None]:
 
 def planned_steps(config) -> int | None:
     """The run's optimizer steps, as training plans them (``None`` if its datasets cannot be read here)."""
-    from megatron_vlm.formats.dataset import read_meta
+    from megatron_vlm.formats.dataset import read_meta, row_length
 
     if config.train.train_steps is not None:
         return config.train.train_steps
     try:
-        longest = max(int(read_meta(s.prefix)["config"]["seq_length"]) for s in config.data.train)
+        longest = max(row_length(read_meta(s.prefix)) for s in config.data.train)
     except Exception:  # noqa: BLE001 - status shows what it can
         return None
     return config.steps(config.seq_length(longest))

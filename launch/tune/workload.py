@@ -16,6 +16,7 @@ import numpy as np
 
 from megatron_vlm.errors import ConfigError
 from megatron_vlm.flops import FlopCount, model_flops
+from megatron_vlm.formats.dataset import row_length
 from megatron_vlm.models.geometry import ImageGeometry
 from megatron_vlm.models.hf_config import VLArch
 
@@ -122,11 +123,11 @@ def dataset_workload(prefixes: list[str], seq_length: int | None = None, *, max_
     from megatron_vlm.data.dataset import BuiltDataset
 
     datasets = [(p, BuiltDataset(p, check_pool=False, decode_images=False)) for p in prefixes]
-    longest = max(int(d.meta["config"]["seq_length"]) for _, d in datasets)
+    longest = max(row_length(d.meta) for _, d in datasets)
     seq_length = seq_length or longest
     rows = []
     for prefix, data in datasets:
-        if int(data.meta["config"]["seq_length"]) > seq_length:
+        if row_length(data.meta) > seq_length:
             raise ConfigError(f"dataset {prefix} was packed to {int(data.meta['config']['seq_length']):,} tokens, "
                               f"longer than --seq-length {seq_length:,}")
         if len(data) == 0:

@@ -92,6 +92,11 @@ class DatasetFormatError(LongVLMError, ValueError):
     """The prefix is not a (complete, compatible, undamaged) built dataset, or its pool changed."""
 
 
+def row_length(meta: dict) -> int:
+    """The packed row length a dataset was built for (``longvlm build --seq-length``), from its metadata."""
+    return int(meta["config"]["seq_length"])
+
+
 def read_meta(prefix: str | os.PathLike) -> dict:
     """``DATA_PREFIX.json``, checked for kind and format version."""
     path = meta_path(prefix)

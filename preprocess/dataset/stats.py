@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from megatron_vlm.formats import dataset as fmt
-from megatron_vlm.formats.dataset import open_dataset, open_indexed
+from megatron_vlm.formats.dataset import open_dataset, open_indexed, row_length
 from preprocess.dataset.lengths import bin_label, histogram, long_threshold, scaled_edges
 
 PERCENTILES = (50, 90, 99)
@@ -40,7 +40,7 @@ def dataset_stats(prefix: str | Path) -> dict:
         if len(samples_ds) else np.zeros((0, len(fmt.SAMPLE_FIELDS)), np.int64)
     task_col, img_col, tgt_col = (fmt.SAMPLE_FIELDS.index(k) for k in ("task", "image_tokens", "target_tokens"))
     names = meta["task_names"]
-    seq_length = int(meta["config"]["seq_length"])
+    seq_length = row_length(meta)
     edges, threshold = scaled_edges(seq_length), long_threshold(seq_length)
     total = int(lengths.sum())
     per_task = {}
