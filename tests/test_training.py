@@ -327,7 +327,7 @@ BAD_CONFIGS = [  # (overrides, world size, message)
     ({"parallel.pp": 3}, 3, "4 language-model layers do not divide over pp*vpp=3 stages"),
     ({"train.global_batch_size": 3}, 2, "not a multiple of micro_batch_size x data-parallel size = 1 x 2"),
     ({"parallel.tp": 4}, 2, "world size 2 is not a multiple of tp*pp*cp = 4*1*1 = 4"),
-    ({"model.rope.target_length": 256}, 1, "longer than the model's 256"),
+    ({"model.rope.target_length": 256}, 1, "longer than the model's context length 256"),
     ({"train.seq_length": 256}, 1, "shorter than the datasets' rows"),
     ({"model.checkpoint": "/nonexistent/model"}, 1, "model.checkpoint=/nonexistent/model: does not exist"),
     ({"train.precision": "bf16"}, 1, "train.precision=bf16 needs a GPU"),
