@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from loopback_openai import LoopbackChatServer  # noqa: E402  (the test suite's loopback server)
+from helpers.loopback_openai import LoopbackChatServer  # noqa: E402  (the test suite's loopback server)
 
 from longvlm import api  # noqa: E402
 

@@ -95,8 +95,8 @@ def tiny_hf_checkpoint(tmp_path_factory) -> Path:
 def tiny_qwen3vl_checkpoint(tmp_path_factory) -> Path:
     """A tiny random Qwen3-VL checkpoint (fp32, O(1) weights so a mapping error moves the logits; 3 language
     layers, DeepStack into layers 0 and 1; sharded safetensors + index), built from a config."""
+    from helpers.vlm_inputs import randomize_weights_
     from transformers import Qwen3VLForConditionalGeneration
-    from vlm_inputs import randomize_weights_
 
     from megatron_vlm.models.qwen3vl.tiny import tiny_qwen3vl_config
 
@@ -121,8 +121,8 @@ def small_pool(tmp_path_factory, pdf_dir) -> Path:
 @pytest.fixture(scope="session")
 def train_inputs(tmp_path_factory, qwen_tokenizer_dir) -> dict:
     """A tiny HF checkpoint (4 LM layers) and a copied-pages dataset whose packs differ in answer tokens
-    (``tests/train_inputs.py``); run directories go into its ``tmp``."""
-    from train_inputs import make_train_inputs
+    (``tests/helpers/training.py``); run directories go into its ``tmp``."""
+    from helpers.training import make_train_inputs
 
     return make_train_inputs(tmp_path_factory.mktemp("train"), qwen_tokenizer_dir)
 
@@ -163,7 +163,7 @@ def cuda():
 def built(tmp_path_factory, qwen_tokenizer_dir):
     """A small built dataset (loader and tuner tests): 5 documents of 2-6 pages of three sizes, three VQA
     tasks each, packed into 512-token rows. Returns ``(prefix, pool, task rows)``."""
-    from build_fakes import FakePool, write_tasks
+    from helpers.build_fakes import FakePool, write_tasks
 
     from preprocess.dataset.config import BuildConfig
     from preprocess.dataset.run import build
@@ -198,8 +198,8 @@ def built_qwen3vl(built, qwen3vl_tokenizer_dir):
 
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
-    """A real one-node SLURM cluster for the session (``tests/slurm_cluster.py``); ``SLURM_CONF`` points at it."""
-    from slurm_cluster import SlurmCluster, missing_binaries
+    """A real one-node SLURM cluster for the session (``tests/helpers/slurm_cluster.py``); ``SLURM_CONF`` points at it."""
+    from helpers.slurm_cluster import SlurmCluster, missing_binaries
 
     missing = missing_binaries()
     if missing:

@@ -1,4 +1,5 @@
-"""The import graph: dependencies point one way (front door -> stages -> core) and nothing imports in a circle.
+"""The import graph: dependencies point one way (front door -> stages -> core) and nothing imports in a circle;
+in the tests, no test module imports another (shared code is in ``tests/helpers/``).
 
 Every ``import`` of every module counts, including the lazy ones inside functions. The packages and
 the directions they may import in are listed in ``ALLOWED`` (docs/architecture.md draws them).
@@ -200,3 +201,42 @@ def test_the_core_check_sees_a_wrong_arrow(monkeypatch):
         assert "megatron_vlm.models.vlm -> megatron_vlm.data.loader" in str(err)
     else:
         raise AssertionError("a models -> data import went unnoticed")
+
+
+TESTS = REPO / "tests"
+
+
+def imported_test_modules(source: str, test_modules: set[str]) -> list[str]:
+    """The test modules (``tests/test_*.py``, by name) that ``source`` imports, lazy imports included."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        else:
+            continue
+        found += [name for name in names if name.split(".")[0] in test_modules]
+    return sorted(set(found))
+
+
+def test_tests_share_code_through_helpers_only():
+    """No test module imports another (nor does a helper, a worker or conftest.py): shared code lives in
+    ``tests/helpers/`` and shared fixtures in ``tests/conftest.py``. Besides the ``test_*.py`` modules and
+    conftest.py, ``tests/`` holds no module of its own; helpers go into ``tests/helpers/``, worker scripts for
+    multi-process tests into ``tests/workers/``."""
+    test_modules = {p.stem for p in TESTS.glob("test_*.py")}
+    importing = {str(p.relative_to(REPO)): names for p in sorted(TESTS.rglob("*.py"))
+                 if (names := imported_test_modules(p.read_text(encoding="utf-8"), test_modules))}
+    assert not importing, f"test modules imported (move what they share to tests/helpers/): {importing}"
+    loose = sorted(p.name for p in TESTS.glob("*.py") if p.name != "conftest.py" and p.stem not in test_modules)
+    assert not loose, f"modules directly in tests/ that are not test modules (move them to tests/helpers/): {loose}"
+
+
+def test_the_tests_check_sees_a_test_module_import():
+    """``from test_x import y``, ``import test_x`` and a lazy import inside a function are all reported."""
+    modules = {"test_convert", "test_pool"}
+    source = ("import json\nfrom helpers.checkpoints import hf_tensors\nfrom test_convert import hf_tensors\n"
+              "def f():\n    import test_pool\n")
+    assert imported_test_modules(source, modules) == ["test_convert", "test_pool"]
+    assert imported_test_modules("from helpers.pools import pool_files\n", modules) == []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from build_fakes import FakePool, write_tasks
+from helpers.build_fakes import FakePool, write_tasks
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from longvlm.cli import main as cli_main

@@ -1,5 +1,5 @@
 """Bad input gets one line, proven by generated cases (README, after the exit-status table; machinery in
-``tests/cli_contract.py``).
+``tests/helpers/cli_contract.py``).
 
 Every option of every subcommand, and every scalar key of the training recipe, is tried with the bad
 values of its kind: numbers 0, -1, a huge one, nan, inf, 1e30 and a word; an unknown choice; paths that
@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cli_contract import (
+from helpers.cli_contract import (
     A_FILE,
     A_FOLDER,
     FOREIGN_FOLDER,

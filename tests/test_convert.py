@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.checkpoints import assert_bit_exact, hf_tensors, megatron_tensors, random_checkpoint
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -15,29 +16,6 @@ from longvlm import api
 from longvlm.cli import main
 
 EMB = "language_model.embedding.word_embeddings.weight"
-
-
-def hf_tensors(path: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in sorted(Path(path).glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
-
-
-def megatron_tensors(ckpt: Path) -> dict[str, torch.Tensor]:
-    from megatron_vlm.formats.checkpoint import MegatronCheckpoint
-    from megatron_vlm.runtime import process_group
-
-    with process_group():
-        src = MegatronCheckpoint.open(ckpt)
-        return src.load(sorted(src.shapes))
-
-
-def assert_bit_exact(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert sorted(a) == sorted(b)
-    for name in a:
-        assert a[name].dtype == b[name].dtype, name
-        assert torch.equal(a[name], b[name]), name
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +123,6 @@ def test_export_of_a_trained_checkpoint_gives_transformers_the_trained_model(pro
     """O(1) weights; one SGD step taken by the Megatron model on the converted checkpoint, saved and
     exported; transformers on the export == transformers on the original HF checkpoint after the same
     step taken in transformers (an independent forward and backward), and the step moved the logits."""
-    from test_convert_model import random_checkpoint
-
     src = random_checkpoint(tmp_path / "hf", seed=3)
     labels = torch.randint(0, 1000, probe_inputs["input_ids"].shape, generator=torch.Generator().manual_seed(4))
     lr = 1e-3

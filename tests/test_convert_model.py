@@ -6,25 +6,13 @@ import json
 
 import pytest
 import torch
-from distributed import run_distributed
-from vlm_inputs import randomize_weights_
+from helpers.checkpoints import assert_bit_exact, hf_tensors, random_checkpoint
+from helpers.distributed import run_distributed
 
 from longvlm import api
 from longvlm.cli import main
 
 TOL = 1e-4  # fp32; transformers and megatron-core order their reductions differently
-
-
-def random_checkpoint(path, seed: int):
-    """A tiny Qwen2.5-VL with O(1) activations (so a mapping error moves the logits visibly)."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
-
-    model = Qwen2_5_VLForConditionalGeneration(tiny_qwen25vl_config(num_layers=4)).eval()
-    randomize_weights_(model, seed=seed)
-    model.save_pretrained(path, max_shard_size="20MB")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +66,6 @@ def test_converted_checkpoint_loads_at_tp_pp_with_transformers_logits(hf_dir, co
     """Plain ``dist_checkpointing.load(model.sharded_state_dict())`` at the layout; then the model's
     own save (what training writes: its TP shards, stacked layers, unpadded vocabulary) exports
     bit-exactly."""
-    from test_convert import assert_bit_exact, hf_tensors
-
     ckpt, saved = converted(tp, pp), tmp_path / "trained"
     run_distributed("tests/workers/convert_load.py", tp * pp,
                     ["--ckpt", ckpt, "--reference", reference, "--out", tmp_path, "--tp", tp, "--pp", pp,
@@ -96,8 +82,6 @@ def test_verify_catches_the_classic_vision_qkv_mistake(hf_dir, converted, tmp_pa
     """One vision block's qkv left in HF's stacked [Q; K; V] order (the usual port bug) fails verify."""
     import shutil
 
-    from safetensors.torch import load_file
-
     from megatron_vlm.formats.checkpoint import (
         META_NAME,
         MegatronCheckpoint,
@@ -107,9 +91,7 @@ def test_verify_catches_the_classic_vision_qkv_mistake(hf_dir, converted, tmp_pa
     from megatron_vlm.runtime import process_group
 
     src = converted(1, 1)
-    hf = {}
-    for f in sorted(hf_dir.glob("*.safetensors")):
-        hf.update(load_file(f))
+    hf = hf_tensors(hf_dir)
     with process_group():
         ckpt = MegatronCheckpoint.open(src)
         tensors = ckpt.load([n for n in ckpt.shapes if n.startswith(("language_model.", "vision_model."))])

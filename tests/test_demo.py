@@ -8,7 +8,7 @@ import math
 import shutil
 
 import pytest
-from test_convert import hf_tensors, megatron_tensors
+from helpers.checkpoints import hf_tensors, megatron_tensors
 
 from longvlm import api
 from longvlm.cli import main

@@ -21,8 +21,8 @@ MAX_NEW = 6
 
 
 def _save(path, seed: int = 0, **overrides):
+    from helpers.vlm_inputs import randomize_weights_
     from transformers import Qwen2_5_VLForConditionalGeneration
-    from vlm_inputs import randomize_weights_
 
     from megatron_vlm.models.qwen25vl.tiny import tiny_qwen25vl_config
 
@@ -243,7 +243,7 @@ def test_megatron_backend_teacher_forcing_equals_transformers_logits(tmp_path, s
 @pytest.mark.slow
 def test_megatron_backend_at_tp2_and_cp2_equals_one_process(tmp_path, small_pool, checkpoint, qwen_tokenizer_dir,
                                                             convert_to_megatron):
-    from distributed import run_distributed
+    from helpers.distributed import run_distributed
 
     megatron = convert_to_megatron(checkpoint, 1, 1)
     opts = _docqa_options(tmp_path, small_pool, megatron, qwen_tokenizer_dir, scoring="teacher-forcing",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from eval_helpers import PdfPool, expanded_count
+from helpers.eval_inputs import PdfPool, expanded_count
 
 from evaluation import niah
 from evaluation.config import DEFAULT_LENGTHS, NiahConfig, parse_length

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from loopback_openai import LoopbackChatServer, chat_completion
+from helpers.loopback_openai import LoopbackChatServer, chat_completion
 from PIL import Image
 
 from evaluation import niah

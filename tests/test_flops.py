@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.vlm_inputs import make_row
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
-from vlm_inputs import make_row
 
 from megatron_vlm import runtime
 from megatron_vlm.flops import causal_pairs, model_flops, window_pairs

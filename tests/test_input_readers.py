@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cli_contract import CaseTimeout, time_limit
+from helpers.cli_contract import CaseTimeout, time_limit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_to_megatron import load_hf_weights
-from vlm_inputs import IMAGE_PAD, make_row, randomize_weights_
+from helpers.hf_to_megatron import load_hf_weights
+from helpers.vlm_inputs import IMAGE_PAD, make_row, packed_samples, randomize_weights_
 
 pytestmark = pytest.mark.gpu
 
@@ -42,21 +42,6 @@ def _model(impl: str, attention: str, dtype: torch.dtype, device, hf_config=None
     cfg = family.config_from_hf(hf_config.to_dict(), transformer_impl=impl, attention_backend=attention,
                                 params_dtype=dtype)
     return family.model_class(cfg).to(device).eval()
-
-
-def _inputs(device, pad_to: int = 1):
-    """Two packed samples with three images; each sample padded at its end to a multiple of ``pad_to``
-    (``cu_seqlens`` real, ``cu_seqlens_padded`` in the stream, as the loader gives them)."""
-    a = make_row([5, (1, 16, 12), 7, (1, 8, 28), 9], seed=1)
-    b = make_row([4, (1, 10, 14), 20], seed=2)
-    pieces, starts = [], [0]
-    for ids in (a[0], b[0]):
-        padded = -(-len(ids) // pad_to) * pad_to
-        pieces.append(torch.cat([ids, torch.full((padded - len(ids),), 151643)]))
-        starts.append(starts[-1] + padded)
-    ids = torch.cat(pieces)[None].to(device)
-    return dict(input_ids=ids, pixel_values=torch.cat([a[2], b[2]]).to(device), image_grid_thw=torch.cat([a[1], b[1]]),
-                cu_seqlens=torch.tensor([0, len(a[0]), len(a[0]) + len(b[0])]), cu_seqlens_padded=torch.tensor(starts))
 
 
 def _transfer(src, dst, tmp_path):
@@ -120,7 +105,7 @@ def test_torch_backend_bf16_close_to_fp32(cuda):
     low = _model("local", "torch", torch.bfloat16, cuda)
     low.load_state_dict({k: v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else v
                          for k, v in ref.state_dict().items()})
-    inputs = _inputs(cuda)
+    inputs = packed_samples(cuda)
     with torch.no_grad():
         a, b = ref(**inputs).float(), low(**inputs).float()
     rel = _relative(b, a)
@@ -140,7 +125,7 @@ def test_transformer_engine_parts_match_local(cuda, tmp_path, impl, attention, i
     other = _model(impl, attention, torch.bfloat16, cuda)
     _transfer(ref, other, tmp_path)
     inputs = {"text": lambda: dict(input_ids=torch.randint(0, 1000, (2, 64), device=cuda)),
-              "packed": lambda: _inputs(cuda), "thd_padded": lambda: _inputs(cuda, pad_to=8)}[inputs_name]()
+              "packed": lambda: packed_samples(cuda), "thd_padded": lambda: packed_samples(cuda, pad_to=8)}[inputs_name]()
     with torch.no_grad():
         a, b = ref(**inputs).float(), other(**inputs).float()
     if inputs_name == "thd_padded":
@@ -160,7 +145,7 @@ def test_context_parallel_over_packed_rows_te_attention_matches_torch(tmp_path):
         pytest.skip("needs two CUDA GPUs (context parallelism over NCCL)")
     import json
 
-    from distributed import run_distributed
+    from helpers.distributed import run_distributed
 
     run_distributed("tests/workers/cp_backends_gpu.py", 2, ["--out", tmp_path], timeout=600,
                     env={"LONGVLM_DEVICE": "cuda"})

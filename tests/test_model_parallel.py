@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from distributed import run_distributed
+from helpers.distributed import run_distributed
 
 pytestmark = pytest.mark.slow
 

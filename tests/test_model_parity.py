@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from hf_to_megatron import load_hf_weights, megatron_state_dict
-from vlm_inputs import IMAGE_PAD, hf_logits, make_row, randomize_weights_
+from helpers.hf_to_megatron import load_hf_weights, megatron_state_dict
+from helpers.vlm_inputs import IMAGE_PAD, hf_logits, make_row, randomize_weights_
 
 TOL = 1e-5  # relative: max|x - ref| / max|ref|
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pymupdf
 import pytest
+from helpers.distributed import wait_for
+from helpers.pools import pool_files
 
 from longvlm import api
 from megatron_vlm.formats.pool import Pool, PoolFormatError
@@ -280,11 +282,6 @@ def test_a_pool_without_documents_warns_and_exits_1_unless_allowed(pdf_dir, tmp_
     assert main([*args, "-o", str(tmp_path / "q"), "--allow-empty"]) == 0
 
 
-def pool_files(path: Path) -> dict[str, bytes]:
-    return {name: (path / name).read_bytes() for name in
-            ("manifest.jsonl", "rejected.jsonl", "pages.bin", "pages.idx", "layout.bin", "layout.idx")}
-
-
 def test_shards_merged_equal_a_single_run(corpus, real_pdfs, tmp_path):
     inputs = [str(corpus["pdfs"] / n) for n in ("a_float.pdf", "b_booktabs.pdf", "e_not_pdf.pdf",
                                                  "sub/z_float_copy.pdf", "i_zero_pages.pdf")]
@@ -303,15 +300,6 @@ def test_shards_merged_equal_a_single_run(corpus, real_pdfs, tmp_path):
     assert pool_files(merged) == pool_files(single)
     dup = [r for r in read_jsonl(merged / "rejected.jsonl") if r["reason"] == "duplicate"]
     assert len(dup) == 1 and dup[0]["duplicate_of"].endswith("a_float.pdf")
-
-
-def wait_for(predicate, what: str, timeout: float = 120.0) -> None:
-    """Poll ``predicate`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _cli(args: list[str]) -> subprocess.Popen:

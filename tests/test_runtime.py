@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from distributed import read_rank_results, run_distributed
+from helpers.distributed import read_rank_results, run_distributed
 
 from megatron_vlm import runtime
 

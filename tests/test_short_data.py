@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from build_fakes import FakePool, write_tasks
+from helpers.build_fakes import FakePool, write_tasks
 from PIL import Image
 
 from longvlm.cli import main as cli_main

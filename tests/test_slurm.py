@@ -1,5 +1,5 @@
 """``longvlm slurm`` on a real scheduler: a one-node SLURM cluster (Debian's slurm-wlm and munge) that the
-session starts (``slurm_cluster`` in conftest.py, ``tests/slurm_cluster.py``).
+session starts (``slurm_cluster`` in conftest.py, ``tests/helpers/slurm_cluster.py``).
 
 - The generated training script, submitted, trains the tiny model on 2 CPU ranks; ``status`` reports it.
 - A job preempted with SIGUSR1 saves, exits 75, requeues itself, resumes and ends with the losses of
@@ -11,14 +11,14 @@ session starts (``slurm_cluster`` in conftest.py, ``tests/slurm_cluster.py``).
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
 
 import pytest
-from test_pool import pool_files, wait_for
-from train_inputs import train_overrides
+from helpers.distributed import wait_for
+from helpers.pools import pool_files
+from helpers.training import records, train_overrides
 
 from launch.slurm.options import SlurmError
 from longvlm import api
@@ -29,12 +29,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 10  # enough that a signal sent after step 1 lands before the last step, even on an idle machine
 JOB_ENV = [f"PYTHONPATH={REPO}"]  # the jobs import this checkout
-
-
-def records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [r for r in map(json.loads, lines) if r.get("split", "train") == "train"]
 
 
 def losses(run_dir: Path) -> list[tuple[int, float]]:

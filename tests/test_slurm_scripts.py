@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from train_inputs import train_overrides
+from helpers.training import train_overrides
 
 from launch.slurm.options import SlurmError
 from launch.slurm.stage_job import without_output

@@ -7,7 +7,7 @@ import random
 import re
 
 import pytest
-from synth_helpers import SECTIONS, FakePool, answer_items
+from helpers.synth_inputs import SECTIONS, FakePool, answer_items
 
 from longvlm.cli import main as cli_main
 from preprocess.synth import SynthConfig, SynthError, run_synth

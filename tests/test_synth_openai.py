@@ -10,8 +10,8 @@ import time
 from collections import Counter
 
 import pytest
-from loopback_openai import LoopbackChatServer, chat_completion
-from synth_helpers import FakePool
+from helpers.loopback_openai import LoopbackChatServer, chat_completion
+from helpers.synth_inputs import FakePool
 
 from preprocess.synth import SynthConfig, run_synth
 from preprocess.synth.run import plan_size

@@ -9,7 +9,7 @@ import unicodedata
 
 import pymupdf
 import pytest
-from synth_helpers import answer_items
+from helpers.synth_inputs import answer_items
 
 from longvlm import api
 from longvlm.cli import main as cli_main

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from distributed import REPO_ROOT, run_distributed
-from train_inputs import train_overrides
+from helpers.distributed import REPO_ROOT, run_distributed
+from helpers.training import records, rewind, train_overrides
 
 from megatron_vlm.formats.checkpoint import MegatronCheckpoint
 
@@ -42,11 +42,6 @@ def train(setup, run_dir: Path, nprocs: int = 1, timeout: float = 300, **extra) 
     args = ["train", "tiny-cpu", "-o", run_dir, *overrides(setup, **extra)]
     run_distributed("longvlm", nprocs, args, timeout=timeout)
     return records(run_dir)
-
-
-def records(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r.get("split", "train") == "train"]
 
 
 def weights(run_dir: Path, iteration=None) -> dict[str, torch.Tensor]:
@@ -160,15 +155,6 @@ def test_tp2_cp2_on_four_processes_matches_one_process(setup, reference):
                  **{"parallel.tp": 2, "parallel.cp": 2, "parallel.sp": "true", "train.global_batch_size": 4})
     for a, b in zip(recs, ref, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=2e-5)
-
-
-def rewind(run_dir: Path, iteration: int) -> None:
-    """As if the run had crashed right after saving ``iteration``: later checkpoints are gone."""
-    root = run_dir / "checkpoints"
-    for d in root.glob("iter_*"):
-        if int(d.name[5:]) > iteration:
-            shutil.rmtree(d)
-    (root / "latest_checkpointed_iteration.txt").write_text(f"{iteration}\n")
 
 
 def test_resume_is_exact(setup, reference):

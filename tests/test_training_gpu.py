@@ -6,23 +6,23 @@ from __future__ import annotations
 import math
 
 import pytest
-from test_training import overrides, records, rewind, setup  # noqa: F401  (the module fixture)
+from helpers.training import records, rewind, train_overrides
 
 pytestmark = pytest.mark.gpu
 
 
-def test_bf16_distributed_optimizer_trains_saves_and_resumes(setup, tmp_path):  # noqa: F811
+def test_bf16_distributed_optimizer_trains_saves_and_resumes(train_inputs, tmp_path):
     from longvlm import api
 
     run_dir = tmp_path / "run"
     gpu = {"train.precision": "bf16", "optimizer.distributed_optimizer": "true", "checkpoint.async_save": "true",
-           "checkpoint.save_interval": 1, "train.train_steps": 3}
-    assert api.train("tiny-cpu", output=str(run_dir), overrides=overrides(setup, **gpu)) == 0
+           "checkpoint.save_interval": 1}
+    assert api.train("tiny-cpu", output=str(run_dir), overrides=train_overrides(train_inputs, 3, **gpu)) == 0
     first = records(run_dir)
     assert len(first) == 3 and all(math.isfinite(r["loss"]) for r in first) and first[-1]["loss"] < first[0]["loss"]
     assert (run_dir / "checkpoints" / "iter_0000003" / "longvlm.json").is_file()  # async save committed
     rewind(run_dir, 1)
-    assert api.train("tiny-cpu", output=str(run_dir), overrides=overrides(setup, **gpu)) == 0
+    assert api.train("tiny-cpu", output=str(run_dir), overrides=train_overrides(train_inputs, 3, **gpu)) == 0
     again = records(run_dir)
     # bf16 on a GPU is not bitwise reproducible across runs (atomics in the kernels): equal within 1e-2
     assert [r["loss"] for r in again[1:]] == pytest.approx([r["loss"] for r in first[1:]], abs=1e-2)
@@ -34,7 +34,7 @@ FP8_STEP_TOL, FP8_MEAN_TOL = 0.05, 0.02
 
 
 @pytest.mark.parametrize("attention", ["torch", "te"])
-def test_fp8_trains_like_bf16_for_20_steps(setup, tmp_path, attention):  # noqa: F811
+def test_fp8_trains_like_bf16_for_20_steps(train_inputs, tmp_path, attention):
     """Transformer Engine's linears in FP8 (with either core attention) against the same run in bf16: per-step
     losses within FP8_STEP_TOL relative, their mean within FP8_MEAN_TOL, and the FP8 run learns."""
     pytest.importorskip("transformer_engine.pytorch")
@@ -48,8 +48,8 @@ def test_fp8_trains_like_bf16_for_20_steps(setup, tmp_path, attention):  # noqa:
     for precision in ("bf16", "fp8"):
         run_dir = tmp_path / precision
         extra = {"train.precision": precision, "model.transformer_impl": "te", "model.attention_backend": attention,
-                 "optimizer.distributed_optimizer": "true", "train.train_steps": 20}
-        assert api.train("tiny-cpu", output=str(run_dir), overrides=overrides(setup, **extra)) == 0
+                 "optimizer.distributed_optimizer": "true"}
+        assert api.train("tiny-cpu", output=str(run_dir), overrides=train_overrides(train_inputs, 20, **extra)) == 0
         runs[precision] = [r["loss"] for r in records(run_dir)]
     bf16, fp8 = runs["bf16"], runs["fp8"]
     assert len(bf16) == len(fp8) == 20

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from distributed import read_rank_results, run_distributed
+from helpers.distributed import read_rank_results, run_distributed
 
 from launch.tune.layout import SELECTIVE_SETS, Layout
 from launch.tune.memory import (

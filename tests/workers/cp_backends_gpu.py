@@ -22,8 +22,7 @@ from megatron.core import parallel_state as ps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/
 
-from test_model_gpu import _inputs  # noqa: E402
-from vlm_inputs import randomize_weights_  # noqa: E402
+from helpers.vlm_inputs import packed_samples, randomize_weights_  # noqa: E402
 
 from megatron_vlm import runtime  # noqa: E402
 from megatron_vlm.models.qwen25vl.config import qwen25vl_config_from_hf  # noqa: E402
@@ -41,7 +40,7 @@ def build(attention: str, comm: str | None) -> Qwen25VLModel:
 
 
 def loss_and_grads(model: Qwen25VLModel) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    inputs = _inputs(torch.device("cuda"), pad_to=8)
+    inputs = packed_samples(torch.device("cuda"), pad_to=8)
     ids = inputs["input_ids"]
     labels = torch.roll(ids, -1, 1)
     mask = torch.zeros_like(ids, dtype=torch.float)

@@ -1,6 +1,6 @@
 """Worker for tests/test_runtime.py: one training step of a tiny mRoPE GPT in several layouts.
 
-Run on 2 processes (``tests/distributed.py``). The reference is TP=1, PP=1 with the two ranks as
+Run on 2 processes (``tests/helpers/distributed.py``). The reference is TP=1, PP=1 with the two ranks as
 data-parallel replicas, each on half of the global batch; its initial weights (O(1)-scaled, so that
 every gradient is far above float32 noise) are saved with ``dist_checkpointing``. For each
 ``--layouts`` entry the groups are rebuilt, the reference's initial checkpoint is loaded
@@ -44,9 +44,9 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer import TransformerConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (vlm_inputs)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (helpers)
 
-from vlm_inputs import randomize_weights_  # noqa: E402
+from helpers.vlm_inputs import randomize_weights_  # noqa: E402
 
 from megatron_vlm import runtime  # noqa: E402
 from megatron_vlm.parallel import ParallelLayout  # noqa: E402

@@ -29,10 +29,10 @@ from megatron.core import dist_checkpointing, tensor_parallel
 from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (vlm_inputs)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (helpers)
 
-import vlm_inputs  # noqa: E402
-from vlm_inputs import randomize_weights_  # noqa: E402
+from helpers import vlm_inputs  # noqa: E402
+from helpers.vlm_inputs import randomize_weights_  # noqa: E402
 
 from megatron_vlm import runtime  # noqa: E402
 from megatron_vlm.models.registry import get_family  # noqa: E402

@@ -50,6 +50,21 @@ def make_row(parts, *, seed: int = 0, text_vocab: int = 1000, patch_dim: int = 1
     return torch.tensor(ids), grids_t, pixels
 
 
+def packed_samples(device, pad_to: int = 1) -> dict:
+    """Two packed samples with three images; each sample padded at its end to a multiple of ``pad_to``
+    (``cu_seqlens`` real, ``cu_seqlens_padded`` in the stream, as the loader gives them)."""
+    a = make_row([5, (1, 16, 12), 7, (1, 8, 28), 9], seed=1)
+    b = make_row([4, (1, 10, 14), 20], seed=2)
+    pieces, starts = [], [0]
+    for ids in (a[0], b[0]):
+        padded = -(-len(ids) // pad_to) * pad_to
+        pieces.append(torch.cat([ids, torch.full((padded - len(ids),), 151643)]))
+        starts.append(starts[-1] + padded)
+    ids = torch.cat(pieces)[None].to(device)
+    return dict(input_ids=ids, pixel_values=torch.cat([a[2], b[2]]).to(device), image_grid_thw=torch.cat([a[1], b[1]]),
+                cu_seqlens=torch.tensor([0, len(a[0]), len(a[0]) + len(b[0])]), cu_seqlens_padded=torch.tensor(starts))
+
+
 def hf_logits(hf_model, input_ids, image_grid_thw=None, pixel_values=None, position_ids=None):
     """Reference logits ``[b, s, vocab]`` from transformers (``mm_token_type_ids`` set so mRoPE is used)."""
     kwargs = {}

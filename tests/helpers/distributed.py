@@ -1,8 +1,8 @@
 """Run a script or module on N local processes, as torchrun would on one node (gloo on CPU).
 
-Usage from a test (this directory is on ``sys.path`` under pytest)::
+Usage from a test (``tests/`` is on ``sys.path`` under pytest)::
 
-    from distributed import read_rank_results, run_distributed
+    from helpers.distributed import read_rank_results, run_distributed
 
     def test_tp2(tmp_path):
         run_distributed("tests/workers/my_worker.py", 2, ["--out", tmp_path])
@@ -15,7 +15,8 @@ repository root on ``PYTHONPATH``, so ``megatron_vlm.runtime.initialize_distribu
 layout up. Workers hand results back by writing files (e.g. ``rank{RANK}.json`` in a folder passed
 as an argument) or by printing. Returns the finished process (``stdout``/``stderr`` of all ranks
 together); raises ``RuntimeError`` with the tail of both streams if any rank fails or the run
-exceeds ``timeout`` seconds (the whole process group is killed then).
+exceeds ``timeout`` seconds (the whole process group is killed then). ``wait_for`` polls until
+another process has written what a test waits for.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -71,3 +73,12 @@ def run_distributed(target: str | os.PathLike, nprocs: int = 2, args: list[str] 
 def read_rank_results(folder: str | os.PathLike, nprocs: int) -> list:
     """The ``rank{R}.json`` files the workers wrote into ``folder``, in rank order."""
     return [json.loads((Path(folder) / f"rank{rank}.json").read_text()) for rank in range(nprocs)]
+
+
+def wait_for(predicate, what: str, timeout: float = 120.0) -> None:
+    """Poll ``predicate`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

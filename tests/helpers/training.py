@@ -1,12 +1,15 @@
-"""Small, self-contained inputs for training runs: a tiny HF Qwen2.5-VL checkpoint (4 LM layers) and a
-built dataset with its pages copied in (rows of at most 512 tokens; answers of very different lengths),
-and the ``key=value`` overrides that train it for a few steps on a CPU."""
+"""Training runs in tests. Their inputs: a tiny HF Qwen2.5-VL checkpoint (4 LM layers) and a built dataset with
+its pages copied in (rows of at most 512 tokens; answers of very different lengths), and the ``key=value``
+overrides that train it for a few steps on a CPU. Their outputs: the train records of ``metrics.jsonl``, and a
+run directory rewound to an earlier checkpoint."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
-from build_fakes import FakePool, write_tasks
+from helpers.build_fakes import FakePool, write_tasks
 
 
 def make_train_inputs(tmp: Path, tokenizer_dir: Path) -> dict:
@@ -38,3 +41,19 @@ def train_overrides(inputs: dict, steps: int, **extra) -> list[str]:
             "checkpoint.save_interval": 0, "checkpoint.keep_last": 3, "logging.log_interval": 1,
             "logging.tensorboard": False, "data.num_workers": 0, **extra}
     return [f"data.train=[{{prefix: {inputs['data']}}}]"] + [f"{k}={v}" for k, v in base.items()]
+
+
+def records(run_dir: Path) -> list[dict]:
+    """The train records (not the validation ones) of ``run_dir/metrics.jsonl``; none before it is written."""
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [r for r in map(json.loads, lines) if r.get("split", "train") == "train"]
+
+
+def rewind(run_dir: Path, iteration: int) -> None:
+    """As if the run had crashed right after saving ``iteration``: later checkpoints are gone."""
+    root = run_dir / "checkpoints"
+    for d in root.glob("iter_*"):
+        if int(d.name[5:]) > iteration:
+            shutil.rmtree(d)
+    (root / "latest_checkpointed_iteration.txt").write_text(f"{iteration}\n")
