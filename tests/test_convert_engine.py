@@ -104,18 +104,21 @@ def test_the_written_checkpoint_records_what_it_holds(hf, imported):
     assert meta["source"] == {"hf_dir": str(hf.resolve()), "dtype": "float32"}
 
 
-def test_reshard_pads_the_vocabulary_for_the_target(imported, tmp_path):
-    """The next multiple of ``divisible_by x tp`` rows: 1000 -> 1008 (of 14; the round trip below: 1000 and 1024)."""
+def test_reshard_pads_the_vocabulary_for_the_target_and_casts(imported, tmp_path):
+    """The next multiple of ``divisible_by x tp`` rows: 1000 -> 1008 (of 14; the round trip below: 1000 and 1024);
+    ``dtype`` casts every written tensor."""
     ckpt, _ = imported
-    tp, divisible_by, rows = 2, 7, 1008
     out = tmp_path / "out"
-    result = engine.reshard(ReshardConfig(ckpt=str(ckpt), out=str(out), target=target(tp, 1, divisible_by)))
+    result = engine.reshard(ReshardConfig(ckpt=str(ckpt), out=str(out), target=target(2, 1, 7), dtype="bfloat16"))
     meta = json.loads((out / "iter_0000000" / "longvlm.json").read_text())
-    assert meta["padded_vocab_size"] == rows and meta["layout"]["tp"] == tp
+    assert (meta["padded_vocab_size"], meta["layout"]["tp"], meta["dtype"]) == (1008, 2, "bfloat16")
     with process_group():
-        shapes = MegatronCheckpoint.open(out).shapes
-    assert shapes[EMB] == shapes[OUTPUT] == (rows, HIDDEN)
-    assert result.layout == {"tp": tp, "pp": 1} and result.tensors == MEGATRON_TENSORS
+        written = MegatronCheckpoint.open(out)
+    assert written.shapes[EMB] == written.shapes[OUTPUT] == (1008, HIDDEN)
+    assert set(written.dtypes.values()) == {torch.bfloat16}
+    source = megatron_tensors(ckpt)  # 1024 vocabulary rows: 2 x 16 fewer written
+    assert result.bytes == 2 * (sum(t.numel() for t in source.values()) - 2 * 16 * HIDDEN)
+    assert (result.layout, result.tensors, result.dtype) == ({"tp": 2, "pp": 1}, MEGATRON_TENSORS, "bfloat16")
 
 
 def test_reshard_round_trip_keeps_every_weight_and_the_iteration(hf, imported, tmp_path, monkeypatch):
@@ -140,16 +143,6 @@ def test_reshard_round_trip_keeps_every_weight_and_the_iteration(hf, imported, t
     for name, t in original.items():
         assert exported[name].dtype == t.dtype and torch.equal(exported[name], t), name
     assert result.bytes == sum(t.numel() * t.element_size() for t in original.values())
-
-
-def test_dtype_casts_every_written_tensor(imported, tmp_path):
-    ckpt, _ = imported
-    result = engine.reshard(ReshardConfig(ckpt=str(ckpt), out=str(tmp_path / "bf16"), dtype="bfloat16"))
-    assert result.dtype == "bfloat16"
-    assert result.bytes == 2 * sum(t.numel() for t in megatron_tensors(ckpt).values())
-    with process_group():
-        assert set(MegatronCheckpoint.open(tmp_path / "bf16").dtypes.values()) == {torch.bfloat16}
-    assert json.loads((tmp_path / "bf16" / "iter_0000000" / "longvlm.json").read_text())["dtype"] == "bfloat16"
 
 
 @pytest.mark.parametrize("tp,pp,problems", [
