@@ -30,7 +30,9 @@ from megatron.core.dist_checkpointing.strategies.fully_parallel import (
 )
 
 from megatron_vlm.formats.checkpoint import (
+    READ_ERRORS,
     CheckpointError,
+    describe_read_error,
     iteration_dir_name,
     latest_iteration,
     model_meta,
@@ -74,6 +76,11 @@ def _set_rng_state(state: dict) -> None:
     if "cuda" in state and use_cuda():
         torch.cuda.set_rng_state(state["cuda"])
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _unreadable(path: str, err: BaseException) -> CheckpointError:
+    """A checkpoint torch's reader fails on (several types for missing or cut files, a ``BaseException`` too)."""
+    return CheckpointError(f"{path}: cannot resume from it ({describe_read_error(err)})")
 
 
 class Checkpointer:
@@ -155,15 +162,17 @@ class Checkpointer:
         if iteration is None:
             raise CheckpointError(f"{self.root}: no checkpoint to resume from")
         path = str(self.root / iteration_dir_name(iteration))
-        saved = dist_checkpointing.load_common_state_dict(path)["train_state"]
+        try:
+            saved = dist_checkpointing.load_common_state_dict(path)["train_state"]
+        except READ_ERRORS as err:
+            raise _unreadable(path, err) from None
         same_layout = saved["layout"] == layout
         request = self._state(TrainState(), loading=True, with_rng=same_layout)
         strategy = FullyParallelLoadStrategyWrapper(get_default_load_sharded_strategy(path), self._dp_cp())
         try:
             loaded = dist_checkpointing.load(request, path, strategy)
-        except Exception as err:  # torch's reader raises several types for missing or cut files
-            raise CheckpointError(f"{path}: cannot resume from it ({type(err).__name__}: "
-                                  f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        except READ_ERRORS as err:
+            raise _unreadable(path, err) from None
         chunks = self.parts.unwrapped()
         for i, chunk in enumerate(chunks):
             chunk.load_state_dict(loaded["model" if len(chunks) == 1 else f"model{i}"])

@@ -33,7 +33,7 @@ from megatron_vlm.utils.atomic import atomic_write, write_json
 from megatron_vlm.utils.jsonl import read_json
 
 # torch.distributed.checkpoint wraps reader failures in CheckpointException, a BaseException
-_READ_ERRORS = (Exception, CheckpointException)
+READ_ERRORS = (Exception, CheckpointException)
 TRACKER_NAME = "latest_checkpointed_iteration.txt"
 META_NAME = "longvlm.json"
 META_FORMAT = "longvlm/vlm-megatron"  # the model family is the recorded hf_config's model_type
@@ -108,7 +108,7 @@ def _extra_state_objects(slots: dict[str, Slot]) -> dict[str, Any]:
     return objects
 
 
-def _describe(err: BaseException) -> str:
+def describe_read_error(err: BaseException) -> str:
     """The root cause of a reader error in one line (not torch's embedded per-rank tracebacks)."""
     if isinstance(err, CheckpointException) and err.failures:
         failure = next(iter(err.failures.values()))
@@ -267,8 +267,8 @@ class MegatronCheckpoint:
             raise CheckpointError(f"{meta_file}: not a {META_FORMAT} checkpoint (format={meta.get('format')!r})")
         try:
             tensors = dist_checkpointing.load_tensors_metadata(str(iter_dir))
-        except _READ_ERRORS as err:  # torch.distributed.checkpoint raises several types for a bad .metadata
-            raise CheckpointError(f"{iter_dir}: corrupt torch_dist metadata ({_describe(err)})") from None
+        except READ_ERRORS as err:  # torch.distributed.checkpoint raises several types for a bad .metadata
+            raise CheckpointError(f"{iter_dir}: corrupt torch_dist metadata ({describe_read_error(err)})") from None
         _check_file_sizes(iter_dir)
         shapes, dtypes, slots = {}, {}, {}
         for key, t in tensors.items():
@@ -288,9 +288,9 @@ class MegatronCheckpoint:
         request = {n: self.slots[n].request(self.shapes[n], self.dtypes[n]) for n in names}
         try:
             loaded = dist_checkpointing.load(request, str(self.iter_dir), validate_access_integrity=False)
-        except _READ_ERRORS as err:  # a truncated or missing .distcp file surfaces from torch's reader
+        except READ_ERRORS as err:  # a truncated or missing .distcp file surfaces from torch's reader
             raise CheckpointError(f"{self.iter_dir}: cannot read tensors, a file is truncated or corrupt "
-                                  f"({_describe(err)})") from None
+                                  f"({describe_read_error(err)})") from None
         return {n: loaded[n][0] if self.slots[n].layer is not None else loaded[n] for n in names}
 
 
@@ -301,8 +301,8 @@ def _check_file_sizes(iter_dir: Path) -> None:
 
     try:
         storage = FileSystemReader(str(iter_dir)).read_metadata().storage_data or {}
-    except _READ_ERRORS as err:
-        raise CheckpointError(f"{iter_dir}: corrupt torch_dist metadata ({_describe(err)})") from None
+    except READ_ERRORS as err:
+        raise CheckpointError(f"{iter_dir}: corrupt torch_dist metadata ({describe_read_error(err)})") from None
     needed: dict[str, int] = {}
     for info in storage.values():
         needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
@@ -347,8 +347,8 @@ def load_into_model(model: torch.nn.Module | list[torch.nn.Module], ckpt: Megatr
                               f"{', '.join(missing[:10])}")
     try:
         loaded = dist_checkpointing.load(sharded, str(ckpt.iter_dir))
-    except _READ_ERRORS as err:
-        raise CheckpointError(f"{ckpt.iter_dir}: cannot load into the model ({_describe(err)})") from None
+    except READ_ERRORS as err:
+        raise CheckpointError(f"{ckpt.iter_dir}: cannot load into the model ({describe_read_error(err)})") from None
     for i, m in enumerate(models):
         # a training checkpoint's common state (optimizer groups, scheduler, counters) comes back too
         result = m.load_state_dict({k: v for k, v in loaded[f"model{i}"].items() if k in sharded[f"model{i}"]},
