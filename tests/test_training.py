@@ -157,6 +157,7 @@ def test_tp2_cp2_on_four_processes_matches_one_process(setup, reference):
         assert a["loss"] == pytest.approx(b["loss"], abs=2e-5)
 
 
+@pytest.mark.slow
 def test_resume_is_exact(setup, reference):
     """1 step, save, resume, 2 more steps == 3 uninterrupted steps, bitwise."""
     _, ref = reference
@@ -181,6 +182,7 @@ def test_resume_at_another_layout(setup, reference):
         assert a["loss"] == pytest.approx(b["loss"], abs=2e-5)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_then_resumes_and_exports(setup, tmp_path):
     """SIGTERM mid-run: the step finishes, a checkpoint is saved, exit 75; a rerun resumes and finishes; the
     checkpoint exports to a directory transformers loads."""
@@ -213,6 +215,7 @@ def test_sigterm_saves_then_resumes_and_exports(setup, tmp_path):
     torch.testing.assert_close(model.model.language_model.norm.weight, trained)
 
 
+@pytest.mark.slow
 def test_frozen_parts_do_not_change(setup):
     from megatron_vlm.runtime import process_group
 
@@ -228,6 +231,7 @@ def test_frozen_parts_do_not_change(setup):
     assert any(n.startswith("language_model.") for n in changed)
 
 
+@pytest.mark.slow
 def test_config_yaml_reproduces_the_run_bitwise(setup, reference):
     ref_dir, ref = reference
     run_dir = setup["tmp"] / "again"
@@ -235,6 +239,7 @@ def test_config_yaml_reproduces_the_run_bitwise(setup, reference):
     assert [r["loss"] for r in records(run_dir)] == [r["loss"] for r in ref]
 
 
+@pytest.mark.slow
 def test_validation_keep_last_and_tensorboard(setup):
     run_dir = setup["tmp"] / "valid"
     recs = train(setup, run_dir, **{"data.valid": setup["data"], "logging.eval_interval": 1,
