@@ -12,10 +12,12 @@ the wall time (equal to it on an idle machine with OMP_NUM_THREADS=1).
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from alternate import alternate, versus
 
 from megatron_vlm.models.attention import attention_plan, segmented_attention
 
@@ -30,8 +32,9 @@ class Timing:
         return f"{self.cpu * 1e3:.0f} ms CPU ({self.wall * 1e3:.0f} ms wall)"
 
 
-def timed(fn, repeats: int) -> Timing:
-    fn()  # warm-up
+def timed(fn, repeats: int, warm: bool = True) -> Timing:
+    if warm:
+        fn()
     cpu, wall = time.process_time(), time.perf_counter()
     for _ in range(repeats):
         fn()
@@ -59,9 +62,12 @@ def bench_attention(name: str, cu: list[int], s: int, heads: int, dim: int, caus
     def dense():
         F.scaled_dot_product_attention(q, k, v, attn_mask=mask).sum().backward()
 
-    a, b = timed(ours, repeats), timed(dense, repeats)
-    print(f"{name}: {len(cu) - 1} segments, {heads} heads x {s} x {dim}, fwd+bwd: "
-          f"per-segment {a}, dense mask {b} ({b.cpu / a.cpu:.1f}x in CPU time)")
+    ours(), dense()  # warm-up
+    cpu, (low, high) = alternate({"ours": lambda: timed(ours, 1, warm=False).cpu,
+                                  "dense": lambda: timed(dense, 1, warm=False).cpu}, repeats)
+    print(f"{name}: {len(cu) - 1} segments, {heads} heads x {s} x {dim}, fwd+bwd (CPU time, {repeats} rounds in "
+          f"turn, load {low:.1f}-{high:.1f}): per-segment {statistics.median(cpu['ours']) * 1e3:.0f} ms, dense mask "
+          f"{statistics.median(cpu['dense']) * 1e3:.0f} ms: dense {versus(cpu['dense'], cpu['ours'])}")
 
 
 def bench_model(repeats: int) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+from alternate import alternate, versus  # noqa: E402
 from bench_inputs import make_dataset, make_model, make_pool  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,22 +103,15 @@ def overhead(args) -> None:
                  args.work, "overhead", model, data, steps, **{"data.num_workers": 1, "optimizer.clip_grad": 0.0})],
              "longvlm train": lambda: [r["step_time"] for r in train_run(
                  args.work, "overhead", model, data, steps, **{"data.num_workers": 1})]}
-    medians: dict[str, list[float]] = {name: [] for name in sides}
-    loads = [os.getloadavg()[0]]
-    for _ in range(args.rounds):
-        for name, run in sides.items():
-            medians[name].append(statistics.median(run()[skip:]))
-            loads.append(os.getloadavg()[0])
+    medians, (low, high) = alternate({name: lambda run=run: statistics.median(run()[skip:])
+                                      for name, run in sides.items()}, args.rounds)
     bare = medians["bare fwd+bwd+AdamW"]
     tokens = statistics.median(r["tokens"] for r in train_run(args.work, "overhead", model, data, 1))
     print(f"model {args.size}, rows of ~{tokens:,.0f} tokens ({args.dpi} dpi); {args.rounds} rounds of the three "
-          f"sides in turn, median of steps {skip + 1}..{steps} each; load average {min(loads):.1f}-{max(loads):.1f}")
+          f"sides in turn, median of steps {skip + 1}..{steps} each; load average {low:.1f}-{high:.1f}")
     for name, values in medians.items():
-        ratios = [v / b - 1 for v, b in zip(values, bare)]
-        line = f"  {name:24s} {statistics.median(values):7.3f} s/step"
-        if values is not bare:
-            line += (f"  vs bare: {statistics.median(ratios):+.1%} (rounds {min(ratios):+.1%} .. {max(ratios):+.1%})")
-        print(line)
+        print(f"  {name:24s} {statistics.median(values):7.3f} s/step" +
+              (f"  vs bare: {versus(values, bare)}" if values is not bare else ""))
     cpu = loader_cpu(data, steps)
     print(f"  the loader's CPU per micro-batch (one process, no workers): {cpu:.3f} s "
           f"({cpu / statistics.median(bare):.1%} of a bare step; its worker shares the machine's cores)")
