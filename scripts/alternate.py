@@ -22,6 +22,8 @@ def alternate(sides: dict[str, Callable[[], float]], rounds: int) -> tuple[dict[
 
 
 def versus(values: list[float], base: list[float]) -> str:
-    """``values`` against ``base``, round by round: the median change and the rounds' range."""
-    ratios = [v / b - 1 for v, b in zip(values, base)]
-    return f"{statistics.median(ratios):+.1%} (rounds {min(ratios):+.1%} .. {max(ratios):+.1%})"
+    """``values`` against ``base``, round by round: the median change and the rounds' range (a change,
+    e.g. ``+3.1%``, below 2x; a factor, e.g. ``15.4x``, from there)."""
+    ratios = [v / b for v, b in zip(values, base)]
+    show = (lambda r: f"{r:.1f}x") if statistics.median(ratios) >= 2 else (lambda r: f"{r - 1:+.1%}")
+    return f"{show(statistics.median(ratios))} (rounds {show(min(ratios))} .. {show(max(ratios))})"
