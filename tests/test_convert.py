@@ -275,43 +275,46 @@ def _index(path: Path) -> dict:
     return json.loads((path / "model.safetensors.index.json").read_text())
 
 
-def test_missing_shard_fails_clearly(tiny_hf_checkpoint, tmp_path, capsys):
-    bad = broken_copy(tiny_hf_checkpoint, tmp_path / "bad")
+def _drop_second_shard(bad: Path) -> str:
     shard = sorted(set(_index(bad)["weight_map"].values()))[1]
     (bad / shard).unlink()
-    out = tmp_path / "out"
-    run_cli_expecting_error(capsys, ["convert", "hf-to-megatron", "--hf", str(bad), "--out", str(out)], out,
-                            f"missing shard file(s) listed in model.safetensors.index.json: {shard}")
+    return f"missing shard file(s) listed in model.safetensors.index.json: {shard}"
 
 
-def test_truncated_shard_fails_clearly(tiny_hf_checkpoint, tmp_path, capsys):
-    bad = broken_copy(tiny_hf_checkpoint, tmp_path / "bad")
+def _truncate_first_shard(bad: Path) -> str:
     shard = sorted(set(_index(bad)["weight_map"].values()))[0]
     with open(bad / shard, "r+b") as f:
         f.truncate((bad / shard).stat().st_size // 2)
-    out = tmp_path / "out"
-    run_cli_expecting_error(capsys, ["convert", "hf-to-megatron", "--hf", str(bad), "--out", str(out)], out,
-                            f"{shard}: corrupt safetensors file")
+    return f"{shard}: corrupt safetensors file"
 
 
-def test_wrong_architecture_fails_clearly(tiny_hf_checkpoint, tmp_path, capsys):
+def _edit_config(change):
+    def damage(bad: Path) -> str:
+        config = json.loads((bad / "config.json").read_text())
+        message = change(config)
+        (bad / "config.json").write_text(json.dumps(config))
+        return message
+    return damage
+
+
+DAMAGED_HF = {  # name: damage(copy of the checkpoint) -> the message `convert hf-to-megatron` must give
+    "missing shard": _drop_second_shard,
+    "truncated shard": _truncate_first_shard,
+    "wrong architecture": _edit_config(lambda c: (
+        c.update(model_type="qwen2_vl", architectures=["Qwen2VLForConditionalGeneration"]),
+        "wrong architecture: model_type='qwen2_vl'")[1]),
+    "shapes contradict the config": _edit_config(lambda c: (
+        c["text_config"].update(intermediate_size=96),
+        "model.layers.0.mlp.gate_proj.weight is (128, 64), config implies (96, 64)")[1]),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_HF.values(), ids=DAMAGED_HF.keys())
+def test_damaged_hf_checkpoint_fails_clearly(tiny_hf_checkpoint, tmp_path, capsys, damage):
     bad = broken_copy(tiny_hf_checkpoint, tmp_path / "bad")
-    config = json.loads((bad / "config.json").read_text())
-    config.update(model_type="qwen2_vl", architectures=["Qwen2VLForConditionalGeneration"])
-    (bad / "config.json").write_text(json.dumps(config))
+    message = damage(bad)
     out = tmp_path / "out"
-    run_cli_expecting_error(capsys, ["convert", "hf-to-megatron", "--hf", str(bad), "--out", str(out)], out,
-                            "wrong architecture: model_type='qwen2_vl'")
-
-
-def test_shapes_that_contradict_the_config_fail_clearly(tiny_hf_checkpoint, tmp_path, capsys):
-    bad = broken_copy(tiny_hf_checkpoint, tmp_path / "bad")
-    config = json.loads((bad / "config.json").read_text())
-    config["text_config"]["intermediate_size"] = 96
-    (bad / "config.json").write_text(json.dumps(config))
-    out = tmp_path / "out"
-    run_cli_expecting_error(capsys, ["convert", "hf-to-megatron", "--hf", str(bad), "--out", str(out)], out,
-                            "model.layers.0.mlp.gate_proj.weight is (128, 64), config implies (96, 64)")
+    run_cli_expecting_error(capsys, ["convert", "hf-to-megatron", "--hf", str(bad), "--out", str(out)], out, message)
 
 
 def test_unmapped_and_missing_tensors_are_named(tiny_hf_checkpoint, tmp_path, capsys):
