@@ -119,12 +119,14 @@ def small_pool(tmp_path_factory, pdf_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def train_inputs(tmp_path_factory, qwen_tokenizer_dir) -> dict:
-    """A tiny HF checkpoint (4 LM layers) and a copied-pages dataset whose packs differ in answer tokens
-    (``tests/helpers/training.py``); run directories go into its ``tmp``."""
+def train_inputs(tmp_path_factory, qwen_tokenizer_dir, convert_to_megatron) -> dict:
+    """A tiny HF checkpoint (4 LM layers), its Megatron conversion (runs start from it: no conversion per
+    run) and a copied-pages dataset whose packs differ in answer tokens (``tests/helpers/training.py``);
+    run directories go into its ``tmp``."""
     from helpers.training import make_train_inputs
 
-    return make_train_inputs(tmp_path_factory.mktemp("train"), qwen_tokenizer_dir)
+    inputs = make_train_inputs(tmp_path_factory.mktemp("train"), qwen_tokenizer_dir)
+    return {**inputs, "megatron": convert_to_megatron(inputs["hf"], 1, 1)}
 
 
 @pytest.fixture(scope="module")

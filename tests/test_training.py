@@ -55,9 +55,10 @@ def weights(run_dir: Path, iteration=None) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def reference(setup):
-    """One process, 3 steps: the run every layout is compared with."""
+    """One process, 3 steps: the run every layout is compared with. It starts from the HF directory (converted
+    into RUN_DIR/init), the others from the same weights converted once (``train_inputs["megatron"]``)."""
     run_dir = setup["tmp"] / "ref"
-    return run_dir, train(setup, run_dir)
+    return run_dir, train(setup, run_dir, **{"model.checkpoint": setup["hf"]})
 
 
 def test_one_process_run_writes_everything_and_learns(setup, reference):
@@ -71,6 +72,7 @@ def test_one_process_run_writes_everything_and_learns(setup, reference):
     assert (run_dir / "config.yaml").is_file() and (run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
     ckpt = MegatronCheckpoint.open(run_dir / "checkpoints")
     assert ckpt.iter_dir.name == "iter_0000003"
+    assert MegatronCheckpoint.open(run_dir / "init").iter_dir.name == "iter_0000000"  # the HF start, converted once
     assert json.loads((ckpt.iter_dir / "longvlm.json").read_text())["hf_config"]["vision_config"]["depth"] == 4
     # rows train at their own length (padding only to the layout's multiple: none here)
     assert all(r["computed_tokens"] == r["tokens"] for r in recs)
@@ -223,7 +225,7 @@ def test_frozen_parts_do_not_change(setup):
     train(setup, run_dir, **{"model.train_vision": "false", "train.train_steps": 1})
     after = weights(run_dir)
     with process_group():
-        before = MegatronCheckpoint.open(run_dir / "init").load(list(after))
+        before = MegatronCheckpoint.open(setup["megatron"]).load(list(after))  # where the run started
     changed = {n for n in after if not torch.equal(before[n], after[n])}
     tower = {n for n in after if n.startswith(("vision_model.decoder.", "vision_model.patch_embed."))}
     assert tower and not changed & tower
