@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -90,11 +91,21 @@ class Request:
 class PromptBuilder:
     """Renders questions over contexts with a tokenizer and the training sample layout."""
 
-    def __init__(self, tokenizer, page_markers: bool = True, geometry: ImageGeometry | None = None):
-        self.renderer = SampleRenderer(tokenizer, page_markers)
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer, page_markers: bool = True, geometry: ImageGeometry | None = None, *,
+                 load: Callable[[], object] | None = None):
+        """``tokenizer``, or ``load``: a function that loads it when it is first used (so that a task's
+        inputs are read and checked before a tokenizer of several seconds is loaded)."""
+        self._tokenizer, self._load = tokenizer, load
         self.page_markers = page_markers
         self.geometry = geometry or get_family(DEFAULT_FAMILY).geometry  # the model family's: pages are made at it
+
+    @cached_property
+    def tokenizer(self):
+        return self._tokenizer if self._load is None else self._load()
+
+    @cached_property
+    def renderer(self) -> SampleRenderer:
+        return SampleRenderer(self.tokenizer, self.page_markers)
 
     def has_special_text(self, text: str) -> bool:
         return self.renderer.has_special_text(text)

@@ -113,8 +113,10 @@ def run_task(name: str, config, pool=None, backend=None) -> EvalResult:
         raise EvalError(f"{config.input}: {'a folder, not the' if Path(config.input).is_dir() else 'no such'} "
                         "input file")
     rope = resolve_rope(config)
-    builder = PromptBuilder(load_tokenizer(config), config.page_markers, checkpoint_family(config).geometry)
-    requests = task.requests(config, builder, pool)
+    builder = PromptBuilder(None, config.page_markers, checkpoint_family(config).geometry,
+                            load=lambda: load_tokenizer(config))
+    requests = task.requests(config, builder, pool)  # the task's inputs read and checked first
+    builder.tokenizer  # noqa: B018 - loaded and checked (if the requests did not need it) before anything is written
     if config.limit is not None:
         requests = requests[: config.limit]
     from megatron_vlm.runtime import read_dist_env

@@ -232,15 +232,18 @@ def test_build_ctrl_c_stops_quietly_and_keeps_the_old_dataset(build_inputs, buil
 
 
 @pytest.mark.parametrize("name", ["data_tokens.bin", "data_targets.bin", "data_images.idx", "data_samples.bin"])
-def test_stats_and_loader_name_a_truncated_file(built_twice, tmp_path, capsys, name):
+def test_stats_and_loader_name_a_truncated_file(train_inputs, tmp_path, capsys, name):
     import shutil
 
     from longvlm.cli import main
     from megatron_vlm.data.dataset import BuiltDataset
     from megatron_vlm.formats.dataset import DatasetFormatError
 
-    out = tmp_path / "out"
-    shutil.copytree(built_twice["copies"][1], out)
+    out = tmp_path / "out"  # a copy of the training tests' dataset (its pages copied in: no pool needed)
+    out.mkdir()
+    shutil.copy(train_inputs["data"].with_suffix(".json"), out / "data.json")
+    (files,) = train_inputs["tmp"].glob(".data.v-*")
+    shutil.copytree(files, out / files.name)
     (path,) = out.glob(f".data.v-*/{name}")
     with open(path, "r+b") as f:
         f.truncate(path.stat().st_size - 3)

@@ -133,3 +133,18 @@ def test_prompt_is_the_training_sample(tmp_path, pool, small_pool, builder, qwen
         answer = qwen_tokenizer.decode(ours["labels"][0][ours["loss_mask"][0] > 0])
         assert answer == request.answer + "<|im_end|>"
         assert ours["loss_mask"][0, : n - 1].sum() == 0
+
+
+def test_a_damaged_questions_file_is_refused_before_the_tokenizer_loads(tmp_path, small_pool, qwen_tokenizer_dir,
+                                                                        monkeypatch):
+    import evaluation.run
+
+    def no_tokenizer(options):
+        raise AssertionError("the tokenizer was loaded before the inputs were checked")
+
+    monkeypatch.setattr(evaluation.run, "load_tokenizer", no_tokenizer)
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text('{"doc": "float.pdf", "question": "How many pages?"\n')  # cut short
+    with pytest.raises(EvalError, match=str(questions)):
+        evaluation.run.run_task("docqa", _config(tmp_path, qwen_tokenizer_dir, questions, pool=small_pool))
+    assert not (tmp_path / "out").exists()
