@@ -440,3 +440,27 @@ def test_readme_states_the_number_of_cases():
         f"README.md says {match[1]} generated bad inputs, the tests try {len(REFUSED)}: update README.md"
 
 
+
+
+RENAMED = [  # (command line with an old spelling, the API call with it, the new name)
+    (["build", "t.jsonl", "--pool", "p", "--tokenizer", "x", "-o", "o", "--max-seq-len", "4"],
+     lambda api: api.build(tasks=["t.jsonl"], pool="p", tokenizer="x", output="o", max_seq_len=4), "seq-length"),
+    (["tune", "x", "--gpus", "8", "--seq-len", "4"], lambda api: api.tune(model="x", gpus=8, seq_len=4), "seq-length"),
+    (["eval", "niah", "--tokenizer", "x", "-o", "o", "--rope-ntk-length", "64K"],
+     lambda api: api.evaluate("niah", tokenizer="x", output="o", rope_ntk_length="64K"), "rope-target-length"),
+]
+
+
+@pytest.mark.parametrize("argv, call, new", RENAMED, ids=[a[0] for a, _, _ in RENAMED])
+def test_a_renamed_option_is_refused_with_its_new_name(argv, call, new, tmp_path, monkeypatch, capsys):
+    from longvlm import api
+    from longvlm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    old = next(a for a in argv if a.startswith("--") and a[2:] not in ("pool", "tokenizer", "gpus"))
+    with pytest.raises(SystemExit) as stop:  # argparse's refusal
+        main(argv)
+    assert stop.value.code == 2 and f"{old} is now --{new}" in capsys.readouterr().err
+    with pytest.raises(TypeError, match=f"{old[2:].replace('-', '_')} is now {new.replace('-', '_')}"):
+        call(api)
+    assert not any(tmp_path.iterdir())

@@ -48,6 +48,7 @@ def test_the_papers_experiments_load_and_say_what_they_mirror():
 
 @pytest.mark.parametrize(("text", "extra", "message"), [
     ("build: {mixture_of: x}", [], "build.mixture_of is not an option of longvlm build"),
+    ("build: {max_seq_len: 4096}", [], "build.max_seq_len is now build.seq_length: rename the key"),
     ("build: {output: x}", [], "build.output is not an option of longvlm build that an experiment sets"),
     ("eval: [{name: a, task: vqa}]", [], "task 'vqa' is not one of niah, docqa, mmniah"),
     ("eval: [{name: a, task: docqa, options: {checkpoint: x}}]", [], "checkpoint is set by the study"),

@@ -76,16 +76,9 @@ class _Renamed(argparse.Action):
         parser.error(f"{option_string} is now {self.new}: give {self.new} instead (the same value)")
 
 
-def renamed_options(cls: type, names: tuple[str, ...] | None = None) -> dict[str, str]:
-    """Old field names -> current ones (the ``was`` metadata), nested dataclasses flattened."""
-    hints = typing.get_type_hints(cls)
-    out = {}
-    for f in _selected_fields(cls, names):
-        tp = _unwrap_optional(hints[f.name])
-        if dataclasses.is_dataclass(tp):
-            out.update(renamed_options(tp, f.metadata.get("fields")))
-        out.update({old: f.name for old in f.metadata.get("was", ())})
-    return out
+def renamed_options(cls: type) -> dict[str, str]:
+    """Old option names -> current ones (the ``was`` metadata), nested dataclasses flattened."""
+    return {old: name for name, (_, f) in _option_fields(cls).items() for old in f.metadata.get("was", ())}
 
 
 def _group(parser: argparse.ArgumentParser, title: str | None):
