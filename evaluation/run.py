@@ -109,9 +109,6 @@ def run_task(name: str, config, pool=None, backend=None) -> EvalResult:
         from checkpoint_tools.hf_io import HFCheckpoint
 
         HFCheckpoint.open(config.checkpoint)
-    if isinstance(config, DocQAConfig) and not Path(config.input).is_file():  # before the tokenizer loads
-        raise EvalError(f"{config.input}: {'a folder, not the' if Path(config.input).is_dir() else 'no such'} "
-                        "input file")
     rope = resolve_rope(config)
     builder = PromptBuilder(None, config.page_markers, checkpoint_family(config).geometry,
                             load=lambda: load_tokenizer(config))
