@@ -50,7 +50,8 @@ class BuiltDataset(torch.utils.data.Dataset):
         self.meta = open_dataset(prefix)  # every file checked now, not at some item mid-training
         self.family = dataset_family(self.meta)
         self.geometry = dataset_geometry(self.meta)
-        self.stored = pages_geometry(self.meta)  # pages resized at load time where it differs
+        self.stored = pages_geometry(self.meta)
+        self.resize = not self.geometry.same_patches(self.stored)  # pages resized at load time
         self.copied = self.meta["pages"] == "copied"
         self.pool_dir = str(pool_dir or self.meta["inputs"]["pool"]["path"])
         self.decode_images = decode_images
@@ -137,7 +138,7 @@ class BuiltDataset(torch.utils.data.Dataset):
             key = (int(record[0]) == fmt.SHORT_IMAGE, int(record[2]))
             if key not in cache:
                 pixels = self.page_pixels(record)
-                if not self.geometry.same_patches(self.stored) and not (
+                if self.resize and not (
                         pixels.shape[0] % self.stored.factor or pixels.shape[1] % self.stored.factor):
                     patch = self.geometry.patch_size
                     pixels = self.geometry.fit(pixels, int(grid[1]) * patch, int(grid[2]) * patch)

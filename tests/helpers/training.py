@@ -38,7 +38,7 @@ def train_overrides(inputs: dict, steps: int, **extra) -> list[str]:
     The run starts from the Megatron conversion of the HF checkpoint (``inputs["megatron"]``; a run started from
     the HF directory converts it into ``RUN_DIR/init`` in a process of its own first, ~7 s on 2 cores): give
     ``model.checkpoint=inputs["hf"]`` to test that path."""
-    base = {"model.checkpoint": inputs.get("megatron", inputs["hf"]), "train.train_steps": steps, "train.global_batch_size": 4,
+    base = {"model.checkpoint": inputs["megatron"], "train.train_steps": steps, "train.global_batch_size": 4,
             "train.micro_batch_size": 1, "train.precision": "fp32", "optimizer.lr": 3e-3,
             "optimizer.min_lr": 3e-4, "optimizer.warmup_fraction": 0.0, "optimizer.weight_decay": 0.0,
             "checkpoint.save_interval": 0, "checkpoint.keep_last": 3, "logging.log_interval": 1,
